@@ -1,0 +1,4 @@
+"""Shared test configuration: float32 everywhere, CPU only."""
+import os
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
