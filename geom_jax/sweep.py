@@ -1,0 +1,212 @@
+"""Resumable sweeps: stream batches through a step, checkpoint, write results.
+
+A sweep is a fixed, ordered list of rows (prompt x shuffle index). Rows are
+cut into batches of static shape (the last one padded by repeating a row), so
+every batch compiles once and the output of a row does not depend on where a
+run was interrupted. While the device works on batch i, a host thread
+builds batch i+1 and the results of batch i-1 are copied back; every few
+batches the filled result arrays are saved with orbax-checkpoint (atomic:
+written to a temporary folder, then renamed), so ``kill -9`` at any moment
+loses at most the batches since the last save and never corrupts one.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import os
+from collections.abc import Callable, Mapping
+
+import jax
+import numpy as np
+from absl import logging
+
+CHECKPOINT_DIR = "checkpoints"
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepPlan:
+    """The rows of a sweep.
+
+    Attributes:
+      prompt_index: [P] source index of each row's prompt.
+      shuffle_index: [P] shuffle level s of each row.
+      make_batch: builds (input_ids [b, T] int32, attention_mask [b, T]) for
+        the given row numbers; called on a host thread.
+    """
+
+    prompt_index: np.ndarray
+    shuffle_index: np.ndarray
+    make_batch: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+    def __len__(self) -> int:
+        return len(self.prompt_index)
+
+
+class ResultStore:
+    """Host arrays [P, ...] for every result field, NaN until computed."""
+
+    def __init__(self, num_rows: int, shapes: Mapping[str, jax.ShapeDtypeStruct]):
+        self.arrays = {
+            name: np.full((num_rows, *s.shape[1:]), np.nan, np.float32)
+            for name, s in shapes.items()
+        }
+        self.done = np.zeros(num_rows, bool)
+
+    def put(self, rows: np.ndarray, batch: Mapping[str, np.ndarray]) -> None:
+        for name, value in batch.items():
+            self.arrays[name][rows] = value[: len(rows)]
+        self.done[rows] = True
+
+    def state(self) -> dict:
+        return {"done": self.done.copy(), **{k: v.copy() for k, v in self.arrays.items()}}
+
+    def load_state(self, state: Mapping[str, np.ndarray]) -> None:
+        for name, value in state.items():
+            target = self.done if name == "done" else self.arrays.get(name)
+            if target is None or target.shape != value.shape:
+                raise ValueError(
+                    f"--resume: checkpoint field {name!r} has shape {np.shape(value)}, "
+                    f"this run expects {None if target is None else target.shape}; the "
+                    "checkpoint was written by a run with other settings"
+                )
+            target[...] = value
+
+
+class Checkpointer:
+    """Saves and restores a :class:`ResultStore` with orbax-checkpoint."""
+
+    def __init__(self, directory: str):
+        import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+
+        self._ocp = ocp
+        self.manager = ocp.CheckpointManager(
+            os.path.abspath(directory),
+            options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True),
+        )
+
+    def restore(self, store: ResultStore) -> int:
+        """Loads the latest checkpoint into ``store``; returns its step or -1."""
+        step = self.manager.latest_step()
+        if step is None:
+            return -1
+        template = store.state()
+        restored = self.manager.restore(step, args=self._ocp.args.StandardRestore(template))
+        store.load_state({k: np.asarray(v) for k, v in restored.items()})
+        return step
+
+    def save(self, step: int, store: ResultStore) -> None:
+        self.manager.save(step, args=self._ocp.args.StandardSave(store.state()))
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+
+def _batches(todo: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    return [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
+
+
+def _pad_rows(rows: np.ndarray, batch_size: int) -> np.ndarray:
+    return np.concatenate([rows, np.full(batch_size - len(rows), rows[-1])])
+
+
+def run_sweep(
+    plan: SweepPlan,
+    step: Callable[[np.ndarray, np.ndarray], object],
+    *,
+    batch_size: int,
+    checkpoint_dir: str,
+    resume: bool,
+    checkpoint_every: int = 4,
+    progress: bool = True,
+) -> ResultStore:
+    """Runs ``step`` over every row of ``plan`` not already checkpointed.
+
+    Args:
+      plan: the rows.
+      step: (input_ids, attention_mask) -> a flax/chex dataclass or dict of
+        device arrays with leading axis batch_size.
+      batch_size: static batch size.
+      checkpoint_dir: orbax folder of this sweep.
+      resume: continue from the latest checkpoint in ``checkpoint_dir``.
+      checkpoint_every: save after this many batches.
+      progress: show a tqdm bar with prompts/s and ETA.
+
+    Returns:
+      The filled result store.
+    """
+    if batch_size < 1:
+        raise ValueError(f"--batch_size must be positive, got {batch_size}")
+    ids0, mask0 = plan.make_batch(_pad_rows(np.arange(min(1, len(plan))), batch_size))
+    shapes = _as_dict(jax.eval_shape(step, ids0, mask0))
+    store = ResultStore(len(plan), shapes)
+    ckpt = Checkpointer(checkpoint_dir)
+    start_step = ckpt.restore(store) if resume else -1
+    if start_step >= 0:
+        logging.info(
+            "Resumed from checkpoint %d: %d of %d rows done",
+            start_step,
+            store.done.sum(),
+            len(plan),
+        )
+    todo = np.flatnonzero(~store.done)
+    batches = _batches(todo, batch_size)
+    bar = _progress_bar(len(plan), int(store.done.sum()), progress)
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    save_step = max(start_step, 0)
+    pending = None
+    try:
+        next_batch = (
+            pool.submit(plan.make_batch, _pad_rows(batches[0], batch_size)) if batches else None
+        )
+        for i, rows in enumerate(batches):
+            ids, mask = next_batch.result()
+            if i + 1 < len(batches):
+                next_batch = pool.submit(plan.make_batch, _pad_rows(batches[i + 1], batch_size))
+            out = step(ids, mask)
+            if pending is not None:
+                _collect(store, *pending, bar)
+            pending = (rows, out)
+            if (i + 1) % checkpoint_every == 0:
+                _collect(store, *pending, bar)
+                pending = None
+                save_step += 1
+                ckpt.save(save_step, store)
+        if pending is not None:
+            _collect(store, *pending, bar)
+        if batches:
+            ckpt.save(save_step + 1, store)
+    finally:
+        pool.shutdown(wait=False)
+        ckpt.close()
+        bar.close()
+    return store
+
+
+def _as_dict(tree) -> dict:
+    if isinstance(tree, Mapping):
+        return dict(tree)
+    return {f.name: getattr(tree, f.name) for f in dataclasses.fields(tree)}
+
+
+def _collect(store: ResultStore, rows: np.ndarray, out, bar) -> None:
+    host = {k: np.asarray(v, np.float32) for k, v in jax.device_get(_as_dict(out)).items()}
+    store.put(rows, host)
+    bar.update(len(rows))
+
+
+class _NoBar:
+    def update(self, n):
+        del n
+
+    def close(self):
+        pass
+
+
+def _progress_bar(total: int, initial: int, enabled: bool):
+    if not enabled:
+        return _NoBar()
+    from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
+
+    return tqdm(total=total, initial=initial, unit="prompt", smoothing=0.1, mininterval=1.0)
