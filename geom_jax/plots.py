@@ -1,0 +1,294 @@
+"""The paper's figures and a markdown report from one or more result folders.
+
+Figures (one panel per model): intrinsic dimension against layer for the
+structured prompts and each shuffle level (mean +- std, cf. the paper's
+Fig. 2), neighbourhood overlap chi_k for k = 1, 2, 4 (Fig. 3), cosine
+similarity (Fig. 4), ID against GRIDE scale, and the Pearson correlation of ID
+with the loss across structured prompts at each layer with a scatter plot at
+the layer of strongest correlation (Sec. 4.3).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+
+import numpy as np
+
+from geom_jax import results as results_io
+
+OVERLAP_KS = (1, 2, 4)
+
+
+@dataclasses.dataclass
+class Run:
+    """The rows of one model, pooled over its result folders."""
+
+    label: str
+    arrays: dict[str, np.ndarray]
+
+    def rows(self, shuffle_index: int) -> np.ndarray:
+        return np.flatnonzero(self.arrays["shuffle_index"] == shuffle_index)
+
+    @property
+    def levels(self) -> list[int]:
+        return sorted(int(s) for s in np.unique(self.arrays["shuffle_index"]))
+
+
+def load_runs(folders: Sequence[str]) -> list[Run]:
+    """Loads result folders and pools them per model.
+
+    Structured rows that also occur in a shuffled run of the same model (same
+    prompt, s = 0) are kept once.
+    """
+    by_model: dict[str, list[dict]] = {}
+    for folder in folders:
+        r = results_io.load_results(folder)
+        by_model.setdefault(r["metadata"].get("model", folder), []).append(r)
+    runs = []
+    for label, parts in by_model.items():
+        keys = [k for k in parts[0] if k != "metadata" and k != "gride_n1"]
+        seen, take = set(), []
+        for part in parts:
+            rows = []
+            for i, (p, s) in enumerate(zip(part["prompt_index"], part["shuffle_index"])):
+                if (int(p), int(s)) not in seen:
+                    seen.add((int(p), int(s)))
+                    rows.append(i)
+            take.append((part, np.asarray(rows, int)))
+        arrays = {k: np.concatenate([part[k][rows] for part, rows in take]) for k in keys}
+        arrays["gride_n1"] = parts[0]["gride_n1"]
+        runs.append(Run(label, arrays))
+    return runs
+
+
+def peak_id(run: Run, shuffle_index: int, scale: int = 0) -> np.ndarray:
+    """[prompts] maximum over layers of the GRIDE ID at ``scale``."""
+    return np.nanmax(run.arrays["gride_ids"][run.rows(shuffle_index), :, scale], axis=1)
+
+
+def pearson_by_layer(run: Run, scale: int = 0) -> np.ndarray:
+    """[L] Pearson r between GRIDE ID and loss across structured prompts."""
+    rows = run.rows(0)
+    ids = run.arrays["gride_ids"][rows, :, scale]
+    loss = run.arrays["loss"][rows]
+    if len(rows) < 3:
+        return np.full(ids.shape[1], np.nan)
+    ids_c = ids - ids.mean(0)
+    loss_c = loss - loss.mean()
+    denom = np.sqrt((ids_c**2).sum(0) * (loss_c**2).sum())
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (ids_c * loss_c[:, None]).sum(0) / denom
+
+
+def _figure(num_panels: int, height: float = 3.4):
+    import matplotlib  # pylint: disable=g-import-not-at-top
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+    from matplotlib.ticker import MaxNLocator  # pylint: disable=g-import-not-at-top
+
+    fig, axes = plt.subplots(
+        1, num_panels, figsize=(5.2 * num_panels, height), squeeze=False, constrained_layout=True
+    )
+    for ax in axes[0]:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    return fig, axes[0]
+
+
+def _save(fig, path: str) -> str:
+    import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _band(ax, x, values, label, color=None):
+    mean, std = np.nanmean(values, 0), np.nanstd(values, 0)
+    (line,) = ax.plot(x, mean, label=label, color=color, lw=1.6)
+    ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.18, lw=0)
+
+
+def _level_label(s: int) -> str:
+    return "structured (s=0)" if s == 0 else f"shuffled s={s}"
+
+
+def plot_id_vs_layer(runs: Sequence[Run], path: str, scale: int = 0) -> str:
+    import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+    fig, axes = _figure(len(runs))
+    for ax, run in zip(axes, runs):
+        colors = plt.cm.viridis(np.linspace(0, 0.9, max(len(run.levels), 2)))
+        for color, s in zip(colors, run.levels):
+            ids = run.arrays["gride_ids"][run.rows(s), :, scale]
+            _band(ax, np.arange(1, ids.shape[1] + 1), ids, _level_label(s), color)
+        n1 = int(run.arrays["gride_n1"][scale])
+        ax.set(xlabel="layer", ylabel=f"GRIDE ID (n1={n1}, n2={2 * n1})", title=run.label)
+        ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def plot_overlap(runs: Sequence[Run], path: str, ks: Sequence[int] = OVERLAP_KS) -> str:
+    fig, axes = _figure(len(runs))
+    for ax, run in zip(axes, runs):
+        for s in sorted({0, run.levels[-1]}):
+            for k in ks:
+                ov = run.arrays["overlap"][run.rows(s), :, k - 1]
+                style = "-" if s == 0 else "--"
+                mean = np.nanmean(ov, 0)
+                x = np.arange(1, ov.shape[1] + 1) + 0.5
+                ax.plot(x, mean, style, label=f"k={k}, {_level_label(s)}")
+        ax.set(
+            xlabel="layer l (overlap of l and l+1)", ylabel="chi_k", title=run.label, ylim=(0, 1)
+        )
+        ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def plot_cosine(runs: Sequence[Run], path: str) -> str:
+    import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+    fig, axes = _figure(len(runs))
+    for ax, run in zip(axes, runs):
+        colors = plt.cm.viridis(np.linspace(0, 0.9, max(len(run.levels), 2)))
+        for color, s in zip(colors, run.levels):
+            cos = run.arrays["cos_mean"][run.rows(s)]
+            _band(ax, np.arange(cos.shape[1]), cos, _level_label(s), color)
+        ax.set(xlabel="layer (0 = embedding)", ylabel="mean cosine similarity", title=run.label)
+        ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def plot_id_vs_scale(runs: Sequence[Run], path: str) -> str:
+    fig, axes = _figure(len(runs))
+    for ax, run in zip(axes, runs):
+        ids = run.arrays["gride_ids"]
+        num_layers = ids.shape[1]
+        layers = sorted({1, num_layers // 4, num_layers // 2, 3 * num_layers // 4, num_layers})
+        for s in sorted({0, run.levels[-1]}):
+            rows = run.rows(s)
+            for layer in layers:
+                scales = np.nanmean(run.arrays["gride_scales"][rows, layer - 1], 0)
+                d = np.nanmean(ids[rows, layer - 1], 0)
+                style = "o-" if s == 0 else "x--"
+                ax.plot(scales, d, style, ms=3, label=f"layer {layer}, {_level_label(s)}")
+        ax.set(xscale="log", xlabel="GRIDE scale (mean neighbour distance)", ylabel="ID")
+        ax.set_title(run.label)
+        ax.legend(fontsize=6, ncol=2)
+    return _save(fig, path)
+
+
+def plot_id_loss(runs: Sequence[Run], path: str, scale: int = 0) -> str:
+    fig, axes = _figure(2 * len(runs))
+    for i, run in enumerate(runs):
+        r = pearson_by_layer(run, scale)
+        ax = axes[2 * i]
+        ax.plot(np.arange(1, len(r) + 1), r, "o-", ms=3)
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.set(xlabel="layer", ylabel="Pearson r (ID, loss)", title=f"{run.label}: structured")
+        ax = axes[2 * i + 1]
+        if np.all(np.isnan(r)):
+            ax.set_title("too few prompts for a correlation")
+            continue
+        best = int(np.nanargmax(np.abs(r)))
+        rows = run.rows(0)
+        ax.scatter(run.arrays["gride_ids"][rows, best, scale], run.arrays["loss"][rows], s=14)
+        ax.set(
+            xlabel=f"GRIDE ID at layer {best + 1}",
+            ylabel="loss (nats/token)",
+            title=f"layer {best + 1}: r = {r[best]:.2f}",
+        )
+    return _save(fig, path)
+
+
+def make_report(folders: Sequence[str], output_dir: str, scale: int = 0) -> str:
+    """Writes the figures and ``report.md`` for ``folders``; returns its path."""
+    runs = load_runs(folders)
+    os.makedirs(output_dir, exist_ok=True)
+    figures = {
+        "Intrinsic dimension across layers": plot_id_vs_layer(
+            runs, os.path.join(output_dir, "id_vs_layer.png"), scale
+        ),
+        "Neighbourhood overlap across layers": plot_overlap(
+            runs, os.path.join(output_dir, "overlap_vs_layer.png")
+        ),
+        "Cosine similarity across layers": plot_cosine(
+            runs, os.path.join(output_dir, "cosine_vs_layer.png")
+        ),
+        "Intrinsic dimension against GRIDE scale": plot_id_vs_scale(
+            runs, os.path.join(output_dir, "id_vs_scale.png")
+        ),
+        "Intrinsic dimension and loss": plot_id_loss(
+            runs, os.path.join(output_dir, "id_loss.png"), scale
+        ),
+    }
+    text = _report_text(runs, folders, figures, scale)
+    path = os.path.join(output_dir, "report.md")
+    results_io.atomic_write_bytes(path, text.encode())
+    return path
+
+
+def headline(run: Run, scale: int = 0) -> dict:
+    """The numbers the report states for one model."""
+    levels = run.levels
+    out = {
+        "num_prompts": int(len(np.unique(run.arrays["prompt_index"]))),
+        "peak_id": {s: float(np.mean(peak_id(run, s, scale))) for s in levels},
+        "peak_layer": {
+            s: int(np.nanargmax(np.nanmean(run.arrays["gride_ids"][run.rows(s), :, scale], 0))) + 1
+            for s in levels
+        },
+        "loss": {s: float(np.mean(run.arrays["loss"][run.rows(s)])) for s in levels},
+        "pearson": pearson_by_layer(run, scale),
+    }
+    if len(levels) > 1:
+        top = levels[-1]
+        out["peak_ratio"] = out["peak_id"][top] / out["peak_id"][0]
+    return out
+
+
+def _report_text(runs, folders, figures, scale) -> str:
+    lines = ["# Geometry of tokens: report", "", "Result folders:", ""]
+    lines += [f"- `{f}`" for f in folders]
+    for run in runs:
+        h = headline(run, scale)
+        n1 = int(run.arrays["gride_n1"][scale])
+        lines += ["", f"## {run.label}", "", f"{h['num_prompts']} prompts.", ""]
+        lines += [
+            f"| shuffle level s | rows | mean peak GRIDE ID (n1={n1}) | peak layer | mean loss |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        for s in run.levels:
+            lines.append(
+                f"| {s} | {len(run.rows(s))} | {h['peak_id'][s]:.2f} | {h['peak_layer'][s]} "
+                f"| {h['loss'][s]:.3f} |"
+            )
+        if "peak_ratio" in h:
+            top = run.levels[-1]
+            lines += [
+                "",
+                f"**Findings.** The mean peak ID is {100 * (h['peak_ratio'] - 1):+.1f}% at "
+                f"s={top} relative to the structured prompts ({h['peak_id'][top]:.2f} vs "
+                f"{h['peak_id'][0]:.2f}); the mean loss is {h['loss'][top]:.3f} at s={top} vs "
+                f"{h['loss'][0]:.3f} structured "
+                f"({'higher' if h['loss'][top] > h['loss'][0] else 'not higher'}).",
+            ]
+        r = h["pearson"]
+        if not np.all(np.isnan(r)):
+            best = int(np.nanargmax(np.abs(r)))
+            lines += [
+                "",
+                f"Pearson r between GRIDE ID (n1={n1}) and loss across the structured prompts, "
+                f"per layer (strongest at layer {best + 1}: r = {r[best]:.3f}):",
+                "",
+                "| layer | " + " | ".join(str(i + 1) for i in range(len(r))) + " |",
+                "| --- |" + " --- |" * len(r),
+                "| r | " + " | ".join(f"{v:.2f}" for v in r) + " |",
+            ]
+    lines += [""]
+    for title, path in figures.items():
+        lines += [f"## {title}", "", f"![{title}]({os.path.basename(path)})", ""]
+    return "\n".join(lines)

@@ -1,0 +1,79 @@
+"""Figures and report from synthetic result folders."""
+
+import os
+
+import numpy as np
+import pytest
+
+from geom_jax import plots, results
+
+
+def _fake_run(folder, *, levels, num_prompts=6, layers=5, scales=4, k=8, t=16, seed=0):
+    rng = np.random.default_rng(seed)
+    rows = [(p, s) for p in range(num_prompts) for s in levels]
+    pi = np.array([p for p, _ in rows])
+    si = np.array([s for _, s in rows], np.int32)
+    loss = 2.0 + 0.3 * si + rng.normal(0, 0.1, len(rows))
+    ids = 5.0 + si[:, None, None] + rng.normal(0, 0.2, (len(rows), layers, scales))
+    ids[:, 2, 0] += 3.0 * (loss - loss.mean())  # layer 3 correlates with the loss
+    arrays = {
+        "prompt_index": pi,
+        "prompt_key": np.array([f"p{p}" for p in pi]),
+        "shuffle_index": si,
+        "gride_ids": ids,
+        "gride_errs": np.full_like(ids, 0.1),
+        "gride_scales": np.cumsum(np.ones_like(ids), -1),
+        "gride_n1": 2 ** np.arange(scales),
+        "twonn": ids[..., 0],
+        "overlap": rng.uniform(0, 1, (len(rows), layers - 1, k)),
+        "cos_mean": rng.uniform(0, 1, (len(rows), layers + 1)),
+        "cos_std": rng.uniform(0, 0.1, (len(rows), layers + 1)),
+        "loss": loss,
+        "token_nll": rng.uniform(0, 5, (len(rows), t - 1)),
+    }
+    os.makedirs(folder)
+    results.save_results(str(folder), arrays)
+    results.write_json(os.path.join(folder, results.METADATA_FILE), {"model": "toy"})
+    return arrays
+
+
+def test_report_numbers_match_the_data(tmp_path):
+    structured = _fake_run(tmp_path / "s", levels=[0], seed=1)
+    shuffled = _fake_run(tmp_path / "sh", levels=[0, 1, 2], seed=2)
+    path = plots.make_report([str(tmp_path / "s"), str(tmp_path / "sh")], str(tmp_path / "rep"))
+    text = open(path).read()
+    (run,) = plots.load_runs([str(tmp_path / "s"), str(tmp_path / "sh")])
+    # Structured rows are pooled once: 6 from the structured folder, the shuffled run's s=0 dropped.
+    assert len(run.rows(0)) == 6
+    np.testing.assert_allclose(run.arrays["loss"][run.rows(0)], structured["loss"], rtol=0, atol=0)
+    h = plots.headline(run)
+    want_peak0 = structured["gride_ids"][:, :, 0].max(1).mean()
+    want_peak2 = shuffled["gride_ids"][shuffled["shuffle_index"] == 2][:, :, 0].max(1).mean()
+    assert h["peak_id"][0] == pytest.approx(want_peak0)
+    assert h["peak_id"][2] == pytest.approx(want_peak2)
+    assert h["peak_ratio"] == pytest.approx(want_peak2 / want_peak0)
+    r = h["pearson"]
+    want_r = np.corrcoef(structured["gride_ids"][:, 2, 0], structured["loss"])[0, 1]
+    assert r[2] == pytest.approx(want_r, rel=1e-6)
+    assert np.nanargmax(np.abs(r)) == 2
+    assert f"{want_peak2:.2f}" in text and f"{want_r:.2f}" in text
+    assert "strongest at layer 3" in text
+    for name in ["id_vs_layer", "overlap_vs_layer", "cosine_vs_layer", "id_vs_scale", "id_loss"]:
+        png = tmp_path / "rep" / f"{name}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+        assert f"]({name}.png)" in text
+
+
+def test_plots_differ_when_data_differ(tmp_path):
+    _fake_run(tmp_path / "a", levels=[0, 1], seed=3)
+    _fake_run(tmp_path / "b", levels=[0, 1], seed=4)
+    pa = plots.make_report([str(tmp_path / "a")], str(tmp_path / "ra"))
+    pb = plots.make_report([str(tmp_path / "b")], str(tmp_path / "rb"))
+    a = (tmp_path / "ra" / "cosine_vs_layer.png").read_bytes()
+    b = (tmp_path / "rb" / "cosine_vs_layer.png").read_bytes()
+    assert a != b and pa != pb
+
+
+def test_load_results_missing_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no results here"):
+        results.load_results(str(tmp_path))
