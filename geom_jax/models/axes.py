@@ -1,0 +1,35 @@
+"""Logical axis names carried by every parameter, and default rules mapping
+them onto a ('data', 'model') device mesh (MaxText-style logical sharding).
+
+Parameters hold their names in NNX metadata (`out_sharding`, with eager
+sharding off), so `nnx.get_partition_spec(state)` under
+`flax.core.spmd.logical_axis_rules(RULES)` gives mesh PartitionSpecs.
+"""
+
+from __future__ import annotations
+
+LAYERS = "layers"
+VOCAB = "vocab"
+EMBED = "embed"
+Q_HEADS = "q_heads"
+KV_HEADS = "kv_heads"
+HEAD_DIM = "head_dim"
+MLP = "mlp"
+
+LOGICAL_AXES = (LAYERS, VOCAB, EMBED, Q_HEADS, KV_HEADS, HEAD_DIM, MLP)
+
+# Activation axes, for with_sharding_constraint in a later sharded forward.
+BATCH = "batch"
+SEQUENCE = "sequence"
+
+RULES: tuple[tuple[str, str | None], ...] = (
+    (BATCH, "data"),
+    (SEQUENCE, None),
+    (LAYERS, None),
+    (VOCAB, "model"),
+    (EMBED, None),
+    (Q_HEADS, "model"),
+    (KV_HEADS, "model"),
+    (HEAD_DIM, None),
+    (MLP, "model"),
+)

@@ -1,0 +1,157 @@
+"""Reads llama-architecture GGUF files (llama.cpp's format) with the `gguf`
+package: metadata -> HF-style config dict, tensors dequantised to float32
+one at a time and renamed to Hugging Face's state-dict names.
+
+llama.cpp's converter permutes the rows of attn_q / attn_k within each head
+from HF's half-split rotary layout to interleaved pairs; `get` undoes it, as
+transformers' GGUF loader does.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+
+import numpy as np
+
+from .errors import UnsupportedArchitectureError, UnsupportedQuantizationError
+
+SUPPORTED_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q4_K", "Q6_K")
+
+_LLAMA_NAMES = {
+    "token_embd.weight": "model.embed_tokens.weight",
+    "output_norm.weight": "model.norm.weight",
+    "output.weight": "lm_head.weight",
+}
+_LLAMA_LAYER_NAMES = {
+    "attn_norm.weight": "input_layernorm.weight",
+    "attn_q.weight": "self_attn.q_proj.weight",
+    "attn_k.weight": "self_attn.k_proj.weight",
+    "attn_v.weight": "self_attn.v_proj.weight",
+    "attn_output.weight": "self_attn.o_proj.weight",
+    "ffn_norm.weight": "post_attention_layernorm.weight",
+    "ffn_gate.weight": "mlp.gate_proj.weight",
+    "ffn_up.weight": "mlp.up_proj.weight",
+    "ffn_down.weight": "mlp.down_proj.weight",
+}
+_LAYER = re.compile(r"blk\.(\d+)\.(.+)")
+
+
+def unpermute_rows(w: np.ndarray, n_head: int) -> np.ndarray:
+    """Inverse of llama.cpp's q/k permutation: rows (head, pair, 2) -> (head, 2, pair)."""
+    rest = w.shape[1:]
+    return w.reshape(n_head, w.shape[0] // n_head // 2, 2, *rest).swapaxes(1, 2).reshape(w.shape)
+
+
+def _field(reader, key, default=None):
+    f = reader.fields.get(key)
+    if f is None:
+        return default
+    return f.contents()
+
+
+def dequantize(tensor) -> np.ndarray:
+    """float32 array in HF (row-major, [out, in]) order."""
+    import gguf
+
+    kind = tensor.tensor_type.name
+    if kind not in SUPPORTED_TYPES:
+        raise UnsupportedQuantizationError(
+            f"GGUF tensor {tensor.name!r} uses quantisation {kind}, which is not supported; "
+            f"supported: {', '.join(SUPPORTED_TYPES)}")
+    data = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
+    shape = tuple(int(n) for n in reversed(tensor.shape))
+    return np.asarray(data, np.float32).reshape(shape)
+
+
+class GGUFFile:
+    """Tensor source over a GGUF file; `get(name)` takes HF names."""
+
+    def __init__(self, path: str):
+        import gguf
+
+        self.path = os.path.abspath(path)
+        if not os.path.isfile(self.path):
+            raise FileNotFoundError(f"no such GGUF file: {self.path}")
+        self.reader = gguf.GGUFReader(self.path)
+        self.arch = _field(self.reader, "general.architecture")
+        if self.arch != "llama":
+            raise UnsupportedArchitectureError(
+                f"unsupported GGUF architecture {self.arch!r} in {self.path}; supported: 'llama' "
+                "(Llama, Mistral and SmolLM checkpoints)")
+        self._tensors = {}
+        for t in self.reader.tensors:
+            self._tensors[self._hf_name(t.name)] = t
+        unsupported = sorted({t.tensor_type.name for t in self.reader.tensors
+                              if t.tensor_type.name not in SUPPORTED_TYPES})
+        if unsupported:
+            raise UnsupportedQuantizationError(
+                f"{self.path} uses GGUF quantisation {', '.join(unsupported)}, which is not "
+                f"supported; supported: {', '.join(SUPPORTED_TYPES)}")
+        if "rope_freqs.weight" in self._tensors:
+            raise UnsupportedArchitectureError(
+                "GGUF rope_freqs (Llama 3.1 rope scaling stored as a tensor) is not supported")
+        self.hf_config = self._hf_config()
+
+    @staticmethod
+    def _hf_name(name: str) -> str:
+        if name in _LLAMA_NAMES:
+            return _LLAMA_NAMES[name]
+        m = _LAYER.fullmatch(name)
+        if m and m.group(2) in _LLAMA_LAYER_NAMES:
+            return f"model.layers.{m.group(1)}.{_LLAMA_LAYER_NAMES[m.group(2)]}"
+        return name
+
+    def _hf_config(self) -> dict:
+        r, a = self.reader, self.arch
+        heads = int(_field(r, f"{a}.attention.head_count"))
+        hidden = int(_field(r, f"{a}.embedding_length"))
+        embed = self._tensors["model.embed_tokens.weight"]
+        cfg = dict(
+            architectures=["LlamaForCausalLM"], model_type="llama",
+            vocab_size=int(embed.shape[-1]), hidden_size=hidden,
+            intermediate_size=int(_field(r, f"{a}.feed_forward_length")),
+            num_hidden_layers=int(_field(r, f"{a}.block_count")),
+            num_attention_heads=heads,
+            num_key_value_heads=int(_field(r, f"{a}.attention.head_count_kv", heads)),
+            head_dim=int(_field(r, f"{a}.attention.key_length", hidden // heads)),
+            max_position_embeddings=int(_field(r, f"{a}.context_length", 2048)),
+            rms_norm_eps=float(_field(r, f"{a}.attention.layer_norm_rms_epsilon", 1e-5)),
+            rope_theta=float(_field(r, f"{a}.rope.freq_base", 10000.0)),
+            hidden_act="silu",
+            tie_word_embeddings="lm_head.weight" not in self._tensors,
+        )
+        scaling = _field(r, f"{a}.rope.scaling.type")
+        if scaling not in (None, "none"):
+            if scaling != "linear":
+                raise UnsupportedArchitectureError(f"unsupported GGUF rope scaling {scaling!r}")
+            cfg["rope_scaling"] = dict(rope_type="linear",
+                                       factor=float(_field(r, f"{a}.rope.scaling.factor")))
+        return cfg
+
+    def names(self) -> list[str]:
+        return list(self._tensors)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._tensors
+
+    def quantization_types(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for t in self.reader.tensors:
+            counts[t.tensor_type.name] = counts.get(t.tensor_type.name, 0) + 1
+        return counts
+
+    def get(self, name: str) -> np.ndarray:
+        w = dequantize(self._tensors[name])
+        if name.endswith("self_attn.q_proj.weight"):
+            w = unpermute_rows(w, self.hf_config["num_attention_heads"])
+        elif name.endswith("self_attn.k_proj.weight"):
+            w = unpermute_rows(w, self.hf_config["num_key_value_heads"])
+        return w
+
+    def sha256(self) -> str:
+        h = hashlib.sha256()
+        with open(self.path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                h.update(block)
+        return h.hexdigest()

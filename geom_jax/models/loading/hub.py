@@ -1,0 +1,40 @@
+"""Hugging Face Hub ids and the short aliases of the studied models,
+downloaded with huggingface_hub.snapshot_download (safetensors, config and
+tokenizer files only), token from HF_TOKEN / HUGGING_FACE_HUB_TOKEN."""
+from __future__ import annotations
+
+import os
+import re
+
+EMBEDDED = "embedded:smollm2-135m"
+
+ALIASES: dict[str, str] = {
+    "llama-3-8b": "meta-llama/Meta-Llama-3-8B",
+    "llama-3.1-8b": "meta-llama/Llama-3.1-8B",
+    "mistral-7b": "mistralai/Mistral-7B-v0.1",
+    "pythia-6.9b": "EleutherAI/pythia-6.9b",
+    "pythia-6.9b-deduped": "EleutherAI/pythia-6.9b-deduped",
+    "smollm2-135m": EMBEDDED,
+}
+
+ALLOW_PATTERNS = ["config.json", "generation_config.json", "*.safetensors",
+                  "model.safetensors.index.json", "tokenizer.json", "tokenizer_config.json",
+                  "tokenizer.model", "special_tokens_map.json", "vocab.json", "merges.txt"]
+
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+def is_hub_id(name: str) -> bool:
+    return bool(_HUB_ID.fullmatch(name)) and not name.endswith(".gguf")
+
+
+def hub_token() -> str | None:
+    return os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")
+
+
+def download(repo_id: str, revision: str | None = None) -> str:
+    """Local snapshot folder of `repo_id` (cached by huggingface_hub)."""
+    import huggingface_hub
+
+    return huggingface_hub.snapshot_download(
+        repo_id=repo_id, revision=revision, token=hub_token(), allow_patterns=ALLOW_PATTERNS)

@@ -1,0 +1,84 @@
+"""Reads a Hugging Face checkpoint directory: `config.json` plus one
+`model.safetensors` or shards listed in `model.safetensors.index.json`.
+Tensors are memory-mapped and read one at a time as NumPy arrays."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Iterator
+
+import numpy as np
+from safetensors import safe_open
+
+from .errors import MissingTensorError
+
+INDEX = "model.safetensors.index.json"
+
+
+class SafetensorsDir:
+    """Tensor source over a checkpoint directory; `get(name)` -> np.ndarray."""
+
+    def __init__(self, path: str):
+        self.path = os.path.abspath(path)
+        config_path = os.path.join(self.path, "config.json")
+        if not os.path.isfile(config_path):
+            raise FileNotFoundError(f"{self.path} has no config.json")
+        with open(config_path) as f:
+            self.hf_config = json.load(f)
+        index = os.path.join(self.path, INDEX)
+        if os.path.isfile(index):
+            with open(index) as f:
+                weight_map = json.load(f)["weight_map"]
+            self._file_of = dict(weight_map)
+        else:
+            files = sorted(n for n in os.listdir(self.path) if n.endswith(".safetensors"))
+            if not files:
+                other = [n for n in os.listdir(self.path) if n.endswith((".bin", ".pt", ".pth"))]
+                hint = (f" (found {', '.join(other)}: PyTorch pickles are not read, to keep torch "
+                        "off the load path; convert them with save_pretrained(safe_serialization=True))"
+                        if other else "")
+                raise FileNotFoundError(f"no *.safetensors file in {self.path}{hint}")
+            self._file_of = {}
+            for name in files:
+                with safe_open(os.path.join(self.path, name), framework="numpy") as f:
+                    for key in f.keys():
+                        self._file_of[key] = name
+        for name in set(self._file_of.values()):
+            if not os.path.isfile(os.path.join(self.path, name)):
+                raise FileNotFoundError(f"shard {name} listed in {INDEX} is missing from {self.path}")
+        self._handles: dict[str, object] = {}
+
+    def names(self) -> list[str]:
+        return list(self._file_of)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._file_of
+
+    def get(self, name: str) -> np.ndarray:
+        if name not in self._file_of:
+            raise MissingTensorError(f"tensor {name!r} not found in {self.path}")
+        file = self._file_of[name]
+        if file not in self._handles:
+            self._handles[file] = safe_open(os.path.join(self.path, file), framework="numpy")
+        return self._handles[file].get_tensor(name)
+
+    def close(self):
+        self._handles.clear()
+
+    def fingerprint(self) -> str:
+        """sha256 over config.json and every shard's header and size: cheap,
+        and changes whenever the weights' layout or bytes count change."""
+        h = hashlib.sha256()
+        with open(os.path.join(self.path, "config.json"), "rb") as f:
+            h.update(f.read())
+        for name in sorted(set(self._file_of.values())):
+            p = os.path.join(self.path, name)
+            with open(p, "rb") as f:
+                n = int.from_bytes(f.read(8), "little")
+                h.update(f.read(n))
+            h.update(str(os.path.getsize(p)).encode())
+        return h.hexdigest()
+
+    def iter_names(self) -> Iterator[str]:
+        return iter(self._file_of)
