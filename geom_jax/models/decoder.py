@@ -18,7 +18,7 @@ from . import axes as ax
 from .config import DecoderConfig
 from .layers import activation, apply_rope, attention, attention_bias, norm, query_blocks, rope_tables
 
-DEFAULT_ATTN_BLOCK = 256
+DEFAULT_ATTN_BLOCK = 128
 NLL_CHUNK_ELEMENTS = 1 << 26  # logits elements per NLL chunk (256 MiB float32)
 
 
@@ -92,8 +92,7 @@ def _self_attention(cfg: DecoderConfig, p, h, cos, sin, bias_blocks, blocks, dty
     v = _dense(h, p["wv"], p.get("bv"), "btd,dhk->bthk", dtype)
     q = apply_rope(q, cos, sin, cfg.rotary_dim) * jnp.asarray(cfg.head_dim ** -0.5, dtype)
     k = apply_rope(k, cos, sin, cfg.rotary_dim)
-    q = q.reshape(B, T, cfg.num_kv_heads, cfg.num_groups, cfg.head_dim)
-    o = attention(q, k, v, bias_blocks, blocks).reshape(B, T, cfg.num_heads, cfg.head_dim)
+    o = attention(q, k, v, bias_blocks, blocks, cfg.num_kv_heads)
     return _dense(o, p["wo"], p.get("bo"), "bthk,hkd->btd", dtype)
 
 

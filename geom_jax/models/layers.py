@@ -2,8 +2,7 @@
 attention and MLPs. They take plain arrays so they run unchanged inside the
 layer scan, under jit and under a sharding constraint.
 
-Layouts: activations [B, T, D]; q [B, T, KV, G, hd] (query heads grouped
-under their KV head, Ainslie et al. 2023); k, v [B, T, KV, hd].
+Layouts: activations [B, T, D]; q [B, T, H, hd]; k, v [B, T, KV, hd].
 """
 
 from __future__ import annotations
@@ -130,26 +129,33 @@ def query_blocks(seq_len: int, block: int, sliding_window: int | None):
     return out
 
 
-def attention(q, k, v, bias_blocks, blocks):
-    """Softmax attention over grouped heads, one query block at a time.
+def attention(q, k, v, bias_blocks, blocks, num_kv_heads: int):
+    """Softmax attention with grouped-query heads, one query block at a time.
 
-    q [B, T, KV, G, hd] (already scaled by hd^-1/2), k, v [B, T, KV, hd];
-    bias_blocks[i] is the additive bias of block i, [B, q, k]. Scores and
-    softmax are float32; normalisation is applied after the PV product
-    (one [q, hd] division instead of a [q, k] one).
+    q [B, T, H, hd] (already scaled by hd^-1/2), k, v [B, T, KV, hd];
+    bias_blocks[i] is block i's additive bias [B, q, k]. The G = H / KV query
+    heads of a KV head are folded into the matmul rows ([B, KV, G*q, hd] x
+    [B, KV, k, hd]), so K and V are never repeated and each dot is one large
+    batched GEMM; scores and softmax are float32 and the normalisation is
+    applied after the PV product (a [q, hd] division instead of [q, k]).
+    Returns [B, T, H, hd].
     """
+    B, T, H, hd = q.shape
+    KV = num_kv_heads
+    G = H // KV
+    qg = q.reshape(B, T, KV, G, hd).transpose(0, 2, 3, 1, 4)
+    kh = k.transpose(0, 2, 1, 3)
+    vh = v.transpose(0, 2, 1, 3)
     outs = []
     for (qs, qe, ks), bias in zip(blocks, bias_blocks):
-        qb = q[:, qs:qe]
-        kb, vb = k[:, ks:qe], v[:, ks:qe]
-        s = jnp.einsum("bqkgd,bskd->bkgqs", qb, kb, preferred_element_type=jnp.float32)
-        s = s + bias[:, None, None]
-        m = jnp.max(s, axis=-1, keepdims=True)
-        p = jnp.exp(s - m)
-        denom = jnp.sum(p, axis=-1)
-        o = jnp.einsum(
-            "bkgqs,bskd->bqkgd", p.astype(v.dtype), vb, preferred_element_type=jnp.float32
-        )
-        o = o / jnp.transpose(denom, (0, 3, 1, 2))[..., None]
-        outs.append(o.astype(q.dtype))
-    return outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=1)
+        n, m = qe - qs, qe - ks
+        qb = qg[:, :, :, qs:qe].reshape(B, KV, G * n, hd)
+        s = jnp.einsum("bkmd,bksd->bkms", qb, kh[:, :, ks:qe], preferred_element_type=jnp.float32)
+        s = s.reshape(B, KV, G, n, m) + bias[:, None, None]
+        p = jnp.exp(s - jnp.max(s, axis=-1, keepdims=True))
+        denom = jnp.sum(p, axis=-1, keepdims=True)
+        o = jnp.einsum("bkms,bksd->bkmd", p.reshape(B, KV, G * n, m).astype(v.dtype), vh[:, :, ks:qe],
+                       preferred_element_type=jnp.float32)
+        outs.append((o.reshape(B, KV, G, n, hd) / denom).astype(q.dtype))
+    o = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=3)
+    return o.transpose(0, 3, 1, 2, 4).reshape(B, T, H, hd)

@@ -17,23 +17,23 @@ from .gguf_file import GGUFFile
 from .safetensors_dir import SafetensorsDir
 
 
-def _from_directory(path, *, name, checkpoint_id, dtype, param_dtype, attn_block):
+def _from_directory(path, *, name, checkpoint_id, dtype, param_dtype, attn_block, tokenizer):
     source = SafetensorsDir(path)
     cfg = from_hf_config(source.hf_config, name=name,
                          checkpoint_id=checkpoint_id or f"{source.path}#sha256-headers:{source.fingerprint()}")
     params = load_params(cfg, source, param_dtype)
     source.close()
     model = with_params(cfg, params, dtype=dtype, param_dtype=param_dtype, attn_block=attn_block)
-    return model, tok.from_directory(source.path)
+    return model, tok.from_directory(source.path) if tokenizer else None
 
 
-def _from_gguf(path, *, name, dtype, param_dtype, attn_block):
+def _from_gguf(path, *, name, dtype, param_dtype, attn_block, tokenizer):
     source = GGUFFile(path)
-    cfg = from_hf_config(source.hf_config, name=name,
-                         checkpoint_id=f"{source.path}#sha256:{source.sha256()}")
+    sha = source.sha256()
+    cfg = from_hf_config(source.hf_config, name=name, checkpoint_id=f"{source.path}#sha256:{sha}")
     params = load_params(cfg, source, param_dtype)
     model = with_params(cfg, params, dtype=dtype, param_dtype=param_dtype, attn_block=attn_block)
-    return model, tok.from_gguf(source.path)
+    return model, tok.from_gguf(source.path, sha) if tokenizer else None
 
 
 def _looks_like_path(name: str) -> bool:
@@ -42,20 +42,22 @@ def _looks_like_path(name: str) -> bool:
 
 
 def load(name_or_path: str, *, dtype=jnp.float32, param_dtype=jnp.float32,
-         revision: str | None = None, attn_block: int = DEFAULT_ATTN_BLOCK
-         ) -> tuple[Decoder, object]:
-    """Loads a checkpoint as (Decoder, tokenizer); never imports torch.
+         revision: str | None = None, attn_block: int = DEFAULT_ATTN_BLOCK,
+         tokenizer: bool = True) -> tuple[Decoder, object]:
+    """Loads a checkpoint as (Decoder, tokenizer); geom_jax never imports torch.
 
     `name_or_path` is one of: an alias (`smollm2-135m`, the embedded default;
     `llama-3-8b`, `llama-3.1-8b`, `mistral-7b`, `pythia-6.9b`,
     `pythia-6.9b-deduped`); a directory with config.json and *.safetensors
     (single file or sharded with model.safetensors.index.json); a `.gguf`
     file; or a Hub id `org/name` (optionally at `revision`), fetched with
-    huggingface_hub.snapshot_download. The tokenizer is a transformers fast
-    tokenizer, or None for a directory without tokenizer files.
+    huggingface_hub.snapshot_download. The tokenizer is a transformers
+    PreTrainedTokenizerFast, or None for a directory without tokenizer files
+    or with `tokenizer=False` (which leaves transformers unimported; when
+    torch is installed, importing transformers 5 imports it).
     """
     name = str(name_or_path)
-    kwargs = dict(dtype=dtype, param_dtype=param_dtype, attn_block=attn_block)
+    kwargs = dict(dtype=dtype, param_dtype=param_dtype, attn_block=attn_block, tokenizer=tokenizer)
     key = name.lower()
     if key in hub.ALIASES:
         target = hub.ALIASES[key]

@@ -1,0 +1,125 @@
+"""Throughput of the jitted JAX forward (all hidden states + token NLL)
+against Hugging Face PyTorch `output_hidden_states=True` on the same model
+and token ids, in the same run. The last line is the JAX/PyTorch ratio.
+
+  python experiments/bench_forward.py --model=smollm2-135m --batch_size=1 --tokens=1024
+  python experiments/bench_forward.py --model=llama-3-8b --random_weights \
+      --dtype=bfloat16 --param_dtype=bfloat16 --tokens=1024 --torch=false
+"""
+from __future__ import annotations
+
+import os
+import statistics
+import time
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("model", "smollm2-135m", "alias, directory, .gguf, Hub id, or preset name")
+flags.DEFINE_integer("batch_size", 1, "sequences per forward")
+flags.DEFINE_integer("tokens", 1024, "tokens per sequence")
+flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "activation dtype (both sides)")
+flags.DEFINE_enum("param_dtype", None, ["float32", "bfloat16"], "JAX parameter dtype (default: --dtype)")
+flags.DEFINE_integer("repeats", 5, "timed forwards per side (after one warm-up)")
+flags.DEFINE_bool("random_weights", False, "random parameters of the model's full-size preset")
+flags.DEFINE_bool("torch", True, "also time HF PyTorch (off for models too big for the host)")
+flags.DEFINE_integer("attn_block", None, "query block of the block-causal attention (default: library's)")
+flags.DEFINE_float("peak_tflops", None, "peak FLOP/s of one device in TFLOP/s, for MFU")
+flags.DEFINE_integer("seed", 0, "seed of the token ids and random weights")
+
+# Dense bfloat16 peak of one chip, TFLOP/s (vendor datasheets).
+PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L4": 121.0,
+               "TPU v4": 275.0, "TPU v5 lite": 197.0, "TPU v5e": 197.0, "TPU v5p": 459.0,
+               "TPU v6 lite": 918.0, "TPU v6e": 918.0}
+
+
+def _peak(device) -> float | None:
+    if FLAGS.peak_tflops:
+        return FLAGS.peak_tflops * 1e12
+    kind = getattr(device, "device_kind", "")
+    for name, tf in PEAK_TFLOPS.items():
+        if name.lower() in kind.lower():
+            return tf * 1e12
+    return None
+
+
+def _time(fn, repeats):
+    fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times), min(times)
+
+
+def main(argv):
+    del argv
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from flax import nnx
+
+    import geom_jax.models as gm
+
+    dtype = jnp.dtype(FLAGS.dtype)
+    param_dtype = jnp.dtype(FLAGS.param_dtype or FLAGS.dtype)
+    extra = {} if FLAGS.attn_block is None else {"attn_block": FLAGS.attn_block}
+    t = time.perf_counter()
+    if FLAGS.random_weights:
+        model = gm.init_random(gm.presets.get(FLAGS.model), seed=FLAGS.seed, dtype=dtype,
+                               param_dtype=param_dtype, **extra)
+    else:
+        model, _ = gm.load(FLAGS.model, dtype=dtype, param_dtype=param_dtype, **extra)
+    jax.block_until_ready(nnx.state(model))
+    cfg = model.config
+    print(f"model {FLAGS.model}: {cfg.family}, {cfg.num_layers} layers, d={cfg.hidden_size}, "
+          f"{cfg.num_params() / 1e6:.1f}M params, {'random' if FLAGS.random_weights else 'loaded'} "
+          f"in {time.perf_counter() - t:.1f} s")
+    device = jax.devices()[0]
+    print(f"jax {jax.__version__} on {device.device_kind} ({jax.device_count()} device(s)); "
+          f"dtype={dtype.name} param_dtype={param_dtype.name}; B={FLAGS.batch_size} T={FLAGS.tokens}; "
+          f"load average {os.getloadavg()[0]:.2f}")
+
+    rng = np.random.default_rng(FLAGS.seed)
+    ids = rng.integers(0, cfg.vocab_size, (FLAGS.batch_size, FLAGS.tokens), dtype=np.int32)
+    ids_dev = jnp.asarray(ids)
+    graphdef, state = nnx.split(model)
+    t = time.perf_counter()
+    compiled = gm.forward.lower(graphdef, state, ids_dev).compile()
+    print(f"JAX compile: {time.perf_counter() - t:.2f} s")
+    run = lambda: jax.block_until_ready(compiled(state, ids_dev))
+    med, best = _time(run, FLAGS.repeats)
+    ntok = FLAGS.batch_size * FLAGS.tokens
+    jax_tps = ntok / med
+    print(f"JAX forward: median {med:.3f} s, min {best:.3f} s, {jax_tps:,.0f} tokens/s")
+    peak = _peak(device)
+    flops = cfg.flops_per_token(FLAGS.tokens) * ntok
+    print(f"JAX: {flops / med / 1e9:,.1f} GFLOP/s" + (
+        f", MFU {flops / med / peak:.1%} of {peak / 1e12:.0f} TFLOP/s" if peak else ""))
+    del compiled, state
+    if not FLAGS.torch:
+        print("PyTorch side skipped (--torch=false); no ratio")
+        return
+
+    import torch
+
+    from geom_jax.baseline import torch_forward as tf
+
+    t = time.perf_counter()
+    if FLAGS.random_weights:
+        tmodel = tf.random_model(gm.presets.HF_CONFIGS[FLAGS.model.lower()], dtype=FLAGS.dtype,
+                                 seed=FLAGS.seed)
+    else:
+        tmodel = tf.load_model(FLAGS.model, dtype=FLAGS.dtype)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"attn_implementation={tmodel.config._attn_implementation}; loaded in "
+          f"{time.perf_counter() - t:.1f} s")
+    med_t, best_t = _time(lambda: tf.forward(tmodel, ids), FLAGS.repeats)
+    torch_tps = ntok / med_t
+    print(f"PyTorch forward: median {med_t:.3f} s, min {best_t:.3f} s, {torch_tps:,.0f} tokens/s")
+    print(f"JAX/PyTorch throughput ratio: {jax_tps / torch_tps:.2f}")
+
+
+if __name__ == "__main__":
+    app.run(main)
