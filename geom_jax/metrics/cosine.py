@@ -1,0 +1,67 @@
+"""Cosine-similarity statistics of a point cloud (the paper's section on cosine similarity)."""
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from geom_jax.metrics import distances, validation
+
+
+def cosine_stats_from_gram(x, valid, gram, centre, xc, include_diagonal=True):
+    """Mean and std of cos(x_i, x_j) over valid pairs, from the centred Gram matrix.
+
+    With x' = x - c: x_i . x_j = G_ij + a_i + a_j, a_i = x'_i . c + |c|^2 / 2,
+    so the Gram matrix shared with the distances serves here too; norms come
+    from direct sums on the raw points and zero vectors have cosine 0 (as
+    scikit-learn's cosine_similarity). The mean needs no N x N pass:
+    sum_ij cos_ij = |sum_i u_i|^2 with u_i = x_i / |x_i|. The variance is
+    one pass, sum_ij w_i w_j (cos_ij - mean)^2, reduced by a matrix-vector
+    product.
+    """
+    w = valid.astype(x.dtype)
+    xv = jnp.where(valid[..., None], x, 0.0)
+    norm2 = jnp.sum(xv * xv, axis=-1)
+    nonzero = norm2 > 0
+    inv = jnp.where(nonzero, lax.rsqrt(jnp.where(nonzero, norm2, 1.0)), 0.0)
+    a = jnp.sum(xc * centre[..., None, :], axis=-1) + 0.5 * jnp.sum(centre * centre, axis=-1)[..., None]
+    count = jnp.sum(w, axis=-1)
+    u_sum = jnp.sum(xv * inv[..., None], axis=-2)
+    total = jnp.sum(u_sum * u_sum, axis=-1)
+    diag = (jnp.diagonal(gram, axis1=-2, axis2=-1) + 2.0 * a) * inv * inv
+    if include_diagonal:
+        n_pairs = count * count
+    else:
+        total = total - jnp.sum(w * jnp.where(nonzero, 1.0, 0.0), axis=-1)
+        n_pairs = count * (count - 1.0)
+    n_pairs = jnp.maximum(n_pairs, 1.0)
+    mean = total / n_pairs
+    dev = (gram + a[..., :, None] + a[..., None, :]) * inv[..., :, None] * inv[..., None, :]
+    dev = dev - mean[..., None, None]
+    rows = jnp.einsum("...nm,...m->...n", dev * dev, w, precision=distances.HIGHEST)
+    sq = jnp.sum(rows * w, axis=-1)
+    if not include_diagonal:
+        sq = sq - jnp.sum(w * (diag - mean[..., None]) ** 2, axis=-1)
+    return mean, jnp.sqrt(jnp.maximum(sq / n_pairs, 0.0))
+
+
+@functools.partial(jax.jit, static_argnames=("include_diagonal",))
+def _cosine_similarity_stats(x, valid, include_diagonal):
+    gram, centre, xc = distances.centred_gram(x, valid)
+    return cosine_stats_from_gram(x, valid, gram, centre, xc, include_diagonal)
+
+
+def cosine_similarity_stats(x, mask=None, include_diagonal=True):
+    """(mean, std) [...] of the N x N cosine-similarity matrix of each cloud x [..., N, D].
+
+    The paper's definition includes the diagonal (include_diagonal=True);
+    only pairs of valid points (mask True) count.
+    """
+    x = validation.as_points(x, "x")
+    mask = validation.as_mask(mask, x.shape[:-2], x.shape[-2])
+    min_valid = 1 if include_diagonal else 2
+    if mask is not None and validation.is_concrete(mask):
+        validation.check_counts(mask, "mask", min_valid=min_valid)
+    if validation.is_concrete(x, mask):
+        validation.check_finite(x, distances.valid_or_all(x, mask), "x")
+    return _cosine_similarity_stats(x, distances.valid_or_all(x, mask), bool(include_diagonal))

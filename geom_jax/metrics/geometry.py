@@ -1,0 +1,165 @@
+"""All geometry metrics of a hidden-state stack in one jitted call."""
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from flax import struct
+
+from geom_jax.metrics import (
+    cosine,
+    distances,
+    intrinsic_dimension,
+    neighbors,
+    overlap,
+    unique,
+    validation,
+)
+
+
+@struct.dataclass
+class LayerGeometry:
+    """Per-layer geometry of token clouds; leading axes [...] are the prompts.
+
+    gride_ids, gride_errs, gride_scales: [..., L, S] GRIDE at n1 = 2**s.
+    twonn: [..., L] TwoNN (discard fraction as requested).
+    overlap: [..., L-1, max_k], overlap[..., l, k-1] = chi_k(layer l, layer l+1).
+    cos_mean, cos_std: [..., L] cosine-similarity statistics, diagonal included.
+    n_unique: [..., L] number of distinct valid tokens (the ID estimators' N).
+    """
+
+    gride_ids: jax.Array
+    gride_errs: jax.Array
+    gride_scales: jax.Array
+    twonn: jax.Array
+    overlap: jax.Array
+    cos_mean: jax.Array
+    cos_std: jax.Array
+    n_unique: jax.Array
+
+
+def _clouds(x, valid, *, n_scales, max_k, discard_fraction, include_diagonal, method):
+    """Everything except the overlap for clouds x [C, N, D], valid [C, N]."""
+    keep = unique.first_occurrence(x, valid)
+    gram, centre, xc = distances.centred_gram(x, valid)
+    cos_mean, cos_std = cosine.cosine_stats_from_gram(x, valid, gram, centre, xc, include_diagonal)
+    d2 = distances.sq_distances_from_gram(gram)
+    del gram
+    n_cand = min(max_k + neighbors.REFINE_MARGIN, x.shape[-2] - 1)
+    ranks = intrinsic_dimension.gride_ranks(n_scales)
+    near, ranked = neighbors.select_neighbors(
+        d2, valid, keep, k_near=n_cand, ranks=ranks, method=method
+    )
+    n = x.shape[-2]
+    exact_near = neighbors.refine_sq_distances(x, near)
+    ok = jnp.take_along_axis(valid[..., None, :], near, axis=-1) & (near != jnp.arange(n)[:, None])
+    sq, lists = neighbors.sort_candidates(jnp.where(ok, exact_near, jnp.inf), near, max_k)
+    lists = jnp.where(jnp.isfinite(sq), lists, -1)
+
+    exact_ranked = neighbors.refine_sq_distances(x, ranked)
+    exact_ranked, _ = neighbors.sort_candidates(exact_ranked, ranked, len(ranks))
+    r = jnp.sqrt(exact_ranked)
+    ids, errs, scales = intrinsic_dimension.gride_from_neighbors(r, keep)
+    tw = intrinsic_dimension.twonn_from_neighbors(r[..., 0], r[..., 1], keep, discard_fraction)
+    n_unique = jnp.sum(keep, axis=-1).astype(jnp.int32)
+    return ids, errs, scales, tw, cos_mean, cos_std, n_unique, lists
+
+
+@functools.partial(
+    jax.jit,
+    static_argnames=(
+        "range_max", "max_k", "layer_chunk", "twonn_discard_fraction", "include_diagonal",
+        "selection",
+    ),
+)
+def _layer_geometry(hidden, mask, *, range_max, max_k, layer_chunk, twonn_discard_fraction,
+                    include_diagonal, selection):
+    prompt_shape = hidden.shape[:-3]
+    n_layers, n, d = hidden.shape[-3:]
+    b = 1
+    for s in prompt_shape:
+        b *= s
+    h = hidden.reshape((b, n_layers, n, d))
+    valid = jnp.ones((b, n), bool) if mask is None else mask.reshape((b, n))
+    h = jnp.swapaxes(h, 0, 1)
+    cloud_fn = functools.partial(
+        _clouds,
+        n_scales=validation.n_scales(n, range_max),
+        max_k=max_k,
+        discard_fraction=twonn_discard_fraction,
+        include_diagonal=include_diagonal,
+        method=selection,
+    )
+
+    def chunk_fn(layers):
+        c = layers.shape[0]
+        vb = jnp.broadcast_to(valid, (c, b, n)).reshape((c * b, n))
+        outs = cloud_fn(layers.reshape((c * b, n, d)), vb)
+        return tuple(o.reshape((c, b) + o.shape[1:]) for o in outs)
+
+    chunk = n_layers if layer_chunk is None else max(1, min(int(layer_chunk), n_layers))
+    if chunk >= n_layers:
+        outs = chunk_fn(h)
+    else:
+        n_chunks = -(-n_layers // chunk)
+        pad = n_chunks * chunk - n_layers
+        if pad:
+            h = jnp.concatenate([h, jnp.broadcast_to(h[-1:], (pad, b, n, d))], axis=0)
+        h = h.reshape((n_chunks, chunk, b, n, d))
+        outs = lax.map(chunk_fn, h)
+        outs = tuple(o.reshape((n_chunks * chunk,) + o.shape[2:])[:n_layers] for o in outs)
+    ids, errs, scales, tw, cos_mean, cos_std, n_unique, lists = outs
+    chi = overlap.overlap_from_lists(lists[:-1], lists[1:], valid)
+
+    def out(a):
+        a = jnp.swapaxes(a, 0, 1)
+        return a.reshape(prompt_shape + a.shape[1:])
+
+    return LayerGeometry(
+        gride_ids=out(ids),
+        gride_errs=out(errs),
+        gride_scales=out(scales),
+        twonn=out(tw),
+        overlap=out(chi),
+        cos_mean=out(cos_mean),
+        cos_std=out(cos_std),
+        n_unique=out(n_unique),
+    )
+
+
+def layer_geometry(hidden, mask=None, *, range_max=256, max_k=32, layer_chunk=None,
+                   twonn_discard_fraction=0.1, include_diagonal=True, selection="auto",
+                   validate=True):
+    """GRIDE, TwoNN, neighbourhood overlap and cosine statistics for every layer.
+
+    hidden: [..., L, N, D] hidden states (e.g. [B, L+1, T, D] from a model);
+    mask: bool [..., N] valid tokens per prompt, shared by all layers (None:
+    all valid). One Gram matrix per layer serves distances and cosine; ID
+    estimators use the distinct valid tokens (first occurrence kept),
+    overlap and cosine all valid tokens. layer_chunk bounds memory by
+    processing that many layers at a time (lax.map). selection: "auto"
+    (NumPy host selection on CPU, lax.top_k elsewhere), "host" or "xla".
+    With validate (default) and concrete inputs, validate_hidden runs first;
+    under an outer jit / shard_map only the static checks run.
+    Returns a LayerGeometry pytree of float32 arrays.
+    """
+    neighbors._check_method(selection)
+    if not 0.0 <= float(twonn_discard_fraction) < 1.0:
+        raise ValueError(
+            f"twonn_discard_fraction must be in [0, 1), got {twonn_discard_fraction!r}"
+        )
+    if layer_chunk is not None and (not isinstance(layer_chunk, int) or layer_chunk < 1):
+        raise ValueError(f"layer_chunk must be a positive integer or None, got {layer_chunk!r}")
+    if validate:
+        validation.validate_hidden(hidden, mask, range_max=range_max, max_k=max_k)
+    else:
+        validation.check_max_k(hidden.shape[-2], max_k)
+        validation.check_range_max(hidden.shape[-2], range_max)
+    hidden = validation.as_points(hidden, "hidden", min_rank=3)
+    if mask is not None:
+        mask = jnp.asarray(mask, bool)
+    return _layer_geometry(
+        hidden, mask, range_max=int(range_max), max_k=int(max_k), layer_chunk=layer_chunk,
+        twonn_discard_fraction=float(twonn_discard_fraction),
+        include_diagonal=bool(include_diagonal), selection=selection,
+    )

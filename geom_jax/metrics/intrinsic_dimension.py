@@ -1,0 +1,227 @@
+"""Intrinsic dimension: TwoNN (Facco et al. 2017) and GRIDE (Denti et al. 2022).
+
+Both work on neighbour distances of the unique valid points of each cloud
+(duplicates dropped keeping the first occurrence, as the paper's code does),
+with DADApy 0.3.4's conventions, vectorised over clouds and scales.
+"""
+import functools
+
+import numpy as np
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from geom_jax.metrics import distances, neighbors, unique, validation
+
+BISECTION_LO = 1e-3
+BISECTION_HI = 1e3
+BISECTION_STEPS = 34
+"""DADApy bisects until |d1 - d0| <= 1e-7: 34 halvings of [0.001, 1000]."""
+LIKELIHOOD_FLOOR = 2e-7
+OUTLIER_FACTOR = 20.0
+
+
+def gride_ranks(n_scales):
+    """Neighbour ranks 1, 2, 4, ..., 2**n_scales used by GRIDE (and TwoNN)."""
+    return tuple(2**s for s in range(n_scales + 1))
+
+
+def kth_smallest(values, valid, k):
+    """k-th smallest (0-based) valid entry of non-negative values [..., M].
+
+    Exact bisection on the float32 bit pattern (monotone for x >= 0):
+    32 counting passes instead of a sort.
+    """
+    bits = lax.bitcast_convert_type(jnp.where(valid, values, jnp.inf), jnp.int32)
+    lo = jnp.zeros(k.shape, jnp.int32)
+    hi = jnp.full(k.shape, 0x7F800000, jnp.int32)
+
+    def body(_, bounds):
+        lo, hi = bounds
+        mid = lo + (hi - lo) // 2
+        enough = jnp.sum(bits <= mid[..., None], axis=-1) >= k + 1
+        return jnp.where(enough, lo, mid + 1), jnp.where(enough, mid, hi)
+
+    lo, _ = lax.fori_loop(0, 32, body, (lo, hi))
+    return lax.bitcast_convert_type(lo, jnp.float32)
+
+
+def quantile(values, valid, q):
+    """np.quantile(values[valid], q) with linear interpolation, for x >= 0."""
+    count = jnp.sum(valid, axis=-1)
+    pos = q * (count - 1).astype(jnp.float32)
+    below = jnp.floor(pos).astype(jnp.int32)
+    frac = pos - below.astype(jnp.float32)
+    a = kth_smallest(values, valid, below)
+    b = kth_smallest(values, valid, jnp.minimum(below + 1, jnp.maximum(count - 1, 0)))
+    return jnp.where(frac >= 0.5, b - (b - a) * (1.0 - frac), a + (b - a) * frac)
+
+
+def _neg_score(dim, log_mu, kept, n1, n2, n_kept):
+    """Minus d/dd of the GRIDE log-likelihood (DADApy's N - 1 convention)."""
+    one_minus = jnp.maximum(-jnp.expm1(-dim[..., None] * log_mu), LIKELIHOOD_FLOOR)
+    terms = ((1.0 - n2 + n1)[..., None] / one_minus + (n2 - 1.0)[..., None]) * log_mu
+    return jnp.sum(jnp.where(kept, terms, 0.0), axis=-1) - (n_kept - 1.0) / dim
+
+
+def gride_from_ratios(mu, valid, n1):
+    """GRIDE maximum likelihood and error per scale.
+
+    mu [..., S, M] ratios r_{2 n1} / r_{n1} >= 1, valid [..., S, M], n1 [S].
+    Ratios >= median + 20 (q95 - median) are dropped from the likelihood
+    (DADApy's filter); the maximum is found by 34 bisection steps on
+    [0.001, 1000] on the sign of the score; the error is 1 / sqrt(Fisher
+    information) over all valid ratios (Denti et al. 2022, eq. for I(d)).
+    """
+    n1 = jnp.asarray(n1, jnp.float32)
+    n2 = 2.0 * n1
+    log_mu = jnp.log(jnp.maximum(mu, 1.0))
+    median = quantile(mu, valid, 0.5)
+    q95 = quantile(mu, valid, 0.95)
+    cut = median + OUTLIER_FACTOR * (q95 - median)
+    kept = valid & (mu < cut[..., None])
+    n_kept = jnp.sum(kept, axis=-1).astype(jnp.float32)
+
+    lo = jnp.full(n_kept.shape, BISECTION_LO, jnp.float32)
+    hi = jnp.full(n_kept.shape, BISECTION_HI, jnp.float32)
+    s_hi = _neg_score(hi, log_mu, kept, n1, n2, n_kept)
+
+    def step(_, bounds):
+        lo, hi = bounds
+        mid = 0.5 * (lo + hi)
+        same = _neg_score(mid, log_mu, kept, n1, n2, n_kept) * s_hi > 0
+        return jnp.where(same, lo, mid), jnp.where(same, mid, hi)
+
+    lo, hi = lax.fori_loop(0, BISECTION_STEPS, step, (lo, hi))
+    dim = 0.5 * (lo + hi)
+
+    z = dim[..., None] * log_mu
+    p = jnp.exp(-z)
+    one_minus = -jnp.expm1(-z)
+    positive = log_mu > 0
+    ratio = jnp.where(positive, log_mu / jnp.where(positive, one_minus, 1.0), 1.0 / dim[..., None])
+    count = jnp.sum(valid, axis=-1).astype(jnp.float32)
+    fisher = count / dim**2 + (n2 - n1 - 1.0) * jnp.sum(jnp.where(valid, ratio**2 * p, 0.0), axis=-1)
+    return dim, 1.0 / jnp.sqrt(fisher)
+
+
+def gride_from_neighbors(r, keep):
+    """GRIDE ids, errs, scales [..., S] from r [..., N, S+1] sorted distances at ranks 2**s.
+
+    keep [..., N] marks the unique valid points; scale s needs 2**(s+1) <=
+    n_unique - 1, else NaN. scales = mean over points of (r_n1 + r_n2) / 2.
+    """
+    n_scales = r.shape[-1] - 1
+    n_unique = jnp.sum(keep, axis=-1)
+    n1 = 2 ** np.arange(n_scales)
+    r1 = jnp.swapaxes(r[..., :-1], -1, -2)
+    r2 = jnp.swapaxes(r[..., 1:], -1, -2)
+    supported = 2 * n1 <= (n_unique[..., None] - 1)
+    valid = keep[..., None, :] & supported[..., None]
+    mu = jnp.where(valid, r2 / jnp.where(valid, r1, 1.0), 1.0)
+    ids, errs = gride_from_ratios(mu, valid, n1)
+    count = jnp.maximum(jnp.sum(valid, axis=-1), 1).astype(jnp.float32)
+    scales = jnp.sum(jnp.where(valid, 0.5 * (r1 + r2), 0.0), axis=-1) / count
+    nan = jnp.float32(jnp.nan)
+    return (
+        jnp.where(supported, ids, nan),
+        jnp.where(supported, errs, nan),
+        jnp.where(supported, scales, nan),
+    )
+
+
+def _fraction_table(n_max, keep_fraction):
+    """floor(n * keep_fraction) for n = 0..n_max, computed in float64 as DADApy does."""
+    return jnp.asarray([int(n * keep_fraction) for n in range(n_max + 1)], jnp.int32)
+
+
+def twonn_from_neighbors(r1, r2, keep, discard_fraction=0.1):
+    """TwoNN (Facco et al. 2017) from first/second neighbour distances [..., N].
+
+    discard_fraction > 0: slope through the origin of -log(1 - i/N) against
+    the sorted log(r2/r1), on the (1 - discard_fraction) N smallest ratios
+    (DADApy compute_id_2NN, mu_fraction = 1 - discard_fraction).
+    discard_fraction == 0: maximum likelihood (N - 1) / sum log(r2/r1).
+    N = number of unique valid points; NaN when N < 3.
+    """
+    n = r1.shape[-1]
+    n_unique = jnp.sum(keep, axis=-1)
+    log_mu = jnp.where(keep, jnp.log(jnp.maximum(r2 / jnp.where(keep, r1, 1.0), 1.0)), 0.0)
+    nf = n_unique.astype(jnp.float32)
+    if discard_fraction == 0.0:
+        dim = (nf - 1.0) / jnp.sum(log_mu, axis=-1)
+    else:
+        n_eff = _fraction_table(n, 1.0 - discard_fraction)[n_unique]
+        x = jnp.sort(jnp.where(keep, log_mu, jnp.inf), axis=-1)
+        i = jnp.arange(1, n + 1, dtype=jnp.float32)
+        y = -jnp.log1p(-i / nf[..., None])
+        use = jnp.arange(n) < n_eff[..., None]
+        x = jnp.where(use, x, 0.0)
+        y = jnp.where(use, y, 0.0)
+        dim = jnp.sum(x * y, axis=-1) / jnp.sum(x * x, axis=-1)
+    return jnp.where(n_unique >= validation.MIN_VALID_POINTS, dim, jnp.nan)
+
+
+def unique_neighbor_distances(x, d2, keep, ranks, method):
+    """Distances [..., N, len(ranks)] at the given neighbour ranks among unique points.
+
+    Indices come from the Gram squared distances; the selected pairs are
+    refined by direct differences and sorted per point.
+    """
+    _, ranked = neighbors.select_neighbors(d2, keep, keep, k_near=0, ranks=ranks, method=method)
+    exact = neighbors.refine_sq_distances(x, ranked)
+    exact, _ = neighbors.sort_candidates(exact, ranked, len(ranks))
+    return jnp.sqrt(exact)
+
+
+def _prepare(x, mask):
+    valid = distances.valid_or_all(x, mask)
+    keep = unique.first_occurrence(x, valid)
+    gram, _, _ = distances.centred_gram(x, keep)
+    return keep, distances.sq_distances_from_gram(gram)
+
+
+@functools.partial(jax.jit, static_argnames=("n_scales", "method"))
+def _gride(x, mask, n_scales, method):
+    keep, d2 = _prepare(x, mask)
+    r = unique_neighbor_distances(x, d2, keep, gride_ranks(n_scales), method)
+    return gride_from_neighbors(r, keep)
+
+
+@functools.partial(jax.jit, static_argnames=("discard_fraction", "method"))
+def _twonn(x, mask, discard_fraction, method):
+    keep, d2 = _prepare(x, mask)
+    r = unique_neighbor_distances(x, d2, keep, (1, 2), method)
+    return twonn_from_neighbors(r[..., 0], r[..., 1], keep, discard_fraction)
+
+
+def gride(x, range_max=256, mask=None, *, selection="auto"):
+    """GRIDE intrinsic dimension (Denti et al. 2022) of each cloud x [..., N, D].
+
+    Scales n1 = 1, 2, 4, ..., 2**(S-1), n2 = 2 n1, S = floor(log2(min(N,
+    range_max))). Returns (ids, errs, scales) [..., S] float32; NaN where the
+    unique valid points cannot support a scale (n2 > n_unique - 1).
+    """
+    neighbors._check_method(selection)
+    x = validation.as_points(x, "x")
+    validation.check_range_max(x.shape[-2], range_max)
+    mask = validation.as_mask(mask, x.shape[:-2], x.shape[-2])
+    validation.validate_points(x, mask)
+    return _gride(x, mask, validation.n_scales(x.shape[-2], range_max), selection)
+
+
+def twonn(x, discard_fraction=0.1, mask=None, *, selection="auto"):
+    """TwoNN intrinsic dimension (Facco et al. 2017) of each cloud x [..., N, D] -> [...].
+
+    discard_fraction=0.1: linear fit through the origin on the 90% smallest
+    ratios (DADApy's default); 0.0: the maximum-likelihood form.
+    """
+    neighbors._check_method(selection)
+    if not 0.0 <= float(discard_fraction) < 1.0:
+        raise ValueError(f"discard_fraction must be in [0, 1), got {discard_fraction!r}")
+    x = validation.as_points(x, "x")
+    if x.shape[-2] < validation.MIN_VALID_POINTS:
+        raise ValueError(f"x: TwoNN needs N >= 3 points per cloud, got N = {x.shape[-2]}")
+    mask = validation.as_mask(mask, x.shape[:-2], x.shape[-2])
+    validation.validate_points(x, mask)
+    return _twonn(x, mask, float(discard_fraction), selection)

@@ -1,0 +1,65 @@
+"""Neighbourhood overlap chi_k between two representations of the same tokens.
+
+chi_k = mean over points i of |N_k^x(i) ∩ N_k^y(i)| / k, with N_k the k
+nearest neighbours (self excluded, ties to the lower index), as in the
+paper's section on neighbourhood overlap (after Doimo et al. 2020).
+"""
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from geom_jax.metrics import distances, neighbors, validation
+
+
+def overlap_from_lists(a, b, valid):
+    """chi_k for k = 1..K from sorted neighbour lists a, b [..., N, K] -> [..., K].
+
+    Entry a[p] is in both top-k lists iff k > max(p, q) where q is its
+    position in b; counting these for every k needs only the K x K match
+    table per point, no loop over points or k. Negative entries never match.
+    """
+    k = a.shape[-1]
+    match = (a[..., :, None] == b[..., None, :]) & (a[..., :, None] >= 0)
+    pos_b = jnp.where(jnp.any(match, axis=-1), jnp.argmax(match, axis=-1), k)
+    last = jnp.maximum(jnp.arange(k), pos_b)
+    shared = jnp.sum(last[..., :, None] < jnp.arange(1, k + 1), axis=-2)
+    valid_f = valid.astype(jnp.float32)
+    count = jnp.maximum(jnp.sum(valid_f, axis=-1), 1.0)
+    mean_shared = jnp.sum(shared * valid_f[..., None], axis=-2) / count[..., None]
+    return mean_shared / jnp.arange(1, k + 1, dtype=jnp.float32)
+
+
+def neighbor_lists(x, valid, max_k, method):
+    """Exact max_k-nearest-neighbour index lists [..., N, max_k] (internal)."""
+    gram, _, _ = distances.centred_gram(x, valid)
+    d2 = distances.sq_distances_from_gram(gram)
+    _, idx = neighbors.exact_knn(x, d2, valid, max_k, method)
+    return idx
+
+
+@functools.partial(jax.jit, static_argnames=("max_k", "method"))
+def _neighborhood_overlap(x, y, valid, max_k, method):
+    a = neighbor_lists(x, valid, max_k, method)
+    b = neighbor_lists(y, valid, max_k, method)
+    return overlap_from_lists(a, b, valid)
+
+
+def neighborhood_overlap(x, y, max_k=32, mask=None, *, selection="auto"):
+    """chi_k between clouds x [..., N, D] and y [..., N, D'] -> [..., max_k].
+
+    out[..., k-1] = chi_k for k = 1..max_k; only points with mask True take
+    part (as points and as neighbours).
+    """
+    neighbors._check_method(selection)
+    x = validation.as_points(x, "x")
+    y = validation.as_points(y, "y")
+    if x.shape[:-1] != y.shape[:-1]:
+        raise ValueError(
+            f"x and y must hold the same points: shapes {tuple(x.shape)} and {tuple(y.shape)}"
+        )
+    validation.check_max_k(x.shape[-2], max_k)
+    mask = validation.as_mask(mask, x.shape[:-2], x.shape[-2])
+    validation.validate_points(x, mask, "x", max_k=max_k)
+    validation.validate_points(y, mask, "y", max_k=max_k)
+    return _neighborhood_overlap(x, y, distances.valid_or_all(x, mask), max_k, selection)

@@ -1,0 +1,72 @@
+"""Duplicate points (identical vectors) as static-shape masks."""
+import numpy as np
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+_SALT_SEED = 0x5EED
+
+
+def _fmix32(h):
+    """MurmurHash3 finaliser: a bijective avalanche on uint32."""
+    h = h ^ (h >> 16)
+    h = h * jnp.uint32(0x85EBCA6B)
+    h = h ^ (h >> 13)
+    h = h * jnp.uint32(0xC2B2AE35)
+    return h ^ (h >> 16)
+
+
+def _row_hashes(x):
+    """Two 32-bit hashes of the bit pattern of each row ([..., N, D] -> 2 x [..., N]).
+
+    Each coordinate is salted by its position and mixed before summation, so
+    distinct rows collide with probability about 2**-64; +0 and -0 hash alike.
+    """
+    d = x.shape[-1]
+    rng = np.random.default_rng(_SALT_SEED)
+    salt = jnp.asarray(rng.integers(0, 2**32, d, dtype=np.uint64).astype(np.uint32))
+    mult = jnp.asarray((rng.integers(0, 2**31, d, dtype=np.uint64) * 2 + 1).astype(np.uint32))
+    bits = lax.bitcast_convert_type(jnp.where(x == 0, jnp.zeros_like(x), x), jnp.uint32)
+    mixed = _fmix32(bits ^ salt)
+    h1 = jnp.sum(mixed, axis=-1, dtype=jnp.uint32)
+    h2 = jnp.sum(mixed * mult, axis=-1, dtype=jnp.uint32)
+    return _fmix32(h1), _fmix32(h2 ^ jnp.uint32(0x9E3779B9))
+
+
+def first_occurrence(x, valid):
+    """Bool [..., N]: valid points with no identical valid point at a lower index.
+
+    Rows are sorted by (invalid, hash, index), so each run of identical
+    vectors is contiguous and starts at its first occurrence; a row is a
+    duplicate when it equals (hash and exact coordinates) the previous row
+    of the run. Static shapes, no loop over points.
+    """
+    n = x.shape[-2]
+    h1, h2 = _row_hashes(x)
+    idx = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), valid.shape)
+    invalid = (~valid).astype(jnp.int32)
+    inv_s, h1_s, h2_s, idx_s = lax.sort((invalid, h1, h2, idx), dimension=-1, num_keys=4)
+    x_s = jnp.take_along_axis(x, idx_s[..., None], axis=-2)
+    same = (
+        (inv_s[..., 1:] == 0)
+        & (inv_s[..., :-1] == 0)
+        & (h1_s[..., 1:] == h1_s[..., :-1])
+        & (h2_s[..., 1:] == h2_s[..., :-1])
+        & jnp.all(x_s[..., 1:, :] == x_s[..., :-1, :], axis=-1)
+    )
+    dup_s = jnp.concatenate([jnp.zeros_like(same[..., :1]), same], axis=-1)
+    _, dup = lax.sort((idx_s, dup_s.astype(jnp.int32)), dimension=-1, num_keys=1)
+    return valid & (dup == 0)
+
+
+@jax.jit
+def _unique_mask(x, valid):
+    return first_occurrence(x, valid)
+
+
+def unique_mask(x, mask=None):
+    """Public helper: bool [..., N] mask of first occurrences among valid points."""
+    from geom_jax.metrics import distances, validation
+
+    x = validation.as_points(x, "x")
+    return _unique_mask(x, distances.valid_or_all(x, mask))

@@ -1,0 +1,171 @@
+"""Input checks: static shape checks at trace time, value checks on concrete arrays.
+
+Every failure is a ValueError that names the argument and, for value checks,
+the offending prompt (leading batch index) and layer.
+"""
+import math
+
+import numpy as np
+import jax
+import jax.numpy as jnp
+
+MIN_VALID_POINTS = 3
+
+
+def is_concrete(*arrays):
+    """True when no argument is a tracer (values can be inspected on the host)."""
+    return not any(isinstance(a, jax.core.Tracer) for a in arrays if a is not None)
+
+
+def as_points(x, name, min_rank=2):
+    """float32 array [..., N, D]; rejects wrong rank and non-float dtypes."""
+    if not hasattr(x, "shape"):
+        x = np.asarray(x)
+    if len(x.shape) < min_rank:
+        raise ValueError(
+            f"{name} must have rank >= {min_rank} ([..., N, D] point clouds), got shape {tuple(x.shape)}"
+        )
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise ValueError(f"{name} must be a floating-point array, got dtype {x.dtype}")
+    return jnp.asarray(x, jnp.float32)
+
+
+def as_mask(mask, batch_shape, n, name="mask"):
+    """Bool mask broadcast to batch_shape + (N,), or None."""
+    if mask is None:
+        return None
+    if not hasattr(mask, "shape"):
+        mask = np.asarray(mask)
+    if len(mask.shape) == 0 or mask.shape[-1] != n:
+        raise ValueError(f"{name} must have shape [..., N] with N = {n}, got {tuple(mask.shape)}")
+    try:
+        np.broadcast_shapes(tuple(mask.shape), tuple(batch_shape) + (n,))
+    except ValueError:
+        raise ValueError(
+            f"{name} of shape {tuple(mask.shape)} does not broadcast to {tuple(batch_shape) + (n,)}"
+        ) from None
+    if mask.dtype != bool and not is_concrete(mask):
+        raise ValueError(f"{name} must be boolean, got dtype {mask.dtype}")
+    return jnp.broadcast_to(jnp.asarray(mask, bool), tuple(batch_shape) + (n,))
+
+
+def n_scales(n, range_max):
+    """S = floor(log2(min(N, range_max))), the number of GRIDE scales."""
+    return int(math.floor(math.log2(min(n, range_max))))
+
+
+def check_range_max(n, range_max, name="range_max"):
+    if not isinstance(range_max, (int, np.integer)) or range_max < 2:
+        raise ValueError(f"{name} must be an integer >= 2, got {range_max!r}")
+    if n < MIN_VALID_POINTS:
+        raise ValueError(f"GRIDE needs N >= {MIN_VALID_POINTS} points per cloud, got N = {n}")
+    top = 2 ** n_scales(n, range_max)
+    if top > n - 1:
+        raise ValueError(
+            f"{name}={range_max} with N = {n} points asks for neighbour rank {top}, but a point "
+            f"has only {n - 1} neighbours; use range_max <= {top // 2} or more points"
+        )
+
+
+def check_max_k(n, max_k, name="max_k"):
+    if not isinstance(max_k, (int, np.integer)) or max_k < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {max_k!r}")
+    if max_k > n - 1:
+        raise ValueError(f"{name}={max_k} needs N >= {max_k + 1} points per cloud, got N = {n}")
+
+
+def _where(index, batch_shape, kind):
+    """Human-readable location of a flat index into batch_shape."""
+    pos = tuple(int(p) for p in np.unravel_index(index, batch_shape)) if batch_shape else ()
+    if kind == "cloud":
+        return f"cloud {pos}"
+    if kind == "prompt":
+        return f"prompt {pos}"
+    return f"prompt {pos[:-1]}, layer {pos[-1]}"
+
+
+def check_finite(x, valid, name, kind="cloud"):
+    """Raise if x [..., N, D] has a non-finite value at a valid point."""
+    x = np.asarray(x)
+    batch_shape = x.shape[:-2]
+    n = x.shape[-2]
+    valid = np.broadcast_to(np.asarray(valid, bool), x.shape[:-1])
+    bad = (~np.all(np.isfinite(x), axis=-1) & valid).reshape(-1, n)
+    if bad.any():
+        flat = int(np.flatnonzero(bad.any(axis=-1))[0])
+        token = int(np.flatnonzero(bad[flat])[0])
+        raise ValueError(
+            f"{name} has non-finite values at {_where(flat, batch_shape, kind)}, token {token}"
+        )
+
+
+def check_counts(valid, name="mask", *, max_k=None, kind="cloud", min_valid=MIN_VALID_POINTS):
+    """Raise if a row of valid [..., N] has < min_valid points (or <= max_k)."""
+    valid = np.asarray(valid, bool)
+    batch_shape = valid.shape[:-1]
+    counts = valid.sum(axis=-1).reshape(-1)
+    if counts.size == 0:
+        return
+    flat = int(np.argmin(counts))
+    if counts[flat] < min_valid:
+        raise ValueError(
+            f"{name} has fewer than {min_valid} valid points ({int(counts[flat])}) at "
+            f"{_where(flat, batch_shape, kind)}"
+        )
+    if max_k is not None and counts[flat] < max_k + 1:
+        raise ValueError(
+            f"{name}: max_k={max_k} needs >= {max_k + 1} valid points, but "
+            f"{_where(flat, batch_shape, kind)} has {int(counts[flat])}"
+        )
+
+
+def check_mask_dtype(mask, name="mask"):
+    m = np.asarray(mask)
+    if m.dtype != bool and not np.all(np.isin(m, (0, 1))):
+        raise ValueError(f"{name} must be boolean (or 0/1), got dtype {m.dtype}")
+
+
+def validate_hidden(hidden, mask=None, *, range_max=256, max_k=32):
+    """Check a hidden-state stack [..., L, N, D] and its mask [..., N] for layer_geometry.
+
+    Shape checks always run; value checks (finite values at valid tokens,
+    at least max(3, max_k + 1) valid tokens per prompt) run when the arrays
+    are concrete. Raises ValueError naming the argument and the offending
+    prompt / layer. The pipeline can call this on host arrays before compute.
+    """
+    if not hasattr(hidden, "shape"):
+        hidden = np.asarray(hidden)
+    if len(hidden.shape) < 3:
+        raise ValueError(
+            f"hidden must have rank >= 3 ([..., L, N, D]), got shape {tuple(hidden.shape)}"
+        )
+    if not jnp.issubdtype(hidden.dtype, jnp.floating):
+        raise ValueError(f"hidden must be a floating-point array, got dtype {hidden.dtype}")
+    n = hidden.shape[-2]
+    prompt_shape = tuple(hidden.shape[:-3])
+    check_max_k(n, max_k)
+    check_range_max(n, range_max)
+    if mask is not None:
+        if not hasattr(mask, "shape"):
+            mask = np.asarray(mask)
+        if tuple(mask.shape) != prompt_shape + (n,):
+            raise ValueError(
+                f"mask must have shape {prompt_shape + (n,)} (one row per prompt, shared by all "
+                f"layers), got {tuple(mask.shape)}"
+            )
+    if mask is not None and is_concrete(mask):
+        check_mask_dtype(mask)
+        check_counts(np.asarray(mask, bool), "mask", max_k=max_k, kind="prompt")
+    if is_concrete(hidden, mask):
+        valid = np.ones(prompt_shape + (n,), bool) if mask is None else np.asarray(mask, bool)
+        check_finite(hidden, valid[..., None, :], "hidden", kind="layer")
+
+
+def validate_points(x, mask, name="x", *, max_k=None):
+    """Value checks for the single-cloud functions (x [..., N, D], mask [..., N])."""
+    if mask is not None and is_concrete(mask):
+        check_mask_dtype(mask)
+        check_counts(np.broadcast_to(np.asarray(mask, bool), x.shape[:-1]), "mask", max_k=max_k)
+    if is_concrete(x, mask):
+        valid = np.ones(x.shape[:-1], bool) if mask is None else np.asarray(mask, bool)
+        check_finite(x, valid, name)

@@ -1,0 +1,145 @@
+"""Float64 NumPy transcription of the geometry definitions, used as a test oracle.
+
+Written from the definitions (tests/fixtures/README.md), independently of
+geom_jax.metrics: direct float64 distances, full sorts, a scalar bisection
+loop per layer and scale, Python sets for neighbourhood overlap.
+"""
+import math
+
+import numpy as np
+from scipy.spatial.distance import cdist
+
+BISECTION_LO = 1e-3
+BISECTION_HI = 1e3
+BISECTION_TOL = 1e-7
+
+
+def unique_first(points, valid=None):
+    """Indices of the first occurrence of every distinct valid row, ascending."""
+    n = points.shape[0]
+    valid = np.ones(n, bool) if valid is None else np.asarray(valid, bool)
+    seen = set()
+    keep = []
+    for i in range(n):
+        if not valid[i]:
+            continue
+        key = np.asarray(points[i], np.float64).tobytes()
+        if key in seen:
+            continue
+        seen.add(key)
+        keep.append(i)
+    return np.array(keep, dtype=np.int64)
+
+
+def distances(points):
+    x = np.asarray(points, np.float64)
+    return cdist(x, x)
+
+
+def sorted_neighbour_distances(points):
+    """Row-wise sorted distances to all other points (self excluded)."""
+    d = distances(points)
+    np.fill_diagonal(d, np.inf)
+    return np.sort(d, axis=1)[:, :-1]
+
+
+def neighbour_lists(points, k):
+    """k nearest neighbours per point, self excluded, ties by lower index."""
+    d = distances(points)
+    np.fill_diagonal(d, np.inf)
+    return np.argsort(d, axis=1, kind="stable")[:, :k]
+
+
+def _score(dim, log_mu, n1, n2, n_points):
+    """Minus the derivative of the GRIDE log-likelihood in d (DADApy's N - 1 convention)."""
+    one_minus = -np.expm1(-dim * log_mu)
+    one_minus = np.maximum(one_minus, 2 * BISECTION_TOL)
+    terms = ((1 - n2 + n1) / one_minus + n2 - 1.0) * log_mu
+    return terms.sum() - (n_points - 1) / dim
+
+
+def gride_scale(mu, n1, n2):
+    """Denti et al. 2022 maximum likelihood at one scale, DADApy 0.3.4 conventions.
+
+    The likelihood uses the ratios below median + 20 (q95 - median); the
+    Fisher information (error) uses all ratios.
+    """
+    mu = np.asarray(mu, np.float64)
+    median = np.median(mu)
+    cut = median + 20.0 * (np.quantile(mu, 0.95) - median)
+    kept = np.log(mu[mu < cut])
+    lo, hi = BISECTION_LO, BISECTION_HI
+    s_hi = _score(hi, kept, n1, n2, kept.size)
+    while abs(hi - lo) > BISECTION_TOL:
+        mid = 0.5 * (lo + hi)
+        if _score(mid, kept, n1, n2, kept.size) * s_hi > 0:
+            hi = mid
+        else:
+            lo = mid
+    dim = 0.5 * (lo + hi)
+    log_mu = np.log(mu)
+    p = np.exp(-dim * log_mu)
+    one_minus = 1.0 - p
+    ratio = np.where(log_mu > 0, log_mu / np.where(log_mu > 0, one_minus, 1.0), 1.0 / dim)
+    fisher = mu.size / dim**2 + (n2 - n1 - 1) * np.sum(ratio**2 * p)
+    return dim, 1.0 / math.sqrt(fisher)
+
+
+def gride(points, range_max=256, valid=None):
+    keep = unique_first(points, valid)
+    r = sorted_neighbour_distances(np.asarray(points)[keep])
+    n = keep.size
+    n_scales = int(math.floor(math.log2(min(n, range_max))))
+    ids, errs, scales = [], [], []
+    for s in range(n_scales):
+        n1, n2 = 2**s, 2 ** (s + 1)
+        if n2 > n - 1:
+            ids.append(np.nan)
+            errs.append(np.nan)
+            scales.append(np.nan)
+            continue
+        r1, r2 = r[:, n1 - 1], r[:, n2 - 1]
+        dim, err = gride_scale(r2 / r1, n1, n2)
+        ids.append(dim)
+        errs.append(err)
+        scales.append(np.mean(0.5 * (r1 + r2)))
+    return np.array(ids), np.array(errs), np.array(scales)
+
+
+def twonn(points, discard_fraction=0.1, valid=None):
+    """Facco et al. 2017; discard_fraction=0 is the maximum-likelihood form."""
+    keep = unique_first(points, valid)
+    r = sorted_neighbour_distances(np.asarray(points)[keep])
+    n = keep.size
+    log_mu = np.log(r[:, 1] / r[:, 0])
+    if discard_fraction == 0.0:
+        return (n - 1) / log_mu.sum()
+    n_eff = int(n * (1.0 - discard_fraction))
+    x = np.sort(log_mu)[:n_eff]
+    y = -np.log(1.0 - np.arange(1, n_eff + 1) / n)
+    return float(x @ y / (x @ x))
+
+
+def overlap(x, y, max_k=32, valid=None):
+    """chi_k for k = 1..max_k; element k-1 holds chi_k."""
+    x, y = np.asarray(x), np.asarray(y)
+    if valid is not None:
+        x, y = x[np.asarray(valid, bool)], y[np.asarray(valid, bool)]
+    nx, ny = neighbour_lists(x, max_k), neighbour_lists(y, max_k)
+    out = np.zeros(max_k)
+    for k in range(1, max_k + 1):
+        shared = [len(set(nx[i, :k]) & set(ny[i, :k])) for i in range(x.shape[0])]
+        out[k - 1] = np.mean(shared) / k
+    return out
+
+
+def cosine_stats(points, valid=None, include_diagonal=True):
+    x = np.asarray(points, np.float64)
+    if valid is not None:
+        x = x[np.asarray(valid, bool)]
+    norm = np.linalg.norm(x, axis=1, keepdims=True)
+    u = np.divide(x, norm, out=np.zeros_like(x), where=norm > 0)
+    c = u @ u.T
+    if not include_diagonal:
+        c = c[~np.eye(c.shape[0], dtype=bool)]
+    return float(c.mean()), float(c.std())
