@@ -7,7 +7,7 @@ import os
 import jax.numpy as jnp
 
 from .. import tokenizer as tok
-from ..config import from_hf_config
+from ..config import family_of, from_hf_config
 from ..decoder import DEFAULT_ATTN_BLOCK, Decoder, with_params
 from . import hub
 from .assemble import load_params
@@ -19,6 +19,7 @@ from .safetensors_dir import SafetensorsDir
 
 def _from_directory(path, *, name, checkpoint_id, dtype, param_dtype, attn_block, tokenizer):
     source = SafetensorsDir(path)
+    family_of(source.hf_config)
     cfg = from_hf_config(source.hf_config, name=name,
                          checkpoint_id=checkpoint_id or f"{source.path}#sha256-headers:{source.fingerprint()}")
     params = load_params(cfg, source, param_dtype)
@@ -33,7 +34,7 @@ def _from_gguf(path, *, name, dtype, param_dtype, attn_block, tokenizer):
     cfg = from_hf_config(source.hf_config, name=name, checkpoint_id=f"{source.path}#sha256:{sha}")
     params = load_params(cfg, source, param_dtype)
     model = with_params(cfg, params, dtype=dtype, param_dtype=param_dtype, attn_block=attn_block)
-    return model, tok.from_gguf(source.path, sha) if tokenizer else None
+    return model, tok.from_gguf(source.reader, sha) if tokenizer else None
 
 
 def _looks_like_path(name: str) -> bool:

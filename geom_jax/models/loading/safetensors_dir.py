@@ -6,8 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from typing import Iterator
-
 import numpy as np
 from safetensors import safe_open
 
@@ -26,6 +24,13 @@ class SafetensorsDir:
             raise FileNotFoundError(f"{self.path} has no config.json")
         with open(config_path) as f:
             self.hf_config = json.load(f)
+        self._file_of: dict[str, str] | None = None
+        self._handles: dict[str, object] = {}
+
+    def _index(self) -> dict[str, str]:
+        """Tensor name -> file, built on first use (after config checks)."""
+        if self._file_of is not None:
+            return self._file_of
         index = os.path.join(self.path, INDEX)
         if os.path.isfile(index):
             with open(index) as f:
@@ -47,16 +52,16 @@ class SafetensorsDir:
         for name in set(self._file_of.values()):
             if not os.path.isfile(os.path.join(self.path, name)):
                 raise FileNotFoundError(f"shard {name} listed in {INDEX} is missing from {self.path}")
-        self._handles: dict[str, object] = {}
+        return self._file_of
 
     def names(self) -> list[str]:
-        return list(self._file_of)
+        return list(self._index())
 
     def __contains__(self, name: str) -> bool:
-        return name in self._file_of
+        return name in self._index()
 
     def get(self, name: str) -> np.ndarray:
-        if name not in self._file_of:
+        if name not in self._index():
             raise MissingTensorError(f"tensor {name!r} not found in {self.path}")
         file = self._file_of[name]
         if file not in self._handles:
@@ -72,7 +77,7 @@ class SafetensorsDir:
         h = hashlib.sha256()
         with open(os.path.join(self.path, "config.json"), "rb") as f:
             h.update(f.read())
-        for name in sorted(set(self._file_of.values())):
+        for name in sorted(set(self._index().values())):
             p = os.path.join(self.path, name)
             with open(p, "rb") as f:
                 n = int.from_bytes(f.read(8), "little")
@@ -80,5 +85,3 @@ class SafetensorsDir:
             h.update(str(os.path.getsize(p)).encode())
         return h.hexdigest()
 
-    def iter_names(self) -> Iterator[str]:
-        return iter(self._file_of)
