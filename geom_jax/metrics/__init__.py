@@ -10,11 +10,12 @@ from geom_jax.metrics.intrinsic_dimension import gride, twonn
 from geom_jax.metrics.neighbors import SELECTION_METHODS, knn
 from geom_jax.metrics.overlap import neighborhood_overlap
 from geom_jax.metrics.unique import unique_mask
-from geom_jax.metrics.validation import validate_hidden
+from geom_jax.metrics.validation import check_sizes, validate_hidden
 
 __all__ = [
     "LayerGeometry",
     "SELECTION_METHODS",
+    "check_sizes",
     "cosine_similarity_stats",
     "gride",
     "knn",

@@ -22,7 +22,8 @@ class LayerGeometry:
     """Per-layer geometry of token clouds; leading axes [...] are the prompts.
 
     gride_ids, gride_errs, gride_scales: [..., L, S] GRIDE at n1 = 2**s.
-    twonn: [..., L] TwoNN (discard fraction as requested).
+    twonn: [..., L] TwoNN, linear fit on the kept fraction (twonn_discard_fraction).
+    twonn_ml: [..., L] TwoNN maximum likelihood (N - 1) / sum log mu.
     overlap: [..., L-1, max_k], overlap[..., l, k-1] = chi_k(layer l, layer l+1).
     cos_mean, cos_std: [..., L] cosine-similarity statistics, diagonal included.
     n_unique: [..., L] number of distinct valid tokens (the ID estimators' N).
@@ -32,6 +33,7 @@ class LayerGeometry:
     gride_errs: jax.Array
     gride_scales: jax.Array
     twonn: jax.Array
+    twonn_ml: jax.Array
     overlap: jax.Array
     cos_mean: jax.Array
     cos_std: jax.Array
@@ -50,19 +52,16 @@ def _clouds(x, valid, *, n_scales, max_k, discard_fraction, include_diagonal, me
     near, ranked = neighbors.select_neighbors(
         d2, valid, keep, k_near=n_cand, ranks=ranks, method=method
     )
-    n = x.shape[-2]
-    exact_near = neighbors.refine_sq_distances(x, near)
-    ok = jnp.take_along_axis(valid[..., None, :], near, axis=-1) & (near != jnp.arange(n)[:, None])
-    sq, lists = neighbors.sort_candidates(jnp.where(ok, exact_near, jnp.inf), near, max_k)
+    sq, lists = neighbors.sort_candidates(neighbors.refine_candidates(x, near, valid), near, max_k)
     lists = jnp.where(jnp.isfinite(sq), lists, -1)
-
-    exact_ranked = neighbors.refine_sq_distances(x, ranked)
+    exact_ranked = neighbors.refine_candidates(x, ranked, keep)
     exact_ranked, _ = neighbors.sort_candidates(exact_ranked, ranked, len(ranks))
     r = jnp.sqrt(exact_ranked)
     ids, errs, scales = intrinsic_dimension.gride_from_neighbors(r, keep)
     tw = intrinsic_dimension.twonn_from_neighbors(r[..., 0], r[..., 1], keep, discard_fraction)
+    tw_ml = intrinsic_dimension.twonn_from_neighbors(r[..., 0], r[..., 1], keep, 0.0)
     n_unique = jnp.sum(keep, axis=-1).astype(jnp.int32)
-    return ids, errs, scales, tw, cos_mean, cos_std, n_unique, lists
+    return ids, errs, scales, tw, tw_ml, cos_mean, cos_std, n_unique, lists
 
 
 @functools.partial(
@@ -108,7 +107,7 @@ def _layer_geometry(hidden, mask, *, range_max, max_k, layer_chunk, twonn_discar
         h = h.reshape((n_chunks, chunk, b, n, d))
         outs = lax.map(chunk_fn, h)
         outs = tuple(o.reshape((n_chunks * chunk,) + o.shape[2:])[:n_layers] for o in outs)
-    ids, errs, scales, tw, cos_mean, cos_std, n_unique, lists = outs
+    ids, errs, scales, tw, tw_ml, cos_mean, cos_std, n_unique, lists = outs
     chi = overlap.overlap_from_lists(lists[:-1], lists[1:], valid)
 
     def out(a):
@@ -120,6 +119,7 @@ def _layer_geometry(hidden, mask, *, range_max, max_k, layer_chunk, twonn_discar
         gride_errs=out(errs),
         gride_scales=out(scales),
         twonn=out(tw),
+        twonn_ml=out(tw_ml),
         overlap=out(chi),
         cos_mean=out(cos_mean),
         cos_std=out(cos_std),
@@ -153,8 +153,7 @@ def layer_geometry(hidden, mask=None, *, range_max=256, max_k=32, layer_chunk=No
     if validate:
         validation.validate_hidden(hidden, mask, range_max=range_max, max_k=max_k)
     else:
-        validation.check_max_k(hidden.shape[-2], max_k)
-        validation.check_range_max(hidden.shape[-2], range_max)
+        validation.check_sizes(hidden.shape[-2], range_max=range_max, max_k=max_k)
     hidden = validation.as_points(hidden, "hidden", min_rank=3)
     if mask is not None:
         mask = jnp.asarray(mask, bool)

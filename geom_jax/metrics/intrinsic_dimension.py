@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from geom_jax.metrics import distances, neighbors, unique, validation
+from geom_jax.metrics import distances, neighbors, sharding, unique, validation
 
 BISECTION_LO = 1e-3
 BISECTION_HI = 1e3
@@ -33,8 +33,8 @@ def kth_smallest(values, valid, k):
     32 counting passes instead of a sort.
     """
     bits = lax.bitcast_convert_type(jnp.where(valid, values, jnp.inf), jnp.int32)
-    lo = jnp.zeros(k.shape, jnp.int32)
-    hi = jnp.full(k.shape, 0x7F800000, jnp.int32)
+    lo = sharding.like(jnp.zeros(k.shape, jnp.int32), bits)
+    hi = sharding.like(jnp.full(k.shape, 0x7F800000, jnp.int32), bits)
 
     def body(_, bounds):
         lo, hi = bounds
@@ -82,8 +82,8 @@ def gride_from_ratios(mu, valid, n1):
     kept = valid & (mu < cut[..., None])
     n_kept = jnp.sum(kept, axis=-1).astype(jnp.float32)
 
-    lo = jnp.full(n_kept.shape, BISECTION_LO, jnp.float32)
-    hi = jnp.full(n_kept.shape, BISECTION_HI, jnp.float32)
+    lo = sharding.like(jnp.full(n_kept.shape, BISECTION_LO, jnp.float32), log_mu)
+    hi = sharding.like(jnp.full(n_kept.shape, BISECTION_HI, jnp.float32), log_mu)
     s_hi = _neg_score(hi, log_mu, kept, n1, n2, n_kept)
 
     def step(_, bounds):
@@ -169,7 +169,7 @@ def unique_neighbor_distances(x, d2, keep, ranks, method):
     refined by direct differences and sorted per point.
     """
     _, ranked = neighbors.select_neighbors(d2, keep, keep, k_near=0, ranks=ranks, method=method)
-    exact = neighbors.refine_sq_distances(x, ranked)
+    exact = neighbors.refine_candidates(x, ranked, keep)
     exact, _ = neighbors.sort_candidates(exact, ranked, len(ranks))
     return jnp.sqrt(exact)
 

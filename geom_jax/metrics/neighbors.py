@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from geom_jax.metrics import distances, validation
+from geom_jax.metrics import distances, sharding, validation
 
 SELECTION_METHODS = ("auto", "host", "xla")
 REFINE_MARGIN = 8
@@ -141,7 +141,8 @@ def _host_callback_select(d2, valid_near, valid_rank, *, k_near, ranks):
         jax.ShapeDtypeStruct(batch + (n, len(ranks)), jnp.int32),
     )
     fn = functools.partial(_host_select, k_near=k_near, ranks=tuple(ranks))
-    return jax.pure_callback(fn, out, d2, valid_near, valid_rank, vmap_method="broadcast_all")
+    near, rank = jax.pure_callback(fn, out, d2, valid_near, valid_rank, vmap_method="broadcast_all")
+    return sharding.like(near, d2), sharding.like(rank, d2)
 
 
 def select_neighbors(d2, valid_near, valid_rank=None, *, k_near, ranks=(), method="auto"):
@@ -199,7 +200,7 @@ def refine_sq_distances(x, idx):
             diff = jnp.take(pts, ids[:, j], axis=0, mode="clip") - pts
             return acc.at[j].set(jnp.dot(diff * diff, ones, precision=distances.HIGHEST))
 
-        return lax.fori_loop(0, k, slot, jnp.zeros((k, n), x.dtype)).T
+        return lax.fori_loop(0, k, slot, sharding.like(jnp.zeros((k, n), x.dtype), pts)).T
 
     out = lax.map(one, (xf, idf))
     return out.reshape(batch + idx.shape[-2:])
@@ -241,6 +242,15 @@ def sort_candidates(d2, idx, k):
     return place_by_rank(d2, rank, k, jnp.inf), place_by_rank(idx, rank, k, -1)
 
 
+def refine_candidates(x, idx, valid):
+    """Exact squared distances of candidates idx [..., N, K]; +inf where the
+    candidate is the point itself or not a valid column."""
+    n = x.shape[-2]
+    exact = refine_sq_distances(x, idx)
+    ok = jnp.take_along_axis(valid[..., None, :], idx, axis=-1) & (idx != jnp.arange(n)[:, None])
+    return jnp.where(ok, exact, jnp.inf)
+
+
 def exact_knn(x, d2, valid, k, method="auto", margin=REFINE_MARGIN):
     """k nearest valid neighbours with exact distances (internal, no checks).
 
@@ -252,11 +262,7 @@ def exact_knn(x, d2, valid, k, method="auto", margin=REFINE_MARGIN):
     n = x.shape[-2]
     n_cand = min(k + margin, n - 1)
     near, _ = select_neighbors(d2, valid, k_near=n_cand, method=method)
-    exact = refine_sq_distances(x, near)
-    row = jnp.arange(n)[:, None]
-    ok = jnp.take_along_axis(valid[..., None, :], near, axis=-1) & (near != row)
-    exact = jnp.where(ok, exact, jnp.inf)
-    sq, idx = sort_candidates(exact, near, k)
+    sq, idx = sort_candidates(refine_candidates(x, near, valid), near, k)
     idx = jnp.where(jnp.isfinite(sq), idx, -1)
     return sq, idx
 

@@ -24,10 +24,10 @@ def overlap_from_lists(a, b, valid):
     pos_b = jnp.where(jnp.any(match, axis=-1), jnp.argmax(match, axis=-1), k)
     last = jnp.maximum(jnp.arange(k), pos_b)
     shared = jnp.sum(last[..., :, None] < jnp.arange(1, k + 1), axis=-2)
-    valid_f = valid.astype(jnp.float32)
-    count = jnp.maximum(jnp.sum(valid_f, axis=-1), 1.0)
-    mean_shared = jnp.sum(shared * valid_f[..., None], axis=-2) / count[..., None]
-    return mean_shared / jnp.arange(1, k + 1, dtype=jnp.float32)
+    total = jnp.sum(jnp.where(valid[..., None], shared, 0), axis=-2)
+    count = jnp.maximum(jnp.sum(valid, axis=-1), 1)
+    norm = count[..., None].astype(jnp.float32) * jnp.arange(1, k + 1, dtype=jnp.float32)
+    return total.astype(jnp.float32) / norm
 
 
 def neighbor_lists(x, valid, max_k, method):

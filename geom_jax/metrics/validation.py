@@ -74,6 +74,12 @@ def check_max_k(n, max_k, name="max_k"):
         raise ValueError(f"{name}={max_k} needs N >= {max_k + 1} points per cloud, got N = {n}")
 
 
+def check_sizes(n, *, range_max=256, max_k=32):
+    """Static check that clouds of N tokens support range_max and max_k (ValueError if not)."""
+    check_max_k(n, max_k)
+    check_range_max(n, range_max)
+
+
 def _where(index, batch_shape, kind):
     """Human-readable location of a flat index into batch_shape."""
     pos = tuple(int(p) for p in np.unravel_index(index, batch_shape)) if batch_shape else ()
@@ -143,8 +149,7 @@ def validate_hidden(hidden, mask=None, *, range_max=256, max_k=32):
         raise ValueError(f"hidden must be a floating-point array, got dtype {hidden.dtype}")
     n = hidden.shape[-2]
     prompt_shape = tuple(hidden.shape[:-3])
-    check_max_k(n, max_k)
-    check_range_max(n, range_max)
+    check_sizes(n, range_max=range_max, max_k=max_k)
     if mask is not None:
         if not hasattr(mask, "shape"):
             mask = np.asarray(mask)

@@ -1,0 +1,30 @@
+"""The NumPy baseline of the paper's CPU path agrees with the oracle and with the JAX metrics."""
+import numpy as np
+
+import oracle
+from geom_jax import metrics
+from geom_jax.baseline import metrics_numpy
+
+
+def test_baseline_matches_oracle_and_jax():
+    rng = np.random.default_rng(4)
+    z = rng.standard_normal((150, 3))
+    layers = [np.tanh(z @ rng.standard_normal((3, 16))) + 0.01 * rng.standard_normal((150, 16)) for _ in range(3)]
+    hidden = np.stack(layers).astype(np.float32)
+    hidden[0, 20] = hidden[0, 7]  # a duplicate for the ID estimators to drop
+    out = metrics_numpy.paper_layer_geometry(hidden, range_max=32, max_k=8)
+    assert set(out["times"]) == {"distances", "cosine", "gride", "twonn", "overlap"}
+    for layer in range(3):
+        ids, errs, scales = oracle.gride(hidden[layer], 32)
+        np.testing.assert_allclose(out["gride_ids"][layer], ids, rtol=1e-5)
+        np.testing.assert_allclose(out["gride_errs"][layer], errs, rtol=1e-5)
+        np.testing.assert_allclose(out["gride_scales"][layer], scales, rtol=1e-5)
+        np.testing.assert_allclose(out["twonn"][layer], oracle.twonn(hidden[layer]), rtol=1e-5)
+        np.testing.assert_allclose([out["cos_mean"][layer], out["cos_std"][layer]], oracle.cosine_stats(hidden[layer]), atol=1e-6)
+    for layer in range(2):
+        np.testing.assert_allclose(out["overlap"][layer], oracle.overlap(hidden[layer], hidden[layer + 1], 8), atol=1e-6)
+    geo = metrics.layer_geometry(hidden, range_max=32, max_k=8)
+    np.testing.assert_allclose(geo.gride_ids, out["gride_ids"], rtol=1e-4)
+    np.testing.assert_allclose(geo.twonn, out["twonn"], rtol=1e-4)
+    np.testing.assert_allclose(geo.overlap, out["overlap"], atol=1e-6)
+    np.testing.assert_allclose(geo.cos_mean, out["cos_mean"], atol=1e-5)

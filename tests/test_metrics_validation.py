@@ -1,0 +1,93 @@
+"""Acceptance 5: bad input raises ValueError naming the argument and the prompt / layer."""
+import numpy as np
+import pytest
+import jax
+
+from geom_jax import metrics
+
+
+def hidden(shape=(2, 3, 64, 8), seed=0):
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+def test_n_too_small_for_max_k():
+    with pytest.raises(ValueError, match=r"max_k=32 needs N >= 33"):
+        metrics.layer_geometry(hidden((2, 3, 20, 8)), max_k=32, range_max=8)
+    with pytest.raises(ValueError, match=r"k=70 needs N >= 71"):
+        metrics.knn(hidden((64, 8)), 70)
+    with pytest.raises(ValueError, match=r"max_k=64"):
+        metrics.neighborhood_overlap(hidden((64, 8)), hidden((64, 8), 1), max_k=64)
+
+
+def test_n_too_small_for_range_max():
+    with pytest.raises(ValueError, match=r"range_max=64 with N = 64 .* rank 64"):
+        metrics.layer_geometry(hidden(), range_max=64, max_k=8)
+    with pytest.raises(ValueError, match=r"range_max=64"):
+        metrics.gride(hidden((64, 8)), range_max=64)
+    with pytest.raises(ValueError, match=r"range_max must be an integer >= 2"):
+        metrics.gride(hidden((64, 8)), range_max=1)
+    with pytest.raises(ValueError, match=r"range_max=256"):
+        metrics.check_sizes(256, range_max=256, max_k=32)
+    metrics.check_sizes(257, range_max=256, max_k=32)
+
+
+def test_wrong_rank():
+    with pytest.raises(ValueError, match=r"hidden must have rank >= 3"):
+        metrics.layer_geometry(hidden((64, 8)), range_max=8, max_k=4)
+    with pytest.raises(ValueError, match=r"x must have rank >= 2"):
+        metrics.gride(np.zeros(10, np.float32))
+    with pytest.raises(ValueError, match=r"mask must have shape \(2, 64\)"):
+        metrics.layer_geometry(hidden(), np.ones((2, 3, 64), bool), range_max=8, max_k=4)
+    with pytest.raises(ValueError, match=r"x and y must hold the same points"):
+        metrics.neighborhood_overlap(hidden((64, 8)), hidden((63, 8)), max_k=4)
+
+
+def test_non_finite_values_name_prompt_and_layer():
+    h = hidden()
+    h[1, 2, 17, 3] = np.nan
+    with pytest.raises(ValueError, match=r"hidden has non-finite values at prompt \(1,\), layer 2, token 17"):
+        metrics.layer_geometry(h, range_max=8, max_k=4)
+    h[1, 2, 17, 3] = np.inf
+    with pytest.raises(ValueError, match=r"prompt \(1,\), layer 2"):
+        metrics.validate_hidden(h, range_max=8, max_k=4)
+    x = hidden((2, 64, 8))
+    x[1, 5, 0] = np.inf
+    with pytest.raises(ValueError, match=r"x has non-finite values at cloud \(1,\), token 5"):
+        metrics.twonn(x)
+
+
+def test_non_finite_padding_is_allowed():
+    h = hidden()
+    mask = np.ones((2, 64), bool)
+    mask[0, 50:] = False
+    h[0, :, 55] = np.nan
+    geo = metrics.layer_geometry(h, mask, range_max=8, max_k=4)
+    assert np.isfinite(np.asarray(geo.gride_ids)).all()
+    assert np.isfinite(np.asarray(geo.cos_mean)).all()
+
+
+def test_mask_with_too_few_valid_points():
+    mask = np.ones((2, 64), bool)
+    mask[1, 2:] = False
+    with pytest.raises(ValueError, match=r"mask has fewer than 3 valid points \(2\) at prompt \(1,\)"):
+        metrics.layer_geometry(hidden(), mask, range_max=8, max_k=1)
+    mask[1, :10] = True
+    with pytest.raises(ValueError, match=r"max_k=16 needs >= 17 valid points, but prompt \(1,\) has 10"):
+        metrics.layer_geometry(hidden(), mask, range_max=8, max_k=16)
+    with pytest.raises(ValueError, match=r"mask has fewer than 3 valid points"):
+        metrics.gride(hidden((64, 8)), 8, np.arange(64) < 2)
+
+
+def test_bad_options():
+    with pytest.raises(ValueError, match=r"selection must be one of"):
+        metrics.layer_geometry(hidden(), range_max=8, max_k=4, selection="gpu")
+    with pytest.raises(ValueError, match=r"layer_chunk"):
+        metrics.layer_geometry(hidden(), range_max=8, max_k=4, layer_chunk=0)
+    with pytest.raises(ValueError, match=r"discard_fraction"):
+        metrics.twonn(hidden((64, 8)), discard_fraction=1.0)
+
+
+def test_static_checks_still_run_under_jit():
+    fn = jax.jit(lambda h: metrics.layer_geometry(h, range_max=8, max_k=80))
+    with pytest.raises(ValueError, match=r"max_k=80"):
+        fn(hidden())
