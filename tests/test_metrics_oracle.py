@@ -115,18 +115,18 @@ def test_knn_matches_oracle_with_mask(batch):
 
 
 def test_knn_ties_go_to_lower_index():
-    # Integer lattice: many exactly equal distances; plus exact duplicates (distance 0).
-    g = np.stack(np.meshgrid(np.arange(6), np.arange(6), np.arange(3), indexing="ij"), -1)
-    x = g.reshape(-1, 3).astype(np.float32)
-    x = np.concatenate([x, x[[5, 5, 17]]])
-    perm = np.random.default_rng(0).permutation(x.shape[0])
-    x = x[perm]
+    # A symmetric integer lattice (mean exactly 0, so the centred Gram matrix is
+    # exact): many exactly equal distances, plus exact duplicates (distance 0).
+    g = np.stack(np.meshgrid(*[np.arange(-2, 3)] * 3, indexing="ij"), -1).reshape(-1, 3)
+    x = np.concatenate([g, g[[5, 5, 17]], -g[[5, 5, 17]]]).astype(np.float32)
+    x = x[np.random.default_rng(0).permutation(x.shape[0])]
     dists, idx = (np.asarray(a) for a in metrics.knn(x, 12))
     ref = oracle.neighbour_lists(x, 12)
     np.testing.assert_array_equal(idx, ref)
     d = oracle.distances(x)
     np.testing.assert_allclose(dists, np.take_along_axis(d, ref, 1), rtol=1e-6)
     assert (dists[:, 1:] >= dists[:, :-1]).all()
+    assert (dists[:, 1:] == dists[:, :-1]).mean() > 0.5
 
 
 def _naive_gram_lists(x, k):

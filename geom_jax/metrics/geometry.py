@@ -1,6 +1,7 @@
 """All geometry metrics of a hidden-state stack in one jitted call."""
 import functools
 
+import numpy as np
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -41,21 +42,38 @@ class LayerGeometry:
 
 
 def _clouds(x, valid, *, n_scales, max_k, discard_fraction, include_diagonal, method):
-    """Everything except the overlap for clouds x [C, N, D], valid [C, N]."""
+    """Everything except the overlap for clouds x [C, N, D], valid [C, N].
+
+    Neighbour ranks r <= max_k needed by GRIDE/TwoNN are read from the
+    exactly re-ranked overlap candidates when no cloud of the chunk has
+    duplicates (the usual case after the embedding layer); otherwise, and
+    for the larger ranks, the Gram-selected pairs among unique points are
+    refined separately.
+    """
     keep = unique.first_occurrence(x, valid)
     gram, centre, xc = distances.centred_gram(x, valid)
     cos_mean, cos_std = cosine.cosine_stats_from_gram(x, valid, gram, centre, xc, include_diagonal)
-    d2 = distances.sq_distances_from_gram(gram)
-    del gram
     n_cand = min(max_k + neighbors.REFINE_MARGIN, x.shape[-2] - 1)
     ranks = intrinsic_dimension.gride_ranks(n_scales)
     near, ranked = neighbors.select_neighbors(
-        d2, valid, keep, k_near=n_cand, ranks=ranks, method=method
+        gram, valid, keep, k_near=n_cand, ranks=ranks, method=method
     )
-    sq, lists = neighbors.sort_candidates(neighbors.refine_candidates(x, near, valid), near, max_k)
+    del gram
+    exact_near = neighbors.refine_candidates(x, near, valid)
+    sq, lists = neighbors.sort_candidates(exact_near, near, max_k, method)
     lists = jnp.where(jnp.isfinite(sq), lists, -1)
-    exact_ranked = neighbors.refine_candidates(x, ranked, keep)
-    exact_ranked, _ = neighbors.sort_candidates(exact_ranked, ranked, len(ranks))
+
+    low = [i for i, r in enumerate(ranks) if r <= max_k]
+    high = [i for i, r in enumerate(ranks) if r > max_k]
+    low_ranks = np.asarray([ranks[i] for i in low]) - 1
+    exact_low = lax.cond(
+        jnp.all(keep == valid),
+        lambda: sq[..., low_ranks],
+        lambda: neighbors.refine_candidates(x, ranked[..., low], keep),
+    )
+    exact_high = neighbors.refine_candidates(x, ranked[..., high], keep)
+    exact_ranked = jnp.concatenate([exact_low, exact_high], axis=-1)
+    exact_ranked, _ = neighbors.sort_candidates(exact_ranked, ranked, len(ranks), "xla")
     r = jnp.sqrt(exact_ranked)
     ids, errs, scales = intrinsic_dimension.gride_from_neighbors(r, keep)
     tw = intrinsic_dimension.twonn_from_neighbors(r[..., 0], r[..., 1], keep, discard_fraction)

@@ -162,13 +162,13 @@ def twonn_from_neighbors(r1, r2, keep, discard_fraction=0.1):
     return jnp.where(n_unique >= validation.MIN_VALID_POINTS, dim, jnp.nan)
 
 
-def unique_neighbor_distances(x, d2, keep, ranks, method):
+def unique_neighbor_distances(x, gram, keep, ranks, method):
     """Distances [..., N, len(ranks)] at the given neighbour ranks among unique points.
 
-    Indices come from the Gram squared distances; the selected pairs are
-    refined by direct differences and sorted per point.
+    Indices come from the Gram matrix; the selected pairs are refined by
+    direct differences and sorted per point.
     """
-    _, ranked = neighbors.select_neighbors(d2, keep, keep, k_near=0, ranks=ranks, method=method)
+    _, ranked = neighbors.select_neighbors(gram, keep, keep, k_near=0, ranks=ranks, method=method)
     exact = neighbors.refine_candidates(x, ranked, keep)
     exact, _ = neighbors.sort_candidates(exact, ranked, len(ranks))
     return jnp.sqrt(exact)
@@ -178,20 +178,20 @@ def _prepare(x, mask):
     valid = distances.valid_or_all(x, mask)
     keep = unique.first_occurrence(x, valid)
     gram, _, _ = distances.centred_gram(x, keep)
-    return keep, distances.sq_distances_from_gram(gram)
+    return keep, gram
 
 
 @functools.partial(jax.jit, static_argnames=("n_scales", "method"))
 def _gride(x, mask, n_scales, method):
-    keep, d2 = _prepare(x, mask)
-    r = unique_neighbor_distances(x, d2, keep, gride_ranks(n_scales), method)
+    keep, gram = _prepare(x, mask)
+    r = unique_neighbor_distances(x, gram, keep, gride_ranks(n_scales), method)
     return gride_from_neighbors(r, keep)
 
 
 @functools.partial(jax.jit, static_argnames=("discard_fraction", "method"))
 def _twonn(x, mask, discard_fraction, method):
-    keep, d2 = _prepare(x, mask)
-    r = unique_neighbor_distances(x, d2, keep, (1, 2), method)
+    keep, gram = _prepare(x, mask)
+    r = unique_neighbor_distances(x, gram, keep, (1, 2), method)
     return twonn_from_neighbors(r[..., 0], r[..., 1], keep, discard_fraction)
 
 

@@ -1,20 +1,22 @@
 """Nearest-neighbour selection, exact refinement and re-ranking.
 
-Selection works on the squared distances of the (centred) Gram trick and
-returns, per point, the indices of its k nearest valid points and of its
-neighbours at a few fixed ranks, ordered by (distance, index) so that ties
-go to the lower index. Two interchangeable backends produce identical indices:
+Selection ranks the columns of each row of a (centred) Gram matrix G by the
+key sq_j - 2 G_ij (= |x_i - x_j|^2 - |x_i|^2, the same order as the
+distances) and returns, per point, the indices of its nearest valid points
+and of its neighbours at a few fixed ranks, in (key, index) order so that
+ties go to the lower index. Two interchangeable backends produce identical
+indices:
 
-* "xla": lax.top_k over each row (fast on GPU/TPU);
-* "host": a jax.pure_callback to NumPy's introselect (np.argpartition) plus
-  a sort of the selected candidates by a packed (float bits, index) key.
-  XLA:CPU's sort and top_k are 10-20x slower than NumPy on 1024-long rows,
-  and on CPU the data are already in host memory.
+* "xla": lax.top_k over each row (the path for GPU/TPU);
+* "host": a jax.pure_callback to NumPy: np.partition finds each row's
+  m-th key, the keys below it are sorted as packed (key bits, index) uint64.
+  XLA:CPU's top_k is 10-20x slower than NumPy's introselect on rows of
+  1024, and on CPU the data are already in host memory.
 
 "auto" picks "host" on CPU and "xla" elsewhere via lax.platform_dependent.
 The selected pairs are then refined by direct differences |x_i - x_j|^2 on
 the raw (uncentred) points, and candidate lists are re-ranked by the exact
-distances.
+distances (again with a host or an XLA backend, identical results).
 """
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -28,11 +30,12 @@ from jax import lax
 from geom_jax.metrics import distances, sharding, validation
 
 SELECTION_METHODS = ("auto", "host", "xla")
-REFINE_MARGIN = 8
+REFINE_MARGIN = 4
 """Extra Gram-ranked candidates refined beyond k, so that float32 Gram errors
 that swap neighbours across rank k are repaired by the exact re-ranking."""
 
 _POOL = None
+_LOW32 = np.uint64(0xFFFFFFFF)
 
 
 def _pool():
@@ -47,37 +50,44 @@ def _check_method(method):
         raise ValueError(f"selection must be one of {SELECTION_METHODS}, got {method!r}")
 
 
+def _dispatch(method, host, xla, *args):
+    if method == "xla":
+        return xla(*args)
+    if method == "host":
+        return host(*args)
+    return lax.platform_dependent(*args, cpu=host, default=xla)
+
+
+def _ordered_bits(vals):
+    """uint64 of float32 vals, monotone in the value (negatives included, no NaN)."""
+    bits = vals.view(np.uint32)
+    flipped = np.where(bits >> np.uint32(31), ~bits, bits | np.uint32(0x80000000))
+    return flipped.astype(np.uint64)
+
+
 def _pack(vals, cols):
-    """uint64 keys (float32 bits of vals >= 0, column): sorting them orders by (value, column)."""
-    return (vals.view(np.uint32).astype(np.uint64) << np.uint64(32)) | cols.astype(np.uint64)
+    """uint64 keys whose order is the (value, column) order."""
+    return (_ordered_bits(vals) << np.uint64(32)) | cols.astype(np.uint64)
 
 
-def _host_smallest(d2, valid_cols, m):
-    """Indices of the m smallest entries of each row, sorted by (value, index).
+def _host_smallest(keys, m):
+    """Indices of the m smallest keys of each row [N, N], sorted by (key, index).
 
-    d2 [N, N] float32 >= 0; valid_cols [N]; the diagonal and invalid columns
-    count as +inf (still ordered by index, as lax.top_k orders them).
-    np.partition finds each row's m-th value t; the entries <= t are then
-    exactly the m smallest unless t is tied, and those rows (rare, or short
-    of valid columns) are sorted in full.
+    np.partition finds each row's m-th key t; the entries <= t are exactly
+    the m smallest unless t is tied (then, or when m >= N, the row is sorted
+    in full).
     """
-    n = d2.shape[-1]
-    keys = d2 + np.float32(0.0)
-    keys[:, ~valid_cols] = np.inf
-    np.fill_diagonal(keys, np.inf)
+    n = keys.shape[-1]
     out = np.empty((n, m), np.int32)
     if m < n:
         kth = np.partition(keys, m - 1, axis=1)[:, m - 1]
         within = keys <= kth[:, None]
         clean = within.sum(axis=1) == m
-        if clean.all():
-            rows_in, keys_in = within, keys
-        else:
-            rows_in, keys_in = within[clean], keys[clean]
+        rows_in, keys_in = (within, keys) if clean.all() else (within[clean], keys[clean])
         flat = np.flatnonzero(rows_in)
         packed = _pack(keys_in.reshape(-1)[flat].reshape(-1, m), (flat % n).reshape(-1, m))
         packed.sort(axis=1)
-        out[clean] = (packed & np.uint64(0xFFFFFFFF)).astype(np.int32)
+        out[clean] = (packed & _LOW32).astype(np.int32)
         rest = np.flatnonzero(~clean)
     else:
         rest = np.arange(n)
@@ -85,93 +95,98 @@ def _host_smallest(d2, valid_cols, m):
         cols = np.broadcast_to(np.arange(n), (rest.size, n))
         packed = _pack(np.ascontiguousarray(keys[rest]), cols)
         packed.sort(axis=1)
-        out[rest] = (packed[:, :m] & np.uint64(0xFFFFFFFF)).astype(np.int32)
+        out[rest] = (packed[:, :m] & _LOW32).astype(np.int32)
     return out
 
 
-def _host_select_slab(d2, valid_near, valid_rank, k_near, ranks):
+def _host_keys(gram, sq, valid_cols):
+    keys = sq[None, :] - np.float32(2.0) * gram
+    keys[keys == 0] = 0.0
+    keys[:, ~valid_cols] = np.inf
+    np.fill_diagonal(keys, np.inf)
+    return keys
+
+
+def _host_select_slab(gram, sq, valid_near, valid_rank, k_near, ranks):
+    n = gram.shape[0]
     positions = np.asarray(ranks, np.int64) - 1
     need = int(max(ranks)) if ranks else 0
+    empty = np.zeros((n, 0), np.int32)
     if k_near and need and np.array_equal(valid_near, valid_rank):
-        order = _host_smallest(d2, valid_near, max(k_near, need))
+        order = _host_smallest(_host_keys(gram, sq, valid_near), max(k_near, need))
         return order[:, :k_near], order[:, positions]
-    near = _host_smallest(d2, valid_near, k_near) if k_near else np.zeros((d2.shape[0], 0), np.int32)
-    if need:
-        rank = _host_smallest(d2, valid_rank, need)[:, positions]
-    else:
-        rank = np.zeros((d2.shape[0], 0), np.int32)
+    near = _host_smallest(_host_keys(gram, sq, valid_near), k_near) if k_near else empty
+    rank = _host_smallest(_host_keys(gram, sq, valid_rank), need)[:, positions] if need else empty
     return near, rank
 
 
-def _host_select(d2, valid_near, valid_rank, *, k_near, ranks):
-    d2 = np.asarray(d2, np.float32)
-    batch = d2.shape[:-2]
-    n = d2.shape[-1]
-    flat_d2 = d2.reshape(-1, n, n)
-    flat_vn = np.broadcast_to(np.asarray(valid_near, bool), batch + (n,)).reshape(-1, n)
-    flat_vr = np.broadcast_to(np.asarray(valid_rank, bool), batch + (n,)).reshape(-1, n)
+def _host_select(gram, sq, valid_near, valid_rank, *, k_near, ranks):
+    gram = np.asarray(gram, np.float32)
+    batch = gram.shape[:-2]
+    n = gram.shape[-1]
+    rows = lambda a, dt: np.broadcast_to(np.asarray(a, dt), batch + (n,)).reshape(-1, n)
     work = functools.partial(_host_select_slab, k_near=k_near, ranks=ranks)
-    results = list(_pool().map(work, flat_d2, flat_vn, flat_vr))
+    results = list(_pool().map(
+        work, gram.reshape(-1, n, n), rows(sq, np.float32), rows(valid_near, bool), rows(valid_rank, bool)
+    ))
     near = np.stack([r[0] for r in results]).reshape(batch + (n, k_near))
     rank = np.stack([r[1] for r in results]).reshape(batch + (n, len(ranks)))
     return near, rank
 
 
-def _xla_select(d2, valid_near, valid_rank, *, k_near, ranks):
-    n = d2.shape[-1]
-    eye = jnp.eye(n, dtype=bool)
-    batch = d2.shape[:-2]
+def _xla_keys(gram, sq, valid_cols):
+    n = gram.shape[-1]
+    keys = sq[..., None, :] - 2.0 * gram
+    keys = jnp.where(keys == 0, 0.0, keys)
+    return jnp.where(valid_cols[..., None, :] & ~jnp.eye(n, dtype=bool), keys, jnp.inf)
+
+
+def _xla_select(gram, sq, valid_near, valid_rank, *, k_near, ranks):
+    batch, n = gram.shape[:-2], gram.shape[-1]
     near = jnp.zeros(batch + (n, 0), jnp.int32)
     rank = jnp.zeros(batch + (n, 0), jnp.int32)
     if k_near:
-        keys = jnp.where(valid_near[..., None, :] & ~eye, d2, jnp.inf)
-        _, near = lax.top_k(-keys, k_near)
+        _, near = lax.top_k(-_xla_keys(gram, sq, valid_near), k_near)
     if ranks:
-        keys = jnp.where(valid_rank[..., None, :] & ~eye, d2, jnp.inf)
-        _, top = lax.top_k(-keys, max(ranks))
+        _, top = lax.top_k(-_xla_keys(gram, sq, valid_rank), max(ranks))
         rank = top[..., np.asarray(ranks) - 1]
     return near.astype(jnp.int32), rank.astype(jnp.int32)
 
 
-def _host_callback_select(d2, valid_near, valid_rank, *, k_near, ranks):
-    n = d2.shape[-1]
-    batch = d2.shape[:-2]
+def _host_callback_select(gram, sq, valid_near, valid_rank, *, k_near, ranks):
+    batch, n = gram.shape[:-2], gram.shape[-1]
     out = (
         jax.ShapeDtypeStruct(batch + (n, k_near), jnp.int32),
         jax.ShapeDtypeStruct(batch + (n, len(ranks)), jnp.int32),
     )
-    fn = functools.partial(_host_select, k_near=k_near, ranks=tuple(ranks))
-    near, rank = jax.pure_callback(fn, out, d2, valid_near, valid_rank, vmap_method="broadcast_all")
-    return sharding.like(near, d2), sharding.like(rank, d2)
+    fn = functools.partial(_host_select, k_near=k_near, ranks=ranks)
+    near, rank = jax.pure_callback(fn, out, gram, sq, valid_near, valid_rank, vmap_method="broadcast_all")
+    return sharding.like(near, gram), sharding.like(rank, gram)
 
 
-def select_neighbors(d2, valid_near, valid_rank=None, *, k_near, ranks=(), method="auto"):
-    """Neighbour indices from squared distances d2 [..., N, N].
+def select_neighbors(gram, valid_near, valid_rank=None, *, k_near, ranks=(), method="auto"):
+    """Neighbour indices from a Gram matrix [..., N, N] of (centred) points.
 
     Returns (near [..., N, k_near], ranked [..., N, len(ranks)]) int32:
     near are the k_near nearest columns allowed by valid_near, ranked the
     columns at 1-based neighbour ranks `ranks` among those allowed by
     valid_rank (default valid_near). The point itself is excluded; order is
-    by (distance, index). Rows short of valid columns continue with excluded
-    columns in index order (callers mask them).
+    by (sq_j - 2 G_ij, index). Rows short of valid columns continue with
+    excluded columns in index order (callers mask them).
     """
     _check_method(method)
     ranks = tuple(int(r) for r in ranks)
-    d2 = jnp.where(d2 > 0, d2, 0.0)
-    n = d2.shape[-1]
+    n = gram.shape[-1]
     if k_near > n or (ranks and max(ranks) > n):
         raise ValueError(f"cannot select {max((k_near,) + ranks)} neighbours among N = {n} points")
+    sq = jnp.diagonal(gram, axis1=-2, axis2=-1)
     if valid_rank is None:
         valid_rank = valid_near
-    valid_near = jnp.broadcast_to(valid_near, d2.shape[:-1])
-    valid_rank = jnp.broadcast_to(valid_rank, d2.shape[:-1])
+    valid_near = jnp.broadcast_to(valid_near, sq.shape)
+    valid_rank = jnp.broadcast_to(valid_rank, sq.shape)
     xla = functools.partial(_xla_select, k_near=k_near, ranks=ranks)
     host = functools.partial(_host_callback_select, k_near=k_near, ranks=ranks)
-    if method == "xla":
-        return xla(d2, valid_near, valid_rank)
-    if method == "host":
-        return host(d2, valid_near, valid_rank)
-    return lax.platform_dependent(d2, valid_near, valid_rank, cpu=host, default=xla)
+    return _dispatch(method, host, xla, gram, sq, valid_near, valid_rank)
 
 
 def _flatten(a, keep):
@@ -236,10 +251,51 @@ def place_by_rank(values, rank, k, fill):
     return out.reshape(batch + (k,))
 
 
-def sort_candidates(d2, idx, k):
-    """First k of the candidates (d2, idx) [..., K] in (d2, index) order."""
+def _host_sort(d2, idx, *, k):
+    d2 = np.asarray(d2, np.float32)
+    idx = np.asarray(idx, np.int32)
+    packed = _pack(d2, idx.astype(np.uint32))
+    packed.sort(axis=-1)
+    packed = packed[..., :k]
+    order = (packed & _LOW32).astype(np.uint32).view(np.int32)
+    sorted_vals = _unpack_values(packed >> np.uint64(32))
+    return sorted_vals, order
+
+
+def _unpack_values(high):
+    """Inverse of _ordered_bits on the high 32 bits."""
+    bits = high.astype(np.uint32)
+    restored = np.where(bits >> np.uint32(31), bits & np.uint32(0x7FFFFFFF), ~bits)
+    return restored.view(np.float32)
+
+
+def _xla_sort(d2, idx, *, k):
     rank = candidate_ranks(d2, idx)
     return place_by_rank(d2, rank, k, jnp.inf), place_by_rank(idx, rank, k, -1)
+
+
+def _host_callback_sort(d2, idx, *, k):
+    shape = d2.shape[:-1] + (k,)
+    out = (jax.ShapeDtypeStruct(shape, d2.dtype), jax.ShapeDtypeStruct(shape, jnp.int32))
+    vals, order = jax.pure_callback(
+        functools.partial(_host_sort, k=k), out, d2, idx, vmap_method="broadcast_all"
+    )
+    return sharding.like(vals, d2), sharding.like(order, d2)
+
+
+def sort_candidates(d2, idx, k, method="xla"):
+    """First k of the candidates (d2, idx) [..., K] in (d2, index) order.
+
+    d2 must be >= 0 or +inf and the indices distinct within a row. The host
+    backend sorts packed (d2 bits, index) keys in NumPy; the XLA one ranks
+    by counting. Both give the same result.
+    """
+    _check_method(method)
+    if k > d2.shape[-1]:
+        raise ValueError(f"cannot keep {k} of {d2.shape[-1]} candidates")
+    host = functools.partial(_host_callback_sort, k=k)
+    xla = functools.partial(_xla_sort, k=k)
+    return _dispatch(method, host, xla, d2, idx)
 
 
 def refine_candidates(x, idx, valid):
@@ -251,18 +307,18 @@ def refine_candidates(x, idx, valid):
     return jnp.where(ok, exact, jnp.inf)
 
 
-def exact_knn(x, d2, valid, k, method="auto", margin=REFINE_MARGIN):
+def exact_knn(x, gram, valid, k, method="auto", margin=REFINE_MARGIN):
     """k nearest valid neighbours with exact distances (internal, no checks).
 
-    Selects k + margin candidates from the Gram squared distances d2,
+    Selects k + margin candidates from the centred Gram matrix,
     refines them on the raw points and re-ranks by (exact distance, index).
     Returns squared distances and indices [..., N, k]; slots beyond the
     available valid neighbours hold (+inf, -1).
     """
     n = x.shape[-2]
     n_cand = min(k + margin, n - 1)
-    near, _ = select_neighbors(d2, valid, k_near=n_cand, method=method)
-    sq, idx = sort_candidates(refine_candidates(x, near, valid), near, k)
+    near, _ = select_neighbors(gram, valid, k_near=n_cand, method=method)
+    sq, idx = sort_candidates(refine_candidates(x, near, valid), near, k, method)
     idx = jnp.where(jnp.isfinite(sq), idx, -1)
     return sq, idx
 
@@ -270,8 +326,7 @@ def exact_knn(x, d2, valid, k, method="auto", margin=REFINE_MARGIN):
 @functools.partial(jax.jit, static_argnames=("k", "method"))
 def _knn(x, valid, k, method):
     gram, _, _ = distances.centred_gram(x, valid)
-    d2 = distances.sq_distances_from_gram(gram)
-    sq, idx = exact_knn(x, d2, valid, k, method)
+    sq, idx = exact_knn(x, gram, valid, k, method)
     return jnp.sqrt(sq), idx
 
 

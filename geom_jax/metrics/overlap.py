@@ -33,8 +33,7 @@ def overlap_from_lists(a, b, valid):
 def neighbor_lists(x, valid, max_k, method):
     """Exact max_k-nearest-neighbour index lists [..., N, max_k] (internal)."""
     gram, _, _ = distances.centred_gram(x, valid)
-    d2 = distances.sq_distances_from_gram(gram)
-    _, idx = neighbors.exact_knn(x, d2, valid, max_k, method)
+    _, idx = neighbors.exact_knn(x, gram, valid, max_k, method)
     return idx
 
 
