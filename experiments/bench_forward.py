@@ -20,10 +20,12 @@ flags.DEFINE_integer("batch_size", 1, "sequences per forward")
 flags.DEFINE_integer("tokens", 1024, "tokens per sequence")
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "activation dtype (both sides)")
 flags.DEFINE_enum("param_dtype", None, ["float32", "bfloat16"], "JAX parameter dtype (default: --dtype)")
-flags.DEFINE_integer("repeats", 5, "timed forwards per side (after one warm-up)")
+flags.DEFINE_integer("repeats", 7, "timed forwards per side, interleaved (after one warm-up)")
 flags.DEFINE_bool("random_weights", False, "random parameters of the model's full-size preset")
 flags.DEFINE_bool("torch", True, "also time HF PyTorch (off for models too big for the host)")
 flags.DEFINE_integer("attn_block", None, "query block of the block-causal attention (default: library's)")
+flags.DEFINE_float("pause", 1.0, "seconds of idle before each timed forward (lets the other "
+                   "runtime's worker threads stop spinning)")
 flags.DEFINE_float("peak_tflops", None, "peak FLOP/s of one device in TFLOP/s, for MFU")
 flags.DEFINE_integer("seed", 0, "seed of the token ids and random weights")
 
@@ -41,16 +43,6 @@ def _peak(device) -> float | None:
         if name.lower() in kind.lower():
             return tf * 1e12
     return None
-
-
-def _time(fn, repeats):
-    fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times), min(times)
 
 
 def main(argv):
@@ -88,37 +80,55 @@ def main(argv):
     t = time.perf_counter()
     compiled = gm.forward.lower(graphdef, state, ids_dev).compile()
     print(f"JAX compile: {time.perf_counter() - t:.2f} s")
-    run = lambda: jax.block_until_ready(compiled(state, ids_dev))
-    med, best = _time(run, FLAGS.repeats)
+    run_jax = lambda: jax.block_until_ready(compiled(state, ids_dev))
+    run_jax()
     ntok = FLAGS.batch_size * FLAGS.tokens
-    jax_tps = ntok / med
-    print(f"JAX forward: median {med:.3f} s, min {best:.3f} s, {jax_tps:,.0f} tokens/s")
     peak = _peak(device)
     flops = cfg.flops_per_token(FLAGS.tokens) * ntok
-    print(f"JAX: {flops / med / 1e9:,.1f} GFLOP/s" + (
-        f", MFU {flops / med / peak:.1%} of {peak / 1e12:.0f} TFLOP/s" if peak else ""))
-    del compiled, state
-    if not FLAGS.torch:
+
+    run_torch = None
+    if FLAGS.torch:
+        import torch
+
+        from geom_jax.baseline import torch_forward as tf
+
+        t = time.perf_counter()
+        if FLAGS.random_weights:
+            tmodel = tf.random_model(gm.presets.HF_CONFIGS[FLAGS.model.lower()], dtype=FLAGS.dtype,
+                                     seed=FLAGS.seed)
+        else:
+            tmodel = tf.load_model(FLAGS.model, dtype=FLAGS.dtype)
+        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+              f"attn_implementation={tmodel.config._attn_implementation}; loaded in "
+              f"{time.perf_counter() - t:.1f} s")
+        run_torch = lambda: tf.forward(tmodel, ids)
+        run_torch()
+
+    # Interleaved, so both sides see the same machine load; the pause keeps one
+    # runtime's idle-spinning worker threads from slowing the other.
+    times = {"JAX": [], "PyTorch": []}
+    for _ in range(FLAGS.repeats):
+        for side, fn in (("JAX", run_jax), ("PyTorch", run_torch)):
+            if fn is not None:
+                time.sleep(FLAGS.pause)
+                t = time.perf_counter()
+                fn()
+                times[side].append(time.perf_counter() - t)
+    tps, best = {}, {}
+    for side, ts in times.items():
+        if ts:
+            med = statistics.median(ts)
+            tps[side], best[side] = ntok / med, ntok / min(ts)
+            print(f"{side} forward: median {med:.3f} s, min {min(ts):.3f} s, {tps[side]:,.0f} tokens/s, "
+                  f"{flops / med / 1e9:,.1f} GFLOP/s" + (
+                      f", MFU {flops / med / peak:.1%} of {peak / 1e12:.0f} TFLOP/s"
+                      if peak and side == "JAX" else ""))
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
+    if run_torch is None:
         print("PyTorch side skipped (--torch=false); no ratio")
         return
-
-    import torch
-
-    from geom_jax.baseline import torch_forward as tf
-
-    t = time.perf_counter()
-    if FLAGS.random_weights:
-        tmodel = tf.random_model(gm.presets.HF_CONFIGS[FLAGS.model.lower()], dtype=FLAGS.dtype,
-                                 seed=FLAGS.seed)
-    else:
-        tmodel = tf.load_model(FLAGS.model, dtype=FLAGS.dtype)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"attn_implementation={tmodel.config._attn_implementation}; loaded in "
-          f"{time.perf_counter() - t:.1f} s")
-    med_t, best_t = _time(lambda: tf.forward(tmodel, ids), FLAGS.repeats)
-    torch_tps = ntok / med_t
-    print(f"PyTorch forward: median {med_t:.3f} s, min {best_t:.3f} s, {torch_tps:,.0f} tokens/s")
-    print(f"JAX/PyTorch throughput ratio: {jax_tps / torch_tps:.2f}")
+    print(f"JAX/PyTorch throughput ratio: {tps['JAX'] / tps['PyTorch']:.2f} (medians; best-of-"
+          f"{FLAGS.repeats}: {best['JAX'] / best['PyTorch']:.2f})")
 
 
 if __name__ == "__main__":
