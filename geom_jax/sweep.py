@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import logging as std_logging
 import os
 from collections.abc import Callable, Mapping
 
@@ -73,12 +74,19 @@ class ResultStore:
             target[...] = value
 
 
+def _quiet_orbax(record) -> bool:
+    return record.levelno >= std_logging.WARNING or "orbax" not in record.pathname
+
+
 class Checkpointer:
     """Saves and restores a :class:`ResultStore` with orbax-checkpoint."""
 
     def __init__(self, directory: str):
         import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
 
+        handler = logging.get_absl_handler()
+        if _quiet_orbax not in handler.filters:
+            handler.addFilter(_quiet_orbax)
         self._ocp = ocp
         self.manager = ocp.CheckpointManager(
             os.path.abspath(directory),

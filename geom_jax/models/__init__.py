@@ -11,7 +11,7 @@ from .axes import LOGICAL_AXES, RULES
 from .config import DecoderConfig, RopeScaling, UnsupportedArchitectureError, from_hf_config
 from .decoder import Decoder, DecoderOutput, abstract_decoder, forward, init_random, with_params
 from .loading import (ALIASES, MissingPackageError, MissingTensorError, UnknownModelError,
-                      UnsupportedQuantizationError, load)
+                      UnsupportedQuantizationError, Resolved, load, load_tokenizer, resolve)
 
 
 def from_preset(name: str, *, seed: int = 0, **kwargs) -> Decoder:
@@ -23,4 +23,4 @@ __all__ = ["ALIASES", "Decoder", "DecoderConfig", "DecoderOutput", "LOGICAL_AXES
            "MissingPackageError", "MissingTensorError", "RULES", "RopeScaling",
            "UnknownModelError", "UnsupportedArchitectureError", "UnsupportedQuantizationError",
            "abstract_decoder", "axes", "forward", "from_hf_config", "from_preset", "init_random",
-           "load", "presets", "with_params"]
+           "load", "load_tokenizer", "presets", "resolve", "Resolved", "with_params"]

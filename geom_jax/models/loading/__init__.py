@@ -4,5 +4,5 @@ from .errors import (MissingPackageError, MissingTensorError, UnknownModelError,
                      UnsupportedArchitectureError, UnsupportedQuantizationError)
 from .gguf_file import SUPPORTED_TYPES as GGUF_TYPES, GGUFFile
 from .hub import ALIASES
-from .load import load
+from .load import Resolved, load, load_tokenizer, resolve
 from .safetensors_dir import SafetensorsDir

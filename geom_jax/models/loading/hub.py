@@ -32,9 +32,14 @@ def hub_token() -> str | None:
     return os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")
 
 
-def download(repo_id: str, revision: str | None = None) -> str:
-    """Local snapshot folder of `repo_id` (cached by huggingface_hub)."""
+TOKENIZER_PATTERNS = [p for p in ALLOW_PATTERNS if "safetensors" not in p]
+
+
+def download(repo_id: str, revision: str | None = None, *, tokenizer_only: bool = False) -> str:
+    """Local snapshot folder of `repo_id` (cached by huggingface_hub); with
+    `tokenizer_only`, only the config and tokenizer files."""
     import huggingface_hub
 
     return huggingface_hub.snapshot_download(
-        repo_id=repo_id, revision=revision, token=hub_token(), allow_patterns=ALLOW_PATTERNS)
+        repo_id=repo_id, revision=revision, token=hub_token(),
+        allow_patterns=TOKENIZER_PATTERNS if tokenizer_only else ALLOW_PATTERNS)

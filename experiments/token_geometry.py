@@ -1,0 +1,39 @@
+r"""The paper's experiments: token geometry of every prompt at every layer.
+
+Runs a model over prompts (structured, or each also block-shuffled at
+s = 0..max_shuffle as in the paper's Algorithm 1) and writes, per prompt,
+GRIDE and TwoNN intrinsic dimension, neighbourhood overlap between
+consecutive layers, cosine-similarity statistics, the loss and per-token NLL.
+
+  python experiments/token_geometry.py --model=smollm2-135m --dataset=pydoc \
+      --method=shuffled --max_tokens=1024 --num_prompts=8 \
+      --output_dir=results/smollm2_shuffled
+
+Results: ``OUTPUT_DIR/results.npz`` (``np.load``), ``metadata.json`` and
+``RESULTS.md`` describing each array. ``--resume`` continues a killed run.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags
+
+from geom_jax import experiment
+
+FLAGS = flags.FLAGS
+experiment.define_flags()
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    try:
+        experiment.run(experiment.RunSpec.from_flags(FLAGS))
+    except experiment.UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,319 @@
+"""One token-geometry experiment, from flags to result files.
+
+:func:`run` validates everything it can before any compute (model name,
+dataset, lengths, output folder), selects and tokenises the prompts, builds
+the sweep (each prompt once, or at every shuffle level), streams it through
+the fused :class:`~geom_jax.pipeline.GeometryPipeline` with checkpoints, and
+writes ``results.npz`` and ``metadata.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import time
+
+import numpy as np
+from absl import flags, logging
+
+from geom_jax import data, results
+
+METHODS = ("structured", "shuffled")
+
+
+class UserError(ValueError):
+    """A problem with the run's inputs, reported to the user without a traceback."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+    """Everything that defines a run's results (``--resume`` checks it matches)."""
+
+    output_dir: str
+    model: str = "smollm2-135m"
+    dataset: str = data.PYDOC
+    text_field: str = "text"
+    split: str = "train"
+    method: str = "structured"
+    max_tokens: int = 1024
+    max_shuffle: int = 5
+    num_prompts: int | None = 16
+    batch_size: int = 1
+    range_max: int = 256
+    max_k: int = 32
+    seed: int = 0
+    add_bos: bool = False
+    filter_models: tuple[str, ...] = ()
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+    layer_chunk: int | None = None
+    # Not part of the results' definition:
+    resume: bool = False
+    streaming: bool = False
+    checkpoint_every: int = 4
+    progress: bool = True
+
+    NON_DEFINING = ("output_dir", "resume", "streaming", "checkpoint_every", "progress")
+
+    def defining(self) -> dict:
+        d = dataclasses.asdict(self)
+        for k in self.NON_DEFINING:
+            d.pop(k)
+        d["filter_models"] = list(d["filter_models"])
+        return d
+
+    @classmethod
+    def from_flags(cls, f) -> RunSpec:
+        return cls(
+            output_dir=f.output_dir,
+            model=f.model,
+            dataset=f.dataset,
+            text_field=f.text_field,
+            split=f.split,
+            method=f.method,
+            max_tokens=f.max_tokens,
+            max_shuffle=f.max_shuffle,
+            num_prompts=f.num_prompts if f.num_prompts > 0 else None,
+            batch_size=f.batch_size,
+            range_max=f.range_max,
+            max_k=f.max_k,
+            seed=f.seed,
+            add_bos=f.add_bos,
+            filter_models=tuple(f.filter_models or ()),
+            dtype=f.dtype,
+            param_dtype=f.param_dtype,
+            layer_chunk=f.layer_chunk or None,
+            resume=f.resume,
+            streaming=f.streaming,
+            checkpoint_every=f.checkpoint_every,
+            progress=f.progress,
+        )
+
+
+def define_flags() -> None:
+    """Defines the absl flags of ``experiments/token_geometry.py``."""
+    d = RunSpec(output_dir="")
+    flags.DEFINE_string("model", d.model, "Model alias, Hub id, local folder or .gguf file.")
+    flags.DEFINE_string(
+        "dataset", d.dataset, "'pydoc', a Hub dataset id (NeelNanda/pile-10k), .txt/.jsonl path."
+    )
+    flags.DEFINE_string("text_field", d.text_field, "Field holding the text (.jsonl, datasets).")
+    flags.DEFINE_string("split", d.split, "Dataset split.")
+    flags.DEFINE_bool("streaming", d.streaming, "Stream a Hub dataset instead of caching it.")
+    flags.DEFINE_enum("method", d.method, METHODS, "structured, or shuffled at s=0..max_shuffle.")
+    flags.DEFINE_integer("max_tokens", d.max_tokens, "Tokens per prompt (shorter are dropped).")
+    flags.DEFINE_integer("max_shuffle", d.max_shuffle, "Largest shuffle index s (4**s blocks).")
+    flags.DEFINE_integer("num_prompts", d.num_prompts, "Prompts to keep (0 = all qualifying).")
+    flags.DEFINE_integer("batch_size", d.batch_size, "Rows per jitted step.")
+    flags.DEFINE_integer("range_max", d.range_max, "Largest GRIDE neighbour rank n2.")
+    flags.DEFINE_integer("max_k", d.max_k, "Largest neighbourhood size k of the overlap.")
+    flags.DEFINE_integer("seed", d.seed, "Seed of the block shuffles.")
+    flags.DEFINE_bool("add_bos", d.add_bos, "Prepend the tokenizer's BOS token.")
+    flags.DEFINE_list(
+        "filter_models", [], "Other models whose tokenizers a prompt must also fill (comparisons)."
+    )
+    flags.DEFINE_enum("dtype", d.dtype, ["float32", "bfloat16"], "Activation dtype.")
+    flags.DEFINE_enum("param_dtype", d.param_dtype, ["float32", "bfloat16"], "Parameter dtype.")
+    flags.DEFINE_integer("layer_chunk", 0, "Layers per metrics chunk (0 = all at once).")
+    flags.DEFINE_string("output_dir", None, "Folder for results.npz and metadata.json.")
+    flags.DEFINE_bool("resume", False, "Continue the run checkpointed in --output_dir.")
+    flags.DEFINE_integer("checkpoint_every", d.checkpoint_every, "Batches between checkpoints.")
+    flags.DEFINE_bool("progress", d.progress, "Show a progress bar.")
+    flags.mark_flag_as_required("output_dir")
+
+
+def check_spec(spec: RunSpec) -> None:
+    """Static checks of the flags (no file or model access)."""
+    from geom_jax import metrics  # pylint: disable=g-import-not-at-top
+
+    if spec.method not in METHODS:
+        raise UserError(f"--method must be one of {METHODS}, got {spec.method!r}")
+    if spec.batch_size < 1:
+        raise UserError(f"--batch_size must be positive, got {spec.batch_size}")
+    if spec.checkpoint_every < 1:
+        raise UserError(f"--checkpoint_every must be positive, got {spec.checkpoint_every}")
+    if spec.max_tokens < 4:
+        raise UserError(f"--max_tokens must be at least 4, got {spec.max_tokens}")
+    if spec.method == "shuffled":
+        try:
+            data.check_divisible(spec.max_tokens, spec.max_shuffle)
+        except ValueError as e:
+            raise UserError(f"--method=shuffled: {e}") from None
+    try:
+        metrics.check_sizes(
+            spec.max_tokens + int(spec.add_bos), range_max=spec.range_max, max_k=spec.max_k
+        )
+    except ValueError as e:
+        raise UserError(str(e)) from None
+
+
+def prepare_output_dir(spec: RunSpec) -> None:
+    """Refuses to overwrite a run; on --resume, checks the run is the same one."""
+    out = spec.output_dir
+    if not out:
+        raise UserError("--output_dir is required")
+    config_path = os.path.join(out, results.RUN_CONFIG_FILE)
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise UserError(f"--output_dir={out!r} exists and is not a folder")
+    existing = os.path.isdir(out) and bool(os.listdir(out))
+    if existing and not spec.resume:
+        raise UserError(
+            f"--output_dir={out!r} already holds files; pass --resume to continue that run, "
+            "or choose another folder (nothing was overwritten)"
+        )
+    if existing and spec.resume and os.path.isfile(config_path):
+        saved = results.read_json(config_path)
+        diff = {k: (saved.get(k), v) for k, v in spec.defining().items() if saved.get(k) != v}
+        if diff:
+            raise UserError(
+                f"--resume: the run in {out!r} used other settings "
+                + ", ".join(f"--{k}={a!r} (now {b!r})" for k, (a, b) in sorted(diff.items()))
+            )
+    try:
+        os.makedirs(out, exist_ok=True)
+        probe = os.path.join(out, ".write-test")
+        with open(probe, "w") as fh:
+            fh.write("ok")
+        os.unlink(probe)
+    except OSError as e:
+        raise UserError(f"--output_dir={out!r} is not writable: {e.strerror}") from None
+    if not os.path.isfile(config_path):
+        results.write_json(config_path, spec.defining())
+
+
+def select(spec: RunSpec, tokenizer) -> tuple[data.PromptSource, data.PromptSelection]:
+    """Opens the dataset and keeps the prompts that fill every tokenizer."""
+    from geom_jax import models  # pylint: disable=g-import-not-at-top
+
+    try:
+        source = data.open_source(
+            spec.dataset, text_field=spec.text_field, split=spec.split, streaming=spec.streaming
+        )
+        tokenizers = [tokenizer] + [models.load_tokenizer(m) for m in spec.filter_models]
+        return source, data.select_prompts(
+            source,
+            tokenizers,
+            max_tokens=spec.max_tokens,
+            num_prompts=spec.num_prompts,
+            add_bos=spec.add_bos,
+            dataset_name=spec.dataset,
+        )
+    except (ValueError, FileNotFoundError) as e:
+        raise UserError(str(e)) from None
+
+
+def build_plan(spec: RunSpec, selection: data.PromptSelection):
+    """Rows of the sweep: every prompt, at every shuffle level if shuffled."""
+    from geom_jax import sweep  # pylint: disable=g-import-not-at-top
+
+    levels = np.arange(spec.max_shuffle + 1) if spec.method == "shuffled" else np.zeros(1, int)
+    num_prompts = len(selection.indices)
+    row_prompt = np.repeat(np.arange(num_prompts), len(levels))
+    row_shuffle = np.tile(levels, num_prompts)
+    keep_first = int(spec.add_bos)
+
+    def make_batch(rows: np.ndarray):
+        ids = np.stack(
+            [
+                data.shuffle_tokens(
+                    selection.token_ids[row_prompt[r]],
+                    int(row_shuffle[r]),
+                    seed=spec.seed,
+                    prompt_index=int(selection.indices[row_prompt[r]]),
+                    keep_first=keep_first,
+                )
+                for r in rows
+            ]
+        ).astype(np.int32)
+        return ids, np.ones_like(ids)
+
+    plan = sweep.SweepPlan(
+        prompt_index=selection.indices[row_prompt],
+        shuffle_index=row_shuffle.astype(np.int32),
+        make_batch=make_batch,
+    )
+    keys = np.asarray([selection.keys[p] for p in row_prompt])
+    return plan, keys
+
+
+def run(spec: RunSpec) -> dict:
+    """Runs the experiment; returns the arrays written to ``results.npz``."""
+    import jax  # pylint: disable=g-import-not-at-top
+    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
+    from geom_jax import models, pipeline, sweep  # pylint: disable=g-import-not-at-top
+
+    t_start = time.time()
+    check_spec(spec)
+    try:
+        models.resolve(spec.model)
+        for m in spec.filter_models:
+            models.resolve(m)
+    except (ValueError, FileNotFoundError) as e:
+        raise UserError(str(e)) from None
+    prepare_output_dir(spec)
+    out = spec.output_dir
+    if spec.resume and os.path.isfile(os.path.join(out, results.RESULTS_FILE)):
+        logging.info("%s is complete; nothing to do", out)
+        return results.load_results(out)
+
+    try:
+        tokenizer = models.load_tokenizer(spec.model)
+    except (ValueError, FileNotFoundError) as e:
+        raise UserError(str(e)) from None
+    source, selection = select(spec, tokenizer)
+    plan, keys = build_plan(spec, selection)
+    logging.info(
+        "%d prompts of %s (of %d scanned), %d rows",
+        len(selection.indices),
+        spec.dataset,
+        selection.num_scanned,
+        len(plan),
+    )
+
+    model, _ = models.load(
+        spec.model, dtype=jnp.dtype(spec.dtype), param_dtype=jnp.dtype(spec.param_dtype)
+    )
+    pipe = pipeline.GeometryPipeline(
+        model, range_max=spec.range_max, max_k=spec.max_k, layer_chunk=spec.layer_chunk
+    )
+    t_compute = time.time()
+    store = sweep.run_sweep(
+        plan,
+        pipe,
+        batch_size=spec.batch_size,
+        checkpoint_dir=os.path.join(out, sweep.CHECKPOINT_DIR),
+        resume=spec.resume,
+        checkpoint_every=spec.checkpoint_every,
+        progress=spec.progress,
+    )
+    arrays = {
+        "prompt_index": plan.prompt_index,
+        "prompt_key": keys,
+        "shuffle_index": plan.shuffle_index,
+        "gride_n1": 2 ** np.arange(store.arrays["gride_ids"].shape[-1]),
+        **store.arrays,
+    }
+    results.save_results(out, arrays)
+    results.write_json(
+        os.path.join(out, results.METADATA_FILE),
+        {
+            "model": spec.model,
+            "checkpoint": getattr(model.config, "checkpoint_id", None),
+            "model_config": dataclasses.asdict(model.config),
+            "dataset": source.describe(),
+            "flags": spec.defining(),
+            "num_rows": len(plan),
+            "versions": results.package_versions(),
+            "git_commit": results.git_commit(),
+            "device": str(jax.devices()[0].device_kind),
+            "backend": jax.default_backend(),
+            "num_devices": jax.device_count(),
+            "host": socket.gethostname(),
+            "wall_time_s": round(time.time() - t_start, 2),
+            "compute_time_s": round(time.time() - t_compute, 2),
+        },
+    )
+    logging.info("Wrote %s", os.path.join(out, results.RESULTS_FILE))
+    return arrays
