@@ -133,6 +133,8 @@ def check_spec(spec: RunSpec) -> None:
         raise UserError(f"--batch_size must be positive, got {spec.batch_size}")
     if spec.checkpoint_every < 1:
         raise UserError(f"--checkpoint_every must be positive, got {spec.checkpoint_every}")
+    if not spec.text_field:
+        raise UserError("--text_field must not be empty")
     if spec.max_tokens < 4:
         raise UserError(f"--max_tokens must be at least 4, got {spec.max_tokens}")
     if spec.method == "shuffled":
@@ -148,8 +150,12 @@ def check_spec(spec: RunSpec) -> None:
         raise UserError(str(e)) from None
 
 
-def prepare_output_dir(spec: RunSpec) -> None:
-    """Refuses to overwrite a run; on --resume, checks the run is the same one."""
+def check_output_dir(spec: RunSpec) -> None:
+    """Refuses to overwrite a run; on --resume, checks the run is the same one.
+
+    Creates the folder (empty) to prove it is writable; the run's files are
+    written only once every input has been checked.
+    """
     out = spec.output_dir
     if not out:
         raise UserError("--output_dir is required")
@@ -178,8 +184,12 @@ def prepare_output_dir(spec: RunSpec) -> None:
         os.unlink(probe)
     except OSError as e:
         raise UserError(f"--output_dir={out!r} is not writable: {e.strerror}") from None
-    if not os.path.isfile(config_path):
-        results.write_json(config_path, spec.defining())
+
+
+def record_run_config(spec: RunSpec) -> None:
+    path = os.path.join(spec.output_dir, results.RUN_CONFIG_FILE)
+    if not os.path.isfile(path):
+        results.write_json(path, spec.defining())
 
 
 def select(spec: RunSpec, tokenizer) -> tuple[data.PromptSource, data.PromptSelection]:
@@ -252,7 +262,7 @@ def run(spec: RunSpec) -> dict:
             models.resolve(m)
     except (ValueError, FileNotFoundError) as e:
         raise UserError(str(e)) from None
-    prepare_output_dir(spec)
+    check_output_dir(spec)
     out = spec.output_dir
     if spec.resume and os.path.isfile(os.path.join(out, results.RESULTS_FILE)):
         logging.info("%s is complete; nothing to do", out)
@@ -272,6 +282,7 @@ def run(spec: RunSpec) -> dict:
         len(plan),
     )
 
+    record_run_config(spec)
     model, _ = models.load(
         spec.model, dtype=jnp.dtype(spec.dtype), param_dtype=jnp.dtype(spec.param_dtype)
     )

@@ -1,0 +1,238 @@
+"""token_geometry end to end on a tiny checkpoint: fused = separate, resume, bad input."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from tiny_model import write_tiny_llama
+
+from geom_jax import data, experiment, metrics, models, results
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "experiments", "token_geometry.py")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return write_tiny_llama(str(tmp_path_factory.mktemp("tiny") / "tiny-llama"))
+
+
+def _spec(model, out, **kw):
+    base = dict(
+        output_dir=str(out),
+        model=model,
+        method="shuffled",
+        max_tokens=64,
+        max_shuffle=2,
+        num_prompts=3,
+        batch_size=2,
+        range_max=16,
+        max_k=8,
+        progress=False,
+    )
+    base.update(kw)
+    return experiment.RunSpec(**base)
+
+
+def _separately(model_dir, spec, row_prompt_index, row_shuffle):
+    """The same rows through the model and layer_geometry called one by one."""
+    model, tok = models.load(model_dir)
+    sel = data.select_prompts(
+        data.open_source(spec.dataset),
+        [tok],
+        max_tokens=spec.max_tokens,
+        num_prompts=spec.num_prompts,
+    )
+    out = {
+        k: [] for k in ["gride_ids", "twonn", "overlap", "cos_mean", "cos_std", "loss", "token_nll"]
+    }
+    for p, s in zip(row_prompt_index, row_shuffle):
+        ids = sel.token_ids[list(sel.indices).index(p)]
+        ids = data.shuffle_tokens(ids, int(s), seed=spec.seed, prompt_index=int(p))[None]
+        fwd = model(jnp.asarray(ids))
+        hidden = np.asarray(fwd.hidden_states)[:, 0]  # [L+1, T, D]
+        geo = metrics.layer_geometry(hidden[1:], range_max=spec.range_max, max_k=spec.max_k)
+        cos_mean, cos_std = metrics.cosine_similarity_stats(hidden)
+        out["gride_ids"].append(np.asarray(geo.gride_ids))
+        out["twonn"].append(np.asarray(geo.twonn))
+        out["overlap"].append(np.asarray(geo.overlap))
+        out["cos_mean"].append(np.asarray(cos_mean))
+        out["cos_std"].append(np.asarray(cos_std))
+        out["loss"].append(float(fwd.loss))
+        out["token_nll"].append(np.asarray(fwd.token_nll)[0])
+    return {k: np.asarray(v) for k, v in out.items()}
+
+
+def test_fused_run_equals_model_and_metrics_called_separately(tiny, tmp_path):
+    spec = _spec(tiny, tmp_path / "run")
+    got = experiment.run(spec)
+    assert got["gride_ids"].shape == (9, 3, 4)  # 3 prompts x 3 levels, L = 3 layers, S = log2(16)
+    assert got["overlap"].shape == (9, 2, 8) and got["cos_mean"].shape == (9, 4)
+    assert got["token_nll"].shape == (9, 63)
+    np.testing.assert_array_equal(got["shuffle_index"], np.tile([0, 1, 2], 3))
+    ref = _separately(tiny, spec, got["prompt_index"], got["shuffle_index"])
+    for k in ["gride_ids", "twonn", "cos_mean", "cos_std", "loss", "token_nll"]:
+        np.testing.assert_allclose(got[k], ref[k], rtol=2e-5, atol=1e-6, err_msg=k)
+    np.testing.assert_array_equal(got["overlap"], ref["overlap"])
+    on_disk = np.load(os.path.join(spec.output_dir, "results.npz"))
+    assert set(on_disk.files) == set(got) and set(on_disk.files) <= set(results.FIELDS)
+    meta = results.read_json(os.path.join(spec.output_dir, "metadata.json"))
+    assert meta["flags"]["method"] == "shuffled" and "sha256" in meta["checkpoint"]
+    assert meta["versions"]["jax"] and meta["wall_time_s"] > 0
+    # Same flags, same seed: identical results.
+    again = experiment.run(_spec(tiny, tmp_path / "run2"))
+    for k in got:
+        np.testing.assert_array_equal(got[k], again[k], err_msg=k)
+
+
+def test_smollm2_fused_equals_separate(tmp_path):
+    spec = _spec(
+        "smollm2-135m",
+        tmp_path / "run",
+        method="structured",
+        max_tokens=128,
+        num_prompts=1,
+        batch_size=1,
+        range_max=64,
+        max_k=16,
+    )
+    got = experiment.run(spec)
+    ref = _separately("smollm2-135m", spec, got["prompt_index"], got["shuffle_index"])
+    for k in ["gride_ids", "twonn", "cos_mean", "cos_std", "loss"]:
+        np.testing.assert_allclose(got[k], ref[k], rtol=1e-4, err_msg=k)
+    np.testing.assert_array_equal(got["overlap"], ref["overlap"])
+
+
+def test_existing_output_dir_is_not_overwritten(tiny, tmp_path):
+    out = tmp_path / "run"
+    experiment.run(_spec(tiny, out, num_prompts=1, method="structured"))
+    before = (out / "results.npz").read_bytes()
+    with pytest.raises(experiment.UserError, match="already holds files; pass --resume"):
+        experiment.run(_spec(tiny, out, num_prompts=1, method="structured"))
+    with pytest.raises(
+        experiment.UserError,
+        match=r"--resume: the run in .* used other settings --num_prompts=1 \(now 2\)",
+    ):
+        experiment.run(_spec(tiny, out, num_prompts=2, method="structured", resume=True))
+    assert (out / "results.npz").read_bytes() == before
+
+
+def _cli(args, **kw):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
+    return subprocess.Popen(
+        [sys.executable, SCRIPT, *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **kw,
+    )
+
+
+def test_sigkill_then_resume_equals_uninterrupted(tiny, tmp_path):
+    args = [
+        f"--model={tiny}",
+        "--method=shuffled",
+        "--max_tokens=64",
+        "--max_shuffle=2",
+        "--num_prompts=12",
+        "--batch_size=1",
+        "--range_max=16",
+        "--max_k=8",
+        "--checkpoint_every=1",
+        "--noprogress",
+    ]
+    killed = tmp_path / "killed"
+    proc = _cli(args + [f"--output_dir={killed}"])
+    ckpt = killed / "checkpoints"
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        steps = [d for d in os.listdir(ckpt) if d.isdigit()] if ckpt.is_dir() else []
+        if len(steps) >= 1 and max(map(int, steps)) >= 3:
+            break
+        if proc.poll() is not None:
+            pytest.fail("run ended before it could be killed:\n" + proc.stdout.read())
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "results.npz").exists(), "the run was not killed mid-way"
+    resumed = _cli(args + [f"--output_dir={killed}", "--resume"])
+    log = resumed.communicate(timeout=300)[0]
+    assert resumed.returncode == 0, log
+    assert "Resumed from checkpoint" in log
+    full = experiment.run(_spec(tiny, tmp_path / "full", num_prompts=12, batch_size=1))
+    got = np.load(killed / "results.npz")
+    assert (
+        len(got["prompt_index"]) == 36
+        and np.unique(got["prompt_index"] * 10 + got["shuffle_index"]).size == 36
+    )
+    for k in full:
+        np.testing.assert_array_equal(got[k], full[k], err_msg=k)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(model="no-such-model"), "unknown model 'no-such-model'"),
+        (dict(model="/nonexistent/dir/model"), "no such file or directory"),
+        (dict(dataset="nonsense"), "unknown dataset 'nonsense'"),
+        (
+            dict(num_prompts=500, method="structured"),
+            r"--num_prompts=500: only \d+ of the 79 prompts",
+        ),
+        (dict(max_tokens=72), r"--max_tokens=72 is not divisible by 4\*\*max_shuffle = 16"),
+        (dict(text_field=""), "--text_field must not be empty"),
+        (dict(max_tokens=16, max_shuffle=1), r"range_max=16 with N = 16 points"),
+        (dict(batch_size=0), "--batch_size must be positive"),
+    ],
+)
+def test_bad_input_fails_before_compute(tiny, tmp_path, overrides, message):
+    out = tmp_path / "run"
+    spec = _spec(overrides.pop("model", tiny), out, **overrides)
+    with pytest.raises(experiment.UserError, match=message):
+        experiment.run(spec)
+    assert not (out / "checkpoints").exists()
+
+
+def test_empty_text_field_in_records(tiny, tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"text": "hello"}\n{"body": "no text"}\n')
+    with pytest.raises(experiment.UserError, match="--text_field: record .* has no field 'text'"):
+        experiment.run(_spec(tiny, tmp_path / "run", dataset=str(path)))
+
+
+@pytest.mark.parametrize("where", ["under_a_file", "proc"])
+def test_unwritable_output_dir(tiny, tmp_path, where):
+    (tmp_path / "a_file").write_text("")
+    out = tmp_path / "a_file" / "run" if where == "under_a_file" else "/proc/geom_jax_run"
+    with pytest.raises(experiment.UserError, match="is not writable"):
+        experiment.run(_spec(tiny, out))
+
+
+def test_failed_validation_leaves_folder_reusable(tiny, tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(experiment.UserError, match="--num_prompts=500"):
+        experiment.run(_spec(tiny, out, num_prompts=500, method="structured"))
+    assert not os.listdir(out)
+    experiment.run(_spec(tiny, out, num_prompts=1, method="structured"))
+    assert (out / "results.npz").is_file()
+
+
+def test_cli_reports_errors_without_traceback(tiny, tmp_path):
+    proc = _cli(
+        [
+            f"--model={tiny}",
+            "--method=shuffled",
+            "--max_tokens=100",
+            f"--output_dir={tmp_path / 'x'}",
+        ]
+    )
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 2
+    assert "error: --method=shuffled: --max_tokens=100 is not divisible" in out
+    assert "Traceback" not in out
