@@ -27,8 +27,25 @@ install-test: $(VENV)/.stamp-test
 test: $(VENV)/.stamp-test
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
+# The default experiment: SmolLM2-135M on CPython's pydoc topics at 1024
+# tokens, every qualifying prompt structured plus a shuffled sweep (s = 0..5).
+# Idempotent: --resume finishes an interrupted run and skips a finished one.
+MODEL ?= smollm2-135m
+DATASET ?= pydoc
+STRUCTURED_PROMPTS ?= 26
+SHUFFLED_PROMPTS ?= 12
+RUN_FLAGS = --model=$(MODEL) --dataset=$(DATASET) --max_tokens=1024 --resume
+RUN_DIR = $(RESULTS)/$(MODEL)_$(DATASET)
+
 run: $(VENV)/.stamp-base
-	$(PY) experiments/run_default.py --output_root=$(RESULTS)
+	$(PY) experiments/token_geometry.py $(RUN_FLAGS) --method=structured \
+		--num_prompts=$(STRUCTURED_PROMPTS) --output_dir=$(RUN_DIR)/structured
+	$(PY) experiments/token_geometry.py $(RUN_FLAGS) --method=shuffled --max_shuffle=5 \
+		--num_prompts=$(SHUFFLED_PROMPTS) --output_dir=$(RUN_DIR)/shuffled
+	$(PY) experiments/plot_geometry.py --results=$(RUN_DIR)/structured,$(RUN_DIR)/shuffled \
+		--output_dir=$(RUN_DIR)/report
+	@echo "Results: $(RUN_DIR)/{structured,shuffled}/results.npz"
+	@echo "Report:  $(RUN_DIR)/report/report.md"
 
 clean:
 	rm -rf $(VENV) $(RESULTS)

@@ -246,7 +246,28 @@ def headline(run: Run, scale: int = 0) -> dict:
     }
     if len(levels) > 1:
         top = levels[-1]
-        out["peak_ratio"] = out["peak_id"][top] / out["peak_id"][0]
+        paired = np.intersect1d(
+            run.arrays["prompt_index"][run.rows(0)], run.arrays["prompt_index"][run.rows(top)]
+        )
+        peaks = {}
+        for s in (0, top):
+            rows = run.rows(s)
+            rows = rows[np.isin(run.arrays["prompt_index"][rows], paired)]
+            rows = rows[np.argsort(run.arrays["prompt_index"][rows], kind="stable")]
+            peaks[s] = np.nanmax(run.arrays["gride_ids"][rows, :, scale], axis=1)
+        out["paired_prompts"] = len(paired)
+        out["paired_peak_id"] = {s: float(np.mean(v)) for s, v in peaks.items()}
+        out["peak_ratio"] = out["paired_peak_id"][top] / out["paired_peak_id"][0]
+        out["paired_loss"] = {
+            s: float(
+                np.mean(
+                    run.arrays["loss"][run.rows(s)][
+                        np.isin(run.arrays["prompt_index"][run.rows(s)], paired)
+                    ]
+                )
+            )
+            for s in (0, top)
+        }
     return out
 
 
@@ -268,13 +289,14 @@ def _report_text(runs, folders, figures, scale) -> str:
             )
         if "peak_ratio" in h:
             top = run.levels[-1]
+            pk, ls = h["paired_peak_id"], h["paired_loss"]
             lines += [
                 "",
-                f"**Findings.** The mean peak ID is {100 * (h['peak_ratio'] - 1):+.1f}% at "
-                f"s={top} relative to the structured prompts ({h['peak_id'][top]:.2f} vs "
-                f"{h['peak_id'][0]:.2f}); the mean loss is {h['loss'][top]:.3f} at s={top} vs "
-                f"{h['loss'][0]:.3f} structured "
-                f"({'higher' if h['loss'][top] > h['loss'][0] else 'not higher'}).",
+                f"**Findings** (the {h['paired_prompts']} prompts run both structured and at "
+                f"s={top}). The mean peak GRIDE ID over layers is {100 * (h['peak_ratio'] - 1):+.1f}%"
+                f" higher at s={top} than structured ({pk[top]:.2f} vs {pk[0]:.2f}); the mean "
+                f"loss is {ls[top]:.3f} nats at s={top} vs {ls[0]:.3f} structured "
+                f"({'higher' if ls[top] > ls[0] else 'not higher'}).",
             ]
         r = h["pearson"]
         if not np.all(np.isnan(r)):

@@ -38,20 +38,24 @@ def _fake_run(folder, *, levels, num_prompts=6, layers=5, scales=4, k=8, t=16, s
 
 
 def test_report_numbers_match_the_data(tmp_path):
-    structured = _fake_run(tmp_path / "s", levels=[0], seed=1)
+    structured = _fake_run(tmp_path / "s", levels=[0], num_prompts=8, seed=1)
     shuffled = _fake_run(tmp_path / "sh", levels=[0, 1, 2], seed=2)
     path = plots.make_report([str(tmp_path / "s"), str(tmp_path / "sh")], str(tmp_path / "rep"))
     text = open(path).read()
     (run,) = plots.load_runs([str(tmp_path / "s"), str(tmp_path / "sh")])
     # Structured rows are pooled once: 6 from the structured folder, the shuffled run's s=0 dropped.
-    assert len(run.rows(0)) == 6
+    assert len(run.rows(0)) == 8
     np.testing.assert_allclose(run.arrays["loss"][run.rows(0)], structured["loss"], rtol=0, atol=0)
     h = plots.headline(run)
-    want_peak0 = structured["gride_ids"][:, :, 0].max(1).mean()
+    want_peak0 = structured["gride_ids"][:6, :, 0].max(1).mean()  # prompts run at s=2 too
     want_peak2 = shuffled["gride_ids"][shuffled["shuffle_index"] == 2][:, :, 0].max(1).mean()
-    assert h["peak_id"][0] == pytest.approx(want_peak0)
+    assert h["peak_id"][0] == pytest.approx(structured["gride_ids"][:, :, 0].max(1).mean())
     assert h["peak_id"][2] == pytest.approx(want_peak2)
+    paired0 = shuffled["gride_ids"][shuffled["shuffle_index"] == 0]
+    # Prompts 0-5 were run at both levels; the s=0 rows kept are the structured folder's.
+    assert h["paired_prompts"] == 6
     assert h["peak_ratio"] == pytest.approx(want_peak2 / want_peak0)
+    assert not np.allclose(paired0, structured["gride_ids"])
     r = h["pearson"]
     want_r = np.corrcoef(structured["gride_ids"][:, 2, 0], structured["loss"])[0, 1]
     assert r[2] == pytest.approx(want_r, rel=1e-6)
