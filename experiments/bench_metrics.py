@@ -10,6 +10,7 @@ agree, prints per-stage times and, as the last line, the speed-up.
   python experiments/bench_metrics.py --input=hidden.npy   # a saved [L, N, D] stack
 """
 import os
+import resource
 import statistics
 import sys
 import time
@@ -27,7 +28,7 @@ flags.DEFINE_string("input", None, "A .npy / .npz hidden-state stack [L, N, D] (
 flags.DEFINE_string("input_key", None, "Array name inside an .npz input (default: the first array).")
 flags.DEFINE_integer("range_max", 256, "GRIDE range_max.")
 flags.DEFINE_integer("max_k", 32, "Neighbourhood-overlap max_k.")
-flags.DEFINE_integer("layer_chunk", 0, "layer_chunk for layer_geometry (0 = all layers at once).")
+flags.DEFINE_integer("layer_chunk", 0, "layer_chunk for layer_geometry (0 = automatic, about 16 MiB of Gram per chunk).")
 flags.DEFINE_enum("selection", "auto", ["auto", "host", "xla"], "Neighbour-selection backend.")
 flags.DEFINE_bool("baseline", True, "Run the NumPy baseline (the speed-up needs it).")
 flags.DEFINE_bool("stages", True, "Also time the JAX stages separately.")
@@ -70,6 +71,10 @@ def load_input(path, key=None):
     return data
 
 
+def peak_rss_gib():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
 def load_avg():
     return "load average %.2f, %.2f, %.2f" % os.getloadavg()
 
@@ -98,8 +103,8 @@ def jax_stage_times(hidden, range_max, max_k, selection, repeats):
     n_cand = min(max_k + neighbors.REFINE_MARGIN, n - 1)
 
     def gram_cos(x, v):
-        g, c, xc = distances.centred_gram(x, v)
-        return g, cosine.cosine_stats_from_gram(x, v, g, c, xc)
+        g, c, _ = distances.centred_gram(x, v)
+        return g, cosine.cosine_stats_from_gram(x, v, g, c)
 
     stages = {}
 
@@ -187,6 +192,7 @@ def main(argv):
                                          FLAGS.repeats).items():
             print(f"  {name:38s} {sec:7.3f} s")
 
+    print(f"peak RSS so far: {peak_rss_gib():.2f} GiB")
     if not FLAGS.baseline:
         print("baseline skipped (--nobaseline): no speed-up")
         return

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 
 import oracle
 from geom_jax import metrics
+from geom_jax.metrics import geometry
 
 RANGE_MAX = 64
 MAX_K = 10
@@ -203,9 +204,11 @@ def test_selection_paths_identical():
 
 def test_layer_chunk_equals_unchunked():
     hidden, mask = _stack_and_mask()
-    full = metrics.layer_geometry(hidden, mask, range_max=RANGE_MAX, max_k=MAX_K)
+    full = metrics.layer_geometry(hidden, mask, range_max=RANGE_MAX, max_k=MAX_K, layer_chunk=5)
     chunked = metrics.layer_geometry(hidden, mask, range_max=RANGE_MAX, max_k=MAX_K, layer_chunk=2)
     _assert_close(chunked, full)
+    assert geometry.auto_layer_chunk(31, 1, 1024) == 4 and geometry.auto_layer_chunk(33, 1, 4096) == 1
+    assert geometry.auto_layer_chunk(5, 2, 130) == 5
 
 
 def test_layer_geometry_matches_oracle_per_layer():

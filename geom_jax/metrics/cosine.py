@@ -8,10 +8,10 @@ from jax import lax
 from geom_jax.metrics import distances, validation
 
 
-def cosine_stats_from_gram(x, valid, gram, centre, xc, include_diagonal=True):
+def cosine_stats_from_gram(x, valid, gram, centre, include_diagonal=True):
     """Mean and std of cos(x_i, x_j) over valid pairs, from the centred Gram matrix.
 
-    With x' = x - c: x_i . x_j = G_ij + a_i + a_j, a_i = x'_i . c + |c|^2 / 2,
+    With x' = x - c: x_i . x_j = G_ij + a_i + a_j, a_i = x_i . c - |c|^2 / 2,
     so the Gram matrix shared with the distances serves here too; norms come
     from direct sums on the raw points and zero vectors have cosine 0 (as
     scikit-learn's cosine_similarity). The mean needs no N x N pass:
@@ -24,7 +24,8 @@ def cosine_stats_from_gram(x, valid, gram, centre, xc, include_diagonal=True):
     norm2 = jnp.sum(xv * xv, axis=-1)
     nonzero = norm2 > 0
     inv = jnp.where(nonzero, lax.rsqrt(jnp.where(nonzero, norm2, 1.0)), 0.0)
-    a = jnp.sum(xc * centre[..., None, :], axis=-1) + 0.5 * jnp.sum(centre * centre, axis=-1)[..., None]
+    cc = jnp.sum(centre * centre, axis=-1)
+    a = jnp.einsum("...nd,...d->...n", xv, centre, precision=distances.HIGHEST) - 0.5 * cc[..., None]
     count = jnp.sum(w, axis=-1)
     u_sum = jnp.sum(xv * inv[..., None], axis=-2)
     total = jnp.sum(u_sum * u_sum, axis=-1)
@@ -47,8 +48,8 @@ def cosine_stats_from_gram(x, valid, gram, centre, xc, include_diagonal=True):
 
 @functools.partial(jax.jit, static_argnames=("include_diagonal",))
 def _cosine_similarity_stats(x, valid, include_diagonal):
-    gram, centre, xc = distances.centred_gram(x, valid)
-    return cosine_stats_from_gram(x, valid, gram, centre, xc, include_diagonal)
+    gram, centre, _ = distances.centred_gram(x, valid)
+    return cosine_stats_from_gram(x, valid, gram, centre, include_diagonal)
 
 
 def cosine_similarity_stats(x, mask=None, include_diagonal=True):

@@ -41,6 +41,20 @@ class LayerGeometry:
     n_unique: jax.Array
 
 
+CHUNK_GRAM_BYTES = 16 * 2**20
+"""Default Gram-matrix size per layer chunk: small enough for the allocator to
+reuse buffers between chunks (larger ones are fresh mmaps, page-faulted on
+every call) and to bound memory, large enough to amortise per-chunk overhead."""
+
+
+def auto_layer_chunk(n_layers, n_prompts, n_tokens):
+    """Layers per chunk so that one chunk's Gram matrices take about CHUNK_GRAM_BYTES."""
+    per_layer = n_prompts * n_tokens * n_tokens * 4
+    widest = max(1, min(n_layers, CHUNK_GRAM_BYTES // per_layer))
+    n_chunks = -(-n_layers // widest)
+    return -(-n_layers // n_chunks)
+
+
 def _clouds(x, valid, *, n_scales, max_k, discard_fraction, include_diagonal, method):
     """Everything except the overlap for clouds x [C, N, D], valid [C, N].
 
@@ -51,8 +65,8 @@ def _clouds(x, valid, *, n_scales, max_k, discard_fraction, include_diagonal, me
     refined separately.
     """
     keep = unique.first_occurrence(x, valid)
-    gram, centre, xc = distances.centred_gram(x, valid)
-    cos_mean, cos_std = cosine.cosine_stats_from_gram(x, valid, gram, centre, xc, include_diagonal)
+    gram, centre, _ = distances.centred_gram(x, valid)
+    cos_mean, cos_std = cosine.cosine_stats_from_gram(x, valid, gram, centre, include_diagonal)
     n_cand = min(max_k + neighbors.REFINE_MARGIN, x.shape[-2] - 1)
     ranks = intrinsic_dimension.gride_ranks(n_scales)
     near, ranked = neighbors.select_neighbors(
@@ -114,7 +128,7 @@ def _layer_geometry(hidden, mask, *, range_max, max_k, layer_chunk, twonn_discar
         outs = cloud_fn(layers.reshape((c * b, n, d)), vb)
         return tuple(o.reshape((c, b) + o.shape[1:]) for o in outs)
 
-    chunk = n_layers if layer_chunk is None else max(1, min(int(layer_chunk), n_layers))
+    chunk = auto_layer_chunk(n_layers, b, n) if layer_chunk is None else min(int(layer_chunk), n_layers)
     if chunk >= n_layers:
         outs = chunk_fn(h)
     else:
@@ -155,7 +169,10 @@ def layer_geometry(hidden, mask=None, *, range_max=256, max_k=32, layer_chunk=No
     all valid). One Gram matrix per layer serves distances and cosine; ID
     estimators use the distinct valid tokens (first occurrence kept),
     overlap and cosine all valid tokens. layer_chunk bounds memory by
-    processing that many layers at a time (lax.map). selection: "auto"
+    processing that many layers at a time (lax.map); None picks about
+    16 MiB of Gram matrix per chunk (4 layers of 1024 tokens, 1 layer of
+    2048), which is also the fastest setting on CPU; layer_chunk >= L
+    processes all layers at once. selection: "auto"
     (NumPy host selection on CPU, lax.top_k elsewhere), "host" or "xla".
     With validate (default) and concrete inputs, validate_hidden runs first;
     under an outer jit / shard_map only the static checks run.

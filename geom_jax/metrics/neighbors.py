@@ -61,76 +61,102 @@ def _dispatch(method, host, xla, *args):
 def _ordered_bits(vals):
     """uint64 of float32 vals, monotone in the value (negatives included, no NaN)."""
     bits = vals.view(np.uint32)
-    flipped = np.where(bits >> np.uint32(31), ~bits, bits | np.uint32(0x80000000))
-    return flipped.astype(np.uint64)
+    flip = (bits.view(np.int32) >> 31).view(np.uint32) | np.uint32(0x80000000)
+    return (bits ^ flip).astype(np.uint64)
+
+
+def _unpack_values(high):
+    """Inverse of _ordered_bits on the high 32 bits of packed keys."""
+    bits = high.astype(np.uint32)
+    flip = (~bits.view(np.int32) >> 31).view(np.uint32) | np.uint32(0x80000000)
+    return (bits ^ flip).view(np.float32)
 
 
 def _pack(vals, cols):
-    """uint64 keys whose order is the (value, column) order."""
-    return (_ordered_bits(vals) << np.uint64(32)) | cols.astype(np.uint64)
+    """uint64 keys whose order is the (value, column) order; -0.0 counts as +0.0."""
+    vals = np.where(vals == 0, np.float32(0.0), vals)
+    packed = _ordered_bits(vals)
+    packed <<= np.uint64(32)
+    packed |= cols.astype(np.uint64)
+    return packed
 
 
-def _host_smallest(keys, m):
-    """Indices of the m smallest keys of each row [N, N], sorted by (key, index).
+def _smallest_sorted(keys, m):
+    """Columns of the m smallest keys of each row of keys [S, N, N], in (key, column) order.
 
     np.partition finds each row's m-th key t; the entries <= t are exactly
     the m smallest unless t is tied (then, or when m >= N, the row is sorted
-    in full).
+    in full). Vectorised over slabs so the GIL is released for long stretches.
     """
-    n = keys.shape[-1]
-    out = np.empty((n, m), np.int32)
+    s, n, _ = keys.shape
+    out = np.empty((s * n, m), np.int32)
+    rows = keys.reshape(s * n, n)
     if m < n:
-        kth = np.partition(keys, m - 1, axis=1)[:, m - 1]
-        within = keys <= kth[:, None]
-        clean = within.sum(axis=1) == m
-        rows_in, keys_in = (within, keys) if clean.all() else (within[clean], keys[clean])
-        flat = np.flatnonzero(rows_in)
-        packed = _pack(keys_in.reshape(-1)[flat].reshape(-1, m), (flat % n).reshape(-1, m))
-        packed.sort(axis=1)
-        out[clean] = (packed & _LOW32).astype(np.int32)
+        kth = np.partition(keys, m - 1, axis=-1)[..., m - 1].reshape(-1)
+        within = rows <= kth[:, None]
+        clean = np.count_nonzero(within, axis=-1) == m
+        if not clean.all():
+            within[~clean] = False
+        flat = np.flatnonzero(within)
+        clean_rows = np.flatnonzero(clean)
+        cols = flat.reshape(-1, m) - (clean_rows * n)[:, None]
+        packed = _pack(rows.reshape(-1)[flat].reshape(-1, m), cols)
+        packed.sort(axis=-1)
+        out[clean_rows] = (packed & _LOW32).astype(np.int32)
         rest = np.flatnonzero(~clean)
     else:
-        rest = np.arange(n)
+        rest = np.arange(s * n)
     if rest.size:
         cols = np.broadcast_to(np.arange(n), (rest.size, n))
-        packed = _pack(np.ascontiguousarray(keys[rest]), cols)
-        packed.sort(axis=1)
+        packed = _pack(rows[rest], cols)
+        packed.sort(axis=-1)
         out[rest] = (packed[:, :m] & _LOW32).astype(np.int32)
-    return out
+    return out.reshape(s, n, m)
 
 
 def _host_keys(gram, sq, valid_cols):
-    keys = sq[None, :] - np.float32(2.0) * gram
-    keys[keys == 0] = 0.0
-    keys[:, ~valid_cols] = np.inf
-    np.fill_diagonal(keys, np.inf)
+    """sq_j - 2 G_ij (one rounding, as the XLA path), +inf on the diagonal and invalid columns."""
+    keys = gram * np.float32(-2.0)
+    keys += sq[:, None, :]
+    n = keys.shape[-1]
+    keys.reshape(keys.shape[0], -1)[:, :: n + 1] = np.inf
+    if not valid_cols.all():
+        keys[np.broadcast_to(~valid_cols[:, None, :], keys.shape)] = np.inf
     return keys
 
 
-def _host_select_slab(gram, sq, valid_near, valid_rank, k_near, ranks):
-    n = gram.shape[0]
+def _host_select_chunk(gram, sq, valid_near, valid_rank, k_near, ranks):
+    s, n = sq.shape
     positions = np.asarray(ranks, np.int64) - 1
     need = int(max(ranks)) if ranks else 0
-    empty = np.zeros((n, 0), np.int32)
-    if k_near and need and np.array_equal(valid_near, valid_rank):
-        order = _host_smallest(_host_keys(gram, sq, valid_near), max(k_near, need))
-        return order[:, :k_near], order[:, positions]
-    near = _host_smallest(_host_keys(gram, sq, valid_near), k_near) if k_near else empty
-    rank = _host_smallest(_host_keys(gram, sq, valid_rank), need)[:, positions] if need else empty
+    near = np.zeros((s, n, k_near), np.int32)
+    rank = np.zeros((s, n, len(ranks)), np.int32)
+    same = np.all(valid_near == valid_rank, axis=-1) if (k_near and need) else np.zeros(s, bool)
+    if same.any():
+        order = _smallest_sorted(_host_keys(gram[same], sq[same], valid_near[same]), max(k_near, need))
+        near[same] = order[..., :k_near]
+        rank[same] = order[..., positions]
+    other = ~same
+    if other.any():
+        if k_near:
+            near[other] = _smallest_sorted(_host_keys(gram[other], sq[other], valid_near[other]), k_near)
+        if need:
+            keys = _host_keys(gram[other], sq[other], valid_rank[other])
+            rank[other] = _smallest_sorted(keys, need)[..., positions]
     return near, rank
 
 
 def _host_select(gram, sq, valid_near, valid_rank, *, k_near, ranks):
     gram = np.asarray(gram, np.float32)
-    batch = gram.shape[:-2]
-    n = gram.shape[-1]
+    batch, n = gram.shape[:-2], gram.shape[-1]
     rows = lambda a, dt: np.broadcast_to(np.asarray(a, dt), batch + (n,)).reshape(-1, n)
-    work = functools.partial(_host_select_slab, k_near=k_near, ranks=ranks)
-    results = list(_pool().map(
-        work, gram.reshape(-1, n, n), rows(sq, np.float32), rows(valid_near, bool), rows(valid_rank, bool)
-    ))
-    near = np.stack([r[0] for r in results]).reshape(batch + (n, k_near))
-    rank = np.stack([r[1] for r in results]).reshape(batch + (n, len(ranks)))
+    gram = gram.reshape(-1, n, n)
+    sq, vn, vr = rows(sq, np.float32), rows(valid_near, bool), rows(valid_rank, bool)
+    parts = np.array_split(np.arange(gram.shape[0]), min(gram.shape[0], os.cpu_count() or 1))
+    work = lambda i: _host_select_chunk(gram[i], sq[i], vn[i], vr[i], k_near, ranks)
+    results = list(_pool().map(work, [p for p in parts if p.size]))
+    near = np.concatenate([r[0] for r in results]).reshape(batch + (n, k_near))
+    rank = np.concatenate([r[1] for r in results]).reshape(batch + (n, len(ranks)))
     return near, rank
 
 
@@ -260,13 +286,6 @@ def _host_sort(d2, idx, *, k):
     order = (packed & _LOW32).astype(np.uint32).view(np.int32)
     sorted_vals = _unpack_values(packed >> np.uint64(32))
     return sorted_vals, order
-
-
-def _unpack_values(high):
-    """Inverse of _ordered_bits on the high 32 bits."""
-    bits = high.astype(np.uint32)
-    restored = np.where(bits >> np.uint32(31), bits & np.uint32(0x7FFFFFFF), ~bits)
-    return restored.view(np.float32)
 
 
 def _xla_sort(d2, idx, *, k):
