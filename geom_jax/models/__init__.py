@@ -5,13 +5,32 @@ every layer's hidden states and per-token losses in one jitted pass.
     out = model(input_ids, attention_mask)       # DecoderOutput
     graphdef, state = nnx.split(model)           # inside your own jit:
     out = geom_jax.models.forward(graphdef, state, input_ids, attention_mask)
+
+Sharded onto a ('data', 'model') mesh, through a converted-parameter checkpoint:
+
+    mesh = jax.make_mesh((1, 4), ("data", "model"), axis_types=(AxisType.Auto,) * 2)
+    geom_jax.models.check_mesh(geom_jax.models.presets.get("llama-3-8b"), mesh)
+    model, tokenizer = geom_jax.models.load("llama-3-8b", param_dtype=jnp.bfloat16,
+                                            mesh=mesh, params_checkpoint="/ckpt/llama-3-8b")
 """
-from . import axes, presets
-from .axes import LOGICAL_AXES, RULES
+
+from . import axes, partition, presets
+from .axes import FSDP_RULES, LOGICAL_AXES, RULES, fsdp_rules
 from .config import DecoderConfig, RopeScaling, UnsupportedArchitectureError, from_hf_config
 from .decoder import Decoder, DecoderOutput, abstract_decoder, forward, init_random, with_params
-from .loading import (ALIASES, MissingPackageError, MissingTensorError, UnknownModelError,
-                      UnsupportedQuantizationError, Resolved, load, load_tokenizer, resolve)
+from .loading import (
+    ALIASES,
+    MissingPackageError,
+    MissingTensorError,
+    Resolved,
+    UnknownModelError,
+    UnsupportedQuantizationError,
+    load,
+    load_tokenizer,
+    resolve,
+)
+from .loading.params_checkpoint import ParamsCheckpointMismatchError
+from .partition import MeshMismatchError, check_mesh, param_shardings
 
 
 def from_preset(name: str, *, seed: int = 0, **kwargs) -> Decoder:
@@ -19,8 +38,36 @@ def from_preset(name: str, *, seed: int = 0, **kwargs) -> Decoder:
     return init_random(presets.get(name), seed=seed, **kwargs)
 
 
-__all__ = ["ALIASES", "Decoder", "DecoderConfig", "DecoderOutput", "LOGICAL_AXES",
-           "MissingPackageError", "MissingTensorError", "RULES", "RopeScaling",
-           "UnknownModelError", "UnsupportedArchitectureError", "UnsupportedQuantizationError",
-           "abstract_decoder", "axes", "forward", "from_hf_config", "from_preset", "init_random",
-           "load", "load_tokenizer", "presets", "resolve", "Resolved", "with_params"]
+__all__ = [
+    "ALIASES",
+    "Decoder",
+    "DecoderConfig",
+    "DecoderOutput",
+    "FSDP_RULES",
+    "LOGICAL_AXES",
+    "MeshMismatchError",
+    "MissingPackageError",
+    "MissingTensorError",
+    "ParamsCheckpointMismatchError",
+    "RULES",
+    "RopeScaling",
+    "UnknownModelError",
+    "UnsupportedArchitectureError",
+    "UnsupportedQuantizationError",
+    "abstract_decoder",
+    "axes",
+    "check_mesh",
+    "forward",
+    "from_hf_config",
+    "from_preset",
+    "fsdp_rules",
+    "init_random",
+    "load",
+    "load_tokenizer",
+    "param_shardings",
+    "partition",
+    "presets",
+    "resolve",
+    "Resolved",
+    "with_params",
+]

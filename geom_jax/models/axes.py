@@ -33,3 +33,12 @@ RULES: tuple[tuple[str, str | None], ...] = (
     (HEAD_DIM, None),
     (MLP, "model"),
 )
+
+
+def fsdp_rules(rules=RULES) -> tuple[tuple[str, str | None], ...]:
+    """`rules` with the hidden dimension (`embed`) also sharded over 'data'
+    (FSDP / ZeRO-3 style), for models that do not fit the 'model' axis alone."""
+    return tuple((name, "data" if name == EMBED else target) for name, target in rules)
+
+
+FSDP_RULES = fsdp_rules()

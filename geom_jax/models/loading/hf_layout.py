@@ -1,56 +1,31 @@
 """Where each Decoder parameter comes from in a Hugging Face state dict.
 
 `param_specs(cfg)` lists, for every parameter path of the NNX state, the HF
-tensor name (with `{i}` for the layer) and the NumPy transform into our
-layout. HF Linear weights are [out, in]; ours are [in, ...out] so every
-matmul is x @ W without a transpose at run time.
+tensor name (with `{i}` for the layer) and the `Layout` (a NumPy transform
+that also maps shards back to slices of the HF tensor) into our layout.
+HF Linear weights are [out, in]; ours are [in, ...out] so every matmul is
+x @ W without a transpose at run time.
 """
+
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
-
-import numpy as np
 
 from ..config import DecoderConfig
+from .layout import SAME, Layout, heads_to_embed, in_out, neox_qkv, neox_qkv_bias, reshape
 
 
 @dataclasses.dataclass(frozen=True)
 class ParamSpec:
     path: tuple[str, ...]
     source: str
-    transform: Callable[[np.ndarray], np.ndarray]
+    transform: Layout
     stacked: bool
-
-
-def _same(x):
-    return x
-
-
-def _linear_in_out(*out_shape):
-    """[out, in] -> [in, *out_shape]."""
-    return lambda w: np.ascontiguousarray(w.T).reshape(w.shape[1], *out_shape)
-
-
-def _linear_heads_to_embed(heads, head_dim):
-    """o_proj [D, H*hd] -> [H, hd, D]."""
-    return lambda w: np.ascontiguousarray(w.T).reshape(heads, head_dim, w.shape[0])
-
-
-def _neox_qkv(which: int, heads: int, head_dim: int):
-    """query_key_value rows are laid out per head as [H, (q|k|v), hd]."""
-    def weight(w):
-        return np.ascontiguousarray(w.reshape(heads, 3, head_dim, -1)[:, which].transpose(2, 0, 1))
-    return weight
-
-
-def _neox_qkv_bias(which: int, heads: int, head_dim: int):
-    return lambda b: np.ascontiguousarray(b.reshape(heads, 3, head_dim)[:, which])
 
 
 def param_specs(cfg: DecoderConfig) -> list[ParamSpec]:
     H, KV, hd, D = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.hidden_size
-    S = lambda path, src, fn=_same, stacked=True: ParamSpec(tuple(path.split(".")), src, fn, stacked)
+    S = lambda path, src, fn=SAME, stacked=True: ParamSpec(tuple(path.split(".")), src, fn, stacked)
     if cfg.family == "gpt_neox":
         p = "gpt_neox.layers.{i}."
         specs = [
@@ -61,20 +36,20 @@ def param_specs(cfg: DecoderConfig) -> list[ParamSpec]:
             S("blocks.attn_norm_bias", p + "input_layernorm.bias"),
             S("blocks.mlp_norm_scale", p + "post_attention_layernorm.weight"),
             S("blocks.mlp_norm_bias", p + "post_attention_layernorm.bias"),
-            S("blocks.wq", p + "attention.query_key_value.weight", _neox_qkv(0, H, hd)),
-            S("blocks.wk", p + "attention.query_key_value.weight", _neox_qkv(1, H, hd)),
-            S("blocks.wv", p + "attention.query_key_value.weight", _neox_qkv(2, H, hd)),
-            S("blocks.wo", p + "attention.dense.weight", _linear_heads_to_embed(H, hd)),
-            S("blocks.w_up", p + "mlp.dense_h_to_4h.weight", _linear_in_out(cfg.intermediate_size)),
+            S("blocks.wq", p + "attention.query_key_value.weight", neox_qkv(0, H, hd)),
+            S("blocks.wk", p + "attention.query_key_value.weight", neox_qkv(1, H, hd)),
+            S("blocks.wv", p + "attention.query_key_value.weight", neox_qkv(2, H, hd)),
+            S("blocks.wo", p + "attention.dense.weight", heads_to_embed(H, hd)),
+            S("blocks.w_up", p + "mlp.dense_h_to_4h.weight", in_out(cfg.intermediate_size)),
             S("blocks.b_up", p + "mlp.dense_h_to_4h.bias"),
-            S("blocks.w_down", p + "mlp.dense_4h_to_h.weight", _linear_in_out(D)),
+            S("blocks.w_down", p + "mlp.dense_4h_to_h.weight", in_out(D)),
             S("blocks.b_down", p + "mlp.dense_4h_to_h.bias"),
         ]
         if cfg.qkv_bias:
             specs += [
-                S("blocks.bq", p + "attention.query_key_value.bias", _neox_qkv_bias(0, H, hd)),
-                S("blocks.bk", p + "attention.query_key_value.bias", _neox_qkv_bias(1, H, hd)),
-                S("blocks.bv", p + "attention.query_key_value.bias", _neox_qkv_bias(2, H, hd)),
+                S("blocks.bq", p + "attention.query_key_value.bias", neox_qkv_bias(0, H, hd)),
+                S("blocks.bk", p + "attention.query_key_value.bias", neox_qkv_bias(1, H, hd)),
+                S("blocks.bv", p + "attention.query_key_value.bias", neox_qkv_bias(2, H, hd)),
             ]
         if cfg.out_bias:
             specs.append(S("blocks.bo", p + "attention.dense.bias"))
@@ -87,24 +62,28 @@ def param_specs(cfg: DecoderConfig) -> list[ParamSpec]:
         S("final_norm_scale", "model.norm.weight", stacked=False),
         S("blocks.attn_norm_scale", p + "input_layernorm.weight"),
         S("blocks.mlp_norm_scale", p + "post_attention_layernorm.weight"),
-        S("blocks.wq", p + "self_attn.q_proj.weight", _linear_in_out(H, hd)),
-        S("blocks.wk", p + "self_attn.k_proj.weight", _linear_in_out(KV, hd)),
-        S("blocks.wv", p + "self_attn.v_proj.weight", _linear_in_out(KV, hd)),
-        S("blocks.wo", p + "self_attn.o_proj.weight", _linear_heads_to_embed(H, hd)),
-        S("blocks.w_gate", p + "mlp.gate_proj.weight", _linear_in_out(cfg.intermediate_size)),
-        S("blocks.w_up", p + "mlp.up_proj.weight", _linear_in_out(cfg.intermediate_size)),
-        S("blocks.w_down", p + "mlp.down_proj.weight", _linear_in_out(D)),
+        S("blocks.wq", p + "self_attn.q_proj.weight", in_out(H, hd)),
+        S("blocks.wk", p + "self_attn.k_proj.weight", in_out(KV, hd)),
+        S("blocks.wv", p + "self_attn.v_proj.weight", in_out(KV, hd)),
+        S("blocks.wo", p + "self_attn.o_proj.weight", heads_to_embed(H, hd)),
+        S("blocks.w_gate", p + "mlp.gate_proj.weight", in_out(cfg.intermediate_size)),
+        S("blocks.w_up", p + "mlp.up_proj.weight", in_out(cfg.intermediate_size)),
+        S("blocks.w_down", p + "mlp.down_proj.weight", in_out(D)),
     ]
     if cfg.qkv_bias:
-        specs += [S("blocks.bq", p + "self_attn.q_proj.bias", lambda b: b.reshape(H, hd)),
-                  S("blocks.bk", p + "self_attn.k_proj.bias", lambda b: b.reshape(KV, hd)),
-                  S("blocks.bv", p + "self_attn.v_proj.bias", lambda b: b.reshape(KV, hd))]
+        specs += [
+            S("blocks.bq", p + "self_attn.q_proj.bias", reshape(H, hd)),
+            S("blocks.bk", p + "self_attn.k_proj.bias", reshape(KV, hd)),
+            S("blocks.bv", p + "self_attn.v_proj.bias", reshape(KV, hd)),
+        ]
     if cfg.out_bias:
         specs.append(S("blocks.bo", p + "self_attn.o_proj.bias"))
     if cfg.mlp_bias:
-        specs += [S("blocks.b_gate", p + "mlp.gate_proj.bias"),
-                  S("blocks.b_up", p + "mlp.up_proj.bias"),
-                  S("blocks.b_down", p + "mlp.down_proj.bias")]
+        specs += [
+            S("blocks.b_gate", p + "mlp.gate_proj.bias"),
+            S("blocks.b_up", p + "mlp.up_proj.bias"),
+            S("blocks.b_down", p + "mlp.down_proj.bias"),
+        ]
     if not cfg.tie_word_embeddings:
         specs.append(S("lm_head", "lm_head.weight", stacked=False))
     return specs

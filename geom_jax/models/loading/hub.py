@@ -1,6 +1,7 @@
 """Hugging Face Hub ids and the short aliases of the studied models,
 downloaded with huggingface_hub.snapshot_download (safetensors, config and
 tokenizer files only), token from HF_TOKEN / HUGGING_FACE_HUB_TOKEN."""
+
 from __future__ import annotations
 
 import os
@@ -17,9 +18,18 @@ ALIASES: dict[str, str] = {
     "smollm2-135m": EMBEDDED,
 }
 
-ALLOW_PATTERNS = ["config.json", "generation_config.json", "*.safetensors",
-                  "model.safetensors.index.json", "tokenizer.json", "tokenizer_config.json",
-                  "tokenizer.model", "special_tokens_map.json", "vocab.json", "merges.txt"]
+ALLOW_PATTERNS = [
+    "config.json",
+    "generation_config.json",
+    "*.safetensors",
+    "model.safetensors.index.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "special_tokens_map.json",
+    "vocab.json",
+    "merges.txt",
+]
 
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
@@ -41,5 +51,23 @@ def download(repo_id: str, revision: str | None = None, *, tokenizer_only: bool 
     import huggingface_hub
 
     return huggingface_hub.snapshot_download(
-        repo_id=repo_id, revision=revision, token=hub_token(),
-        allow_patterns=TOKENIZER_PATTERNS if tokenizer_only else ALLOW_PATTERNS)
+        repo_id=repo_id,
+        revision=revision,
+        token=hub_token(),
+        allow_patterns=TOKENIZER_PATTERNS if tokenizer_only else ALLOW_PATTERNS,
+    )
+
+
+_COMMIT = re.compile(r"[0-9a-f]{40}")
+
+
+def commit_of(folder: str) -> str:
+    """The snapshot folder's name: the commit hash in huggingface_hub's cache."""
+    return os.path.basename(os.path.normpath(folder))
+
+
+def pinned(folder: str, revision: str | None) -> str | None:
+    """The commit `folder` holds when it is a commit hash, so that weights
+    fetched later come from the same commit as its config; else `revision`."""
+    commit = commit_of(folder)
+    return commit if _COMMIT.fullmatch(commit) else revision

@@ -1,46 +1,58 @@
 """`load(name_or_path)`: one entry point for local safetensors directories,
-Hub ids and aliases, GGUF files and the embedded default."""
+Hub ids and aliases, GGUF files and the embedded default, unsharded or
+straight into the shardings of a device mesh, optionally through a
+converted-parameter checkpoint."""
+
 from __future__ import annotations
 
 import dataclasses
 import os
 
 import jax.numpy as jnp
+from jax.sharding import Mesh
 
 from .. import tokenizer as tok
-from ..config import family_of, from_hf_config
+from ..config import DecoderConfig
 from ..decoder import DEFAULT_ATTN_BLOCK, Decoder, with_params
+from ..partition import check_mesh, param_shardings
 from . import hub
+from . import params_checkpoint as params_checkpoint_io
 from .assemble import load_params
 from .embedded import smollm2_gguf_path
 from .errors import UnknownModelError
 from .gguf_file import GGUFFile
-from .safetensors_dir import SafetensorsDir
+from .opened import Opened, open_checkpoint
+from .sharded import load_sharded_params
 
 
-def _from_directory(path, *, name, checkpoint_id, dtype, param_dtype, attn_block, tokenizer):
-    source = SafetensorsDir(path)
-    family_of(source.hf_config)
-    cfg = from_hf_config(source.hf_config, name=name,
-                         checkpoint_id=checkpoint_id or f"{source.path}#sha256-headers:{source.fingerprint()}")
-    params = load_params(cfg, source, param_dtype)
-    source.close()
-    model = with_params(cfg, params, dtype=dtype, param_dtype=param_dtype, attn_block=attn_block)
-    return model, tok.from_directory(source.path) if tokenizer else None
+def _convert(cfg: DecoderConfig, opened: Opened, param_dtype, shardings) -> dict:
+    source = opened.tensors()
+    try:
+        if shardings is None:
+            return load_params(cfg, source, param_dtype)
+        return load_sharded_params(cfg, source, param_dtype, shardings)
+    finally:
+        getattr(source, "close", lambda: None)()
 
 
-def _from_gguf(path, *, name, dtype, param_dtype, attn_block, tokenizer):
-    source = GGUFFile(path)
-    sha = source.sha256()
-    cfg = from_hf_config(source.hf_config, name=name, checkpoint_id=f"{source.path}#sha256:{sha}")
-    params = load_params(cfg, source, param_dtype)
-    model = with_params(cfg, params, dtype=dtype, param_dtype=param_dtype, attn_block=attn_block)
-    return model, tok.from_gguf(source.reader, sha) if tokenizer else None
+def _params(cfg: DecoderConfig, opened: Opened, param_dtype, shardings, params_checkpoint) -> dict:
+    """Restored from `params_checkpoint` when it holds them, else converted
+    from the source (and saved there when a folder is given)."""
+    if params_checkpoint and params_checkpoint_io.exists(params_checkpoint):
+        return params_checkpoint_io.restore(params_checkpoint, cfg, param_dtype, shardings)
+    params = _convert(cfg, opened, param_dtype, shardings)
+    if params_checkpoint:
+        params_checkpoint_io.save(params_checkpoint, params, cfg, param_dtype)
+    return params
 
 
 def _looks_like_path(name: str) -> bool:
-    return (name.endswith(".gguf") or name.startswith((".", "/", "~", os.sep))
-            or name.count("/") > 1 or (os.sep != "/" and os.sep in name))
+    return (
+        name.endswith(".gguf")
+        or name.startswith((".", "/", "~", os.sep))
+        or name.count("/") > 1
+        or (os.sep != "/" and os.sep in name)
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,20 +89,32 @@ def resolve(name_or_path: str) -> Resolved:
     if os.path.isfile(name):
         if name.endswith(".gguf"):
             return Resolved("gguf", name, os.path.basename(name))
-        raise UnknownModelError(f"{name} is a file but not a .gguf; pass a checkpoint directory "
-                                "(config.json + *.safetensors) or a .gguf file")
+        raise UnknownModelError(
+            f"{name} is a file but not a .gguf; pass a checkpoint directory "
+            "(config.json + *.safetensors) or a .gguf file"
+        )
     if alias is None and _looks_like_path(name):
         raise FileNotFoundError(f"no such file or directory: {name}")
     if hub.is_hub_id(name):
         return Resolved("hub", name, alias or name)
     raise UnknownModelError(
         f"unknown model {name!r}: not an existing path, a Hub id (org/name) or a known alias; "
-        f"known aliases: {', '.join(sorted(hub.ALIASES))}")
+        f"known aliases: {', '.join(sorted(hub.ALIASES))}"
+    )
 
 
-def load(name_or_path: str, *, dtype=jnp.float32, param_dtype=jnp.float32,
-         revision: str | None = None, attn_block: int = DEFAULT_ATTN_BLOCK,
-         tokenizer: bool = True) -> tuple[Decoder, object]:
+def load(
+    name_or_path: str,
+    *,
+    dtype=jnp.float32,
+    param_dtype=jnp.float32,
+    revision: str | None = None,
+    attn_block: int = DEFAULT_ATTN_BLOCK,
+    tokenizer: bool = True,
+    mesh: Mesh | None = None,
+    rules=None,
+    params_checkpoint: str | None = None,
+) -> tuple[Decoder, object]:
     """Loads a checkpoint as (Decoder, tokenizer); geom_jax never imports torch.
 
     `name_or_path` is one of: an alias (`smollm2-135m`, the embedded default;
@@ -102,17 +126,28 @@ def load(name_or_path: str, *, dtype=jnp.float32, param_dtype=jnp.float32,
     PreTrainedTokenizerFast, or None for a directory without tokenizer files
     or with `tokenizer=False` (which leaves transformers unimported; when
     torch is installed, importing transformers 5 imports it).
+
+    With a `mesh` (axes 'data' and 'model'), every parameter is created as a
+    `jax.Array` sharded by its logical axes through `rules` (default
+    `axes.RULES`; `axes.fsdp_rules()` also shards the hidden dimension over
+    'data'), each process reading only the tensor slices its devices hold;
+    a mesh that does not divide the model's dimensions is refused
+    (`partition.MeshMismatchError`) before any weight is read.
+
+    `params_checkpoint` is a folder: when it holds converted parameters they
+    are restored straight into their shardings (the source's weights are not
+    read; a checkpoint of another model, config or param_dtype raises
+    `ParamsCheckpointMismatchError`), otherwise the converted parameters are
+    saved there (orbax) for the next load.
     """
-    kwargs = dict(dtype=dtype, param_dtype=param_dtype, attn_block=attn_block, tokenizer=tokenizer)
-    where = resolve(name_or_path)
-    if where.kind == "gguf":
-        return _from_gguf(where.location, name=where.name, **kwargs)
-    if where.kind == "directory":
-        return _from_directory(where.location, name=where.name, checkpoint_id="", **kwargs)
-    folder = hub.download(where.location, revision)
-    commit = os.path.basename(os.path.normpath(folder))
-    return _from_directory(folder, name=where.name,
-                           checkpoint_id=f"hf://{where.location}@{commit}", **kwargs)
+    opened = open_checkpoint(resolve(name_or_path), revision)
+    if mesh is not None:
+        check_mesh(opened.config, mesh, rules)
+    cfg = opened.identified()
+    shardings = None if mesh is None else param_shardings(cfg, mesh, rules)
+    params = _params(cfg, opened, param_dtype, shardings, params_checkpoint)
+    model = with_params(cfg, params, dtype=dtype, param_dtype=param_dtype, attn_block=attn_block)
+    return model, opened.tokenizer() if tokenizer else None
 
 
 def load_tokenizer(name_or_path: str, *, revision: str | None = None):
@@ -122,8 +157,11 @@ def load_tokenizer(name_or_path: str, *, revision: str | None = None):
     if where.kind == "gguf":
         source = GGUFFile(where.location)
         return tok.from_gguf(source.reader, source.sha256())
-    folder = where.location if where.kind == "directory" else hub.download(
-        where.location, revision, tokenizer_only=True)
+    folder = (
+        where.location
+        if where.kind == "directory"
+        else hub.download(where.location, revision, tokenizer_only=True)
+    )
     tokenizer = tok.from_directory(folder)
     if tokenizer is None:
         raise ValueError(f"model {name_or_path!r} ships no tokenizer files in {folder}")

@@ -1,11 +1,14 @@
 """Reads a Hugging Face checkpoint directory: `config.json` plus one
 `model.safetensors` or shards listed in `model.safetensors.index.json`.
-Tensors are memory-mapped and read one at a time as NumPy arrays."""
+Tensors are memory-mapped and read one at a time, or one box of one
+tensor (`get_slice`), as NumPy arrays."""
+
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+
 import numpy as np
 from safetensors import safe_open
 
@@ -40,9 +43,12 @@ class SafetensorsDir:
             files = sorted(n for n in os.listdir(self.path) if n.endswith(".safetensors"))
             if not files:
                 other = [n for n in os.listdir(self.path) if n.endswith((".bin", ".pt", ".pth"))]
-                hint = (f" (found {', '.join(other)}: PyTorch pickles are not read, to keep torch "
-                        "off the load path; convert them with save_pretrained(safe_serialization=True))"
-                        if other else "")
+                hint = (
+                    f" (found {', '.join(other)}: PyTorch pickles are not read, to keep torch "
+                    "off the load path; convert them with save_pretrained(safe_serialization=True))"
+                    if other
+                    else ""
+                )
                 raise FileNotFoundError(f"no *.safetensors file in {self.path}{hint}")
             self._file_of = {}
             for name in files:
@@ -51,7 +57,9 @@ class SafetensorsDir:
                         self._file_of[key] = name
         for name in set(self._file_of.values()):
             if not os.path.isfile(os.path.join(self.path, name)):
-                raise FileNotFoundError(f"shard {name} listed in {INDEX} is missing from {self.path}")
+                raise FileNotFoundError(
+                    f"shard {name} listed in {INDEX} is missing from {self.path}"
+                )
         return self._file_of
 
     def names(self) -> list[str]:
@@ -60,13 +68,21 @@ class SafetensorsDir:
     def __contains__(self, name: str) -> bool:
         return name in self._index()
 
-    def get(self, name: str) -> np.ndarray:
+    def _handle(self, name: str):
         if name not in self._index():
             raise MissingTensorError(f"tensor {name!r} not found in {self.path}")
         file = self._file_of[name]
         if file not in self._handles:
             self._handles[file] = safe_open(os.path.join(self.path, file), framework="numpy")
-        return self._handles[file].get_tensor(name)
+        return self._handles[file]
+
+    def get(self, name: str) -> np.ndarray:
+        return self._handle(name).get_tensor(name)
+
+    def get_slice(self, name: str):
+        """A lazy view of `name`: `.get_shape()`, and `view[box]` (a tuple of
+        slices) reads only that box from the file."""
+        return self._handle(name).get_slice(name)
 
     def close(self):
         self._handles.clear()
@@ -84,4 +100,3 @@ class SafetensorsDir:
                 h.update(f.read(n))
             h.update(str(os.path.getsize(p)).encode())
         return h.hexdigest()
-

@@ -1,0 +1,75 @@
+"""A located checkpoint whose config is read and whose weights are not.
+
+`open_checkpoint(resolved, revision)` reads only config.json or GGUF
+metadata (a Hub id fetches its config and tokenizer files alone), so a
+mesh can be checked and a params checkpoint restored before any weight is
+read or downloaded; `tensors()`, `checkpoint_id()` and `tokenizer()` do the
+rest on demand.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+
+from .. import tokenizer as tok
+from ..config import DecoderConfig, from_hf_config
+from . import hub
+from .assemble import TensorSource
+from .gguf_file import GGUFFile
+from .safetensors_dir import SafetensorsDir
+
+
+@dataclasses.dataclass(frozen=True)
+class Opened:
+    """`config` lacks its checkpoint_id until `identified()`."""
+
+    config: DecoderConfig
+    checkpoint_id: Callable[[], str]
+    tensors: Callable[[], TensorSource]
+    tokenizer: Callable[[], object]
+
+    def identified(self) -> DecoderConfig:
+        return self.config.replace(checkpoint_id=self.checkpoint_id())
+
+
+def _directory(path: str, name: str) -> Opened:
+    source = SafetensorsDir(path)
+    return Opened(
+        config=from_hf_config(source.hf_config, name=name),
+        checkpoint_id=lambda: f"{source.path}#sha256-headers:{source.fingerprint()}",
+        tensors=lambda: source,
+        tokenizer=lambda: tok.from_directory(source.path),
+    )
+
+
+def _gguf(path: str, name: str) -> Opened:
+    source = GGUFFile(path)
+    sha = functools.cache(source.sha256)
+    return Opened(
+        config=from_hf_config(source.hf_config, name=name),
+        checkpoint_id=lambda: f"{source.path}#sha256:{sha()}",
+        tensors=lambda: source,
+        tokenizer=lambda: tok.from_gguf(source.reader, sha()),
+    )
+
+
+def _hub(repo: str, name: str, revision: str | None) -> Opened:
+    folder = hub.download(repo, revision, tokenizer_only=True)
+    config = SafetensorsDir(folder).hf_config
+    return Opened(
+        config=from_hf_config(config, name=name),
+        checkpoint_id=lambda: f"hf://{repo}@{hub.commit_of(folder)}",
+        tensors=lambda: SafetensorsDir(hub.download(repo, hub.pinned(folder, revision))),
+        tokenizer=lambda: tok.from_directory(folder),
+    )
+
+
+def open_checkpoint(resolved, revision: str | None = None) -> Opened:
+    """`resolved` is a `load.Resolved` (kind 'gguf', 'directory' or 'hub')."""
+    if resolved.kind == "gguf":
+        return _gguf(resolved.location, resolved.name)
+    if resolved.kind == "directory":
+        return _directory(resolved.location, resolved.name)
+    return _hub(resolved.location, resolved.name, revision)
