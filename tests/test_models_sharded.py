@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from jax.sharding import AbstractMesh
+from jax.sharding import AbstractMesh, AxisType
 from tiny_model import write_tiny_llama
 
 import geom_jax.models as gm
@@ -76,6 +76,9 @@ def test_check_mesh_names_both_numbers(tiny):
         gm.check_mesh(cfg, AbstractMesh((3, 1), ("data", "model")), gm.fsdp_rules())
     with pytest.raises(ValueError, match="does not have"):
         gm.check_mesh(cfg, AbstractMesh((8,), ("data",)))
+    explicit = AbstractMesh((1, 1), ("data", "model"), axis_types=(AxisType.Explicit,) * 2)
+    with pytest.raises(ValueError, match=r"AxisType.Auto"):
+        gm.check_mesh(cfg, explicit)
 
 
 def test_smollm2_refused_before_any_weight_is_read(monkeypatch):

@@ -15,7 +15,7 @@ import functools
 import math
 
 from flax import linen, nnx
-from jax.sharding import AbstractMesh, Mesh, NamedSharding, PartitionSpec
+from jax.sharding import AbstractMesh, AxisType, Mesh, NamedSharding, PartitionSpec
 
 from . import axes as ax
 from .config import DecoderConfig
@@ -96,6 +96,13 @@ def mesh_problems(config: DecoderConfig, mesh: Mesh | AbstractMesh, rules=None) 
         return [
             f"the rules shard over mesh axes {missing} that the mesh "
             f"(axes {tuple(mesh.axis_names)}) does not have"
+        ]
+    explicit = [n for n, t in zip(mesh.axis_names, mesh.axis_types) if t == AxisType.Explicit]
+    if explicit:
+        return [
+            f"mesh axes {explicit} are AxisType.Explicit (jax.make_mesh's default); the decoder "
+            "runs under automatic sharding: build the mesh with axis_types=(AxisType.Auto,) * 2 "
+            "(geom_jax.sharding.make_mesh does)"
         ]
     shape = tuple(mesh.axis_sizes)
     problems: dict[tuple[int, str], str] = {}
