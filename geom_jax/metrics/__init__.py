@@ -3,6 +3,7 @@
 Every function is pure JAX, jittable and batched over leading axes; float32
 in, float32 out; `mask` is a bool [..., N] of valid tokens (None: all valid).
 """
+
 from geom_jax.metrics.cosine import cosine_similarity_stats
 from geom_jax.metrics.distances import pairwise_distances
 from geom_jax.metrics.geometry import LayerGeometry, layer_geometry

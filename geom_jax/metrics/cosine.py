@@ -1,4 +1,5 @@
 """Cosine-similarity statistics of a point cloud (the paper's section on cosine similarity)."""
+
 import functools
 
 import jax
@@ -25,7 +26,10 @@ def cosine_stats_from_gram(x, valid, gram, centre, include_diagonal=True):
     nonzero = norm2 > 0
     inv = jnp.where(nonzero, lax.rsqrt(jnp.where(nonzero, norm2, 1.0)), 0.0)
     cc = jnp.sum(centre * centre, axis=-1)
-    a = jnp.einsum("...nd,...d->...n", xv, centre, precision=distances.HIGHEST) - 0.5 * cc[..., None]
+    a = (
+        jnp.einsum("...nd,...d->...n", xv, centre, precision=distances.HIGHEST)
+        - 0.5 * cc[..., None]
+    )
     count = jnp.sum(w, axis=-1)
     u_sum = jnp.sum(xv * inv[..., None], axis=-2)
     total = jnp.sum(u_sum * u_sum, axis=-1)

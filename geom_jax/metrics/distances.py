@@ -1,4 +1,5 @@
 """Pairwise Euclidean distances through one Gram matrix per point cloud."""
+
 import jax
 import jax.numpy as jnp
 from jax import lax

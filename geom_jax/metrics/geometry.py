@@ -1,4 +1,5 @@
 """All geometry metrics of a hidden-state stack in one jitted call."""
+
 import functools
 
 import numpy as np
@@ -99,12 +100,25 @@ def _clouds(x, valid, *, n_scales, max_k, discard_fraction, include_diagonal, me
 @functools.partial(
     jax.jit,
     static_argnames=(
-        "range_max", "max_k", "layer_chunk", "twonn_discard_fraction", "include_diagonal",
+        "range_max",
+        "max_k",
+        "layer_chunk",
+        "twonn_discard_fraction",
+        "include_diagonal",
         "selection",
     ),
 )
-def _layer_geometry(hidden, mask, *, range_max, max_k, layer_chunk, twonn_discard_fraction,
-                    include_diagonal, selection):
+def _layer_geometry(
+    hidden,
+    mask,
+    *,
+    range_max,
+    max_k,
+    layer_chunk,
+    twonn_discard_fraction,
+    include_diagonal,
+    selection,
+):
     prompt_shape = hidden.shape[:-3]
     n_layers, n, d = hidden.shape[-3:]
     b = 1
@@ -128,7 +142,9 @@ def _layer_geometry(hidden, mask, *, range_max, max_k, layer_chunk, twonn_discar
         outs = cloud_fn(layers.reshape((c * b, n, d)), vb)
         return tuple(o.reshape((c, b) + o.shape[1:]) for o in outs)
 
-    chunk = auto_layer_chunk(n_layers, b, n) if layer_chunk is None else min(int(layer_chunk), n_layers)
+    chunk = (
+        auto_layer_chunk(n_layers, b, n) if layer_chunk is None else min(int(layer_chunk), n_layers)
+    )
     if chunk >= n_layers:
         outs = chunk_fn(h)
     else:
@@ -159,9 +175,18 @@ def _layer_geometry(hidden, mask, *, range_max, max_k, layer_chunk, twonn_discar
     )
 
 
-def layer_geometry(hidden, mask=None, *, range_max=256, max_k=32, layer_chunk=None,
-                   twonn_discard_fraction=0.1, include_diagonal=True, selection="auto",
-                   validate=True):
+def layer_geometry(
+    hidden,
+    mask=None,
+    *,
+    range_max=256,
+    max_k=32,
+    layer_chunk=None,
+    twonn_discard_fraction=0.1,
+    include_diagonal=True,
+    selection="auto",
+    validate=True,
+):
     """GRIDE, TwoNN, neighbourhood overlap and cosine statistics for every layer.
 
     hidden: [..., L, N, D] hidden states (e.g. [B, L+1, T, D] from a model);
@@ -193,7 +218,12 @@ def layer_geometry(hidden, mask=None, *, range_max=256, max_k=32, layer_chunk=No
     if mask is not None:
         mask = jnp.asarray(mask, bool)
     return _layer_geometry(
-        hidden, mask, range_max=int(range_max), max_k=int(max_k), layer_chunk=layer_chunk,
+        hidden,
+        mask,
+        range_max=int(range_max),
+        max_k=int(max_k),
+        layer_chunk=layer_chunk,
         twonn_discard_fraction=float(twonn_discard_fraction),
-        include_diagonal=bool(include_diagonal), selection=selection,
+        include_diagonal=bool(include_diagonal),
+        selection=selection,
     )

@@ -4,6 +4,7 @@ Both work on neighbour distances of the unique valid points of each cloud
 (duplicates dropped keeping the first occurrence, as the paper's code does),
 with DADApy 0.3.4's conventions, vectorised over clouds and scales.
 """
+
 import functools
 
 import numpy as np
@@ -101,7 +102,9 @@ def gride_from_ratios(mu, valid, n1):
     positive = log_mu > 0
     ratio = jnp.where(positive, log_mu / jnp.where(positive, one_minus, 1.0), 1.0 / dim[..., None])
     count = jnp.sum(valid, axis=-1).astype(jnp.float32)
-    fisher = count / dim**2 + (n2 - n1 - 1.0) * jnp.sum(jnp.where(valid, ratio**2 * p, 0.0), axis=-1)
+    fisher = count / dim**2 + (n2 - n1 - 1.0) * jnp.sum(
+        jnp.where(valid, ratio**2 * p, 0.0), axis=-1
+    )
     return dim, 1.0 / jnp.sqrt(fisher)
 
 

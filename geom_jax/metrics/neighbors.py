@@ -18,7 +18,9 @@ The selected pairs are then refined by direct differences |x_i - x_j|^2 on
 the raw (uncentred) points, and candidate lists are re-ranked by the exact
 distances (again with a host or an XLA backend, identical results).
 """
+
 import os
+import sys
 from concurrent.futures import ThreadPoolExecutor
 import functools
 
@@ -59,111 +61,141 @@ def _dispatch(method, host, xla, *args):
 
 
 def _ordered_bits(vals):
-    """uint64 of float32 vals, monotone in the value (negatives included, no NaN)."""
+    """uint32 of float32 vals, monotone in the value (negatives included, no NaN)."""
     bits = vals.view(np.uint32)
-    flip = (bits.view(np.int32) >> 31).view(np.uint32) | np.uint32(0x80000000)
-    return (bits ^ flip).astype(np.uint64)
+    flip = (bits.view(np.int32) >> 31).view(np.uint32)
+    flip |= np.uint32(0x80000000)
+    flip ^= bits
+    return flip
 
 
 def _unpack_values(high):
-    """Inverse of _ordered_bits on the high 32 bits of packed keys."""
+    """Inverse of _ordered_bits."""
     bits = high.astype(np.uint32)
     flip = (~bits.view(np.int32) >> 31).view(np.uint32) | np.uint32(0x80000000)
     return (bits ^ flip).view(np.float32)
 
 
 def _pack(vals, cols):
-    """uint64 keys whose order is the (value, column) order; -0.0 counts as +0.0."""
-    vals = np.where(vals == 0, np.float32(0.0), vals)
-    packed = _ordered_bits(vals)
+    """uint64 keys whose order is the (value, column) order.
+
+    Keys and squared distances never hold -0.0 (x - x and sums of squares
+    round to +0.0), so bit order matches the float order, ties included.
+    """
+    packed = _ordered_bits(vals).astype(np.uint64)
     packed <<= np.uint64(32)
-    packed |= cols.astype(np.uint64)
+    packed |= cols.view(np.uint64) if cols.dtype == np.int64 else cols.astype(np.uint64)
     return packed
 
 
+def _low_int32(packed):
+    """The column (low 32 bits) of packed keys, as int32."""
+    if sys.byteorder == "little":
+        return packed.view(np.uint32)[..., 0::2].astype(np.int32)
+    return (packed & _LOW32).astype(np.uint32).view(np.int32)
+
+
 def _smallest_sorted(keys, m):
-    """Columns of the m smallest keys of each row of keys [S, N, N], in (key, column) order.
+    """Columns of the m smallest keys of each row of keys [R, N], in (key, column) order.
 
     np.partition finds each row's m-th key t; the entries <= t are exactly
     the m smallest unless t is tied (then, or when m >= N, the row is sorted
-    in full). Vectorised over slabs so the GIL is released for long stretches.
+    in full). Whole blocks of rows at a time, so the GIL is released for
+    long stretches.
     """
-    s, n, _ = keys.shape
-    out = np.empty((s * n, m), np.int32)
-    rows = keys.reshape(s * n, n)
+    r, n = keys.shape
+    out = np.empty((r, m), np.int32)
     if m < n:
-        kth = np.partition(keys, m - 1, axis=-1)[..., m - 1].reshape(-1)
-        within = rows <= kth[:, None]
+        kth = np.partition(keys, m - 1, axis=-1)[:, m - 1]
+        within = keys <= kth[:, None]
         clean = np.count_nonzero(within, axis=-1) == m
         if not clean.all():
             within[~clean] = False
         flat = np.flatnonzero(within)
         clean_rows = np.flatnonzero(clean)
         cols = flat.reshape(-1, m) - (clean_rows * n)[:, None]
-        packed = _pack(rows.reshape(-1)[flat].reshape(-1, m), cols)
+        packed = _pack(keys.reshape(-1)[flat].reshape(-1, m), cols)
         packed.sort(axis=-1)
-        out[clean_rows] = (packed & _LOW32).astype(np.int32)
+        out[clean_rows] = _low_int32(packed)
         rest = np.flatnonzero(~clean)
     else:
-        rest = np.arange(s * n)
+        rest = np.arange(r)
     if rest.size:
         cols = np.broadcast_to(np.arange(n), (rest.size, n))
-        packed = _pack(rows[rest], cols)
+        packed = _pack(keys[rest], cols)
         packed.sort(axis=-1)
-        out[rest] = (packed[:, :m] & _LOW32).astype(np.int32)
-    return out.reshape(s, n, m)
+        out[rest] = _low_int32(np.ascontiguousarray(packed[:, :m]))
+    return out
 
 
-def _host_keys(gram, sq, valid_cols):
-    """sq_j - 2 G_ij (one rounding, as the XLA path), +inf on the diagonal and invalid columns."""
+def _host_keys(gram, sq, valid_cols, row0):
+    """Keys of rows row0.. of slabs gram [S, R, N]: sq_j - 2 G_ij (one rounding,
+    as in the XLA path), +inf on the diagonal and at invalid columns. -> [S*R, N]."""
     keys = gram * np.float32(-2.0)
     keys += sq[:, None, :]
-    n = keys.shape[-1]
-    keys.reshape(keys.shape[0], -1)[:, :: n + 1] = np.inf
+    s, r, n = keys.shape
+    rows = np.arange(r)
+    keys[:, rows, rows + row0] = np.inf
     if not valid_cols.all():
         keys[np.broadcast_to(~valid_cols[:, None, :], keys.shape)] = np.inf
-    return keys
+    return keys.reshape(s * r, n)
 
 
-def _host_select_chunk(gram, sq, valid_near, valid_rank, k_near, ranks):
-    s, n = sq.shape
+def _host_select_block(gram, sq, valid_near, valid_rank, row0, k_near, ranks):
+    """Selection for rows row0.. of the slabs gram [S, R, N] -> ([S, R, k_near], [S, R, len(ranks)])."""
+    s, r, _ = gram.shape
     positions = np.asarray(ranks, np.int64) - 1
     need = int(max(ranks)) if ranks else 0
-    near = np.zeros((s, n, k_near), np.int32)
-    rank = np.zeros((s, n, len(ranks)), np.int32)
+    near = np.zeros((s, r, k_near), np.int32)
+    rank = np.zeros((s, r, len(ranks)), np.int32)
     same = np.all(valid_near == valid_rank, axis=-1) if (k_near and need) else np.zeros(s, bool)
     if same.any():
-        order = _smallest_sorted(_host_keys(gram[same], sq[same], valid_near[same]), max(k_near, need))
+        keys = _host_keys(gram[same], sq[same], valid_near[same], row0)
+        order = _smallest_sorted(keys, max(k_near, need)).reshape(-1, r, max(k_near, need))
         near[same] = order[..., :k_near]
         rank[same] = order[..., positions]
     other = ~same
     if other.any():
         if k_near:
-            near[other] = _smallest_sorted(_host_keys(gram[other], sq[other], valid_near[other]), k_near)
+            keys = _host_keys(gram[other], sq[other], valid_near[other], row0)
+            near[other] = _smallest_sorted(keys, k_near).reshape(-1, r, k_near)
         if need:
-            keys = _host_keys(gram[other], sq[other], valid_rank[other])
-            rank[other] = _smallest_sorted(keys, need)[..., positions]
+            keys = _host_keys(gram[other], sq[other], valid_rank[other], row0)
+            rank[other] = _smallest_sorted(keys, need)[:, positions].reshape(-1, r, len(ranks))
     return near, rank
 
 
 def _host_select(gram, sq, valid_near, valid_rank, *, k_near, ranks):
+    """Work split over threads: groups of whole slabs, or row blocks when slabs are few."""
     gram = np.asarray(gram, np.float32)
     batch, n = gram.shape[:-2], gram.shape[-1]
     rows = lambda a, dt: np.broadcast_to(np.asarray(a, dt), batch + (n,)).reshape(-1, n)
     gram = gram.reshape(-1, n, n)
     sq, vn, vr = rows(sq, np.float32), rows(valid_near, bool), rows(valid_rank, bool)
-    parts = np.array_split(np.arange(gram.shape[0]), min(gram.shape[0], os.cpu_count() or 1))
-    work = lambda i: _host_select_chunk(gram[i], sq[i], vn[i], vr[i], k_near, ranks)
-    results = list(_pool().map(work, [p for p in parts if p.size]))
-    near = np.concatenate([r[0] for r in results]).reshape(batch + (n, k_near))
-    rank = np.concatenate([r[1] for r in results]).reshape(batch + (n, len(ranks)))
-    return near, rank
+    slabs = gram.shape[0]
+    workers = os.cpu_count() or 1
+    if slabs >= workers:
+        items = [(idx, 0, n) for idx in np.array_split(np.arange(slabs), workers)]
+    else:
+        per = -(-workers // slabs)
+        bounds = np.linspace(0, n, per + 1).astype(int)
+        items = [(np.array([i]), a, b) for i in range(slabs) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+
+    def work(item):
+        idx, a, b = item
+        return _host_select_block(gram[idx, a:b], sq[idx], vn[idx], vr[idx], a, k_near, ranks)
+
+    near = np.empty((slabs, n, k_near), np.int32)
+    rank = np.empty((slabs, n, len(ranks)), np.int32)
+    for (idx, a, b), (nr, rk) in zip(items, _pool().map(work, items)):
+        near[idx, a:b] = nr
+        rank[idx, a:b] = rk
+    return near.reshape(batch + (n, k_near)), rank.reshape(batch + (n, len(ranks)))
 
 
 def _xla_keys(gram, sq, valid_cols):
     n = gram.shape[-1]
     keys = sq[..., None, :] - 2.0 * gram
-    keys = jnp.where(keys == 0, 0.0, keys)
     return jnp.where(valid_cols[..., None, :] & ~jnp.eye(n, dtype=bool), keys, jnp.inf)
 
 
@@ -186,7 +218,9 @@ def _host_callback_select(gram, sq, valid_near, valid_rank, *, k_near, ranks):
         jax.ShapeDtypeStruct(batch + (n, len(ranks)), jnp.int32),
     )
     fn = functools.partial(_host_select, k_near=k_near, ranks=ranks)
-    near, rank = jax.pure_callback(fn, out, gram, sq, valid_near, valid_rank, vmap_method="broadcast_all")
+    near, rank = jax.pure_callback(
+        fn, out, gram, sq, valid_near, valid_rank, vmap_method="broadcast_all"
+    )
     return sharding.like(near, gram), sharding.like(rank, gram)
 
 
@@ -217,7 +251,7 @@ def select_neighbors(gram, valid_near, valid_rank=None, *, k_near, ranks=(), met
 
 def _flatten(a, keep):
     """Merge the leading axes of a, keeping the last `keep` axes."""
-    return a.reshape((-1,) + a.shape[a.ndim - keep:])
+    return a.reshape((-1,) + a.shape[a.ndim - keep :])
 
 
 def refine_sq_distances(x, idx):
@@ -282,8 +316,8 @@ def _host_sort(d2, idx, *, k):
     idx = np.asarray(idx, np.int32)
     packed = _pack(d2, idx.astype(np.uint32))
     packed.sort(axis=-1)
-    packed = packed[..., :k]
-    order = (packed & _LOW32).astype(np.uint32).view(np.int32)
+    packed = np.ascontiguousarray(packed[..., :k])
+    order = _low_int32(packed)
     sorted_vals = _unpack_values(packed >> np.uint64(32))
     return sorted_vals, order
 

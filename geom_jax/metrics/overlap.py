@@ -4,6 +4,7 @@ chi_k = mean over points i of |N_k^x(i) ∩ N_k^y(i)| / k, with N_k the k
 nearest neighbours (self excluded, ties to the lower index), as in the
 paper's section on neighbourhood overlap (after Doimo et al. 2020).
 """
+
 import functools
 
 import jax

@@ -1,4 +1,5 @@
 """Helpers for running inside shard_map (varying manual axes)."""
+
 import jax
 from jax import lax
 

@@ -1,4 +1,5 @@
 """Duplicate points (identical vectors) as static-shape masks."""
+
 import numpy as np
 import jax
 import jax.numpy as jnp

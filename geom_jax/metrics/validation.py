@@ -3,6 +3,7 @@
 Every failure is a ValueError that names the argument and, for value checks,
 the offending prompt (leading batch index) and layer.
 """
+
 import math
 
 import numpy as np
