@@ -9,26 +9,39 @@ agree, prints per-stage times and, as the last line, the speed-up.
   python experiments/bench_metrics.py --layers=31 --tokens=1024 --dim=576
   python experiments/bench_metrics.py --input=hidden.npy   # a saved [L, N, D] stack
 """
+
 import os
 import resource
 import statistics
 import sys
 import time
 
-from absl import app, flags
 import numpy as np
+from absl import app, flags
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("layers", 31, "Layers L of the synthetic stack.")
 flags.DEFINE_integer("tokens", 1024, "Tokens N per layer of the synthetic stack.")
 flags.DEFINE_integer("dim", 576, "Hidden size D of the synthetic stack.")
-flags.DEFINE_integer("repeats", 5, "Timed runs of layer_geometry after compilation (min is reported).")
+flags.DEFINE_integer(
+    "repeats", 5, "Timed runs of layer_geometry after compilation (min is reported)."
+)
 flags.DEFINE_integer("baseline_repeats", 1, "Timed runs of the NumPy baseline.")
-flags.DEFINE_string("input", None, "A .npy / .npz hidden-state stack [L, N, D] (or [1, L, N, D]) instead of synthetic data.")
-flags.DEFINE_string("input_key", None, "Array name inside an .npz input (default: the first array).")
+flags.DEFINE_string(
+    "input",
+    None,
+    "A .npy / .npz hidden-state stack [L, N, D] (or [1, L, N, D]) instead of synthetic data.",
+)
+flags.DEFINE_string(
+    "input_key", None, "Array name inside an .npz input (default: the first array)."
+)
 flags.DEFINE_integer("range_max", 256, "GRIDE range_max.")
 flags.DEFINE_integer("max_k", 32, "Neighbourhood-overlap max_k.")
-flags.DEFINE_integer("layer_chunk", 0, "layer_chunk for layer_geometry (0 = automatic, about 16 MiB of Gram per chunk).")
+flags.DEFINE_integer(
+    "layer_chunk",
+    0,
+    "layer_chunk for layer_geometry (0 = automatic, about 16 MiB of Gram per chunk).",
+)
 flags.DEFINE_enum("selection", "auto", ["auto", "host", "xla"], "Neighbour-selection backend.")
 flags.DEFINE_bool("baseline", True, "Run the NumPy baseline (the speed-up needs it).")
 flags.DEFINE_bool("stages", True, "Also time the JAX stages separately.")
@@ -76,7 +89,7 @@ def peak_rss_gib():
 
 
 def load_avg():
-    return "load average %.2f, %.2f, %.2f" % os.getloadavg()
+    return "load average {:.2f}, {:.2f}, {:.2f}".format(*os.getloadavg())
 
 
 def timed(fn, repeats):
@@ -94,7 +107,16 @@ def jax_stage_times(hidden, range_max, max_k, selection, repeats):
     """Each stage of layer_geometry jitted on its own (their sum exceeds the fused total)."""
     import jax
     import jax.numpy as jnp
-    from geom_jax.metrics import cosine, distances, intrinsic_dimension, neighbors, overlap, unique, validation
+
+    from geom_jax.metrics import (
+        cosine,
+        distances,
+        intrinsic_dimension,
+        neighbors,
+        overlap,
+        unique,
+        validation,
+    )
 
     x = jnp.asarray(hidden)
     valid = jnp.ones(x.shape[:-1], bool)
@@ -118,26 +140,53 @@ def jax_stage_times(hidden, range_max, max_k, selection, repeats):
     gram, _ = run("centred Gram + cosine", gram_cos, x, valid)
     near, ranked = run(
         f"selection ({selection})",
-        lambda g, v, k: neighbors.select_neighbors(g, v, k, k_near=n_cand, ranks=ranks, method=selection),
-        gram, valid, keep,
+        lambda g, v, k: neighbors.select_neighbors(
+            g, v, k, k_near=n_cand, ranks=ranks, method=selection
+        ),
+        gram,
+        valid,
+        keep,
     )
     high = [i for i, r in enumerate(ranks) if r > max_k]
-    run(f"refinement ({n_cand} + {len(high)} pairs/token)",
-        lambda x, a, b, v, k: (neighbors.refine_candidates(x, a, v), neighbors.refine_candidates(x, b, k)),
-        x, near, ranked[..., high], valid, keep)
+    run(
+        f"refinement ({n_cand} + {len(high)} pairs/token)",
+        lambda x, a, b, v, k: (
+            neighbors.refine_candidates(x, a, v),
+            neighbors.refine_candidates(x, b, k),
+        ),
+        x,
+        near,
+        ranked[..., high],
+        valid,
+        keep,
+    )
     exact_near = neighbors.refine_candidates(x, near, valid)
-    sq, idx = run(f"re-ranking ({selection})",
-                  lambda e, c: neighbors.sort_candidates(e, c, max_k, selection), exact_near, near)
+    sq, idx = run(
+        f"re-ranking ({selection})",
+        lambda e, c: neighbors.sort_candidates(e, c, max_k, selection),
+        exact_near,
+        near,
+    )
     exact_ranked = neighbors.refine_candidates(x, ranked, keep)
     r = jnp.sqrt(neighbors.sort_candidates(exact_ranked, ranked, len(ranks))[0])
-    run("GRIDE + TwoNN", lambda r, k: (intrinsic_dimension.gride_from_neighbors(r, k),
-                                        intrinsic_dimension.twonn_from_neighbors(r[..., 0], r[..., 1], k)), r, keep)
-    run("overlap", lambda a, b, v: overlap.overlap_from_lists(a, b, v), idx[:-1], idx[1:], valid[1:])
+    run(
+        "GRIDE + TwoNN",
+        lambda r, k: (
+            intrinsic_dimension.gride_from_neighbors(r, k),
+            intrinsic_dimension.twonn_from_neighbors(r[..., 0], r[..., 1], k),
+        ),
+        r,
+        keep,
+    )
+    run(
+        "overlap", lambda a, b, v: overlap.overlap_from_lists(a, b, v), idx[:-1], idx[1:], valid[1:]
+    )
     return stages
 
 
 def agreement(geo, base):
-    """Largest deviations between JAX and baseline results, and whether they are within tolerance."""
+    """Largest deviations between JAX and baseline results, and whether they are in tolerance."""
+
     def rel(a, b):
         a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
         ok = np.isfinite(b)
@@ -154,14 +203,22 @@ def agreement(geo, base):
     }
     # The baseline rounds sklearn's distances to float32 and argsorts without a
     # stable tie rule, so a few near-ties may order differently from ours.
-    limits = {"gride_ids (rel)": 1e-3, "gride_errs (rel)": 1e-2, "gride_scales (rel)": 1e-3,
-              "twonn (rel)": 1e-3, "cos_mean (abs)": 1e-5, "cos_std (abs)": 1e-5, "overlap (abs)": 2e-3}
+    limits = {
+        "gride_ids (rel)": 1e-3,
+        "gride_errs (rel)": 1e-2,
+        "gride_scales (rel)": 1e-3,
+        "twonn (rel)": 1e-3,
+        "cos_mean (abs)": 1e-5,
+        "cos_std (abs)": 1e-5,
+        "overlap (abs)": 2e-3,
+    }
     return dev, all(dev[k] <= limits[k] for k in dev), limits
 
 
 def main(argv):
     del argv
     import jax
+
     from geom_jax import metrics
     from geom_jax.baseline import metrics_numpy
 
@@ -174,22 +231,35 @@ def main(argv):
     n_layers, n_tokens, dim = hidden.shape
     chunk = FLAGS.layer_chunk or None
     print(f"input: {source}, [L, N, D] = [{n_layers}, {n_tokens}, {dim}]")
-    print(f"jax {jax.__version__} on {jax.devices()[0].platform}, {os.cpu_count()} CPUs; {load_avg()}")
+    print(
+        f"jax {jax.__version__} on {jax.devices()[0].platform}, {os.cpu_count()} CPUs; {load_avg()}"
+    )
     metrics.validate_hidden(hidden, range_max=FLAGS.range_max, max_k=FLAGS.max_k)
 
-    fn = jax.jit(lambda h: metrics.layer_geometry(
-        h, range_max=FLAGS.range_max, max_k=FLAGS.max_k, layer_chunk=chunk, selection=FLAGS.selection))
+    fn = jax.jit(
+        lambda h: metrics.layer_geometry(
+            h,
+            range_max=FLAGS.range_max,
+            max_k=FLAGS.max_k,
+            layer_chunk=chunk,
+            selection=FLAGS.selection,
+        )
+    )
     x = jax.device_put(hidden)
     start = time.perf_counter()
     geo = jax.block_until_ready(fn(x))
     print(f"layer_geometry compile + first run: {time.perf_counter() - start:.2f} s")
     jax_min, jax_med, jax_cpu = timed(lambda: jax.block_until_ready(fn(x)), FLAGS.repeats)
-    print(f"layer_geometry ({FLAGS.selection} selection): min {jax_min:.3f} s, median {jax_med:.3f} s "
-          f"over {FLAGS.repeats} runs (process CPU {jax_cpu:.3f} s); {load_avg()}")
+    print(
+        f"layer_geometry ({FLAGS.selection} selection): min {jax_min:.3f} s, "
+        f"median {jax_med:.3f} s "
+        f"over {FLAGS.repeats} runs (process CPU {jax_cpu:.3f} s); {load_avg()}"
+    )
     if FLAGS.stages:
         print("JAX stages, each jitted separately:")
-        for name, sec in jax_stage_times(hidden, FLAGS.range_max, FLAGS.max_k, FLAGS.selection,
-                                         FLAGS.repeats).items():
+        for name, sec in jax_stage_times(
+            hidden, FLAGS.range_max, FLAGS.max_k, FLAGS.selection, FLAGS.repeats
+        ).items():
             print(f"  {name:38s} {sec:7.3f} s")
 
     print(f"peak RSS so far: {peak_rss_gib():.2f} GiB")
@@ -199,7 +269,9 @@ def main(argv):
     base_times = []
     for _ in range(FLAGS.baseline_repeats):
         start = time.perf_counter()
-        base = metrics_numpy.paper_layer_geometry(hidden, range_max=FLAGS.range_max, max_k=FLAGS.max_k)
+        base = metrics_numpy.paper_layer_geometry(
+            hidden, range_max=FLAGS.range_max, max_k=FLAGS.max_k
+        )
         base_times.append(time.perf_counter() - start)
     base_total = min(base_times)
     print(f"baseline (paper's CPU path, NumPy/scikit-learn): {base_total:.2f} s; {load_avg()}")
@@ -209,7 +281,10 @@ def main(argv):
     print("agreement with the baseline: " + ("OK" if ok else "FAILED"))
     for name, value in dev.items():
         print(f"  {name:22s} {value:.2e} (limit {limits[name]:.0e})")
-    print(f"speed-up: {base_total / jax_min:.1f}x (baseline {base_total:.2f} s / layer_geometry {jax_min:.3f} s)")
+    print(
+        f"speed-up: {base_total / jax_min:.1f}x "
+        f"(baseline {base_total:.2f} s / layer_geometry {jax_min:.3f} s)"
+    )
     if not ok:
         sys.exit(1)
 

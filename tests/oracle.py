@@ -4,6 +4,7 @@ Written from the definitions (tests/fixtures/README.md), independently of
 geom_jax.metrics: direct float64 distances, full sorts, a scalar bisection
 loop per layer and scale, Python sets for neighbourhood overlap.
 """
+
 import math
 
 import numpy as np

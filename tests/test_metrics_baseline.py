@@ -1,7 +1,8 @@
 """The NumPy baseline of the paper's CPU path agrees with the oracle and with the JAX metrics."""
-import numpy as np
 
+import numpy as np
 import oracle
+
 from geom_jax import metrics
 from geom_jax.baseline import metrics_numpy
 
@@ -9,7 +10,10 @@ from geom_jax.baseline import metrics_numpy
 def test_baseline_matches_oracle_and_jax():
     rng = np.random.default_rng(4)
     z = rng.standard_normal((150, 3))
-    layers = [np.tanh(z @ rng.standard_normal((3, 16))) + 0.01 * rng.standard_normal((150, 16)) for _ in range(3)]
+    layers = [
+        np.tanh(z @ rng.standard_normal((3, 16))) + 0.01 * rng.standard_normal((150, 16))
+        for _ in range(3)
+    ]
     hidden = np.stack(layers).astype(np.float32)
     hidden[0, 20] = hidden[0, 7]  # a duplicate for the ID estimators to drop
     out = metrics_numpy.paper_layer_geometry(hidden, range_max=32, max_k=8)
@@ -20,9 +24,15 @@ def test_baseline_matches_oracle_and_jax():
         np.testing.assert_allclose(out["gride_errs"][layer], errs, rtol=1e-5)
         np.testing.assert_allclose(out["gride_scales"][layer], scales, rtol=1e-5)
         np.testing.assert_allclose(out["twonn"][layer], oracle.twonn(hidden[layer]), rtol=1e-5)
-        np.testing.assert_allclose([out["cos_mean"][layer], out["cos_std"][layer]], oracle.cosine_stats(hidden[layer]), atol=1e-6)
+        np.testing.assert_allclose(
+            [out["cos_mean"][layer], out["cos_std"][layer]],
+            oracle.cosine_stats(hidden[layer]),
+            atol=1e-6,
+        )
     for layer in range(2):
-        np.testing.assert_allclose(out["overlap"][layer], oracle.overlap(hidden[layer], hidden[layer + 1], 8), atol=1e-6)
+        np.testing.assert_allclose(
+            out["overlap"][layer], oracle.overlap(hidden[layer], hidden[layer + 1], 8), atol=1e-6
+        )
     geo = metrics.layer_geometry(hidden, range_max=32, max_k=8)
     np.testing.assert_allclose(geo.gride_ids, out["gride_ids"], rtol=1e-4)
     np.testing.assert_allclose(geo.twonn, out["twonn"], rtol=1e-4)

@@ -1,4 +1,5 @@
-"""Acceptance 2: every case of the shared reference fixtures (DADApy 0.3.4 / scikit-learn values)."""
+"""Acceptance 2: every case of the shared reference fixtures (DADApy 0.3.4, scikit-learn)."""
+
 import os
 
 import numpy as np

@@ -1,4 +1,5 @@
 """Acceptance 3: GRIDE at its first scale recovers known dimensions (N = 2048 in 128 dims)."""
+
 import numpy as np
 import pytest
 
@@ -26,7 +27,9 @@ def first_scale_ids():
     return np.asarray(ids)[:, 0], np.asarray(errs)[:, 0]
 
 
-@pytest.mark.parametrize("which, dim", [(0, 2), (1, 5), (2, 10)], ids=["swiss_roll", "5-sphere", "gauss10"])
+@pytest.mark.parametrize(
+    "which, dim", [(0, 2), (1, 5), (2, 10)], ids=["swiss_roll", "5-sphere", "gauss10"]
+)
 def test_gride_first_scale_within_10_percent(first_scale_ids, which, dim):
     ids, errs = first_scale_ids
     assert abs(ids[which] - dim) < 0.1 * dim

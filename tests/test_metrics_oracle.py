@@ -1,10 +1,11 @@
-"""JAX metrics against the float64 NumPy oracle: random clouds, masks, ties, duplicates, refinement."""
-import numpy as np
-import pytest
+"""JAX metrics against the float64 NumPy oracle: random clouds, masks, ties, duplicates."""
+
 import jax
 import jax.numpy as jnp
-
+import numpy as np
 import oracle
+import pytest
+
 from geom_jax import metrics
 from geom_jax.metrics import geometry
 
@@ -29,11 +30,11 @@ def batch():
     mask = np.ones((3, 150), bool)
     mask[1, 120:] = False
     mask[2, 100:] = False
-    x[1, 30] = x[1, 3]          # duplicate of a valid earlier point
+    x[1, 30] = x[1, 3]  # duplicate of a valid earlier point
     x[1, 31] = x[1, 3]
-    x[2, 40] = x[2, 110]        # first copy is padding: the valid copy at 40 is kept
+    x[2, 40] = x[2, 110]  # first copy is padding: the valid copy at 40 is kept
     x[2, 60] = x[2, 40]
-    x[2, 120:] = np.nan         # garbage in padding never reaches valid outputs
+    x[2, 120:] = np.nan  # garbage in padding never reaches valid outputs
     return x, mask
 
 
@@ -111,7 +112,9 @@ def test_knn_matches_oracle_with_mask(batch):
         valid = np.flatnonzero(mb)
         ref_idx = valid[oracle.neighbour_lists(xb[valid], MAX_K)]
         np.testing.assert_array_equal(idx[b, valid], ref_idx)
-        ref_d = oracle.distances(xb[valid])[np.arange(valid.size)[:, None], oracle.neighbour_lists(xb[valid], MAX_K)]
+        ref_d = oracle.distances(xb[valid])[
+            np.arange(valid.size)[:, None], oracle.neighbour_lists(xb[valid], MAX_K)
+        ]
         np.testing.assert_allclose(dists[b, valid], ref_d, rtol=1e-5, atol=1e-7)
 
 
@@ -160,7 +163,9 @@ def test_knn_distances_are_refined_exactly():
     rng = np.random.default_rng(5)
     c = np.zeros(16, np.float32)
     c[0] = 1e3
-    x = np.concatenate([c + 1e-2 * rng.standard_normal((60, 16)), -c + 1e-2 * rng.standard_normal((60, 16))])
+    x = np.concatenate(
+        [c + 1e-2 * rng.standard_normal((60, 16)), -c + 1e-2 * rng.standard_normal((60, 16))]
+    )
     x = x.astype(np.float32)
     dists, idx = (np.asarray(a) for a in metrics.knn(x, 5))
     direct = np.sqrt(((x[:, None, :] - x[idx]) ** 2).sum(-1, dtype=np.float64))
@@ -175,7 +180,9 @@ def _stack_and_mask():
     base = manifold_cloud(rng, 130, 3, 10)
     layers = [base]
     for _ in range(4):
-        layers.append(np.tanh(layers[-1] @ rng.standard_normal((10, 10)).astype(np.float32) * 0.7) + 0.01)
+        layers.append(
+            np.tanh(layers[-1] @ rng.standard_normal((10, 10)).astype(np.float32) * 0.7) + 0.01
+        )
     h = np.stack(layers).astype(np.float32)
     h[0, 50] = h[0, 2]  # duplicate in the first layer only
     hidden = np.stack([h, h[:, ::-1] * 1.1 + 3.0])  # [2, 5, 130, 10]
@@ -186,7 +193,9 @@ def _stack_and_mask():
 
 def _assert_same(a, b):
     for field in a.__dataclass_fields__:
-        np.testing.assert_array_equal(np.asarray(getattr(a, field)), np.asarray(getattr(b, field)), err_msg=field)
+        np.testing.assert_array_equal(
+            np.asarray(getattr(a, field)), np.asarray(getattr(b, field)), err_msg=field
+        )
 
 
 def test_selection_paths_identical():
@@ -207,7 +216,9 @@ def test_layer_chunk_equals_unchunked():
     full = metrics.layer_geometry(hidden, mask, range_max=RANGE_MAX, max_k=MAX_K, layer_chunk=5)
     chunked = metrics.layer_geometry(hidden, mask, range_max=RANGE_MAX, max_k=MAX_K, layer_chunk=2)
     _assert_close(chunked, full)
-    assert geometry.auto_layer_chunk(31, 1, 1024) == 4 and geometry.auto_layer_chunk(33, 1, 4096) == 1
+    assert (
+        geometry.auto_layer_chunk(31, 1, 1024) == 4 and geometry.auto_layer_chunk(33, 1, 4096) == 1
+    )
     assert geometry.auto_layer_chunk(5, 2, 130) == 5
 
 
@@ -220,9 +231,13 @@ def test_layer_geometry_matches_oracle_per_layer():
             xb = hidden[b, layer]
             ids, errs, scales = oracle.gride(xb, RANGE_MAX, mask[b])
             np.testing.assert_allclose(geo.gride_ids[b, layer], ids, rtol=1e-4)
-            np.testing.assert_allclose(geo.twonn[b, layer], oracle.twonn(xb, 0.1, mask[b]), rtol=1e-4)
+            np.testing.assert_allclose(
+                geo.twonn[b, layer], oracle.twonn(xb, 0.1, mask[b]), rtol=1e-4
+            )
             cm, cs = oracle.cosine_stats(xb, mask[b])
-            np.testing.assert_allclose([geo.cos_mean[b, layer], geo.cos_std[b, layer]], [cm, cs], atol=1e-6)
+            np.testing.assert_allclose(
+                [geo.cos_mean[b, layer], geo.cos_std[b, layer]], [cm, cs], atol=1e-6
+            )
             if layer < 4:
                 chi = oracle.overlap(xb, hidden[b, layer + 1], MAX_K, mask[b])
                 np.testing.assert_allclose(geo.overlap[b, layer], chi, atol=1e-6)
@@ -248,10 +263,21 @@ def test_batching_with_padding_equals_unpadded_prompts():
         single = metrics.layer_geometry(h, range_max=RANGE_MAX, max_k=MAX_K)
         np.testing.assert_array_equal(np.asarray(batched.overlap[b]), np.asarray(single.overlap))
         np.testing.assert_array_equal(np.asarray(batched.n_unique[b]), np.asarray(single.n_unique))
-        for field in ("gride_ids", "gride_errs", "gride_scales", "twonn", "twonn_ml", "cos_mean", "cos_std"):
+        for field in (
+            "gride_ids",
+            "gride_errs",
+            "gride_scales",
+            "twonn",
+            "twonn_ml",
+            "cos_mean",
+            "cos_std",
+        ):
             np.testing.assert_allclose(
-                np.asarray(getattr(batched, field))[b], np.asarray(getattr(single, field)),
-                rtol=2e-6, atol=1e-7, err_msg=field,
+                np.asarray(getattr(batched, field))[b],
+                np.asarray(getattr(single, field)),
+                rtol=2e-6,
+                atol=1e-7,
+                err_msg=field,
             )
 
 
@@ -272,7 +298,9 @@ def test_jit_vmap_and_shard_map():
     mesh = jax.make_mesh((len(jax.devices()),), ("data",))
     spec = jax.sharding.PartitionSpec("data")
     put = lambda a: jax.device_put(a, jax.sharding.NamedSharding(mesh, spec))
-    chunked = lambda h, m: metrics.layer_geometry(h, m, range_max=RANGE_MAX, max_k=MAX_K, layer_chunk=2)
+    chunked = lambda h, m: metrics.layer_geometry(
+        h, m, range_max=RANGE_MAX, max_k=MAX_K, layer_chunk=2
+    )
     sharded_fn = jax.jit(jax.shard_map(chunked, mesh=mesh, in_specs=(spec, spec), out_specs=spec))
     sharded = sharded_fn(put(hidden), put(mask))
     _assert_close(direct, sharded)

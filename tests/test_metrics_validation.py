@@ -1,7 +1,8 @@
 """Acceptance 5: bad input raises ValueError naming the argument and the prompt / layer."""
+
+import jax
 import numpy as np
 import pytest
-import jax
 
 from geom_jax import metrics
 
@@ -45,7 +46,9 @@ def test_wrong_rank():
 def test_non_finite_values_name_prompt_and_layer():
     h = hidden()
     h[1, 2, 17, 3] = np.nan
-    with pytest.raises(ValueError, match=r"hidden has non-finite values at prompt \(1,\), layer 2, token 17"):
+    with pytest.raises(
+        ValueError, match=r"hidden has non-finite values at prompt \(1,\), layer 2, token 17"
+    ):
         metrics.layer_geometry(h, range_max=8, max_k=4)
     h[1, 2, 17, 3] = np.inf
     with pytest.raises(ValueError, match=r"prompt \(1,\), layer 2"):
@@ -69,10 +72,14 @@ def test_non_finite_padding_is_allowed():
 def test_mask_with_too_few_valid_points():
     mask = np.ones((2, 64), bool)
     mask[1, 2:] = False
-    with pytest.raises(ValueError, match=r"mask has fewer than 3 valid points \(2\) at prompt \(1,\)"):
+    with pytest.raises(
+        ValueError, match=r"mask has fewer than 3 valid points \(2\) at prompt \(1,\)"
+    ):
         metrics.layer_geometry(hidden(), mask, range_max=8, max_k=1)
     mask[1, :10] = True
-    with pytest.raises(ValueError, match=r"max_k=16 needs >= 17 valid points, but prompt \(1,\) has 10"):
+    with pytest.raises(
+        ValueError, match=r"max_k=16 needs >= 17 valid points, but prompt \(1,\) has 10"
+    ):
         metrics.layer_geometry(hidden(), mask, range_max=8, max_k=16)
     with pytest.raises(ValueError, match=r"mask has fewer than 3 valid points"):
         metrics.gride(hidden((64, 8)), 8, np.arange(64) < 2)

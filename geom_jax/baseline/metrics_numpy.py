@@ -11,6 +11,7 @@ token by token. That loop is deliberately left as slow as the original (on
 this machine it matches the ~0.9 s per layer pair measured for the paper's
 own code in issue 2).
 """
+
 import math
 import time
 
@@ -142,7 +143,7 @@ def paper_layer_geometry(hidden, range_max=256, max_k=32, twonn_discard_fraction
         times["twonn"] += time.perf_counter() - t
 
     t = time.perf_counter()
-    overlap = np.stack([overlap_pair(dists[l], dists[l + 1], max_k) for l in range(n_layers - 1)])
+    overlap = np.stack([overlap_pair(a, b, max_k) for a, b in zip(dists[:-1], dists[1:])])
     times["overlap"] += time.perf_counter() - t
     return dict(
         gride_ids=np.stack(ids),

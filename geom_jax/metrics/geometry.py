@@ -2,11 +2,11 @@
 
 import functools
 
-import numpy as np
 import jax
 import jax.numpy as jnp
-from jax import lax
+import numpy as np
 from flax import struct
+from jax import lax
 
 from geom_jax.metrics import (
     cosine,

@@ -7,9 +7,9 @@ with DADApy 0.3.4's conventions, vectorised over clouds and scales.
 
 import functools
 
-import numpy as np
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from geom_jax.metrics import distances, neighbors, sharding, unique, validation

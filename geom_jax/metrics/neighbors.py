@@ -19,14 +19,14 @@ the raw (uncentred) points, and candidate lists are re-ranked by the exact
 distances (again with a host or an XLA backend, identical results).
 """
 
+import functools
 import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
-import functools
 
-import numpy as np
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from geom_jax.metrics import distances, sharding, validation
@@ -142,7 +142,7 @@ def _host_keys(gram, sq, valid_cols, row0):
 
 
 def _host_select_block(gram, sq, valid_near, valid_rank, row0, k_near, ranks):
-    """Selection for rows row0.. of the slabs gram [S, R, N] -> ([S, R, k_near], [S, R, len(ranks)])."""
+    """Selection for rows row0.. of slabs gram [S, R, N] -> ([S, R, k_near], [S, R, #ranks])."""
     s, r, _ = gram.shape
     positions = np.asarray(ranks, np.int64) - 1
     need = int(max(ranks)) if ranks else 0
@@ -179,7 +179,12 @@ def _host_select(gram, sq, valid_near, valid_rank, *, k_near, ranks):
     else:
         per = -(-workers // slabs)
         bounds = np.linspace(0, n, per + 1).astype(int)
-        items = [(np.array([i]), a, b) for i in range(slabs) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+        items = [
+            (np.array([i]), a, b)
+            for i in range(slabs)
+            for a, b in zip(bounds[:-1], bounds[1:])
+            if b > a
+        ]
 
     def work(item):
         idx, a, b = item

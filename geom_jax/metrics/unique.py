@@ -1,8 +1,8 @@
 """Duplicate points (identical vectors) as static-shape masks."""
 
-import numpy as np
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 _SALT_SEED = 0x5EED

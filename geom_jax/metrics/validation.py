@@ -6,9 +6,9 @@ the offending prompt (leading batch index) and layer.
 
 import math
 
-import numpy as np
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 MIN_VALID_POINTS = 3
 
@@ -24,7 +24,8 @@ def as_points(x, name, min_rank=2):
         x = np.asarray(x)
     if len(x.shape) < min_rank:
         raise ValueError(
-            f"{name} must have rank >= {min_rank} ([..., N, D] point clouds), got shape {tuple(x.shape)}"
+            f"{name} must have rank >= {min_rank} ([..., N, D] point clouds), "
+            f"got shape {tuple(x.shape)}"
         )
     if not jnp.issubdtype(x.dtype, jnp.floating):
         raise ValueError(f"{name} must be a floating-point array, got dtype {x.dtype}")
