@@ -154,18 +154,20 @@ def _host_select_block(gram, sq, valid_near, valid_rank, row0, k_near, ranks):
     near = np.zeros((s, r, k_near), np.int32)
     rank = np.zeros((s, r, len(ranks)), np.int32)
     same = np.all(valid_near == valid_rank, axis=-1) if (k_near and need) else np.zeros(s, bool)
+    pick = lambda a, which: a if which.all() else a[which]
     if same.any():
-        keys = _host_keys(gram[same], sq[same], valid_near[same], row0)
+        keys = _host_keys(pick(gram, same), pick(sq, same), pick(valid_near, same), row0)
         order = _smallest_sorted(keys, max(k_near, need)).reshape(-1, r, max(k_near, need))
         near[same] = order[..., :k_near]
         rank[same] = order[..., positions]
     other = ~same
     if other.any():
+        g, q = pick(gram, other), pick(sq, other)
         if k_near:
-            keys = _host_keys(gram[other], sq[other], valid_near[other], row0)
+            keys = _host_keys(g, q, pick(valid_near, other), row0)
             near[other] = _smallest_sorted(keys, k_near).reshape(-1, r, k_near)
         if need:
-            keys = _host_keys(gram[other], sq[other], valid_rank[other], row0)
+            keys = _host_keys(g, q, pick(valid_rank, other), row0)
             rank[other] = _smallest_sorted(keys, need)[:, positions].reshape(-1, r, len(ranks))
     return near, rank
 
@@ -180,26 +182,26 @@ def _host_select(gram, sq, valid_near, valid_rank, *, k_near, ranks):
     slabs = gram.shape[0]
     workers = os.cpu_count() or 1
     if slabs >= workers:
-        items = [(idx, 0, n) for idx in np.array_split(np.arange(slabs), workers)]
+        cuts = np.linspace(0, slabs, workers + 1).astype(int)
+        items = [(slice(a, b), 0, n) for a, b in zip(cuts[:-1], cuts[1:]) if b > a]
     else:
-        per = -(-workers // slabs)
-        bounds = np.linspace(0, n, per + 1).astype(int)
+        cuts = np.linspace(0, n, -(-workers // slabs) + 1).astype(int)
         items = [
-            (np.array([i]), a, b)
+            (slice(i, i + 1), a, b)
             for i in range(slabs)
-            for a, b in zip(bounds[:-1], bounds[1:])
+            for a, b in zip(cuts[:-1], cuts[1:])
             if b > a
         ]
 
     def work(item):
-        idx, a, b = item
-        return _host_select_block(gram[idx, a:b], sq[idx], vn[idx], vr[idx], a, k_near, ranks)
+        sl, a, b = item
+        return _host_select_block(gram[sl, a:b], sq[sl], vn[sl], vr[sl], a, k_near, ranks)
 
     near = np.empty((slabs, n, k_near), np.int32)
     rank = np.empty((slabs, n, len(ranks)), np.int32)
-    for (idx, a, b), (nr, rk) in zip(items, _pool().map(work, items)):
-        near[idx, a:b] = nr
-        rank[idx, a:b] = rk
+    for (sl, a, b), (nr, rk) in zip(items, _pool().map(work, items)):
+        near[sl, a:b] = nr
+        rank[sl, a:b] = rk
     return near.reshape(batch + (n, k_near)), rank.reshape(batch + (n, len(ranks)))
 
 
