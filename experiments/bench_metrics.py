@@ -40,7 +40,7 @@ flags.DEFINE_integer("max_k", 32, "Neighbourhood-overlap max_k.")
 flags.DEFINE_integer(
     "layer_chunk",
     0,
-    "layer_chunk for layer_geometry (0 = automatic, about 16 MiB of Gram per chunk).",
+    "layer_chunk for layer_geometry (0 = automatic, about 8 MiB of Gram per chunk).",
 )
 flags.DEFINE_enum("selection", "auto", ["auto", "host", "xla"], "Neighbour-selection backend.")
 flags.DEFINE_bool("baseline", True, "Run the NumPy baseline (the speed-up needs it).")

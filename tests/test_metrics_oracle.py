@@ -215,7 +215,7 @@ def test_layer_chunk_equals_unchunked():
     chunked = metrics.layer_geometry(hidden, mask, range_max=RANGE_MAX, max_k=MAX_K, layer_chunk=2)
     _assert_close(chunked, full)
     assert (
-        geometry.auto_layer_chunk(31, 1, 1024) == 4 and geometry.auto_layer_chunk(33, 1, 4096) == 1
+        geometry.auto_layer_chunk(31, 1, 1024) == 2 and geometry.auto_layer_chunk(33, 1, 4096) == 1
     )
     assert geometry.auto_layer_chunk(5, 2, 130) == 5
 

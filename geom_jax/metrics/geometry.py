@@ -42,7 +42,7 @@ class LayerGeometry:
     n_unique: jax.Array
 
 
-CHUNK_GRAM_BYTES = 16 * 2**20
+CHUNK_GRAM_BYTES = 8 * 2**20
 """Default Gram-matrix size per layer chunk: small enough for the allocator to
 reuse buffers between chunks (larger ones are fresh mmaps, page-faulted on
 every call) and to bound memory, large enough to amortise per-chunk overhead."""
@@ -195,8 +195,8 @@ def layer_geometry(
     estimators use the distinct valid tokens (first occurrence kept),
     overlap and cosine all valid tokens. layer_chunk bounds memory by
     processing that many layers at a time (lax.map); None picks about
-    16 MiB of Gram matrix per chunk (4 layers of 1024 tokens, 1 layer of
-    2048), which is also the fastest setting on CPU; layer_chunk >= L
+    8 MiB of Gram matrix per chunk (2 layers of 1024 tokens, 1 layer of
+    2048 or more), which is also about the fastest on CPU; layer_chunk >= L
     processes all layers at once. selection: "auto"
     (NumPy host selection on CPU, lax.top_k elsewhere), "host" or "xla".
     With validate (default) and concrete inputs, validate_hidden runs first;
