@@ -126,7 +126,6 @@ def _layer_geometry(
         b *= s
     h = hidden.reshape((b, n_layers, n, d))
     valid = jnp.ones((b, n), bool) if mask is None else mask.reshape((b, n))
-    h = jnp.swapaxes(h, 0, 1)
     cloud_fn = functools.partial(
         _clouds,
         n_scales=validation.n_scales(n, range_max),
@@ -137,10 +136,11 @@ def _layer_geometry(
     )
 
     def chunk_fn(layers):
-        c = layers.shape[0]
+        """layers [b, c, N, D] -> outputs with leading axes [c, b]."""
+        c = layers.shape[1]
+        clouds = jnp.swapaxes(layers, 0, 1).reshape((c * b, n, d))
         vb = jnp.broadcast_to(valid, (c, b, n)).reshape((c * b, n))
-        outs = cloud_fn(layers.reshape((c * b, n, d)), vb)
-        return tuple(o.reshape((c, b) + o.shape[1:]) for o in outs)
+        return tuple(o.reshape((c, b) + o.shape[1:]) for o in cloud_fn(clouds, vb))
 
     chunk = (
         auto_layer_chunk(n_layers, b, n) if layer_chunk is None else min(int(layer_chunk), n_layers)
@@ -148,13 +148,20 @@ def _layer_geometry(
     if chunk >= n_layers:
         outs = chunk_fn(h)
     else:
-        n_chunks = -(-n_layers // chunk)
-        pad = n_chunks * chunk - n_layers
-        if pad:
-            h = jnp.concatenate([h, jnp.broadcast_to(h[-1:], (pad, b, n, d))], axis=0)
-        h = h.reshape((n_chunks, chunk, b, n, d))
-        outs = lax.map(chunk_fn, h)
-        outs = tuple(o.reshape((n_chunks * chunk,) + o.shape[2:])[:n_layers] for o in outs)
+        # Equal chunks; a last partial chunk is taken as the final `chunk` layers
+        # (overlapping the previous one) so that no padded copy of the stack is made.
+        n_full, rem = divmod(n_layers, chunk)
+        starts = [i * chunk for i in range(n_full)] + ([n_layers - chunk] if rem else [])
+        outs = lax.map(
+            lambda start: chunk_fn(lax.dynamic_slice_in_dim(h, start, chunk, axis=1)),
+            jnp.asarray(starts, jnp.int32),
+        )
+
+        def layers_of(o):
+            full = o[:n_full].reshape((n_full * chunk,) + o.shape[2:])
+            return jnp.concatenate([full, o[-1, chunk - rem :]], axis=0) if rem else full
+
+        outs = tuple(layers_of(o) for o in outs)
     ids, errs, scales, tw, tw_ml, cos_mean, cos_std, n_unique, lists = outs
     chi = overlap.overlap_from_lists(lists[:-1], lists[1:], valid)
 
