@@ -19,7 +19,7 @@ import sys
 
 from absl import app, flags
 
-from geom_jax import experiment
+from geom_jax import distributed, experiment
 
 FLAGS = flags.FLAGS
 experiment.define_flags()
@@ -29,8 +29,9 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     try:
+        distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
         experiment.run(experiment.RunSpec.from_flags(FLAGS))
-    except experiment.UserError as e:
+    except (experiment.UserError, distributed.DistributedError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
 

@@ -20,6 +20,7 @@ from absl import flags, logging
 from geom_jax import data, results
 
 METHODS = ("structured", "shuffled")
+PROBE_PREFIX = ".write-test-"
 
 
 class UserError(ValueError):
@@ -48,13 +49,26 @@ class RunSpec:
     dtype: str = "float32"
     param_dtype: str = "float32"
     layer_chunk: int | None = None
+    num_processes: int = 1
     # Not part of the results' definition:
     resume: bool = False
     streaming: bool = False
     checkpoint_every: int = 4
     progress: bool = True
+    mesh_shape: str = ""
+    fsdp: bool = False
+    params_checkpoint: str = ""
 
-    NON_DEFINING = ("output_dir", "resume", "streaming", "checkpoint_every", "progress")
+    NON_DEFINING = (
+        "output_dir",
+        "resume",
+        "streaming",
+        "checkpoint_every",
+        "progress",
+        "mesh_shape",
+        "fsdp",
+        "params_checkpoint",
+    )
 
     def defining(self) -> dict:
         d = dataclasses.asdict(self)
@@ -88,6 +102,10 @@ class RunSpec:
             streaming=f.streaming,
             checkpoint_every=f.checkpoint_every,
             progress=f.progress,
+            mesh_shape=f.mesh_shape or "",
+            fsdp=f.fsdp,
+            params_checkpoint=f.params_checkpoint or "",
+            num_processes=f.num_processes or 1,
         )
 
 
@@ -120,6 +138,16 @@ def define_flags() -> None:
     flags.DEFINE_bool("resume", False, "Continue the run checkpointed in --output_dir.")
     flags.DEFINE_integer("checkpoint_every", d.checkpoint_every, "Batches between checkpoints.")
     flags.DEFINE_bool("progress", d.progress, "Show a progress bar.")
+    flags.DEFINE_string(
+        "mesh_shape", "", "Device mesh 'DATA,MODEL' (default: every device on data)."
+    )
+    flags.DEFINE_bool("fsdp", False, "Also shard parameters' embed axis over data (FSDP).")
+    flags.DEFINE_string(
+        "params_checkpoint", "", "Orbax folder of converted parameters (written if missing)."
+    )
+    flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process).")
+    flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process).")
+    flags.DEFINE_integer("process_id", None, "This process's index (multi-process).")
     flags.mark_flag_as_required("output_dir")
 
 
@@ -162,7 +190,7 @@ def check_output_dir(spec: RunSpec) -> None:
     config_path = os.path.join(out, results.RUN_CONFIG_FILE)
     if os.path.exists(out) and not os.path.isdir(out):
         raise UserError(f"--output_dir={out!r} exists and is not a folder")
-    existing = os.path.isdir(out) and bool(os.listdir(out))
+    existing = os.path.isdir(out) and any(not f.startswith(PROBE_PREFIX) for f in os.listdir(out))
     if existing and not spec.resume:
         raise UserError(
             f"--output_dir={out!r} already holds files; pass --resume to continue that run, "
@@ -178,7 +206,7 @@ def check_output_dir(spec: RunSpec) -> None:
             )
     try:
         os.makedirs(out, exist_ok=True)
-        probe = os.path.join(out, ".write-test")
+        probe = os.path.join(out, f"{PROBE_PREFIX}{os.getpid()}")
         with open(probe, "w") as fh:
             fh.write("ok")
         os.unlink(probe)
@@ -247,16 +275,39 @@ def build_plan(spec: RunSpec, selection: data.PromptSelection):
     return plan, keys
 
 
+def _local_plan(plan, rows):
+    from geom_jax import sweep  # pylint: disable=g-import-not-at-top
+
+    return sweep.SweepPlan(
+        prompt_index=plan.prompt_index[rows],
+        shuffle_index=plan.shuffle_index[rows],
+        make_batch=lambda local: plan.make_batch(rows[local]),
+    )
+
+
 def run(spec: RunSpec) -> dict:
-    """Runs the experiment; returns the arrays written to ``results.npz``."""
+    """Runs the experiment; returns the arrays written to ``results.npz``.
+
+    In a multi-process run (``jax.distributed`` initialised), every process
+    calls this with the same spec; process 0 writes the merged results.
+    """
     import jax  # pylint: disable=g-import-not-at-top
     import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 
-    from geom_jax import models, pipeline, sweep  # pylint: disable=g-import-not-at-top
+    from geom_jax import (  # pylint: disable=g-import-not-at-top
+        distributed,
+        models,
+        pipeline,
+        sharding,
+        sweep,
+    )
 
     t_start = time.time()
     check_spec(spec)
     try:
+        mesh = sharding.make_mesh(sharding.parse_mesh_shape(spec.mesh_shape))
+        sharding.check_batch(mesh, spec.batch_size)
+        distributed.local_rows(0, spec.batch_size, 0, jax.process_count())
         models.resolve(spec.model)
         for m in spec.filter_models:
             models.resolve(m)
@@ -282,49 +333,76 @@ def run(spec: RunSpec) -> dict:
         len(plan),
     )
 
-    record_run_config(spec)
-    model, _ = models.load(
-        spec.model, dtype=jnp.dtype(spec.dtype), param_dtype=jnp.dtype(spec.param_dtype)
-    )
+    distributed.barrier("geom_jax:validated")
+    if jax.process_index() == 0:
+        record_run_config(spec)
+    try:
+        model, _ = models.load(
+            spec.model,
+            dtype=jnp.dtype(spec.dtype),
+            param_dtype=jnp.dtype(spec.param_dtype),
+            tokenizer=False,
+            mesh=mesh,
+            rules=models.axes.fsdp_rules() if spec.fsdp else None,
+            params_checkpoint=spec.params_checkpoint or None,
+        )
+    except ValueError as e:
+        raise UserError(str(e)) from None
     pipe = pipeline.GeometryPipeline(
-        model, range_max=spec.range_max, max_k=spec.max_k, layer_chunk=spec.layer_chunk
+        model,
+        range_max=spec.range_max,
+        max_k=spec.max_k,
+        layer_chunk=spec.layer_chunk,
+        mesh=mesh,
+    )
+    num_tokens = selection.token_ids.shape[1]
+    rows = distributed.local_rows(
+        len(plan), spec.batch_size, jax.process_index(), jax.process_count()
     )
     t_compute = time.time()
     store = sweep.run_sweep(
-        plan,
+        _local_plan(plan, rows),
         pipe,
-        batch_size=spec.batch_size,
+        batch_size=spec.batch_size // jax.process_count(),
         checkpoint_dir=os.path.join(out, sweep.CHECKPOINT_DIR),
         resume=spec.resume,
         checkpoint_every=spec.checkpoint_every,
-        progress=spec.progress,
+        progress=spec.progress and jax.process_index() == 0,
+        shapes=pipe.output_shapes(spec.batch_size, num_tokens),
+        to_host=pipe.to_host,
+        agree_on_start=distributed.agree_on_min,
     )
+    compute_time = time.time() - t_compute
     arrays = {
         "prompt_index": plan.prompt_index,
         "prompt_key": keys,
         "shuffle_index": plan.shuffle_index,
         "gride_n1": 2 ** np.arange(store.arrays["gride_ids"].shape[-1]),
-        **store.arrays,
+        **distributed.gather_rows(len(plan), rows, store.arrays),
     }
-    results.save_results(out, arrays)
-    results.write_json(
-        os.path.join(out, results.METADATA_FILE),
-        {
-            "model": spec.model,
-            "checkpoint": getattr(model.config, "checkpoint_id", None),
-            "model_config": dataclasses.asdict(model.config),
-            "dataset": source.describe(),
-            "flags": spec.defining(),
-            "num_rows": len(plan),
-            "versions": results.package_versions(),
-            "git_commit": results.git_commit(),
-            "device": str(jax.devices()[0].device_kind),
-            "backend": jax.default_backend(),
-            "num_devices": jax.device_count(),
-            "host": socket.gethostname(),
-            "wall_time_s": round(time.time() - t_start, 2),
-            "compute_time_s": round(time.time() - t_compute, 2),
-        },
-    )
-    logging.info("Wrote %s", os.path.join(out, results.RESULTS_FILE))
+    if jax.process_index() == 0:
+        results.save_results(out, arrays)
+        results.write_json(
+            os.path.join(out, results.METADATA_FILE),
+            {
+                "model": spec.model,
+                "checkpoint": model.config.checkpoint_id,
+                "model_config": dataclasses.asdict(model.config),
+                "dataset": source.describe(),
+                "flags": spec.defining(),
+                "mesh_shape": list(mesh.devices.shape),
+                "num_processes": jax.process_count(),
+                "num_rows": len(plan),
+                "versions": results.package_versions(),
+                "git_commit": results.git_commit(),
+                "device": str(jax.devices()[0].device_kind),
+                "backend": jax.default_backend(),
+                "num_devices": jax.device_count(),
+                "host": socket.gethostname(),
+                "wall_time_s": round(time.time() - t_start, 2),
+                "compute_time_s": round(compute_time, 2),
+            },
+        )
+        logging.info("Wrote %s", os.path.join(out, results.RESULTS_FILE))
+    distributed.barrier("geom_jax:written")
     return arrays

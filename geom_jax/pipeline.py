@@ -15,9 +15,12 @@ from typing import Any
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
 
-from geom_jax import metrics, models
+from geom_jax import metrics, models, sharding
 
 
 @flax.struct.dataclass
@@ -86,30 +89,45 @@ def geometry_step(
     input_ids: jax.Array,
     attention_mask: jax.Array,
     *,
+    mesh: Mesh,
     range_max: int,
     max_k: int,
     layer_chunk: int | None = None,
 ) -> PromptGeometry:
-    """Forward and metrics for a batch; pure, so it can be jitted or sharded."""
+    """Forward and metrics for a batch; pure, so it can be jitted.
+
+    The forward runs under GSPMD (parameters sharded as placed, batch over
+    ``data``); the metrics run under ``shard_map`` where the hidden states
+    live, one slice of the batch per device group.
+    """
     out = models.forward(graphdef, state, input_ids, attention_mask)
-    return geometry_from_hidden(
-        out.hidden_states,
-        out.token_nll,
-        attention_mask,
-        range_max=range_max,
-        max_k=max_k,
-        layer_chunk=layer_chunk,
+    axes = sharding.batch_axes(mesh, input_ids.shape[0])
+    reduce = jax.shard_map(
+        functools.partial(
+            geometry_from_hidden, range_max=range_max, max_k=max_k, layer_chunk=layer_chunk
+        ),
+        mesh=mesh,
+        in_specs=(P(None, axes), P(axes), P(axes)),
+        out_specs=P(axes),
+        check_vma=False,
     )
+    return reduce(out.hidden_states, out.token_nll, attention_mask)
 
 
 class GeometryPipeline:
-    """A model bound to the metric settings; call it on batches of token ids.
+    """A model bound to the metric settings and a device mesh.
 
     Example::
 
       model, tokenizer = geom_jax.models.load("smollm2-135m")
       pipe = GeometryPipeline(model, range_max=256, max_k=32)
-      geo = pipe(input_ids)          # PromptGeometry of device arrays
+      geo = pipe(input_ids)          # PromptGeometry of (global) jax.Arrays
+      rows = pipe.to_host(geo)       # this process's rows as NumPy arrays
+
+    With ``mesh`` (see :mod:`geom_jax.sharding`), parameters are placed by
+    their logical axis names (unless already sharded on it), batches are
+    split over ``data``, and in a multi-process run each process passes and
+    receives only its own rows.
     """
 
     def __init__(
@@ -119,25 +137,53 @@ class GeometryPipeline:
         range_max: int = 256,
         max_k: int = 32,
         layer_chunk: int | None = None,
+        mesh: Mesh | None = None,
+        rules=None,
     ):
         self.model = model
         self.range_max = range_max
         self.max_k = max_k
         self.layer_chunk = layer_chunk
-        self.graphdef, self.state = nnx.split(model)
+        self.mesh = mesh if mesh is not None else sharding.make_mesh((1, 1), jax.devices()[:1])
+        graphdef, state = nnx.split(model)
+        self.graphdef = graphdef
+        self.state = sharding.place_state(state, self.mesh, rules)
         self._step = jax.jit(
             functools.partial(
-                geometry_step, range_max=range_max, max_k=max_k, layer_chunk=layer_chunk
+                geometry_step,
+                graphdef,
+                mesh=self.mesh,
+                range_max=range_max,
+                max_k=max_k,
+                layer_chunk=layer_chunk,
             ),
-            static_argnums=0,
+            out_shardings=sharding.batch_sharding(self.mesh),
         )
 
-    def validate(self, num_tokens: int) -> None:
-        """Raises ValueError if prompts of ``num_tokens`` tokens are too short."""
+    def validate(self, num_tokens: int, batch_size: int) -> None:
+        """Raises ValueError if prompts of ``num_tokens`` tokens are too short
+        for the metrics or ``batch_size`` does not split over the mesh."""
         metrics.check_sizes(num_tokens, range_max=self.range_max, max_k=self.max_k)
+        sharding.check_batch(self.mesh, batch_size)
+
+    def output_shapes(self, batch_size: int, num_tokens: int) -> dict[str, jax.ShapeDtypeStruct]:
+        """Shapes of a global batch's results (without running it)."""
+        ids = jax.ShapeDtypeStruct(
+            (batch_size, num_tokens), jnp.int32, sharding=sharding.batch_sharding(self.mesh)
+        )
+        out = jax.eval_shape(self._step, self.state, ids, ids)
+        return {name: getattr(out, name) for name in RESULT_FIELDS}
 
     def __call__(self, input_ids, attention_mask=None) -> PromptGeometry:
-        input_ids = jnp.asarray(input_ids, jnp.int32)
+        """Runs this process's rows ``input_ids`` [b, T] (b = batch / processes)."""
+        input_ids = np.asarray(input_ids, np.int32)
         if attention_mask is None:
-            attention_mask = jnp.ones_like(input_ids)
-        return self._step(self.graphdef, self.state, input_ids, jnp.asarray(attention_mask))
+            attention_mask = np.ones_like(input_ids)
+        ids = sharding.to_global(self.mesh, input_ids)
+        mask = sharding.to_global(self.mesh, np.asarray(attention_mask, np.int32))
+        return self._step(self.state, ids, mask)
+
+    def to_host(self, geo: PromptGeometry) -> dict[str, np.ndarray]:
+        """This process's rows of a result, as a dict of NumPy arrays."""
+        host = sharding.to_host_local(self.mesh, geo)
+        return {name: getattr(host, name) for name in RESULT_FIELDS}

@@ -79,7 +79,15 @@ def _quiet_orbax(record) -> bool:
 
 
 class Checkpointer:
-    """Saves and restores a :class:`ResultStore` with orbax-checkpoint."""
+    """Saves and restores a :class:`ResultStore` with orbax-checkpoint.
+
+    In a multi-process run every process holds the rows it computed; the
+    checkpoint is one collective orbax save in which each process writes its
+    own rows as its shard of global arrays ``[processes * rows, ...]``, and
+    which orbax commits only once all processes have written. A kill of any
+    process therefore leaves the previous step as the latest complete one,
+    the same for everyone.
+    """
 
     def __init__(self, directory: str):
         import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
@@ -98,17 +106,48 @@ class Checkpointer:
         step = self.manager.latest_step()
         if step is None:
             return -1
-        template = store.state()
+        template = jax.tree.map(_abstract, _to_global(store.state()))
         restored = self.manager.restore(step, args=self._ocp.args.StandardRestore(template))
-        store.load_state({k: np.asarray(v) for k, v in restored.items()})
+        store.load_state({k: _to_local(v) for k, v in restored.items()})
         return step
 
     def save(self, step: int, store: ResultStore) -> None:
-        self.manager.save(step, args=self._ocp.args.StandardSave(store.state()))
+        self.manager.save(step, args=self._ocp.args.StandardSave(_to_global(store.state())))
 
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def _process_sharding():
+    """Sharding of a global array whose i-th block lives on process i."""
+    from jax.sharding import Mesh, NamedSharding  # pylint: disable=g-import-not-at-top
+    from jax.sharding import PartitionSpec as P  # pylint: disable=g-import-not-at-top
+
+    first = {}
+    for d in sorted(jax.devices(), key=lambda d: (d.process_index, d.id)):
+        first.setdefault(d.process_index, d)
+    mesh = Mesh(np.asarray([first[p] for p in sorted(first)]), ("processes",))
+    return NamedSharding(mesh, P("processes"))
+
+
+def _to_global(state: dict) -> dict:
+    if jax.process_count() == 1:
+        return state
+    sharding = _process_sharding()
+    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in state.items()}
+
+
+def _abstract(x):
+    if isinstance(x, jax.Array):
+        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
+    return x
+
+
+def _to_local(x) -> np.ndarray:
+    if jax.process_count() == 1 or not isinstance(x, jax.Array):
+        return np.asarray(x)
+    return np.asarray(x.addressable_shards[0].data)
 
 
 def _batches(todo: np.ndarray, batch_size: int) -> list[np.ndarray]:
@@ -128,29 +167,48 @@ def run_sweep(
     resume: bool,
     checkpoint_every: int = 4,
     progress: bool = True,
+    shapes: Mapping[str, jax.ShapeDtypeStruct] | None = None,
+    to_host: Callable = jax.device_get,
+    agree_on_start: Callable[[int], int] | None = None,
 ) -> ResultStore:
     """Runs ``step`` over every row of ``plan`` not already checkpointed.
 
     Args:
-      plan: the rows.
+      plan: the rows (of this process, in a multi-process run).
       step: (input_ids, attention_mask) -> a flax/chex dataclass or dict of
-        device arrays with leading axis batch_size.
-      batch_size: static batch size.
+        arrays with leading axis ``batch_size``, dispatched asynchronously.
+      batch_size: static batch size of ``step``.
       checkpoint_dir: orbax folder of this sweep.
       resume: continue from the latest checkpoint in ``checkpoint_dir``.
       checkpoint_every: save after this many batches.
       progress: show a tqdm bar with prompts/s and ETA.
+      shapes: per-field output shapes of ``step`` (leading axis the batch);
+        by default found with ``jax.eval_shape`` on the first batch.
+      to_host: copies a step's output to NumPy (this process's rows).
+      agree_on_start: in multi-process runs, maps the number of batches this
+        process has finished to the number every process resumes after (the
+        minimum), so that all processes run the same steps in lockstep.
 
     Returns:
       The filled result store.
     """
     if batch_size < 1:
         raise ValueError(f"--batch_size must be positive, got {batch_size}")
-    ids0, mask0 = plan.make_batch(_pad_rows(np.arange(min(1, len(plan))), batch_size))
-    shapes = _as_dict(jax.eval_shape(step, ids0, mask0))
+    if shapes is None:
+        ids0, mask0 = plan.make_batch(_pad_rows(np.arange(min(1, len(plan))), batch_size))
+        shapes = _as_dict(jax.eval_shape(step, ids0, mask0))
     store = ResultStore(len(plan), shapes)
     ckpt = Checkpointer(checkpoint_dir)
     start_step = ckpt.restore(store) if resume else -1
+    batches = _batches(np.arange(len(plan)), batch_size)
+    finished = next(
+        (i for i, rows in enumerate(batches) if not store.done[rows].all()), len(batches)
+    )
+    if agree_on_start is not None:
+        finished = agree_on_start(finished)
+    for rows in batches[finished:]:
+        store.done[rows] = False
+    batches = batches[finished:]
     if start_step >= 0:
         logging.info(
             "Resumed from checkpoint %d: %d of %d rows done",
@@ -158,8 +216,6 @@ def run_sweep(
             store.done.sum(),
             len(plan),
         )
-    todo = np.flatnonzero(~store.done)
-    batches = _batches(todo, batch_size)
     bar = _progress_bar(len(plan), int(store.done.sum()), progress)
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
     save_step = max(start_step, 0)
@@ -174,15 +230,15 @@ def run_sweep(
                 next_batch = pool.submit(plan.make_batch, _pad_rows(batches[i + 1], batch_size))
             out = step(ids, mask)
             if pending is not None:
-                _collect(store, *pending, bar)
+                _collect(store, *pending, bar, to_host)
             pending = (rows, out)
             if (i + 1) % checkpoint_every == 0:
-                _collect(store, *pending, bar)
+                _collect(store, *pending, bar, to_host)
                 pending = None
                 save_step += 1
                 ckpt.save(save_step, store)
         if pending is not None:
-            _collect(store, *pending, bar)
+            _collect(store, *pending, bar, to_host)
         if batches:
             ckpt.save(save_step + 1, store)
     finally:
@@ -198,8 +254,8 @@ def _as_dict(tree) -> dict:
     return {f.name: getattr(tree, f.name) for f in dataclasses.fields(tree)}
 
 
-def _collect(store: ResultStore, rows: np.ndarray, out, bar) -> None:
-    host = {k: np.asarray(v, np.float32) for k, v in jax.device_get(_as_dict(out)).items()}
+def _collect(store: ResultStore, rows: np.ndarray, out, bar, to_host) -> None:
+    host = {k: np.asarray(v, np.float32) for k, v in _as_dict(to_host(out)).items()}
     store.put(rows, host)
     bar.update(len(rows))
 

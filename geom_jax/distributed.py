@@ -1,0 +1,113 @@
+"""Multi-process sweeps on JAX's distributed runtime.
+
+Every process runs the same jitted step on a global mesh (SPMD, in lockstep)
+and supplies its own slice of each global batch: rows ``i * B + p * b ...
+i * B + (p + 1) * b - 1`` of global batch ``i`` for process ``p`` (``b = B /
+processes``). Each process writes its share of every checkpoint (one
+collective orbax save, see :class:`geom_jax.sweep.Checkpointer`, on a
+folder all processes share); at the end the shares are gathered with a
+collective and process 0 writes the merged results. On resume the processes
+agree on the last batch all of them finished, so the lockstep order, and
+hence every result, is unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import numpy as np
+from absl import logging
+
+
+class DistributedError(ValueError):
+    """Inconsistent multi-process flags."""
+
+
+AUTO_ENV = ("SLURM_JOB_ID", "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS")
+
+
+def initialize(
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+) -> bool:
+    """Starts ``jax.distributed`` from flags, or from the platform when it is a
+    SLURM job or a TPU pod; returns whether a multi-process runtime is up.
+
+    Must run before any other JAX call. CPU processes talk through gloo.
+    """
+    if coordinator_address:
+        if num_processes is None or process_id is None:
+            raise DistributedError(
+                "--coordinator_address needs --num_processes and --process_id as well"
+            )
+        if not 0 <= process_id < num_processes:
+            raise DistributedError(f"--process_id={process_id} is outside 0..{num_processes - 1}")
+        if "cpu" in os.environ.get("JAX_PLATFORMS", "cpu"):
+            jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(coordinator_address, num_processes, process_id)
+    elif any(os.environ.get(k) for k in AUTO_ENV):
+        jax.distributed.initialize()
+    else:
+        return False
+    logging.info(
+        "Process %d of %d, %d local of %d devices",
+        jax.process_index(),
+        jax.process_count(),
+        jax.local_device_count(),
+        jax.device_count(),
+    )
+    return jax.process_count() > 1
+
+
+def local_rows(num_rows: int, global_batch: int, process: int, num_processes: int) -> np.ndarray:
+    """Global row ids this process supplies, batch after batch.
+
+    Every process gets the same number of rows, ``ceil(num_rows / B) * b``;
+    slots past the end repeat the last row (their results are dropped).
+    """
+    if global_batch % num_processes:
+        raise ValueError(
+            f"--batch_size={global_batch} is not divisible by the {num_processes} processes"
+        )
+    b = global_batch // num_processes
+    num_batches = -(-num_rows // global_batch)
+    ids = (
+        np.arange(num_batches)[:, None] * global_batch + process * b + np.arange(b)[None, :]
+    ).reshape(-1)
+    return np.minimum(ids, num_rows - 1) if num_rows else ids[:0]
+
+
+def agree_on_min(value: int) -> int:
+    """The minimum of ``value`` over all processes."""
+    if jax.process_count() == 1:
+        return value
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
+    return int(np.min(multihost_utils.process_allgather(np.asarray([value], np.int64))))
+
+
+def gather_rows(num_rows: int, rows: np.ndarray, arrays: dict[str, np.ndarray]) -> dict:
+    """Merges every process's ``arrays`` (indexed by its global ``rows``)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
+        rows = np.asarray(multihost_utils.process_allgather(rows, tiled=True))
+        arrays = {
+            k: np.asarray(multihost_utils.process_allgather(v, tiled=True))
+            for k, v in arrays.items()
+        }
+    merged = {}
+    for name, value in arrays.items():
+        out = np.empty((num_rows, *value.shape[1:]), value.dtype)
+        out[rows] = value
+        merged[name] = out
+    return merged
+
+
+def barrier(name: str) -> None:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
+        multihost_utils.sync_global_devices(name)

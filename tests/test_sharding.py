@@ -1,0 +1,196 @@
+"""Sweeps on 8 simulated CPU devices and on two processes equal the 1-device run."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from tiny_model import write_tiny_llama
+
+from geom_jax import experiment, sharding
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "experiments", "token_geometry.py")
+COMMON = dict(
+    method="shuffled",
+    max_tokens=64,
+    max_shuffle=2,
+    num_prompts=5,
+    batch_size=8,
+    range_max=16,
+    max_k=8,
+)
+
+
+def _flags(model, out, **kw):
+    args = {**COMMON, **kw, "model": model, "output_dir": str(out)}
+    return [f"--{k}={v}" for k, v in args.items()] + ["--noprogress"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return write_tiny_llama(str(tmp_path_factory.mktemp("tiny") / "tiny-llama"))
+
+
+@pytest.fixture(scope="module")
+def reference(tiny, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ref") / "run"
+    return experiment.run(
+        experiment.RunSpec(output_dir=str(out), model=tiny, progress=False, **COMMON)
+    )
+
+
+def _env(**extra):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
+    env.update(extra)
+    return env
+
+
+def _assert_equal_runs(got, ref):
+    np.testing.assert_array_equal(got["prompt_index"], ref["prompt_index"])
+    np.testing.assert_array_equal(got["shuffle_index"], ref["shuffle_index"])
+    for k in ["gride_ids", "gride_scales", "twonn", "cos_mean", "cos_std", "loss"]:
+        np.testing.assert_allclose(got[k], ref[k], rtol=1e-4, atol=1e-6, err_msg=k)
+    np.testing.assert_allclose(got["token_nll"], ref["token_nll"], rtol=1e-4, atol=1e-5)
+    assert np.mean(np.abs(got["overlap"] - ref["overlap"])) <= 1e-3
+
+
+MESH_SCRIPT = r"""
+import json, os, sys
+from geom_jax import experiment
+model, root = sys.argv[1], sys.argv[2]
+common = json.loads(sys.argv[3])
+report = {}
+for shape in ["8,1", "4,2", "2,4"]:
+    out = os.path.join(root, shape.replace(",", "x"))
+    experiment.run(experiment.RunSpec(output_dir=out, model=model, mesh_shape=shape,
+                                      progress=False, **common))
+    report[shape] = out
+for shape, name in [("2,4", "smollm2-135m"), ("4,4", model), ("8,1", model)]:
+    kw = dict(common, batch_size=4) if shape == "8,1" else common
+    try:
+        experiment.run(experiment.RunSpec(output_dir=os.path.join(root, "bad" + shape[0]),
+                                          model=name, mesh_shape=shape, progress=False, **kw))
+        report["error " + shape] = None
+    except experiment.UserError as e:
+        report["error " + shape] = str(e)
+print("REPORT " + json.dumps(report))
+"""
+
+
+def test_meshes_on_eight_devices_equal_one_device(tiny, reference, tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-c", MESH_SCRIPT, tiny, str(tmp_path), json.dumps(COMMON)],
+        env=_env(XLA_FLAGS="--xla_force_host_platform_device_count=8"),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    report = json.loads(proc.stdout.split("REPORT ", 1)[1])
+    for shape in ["8,1", "4,2", "2,4"]:
+        got = dict(np.load(os.path.join(report[shape], "results.npz")))
+        meta = json.load(open(os.path.join(report[shape], "metadata.json")))
+        assert meta["mesh_shape"] == [int(x) for x in shape.split(",")] and meta["num_devices"] == 8
+        _assert_equal_runs(got, reference)
+    assert (
+        "num_heads=9 is not divisible by the 'model' mesh axis of size 4" in report["error 2,4"]
+        or "num_kv_heads=3 is not divisible by the 'model' mesh axis of size 4"
+        in report["error 2,4"]
+    )
+    assert "--mesh_shape=4,4 needs 16 devices, but 8 are available" in report["error 4,4"]
+    assert (
+        "--batch_size=4 is not divisible by the 'data' mesh axis of size 8" in report["error 8,1"]
+    )
+
+
+def test_parse_mesh_shape():
+    assert sharding.parse_mesh_shape("4,2") == (4, 2)
+    assert sharding.parse_mesh_shape("2x4") == (2, 4)
+    assert sharding.parse_mesh_shape("") is None
+    with pytest.raises(ValueError, match="expected two integers"):
+        sharding.parse_mesh_shape("a,b")
+    with pytest.raises(ValueError, match="two positive integers"):
+        sharding.parse_mesh_shape("8")
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _launch(tiny, out, port, extra=()):
+    procs = []
+    for pid in range(2):
+        args = _flags(tiny, out) + [
+            f"--coordinator_address=127.0.0.1:{port}",
+            "--num_processes=2",
+            f"--process_id={pid}",
+            *extra,
+        ]
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, SCRIPT, *args],
+                env=_env(),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
+    return procs
+
+
+def _finish(procs, timeout=600):
+    logs = [p.communicate(timeout=timeout)[0] for p in procs]
+    for p, log in zip(procs, logs):
+        assert p.returncode == 0, log[-5000:]
+    return logs
+
+
+def test_two_processes_split_and_merge(tiny, reference, tmp_path):
+    out = tmp_path / "run"
+    _finish(_launch(tiny, out, _free_port()))
+    got = dict(np.load(out / "results.npz"))
+    _assert_equal_runs(got, reference)
+    assert any(d.isdigit() for d in os.listdir(out / "checkpoints"))
+    assert json.load(open(out / "metadata.json"))["num_processes"] == 2
+
+
+def test_two_processes_kill_one_then_resume_both(tiny, reference, tmp_path):
+    out = tmp_path / "run"
+    extra = ["--checkpoint_every=1", "--num_prompts=12"]
+    procs = _launch(tiny, out, _free_port(), extra)
+    ckpt = out / "checkpoints"
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        steps = [int(d) for d in os.listdir(ckpt) if d.isdigit()] if ckpt.is_dir() else []
+        if steps and max(steps) >= 2:
+            break
+        assert all(p.poll() is None for p in procs), "a process ended before the kill"
+        time.sleep(0.02)
+    procs[1].send_signal(signal.SIGKILL)
+    procs[1].wait()
+    try:
+        procs[0].wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        procs[0].send_signal(signal.SIGKILL)
+        procs[0].wait()
+    assert not (out / "results.npz").exists()
+    logs = _finish(_launch(tiny, out, _free_port(), extra + ["--resume"]))
+    assert any("Resumed from checkpoint" in log for log in logs)
+    full = experiment.run(
+        experiment.RunSpec(
+            output_dir=str(tmp_path / "full"),
+            model=tiny,
+            progress=False,
+            **{**COMMON, "num_prompts": 12},
+        )
+    )
+    got = dict(np.load(out / "results.npz"))
+    _assert_equal_runs(got, full)
