@@ -6,6 +6,7 @@ and token ids, in the same run. The last line is the JAX/PyTorch ratio.
   python experiments/bench_forward.py --model=llama-3-8b --random_weights \
       --dtype=bfloat16 --param_dtype=bfloat16 --tokens=1024 --torch=false
 """
+
 from __future__ import annotations
 
 import os
@@ -19,20 +20,37 @@ flags.DEFINE_string("model", "smollm2-135m", "alias, directory, .gguf, Hub id, o
 flags.DEFINE_integer("batch_size", 1, "sequences per forward")
 flags.DEFINE_integer("tokens", 1024, "tokens per sequence")
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "activation dtype (both sides)")
-flags.DEFINE_enum("param_dtype", None, ["float32", "bfloat16"], "JAX parameter dtype (default: --dtype)")
+flags.DEFINE_enum(
+    "param_dtype", None, ["float32", "bfloat16"], "JAX parameter dtype (default: --dtype)"
+)
 flags.DEFINE_integer("repeats", 7, "timed forwards per side, interleaved (after one warm-up)")
 flags.DEFINE_bool("random_weights", False, "random parameters of the model's full-size preset")
 flags.DEFINE_bool("torch", True, "also time HF PyTorch (off for models too big for the host)")
-flags.DEFINE_integer("attn_block", None, "query block of the block-causal attention (default: library's)")
-flags.DEFINE_float("pause", 1.0, "seconds of idle before each timed forward (lets the other "
-                   "runtime's worker threads stop spinning)")
+flags.DEFINE_integer(
+    "attn_block", None, "query block of the block-causal attention (default: library's)"
+)
+flags.DEFINE_float(
+    "pause",
+    1.0,
+    "seconds of idle before each timed forward (lets the other "
+    "runtime's worker threads stop spinning)",
+)
 flags.DEFINE_float("peak_tflops", None, "peak FLOP/s of one device in TFLOP/s, for MFU")
 flags.DEFINE_integer("seed", 0, "seed of the token ids and random weights")
 
 # Dense bfloat16 peak of one chip, TFLOP/s (vendor datasheets).
-PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L4": 121.0,
-               "TPU v4": 275.0, "TPU v5 lite": 197.0, "TPU v5e": 197.0, "TPU v5p": 459.0,
-               "TPU v6 lite": 918.0, "TPU v6e": 918.0}
+PEAK_TFLOPS = {
+    "H100": 989.0,
+    "H200": 989.0,
+    "A100": 312.0,
+    "L4": 121.0,
+    "TPU v4": 275.0,
+    "TPU v5 lite": 197.0,
+    "TPU v5e": 197.0,
+    "TPU v5p": 459.0,
+    "TPU v6 lite": 918.0,
+    "TPU v6e": 918.0,
+}
 
 
 def _peak(device) -> float | None:
@@ -59,19 +77,28 @@ def main(argv):
     extra = {} if FLAGS.attn_block is None else {"attn_block": FLAGS.attn_block}
     t = time.perf_counter()
     if FLAGS.random_weights:
-        model = gm.init_random(gm.presets.get(FLAGS.model), seed=FLAGS.seed, dtype=dtype,
-                               param_dtype=param_dtype, **extra)
+        model = gm.init_random(
+            gm.presets.get(FLAGS.model),
+            seed=FLAGS.seed,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            **extra,
+        )
     else:
         model, _ = gm.load(FLAGS.model, dtype=dtype, param_dtype=param_dtype, **extra)
     jax.block_until_ready(nnx.state(model))
     cfg = model.config
-    print(f"model {FLAGS.model}: {cfg.family}, {cfg.num_layers} layers, d={cfg.hidden_size}, "
-          f"{cfg.num_params() / 1e6:.1f}M params, {'random' if FLAGS.random_weights else 'loaded'} "
-          f"in {time.perf_counter() - t:.1f} s")
+    print(
+        f"model {FLAGS.model}: {cfg.family}, {cfg.num_layers} layers, d={cfg.hidden_size}, "
+        f"{cfg.num_params() / 1e6:.1f}M params, {'random' if FLAGS.random_weights else 'loaded'} "
+        f"in {time.perf_counter() - t:.1f} s"
+    )
     device = jax.devices()[0]
-    print(f"jax {jax.__version__} on {device.device_kind} ({jax.device_count()} device(s)); "
-          f"dtype={dtype.name} param_dtype={param_dtype.name}; B={FLAGS.batch_size} T={FLAGS.tokens}; "
-          f"load average {os.getloadavg()[0]:.2f}")
+    print(
+        f"jax {jax.__version__} on {device.device_kind} ({jax.device_count()} device(s)); "
+        f"dtype={dtype.name} param_dtype={param_dtype.name}; B={FLAGS.batch_size} T={FLAGS.tokens}; "
+        f"load average {os.getloadavg()[0]:.2f}"
+    )
 
     rng = np.random.default_rng(FLAGS.seed)
     ids = rng.integers(0, cfg.vocab_size, (FLAGS.batch_size, FLAGS.tokens), dtype=np.int32)
@@ -94,13 +121,16 @@ def main(argv):
 
         t = time.perf_counter()
         if FLAGS.random_weights:
-            tmodel = tf.random_model(gm.presets.HF_CONFIGS[FLAGS.model.lower()], dtype=FLAGS.dtype,
-                                     seed=FLAGS.seed)
+            tmodel = tf.random_model(
+                gm.presets.HF_CONFIGS[FLAGS.model.lower()], dtype=FLAGS.dtype, seed=FLAGS.seed
+            )
         else:
             tmodel = tf.load_model(FLAGS.model, dtype=FLAGS.dtype)
-        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-              f"attn_implementation={tmodel.config._attn_implementation}; loaded in "
-              f"{time.perf_counter() - t:.1f} s")
+        print(
+            f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+            f"attn_implementation={tmodel.config._attn_implementation}; loaded in "
+            f"{time.perf_counter() - t:.1f} s"
+        )
         run_torch = lambda: tf.forward(tmodel, ids)
         run_torch()
 
@@ -119,16 +149,23 @@ def main(argv):
         if ts:
             med = statistics.median(ts)
             tps[side], best[side] = ntok / med, ntok / min(ts)
-            print(f"{side} forward: median {med:.3f} s, min {min(ts):.3f} s, {tps[side]:,.0f} tokens/s, "
-                  f"{flops / med / 1e9:,.1f} GFLOP/s" + (
-                      f", MFU {flops / med / peak:.1%} of {peak / 1e12:.0f} TFLOP/s"
-                      if peak and side == "JAX" else ""))
+            print(
+                f"{side} forward: median {med:.3f} s, min {min(ts):.3f} s, {tps[side]:,.0f} tokens/s, "
+                f"{flops / med / 1e9:,.1f} GFLOP/s"
+                + (
+                    f", MFU {flops / med / peak:.1%} of {peak / 1e12:.0f} TFLOP/s"
+                    if peak and side == "JAX"
+                    else ""
+                )
+            )
     print(f"load average after: {os.getloadavg()[0]:.2f}")
     if run_torch is None:
         print("PyTorch side skipped (--torch=false); no ratio")
         return
-    print(f"JAX/PyTorch throughput ratio: {tps['JAX'] / tps['PyTorch']:.2f} (medians; best-of-"
-          f"{FLAGS.repeats}: {best['JAX'] / best['PyTorch']:.2f})")
+    print(
+        f"JAX/PyTorch throughput ratio: {tps['JAX'] / tps['PyTorch']:.2f} (medians; best-of-"
+        f"{FLAGS.repeats}: {best['JAX'] / best['PyTorch']:.2f})"
+    )
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Hugging Face PyTorch forward with `output_hidden_states=True`: the
 reference the JAX ports are checked and benchmarked against (needs the
 `baseline` extra: torch, accelerate for GGUF)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -23,7 +24,8 @@ def _torch_dtype(dtype):
     import torch
 
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[
-        str(np.dtype(dtype)) if not isinstance(dtype, str) else dtype]
+        str(np.dtype(dtype)) if not isinstance(dtype, str) else dtype
+    ]
 
 
 def load_model(name_or_path: str, *, dtype="float32", revision: str | None = None):
@@ -55,7 +57,9 @@ def random_model(hf_config: dict, *, dtype="float32", seed: int = 0):
 
     from geom_jax.models.config import family_of
 
-    model_type = {"llama": "llama", "mistral": "mistral", "gpt_neox": "gpt_neox"}[family_of(hf_config)]
+    model_type = {"llama": "llama", "mistral": "mistral", "gpt_neox": "gpt_neox"}[
+        family_of(hf_config)
+    ]
     fields = {k: v for k, v in hf_config.items() if k != "architectures"}
     config = transformers.AutoConfig.for_model(model_type, **fields)
     torch.manual_seed(seed)
@@ -67,7 +71,11 @@ def forward(model, input_ids, attention_mask=None) -> TorchForwardOutput:
     import torch
 
     ids = torch.as_tensor(np.asarray(input_ids), dtype=torch.long)
-    mask = None if attention_mask is None else torch.as_tensor(np.asarray(attention_mask), dtype=torch.long)
+    mask = (
+        None
+        if attention_mask is None
+        else torch.as_tensor(np.asarray(attention_mask), dtype=torch.long)
+    )
     with torch.inference_mode():
         out = model(input_ids=ids, attention_mask=mask, labels=ids, output_hidden_states=True)
     return TorchForwardOutput(hidden_states=out.hidden_states, loss=out.loss, logits=out.logits)

@@ -5,6 +5,7 @@ run under `jax.lax.scan`, so compile time does not grow with depth; the scan
 emits each layer's input, which gives Hugging Face's `hidden_states` tuple in
 one pass.
 """
+
 from __future__ import annotations
 
 import functools
@@ -16,7 +17,15 @@ from flax import nnx, struct
 
 from . import axes as ax
 from .config import DecoderConfig
-from .layers import activation, apply_rope, attention, attention_bias, norm, query_blocks, rope_tables
+from .layers import (
+    activation,
+    apply_rope,
+    attention,
+    attention_bias,
+    norm,
+    query_blocks,
+    rope_tables,
+)
 
 DEFAULT_ATTN_BLOCK = 128
 NLL_CHUNK_ELEMENTS = 1 << 26  # logits elements per NLL chunk (256 MiB float32)
@@ -53,8 +62,14 @@ class Blocks(nnx.Module):
     """
 
     def __init__(self, cfg: DecoderConfig, rngs: nnx.Rngs, param_dtype):
-        L, D, H, KV, hd, F = (cfg.num_layers, cfg.hidden_size, cfg.num_heads,
-                              cfg.num_kv_heads, cfg.head_dim, cfg.intermediate_size)
+        L, D, H, KV, hd, F = (
+            cfg.num_layers,
+            cfg.hidden_size,
+            cfg.num_heads,
+            cfg.num_kv_heads,
+            cfg.head_dim,
+            cfg.intermediate_size,
+        )
         P = functools.partial(_param, rngs, dtype=param_dtype)
         layer_norm = cfg.norm == "layer"
         self.attn_norm_scale = P((L, D), (ax.LAYERS, ax.EMBED), kind="ones")
@@ -63,9 +78,19 @@ class Blocks(nnx.Module):
         self.wk = P((L, D, KV, hd), (ax.LAYERS, ax.EMBED, ax.KV_HEADS, ax.HEAD_DIM), kind="normal")
         self.wv = P((L, D, KV, hd), (ax.LAYERS, ax.EMBED, ax.KV_HEADS, ax.HEAD_DIM), kind="normal")
         qkv_bias = cfg.qkv_bias
-        self.bq = P((L, H, hd), (ax.LAYERS, ax.Q_HEADS, ax.HEAD_DIM), kind="zeros") if qkv_bias else None
-        self.bk = P((L, KV, hd), (ax.LAYERS, ax.KV_HEADS, ax.HEAD_DIM), kind="zeros") if qkv_bias else None
-        self.bv = P((L, KV, hd), (ax.LAYERS, ax.KV_HEADS, ax.HEAD_DIM), kind="zeros") if qkv_bias else None
+        self.bq = (
+            P((L, H, hd), (ax.LAYERS, ax.Q_HEADS, ax.HEAD_DIM), kind="zeros") if qkv_bias else None
+        )
+        self.bk = (
+            P((L, KV, hd), (ax.LAYERS, ax.KV_HEADS, ax.HEAD_DIM), kind="zeros")
+            if qkv_bias
+            else None
+        )
+        self.bv = (
+            P((L, KV, hd), (ax.LAYERS, ax.KV_HEADS, ax.HEAD_DIM), kind="zeros")
+            if qkv_bias
+            else None
+        )
         self.wo = P((L, H, hd, D), (ax.LAYERS, ax.Q_HEADS, ax.HEAD_DIM, ax.EMBED), kind="normal")
         self.bo = P((L, D), (ax.LAYERS, ax.EMBED), kind="zeros") if cfg.out_bias else None
         self.mlp_norm_scale = P((L, D), (ax.LAYERS, ax.EMBED), kind="ones")
@@ -90,7 +115,7 @@ def _self_attention(cfg: DecoderConfig, p, h, cos, sin, bias_blocks, blocks, dty
     q = _dense(h, p["wq"], p.get("bq"), "btd,dhk->bthk", dtype)
     k = _dense(h, p["wk"], p.get("bk"), "btd,dhk->bthk", dtype)
     v = _dense(h, p["wv"], p.get("bv"), "btd,dhk->bthk", dtype)
-    q = apply_rope(q, cos, sin, cfg.rotary_dim) * jnp.asarray(cfg.head_dim ** -0.5, dtype)
+    q = apply_rope(q, cos, sin, cfg.rotary_dim) * jnp.asarray(cfg.head_dim**-0.5, dtype)
     k = apply_rope(k, cos, sin, cfg.rotary_dim)
     o = attention(q, k, v, bias_blocks, blocks, cfg.num_kv_heads)
     return _dense(o, p["wo"], p.get("bo"), "bthk,hkd->btd", dtype)
@@ -137,7 +162,9 @@ def token_nll(h, vocab_rows, input_ids, attention_mask):
         hc, tc = args
         logits = jnp.einsum("btd,vd->btv", hc, w, preferred_element_type=jnp.float32)
         lse = jax.nn.logsumexp(logits, axis=-1)
-        tgt = jnp.einsum("btd,btd->bt", hc.astype(jnp.float32), jnp.take(w, tc, axis=0).astype(jnp.float32))
+        tgt = jnp.einsum(
+            "btd,btd->bt", hc.astype(jnp.float32), jnp.take(w, tc, axis=0).astype(jnp.float32)
+        )
         return lse - tgt
 
     nc = (n + pad) // chunk
@@ -162,8 +189,15 @@ class Decoder(nnx.Module):
     block-causal attention.
     """
 
-    def __init__(self, config: DecoderConfig, *, rngs: nnx.Rngs, dtype=jnp.float32,
-                 param_dtype=jnp.float32, attn_block: int = DEFAULT_ATTN_BLOCK):
+    def __init__(
+        self,
+        config: DecoderConfig,
+        *,
+        rngs: nnx.Rngs,
+        dtype=jnp.float32,
+        param_dtype=jnp.float32,
+        attn_block: int = DEFAULT_ATTN_BLOCK,
+    ):
         self.config = config
         self.dtype = jnp.dtype(dtype)
         self.param_dtype = jnp.dtype(param_dtype)
@@ -173,15 +207,22 @@ class Decoder(nnx.Module):
         self.embed = P((V, D), (ax.VOCAB, ax.EMBED), kind="normal")
         self.blocks = Blocks(config, rngs, param_dtype)
         self.final_norm_scale = P((D,), (ax.EMBED,), kind="ones")
-        self.final_norm_bias = P((D,), (ax.EMBED,), kind="zeros") if config.norm == "layer" else None
-        self.lm_head = None if config.tie_word_embeddings else P((V, D), (ax.VOCAB, ax.EMBED),
-                                                                  kind="normal")
+        self.final_norm_bias = (
+            P((D,), (ax.EMBED,), kind="zeros") if config.norm == "layer" else None
+        )
+        self.lm_head = (
+            None if config.tie_word_embeddings else P((V, D), (ax.VOCAB, ax.EMBED), kind="normal")
+        )
 
-    def __call__(self, input_ids, attention_mask=None, *, return_logits: bool = False) -> DecoderOutput:
+    def __call__(
+        self, input_ids, attention_mask=None, *, return_logits: bool = False
+    ) -> DecoderOutput:
         graphdef, state = nnx.split(self)
         return forward(graphdef, state, input_ids, attention_mask, return_logits=return_logits)
 
-    def apply(self, input_ids, attention_mask=None, *, return_logits: bool = False) -> DecoderOutput:
+    def apply(
+        self, input_ids, attention_mask=None, *, return_logits: bool = False
+    ) -> DecoderOutput:
         """The forward without its own jit, for use inside a caller's jit."""
         cfg, dtype = self.config, self.dtype
         input_ids = jnp.asarray(input_ids, jnp.int32)
@@ -195,56 +236,88 @@ class Decoder(nnx.Module):
         blocks = query_blocks(T, self.attn_block, cfg.sliding_window)
         bias = attention_bias(attention_mask, T, cfg.sliding_window)
         bias_blocks = [bias[:, qs:qe, ks:qe] for qs, qe, ks in blocks]
-        stacked = {k: v for k, v in nnx.to_pure_dict(nnx.state(self.blocks, nnx.Param)).items()
-                   if v is not None}
+        stacked = {
+            k: v
+            for k, v in nnx.to_pure_dict(nnx.state(self.blocks, nnx.Param)).items()
+            if v is not None
+        }
 
         def body(h, p):
             return layer_forward(cfg, p, h, cos, sin, bias_blocks, blocks, dtype), h
 
         last, inputs = jax.lax.scan(body, x, stacked)
-        final = norm(cfg, last, self.final_norm_scale[...],
-                     None if self.final_norm_bias is None else self.final_norm_bias[...])
+        final = norm(
+            cfg,
+            last,
+            self.final_norm_scale[...],
+            None if self.final_norm_bias is None else self.final_norm_bias[...],
+        )
         hidden_states = jnp.concatenate([inputs, final[None]], axis=0)
         vocab_rows = embed if self.lm_head is None else self.lm_head[...]
         logits = None
         if return_logits:
-            logits = jnp.einsum("btd,vd->btv", final, vocab_rows.astype(dtype),
-                                preferred_element_type=jnp.float32)
+            logits = jnp.einsum(
+                "btd,vd->btv", final, vocab_rows.astype(dtype), preferred_element_type=jnp.float32
+            )
         nll, valid = token_nll(final, vocab_rows, input_ids, attention_mask)
         loss = jnp.sum(nll) / jnp.maximum(jnp.sum(valid), 1)
         return DecoderOutput(hidden_states=hidden_states, token_nll=nll, loss=loss, logits=logits)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "return_logits"))
-def forward(graphdef, state, input_ids, attention_mask=None, *, return_logits: bool = False) -> DecoderOutput:
+def forward(
+    graphdef, state, input_ids, attention_mask=None, *, return_logits: bool = False
+) -> DecoderOutput:
     """Functional, jitted forward: `graphdef, state = nnx.split(model)`, then
     `forward(graphdef, state, input_ids, attention_mask)`; callable inside
     another jit (e.g. together with the metric kernels)."""
     return nnx.merge(graphdef, state).apply(input_ids, attention_mask, return_logits=return_logits)
 
 
-def abstract_decoder(config: DecoderConfig, *, dtype=jnp.float32, param_dtype=jnp.float32,
-                     attn_block: int = DEFAULT_ATTN_BLOCK) -> Decoder:
+def abstract_decoder(
+    config: DecoderConfig,
+    *,
+    dtype=jnp.float32,
+    param_dtype=jnp.float32,
+    attn_block: int = DEFAULT_ATTN_BLOCK,
+) -> Decoder:
     """A Decoder whose parameters are ShapeDtypeStructs (no memory), to be
     filled by a loader or by `init_random`."""
-    return nnx.eval_shape(lambda: Decoder(config, rngs=nnx.Rngs(0), dtype=dtype,
-                                          param_dtype=param_dtype, attn_block=attn_block))
+    return nnx.eval_shape(
+        lambda: Decoder(
+            config, rngs=nnx.Rngs(0), dtype=dtype, param_dtype=param_dtype, attn_block=attn_block
+        )
+    )
 
 
-def init_random(config: DecoderConfig, *, seed: int = 0, dtype=jnp.float32,
-                param_dtype=jnp.float32, attn_block: int = DEFAULT_ATTN_BLOCK) -> Decoder:
+def init_random(
+    config: DecoderConfig,
+    *,
+    seed: int = 0,
+    dtype=jnp.float32,
+    param_dtype=jnp.float32,
+    attn_block: int = DEFAULT_ATTN_BLOCK,
+) -> Decoder:
     """A Decoder with N(0, 0.02) weights generated on device inside jit, so
     an 8B-parameter bfloat16 model never exists in host float32."""
-    make = lambda: Decoder(config, rngs=nnx.Rngs(seed), dtype=dtype, param_dtype=param_dtype,
-                           attn_block=attn_block)
-    graphdef, _ = nnx.split(abstract_decoder(config, dtype=dtype, param_dtype=param_dtype,
-                                             attn_block=attn_block))
+    make = lambda: Decoder(
+        config, rngs=nnx.Rngs(seed), dtype=dtype, param_dtype=param_dtype, attn_block=attn_block
+    )
+    graphdef, _ = nnx.split(
+        abstract_decoder(config, dtype=dtype, param_dtype=param_dtype, attn_block=attn_block)
+    )
     state = jax.jit(lambda: nnx.split(make())[1])()
     return nnx.merge(graphdef, state)
 
 
-def with_params(config: DecoderConfig, params: dict[str, Any], *, dtype=jnp.float32,
-                param_dtype=jnp.float32, attn_block: int = DEFAULT_ATTN_BLOCK) -> Decoder:
+def with_params(
+    config: DecoderConfig,
+    params: dict[str, Any],
+    *,
+    dtype=jnp.float32,
+    param_dtype=jnp.float32,
+    attn_block: int = DEFAULT_ATTN_BLOCK,
+) -> Decoder:
     """A Decoder holding `params`, a nested dict shaped like
     `nnx.to_pure_dict(nnx.state(model))` (arrays already in param_dtype)."""
     model = abstract_decoder(config, dtype=dtype, param_dtype=param_dtype, attn_block=attn_block)

@@ -154,8 +154,12 @@ def attention(q, k, v, bias_blocks, blocks, num_kv_heads: int):
         s = s.reshape(B, KV, G, n, m) + bias[:, None, None]
         p = jnp.exp(s - jnp.max(s, axis=-1, keepdims=True))
         denom = jnp.sum(p, axis=-1, keepdims=True)
-        o = jnp.einsum("bkms,bksd->bkmd", p.reshape(B, KV, G * n, m).astype(v.dtype), vh[:, :, ks:qe],
-                       preferred_element_type=jnp.float32)
+        o = jnp.einsum(
+            "bkms,bksd->bkmd",
+            p.reshape(B, KV, G * n, m).astype(v.dtype),
+            vh[:, :, ks:qe],
+            preferred_element_type=jnp.float32,
+        )
         outs.append((o.reshape(B, KV, G, n, hd) / denom).astype(q.dtype))
     o = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=3)
     return o.transpose(0, 3, 1, 2, 4).reshape(B, T, H, hd)

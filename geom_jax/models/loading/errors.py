@@ -1,4 +1,5 @@
 """Exceptions raised by the loaders; each names what was not understood."""
+
 from ..config import UnsupportedArchitectureError
 
 
@@ -18,5 +19,10 @@ class MissingPackageError(ImportError):
     """An optional package that holds a model file is not installed."""
 
 
-__all__ = ["UnsupportedArchitectureError", "UnknownModelError", "UnsupportedQuantizationError",
-           "MissingTensorError", "MissingPackageError"]
+__all__ = [
+    "UnsupportedArchitectureError",
+    "UnknownModelError",
+    "UnsupportedQuantizationError",
+    "MissingTensorError",
+    "MissingPackageError",
+]

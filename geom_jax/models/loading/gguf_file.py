@@ -6,6 +6,7 @@ llama.cpp's converter permutes the rows of attn_q / attn_k within each head
 from HF's half-split rotary layout to interleaved pairs; `get` undoes it, as
 transformers' GGUF loader does.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -58,7 +59,8 @@ def dequantize(tensor) -> np.ndarray:
     if kind not in SUPPORTED_TYPES:
         raise UnsupportedQuantizationError(
             f"GGUF tensor {tensor.name!r} uses quantisation {kind}, which is not supported; "
-            f"supported: {', '.join(SUPPORTED_TYPES)}")
+            f"supported: {', '.join(SUPPORTED_TYPES)}"
+        )
     data = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
     shape = tuple(int(n) for n in reversed(tensor.shape))
     return np.asarray(data, np.float32).reshape(shape)
@@ -78,19 +80,27 @@ class GGUFFile:
         if self.arch != "llama":
             raise UnsupportedArchitectureError(
                 f"unsupported GGUF architecture {self.arch!r} in {self.path}; supported: 'llama' "
-                "(Llama, Mistral and SmolLM checkpoints)")
+                "(Llama, Mistral and SmolLM checkpoints)"
+            )
         self._tensors = {}
         for t in self.reader.tensors:
             self._tensors[self._hf_name(t.name)] = t
-        unsupported = sorted({t.tensor_type.name for t in self.reader.tensors
-                              if t.tensor_type.name not in SUPPORTED_TYPES})
+        unsupported = sorted(
+            {
+                t.tensor_type.name
+                for t in self.reader.tensors
+                if t.tensor_type.name not in SUPPORTED_TYPES
+            }
+        )
         if unsupported:
             raise UnsupportedQuantizationError(
                 f"{self.path} uses GGUF quantisation {', '.join(unsupported)}, which is not "
-                f"supported; supported: {', '.join(SUPPORTED_TYPES)}")
+                f"supported; supported: {', '.join(SUPPORTED_TYPES)}"
+            )
         if "rope_freqs.weight" in self._tensors:
             raise UnsupportedArchitectureError(
-                "GGUF rope_freqs (Llama 3.1 rope scaling stored as a tensor) is not supported")
+                "GGUF rope_freqs (Llama 3.1 rope scaling stored as a tensor) is not supported"
+            )
         self.hf_config = self._hf_config()
 
     @staticmethod
@@ -108,8 +118,10 @@ class GGUFFile:
         hidden = int(_field(r, f"{a}.embedding_length"))
         embed = self._tensors["model.embed_tokens.weight"]
         cfg = dict(
-            architectures=["LlamaForCausalLM"], model_type="llama",
-            vocab_size=int(embed.shape[-1]), hidden_size=hidden,
+            architectures=["LlamaForCausalLM"],
+            model_type="llama",
+            vocab_size=int(embed.shape[-1]),
+            hidden_size=hidden,
             intermediate_size=int(_field(r, f"{a}.feed_forward_length")),
             num_hidden_layers=int(_field(r, f"{a}.block_count")),
             num_attention_heads=heads,
@@ -125,8 +137,9 @@ class GGUFFile:
         if scaling not in (None, "none"):
             if scaling != "linear":
                 raise UnsupportedArchitectureError(f"unsupported GGUF rope scaling {scaling!r}")
-            cfg["rope_scaling"] = dict(rope_type="linear",
-                                       factor=float(_field(r, f"{a}.rope.scaling.factor")))
+            cfg["rope_scaling"] = dict(
+                rope_type="linear", factor=float(_field(r, f"{a}.rope.scaling.factor"))
+            )
         return cfg
 
     def names(self) -> list[str]:
