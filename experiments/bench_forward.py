@@ -15,6 +15,8 @@ import time
 
 from absl import app, flags
 
+from geom_jax import benchmarking
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "smollm2-135m", "alias, directory, .gguf, Hub id, or preset name")
 flags.DEFINE_integer("batch_size", 1, "sequences per forward")
@@ -38,29 +40,9 @@ flags.DEFINE_float(
 flags.DEFINE_float("peak_tflops", None, "peak FLOP/s of one device in TFLOP/s, for MFU")
 flags.DEFINE_integer("seed", 0, "seed of the token ids and random weights")
 
-# Dense bfloat16 peak of one chip, TFLOP/s (vendor datasheets).
-PEAK_TFLOPS = {
-    "H100": 989.0,
-    "H200": 989.0,
-    "A100": 312.0,
-    "L4": 121.0,
-    "TPU v4": 275.0,
-    "TPU v5 lite": 197.0,
-    "TPU v5e": 197.0,
-    "TPU v5p": 459.0,
-    "TPU v6 lite": 918.0,
-    "TPU v6e": 918.0,
-}
-
 
 def _peak(device) -> float | None:
-    if FLAGS.peak_tflops:
-        return FLAGS.peak_tflops * 1e12
-    kind = getattr(device, "device_kind", "")
-    for name, tf in PEAK_TFLOPS.items():
-        if name.lower() in kind.lower():
-            return tf * 1e12
-    return None
+    return benchmarking.peak_flops(device, FLAGS.peak_tflops)
 
 
 def main(argv):

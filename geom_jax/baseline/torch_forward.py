@@ -70,11 +70,11 @@ def forward(model, input_ids, attention_mask=None) -> TorchForwardOutput:
     """One forward under inference_mode with all hidden states and the loss."""
     import torch
 
-    ids = torch.as_tensor(np.asarray(input_ids), dtype=torch.long)
+    ids = torch.as_tensor(np.asarray(input_ids), dtype=torch.long, device=model.device)
     mask = (
         None
         if attention_mask is None
-        else torch.as_tensor(np.asarray(attention_mask), dtype=torch.long)
+        else torch.as_tensor(np.asarray(attention_mask), dtype=torch.long, device=model.device)
     )
     with torch.inference_mode():
         out = model(input_ids=ids, attention_mask=mask, labels=ids, output_hidden_states=True)
