@@ -78,7 +78,8 @@ def main(argv):
     device = jax.devices()[0]
     print(
         f"jax {jax.__version__} on {device.device_kind} ({jax.device_count()} device(s)); "
-        f"dtype={dtype.name} param_dtype={param_dtype.name}; B={FLAGS.batch_size} T={FLAGS.tokens}; "
+        f"dtype={dtype.name} param_dtype={param_dtype.name}; "
+        f"B={FLAGS.batch_size} T={FLAGS.tokens}; "
         f"load average {os.getloadavg()[0]:.2f}"
     )
 
@@ -132,7 +133,8 @@ def main(argv):
             med = statistics.median(ts)
             tps[side], best[side] = ntok / med, ntok / min(ts)
             print(
-                f"{side} forward: median {med:.3f} s, min {min(ts):.3f} s, {tps[side]:,.0f} tokens/s, "
+                f"{side} forward: median {med:.3f} s, min {min(ts):.3f} s, "
+                f"{tps[side]:,.0f} tokens/s, "
                 f"{flops / med / 1e9:,.1f} GFLOP/s"
                 + (
                     f", MFU {flops / med / peak:.1%} of {peak / 1e12:.0f} TFLOP/s"

@@ -133,7 +133,7 @@ def define_flags() -> None:
     )
     flags.DEFINE_enum("dtype", d.dtype, ["float32", "bfloat16"], "Activation dtype.")
     flags.DEFINE_enum("param_dtype", d.param_dtype, ["float32", "bfloat16"], "Parameter dtype.")
-    flags.DEFINE_integer("layer_chunk", 0, "Layers per metrics chunk (0 = all at once).")
+    flags.DEFINE_integer("layer_chunk", 0, "Layers per metrics chunk (0 = automatic).")
     flags.DEFINE_string("output_dir", None, "Folder for results.npz and metadata.json.")
     flags.DEFINE_bool("resume", False, "Continue the run checkpointed in --output_dir.")
     flags.DEFINE_integer("checkpoint_every", d.checkpoint_every, "Batches between checkpoints.")

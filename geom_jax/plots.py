@@ -87,7 +87,6 @@ def _figure(num_panels: int, height: float = 3.4):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-
     from matplotlib.ticker import MaxNLocator  # pylint: disable=g-import-not-at-top
 
     fig, axes = plt.subplots(
@@ -293,7 +292,8 @@ def _report_text(runs, folders, figures, scale) -> str:
             lines += [
                 "",
                 f"**Findings** (the {h['paired_prompts']} prompts run both structured and at "
-                f"s={top}). The mean peak GRIDE ID over layers is {100 * (h['peak_ratio'] - 1):+.1f}%"
+                f"s={top}). The mean peak GRIDE ID over layers is "
+                f"{100 * (h['peak_ratio'] - 1):+.1f}%"
                 f" higher at s={top} than structured ({pk[top]:.2f} vs {pk[0]:.2f}); the mean "
                 f"loss is {ls[top]:.3f} nats at s={top} vs {ls[0]:.3f} structured "
                 f"({'higher' if ls[top] > ls[0] else 'not higher'}).",

@@ -1,4 +1,5 @@
 """Shared test configuration: float32 everywhere, CPU only."""
+
 import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")

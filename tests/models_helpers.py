@@ -1,4 +1,5 @@
 """Shared helpers for the model tests: random HF checkpoints and comparisons."""
+
 from __future__ import annotations
 
 import numpy as np

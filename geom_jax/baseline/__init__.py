@@ -1,1 +1,4 @@
-"""Reference implementations of the paper's PyTorch/NumPy pipeline, for benchmarks and parity checks only (needs the `baseline` extra)."""
+"""Reference implementations of the paper's PyTorch / NumPy pipeline.
+
+For benchmarks and parity checks only (needs the ``baseline`` extra).
+"""

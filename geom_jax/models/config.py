@@ -9,7 +9,8 @@ single decoder with per-family configuration.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 FAMILIES = ("llama", "mistral", "gpt_neox")
 ARCHITECTURES = {
@@ -97,7 +98,7 @@ class DecoderConfig:
         """Query heads per KV head (grouped-query attention, Ainslie et al. 2023)."""
         return self.num_heads // self.num_kv_heads
 
-    def replace(self, **changes) -> "DecoderConfig":
+    def replace(self, **changes) -> DecoderConfig:
         return dataclasses.replace(self, **changes)
 
     def num_params(self) -> int:
