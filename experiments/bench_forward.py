@@ -103,12 +103,9 @@ def main(argv):
         from geom_jax.baseline import torch_forward as tf
 
         t = time.perf_counter()
-        if FLAGS.random_weights:
-            tmodel = tf.random_model(
-                gm.presets.HF_CONFIGS[FLAGS.model.lower()], dtype=FLAGS.dtype, seed=FLAGS.seed
-            )
-        else:
-            tmodel = tf.load_model(FLAGS.model, dtype=FLAGS.dtype)
+        tmodel = tf.model_for(
+            FLAGS.model, random_weights=FLAGS.random_weights, dtype=FLAGS.dtype, seed=FLAGS.seed
+        )
         print(
             f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
             f"attn_implementation={tmodel.config._attn_implementation}; loaded in "

@@ -108,21 +108,17 @@ def _jax_side(ids):
     return model, run, stages, compile_s
 
 
-def _torch_side(model_config):
+def _torch_side():
     import torch  # pylint: disable=g-import-not-at-top
     from sklearn.metrics.pairwise import cosine_similarity  # pylint: disable=g-import-not-at-top
 
-    from geom_jax import models  # pylint: disable=g-import-not-at-top
     from geom_jax.baseline import metrics_numpy  # pylint: disable=g-import-not-at-top
     from geom_jax.baseline import torch_forward as tf  # pylint: disable=g-import-not-at-top
 
     t = time.perf_counter()
-    if FLAGS.random_weights:
-        tmodel = tf.random_model(
-            models.presets.HF_CONFIGS[FLAGS.model.lower()], dtype=FLAGS.dtype, seed=FLAGS.seed
-        )
-    else:
-        tmodel = tf.load_model(FLAGS.model, dtype=FLAGS.dtype)
+    tmodel = tf.model_for(
+        FLAGS.model, random_weights=FLAGS.random_weights, dtype=FLAGS.dtype, seed=FLAGS.seed
+    )
     device = "cuda" if torch.cuda.is_available() else "cpu"
     tmodel = tmodel.to(device)
     print(
@@ -227,7 +223,7 @@ def main(argv):
     print(f"JAX compile + first step: {compile_s:.2f} s (excluded from the timings below)")
 
     n_torch = min(FLAGS.torch_prompts or len(ids), len(ids)) if FLAGS.torch else 0
-    run_torch = _torch_side(cfg) if n_torch else None
+    run_torch = _torch_side() if n_torch else None
     jax_time, jax_rows, torch_rows, torch_times, same_input = 0.0, [], [], [], []
     differing_lists, tie_only = 0, True
     reduce = jax.jit(

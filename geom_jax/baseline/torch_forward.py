@@ -66,6 +66,16 @@ def random_model(hf_config: dict, *, dtype="float32", seed: int = 0):
     return transformers.AutoModelForCausalLM.from_config(config, dtype=_torch_dtype(dtype)).eval()
 
 
+def model_for(name: str, *, random_weights: bool = False, dtype="float32", seed: int = 0):
+    """The HF model a benchmark compares against: `name` loaded, or with
+    `random_weights` the random-weight model of its embedded full-size preset."""
+    if random_weights:
+        from geom_jax.models import presets
+
+        return random_model(presets.HF_CONFIGS[name.lower()], dtype=dtype, seed=seed)
+    return load_model(name, dtype=dtype)
+
+
 def forward(model, input_ids, attention_mask=None) -> TorchForwardOutput:
     """One forward under inference_mode with all hidden states and the loss."""
     import torch
