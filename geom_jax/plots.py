@@ -300,11 +300,14 @@ def _report_text(runs, folders, figures, scale) -> str:
             ]
         r = h["pearson"]
         if not np.all(np.isnan(r)):
-            best = int(np.nanargmax(np.abs(r)))
+            best, top = int(np.nanargmax(np.abs(r))), int(np.nanargmax(r))
+            positive = int(np.sum(r > 0))
             lines += [
                 "",
-                f"Pearson r between GRIDE ID (n1={n1}) and loss across the structured prompts, "
-                f"per layer (strongest at layer {best + 1}: r = {r[best]:.3f}):",
+                f"Pearson r between GRIDE ID (n1={n1}) and loss across the "
+                f"{len(run.rows(0))} structured prompts, per layer: strongest at layer "
+                f"{best + 1} (r = {r[best]:.3f}); highest at layer {top + 1} (r = {r[top]:.3f}); "
+                f"positive (higher loss, higher ID) at {positive} of {len(r)} layers.",
                 "",
                 "| layer | " + " | ".join(str(i + 1) for i in range(len(r))) + " |",
                 "| --- |" + " --- |" * len(r),
