@@ -44,6 +44,12 @@ flags.DEFINE_integer("max_k", 32, "Neighbourhood-overlap max_k.")
 flags.DEFINE_bool("torch", True, "Run the PyTorch baseline.")
 flags.DEFINE_float("peak_tflops", None, "Peak TFLOP/s of one device, for the forward's MFU.")
 flags.DEFINE_integer("seed", 0, "Seed of random tokens and weights.")
+flags.DEFINE_float(
+    "pause",
+    1.0,
+    "Idle seconds before each timed step (untimed), so one runtime's spinning worker "
+    "threads do not slow the other.",
+)
 
 BASELINE_STAGES = ("forward", "distances", "cosine", "gride", "twonn", "overlap")
 
@@ -231,11 +237,13 @@ def main(argv):
     )
     for start in range(0, len(ids), FLAGS.batch_size):
         rows = ids[start : start + FLAGS.batch_size]
+        time.sleep(FLAGS.pause)
         t = time.perf_counter()
         out = run_jax(rows)
         jax_time += time.perf_counter() - t
         jax_rows += [{k: v[i] for k, v in out.items()} for i in range(len(rows))]
         for i in range(start, min(start + len(rows), n_torch)):
+            time.sleep(FLAGS.pause)
             geo, times, hidden = run_torch(ids[i])
             torch_rows.append(geo)
             torch_times.append(times)
@@ -243,6 +251,7 @@ def main(argv):
             if not np.array_equal(same_input[-1]["overlap"], geo["overlap"]):
                 n, ties = _neighbour_check(hidden[1:], FLAGS.max_k)
                 differing_lists, tie_only = differing_lists + n, tie_only and ties
+    time.sleep(FLAGS.pause)
     fwd, met = zip(*[jax_stages() for _ in range(3)])
     per = FLAGS.batch_size
     print(
