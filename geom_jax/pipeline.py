@@ -160,12 +160,6 @@ class GeometryPipeline:
             out_shardings=sharding.batch_sharding(self.mesh),
         )
 
-    def validate(self, num_tokens: int, batch_size: int) -> None:
-        """Raises ValueError if prompts of ``num_tokens`` tokens are too short
-        for the metrics or ``batch_size`` does not split over the mesh."""
-        metrics.check_sizes(num_tokens, range_max=self.range_max, max_k=self.max_k)
-        sharding.check_batch(self.mesh, batch_size)
-
     def output_shapes(self, batch_size: int, num_tokens: int) -> dict[str, jax.ShapeDtypeStruct]:
         """Shapes of a global batch's results (without running it)."""
         ids = jax.ShapeDtypeStruct(
