@@ -34,7 +34,7 @@ setup(
         "(intrinsic dimension, neighbourhood overlap, cosine similarity) "
         "inside large language models."
     ),
-    python_requires=">=3.10",
+    python_requires=">=3.11",
     packages=find_packages(include=["geom_jax", "geom_jax.*"]),
     install_requires=INSTALL_REQUIRES,
     extras_require={
