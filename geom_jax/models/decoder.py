@@ -29,6 +29,7 @@ from .layers import (
 
 DEFAULT_ATTN_BLOCK = 128
 NLL_CHUNK_ELEMENTS = 1 << 26  # logits elements per NLL chunk (256 MiB float32)
+NLL_VOCAB_PIECES = 8  # most vocabulary pieces per chunk (see token_nll)
 
 
 @struct.dataclass
@@ -143,10 +144,22 @@ def layer_forward(cfg: DecoderConfig, p, x, cos, sin, bias_blocks, blocks, dtype
     return _mlp(cfg, p, norm(cfg, x, p["mlp_norm_scale"], p.get("mlp_norm_bias")), dtype) + x
 
 
+def _vocab_pieces(vocab_size: int) -> int:
+    """The largest count <= NLL_VOCAB_PIECES that divides the vocabulary."""
+    return next(k for k in range(NLL_VOCAB_PIECES, 0, -1) if vocab_size % k == 0)
+
+
 def token_nll(h, vocab_rows, input_ids, attention_mask):
     """Next-token NLL [B, T-1] as logsumexp(logits) - target logit, in float32,
     over sequence chunks so the [B, T, V] logits are never all alive. The
-    target logit is h . W[target] (a row gather, not a [B, T, V] gather)."""
+    target logit is h . W[target] (a row gather, not a [B, T, V] gather).
+
+    Within a chunk the vocabulary is cut into `_vocab_pieces(V)` interleaved
+    pieces (rows j, j+k, j+2k, ...: a vocab-sharded W stays evenly sharded),
+    each its own matmul + logsumexp, combined by a logsumexp over pieces.
+    XLA:CPU runs the logsumexp reduction on one thread; as separate pieces it
+    overlaps the next piece's matmul and reads cache-sized logits
+    (SmolLM2, T=1024: 0.44 -> 0.31 s; BUILD_NOTES section 4)."""
     B, T, D = h.shape
     V = vocab_rows.shape[0]
     hs, targets = h[:, :-1], input_ids[:, 1:]
@@ -157,11 +170,20 @@ def token_nll(h, vocab_rows, input_ids, attention_mask):
         hs = jnp.pad(hs, ((0, 0), (0, pad), (0, 0)))
         targets = jnp.pad(targets, ((0, 0), (0, pad)))
     w = vocab_rows.astype(h.dtype)
+    k = _vocab_pieces(V)
 
     def one(args):
         hc, tc = args
-        logits = jnp.einsum("btd,vd->btv", hc, w, preferred_element_type=jnp.float32)
-        lse = jax.nn.logsumexp(logits, axis=-1)
+        # sliced here, not outside the lax.map body, so the pieces (together one
+        # copy of W) need not stay alive across sequence chunks
+        pieces = [w] if k == 1 else [w.reshape(V // k, k, D)[:, j] for j in range(k)]
+        lse = [
+            jax.nn.logsumexp(
+                jnp.einsum("btd,vd->btv", hc, wj, preferred_element_type=jnp.float32), axis=-1
+            )
+            for wj in pieces
+        ]
+        lse = lse[0] if k == 1 else jax.nn.logsumexp(jnp.stack(lse, axis=-1), axis=-1)
         tgt = jnp.einsum(
             "btd,btd->bt", hc.astype(jnp.float32), jnp.take(w, tc, axis=0).astype(jnp.float32)
         )
