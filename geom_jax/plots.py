@@ -181,25 +181,32 @@ def plot_id_vs_scale(runs: Sequence[Run], path: str) -> str:
 
 
 def plot_id_loss(runs: Sequence[Run], path: str, scale: int = 0) -> str:
-    fig, axes = _figure(2 * len(runs))
+    """Pearson r per layer, then ID-loss scatters at the layer of strongest |r|
+    and, where it differs, at the layer of highest (positive) r."""
+    fig, axes = _figure(3 * len(runs))
     for i, run in enumerate(runs):
         r = pearson_by_layer(run, scale)
-        ax = axes[2 * i]
+        ax = axes[3 * i]
         ax.plot(np.arange(1, len(r) + 1), r, "o-", ms=3)
         ax.axhline(0, color="grey", lw=0.8)
         ax.set(xlabel="layer", ylabel="Pearson r (ID, loss)", title=f"{run.label}: structured")
-        ax = axes[2 * i + 1]
         if np.all(np.isnan(r)):
-            ax.set_title("too few prompts for a correlation")
+            axes[3 * i + 1].set_title("too few prompts for a correlation")
+            axes[3 * i + 2].axis("off")
             continue
-        best = int(np.nanargmax(np.abs(r)))
+        layers = dict.fromkeys([int(np.nanargmax(np.abs(r))), int(np.nanargmax(r))])
         rows = run.rows(0)
-        ax.scatter(run.arrays["gride_ids"][rows, best, scale], run.arrays["loss"][rows], s=14)
-        ax.set(
-            xlabel=f"GRIDE ID at layer {best + 1}",
-            ylabel="loss (nats/token)",
-            title=f"layer {best + 1}: r = {r[best]:.2f}",
-        )
+        for j, ax in enumerate(axes[3 * i + 1 : 3 * i + 3]):
+            if j >= len(layers):
+                ax.axis("off")
+                continue
+            layer = list(layers)[j]
+            ax.scatter(run.arrays["gride_ids"][rows, layer, scale], run.arrays["loss"][rows], s=14)
+            ax.set(
+                xlabel=f"GRIDE ID at layer {layer + 1}",
+                ylabel="loss (nats/token)",
+                title=f"layer {layer + 1}: r = {r[layer]:.2f}",
+            )
     return _save(fig, path)
 
 
