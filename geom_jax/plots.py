@@ -28,8 +28,12 @@ class Run:
     label: str
     arrays: dict[str, np.ndarray]
 
-    def rows(self, shuffle_index: int) -> np.ndarray:
-        return np.flatnonzero(self.arrays["shuffle_index"] == shuffle_index)
+    def rows(self, shuffle_index: int, prompts: np.ndarray | None = None) -> np.ndarray:
+        """Row indices at ``shuffle_index``; only those of ``prompts`` if given."""
+        rows = np.flatnonzero(self.arrays["shuffle_index"] == shuffle_index)
+        if prompts is not None:
+            rows = rows[np.isin(self.arrays["prompt_index"][rows], prompts)]
+        return rows
 
     @property
     def levels(self) -> list[int]:
@@ -63,9 +67,9 @@ def load_runs(folders: Sequence[str]) -> list[Run]:
     return runs
 
 
-def peak_id(run: Run, shuffle_index: int, scale: int = 0) -> np.ndarray:
+def peak_id(run: Run, shuffle_index: int, scale: int = 0, prompts=None) -> np.ndarray:
     """[prompts] maximum over layers of the GRIDE ID at ``scale``."""
-    return np.nanmax(run.arrays["gride_ids"][run.rows(shuffle_index), :, scale], axis=1)
+    return np.nanmax(run.arrays["gride_ids"][run.rows(shuffle_index, prompts), :, scale], axis=1)
 
 
 def pearson_by_layer(run: Run, scale: int = 0) -> np.ndarray:
@@ -194,13 +198,13 @@ def plot_id_loss(runs: Sequence[Run], path: str, scale: int = 0) -> str:
             axes[3 * i + 1].set_title("too few prompts for a correlation")
             axes[3 * i + 2].axis("off")
             continue
-        layers = dict.fromkeys([int(np.nanargmax(np.abs(r))), int(np.nanargmax(r))])
+        layers = list(dict.fromkeys([int(np.nanargmax(np.abs(r))), int(np.nanargmax(r))]))
         rows = run.rows(0)
         for j, ax in enumerate(axes[3 * i + 1 : 3 * i + 3]):
             if j >= len(layers):
                 ax.axis("off")
                 continue
-            layer = list(layers)[j]
+            layer = layers[j]
             ax.scatter(run.arrays["gride_ids"][rows, layer, scale], run.arrays["loss"][rows], s=14)
             ax.set(
                 xlabel=f"GRIDE ID at layer {layer + 1}",
@@ -255,24 +259,13 @@ def headline(run: Run, scale: int = 0) -> dict:
         paired = np.intersect1d(
             run.arrays["prompt_index"][run.rows(0)], run.arrays["prompt_index"][run.rows(top)]
         )
-        peaks = {}
-        for s in (0, top):
-            rows = run.rows(s)
-            rows = rows[np.isin(run.arrays["prompt_index"][rows], paired)]
-            rows = rows[np.argsort(run.arrays["prompt_index"][rows], kind="stable")]
-            peaks[s] = np.nanmax(run.arrays["gride_ids"][rows, :, scale], axis=1)
         out["paired_prompts"] = len(paired)
-        out["paired_peak_id"] = {s: float(np.mean(v)) for s, v in peaks.items()}
+        out["paired_peak_id"] = {
+            s: float(np.mean(peak_id(run, s, scale, paired))) for s in (0, top)
+        }
         out["peak_ratio"] = out["paired_peak_id"][top] / out["paired_peak_id"][0]
         out["paired_loss"] = {
-            s: float(
-                np.mean(
-                    run.arrays["loss"][run.rows(s)][
-                        np.isin(run.arrays["prompt_index"][run.rows(s)], paired)
-                    ]
-                )
-            )
-            for s in (0, top)
+            s: float(np.mean(run.arrays["loss"][run.rows(s, paired)])) for s in (0, top)
         }
     return out
 
