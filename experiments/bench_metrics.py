@@ -122,10 +122,10 @@ def jax_stage_times(hidden, range_max, max_k, selection, repeats):
     valid = jnp.ones(x.shape[:-1], bool)
     n = x.shape[-2]
     ranks = intrinsic_dimension.gride_ranks(validation.n_scales(n, range_max))
-    n_cand = min(max_k + neighbors.REFINE_MARGIN, n - 1)
+    n_cand = neighbors.num_candidates(max_k, n)
 
     def gram_cos(x, v):
-        g, c, _ = distances.centred_gram(x, v)
+        g, c = distances.centred_gram(x, v)
         return g, cosine.cosine_stats_from_gram(x, v, g, c)
 
     stages = {}
@@ -148,7 +148,7 @@ def jax_stage_times(hidden, range_max, max_k, selection, repeats):
         keep,
     )
     high = [i for i, r in enumerate(ranks) if r > max_k]
-    run(
+    exact_near, _ = run(
         f"refinement ({n_cand} + {len(high)} pairs/token)",
         lambda x, a, b, v, k: (
             neighbors.refine_candidates(x, a, v),
@@ -160,7 +160,6 @@ def jax_stage_times(hidden, range_max, max_k, selection, repeats):
         valid,
         keep,
     )
-    exact_near = neighbors.refine_candidates(x, near, valid)
     sq, idx = run(
         f"re-ranking ({selection})",
         lambda e, c: neighbors.sort_candidates(e, c, max_k, selection),

@@ -98,3 +98,21 @@ def test_static_checks_still_run_under_jit():
     fn = jax.jit(lambda h: metrics.layer_geometry(h, range_max=8, max_k=80))
     with pytest.raises(ValueError, match=r"max_k=80"):
         fn(hidden())
+
+
+def test_non_boolean_mask_values_are_refused():
+    mask = np.ones(64, np.int32)
+    mask[5] = 2
+    stack = np.broadcast_to(mask, (2, 64))
+    with pytest.raises(ValueError, match=r"mask must be boolean \(or 0/1\)"):
+        metrics.layer_geometry(hidden(), stack, range_max=8, max_k=4)
+    for fn in (
+        lambda m: metrics.knn(hidden((64, 8)), 4, m),
+        lambda m: metrics.gride(hidden((64, 8)), 8, m),
+        lambda m: metrics.twonn(hidden((64, 8)), mask=m),
+        lambda m: metrics.cosine_similarity_stats(hidden((64, 8)), m),
+        lambda m: metrics.neighborhood_overlap(hidden((64, 8)), hidden((64, 8), 1), 4, m),
+    ):
+        with pytest.raises(ValueError, match=r"mask must be boolean \(or 0/1\)"):
+            fn(mask)
+        fn(np.minimum(mask, 1))  # 0/1 integers are accepted

@@ -52,7 +52,7 @@ def cosine_stats_from_gram(x, valid, gram, centre, include_diagonal=True):
 
 @functools.partial(jax.jit, static_argnames=("include_diagonal",))
 def _cosine_similarity_stats(x, valid, include_diagonal):
-    gram, centre, _ = distances.centred_gram(x, valid)
+    gram, centre = distances.centred_gram(x, valid)
     return cosine_stats_from_gram(x, valid, gram, centre, include_diagonal)
 
 
@@ -64,9 +64,5 @@ def cosine_similarity_stats(x, mask=None, include_diagonal=True):
     """
     x = validation.as_points(x, "x")
     mask = validation.as_mask(mask, x.shape[:-2], x.shape[-2])
-    min_valid = 1 if include_diagonal else 2
-    if mask is not None and validation.is_concrete(mask):
-        validation.check_counts(mask, "mask", min_valid=min_valid)
-    if validation.is_concrete(x, mask):
-        validation.check_finite(x, distances.valid_or_all(x, mask), "x")
+    validation.validate_points(x, mask, min_valid=1 if include_diagonal else 2)
     return _cosine_similarity_stats(x, distances.valid_or_all(x, mask), bool(include_diagonal))

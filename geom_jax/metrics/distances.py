@@ -22,14 +22,14 @@ def centred_gram(x, valid):
     Distances are translation invariant; centring removes the large common
     offset of LLM hidden states before the Gram trick, which would otherwise
     cancel catastrophically in |a|^2 + |b|^2 - 2 a.b. Invalid rows are zeroed.
-    Returns (gram [..., N, N], centre [..., D], centred points [..., N, D]).
+    Returns (gram [..., N, N], centre [..., D]).
     """
     x = jnp.where(valid[..., None], x, 0.0)
     count = jnp.maximum(jnp.sum(valid, axis=-1, keepdims=True), 1).astype(x.dtype)
     centre = jnp.sum(x, axis=-2) / count
     xc = jnp.where(valid[..., None], x - centre[..., None, :], 0.0)
     gram = jnp.einsum("...nd,...md->...nm", xc, xc, precision=HIGHEST)
-    return gram, centre, xc
+    return gram, centre
 
 
 def sq_distances_from_gram(gram):
@@ -43,7 +43,7 @@ def sq_distances_from_gram(gram):
 
 @jax.jit
 def _pairwise_distances(x):
-    gram, _, _ = centred_gram(x, jnp.ones(x.shape[:-1], dtype=bool))
+    gram, _ = centred_gram(x, jnp.ones(x.shape[:-1], dtype=bool))
     return jnp.sqrt(sq_distances_from_gram(gram))
 
 

@@ -66,17 +66,19 @@ def _clouds(x, valid, *, n_scales, max_k, discard_fraction, include_diagonal, me
     refined separately.
     """
     keep = unique.first_occurrence(x, valid)
-    gram, centre, _ = distances.centred_gram(x, valid)
+    gram, centre = distances.centred_gram(x, valid)
     cos_mean, cos_std = cosine.cosine_stats_from_gram(x, valid, gram, centre, include_diagonal)
-    n_cand = min(max_k + neighbors.REFINE_MARGIN, x.shape[-2] - 1)
     ranks = intrinsic_dimension.gride_ranks(n_scales)
     near, ranked = neighbors.select_neighbors(
-        gram, valid, keep, k_near=n_cand, ranks=ranks, method=method
+        gram,
+        valid,
+        keep,
+        k_near=neighbors.num_candidates(max_k, x.shape[-2]),
+        ranks=ranks,
+        method=method,
     )
     del gram
-    exact_near = neighbors.refine_candidates(x, near, valid)
-    sq, lists = neighbors.sort_candidates(exact_near, near, max_k, method)
-    lists = jnp.where(jnp.isfinite(sq), lists, -1)
+    sq, lists = neighbors.rerank_candidates(x, near, valid, max_k, method)
 
     low = [i for i, r in enumerate(ranks) if r <= max_k]
     high = [i for i, r in enumerate(ranks) if r > max_k]
@@ -211,10 +213,7 @@ def layer_geometry(
     Returns a LayerGeometry pytree of float32 arrays.
     """
     neighbors._check_method(selection)
-    if not 0.0 <= float(twonn_discard_fraction) < 1.0:
-        raise ValueError(
-            f"twonn_discard_fraction must be in [0, 1), got {twonn_discard_fraction!r}"
-        )
+    validation.check_discard_fraction(twonn_discard_fraction, "twonn_discard_fraction")
     if layer_chunk is not None and (not isinstance(layer_chunk, int) or layer_chunk < 1):
         raise ValueError(f"layer_chunk must be a positive integer or None, got {layer_chunk!r}")
     if validate:

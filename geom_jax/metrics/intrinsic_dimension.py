@@ -180,7 +180,7 @@ def unique_neighbor_distances(x, gram, keep, ranks, method):
 def _prepare(x, mask):
     valid = distances.valid_or_all(x, mask)
     keep = unique.first_occurrence(x, valid)
-    gram, _, _ = distances.centred_gram(x, keep)
+    gram, _ = distances.centred_gram(x, keep)
     return keep, gram
 
 
@@ -220,11 +220,13 @@ def twonn(x, discard_fraction=0.1, mask=None, *, selection="auto"):
     ratios (DADApy's default); 0.0: the maximum-likelihood form.
     """
     neighbors._check_method(selection)
-    if not 0.0 <= float(discard_fraction) < 1.0:
-        raise ValueError(f"discard_fraction must be in [0, 1), got {discard_fraction!r}")
+    validation.check_discard_fraction(discard_fraction)
     x = validation.as_points(x, "x")
     if x.shape[-2] < validation.MIN_VALID_POINTS:
-        raise ValueError(f"x: TwoNN needs N >= 3 points per cloud, got N = {x.shape[-2]}")
+        raise ValueError(
+            f"x: TwoNN needs N >= {validation.MIN_VALID_POINTS} points per cloud, "
+            f"got N = {x.shape[-2]}"
+        )
     mask = validation.as_mask(mask, x.shape[:-2], x.shape[-2])
     validation.validate_points(x, mask)
     return _twonn(x, mask, float(discard_fraction), selection)

@@ -388,25 +388,30 @@ def refine_candidates(x, idx, valid):
     return jnp.where(ok, exact, jnp.inf)
 
 
-def exact_knn(x, gram, valid, k, method="auto", margin=REFINE_MARGIN):
-    """k nearest valid neighbours with exact distances (internal, no checks).
+def num_candidates(k: int, n: int) -> int:
+    """Gram-selected candidates refined for k exact neighbours among n points."""
+    return min(k + REFINE_MARGIN, n - 1)
 
-    Selects k + margin candidates from the centred Gram matrix,
-    refines them on the raw points and re-ranks by (exact distance, index).
-    Returns squared distances and indices [..., N, k]; slots beyond the
-    available valid neighbours hold (+inf, -1).
-    """
-    n = x.shape[-2]
-    n_cand = min(k + margin, n - 1)
-    near, _ = select_neighbors(gram, valid, k_near=n_cand, method=method)
+
+def rerank_candidates(x, near, valid, k, method="auto"):
+    """Refines candidates near [..., N, K] on the raw points and keeps the k
+    nearest by (exact distance, index): squared distances and indices
+    [..., N, k], (+inf, -1) beyond the available valid neighbours."""
     sq, idx = sort_candidates(refine_candidates(x, near, valid), near, k, method)
-    idx = jnp.where(jnp.isfinite(sq), idx, -1)
-    return sq, idx
+    return sq, jnp.where(jnp.isfinite(sq), idx, -1)
+
+
+def exact_knn(x, gram, valid, k, method="auto"):
+    """k nearest valid neighbours with exact distances (internal, no checks):
+    `num_candidates` selected from the centred Gram matrix, then
+    `rerank_candidates`."""
+    near, _ = select_neighbors(gram, valid, k_near=num_candidates(k, x.shape[-2]), method=method)
+    return rerank_candidates(x, near, valid, k, method)
 
 
 @functools.partial(jax.jit, static_argnames=("k", "method"))
 def _knn(x, valid, k, method):
-    gram, _, _ = distances.centred_gram(x, valid)
+    gram, _ = distances.centred_gram(x, valid)
     sq, idx = exact_knn(x, gram, valid, k, method)
     return jnp.sqrt(sq), idx
 

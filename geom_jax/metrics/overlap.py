@@ -33,7 +33,7 @@ def overlap_from_lists(a, b, valid):
 
 def neighbor_lists(x, valid, max_k, method):
     """Exact max_k-nearest-neighbour index lists [..., N, max_k] (internal)."""
-    gram, _, _ = distances.centred_gram(x, valid)
+    gram, _ = distances.centred_gram(x, valid)
     _, idx = neighbors.exact_knn(x, gram, valid, max_k, method)
     return idx
 

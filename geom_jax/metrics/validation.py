@@ -18,18 +18,23 @@ def is_concrete(*arrays):
     return not any(isinstance(a, jax.core.Tracer) for a in arrays if a is not None)
 
 
-def as_points(x, name, min_rank=2):
-    """float32 array [..., N, D]; rejects wrong rank and non-float dtypes."""
+def check_points(x, name, min_rank=2, layout="[..., N, D] point clouds"):
+    """Rejects wrong rank and non-float dtypes without moving x to a device;
+    returns x (a NumPy array if it had no shape)."""
     if not hasattr(x, "shape"):
         x = np.asarray(x)
     if len(x.shape) < min_rank:
         raise ValueError(
-            f"{name} must have rank >= {min_rank} ([..., N, D] point clouds), "
-            f"got shape {tuple(x.shape)}"
+            f"{name} must have rank >= {min_rank} ({layout}), got shape {tuple(x.shape)}"
         )
     if not jnp.issubdtype(x.dtype, jnp.floating):
         raise ValueError(f"{name} must be a floating-point array, got dtype {x.dtype}")
-    return jnp.asarray(x, jnp.float32)
+    return x
+
+
+def as_points(x, name, min_rank=2):
+    """float32 array [..., N, D]; rejects wrong rank and non-float dtypes."""
+    return jnp.asarray(check_points(x, name, min_rank), jnp.float32)
 
 
 def as_mask(mask, batch_shape, n, name="mask"):
@@ -46,8 +51,10 @@ def as_mask(mask, batch_shape, n, name="mask"):
         raise ValueError(
             f"{name} of shape {tuple(mask.shape)} does not broadcast to {tuple(batch_shape) + (n,)}"
         ) from None
-    if mask.dtype != bool and not is_concrete(mask):
-        raise ValueError(f"{name} must be boolean, got dtype {mask.dtype}")
+    if mask.dtype != bool:
+        if not is_concrete(mask):
+            raise ValueError(f"{name} must be boolean, got dtype {mask.dtype}")
+        check_mask_dtype(mask, name)
     return jnp.broadcast_to(jnp.asarray(mask, bool), tuple(batch_shape) + (n,))
 
 
@@ -74,6 +81,11 @@ def check_max_k(n, max_k, name="max_k"):
         raise ValueError(f"{name} must be an integer >= 1, got {max_k!r}")
     if max_k > n - 1:
         raise ValueError(f"{name}={max_k} needs N >= {max_k + 1} points per cloud, got N = {n}")
+
+
+def check_discard_fraction(value, name="discard_fraction"):
+    if not 0.0 <= float(value) < 1.0:
+        raise ValueError(f"{name} must be in [0, 1), got {value!r}")
 
 
 def check_sizes(n, *, range_max=256, max_k=32):
@@ -141,14 +153,7 @@ def validate_hidden(hidden, mask=None, *, range_max=256, max_k=32):
     are concrete. Raises ValueError naming the argument and the offending
     prompt / layer. The pipeline can call this on host arrays before compute.
     """
-    if not hasattr(hidden, "shape"):
-        hidden = np.asarray(hidden)
-    if len(hidden.shape) < 3:
-        raise ValueError(
-            f"hidden must have rank >= 3 ([..., L, N, D]), got shape {tuple(hidden.shape)}"
-        )
-    if not jnp.issubdtype(hidden.dtype, jnp.floating):
-        raise ValueError(f"hidden must be a floating-point array, got dtype {hidden.dtype}")
+    hidden = check_points(hidden, "hidden", 3, "[..., L, N, D]")
     n = hidden.shape[-2]
     prompt_shape = tuple(hidden.shape[:-3])
     check_sizes(n, range_max=range_max, max_k=max_k)
@@ -168,11 +173,11 @@ def validate_hidden(hidden, mask=None, *, range_max=256, max_k=32):
         check_finite(hidden, valid[..., None, :], "hidden", kind="layer")
 
 
-def validate_points(x, mask, name="x", *, max_k=None):
-    """Value checks for the single-cloud functions (x [..., N, D], mask [..., N])."""
-    if mask is not None and is_concrete(mask):
-        check_mask_dtype(mask)
-        check_counts(np.broadcast_to(np.asarray(mask, bool), x.shape[:-1]), "mask", max_k=max_k)
+def validate_points(x, mask, name="x", *, max_k=None, min_valid=MIN_VALID_POINTS):
+    """Value checks for the single-cloud functions (x [..., N, D], mask [..., N]
+    from `as_mask`): valid-point counts, then finite values at valid points."""
+    valid = np.asarray(mask) if mask is not None and is_concrete(mask) else None
+    if valid is not None:
+        check_counts(valid, "mask", max_k=max_k, min_valid=min_valid)
     if is_concrete(x, mask):
-        valid = np.ones(x.shape[:-1], bool) if mask is None else np.asarray(mask, bool)
-        check_finite(x, valid, name)
+        check_finite(x, np.ones(x.shape[:-1], bool) if mask is None else valid, name)
