@@ -61,22 +61,27 @@ def initialize(
     return jax.process_count() > 1
 
 
+def check_batch(global_batch: int, num_processes: int) -> None:
+    """Each process supplies the same number of rows of every batch."""
+    if global_batch % num_processes:
+        raise ValueError(
+            f"--batch_size={global_batch} is not divisible by the {num_processes} processes"
+        )
+
+
 def local_rows(num_rows: int, global_batch: int, process: int, num_processes: int) -> np.ndarray:
     """Global row ids this process supplies, batch after batch.
 
     Every process gets the same number of rows, ``ceil(num_rows / B) * b``;
     slots past the end repeat the last row (their results are dropped).
     """
-    if global_batch % num_processes:
-        raise ValueError(
-            f"--batch_size={global_batch} is not divisible by the {num_processes} processes"
-        )
+    check_batch(global_batch, num_processes)
     b = global_batch // num_processes
     num_batches = -(-num_rows // global_batch)
     ids = (
         np.arange(num_batches)[:, None] * global_batch + process * b + np.arange(b)[None, :]
     ).reshape(-1)
-    return np.minimum(ids, num_rows - 1) if num_rows else ids[:0]
+    return np.minimum(ids, num_rows - 1)
 
 
 def agree_on_min(value: int) -> int:

@@ -79,34 +79,18 @@ class RunSpec:
 
     @classmethod
     def from_flags(cls, f) -> RunSpec:
-        return cls(
-            output_dir=f.output_dir,
-            model=f.model,
-            dataset=f.dataset,
-            text_field=f.text_field,
-            split=f.split,
-            method=f.method,
-            max_tokens=f.max_tokens,
-            max_shuffle=f.max_shuffle,
+        """The spec of parsed absl flags: every field has the flag of its name;
+        a few flags use 0 / empty / None for "not set"."""
+        kw = {field.name: getattr(f, field.name) for field in dataclasses.fields(cls)}
+        kw.update(
             num_prompts=f.num_prompts if f.num_prompts > 0 else None,
-            batch_size=f.batch_size,
-            range_max=f.range_max,
-            max_k=f.max_k,
-            seed=f.seed,
-            add_bos=f.add_bos,
             filter_models=tuple(f.filter_models or ()),
-            dtype=f.dtype,
-            param_dtype=f.param_dtype,
             layer_chunk=f.layer_chunk or None,
-            resume=f.resume,
-            streaming=f.streaming,
-            checkpoint_every=f.checkpoint_every,
-            progress=f.progress,
             mesh_shape=f.mesh_shape or "",
-            fsdp=f.fsdp,
             params_checkpoint=f.params_checkpoint or "",
             num_processes=f.num_processes or 1,
         )
+        return cls(**kw)
 
 
 def define_flags() -> None:
@@ -307,7 +291,7 @@ def run(spec: RunSpec) -> dict:
     try:
         mesh = sharding.make_mesh(sharding.parse_mesh_shape(spec.mesh_shape))
         sharding.check_batch(mesh, spec.batch_size)
-        distributed.local_rows(0, spec.batch_size, 0, jax.process_count())
+        distributed.check_batch(spec.batch_size, jax.process_count())
         models.resolve(spec.model)
         for m in spec.filter_models:
             models.resolve(m)
@@ -336,6 +320,7 @@ def run(spec: RunSpec) -> dict:
     distributed.barrier("geom_jax:validated")
     if jax.process_index() == 0:
         record_run_config(spec)
+    rules = models.fsdp_rules() if spec.fsdp else None
     try:
         model, _ = models.load(
             spec.model,
@@ -343,7 +328,7 @@ def run(spec: RunSpec) -> dict:
             param_dtype=jnp.dtype(spec.param_dtype),
             tokenizer=False,
             mesh=mesh,
-            rules=models.axes.fsdp_rules() if spec.fsdp else None,
+            rules=rules,
             params_checkpoint=spec.params_checkpoint or None,
         )
     except ValueError as e:
@@ -354,6 +339,7 @@ def run(spec: RunSpec) -> dict:
         max_k=spec.max_k,
         layer_chunk=spec.layer_chunk,
         mesh=mesh,
+        rules=rules,
     )
     num_tokens = selection.token_ids.shape[1]
     rows = distributed.local_rows(

@@ -140,10 +140,6 @@ class GeometryPipeline:
         mesh: Mesh | None = None,
         rules=None,
     ):
-        self.model = model
-        self.range_max = range_max
-        self.max_k = max_k
-        self.layer_chunk = layer_chunk
         self.mesh = mesh if mesh is not None else sharding.make_mesh((1, 1), jax.devices()[:1])
         graphdef, state = nnx.split(model)
         self.graphdef = graphdef

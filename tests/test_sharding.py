@@ -10,7 +10,6 @@ import time
 
 import numpy as np
 import pytest
-from tiny_model import write_tiny_llama
 
 from geom_jax import experiment, sharding
 
@@ -30,11 +29,6 @@ COMMON = dict(
 def _flags(model, out, **kw):
     args = {**COMMON, **kw, "model": model, "output_dir": str(out)}
     return [f"--{k}={v}" for k, v in args.items()] + ["--noprogress"]
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return write_tiny_llama(str(tmp_path_factory.mktemp("tiny") / "tiny-llama"))
 
 
 @pytest.fixture(scope="module")
@@ -62,15 +56,23 @@ def _assert_equal_runs(got, ref):
 
 MESH_SCRIPT = r"""
 import json, os, sys
-from geom_jax import experiment
+from flax import nnx
+from geom_jax import experiment, pipeline
 model, root = sys.argv[1], sys.argv[2]
 common = json.loads(sys.argv[3])
 report = {}
-for shape in ["8,1", "4,2", "2,4"]:
-    out = os.path.join(root, shape.replace(",", "x"))
-    experiment.run(experiment.RunSpec(output_dir=out, model=model, mesh_shape=shape,
+placed = pipeline.GeometryPipeline.__init__
+def record_placement(self, *args, **kwargs):
+    placed(self, *args, **kwargs)
+    report["w_gate spec"] = list(nnx.to_pure_dict(self.state)["blocks"]["w_gate"].sharding.spec)
+pipeline.GeometryPipeline.__init__ = record_placement
+for shape, fsdp in [("8,1", False), ("4,2", False), ("2,4", False), ("2,4", True)]:
+    key = shape + (" fsdp" if fsdp else "")
+    out = os.path.join(root, key.replace(",", "x").replace(" ", "_"))
+    experiment.run(experiment.RunSpec(output_dir=out, model=model, mesh_shape=shape, fsdp=fsdp,
                                       progress=False, **common))
-    report[shape] = out
+    report[key] = out
+    report["w_gate " + key] = report.pop("w_gate spec")
 for shape, name in [("2,4", "smollm2-135m"), ("4,4", model), ("8,1", model)]:
     kw = dict(common, batch_size=4) if shape == "8,1" else common
     try:
@@ -93,11 +95,15 @@ def test_meshes_on_eight_devices_equal_one_device(tiny, reference, tmp_path):
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     report = json.loads(proc.stdout.split("REPORT ", 1)[1])
-    for shape in ["8,1", "4,2", "2,4"]:
-        got = dict(np.load(os.path.join(report[shape], "results.npz")))
-        meta = json.load(open(os.path.join(report[shape], "metadata.json")))
-        assert meta["mesh_shape"] == [int(x) for x in shape.split(",")] and meta["num_devices"] == 8
+    for key in ["8,1", "4,2", "2,4", "2,4 fsdp"]:
+        got = dict(np.load(os.path.join(report[key], "results.npz")))
+        meta = json.load(open(os.path.join(report[key], "metadata.json")))
+        shape = [int(x) for x in key.split()[0].split(",")]
+        assert meta["mesh_shape"] == shape and meta["num_devices"] == 8
         _assert_equal_runs(got, reference)
+    # the pipeline keeps the loader's placement: --fsdp also shards the hidden dimension
+    assert report["w_gate 2,4"] == [None, None, "model"]
+    assert report["w_gate 2,4 fsdp"] == [None, "data", "model"]
     assert (
         "num_heads=9 is not divisible by the 'model' mesh axis of size 4" in report["error 2,4"]
         or "num_kv_heads=3 is not divisible by the 'model' mesh axis of size 4"
