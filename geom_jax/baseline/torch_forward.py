@@ -35,14 +35,11 @@ def load_model(name_or_path: str, *, dtype="float32", revision: str | None = Non
     import torch  # noqa: F401
     import transformers
 
-    from geom_jax.models.loading import hub
-    from geom_jax.models.loading.embedded import smollm2_gguf_path
+    from geom_jax.models.loading.load import resolve
 
-    name = hub.ALIASES.get(str(name_or_path).lower(), str(name_or_path))
-    if name == hub.EMBEDDED:
-        name = smollm2_gguf_path()
-    kwargs = dict(dtype=_torch_dtype(dtype))
-    if name.endswith(".gguf"):
+    where = resolve(name_or_path)
+    name, kwargs = where.location, dict(dtype=_torch_dtype(dtype))
+    if where.kind == "gguf":
         kwargs["gguf_file"] = os.path.basename(name)
         name = os.path.dirname(os.path.abspath(name))
     elif revision:
@@ -57,9 +54,7 @@ def random_model(hf_config: dict, *, dtype="float32", seed: int = 0):
 
     from geom_jax.models.config import family_of
 
-    model_type = {"llama": "llama", "mistral": "mistral", "gpt_neox": "gpt_neox"}[
-        family_of(hf_config)
-    ]
+    model_type = family_of(hf_config)
     fields = {k: v for k, v in hf_config.items() if k != "architectures"}
     config = transformers.AutoConfig.for_model(model_type, **fields)
     torch.manual_seed(seed)

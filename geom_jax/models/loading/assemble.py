@@ -15,6 +15,7 @@ from typing import Protocol
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import traverse_util
 
 from ..config import DecoderConfig
 from .errors import MissingTensorError
@@ -64,11 +65,6 @@ def load_params(
     cfg: DecoderConfig, source: TensorSource, param_dtype=jnp.float32, device=None
 ) -> dict:
     """Nested dict of device arrays, shaped like nnx.to_pure_dict(state)."""
-    params: dict = {}
-    for path, host in iter_params(cfg, source, param_dtype):
-        node = params
-        for key in path[:-1]:
-            node = node.setdefault(key, {})
-        node[path[-1]] = jax.device_put(host, device)
-        del host
-    return params
+    return traverse_util.unflatten_dict(
+        {path: jax.device_put(host, device) for path, host in iter_params(cfg, source, param_dtype)}
+    )

@@ -9,6 +9,7 @@ transformers' GGUF loader does.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
@@ -102,6 +103,7 @@ class GGUFFile:
                 "GGUF rope_freqs (Llama 3.1 rope scaling stored as a tensor) is not supported"
             )
         self.hf_config = self._hf_config()
+        self._sha256 = None
 
     @staticmethod
     def _hf_name(name: str) -> str:
@@ -163,8 +165,27 @@ class GGUFFile:
         return w
 
     def sha256(self) -> str:
-        h = hashlib.sha256()
-        with open(self.path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 22), b""):
-                h.update(block)
-        return h.hexdigest()
+        if self._sha256 is None:
+            h = hashlib.sha256()
+            with open(self.path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 22), b""):
+                    h.update(block)
+            self._sha256 = h.hexdigest()
+        return self._sha256
+
+
+@functools.lru_cache(maxsize=4)
+def _open_unchanged(path: str, size: int, mtime_ns: int) -> GGUFFile:
+    return GGUFFile(path)
+
+
+def open_gguf(path: str) -> GGUFFile:
+    """The GGUFFile of ``path``, parsed once per process while the file is
+    unchanged (parsing the metadata takes seconds; a run reads the tokenizer
+    and then the weights of the same file)."""
+    path = os.path.abspath(path)
+    try:
+        st = os.stat(path)
+    except OSError:
+        return GGUFFile(path)  # raises its FileNotFoundError
+    return _open_unchanged(path, st.st_size, st.st_mtime_ns)

@@ -20,7 +20,7 @@ from . import params_checkpoint as params_checkpoint_io
 from .assemble import load_params
 from .embedded import smollm2_gguf_path
 from .errors import UnknownModelError
-from .gguf_file import GGUFFile
+from .gguf_file import open_gguf
 from .opened import Opened, open_checkpoint
 from .sharded import load_sharded_params
 
@@ -155,7 +155,7 @@ def load_tokenizer(name_or_path: str, *, revision: str | None = None):
     its tokenizer files). Raises ValueError when the checkpoint has none."""
     where = resolve(name_or_path)
     if where.kind == "gguf":
-        source = GGUFFile(where.location)
+        source = open_gguf(where.location)
         return tok.from_gguf(source.reader, source.sha256())
     folder = (
         where.location

@@ -10,14 +10,13 @@ rest on demand.
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Callable
 
 from .. import tokenizer as tok
 from ..config import DecoderConfig, from_hf_config
 from . import hub
 from .assemble import TensorSource
-from .gguf_file import GGUFFile
+from .gguf_file import open_gguf
 from .safetensors_dir import SafetensorsDir
 
 
@@ -45,13 +44,12 @@ def _directory(path: str, name: str) -> Opened:
 
 
 def _gguf(path: str, name: str) -> Opened:
-    source = GGUFFile(path)
-    sha = functools.cache(source.sha256)
+    source = open_gguf(path)
     return Opened(
         config=from_hf_config(source.hf_config, name=name),
-        checkpoint_id=lambda: f"{source.path}#sha256:{sha()}",
+        checkpoint_id=lambda: f"{source.path}#sha256:{source.sha256()}",
         tensors=lambda: source,
-        tokenizer=lambda: tok.from_gguf(source.reader, sha()),
+        tokenizer=lambda: tok.from_gguf(source.reader, source.sha256()),
     )
 
 

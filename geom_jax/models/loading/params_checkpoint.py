@@ -21,7 +21,8 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import Sharding, SingleDeviceSharding
+from flax import traverse_util
+from jax.sharding import SingleDeviceSharding
 
 from ..config import DecoderConfig
 from ..partition import param_axes
@@ -105,14 +106,16 @@ def save(folder: str, params: dict, cfg: DecoderConfig, param_dtype) -> None:
 
 def _target(cfg: DecoderConfig, param_dtype, shardings: dict | None) -> dict:
     default = SingleDeviceSharding(jax.local_devices()[0])
-    tree: dict = {}
-    for path, p in param_axes(cfg).items():
-        sharding: Sharding = shardings[path] if shardings is not None else default
-        node = tree
-        for key in path[:-1]:
-            node = node.setdefault(key, {})
-        node[path[-1]] = jax.ShapeDtypeStruct(p.shape, jnp.dtype(param_dtype), sharding=sharding)
-    return tree
+    return traverse_util.unflatten_dict(
+        {
+            path: jax.ShapeDtypeStruct(
+                p.shape,
+                jnp.dtype(param_dtype),
+                sharding=shardings[path] if shardings is not None else default,
+            )
+            for path, p in param_axes(cfg).items()
+        }
+    )
 
 
 def restore(folder: str, cfg: DecoderConfig, param_dtype, shardings: dict | None = None) -> dict:

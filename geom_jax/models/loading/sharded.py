@@ -17,6 +17,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import traverse_util
 from jax.sharding import Sharding
 
 from ..config import DecoderConfig
@@ -89,10 +90,9 @@ def load_sharded_params(
     """Nested dict (as nnx.to_pure_dict) of arrays placed by `shardings`
     (path -> Sharding, e.g. `partition.param_shardings`)."""
     dtype = np.dtype(jnp.dtype(param_dtype))
-    params: dict = {}
-    for spec in param_specs(cfg):
-        node = params
-        for key in spec.path[:-1]:
-            node = node.setdefault(key, {})
-        node[spec.path[-1]] = sharded_param(cfg, source, spec, dtype, shardings[spec.path])
-    return params
+    return traverse_util.unflatten_dict(
+        {
+            spec.path: sharded_param(cfg, source, spec, dtype, shardings[spec.path])
+            for spec in param_specs(cfg)
+        }
+    )
