@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 from flax import nnx
 from jax.sharding import AxisType
-from tiny_model import write_tiny_llama
 
 import geom_jax.models as gm
 from geom_jax.models.loading import load_sharded_params, safetensors_dir
@@ -56,11 +55,6 @@ def _assert_same_forward(got, ref):
 
 def _spec(model, *path):
     return tuple(_flat(model)[path].get_value().sharding.spec)
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return write_tiny_llama(str(tmp_path_factory.mktemp("tiny") / "tiny-llama"))
 
 
 def _write_tiny_neox(path):

@@ -9,17 +9,11 @@ import time
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from tiny_model import write_tiny_llama
 
 from geom_jax import data, experiment, metrics, models, results
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "experiments", "token_geometry.py")
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return write_tiny_llama(str(tmp_path_factory.mktemp("tiny") / "tiny-llama"))
 
 
 def _spec(model, out, **kw):

@@ -24,11 +24,6 @@ from geom_jax.models.loading import layout as lay
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return write_tiny_llama(str(tmp_path_factory.mktemp("tiny") / "tiny-llama"))
-
-
 def _ranges(n):
     return [slice(a, b) for a in range(n) for b in range(a + 1, n + 1)] + [slice(None)]
 
