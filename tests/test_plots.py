@@ -43,7 +43,7 @@ def test_report_numbers_match_the_data(tmp_path):
     path = plots.make_report([str(tmp_path / "s"), str(tmp_path / "sh")], str(tmp_path / "rep"))
     text = open(path).read()
     (run,) = plots.load_runs([str(tmp_path / "s"), str(tmp_path / "sh")])
-    # Structured rows are pooled once: 6 from the structured folder, the shuffled run's s=0 dropped.
+    # Structured rows are pooled once: 8 from the structured folder, the shuffled run's s=0 dropped.
     assert len(run.rows(0)) == 8
     np.testing.assert_allclose(run.arrays["loss"][run.rows(0)], structured["loss"], rtol=0, atol=0)
     h = plots.headline(run)
