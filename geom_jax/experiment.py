@@ -287,6 +287,9 @@ def run(spec: RunSpec) -> dict:
     )
 
     t_start = time.time()
+    # The runtime's count, also when jax.distributed started from SLURM / a TPU
+    # pod without --num_processes, so --resume notices a changed process count.
+    spec = dataclasses.replace(spec, num_processes=jax.process_count())
     check_spec(spec)
     try:
         mesh = sharding.make_mesh(sharding.parse_mesh_shape(spec.mesh_shape))

@@ -1,5 +1,6 @@
 """token_geometry end to end on a tiny checkpoint: fused = separate, resume, bad input."""
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -114,6 +115,21 @@ def test_existing_output_dir_is_not_overwritten(tiny, tmp_path):
     ):
         experiment.run(_spec(tiny, out, num_prompts=2, method="structured", resume=True))
     assert (out / "results.npz").read_bytes() == before
+
+
+def test_recorded_process_count_is_the_runtimes(tiny, tmp_path):
+    """The run config holds jax.process_count(), not the flag (which is unset
+    when jax.distributed starts from SLURM or a TPU pod), so resuming under
+    another process count is refused."""
+    out = tmp_path / "run"
+    spec = _spec(tiny, out, num_prompts=1, method="structured", num_processes=4)
+    experiment.run(spec)
+    path = out / results.RUN_CONFIG_FILE
+    saved = results.read_json(str(path))
+    assert saved["num_processes"] == 1
+    results.write_json(str(path), dict(saved, num_processes=2))
+    with pytest.raises(experiment.UserError, match=r"--num_processes=2 \(now 1\)"):
+        experiment.run(dataclasses.replace(spec, resume=True))
 
 
 def _cli(args, **kw):
