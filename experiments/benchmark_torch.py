@@ -216,6 +216,10 @@ def main(argv):
 
     if FLAGS.num_prompts % FLAGS.batch_size:
         sys.exit(f"--num_prompts={FLAGS.num_prompts} is not a multiple of --batch_size")
+    try:
+        metrics.check_sizes(FLAGS.max_tokens, range_max=FLAGS.range_max, max_k=FLAGS.max_k)
+    except ValueError as e:
+        sys.exit(f"error: {e}")
     vocab = models.presets.get(FLAGS.model).vocab_size if FLAGS.random_weights else None
     ids = _prompts(FLAGS.model, vocab)
     model, run_jax, jax_stages, compile_s = _jax_side(ids)

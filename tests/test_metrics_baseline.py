@@ -38,3 +38,27 @@ def test_baseline_matches_oracle_and_jax():
     np.testing.assert_allclose(geo.twonn, out["twonn"], rtol=1e-4)
     np.testing.assert_allclose(geo.overlap, out["overlap"], atol=1e-6)
     np.testing.assert_allclose(geo.cos_mean, out["cos_mean"], atol=1e-5)
+
+
+def test_benchmark_refuses_sizes_before_loading_anything():
+    """--max_tokens too small for --range_max is a one-line flag error, not a
+    traceback after minutes of loading."""
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(root, "experiments", "benchmark_torch.py"),
+            "--max_tokens=256",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: range_max=256 with N = 256")
+    assert "Traceback" not in proc.stderr
