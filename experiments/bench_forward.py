@@ -41,10 +41,6 @@ flags.DEFINE_float("peak_tflops", None, "peak FLOP/s of one device in TFLOP/s, f
 flags.DEFINE_integer("seed", 0, "seed of the token ids and random weights")
 
 
-def _peak(device) -> float | None:
-    return benchmarking.peak_flops(device, FLAGS.peak_tflops)
-
-
 def main(argv):
     del argv
     import jax
@@ -93,7 +89,7 @@ def main(argv):
     run_jax = lambda: jax.block_until_ready(compiled(state, ids_dev))
     run_jax()
     ntok = FLAGS.batch_size * FLAGS.tokens
-    peak = _peak(device)
+    peak = benchmarking.peak_flops(device, FLAGS.peak_tflops)
     flops = cfg.flops_per_token(FLAGS.tokens) * ntok
 
     run_torch = None

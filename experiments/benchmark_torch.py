@@ -95,7 +95,7 @@ def _jax_side(ids):
     def run(rows):
         return pipe.to_host(pipe(rows))
 
-    forward = jax.jit(models.forward, static_argnums=0)
+    forward = models.forward  # jitted, graphdef static
     reduce = jax.jit(
         lambda h: metrics.layer_geometry(
             jnp.moveaxis(h, 0, 1)[:, 1:], range_max=FLAGS.range_max, max_k=FLAGS.max_k
@@ -215,7 +215,7 @@ def main(argv):
     from geom_jax import metrics, models  # pylint: disable=g-import-not-at-top
 
     if FLAGS.num_prompts % FLAGS.batch_size:
-        sys.exit(f"--num_prompts={FLAGS.num_prompts} is not a multiple of --batch_size")
+        sys.exit(f"error: --num_prompts={FLAGS.num_prompts} is not a multiple of --batch_size")
     try:
         metrics.check_sizes(FLAGS.max_tokens, range_max=FLAGS.range_max, max_k=FLAGS.max_k)
     except ValueError as e:

@@ -49,7 +49,6 @@ class RunSpec:
     dtype: str = "float32"
     param_dtype: str = "float32"
     layer_chunk: int | None = None
-    num_processes: int = 1
     # Not part of the results' definition:
     resume: bool = False
     streaming: bool = False
@@ -71,10 +70,16 @@ class RunSpec:
     )
 
     def defining(self) -> dict:
+        """The fields that define the results, plus the runtime's process count
+        (from jax, so also right when SLURM or a TPU pod started jax.distributed
+        without --num_processes): ``--resume`` refuses a change of either."""
+        import jax  # pylint: disable=g-import-not-at-top
+
         d = dataclasses.asdict(self)
         for k in self.NON_DEFINING:
             d.pop(k)
         d["filter_models"] = list(d["filter_models"])
+        d["num_processes"] = jax.process_count()
         return d
 
     @classmethod
@@ -88,7 +93,6 @@ class RunSpec:
             layer_chunk=f.layer_chunk or None,
             mesh_shape=f.mesh_shape or "",
             params_checkpoint=f.params_checkpoint or "",
-            num_processes=f.num_processes or 1,
         )
         return cls(**kw)
 
@@ -287,9 +291,6 @@ def run(spec: RunSpec) -> dict:
     )
 
     t_start = time.time()
-    # The runtime's count, also when jax.distributed started from SLURM / a TPU
-    # pod without --num_processes, so --resume notices a changed process count.
-    spec = dataclasses.replace(spec, num_processes=jax.process_count())
     check_spec(spec)
     try:
         mesh = sharding.make_mesh(sharding.parse_mesh_shape(spec.mesh_shape))

@@ -118,11 +118,11 @@ def test_existing_output_dir_is_not_overwritten(tiny, tmp_path):
 
 
 def test_recorded_process_count_is_the_runtimes(tiny, tmp_path):
-    """The run config holds jax.process_count(), not the flag (which is unset
-    when jax.distributed starts from SLURM or a TPU pod), so resuming under
-    another process count is refused."""
+    """The run config holds jax.process_count() (the --num_processes flag is
+    unset when jax.distributed starts from SLURM or a TPU pod), so resuming
+    under another process count is refused."""
     out = tmp_path / "run"
-    spec = _spec(tiny, out, num_prompts=1, method="structured", num_processes=4)
+    spec = _spec(tiny, out, num_prompts=1, method="structured")
     experiment.run(spec)
     path = out / results.RUN_CONFIG_FILE
     saved = results.read_json(str(path))
