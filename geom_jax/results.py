@@ -3,7 +3,8 @@
 ``np.load(os.path.join(output_dir, "results.npz"))`` gives every array of
 :data:`FIELDS`; ``metadata.json`` records what produced them. Files are
 written to a temporary name and renamed, so a killed run never leaves a
-half-written file.
+half-written file. ``results.npz.sha256`` holds its SHA-256: a damaged
+file is refused on load, and ``--resume`` rebuilds it from the checkpoints.
 """
 
 from __future__ import annotations
@@ -67,9 +68,16 @@ def read_json(path: str):
         return json.load(fh)
 
 
+class DamagedResultsError(ValueError):
+    """``results.npz`` does not match the hash recorded when it was written."""
+
+
 def save_results(output_dir: str, arrays: Mapping[str, np.ndarray]) -> str:
-    """Writes ``results.npz`` (uncompressed, one array per field) atomically."""
+    """Writes ``results.npz`` (uncompressed, one array per field) atomically,
+    then its SHA-256 (``results.npz.sha256``)."""
     import io  # pylint: disable=g-import-not-at-top
+
+    from geom_jax import checkpoint_integrity  # pylint: disable=g-import-not-at-top
 
     unknown = set(arrays) - set(FIELDS)
     if unknown:
@@ -78,15 +86,35 @@ def save_results(output_dir: str, arrays: Mapping[str, np.ndarray]) -> str:
     np.savez(buf, **{k: np.asarray(v) for k, v in arrays.items()})
     path = os.path.join(output_dir, RESULTS_FILE)
     atomic_write_bytes(path, buf.getvalue())
+    checkpoint_integrity.write_sidecar(path)
     atomic_write_bytes(os.path.join(output_dir, README_FILE), _readme(arrays).encode())
     return path
 
 
+def results_problem(output_dir: str) -> str | None:
+    """None when ``results.npz`` matches its recorded SHA-256, else what is wrong."""
+    from geom_jax import checkpoint_integrity  # pylint: disable=g-import-not-at-top
+
+    return checkpoint_integrity.sidecar_problem(os.path.join(output_dir, RESULTS_FILE))
+
+
 def load_results(output_dir: str) -> dict[str, np.ndarray]:
-    """All arrays of a finished run, plus its metadata under ``"metadata"``."""
+    """All arrays of a finished run, plus its metadata under ``"metadata"``.
+
+    Raises:
+      FileNotFoundError: no ``results.npz`` in ``output_dir``.
+      DamagedResultsError: the file does not match its ``results.npz.sha256``
+        (files of runs that predate the hash load unchecked).
+    """
+    from geom_jax import checkpoint_integrity  # pylint: disable=g-import-not-at-top
+
     path = os.path.join(output_dir, RESULTS_FILE)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no results here (has the run finished?)")
+    if os.path.isfile(path + checkpoint_integrity.SIDECAR_SUFFIX):
+        problem = results_problem(output_dir)
+        if problem:
+            raise DamagedResultsError(problem)
     with np.load(path) as z:
         out = {k: z[k] for k in z.files}
     meta_path = os.path.join(output_dir, METADATA_FILE)
