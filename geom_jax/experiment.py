@@ -417,7 +417,7 @@ def _run_locked(spec: RunSpec, mesh, config, t_start: float, space: _SpaceNeeded
 
     try:
         tokenizer = models.load_tokenizer(spec.model)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError) as e:
         raise UserError(str(e)) from None
     source, selection = select(spec, tokenizer)
     check_token_ids(selection.token_ids, config.vocab_size, spec.model)

@@ -26,7 +26,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from geom_jax import checkpoint_integrity
+from geom_jax import checkpoint_integrity, disk_space
 
 CHECKPOINT_DIR = "checkpoints"
 
@@ -81,7 +81,17 @@ class ResultStore:
 
 
 def _quiet_orbax(record) -> bool:
-    return record.levelno >= std_logging.WARNING or "orbax" not in record.pathname
+    """Drops orbax's info logs, and its tracebacks of a full disk (the run
+    reports that in one line)."""
+    if "orbax" not in record.pathname:
+        return True
+    if record.levelno < std_logging.WARNING:
+        return False
+    exc = record.exc_info[1] if record.exc_info else None
+    return not (
+        disk_space.is_disk_full(RuntimeError(record.getMessage()))
+        or (exc is not None and disk_space.is_disk_full(exc))
+    )
 
 
 class Checkpointer:
