@@ -49,6 +49,7 @@ class RunSpec:
     dtype: str = "float32"
     param_dtype: str = "float32"
     layer_chunk: int | None = None
+    duplicate_tolerance: float = 1e-5
     # Not part of the results' definition:
     resume: bool = False
     streaming: bool = False
@@ -122,6 +123,12 @@ def define_flags() -> None:
     flags.DEFINE_enum("dtype", d.dtype, ["float32", "bfloat16"], "Activation dtype.")
     flags.DEFINE_enum("param_dtype", d.param_dtype, ["float32", "bfloat16"], "Parameter dtype.")
     flags.DEFINE_integer("layer_chunk", 0, "Layers per metrics chunk (0 = automatic).")
+    flags.DEFINE_float(
+        "duplicate_tolerance",
+        d.duplicate_tolerance,
+        "Tokens closer than this times the cloud's RMS norm count as one for the ID "
+        "estimators (0 = exact duplicates only; ~1e-2 for bfloat16 activations).",
+    )
     flags.DEFINE_string("output_dir", None, "Folder for results.npz and metadata.json.")
     flags.DEFINE_bool("resume", False, "Continue the run checkpointed in --output_dir.")
     flags.DEFINE_integer("checkpoint_every", d.checkpoint_every, "Batches between checkpoints.")
@@ -163,6 +170,8 @@ def check_spec(spec: RunSpec) -> None:
         raise UserError(f"--max_shuffle must be >= 0, got {spec.max_shuffle}")
     if spec.seed < 0:
         raise UserError(f"--seed must be >= 0, got {spec.seed}")
+    if not 0 <= spec.duplicate_tolerance < 1:
+        raise UserError(f"--duplicate_tolerance must be in [0, 1), got {spec.duplicate_tolerance}")
     if spec.method == "shuffled":
         try:
             data.check_divisible(spec.max_tokens, spec.max_shuffle)
@@ -331,6 +340,34 @@ def check_free_space(out: str, needed: int, checkpoint_dir: str) -> None:
         raise UserError(disk_space.full_disk_message(out, needed))
 
 
+def degenerate_summary(status: np.ndarray) -> str | None:
+    """One line counting the rows and layers flagged in ``status`` [P, L], or None."""
+    from geom_jax import pipeline  # pylint: disable=g-import-not-at-top
+
+    parts = []
+    for flag, what in (
+        (pipeline.STATUS_NON_FINITE, "non-finite hidden states (all observables NaN)"),
+        (pipeline.STATUS_FEW_DISTINCT, "too few distinct tokens for some GRIDE scales (NaN)"),
+        (pipeline.STATUS_DUPLICATES, "tokens merged as (near-)duplicates"),
+    ):
+        hit = (status & flag) != 0
+        if hit.any():
+            parts.append(f"{int(hit.any(axis=1).sum())} rows ({int(hit.sum())} layers) with {what}")
+    if not parts:
+        return None
+    return f"degenerate clouds among {status.shape[0]} rows x {status.shape[1]} layers: " + (
+        "; ".join(parts) + " (results.npz 'status')"
+    )
+
+
+def report_degenerate(status: np.ndarray) -> None:
+    line = degenerate_summary(np.asarray(status, np.int32))
+    if line:
+        logging.warning("%s", line)
+    else:
+        logging.info("no degenerate clouds: every layer finite with enough distinct tokens")
+
+
 def _local_plan(plan, rows):
     from geom_jax import sweep  # pylint: disable=g-import-not-at-top
 
@@ -451,6 +488,7 @@ def _run_locked(spec: RunSpec, mesh, config, t_start: float, space: _SpaceNeeded
         layer_chunk=spec.layer_chunk,
         mesh=mesh,
         rules=rules,
+        duplicate_tolerance=spec.duplicate_tolerance,
     )
     num_tokens = selection.token_ids.shape[1]
     shapes = pipe.output_shapes(spec.batch_size, num_tokens)
@@ -482,7 +520,9 @@ def _run_locked(spec: RunSpec, mesh, config, t_start: float, space: _SpaceNeeded
         "gride_n1": 2 ** np.arange(store.arrays["gride_ids"].shape[-1]),
         **distributed.gather_rows(len(plan), rows, store.arrays),
     }
+    arrays = {k: np.asarray(v, results.DTYPES.get(k)) for k, v in arrays.items()}
     if jax.process_index() == 0:
+        report_degenerate(arrays["status"])
         results.save_results(out, arrays)
         results.write_json(
             os.path.join(out, results.METADATA_FILE),

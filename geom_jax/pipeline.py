@@ -34,6 +34,11 @@ class PromptGeometry:
       cos_mean, cos_std: [B, L+1] cosine-similarity statistics, embedding first.
       loss: [B] mean next-token negative log-likelihood of each prompt.
       token_nll: [B, T-1] per-token negative log-likelihood (0 on padding).
+      n_unique: [B, L] distinct tokens of each layer's cloud (near-duplicates
+        merged), the N of the ID estimators; 0 where the layer is not finite.
+      finite: [B, L] 1 where the layer's hidden states are all finite, else 0
+        (every observable of that layer is then NaN).
+      status: [B, L] bit flags, 0 for a healthy layer (see STATUS_FLAGS).
     """
 
     gride_ids: jax.Array
@@ -45,7 +50,19 @@ class PromptGeometry:
     cos_std: jax.Array
     loss: jax.Array
     token_nll: jax.Array
+    n_unique: jax.Array
+    finite: jax.Array
+    status: jax.Array
 
+
+STATUS_NON_FINITE = 1
+STATUS_FEW_DISTINCT = 2
+STATUS_DUPLICATES = 4
+STATUS_FLAGS = {
+    STATUS_NON_FINITE: "NaN or inf in the hidden states: every observable of the layer is NaN",
+    STATUS_FEW_DISTINCT: "fewer distinct tokens than the largest GRIDE scale needs: NaN there",
+    STATUS_DUPLICATES: "tokens merged as exact or near-duplicates for the ID estimators",
+}
 
 RESULT_FIELDS = tuple(f.name for f in PromptGeometry.__dataclass_fields__.values())
 
@@ -58,12 +75,18 @@ def geometry_from_hidden(
     range_max: int,
     max_k: int,
     layer_chunk: int | None = None,
+    duplicate_tolerance: float = metrics.DUPLICATE_TOLERANCE,
 ) -> PromptGeometry:
     """Reduces hidden states [L+1, B, T, D] and token NLL [B, T-1] per prompt."""
     hidden = jnp.moveaxis(hidden, 0, 1).astype(jnp.float32)
     mask = attention_mask.astype(bool)
     geo = metrics.layer_geometry(
-        hidden[:, 1:], mask, range_max=range_max, max_k=max_k, layer_chunk=layer_chunk
+        hidden[:, 1:],
+        mask,
+        range_max=range_max,
+        max_k=max_k,
+        layer_chunk=layer_chunk,
+        duplicate_tolerance=duplicate_tolerance,
     )
     emb_mean, emb_std = metrics.cosine_similarity_stats(hidden[:, 0], mask)
     target_mask = mask[:, 1:].astype(jnp.float32)
@@ -80,7 +103,20 @@ def geometry_from_hidden(
         cos_std=jnp.concatenate([emb_std[:, None], geo.cos_std], axis=1),
         loss=loss,
         token_nll=token_nll * target_mask,
+        n_unique=geo.n_unique,
+        finite=geo.finite.astype(jnp.int32),
+        status=layer_status(geo, mask),
     )
+
+
+def layer_status(geo, mask):
+    """Bit flags [B, L] (STATUS_FLAGS) of each prompt's layers."""
+    largest_n2 = 2 ** geo.gride_ids.shape[-1]
+    n_valid = jnp.sum(mask, axis=-1)[:, None]
+    flags = jnp.where(geo.finite, 0, STATUS_NON_FINITE)
+    flags |= jnp.where(geo.finite & (geo.n_unique - 1 < largest_n2), STATUS_FEW_DISTINCT, 0)
+    flags |= jnp.where(geo.finite & (geo.n_unique < n_valid), STATUS_DUPLICATES, 0)
+    return flags.astype(jnp.int32)
 
 
 def geometry_step(
@@ -93,6 +129,7 @@ def geometry_step(
     range_max: int,
     max_k: int,
     layer_chunk: int | None = None,
+    duplicate_tolerance: float = metrics.DUPLICATE_TOLERANCE,
 ) -> PromptGeometry:
     """Forward and metrics for a batch; pure, so it can be jitted.
 
@@ -104,7 +141,11 @@ def geometry_step(
     axes = sharding.batch_axes(mesh, input_ids.shape[0])
     reduce = jax.shard_map(
         functools.partial(
-            geometry_from_hidden, range_max=range_max, max_k=max_k, layer_chunk=layer_chunk
+            geometry_from_hidden,
+            range_max=range_max,
+            max_k=max_k,
+            layer_chunk=layer_chunk,
+            duplicate_tolerance=duplicate_tolerance,
         ),
         mesh=mesh,
         in_specs=(P(None, axes), P(axes), P(axes)),
@@ -112,6 +153,21 @@ def geometry_step(
         check_vma=False,
     )
     return reduce(out.hidden_states, out.token_nll, attention_mask)
+
+
+def check_token_ids(input_ids, vocab_size: int) -> np.ndarray:
+    """``input_ids`` as int32 after checking they are integers in [0, vocab_size)."""
+    ids = np.asarray(input_ids)
+    if ids.dtype.kind not in "iu":
+        raise ValueError(f"input_ids must be integer token ids, got dtype {ids.dtype}")
+    bad = (ids < 0) | (ids >= vocab_size)
+    if bad.any():
+        where = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(
+            f"input_ids{list(where)} = {int(ids[where])} is outside the model's vocabulary "
+            f"[0, {vocab_size})"
+        )
+    return ids.astype(np.int32)
 
 
 class GeometryPipeline:
@@ -139,7 +195,9 @@ class GeometryPipeline:
         layer_chunk: int | None = None,
         mesh: Mesh | None = None,
         rules=None,
+        duplicate_tolerance: float = metrics.DUPLICATE_TOLERANCE,
     ):
+        self.vocab_size = model.config.vocab_size
         self.mesh = mesh if mesh is not None else sharding.make_mesh((1, 1), jax.devices()[:1])
         graphdef, state = nnx.split(model)
         self.graphdef = graphdef
@@ -152,6 +210,7 @@ class GeometryPipeline:
                 range_max=range_max,
                 max_k=max_k,
                 layer_chunk=layer_chunk,
+                duplicate_tolerance=duplicate_tolerance,
             ),
             out_shardings=sharding.batch_sharding(self.mesh),
         )
@@ -165,8 +224,13 @@ class GeometryPipeline:
         return {name: getattr(out, name) for name in RESULT_FIELDS}
 
     def __call__(self, input_ids, attention_mask=None) -> PromptGeometry:
-        """Runs this process's rows ``input_ids`` [b, T] (b = batch / processes)."""
-        input_ids = np.asarray(input_ids, np.int32)
+        """Runs this process's rows ``input_ids`` [b, T] (b = batch / processes).
+
+        Raises:
+          ValueError: non-integer ids, or ids outside the model's vocabulary
+            (which the embedding lookup would turn into NaN hidden states).
+        """
+        input_ids = check_token_ids(input_ids, self.vocab_size)
         if attention_mask is None:
             attention_mask = np.ones_like(input_ids)
         ids = sharding.to_global(self.mesh, input_ids)

@@ -38,7 +38,17 @@ FIELDS = {
     "cos_std": "[P, L+1] its standard deviation over token pairs.",
     "loss": "[P] mean next-token negative log-likelihood (nats).",
     "token_nll": "[P, T-1] per-token negative log-likelihood (nats).",
+    "n_unique": "[P, L] distinct tokens of layer l's cloud (near-duplicates merged), the N of "
+    "the ID estimators; 0 where the layer is not finite.",
+    "finite": "[P, L] True where layer l's hidden states are finite (else all its observables "
+    "are NaN).",
+    "status": "[P, L] bit flags, 0 = healthy: 1 NaN/inf hidden states (all NaN), 2 fewer "
+    "distinct tokens than the largest GRIDE scale needs (NaN there), 4 tokens merged as "
+    "(near-)duplicates.",
 }
+
+DTYPES = {"n_unique": np.int32, "finite": bool, "status": np.int32}
+"""Fields stored as integers or booleans (computed as float32 like the rest)."""
 
 
 def atomic_write_bytes(path: str, data: bytes) -> None:
@@ -83,7 +93,7 @@ def save_results(output_dir: str, arrays: Mapping[str, np.ndarray]) -> str:
     if unknown:
         raise ValueError(f"save_results: undocumented fields {sorted(unknown)}")
     buf = io.BytesIO()
-    np.savez(buf, **{k: np.asarray(v) for k, v in arrays.items()})
+    np.savez(buf, **{k: np.asarray(v, DTYPES.get(k)) for k, v in arrays.items()})
     path = os.path.join(output_dir, RESULTS_FILE)
     atomic_write_bytes(path, buf.getvalue())
     checkpoint_integrity.write_sidecar(path)

@@ -274,6 +274,31 @@ def test_damaged_results_and_checkpoint_rebuilt_on_resume(tiny, tmp_path, caplog
     assert results.results_problem(str(out)) is None
 
 
+def test_prompt_of_one_repeated_token_is_reported_not_measured(tiny, tmp_path, caplog):
+    """Hidden states of a repeated token differ by rounding noise only: no ID
+    above 20 from noise; every ID is NaN or its layer is flagged; n_unique and
+    the status are saved, and the run prints a one-line summary."""
+    import logging
+
+    text = tmp_path / "repeated.txt"
+    text.write_text("a" * 400)  # 100 identical tokens "aaaa"
+    out = tmp_path / "run"
+    with caplog.at_level(logging.WARNING):
+        got = experiment.run(_spec(tiny, out, dataset=str(text), num_prompts=1))
+    saved = np.load(out / results.RESULTS_FILE)
+    assert saved["n_unique"].dtype == np.int32 and saved["status"].dtype == np.int32
+    assert (saved["n_unique"] <= 2).all() and saved["finite"].all()
+    ids = np.concatenate([saved["gride_ids"].reshape(-1), saved["twonn"].reshape(-1)])
+    assert not (ids > 20).any()
+    flagged = np.repeat(saved["status"][..., None] != 0, saved["gride_ids"].shape[-1], -1)
+    assert (np.isnan(saved["gride_ids"]) | flagged).all()
+    assert np.isnan(saved["twonn"]).all()
+    lines = [r.getMessage() for r in caplog.records if "degenerate clouds" in r.getMessage()]
+    assert len(lines) == 1 and "\n" not in lines[0]
+    assert lines[0].startswith("degenerate clouds among 1 rows x 3 layers: 1 rows (3 layers)")
+    np.testing.assert_array_equal(got["status"], saved["status"])
+
+
 def _cli(args):
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
     return subprocess.Popen(

@@ -9,6 +9,7 @@ from flax import struct
 from jax import lax
 
 from geom_jax.metrics import (
+    conditioning,
     cosine,
     distances,
     intrinsic_dimension,
@@ -28,7 +29,11 @@ class LayerGeometry:
     twonn_ml: [..., L] TwoNN maximum likelihood (N - 1) / sum log mu.
     overlap: [..., L-1, max_k], overlap[..., l, k-1] = chi_k(layer l, layer l+1).
     cos_mean, cos_std: [..., L] cosine-similarity statistics, diagonal included.
-    n_unique: [..., L] number of distinct valid tokens (the ID estimators' N).
+    n_unique: [..., L] number of distinct valid tokens (the ID estimators' N;
+      near-duplicates merged), 0 where the cloud is not finite.
+    finite: [..., L] False where the layer's hidden states hold a NaN or inf at
+      a valid token; every float output of that layer (and the overlaps that
+      involve it) is then NaN.
     """
 
     gride_ids: jax.Array
@@ -40,6 +45,7 @@ class LayerGeometry:
     cos_mean: jax.Array
     cos_std: jax.Array
     n_unique: jax.Array
+    finite: jax.Array
 
 
 CHUNK_GRAM_BYTES = 8 * 2**20
@@ -56,7 +62,9 @@ def auto_layer_chunk(n_layers, n_prompts, n_tokens):
     return -(-n_layers // n_chunks)
 
 
-def _clouds(x, valid, *, n_scales, max_k, discard_fraction, include_diagonal, method):
+def _clouds(
+    x, valid, *, n_scales, max_k, discard_fraction, include_diagonal, method, duplicate_tolerance
+):
     """Everything except the overlap for clouds x [C, N, D], valid [C, N].
 
     Neighbour ranks r <= max_k needed by GRIDE/TwoNN are read from the
@@ -67,6 +75,8 @@ def _clouds(x, valid, *, n_scales, max_k, discard_fraction, include_diagonal, me
     """
     keep = unique.first_occurrence(x, valid)
     gram, centre = distances.centred_gram(x, valid)
+    if duplicate_tolerance > 0:
+        keep = keep & ~unique.near_duplicates(x, valid, gram, duplicate_tolerance)
     cos_mean, cos_std = cosine.cosine_stats_from_gram(x, valid, gram, centre, include_diagonal)
     ranks = intrinsic_dimension.gride_ranks(n_scales)
     near, ranked = neighbors.select_neighbors(
@@ -108,6 +118,7 @@ def _clouds(x, valid, *, n_scales, max_k, discard_fraction, include_diagonal, me
         "twonn_discard_fraction",
         "include_diagonal",
         "selection",
+        "duplicate_tolerance",
     ),
 )
 def _layer_geometry(
@@ -120,6 +131,7 @@ def _layer_geometry(
     twonn_discard_fraction,
     include_diagonal,
     selection,
+    duplicate_tolerance,
 ):
     prompt_shape = hidden.shape[:-3]
     n_layers, n, d = hidden.shape[-3:]
@@ -135,6 +147,7 @@ def _layer_geometry(
         discard_fraction=twonn_discard_fraction,
         include_diagonal=include_diagonal,
         method=selection,
+        duplicate_tolerance=duplicate_tolerance,
     )
 
     def chunk_fn(layers):
@@ -142,7 +155,10 @@ def _layer_geometry(
         c = layers.shape[1]
         clouds = jnp.swapaxes(layers, 0, 1).reshape((c * b, n, d))
         vb = jnp.broadcast_to(valid, (c, b, n)).reshape((c * b, n))
-        return tuple(o.reshape((c, b) + o.shape[1:]) for o in cloud_fn(clouds, vb))
+        clouds, exponent, finite = conditioning.normalise(clouds, vb)
+        outs = list(cloud_fn(clouds, vb))
+        outs[2] = conditioning.restore_lengths(outs[2], exponent)  # gride_scales
+        return tuple(o.reshape((c, b) + o.shape[1:]) for o in (*outs, finite))
 
     chunk = (
         auto_layer_chunk(n_layers, b, n) if layer_chunk is None else min(int(layer_chunk), n_layers)
@@ -164,12 +180,15 @@ def _layer_geometry(
             return jnp.concatenate([full, o[-1, chunk - rem :]], axis=0) if rem else full
 
         outs = tuple(layers_of(o) for o in outs)
-    ids, errs, scales, tw, tw_ml, cos_mean, cos_std, n_unique, lists = outs
+    ids, errs, scales, tw, tw_ml, cos_mean, cos_std, n_unique, lists, finite = outs
     chi = overlap.overlap_from_lists(lists[:-1], lists[1:], valid)
 
-    def out(a):
+    def arrange(a):
         a = jnp.swapaxes(a, 0, 1)
         return a.reshape(prompt_shape + a.shape[1:])
+
+    def out(a, ok=finite):
+        return arrange(jnp.where(ok.reshape(ok.shape + (1,) * (a.ndim - 2)), a, jnp.nan))
 
     return LayerGeometry(
         gride_ids=out(ids),
@@ -177,10 +196,11 @@ def _layer_geometry(
         gride_scales=out(scales),
         twonn=out(tw),
         twonn_ml=out(tw_ml),
-        overlap=out(chi),
+        overlap=out(chi, finite[:-1] & finite[1:]),
         cos_mean=out(cos_mean),
         cos_std=out(cos_std),
-        n_unique=out(n_unique),
+        n_unique=arrange(jnp.where(finite, n_unique, 0)),
+        finite=arrange(finite),
     )
 
 
@@ -195,6 +215,7 @@ def layer_geometry(
     include_diagonal=True,
     selection="auto",
     validate=True,
+    duplicate_tolerance=unique.DUPLICATE_TOLERANCE,
 ):
     """GRIDE, TwoNN, neighbourhood overlap and cosine statistics for every layer.
 
@@ -210,6 +231,15 @@ def layer_geometry(
     (NumPy host selection on CPU, lax.top_k elsewhere), "host" or "xla".
     With validate (default) and concrete inputs, validate_hidden runs first;
     under an outer jit / shard_map only the static checks run.
+    Each cloud is rescaled by an exact power of two before any square is
+    taken (metrics/conditioning.py), so the results do not depend on its
+    scale (1e20 or 1e-30 times a cloud gives the same IDs) and ordinary
+    clouds give bit for bit the same numbers as without it. A cloud with a
+    NaN or inf at a valid token gets NaN for every output (finite = False),
+    also under jit. duplicate_tolerance: valid tokens closer than this times
+    the cloud's RMS norm to an earlier one count as duplicates for the ID
+    estimators (unique.near_duplicates; 0 keeps exact duplicates only);
+    GRIDE scales needing more distinct tokens than remain are NaN.
     Returns a LayerGeometry pytree of float32 arrays.
     """
     neighbors._check_method(selection)
@@ -217,7 +247,9 @@ def layer_geometry(
     if layer_chunk is not None and (not isinstance(layer_chunk, int) or layer_chunk < 1):
         raise ValueError(f"layer_chunk must be a positive integer or None, got {layer_chunk!r}")
     if validate:
-        validation.validate_hidden(hidden, mask, range_max=range_max, max_k=max_k)
+        validation.validate_hidden(
+            hidden, mask, range_max=range_max, max_k=max_k, allow_non_finite=True
+        )
     else:
         validation.check_sizes(hidden.shape[-2], range_max=range_max, max_k=max_k)
     hidden = validation.as_points(hidden, "hidden", min_rank=3)
@@ -232,4 +264,5 @@ def layer_geometry(
         twonn_discard_fraction=float(twonn_discard_fraction),
         include_diagonal=bool(include_diagonal),
         selection=selection,
+        duplicate_tolerance=float(duplicate_tolerance),
     )
