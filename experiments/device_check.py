@@ -133,7 +133,7 @@ class Settings:
     metric_layers: int = 33
     metric_dim: int = 4096
     metric_batches: tuple[int, ...] = (1, 4)
-    sweep_models: tuple[str, ...] = PAPER_MODELS
+    fused_models: tuple[str, ...] = PAPER_MODELS  # measured; the projection scales the rest
     repeats: int = 2
     # Seconds a stage needs at least: it is skipped when less of the budget is
     # left, and an earlier stage's searches leave the later stages' estimates.
@@ -157,8 +157,9 @@ def make_settings(quick: bool, max_batch: int = 256) -> Settings:
         range_max=16,
         max_k=8,
         tokens=64,
-        max_batch=min(max_batch, 4),
+        max_batch=min(max_batch, 2),
         fused_max_batch=2,
+        fused_models=("llama-3-8b", "pythia-6.9b"),
         metric_layers=5,
         metric_dim=64,
         metric_batches=(2,),
@@ -680,7 +681,7 @@ class DeviceCheck:
     def fused(self) -> dict:
         deadline = self.stage_deadline("fused")
         out, notes, first, need = {}, [], None, 0.0
-        for i, name in enumerate(self.s.sweep_models):
+        for i, name in enumerate(self.s.fused_models):
             if i and (first is None or deadline() < need):
                 notes.append(f"{name}: skipped (time budget); the projection scales it by FLOPs")
                 self.log(f"fused: {notes[-1]}")
@@ -717,10 +718,10 @@ class DeviceCheck:
         fused = self.report.get("fused", {}).get("models", {})
         forward = self.report.get("forward", {})
         metric = self.report.get("metrics", {})
-        ref_name = s.sweep_models[0]
+        ref_name = s.fused_models[0]
         ref = fused.get(ref_name, {})
         rows = {}
-        for name in s.sweep_models:
+        for name in PAPER_MODELS:
             flops = model_config(name, s).flops_per_token(s.tokens)
             own = fused.get(name, {})
             per_prompt, source = None, None
