@@ -44,6 +44,7 @@ import time  # noqa: E402
 import traceback  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 
+import flax  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
@@ -55,6 +56,7 @@ from geom_jax import benchmarking, metrics, models, pipeline, sharding  # noqa: 
 REPORT_JSON = "device_report.json"
 REPORT_MD = "device_report.md"
 STAGES = ("correctness", "forward", "metrics", "fused", "projection")
+COMPUTE_STAGES = STAGES[:-1]
 
 # The paper's sweep (Sec. 3): 2,244 Pile-10K prompts of 1024 tokens, each also
 # block-shuffled at s = 1..5 (6 levels with the original), on three models; the
@@ -110,6 +112,11 @@ def define_flags():
         "peak_tflops", None, "Peak TFLOP/s of one device for MFU (default: from its device kind)."
     )
     flags.DEFINE_integer("max_batch", 256, "Largest batch the batch searches try.")
+    flags.DEFINE_list(
+        "stages",
+        list(COMPUTE_STAGES),
+        "Stages to run (the projection always follows), e.g. a rerun of one after a fix.",
+    )
     flags.DEFINE_integer("seed", 0, "Seed of the token ids, weights and synthetic hidden states.")
 
 
@@ -407,8 +414,9 @@ def token_ids(rng, batch: int, tokens: int, vocab: int) -> np.ndarray:
 class DeviceCheck:
     """The stages, sharing the device, settings, budget and the report."""
 
-    def __init__(self, s: Settings, budget: Budget, *, seed=0, peak_tflops=None):
+    def __init__(self, s: Settings, budget: Budget, *, seed=0, peak_tflops=None, stages=None):
         self.s = s
+        self.stages = tuple(COMPUTE_STAGES if stages is None else stages)
         self.budget = budget
         self.seed = seed
         self.accel = jax.devices()[0]
@@ -425,7 +433,7 @@ class DeviceCheck:
         """Seconds left for a stage's searches: the budget left less the later
         stages' estimates."""
         later = STAGES[STAGES.index(stage) + 1 :]
-        reserve = sum(self.s.estimate(name) for name in later)
+        reserve = sum(self.s.estimate(name) for name in later if name in self.stages)
         return lambda: self.budget.remaining() - reserve
 
     def big_model(self, name: str) -> models.Decoder:
@@ -836,8 +844,12 @@ def markdown(report: dict) -> str:
     if r:
         lines.append(
             f"{r['model']}, T = {r['tokens']}: largest batch that fits {_fmt(r['batch'])}, "
-            f"{_fmt(r['tokens_per_s'], ',.0f')} tokens/s, MFU {_fmt(r['mfu'], '.1%')} of "
-            f"{_fmt(r['peak_tflops'], '.0f')} TFLOP/s. {r.get('note', '')}"
+            f"{_fmt(r['tokens_per_s'], ',.0f')} tokens/s, "
+            + (
+                f"MFU {r['mfu']:.1%} of {r['peak_tflops']:.0f} TFLOP/s."
+                if r.get("mfu") is not None
+                else r.get("note", "")
+            )
         )
         lines.extend(
             [
@@ -941,12 +953,17 @@ def run(
     peak_tflops: float | None = None,
     max_batch: int = 256,
     seed: int = 0,
+    stages=COMPUTE_STAGES,
     clock: Callable[[], float] = time.perf_counter,
 ) -> dict:
-    """Runs every stage within budget_s and writes the two report files; returns the report."""
+    """Runs the selected stages within budget_s, then the projection, and writes
+    the two report files; returns the report."""
+    unknown = [name for name in stages if name not in COMPUTE_STAGES]
+    if unknown:
+        raise ValueError(f"stages: unknown {unknown}; choose from {', '.join(COMPUTE_STAGES)}")
     budget = Budget(budget_s, clock)
     s = make_settings(quick, max_batch)
-    check = DeviceCheck(s, budget, seed=seed, peak_tflops=peak_tflops)
+    check = DeviceCheck(s, budget, seed=seed, peak_tflops=peak_tflops, stages=stages)
     accel = check.accel
     report = check.report
     report.update(
@@ -954,6 +971,7 @@ def run(
         device_kind=accel.device_kind,
         devices=jax.device_count(),
         jax_version=jax.__version__,
+        flax_version=flax.__version__,
         date=datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         quick=quick,
         budget_s=budget_s,
@@ -970,9 +988,11 @@ def run(
         write_report(output_dir, rep)
 
     write_report(output_dir, report | {name: {} for name in STAGES})
-    stages = [(name, s.estimate(name), getattr(check, name)) for name in STAGES[:-1]]
-    stages.append(("projection", None, check.projection))
-    run_stages(stages, budget, report, update)
+    for name in COMPUTE_STAGES:
+        if name not in stages:
+            report[name] = {"skipped": True, "note": "skipped: not among --stages"}
+    todo = [(name, s.estimate(name), getattr(check, name)) for name in stages]
+    run_stages(todo + [("projection", None, check.projection)], budget, report, update)
     report["correctness"].setdefault("ok", False)
     update(report)
     return report
@@ -993,6 +1013,11 @@ def main(argv):
         raise app.UsageError(f"--budget_s must be >= 0, got {FLAGS.budget_s}")
     if FLAGS.max_batch < 1:
         raise app.UsageError(f"--max_batch must be >= 1, got {FLAGS.max_batch}")
+    unknown = [name for name in FLAGS.stages if name not in COMPUTE_STAGES]
+    if unknown:
+        raise app.UsageError(
+            f"--stages: unknown {', '.join(unknown)}; choose from {', '.join(COMPUTE_STAGES)}"
+        )
     report = run(
         FLAGS.output_dir,
         quick=FLAGS.quick,
@@ -1000,6 +1025,7 @@ def main(argv):
         peak_tflops=FLAGS.peak_tflops,
         max_batch=FLAGS.max_batch,
         seed=FLAGS.seed,
+        stages=[name for name in COMPUTE_STAGES if name in FLAGS.stages],
     )
     print(markdown(report), flush=True)
     print(f"wrote {os.path.join(FLAGS.output_dir, REPORT_JSON)} and {REPORT_MD}", flush=True)

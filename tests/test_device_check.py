@@ -278,3 +278,49 @@ def test_quick_presets_keep_each_family_and_its_options():
         assert small.tie_word_embeddings == full.tie_word_embeddings
         assert small.rotary_dim / small.head_dim == full.rotary_dim / full.head_dim
         assert small.num_params() < 1e6 < full.num_params()
+
+
+def test_stage_selection_runs_only_the_chosen_stages(tmp_path):
+    report = dc.run(str(tmp_path), quick=True, stages=())
+    for stage in dc.COMPUTE_STAGES:
+        assert report[stage]["skipped"] is True
+        assert report[stage]["note"] == "skipped: not among --stages"
+    assert report["projection"]["models"]["llama-3-8b"]["source"] is None
+    data, md = _read_report(str(tmp_path))
+    assert data["correctness"]["ok"] is False and md.count("not among --stages") == 4
+    with pytest.raises(ValueError, match="unknown \\['speed'\\]"):
+        dc.run(str(tmp_path), quick=True, stages=("speed",))
+
+
+class _Memory:
+    def __init__(self, temp, output):
+        self.temp_size_in_bytes, self.output_size_in_bytes = temp, output
+
+
+class _Compiled:
+    def __init__(self, temp, output):
+        self.memory = _Memory(temp, output)
+
+    def memory_analysis(self):
+        return self.memory
+
+
+class _Device:
+    def __init__(self, stats):
+        self.stats = stats
+
+    def memory_stats(self):
+        return self.stats
+
+
+def test_predict_batch_from_free_memory_and_the_compiled_step():
+    gib = 2**30
+    device = _Device({"bytes_limit": 100 * gib, "bytes_in_use": 20 * gib})
+    compiled = _Compiled(temp=gib, output=gib // 2)
+    guess, note = dc.predict_batch(device, lambda: compiled, max_batch=256)
+    assert guess == 48  # 0.9 * 80 GiB / 1.5 GiB = 48 (a multiple of 8)
+    assert "80.0 GiB free" in note and "first try 48" in note
+    assert dc.predict_batch(device, lambda: compiled, max_batch=20)[0] == 20
+    tight = _Device({"bytes_limit": 4 * gib, "bytes_in_use": 3 * gib})
+    assert dc.predict_batch(tight, lambda: compiled, max_batch=256)[0] == 1
+    assert dc.predict_batch(_Device(None), lambda: pytest.fail("compiled"), 256)[0] is None
