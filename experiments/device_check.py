@@ -139,7 +139,8 @@ class Settings:
     fused_max_batch: int = 64
     metric_layers: int = 33
     metric_dim: int = 4096
-    metric_batches: tuple[int, ...] = (1, 4)
+    # (batch, layer_chunk) runs of the metric kernels; None: the library's choice
+    metric_runs: tuple[tuple[int, int | None], ...] = ((1, None), (4, None), (4, 33))
     fused_models: tuple[str, ...] = PAPER_MODELS  # measured; the projection scales the rest
     repeats: int = 2
     # Seconds a stage needs at least: it is skipped when less of the budget is
@@ -169,7 +170,7 @@ def make_settings(quick: bool, max_batch: int = 256) -> Settings:
         fused_models=("llama-3-8b", "pythia-6.9b"),
         metric_layers=5,
         metric_dim=64,
-        metric_batches=(2,),
+        metric_runs=((2, None),),
         repeats=2,
         estimates=(("correctness", 5.0), ("forward", 5.0), ("metrics", 2.0), ("fused", 5.0)),
     )
@@ -596,29 +597,44 @@ class DeviceCheck:
     def metrics(self) -> dict:
         s = self.s
         n_layers, n, d = s.metric_layers, s.tokens, s.metric_dim
-        fn = jax.jit(
-            functools.partial(metrics.layer_geometry, range_max=s.range_max, max_k=s.max_k)
-        )
+        deadline = self.stage_deadline("metrics")
         key = jax.random.key(self.seed)
-        rows = []
-        for b in s.metric_batches:
+        rows, note, last = [], "", 0.0
+        for b, chunk in s.metric_runs:
+            if rows and deadline() < last:
+                note = f"runs from batch {b}, layer_chunk {chunk} on skipped (time budget)"
+                break
+            t0 = time.perf_counter()
+            fn = jax.jit(
+                functools.partial(
+                    metrics.layer_geometry,
+                    range_max=s.range_max,
+                    max_k=s.max_k,
+                    layer_chunk=chunk,
+                )
+            )
             with jax.default_device(self.accel):
                 hidden = jax.block_until_ready(synthetic_stack(key, (b, n_layers, n, d)))
             t = time.perf_counter()
             compiled = fn.lower(hidden).compile()
             compile_s = time.perf_counter() - t
             step, _ = time_runs(functools.partial(compiled, hidden), s.repeats)
+            last = time.perf_counter() - t0
             gram_flops = 2.0 * b * n_layers * n * n * d
             rows.append(
                 {
                     "batch": b,
+                    "layer_chunk": chunk or "auto",
                     "compile_s": round(compile_s, 2),
                     "step_s": step,
                     "seconds_per_prompt": step / b,
                     "gram_tflops_per_s": gram_flops / step / 1e12,
                 }
             )
-            self.log(f"metrics: batch {b}: {step:.3f} s, {step / b:.4f} s per prompt")
+            self.log(
+                f"metrics: batch {b}, layer_chunk {chunk or 'auto'}: {step:.3f} s, "
+                f"{step / b:.4f} s per prompt"
+            )
             del hidden
         best = min(rows, key=lambda r: r["seconds_per_prompt"])
         return {
@@ -628,6 +644,7 @@ class DeviceCheck:
             "selection": "auto (lax.top_k off CPU, NumPy on CPU)",
             "seconds_per_prompt": best["seconds_per_prompt"],
             "runs": rows,
+            "note": note,
         }
 
     # ------------------------------------------------------------------ fused
@@ -876,16 +893,16 @@ def markdown(report: dict) -> str:
                 f"{r['max_k']}, selection {r['selection']}): "
                 f"{_fmt(r['seconds_per_prompt'], '.4f')} s per prompt.",
                 "",
-                "| batch | compile s | step s | s/prompt | Gram TFLOP/s |",
-                "|---|---|---|---|---|",
+                "| batch | layer_chunk | compile s | step s | s/prompt | Gram TFLOP/s |",
+                "|---|---|---|---|---|---|",
             ]
         )
         for t in r["runs"]:
             lines.append(
-                f"| {t['batch']} | {t['compile_s']} | {_fmt(t['step_s'])} | "
+                f"| {t['batch']} | {t['layer_chunk']} | {t['compile_s']} | {_fmt(t['step_s'])} | "
                 f"{_fmt(t['seconds_per_prompt'], '.4f')} | {_fmt(t['gram_tflops_per_s'])} |"
             )
-        lines.append("")
+        lines.extend(["", r.get("note", ""), ""] if r.get("note") else [""])
     r = head("fused")
     if r:
         lines.extend(["| model | batch | step s | prompts/s |", "|---|---|---|---|"])
