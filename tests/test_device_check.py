@@ -105,9 +105,9 @@ def test_quick_run_end_to_end(tmp_path):
     assert "**OK**" in md and "wrote" in proc.stdout
 
 
-def test_zero_budget_skips_stages_with_a_note(tmp_path):
-    """Acceptance 2: with no budget every compute stage is skipped with a note,
-    the projection says it has nothing, and the report is still complete."""
+def test_zero_budget_skips_every_stage_with_a_note(tmp_path):
+    """With no budget every compute stage is skipped with a note, and the report
+    is still complete; exit status 0 (nothing failed)."""
     out = str(tmp_path / "report")
     proc = _run_script("--quick", "--budget_s=0", f"--output_dir={out}")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -118,10 +118,30 @@ def test_zero_budget_skips_stages_with_a_note(tmp_path):
         assert report[stage]["skipped"] is True
         assert "budget" in report[stage]["note"]
     assert report["correctness"]["ok"] is False
+    assert report["projection"]["total_minutes_shuffled"] is None
+    assert md.count("skipped: 0 s of the 0 s budget left") == 4
+
+
+@pytest.mark.slow
+def test_too_small_budget_skips_later_stages_with_a_note(tmp_path):
+    """Acceptance 2: 8 s cover correctness (estimate 5 s with --quick) but nothing
+    after it; the later stages are skipped with a note, the projection says it
+    has nothing, and the report is still complete and valid."""
+    out = str(tmp_path / "report")
+    proc = _run_script("--quick", "--budget_s=8", f"--output_dir={out}")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report, md = _read_report(out)
+    for key in TOP_KEYS:
+        assert key in report, key
+    assert report["correctness"]["ok"] is True and "skipped" not in report["correctness"]
+    for stage in ("forward", "metrics", "fused"):
+        assert report[stage]["skipped"] is True
+        assert "of the 8 s budget left" in report[stage]["note"]
     proj = report["projection"]
     assert all(m["seconds_per_prompt"] is None for m in proj["models"].values())
     assert proj["total_minutes_shuffled"] is None and "skipped" in proj["note"]
-    assert md.count("skipped: 0 s of the 0 s budget left") == 4
+    assert md.count("of the 8 s budget left") == 3 and "**OK**" in md
+    assert "forward: skipped: 0 s of the 8 s budget left" in proc.stdout
 
 
 def test_stages_after_the_budget_are_skipped_and_errors_recorded():
