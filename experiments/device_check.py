@@ -426,6 +426,7 @@ class DeviceCheck:
         self.report: dict = {}
         self._model = None
         self.init_s = 0.0  # seconds the last fresh big_model took
+        self._selection_inputs = None
 
     def log(self, msg):
         log(self.budget, msg)
@@ -467,7 +468,7 @@ class DeviceCheck:
         mask = np.ones_like(ids)
         mask[-1, -s.correctness_tokens // 8 :] = 0  # one padded prompt exercises the masks
         opts = dict(range_max=s.range_max, max_k=s.max_k)
-        checks, info = {}, {}
+        checks = {}
         # float32 matmuls at full precision on both sides, so that the comparison
         # tests the kernels and not TF32 rounding (a GPU's default for float32).
         with jax.default_matmul_precision("highest"):
@@ -511,19 +512,8 @@ class DeviceCheck:
             checks["selection: xla on accelerator vs host on CPU backend"] = compare(
                 xla, host, layer_fields()
             )
-            if self.accel.platform != "cpu":
-                # informational: the host callback given accelerator buffers
-                name = "selection: host on accelerator vs xla (informational)"
-                try:
-                    host_acc = as_dict(
-                        metrics.layer_geometry(
-                            hidden, jax.device_put(valid, self.accel), selection="host", **opts
-                        ),
-                        layer_fields(),
-                    )
-                    info[name] = compare(host_acc, xla, layer_fields())
-                except Exception as e:
-                    info[name] = {"ok": False, "error": f"{type(e).__name__}: {e}"[:1000]}
+            # kept for host_selection_on_accelerator, which runs after every stage
+            self._selection_inputs = (hidden, jax.device_put(valid, self.accel), xla, opts)
         for name, c in checks.items():
             bad = [f for f, r in c["fields"].items() if not r["ok"]]
             self.log(f"correctness: {name}: {'OK' if c['ok'] else 'FAILED ' + ', '.join(bad)}")
@@ -536,8 +526,19 @@ class DeviceCheck:
             **opts,
             "matmul_precision": "highest",
             "checks": checks,
-            "informational": info,
+            "informational": {},
         }
+
+    def host_selection_on_accelerator(self) -> dict:
+        """selection="host" given accelerator buffers, against "xla" on the same
+        hidden states: informational (not in correctness.ok), and run after
+        every stage, since a host callback handed device buffers may fail hard."""
+        hidden, valid, xla, opts = self._selection_inputs
+        try:
+            host = metrics.layer_geometry(hidden, valid, selection="host", **opts)
+            return compare(as_dict(host, layer_fields()), xla, layer_fields())
+        except Exception as e:
+            return {"ok": False, "error": f"{type(e).__name__}: {e}"[:1000]}
 
     # ------------------------------------------------------------------ forward
 
@@ -1010,6 +1011,17 @@ def run(
             report[name] = {"skipped": True, "note": "skipped: not among --stages"}
     todo = [(name, s.estimate(name), getattr(check, name)) for name in stages]
     run_stages(todo + [("projection", None, check.projection)], budget, report, update)
+    if (
+        check.accel.platform != "cpu"
+        and check._selection_inputs is not None
+        and budget.remaining() > 0
+    ):
+        name = "selection: host on accelerator vs xla on accelerator"
+        log(budget, f"informational: {name}")
+        result = check.host_selection_on_accelerator()
+        report["correctness"].setdefault("informational", {})[name] = result
+        log(budget, f"informational: {'OK' if result['ok'] else 'FAILED'}")
+        update(report)
     report["correctness"].setdefault("ok", False)
     update(report)
     return report
