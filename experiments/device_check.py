@@ -67,13 +67,21 @@ PAPER_SHUFFLE_LEVELS = 6
 PAPER_MODELS = ("llama-3-8b", "mistral-7b", "pythia-6.9b")
 PAPER_MINUTES = {"gpu (4 x H100)": 40.0, "cpu (192 cores)": 25.0}
 
+
 # ---------------------------------------------------------------------------
-# The observable set compared across backends: every field of the fused step's
-# per-prompt result (pipeline.RESULT_FIELDS) and of layer_geometry's
-# LayerGeometry. This is the one place to change when geom_jax.metrics gains a
-# registry of observables; a field without a row below is compared with
-# DEFAULT_TOLERANCE.
+# The observable set: the one place where it is chosen. Every field the fused
+# step and layer_geometry return is compared (fields present on one side only
+# fail); a field without a row in TOLERANCES gets DEFAULT_TOLERANCE.
 # ---------------------------------------------------------------------------
+def observable_options() -> dict:
+    """Keyword arguments choosing the fused correctness run's observables: every
+    registered one where geom_jax.metrics has a registry (issue 10), else the
+    library's only set, the paper's."""
+    if hasattr(metrics, "registry"):
+        return {"observables": "all"}
+    return {}
+
+
 TOLERANCES = {
     # field: (statistic, limit); "max_rel" is max |a - b| / max(|b|, 1e-3 max|b|)
     "gride_ids": ("max_rel", 1e-3),
@@ -89,16 +97,6 @@ TOLERANCES = {
     "token_nll": ("max_rel", 1e-4),
 }
 DEFAULT_TOLERANCE = ("max_rel", 1e-3)
-
-
-def fused_fields() -> tuple[str, ...]:
-    """Names of the fused step's per-prompt results compared across backends."""
-    return tuple(pipeline.RESULT_FIELDS)
-
-
-def layer_fields() -> tuple[str, ...]:
-    """Names of layer_geometry's results compared across selection backends."""
-    return tuple(f.name for f in dataclasses.fields(metrics.LayerGeometry))
 
 
 FLAGS = flags.FLAGS
@@ -278,12 +276,16 @@ def deviation(a, b, statistic: str) -> float:
     raise ValueError(f"unknown statistic {statistic!r}")
 
 
-def compare(result, reference, fields) -> dict:
-    """Per-field deviations of result from reference (mappings of arrays) and ok."""
+def compare(result, reference) -> dict:
+    """Per-field deviations of result from reference (mappings of arrays) and ok;
+    a field missing on one side has deviation inf."""
     rows = {}
-    for name in fields:
+    for name in list(reference) + [n for n in result if n not in reference]:
         statistic, limit = TOLERANCES.get(name, DEFAULT_TOLERANCE)
-        value = deviation(result[name], reference[name], statistic)
+        if name in result and name in reference:
+            value = deviation(result[name], reference[name], statistic)
+        else:
+            value = math.inf
         rows[name] = {
             "statistic": statistic,
             "value": value,
@@ -293,8 +295,11 @@ def compare(result, reference, fields) -> dict:
     return {"ok": all(r["ok"] for r in rows.values()), "fields": rows}
 
 
-def as_dict(tree, fields) -> dict:
-    return {name: np.asarray(getattr(tree, name)) for name in fields}
+def as_dict(tree) -> dict:
+    """Field name -> NumPy array of a result (a dataclass or a mapping)."""
+    if dataclasses.is_dataclass(tree):
+        return {f.name: np.asarray(getattr(tree, f.name)) for f in dataclasses.fields(tree)}
+    return {name: np.asarray(value) for name, value in tree.items()}
 
 
 # --------------------------------------------------------------------------- timing and batches
@@ -477,13 +482,14 @@ class DeviceCheck:
             on = {}
             for side, device in (("accelerator", self.accel), ("cpu", self.cpu)):
                 pipe = pipeline.GeometryPipeline(
-                    model, mesh=sharding.make_mesh((1, 1), [device]), **opts
+                    model,
+                    mesh=sharding.make_mesh((1, 1), [device]),
+                    **opts,
+                    **observable_options(),
                 )
-                on[side] = pipe.to_host(pipe(ids, mask))
+                on[side] = as_dict(pipe.to_host(pipe(ids, mask)))
                 self.log(f"correctness: fused step on {device.platform} done")
-            checks["fused step: accelerator vs CPU backend"] = compare(
-                on["accelerator"], on["cpu"], fused_fields()
-            )
+            checks["fused step: accelerator vs CPU backend"] = compare(on["accelerator"], on["cpu"])
 
             graphdef, state = nnx.split(model)
             out = models.forward(
@@ -498,7 +504,6 @@ class DeviceCheck:
                 metrics.layer_geometry(
                     hidden, jax.device_put(valid, self.accel), selection="xla", **opts
                 ),
-                layer_fields(),
             )
             host = as_dict(
                 metrics.layer_geometry(
@@ -507,11 +512,8 @@ class DeviceCheck:
                     selection="host",
                     **opts,
                 ),
-                layer_fields(),
             )
-            checks["selection: xla on accelerator vs host on CPU backend"] = compare(
-                xla, host, layer_fields()
-            )
+            checks["selection: xla on accelerator vs host on CPU backend"] = compare(xla, host)
             # kept for host_selection_on_accelerator, which runs after every stage
             self._selection_inputs = (hidden, jax.device_put(valid, self.accel), xla, opts)
         for name, c in checks.items():
@@ -525,6 +527,7 @@ class DeviceCheck:
             "tokens": s.correctness_tokens,
             **opts,
             "matmul_precision": "highest",
+            "observables": observable_options().get("observables", "paper"),
             "checks": checks,
             "informational": {},
         }
@@ -536,7 +539,7 @@ class DeviceCheck:
         hidden, valid, xla, opts = self._selection_inputs
         try:
             host = metrics.layer_geometry(hidden, valid, selection="host", **opts)
-            return compare(as_dict(host, layer_fields()), xla, layer_fields())
+            return compare(as_dict(host), xla)
         except Exception as e:
             return {"ok": False, "error": f"{type(e).__name__}: {e}"[:1000]}
 
@@ -844,6 +847,7 @@ def markdown(report: dict) -> str:
         lines.append(
             f"**{'OK' if r['ok'] else 'FAILED'}** - {r['model']}, batch {r['batch']} x "
             f"{r['tokens']} tokens, range_max {r['range_max']}, max_k {r['max_k']}, "
+            f"observables {r.get('observables', 'paper')}, "
             f"matmul precision {r['matmul_precision']}."
         )
         lines.append("")

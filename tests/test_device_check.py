@@ -242,12 +242,11 @@ def test_compare_applies_each_fields_tolerance():
         "loss": rng.uniform(8, 11, (2,)),
         "new_observable": rng.uniform(1, 2, (2, 4)),
     }
-    fields = tuple(ref)
     same = {k: v.copy() for k, v in ref.items()}
-    assert dc.compare(same, ref, fields)["ok"]
+    assert dc.compare(same, ref)["ok"]
 
     near = {k: v * (1 + 5e-5) for k, v in ref.items()}
-    c = dc.compare(near, ref, fields)
+    c = dc.compare(near, ref)
     assert c["ok"], c
     assert c["fields"]["gride_ids"]["value"] == pytest.approx(5e-5, rel=1e-6)
     assert c["fields"]["new_observable"]["limit"] == dc.DEFAULT_TOLERANCE[1]
@@ -255,9 +254,15 @@ def test_compare_applies_each_fields_tolerance():
     off = {k: v.copy() for k, v in ref.items()}
     off["loss"][1] *= 1 + 2e-4  # over the 1e-4 loss tolerance
     off["overlap"][0, 0, 0] += 0.5  # one neighbour set: mean abs 0.5 / 48 > 1e-3
-    c = dc.compare(off, ref, fields)
+    c = dc.compare(off, ref)
     assert not c["ok"]
     assert [f for f, r in c["fields"].items() if not r["ok"]] == ["overlap", "loss"]
+
+    missing = {k: v for k, v in ref.items() if k != "loss"}
+    c = dc.compare(missing, ref)
+    assert not c["ok"] and c["fields"]["loss"]["value"] == math.inf
+    extra = {**ref, "twonn": ref["loss"]}
+    assert not dc.compare(extra, ref)["ok"]  # a field on one side only
 
     nan = {k: v.copy() for k, v in ref.items()}
     nan["gride_ids"][0, 0, 0] = np.nan
