@@ -15,8 +15,9 @@ Q_HEADS = "q_heads"
 KV_HEADS = "kv_heads"
 HEAD_DIM = "head_dim"
 MLP = "mlp"
+POSITIONS = "positions"  # rows of learned absolute position embeddings
 
-LOGICAL_AXES = (LAYERS, VOCAB, EMBED, Q_HEADS, KV_HEADS, HEAD_DIM, MLP)
+LOGICAL_AXES = (LAYERS, VOCAB, EMBED, Q_HEADS, KV_HEADS, HEAD_DIM, MLP, POSITIONS)
 
 # Activation axes, for with_sharding_constraint in a later sharded forward.
 BATCH = "batch"
@@ -32,6 +33,7 @@ RULES: tuple[tuple[str, str | None], ...] = (
     (KV_HEADS, "model"),
     (HEAD_DIM, None),
     (MLP, "model"),
+    (POSITIONS, None),
 )
 
 

@@ -31,6 +31,7 @@ CONFIG_FIELDS = {
     ax.KV_HEADS: "num_kv_heads",
     ax.HEAD_DIM: "head_dim",
     ax.MLP: "intermediate_size",
+    ax.POSITIONS: "max_position_embeddings",
 }
 
 

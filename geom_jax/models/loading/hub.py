@@ -7,16 +7,20 @@ from __future__ import annotations
 import os
 import re
 
+from ..config import FAMILIES, RegistryView
+
 EMBEDDED = "embedded:smollm2-135m"
 
-ALIASES: dict[str, str] = {
-    "llama-3-8b": "meta-llama/Meta-Llama-3-8B",
-    "llama-3.1-8b": "meta-llama/Llama-3.1-8B",
-    "mistral-7b": "mistralai/Mistral-7B-v0.1",
-    "pythia-6.9b": "EleutherAI/pythia-6.9b",
-    "pythia-6.9b-deduped": "EleutherAI/pythia-6.9b-deduped",
-    "smollm2-135m": EMBEDDED,
-}
+
+def _aliases() -> dict[str, str]:
+    out = {alias: repo for family in FAMILIES.values() for alias, repo in family.aliases.items()}
+    out["smollm2-135m"] = EMBEDDED
+    return out
+
+
+ALIASES = RegistryView(_aliases)
+"""Alias -> Hub id (or the embedded default), from the registered families."""
+
 
 ALLOW_PATTERNS = [
     "config.json",
