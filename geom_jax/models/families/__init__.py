@@ -8,9 +8,17 @@ parameter layout, GGUF names and presets (`base.Family`), and calls
 
 from . import (
     base,
+    gemma2,  # noqa: F401
+    gemma3,  # noqa: F401
+    gpt2,  # noqa: F401
     gpt_neox,  # noqa: F401
     llama,  # noqa: F401
     mistral,  # noqa: F401
+    olmo2,  # noqa: F401
+    opt,  # noqa: F401
+    phi3,  # noqa: F401
+    qwen2,  # noqa: F401
+    qwen3,  # noqa: F401
 )
 from .base import Family, register, unregister
 
