@@ -12,11 +12,19 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, get_args
 
-from ..config import FAMILIES, DecoderConfig, RopeScaling, UnsupportedArchitectureError
+from ..config import (
+    FAMILIES,
+    Activation,
+    DecoderConfig,
+    RopeScaling,
+    UnsupportedArchitectureError,
+)
 from ..loading.hf_layout import ParamSpec
 from ..loading.layout import SAME, Layout, heads_to_embed, in_out, reshape
+
+ACTIVATIONS = get_args(Activation)
 
 # Keys of every transformers PretrainedConfig that do not change the forward
 # (labels, ids, generation and training settings), ignored for every family.
@@ -234,6 +242,17 @@ def rope(d: Mapping[str, Any], family: str, params=None):
     return theta, scaling, partial
 
 
+def activation(d: Mapping[str, Any], family: str, *keys: str, default: str) -> str:
+    """The activation named by the first present of `keys`, refused with its
+    key and value when the decoder has no such activation."""
+    for key in keys:
+        if d.get(key) is not None:
+            if d[key] not in ACTIVATIONS:
+                raise refuse(family, key, d[key], f"supported: {', '.join(ACTIVATIONS)}")
+            return str(d[key])
+    return default
+
+
 def layer_types(d: Mapping[str, Any], family: str, num_layers: int):
     """`layer_types` ('full_attention' / 'sliding_attention' per layer) ->
     per-layer sliding flags, or None when absent."""
@@ -281,7 +300,7 @@ def llama_like(d: Mapping[str, Any], family: str, *, act_keys=("hidden_act",)) -
         head_dim=head_dim,
         intermediate_size=int(d["intermediate_size"]),
         max_position_embeddings=int(d.get("max_position_embeddings", 2048)),
-        activation=str(get(d, *act_keys, default="silu")),
+        activation=activation(d, family, *act_keys, default="silu"),
         norm="rms",
         norm_eps=float(get(d, "rms_norm_eps", default=1e-6)),
         mlp="gated",

@@ -34,8 +34,9 @@ def gemma_common(d: dict, family: str, pattern: int) -> dict:
     if d.get("use_bidirectional_attention"):
         raise base.refuse(family, "use_bidirectional_attention", True)
     out = base.llama_like(d, family, act_keys=("hidden_activation", "hidden_act"))
-    if "hidden_activation" not in d and "hidden_act" not in d:
-        out["activation"] = "gelu_pytorch_tanh"
+    out["activation"] = base.activation(
+        d, family, "hidden_activation", "hidden_act", default="gelu_pytorch_tanh"
+    )
     layers = out["num_layers"]
     flags = base.layer_types(d, family, layers)
     if flags is None:

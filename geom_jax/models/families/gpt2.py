@@ -26,7 +26,7 @@ def config(d: dict) -> dict:
         norm="layer",
         norm_eps=float(d.get("layer_norm_epsilon", 1e-5)),
         mlp="plain",
-        activation=str(d.get("activation_function", "gelu_new")),
+        activation=base.activation(d, "gpt2", "activation_function", default="gelu_new"),
         positions="learned",
         qkv_bias=True,
         out_bias=True,

@@ -24,7 +24,7 @@ def config(d: dict) -> dict:
         head_dim=head_dim,
         intermediate_size=int(d["intermediate_size"]),
         max_position_embeddings=int(d.get("max_position_embeddings", 2048)),
-        activation=str(d.get("hidden_act", "gelu")),
+        activation=base.activation(d, "gpt_neox", "hidden_act", default="gelu"),
         rope_theta=theta,
         rope_scaling=scaling,
         rotary_dim=int(head_dim * partial),

@@ -34,7 +34,7 @@ def config(d: dict) -> dict:
         norm="layer",
         norm_eps=1e-5,
         mlp="plain",
-        activation=str(d.get("activation_function", "relu")),
+        activation=base.activation(d, "opt", "activation_function", default="relu"),
         positions="learned",
         position_offset=2,
         qkv_bias=bias,
