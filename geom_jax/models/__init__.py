@@ -24,6 +24,7 @@ from .loading import (
     MissingPackageError,
     MissingTensorError,
     Resolved,
+    RevisionNotFoundError,
     UnknownModelError,
     UnsupportedQuantizationError,
     load,
@@ -71,5 +72,6 @@ __all__ = [
     "presets",
     "resolve",
     "Resolved",
+    "RevisionNotFoundError",
     "with_params",
 ]
