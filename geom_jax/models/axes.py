@@ -8,6 +8,12 @@ sharding off), so `nnx.get_partition_spec(state)` under
 
 from __future__ import annotations
 
+# Mesh axes.
+DATA = "data"
+MODEL = "model"
+MESH_AXES = (DATA, MODEL)
+
+# Logical axes of the parameters.
 LAYERS = "layers"
 VOCAB = "vocab"
 EMBED = "embed"
@@ -24,15 +30,15 @@ BATCH = "batch"
 SEQUENCE = "sequence"
 
 RULES: tuple[tuple[str, str | None], ...] = (
-    (BATCH, "data"),
+    (BATCH, DATA),
     (SEQUENCE, None),
     (LAYERS, None),
-    (VOCAB, "model"),
+    (VOCAB, MODEL),
     (EMBED, None),
-    (Q_HEADS, "model"),
-    (KV_HEADS, "model"),
+    (Q_HEADS, MODEL),
+    (KV_HEADS, MODEL),
     (HEAD_DIM, None),
-    (MLP, "model"),
+    (MLP, MODEL),
     (POSITIONS, None),
 )
 
@@ -40,7 +46,7 @@ RULES: tuple[tuple[str, str | None], ...] = (
 def fsdp_rules(rules=RULES) -> tuple[tuple[str, str | None], ...]:
     """`rules` with the hidden dimension (`embed`) also sharded over 'data'
     (FSDP / ZeRO-3 style), for models that do not fit the 'model' axis alone."""
-    return tuple((name, "data" if name == EMBED else target) for name, target in rules)
+    return tuple((name, DATA if name == EMBED else target) for name, target in rules)
 
 
 FSDP_RULES = fsdp_rules()
