@@ -223,3 +223,22 @@ def test_right_padded_batch_equals_each_prompt_alone(checkpoints, name):
     for b, n in enumerate(lengths):
         assert layer_rel_err(hs_b[:, b, :n], hs[:, b, :n]).max() < 1e-4
         np.testing.assert_allclose(nll_b[b, : n - 1], nll[b, : n - 1], atol=1e-4)
+
+
+@pytest.mark.parametrize("name,prefix", [("gpt2_tied", "transformer."), ("opt_untied", "model.")])
+def test_checkpoint_saved_from_the_base_model(checkpoints, tmp_path, name, prefix):
+    """openai-community/gpt2 names its tensors `h.0.attn...`, not `transformer.h.0.attn...`."""
+    import shutil
+
+    from safetensors.numpy import load_file, save_file
+
+    path, _ = checkpoints[name]
+    tensors = load_file(f"{path}/model.safetensors")
+    renamed = {k.removeprefix(prefix): v for k, v in tensors.items()}
+    assert renamed.keys() != tensors.keys()
+    save_file(renamed, str(tmp_path / "model.safetensors"))
+    shutil.copy(f"{path}/config.json", tmp_path / "config.json")
+    ids = _ids(2, (1, T))
+    a = gm.load(str(tmp_path))[0](ids).hidden_states
+    b = gm.load(path)[0](ids).hidden_states
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -118,8 +118,12 @@ class Family:
       config: config.json dict -> DecoderConfig keyword arguments.
       params: DecoderConfig -> the HF tensor name and layout of each parameter.
       defaults: transformers defaults of keys the family does not handle.
-      gguf_names: llama.cpp tensor name -> HF name (`{i}` for the layer), for
-        families whose GGUF files this package reads.
+      gguf_architecture: the GGUF `general.architecture` this family reads
+        (only 'llama' so far: Llama, Mistral and SmolLM GGUFs).
+      gguf_names: llama.cpp tensor name -> HF name (`{i}` for the layer).
+      base_prefix: the prefix of the base model's tensor names in the
+        *ForCausalLM state dict ('transformer.' for GPT-2), for checkpoints
+        saved from the base model without it.
       presets: preset name -> full-size config.json dict.
       aliases: preset name -> Hub id, for `load(alias)`.
     """
@@ -131,6 +135,8 @@ class Family:
     config: Callable[[dict[str, Any]], dict[str, Any]]
     params: Callable[[DecoderConfig], list[ParamSpec]]
     defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    base_prefix: str = ""
+    gguf_architecture: str = ""
     gguf_names: Mapping[str, str] = dataclasses.field(default_factory=dict)
     presets: Mapping[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     aliases: Mapping[str, str] = dataclasses.field(default_factory=dict)

@@ -107,6 +107,7 @@ FAMILY = base.register(
         ),
         config=config,
         params=params,
+        base_prefix="transformer.",
         presets={
             "gpt2": _GPT2,
             "gpt2-xl": dict(_GPT2, n_embd=1600, n_layer=48, n_head=25),

@@ -86,6 +86,7 @@ FAMILY = base.register(
         handled=HANDLED,
         config=config,
         params=base.llama_like_params,
+        gguf_architecture="llama",
         gguf_names=GGUF_NAMES,
         presets=PRESETS,
         aliases={

@@ -113,6 +113,7 @@ FAMILY = base.register(
         ),
         config=config,
         params=params,
+        base_prefix="model.",
         presets={
             "opt-6.7b": _OPT_6_7B,
             "opt-125m": dict(
