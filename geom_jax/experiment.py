@@ -33,6 +33,7 @@ class RunSpec:
 
     output_dir: str
     model: str = "smollm2-135m"
+    revision: str = ""
     dataset: str = data.PYDOC
     text_field: str = "text"
     split: str = "train"
@@ -92,6 +93,7 @@ class RunSpec:
             filter_models=tuple(f.filter_models or ()),
             layer_chunk=f.layer_chunk or None,
             mesh_shape=f.mesh_shape or "",
+            revision=f.revision or "",
             params_checkpoint=f.params_checkpoint or "",
         )
         return cls(**kw)
@@ -101,6 +103,9 @@ def define_flags() -> None:
     """Defines the absl flags of ``experiments/token_geometry.py``."""
     d = RunSpec(output_dir="")
     flags.DEFINE_string("model", d.model, "Model alias, Hub id, local folder or .gguf file.")
+    flags.DEFINE_string(
+        "revision", None, "Hub branch, tag or commit of --model (e.g. a training step: step1000)."
+    )
     flags.DEFINE_string(
         "dataset", d.dataset, "'pydoc', a Hub dataset id (NeelNanda/pile-10k), .txt/.jsonl path."
     )
@@ -308,7 +313,7 @@ def run(spec: RunSpec) -> dict:
         return results.load_results(out)
 
     try:
-        tokenizer = models.load_tokenizer(spec.model)
+        tokenizer = models.load_tokenizer(spec.model, revision=spec.revision or None)
     except (ValueError, FileNotFoundError) as e:
         raise UserError(str(e)) from None
     source, selection = select(spec, tokenizer)
@@ -334,6 +339,7 @@ def run(spec: RunSpec) -> dict:
             mesh=mesh,
             rules=rules,
             params_checkpoint=spec.params_checkpoint or None,
+            revision=spec.revision or None,
         )
     except ValueError as e:
         raise UserError(str(e)) from None
@@ -377,6 +383,8 @@ def run(spec: RunSpec) -> dict:
             {
                 "model": spec.model,
                 "checkpoint": model.config.checkpoint_id,
+                "revision": spec.revision or None,
+                "commit": models.loading.hub.commit_in(model.config.checkpoint_id),
                 "model_config": dataclasses.asdict(model.config),
                 "dataset": source.describe(),
                 "flags": spec.defining(),

@@ -14,6 +14,7 @@ Sharded onto a ('data', 'model') mesh, through a converted-parameter checkpoint:
                                             mesh=mesh, params_checkpoint="/ckpt/llama-3-8b")
 """
 
+from . import families  # noqa: I001  (registers every family first)
 from . import axes, partition, presets
 from .axes import FSDP_RULES, LOGICAL_AXES, RULES, fsdp_rules
 from .config import DecoderConfig, RopeScaling, UnsupportedArchitectureError, from_hf_config
@@ -23,6 +24,7 @@ from .loading import (
     MissingPackageError,
     MissingTensorError,
     Resolved,
+    RevisionNotFoundError,
     UnknownModelError,
     UnsupportedQuantizationError,
     load,
@@ -56,6 +58,7 @@ __all__ = [
     "UnsupportedQuantizationError",
     "abstract_decoder",
     "axes",
+    "families",
     "check_mesh",
     "forward",
     "from_hf_config",
@@ -69,5 +72,6 @@ __all__ = [
     "presets",
     "resolve",
     "Resolved",
+    "RevisionNotFoundError",
     "with_params",
 ]
