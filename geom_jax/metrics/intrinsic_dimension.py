@@ -300,7 +300,8 @@ OBSERVABLE = registry.Observable(
     consumes=("points", "unique", "gram", "knn", "ranked"),
     doc=__doc__,
     reference=(
-        "Denti et al. 2022 (GRIDE, Sci. Rep. 12:20005); Facco et al. 2017 (TwoNN, Sci. Rep. 7:12140)"
+        "Denti et al. 2022 (GRIDE), Sci. Rep. 12:20005; "
+        "Facco et al. 2017 (TwoNN), Sci. Rep. 7:12140"
     ),
     reduce="maximum likelihood over distinct tokens (first occurrence kept)",
     knn_k=lambda o: o["max_k"],

@@ -1,8 +1,8 @@
 """Observables of the exact k-nearest-neighbour graph (all valid points, duplicates in).
 
-Reciprocity, k = 1..max_k: out[k-1] = fraction of the edges i -> j (j among the k nearest neighbours of
-i, self excluded, ties to the lower index) for which i is also among the k
-nearest neighbours of j: networkx ``overall_reciprocity`` of the k-NN
+Reciprocity, k = 1..max_k: out[k-1] = fraction of the edges i -> j (j among
+the k nearest neighbours of i, self excluded, ties to the lower index) for
+which i is also among the k nearest neighbours of j: networkx ``overall_reciprocity`` of the k-NN
 digraph, as in the appendix of the paper (and its code).
 
 Nearest-neighbour similarity: cos(x_i - x_nn1(i), x_i - x_nn2(i)), the
