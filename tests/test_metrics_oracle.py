@@ -95,7 +95,9 @@ def test_overlap_and_cosine_match_oracle(batch):
     y = np.tanh(x * 1.5) + 0.05 * rng.standard_normal(x.shape).astype(np.float32)
     chi = np.asarray(metrics.neighborhood_overlap(x, y, mask, max_k=MAX_K))
     mean, std = (np.asarray(a) for a in metrics.cosine_similarity_stats(x, mask))
-    mean_nd, std_nd = (np.asarray(a) for a in metrics.cosine_similarity_stats(x, mask, include_diagonal=False))
+    mean_nd, std_nd = (
+        np.asarray(a) for a in metrics.cosine_similarity_stats(x, mask, include_diagonal=False)
+    )
     for b, xb, mb in per_cloud(x, mask):
         np.testing.assert_allclose(chi[b], oracle.overlap(xb, y[b], MAX_K, mb), rtol=0, atol=1e-6)
         r_mean, r_std = oracle.cosine_stats(xb, mb)
