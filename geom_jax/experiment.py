@@ -49,6 +49,7 @@ class RunSpec:
     dtype: str = "float32"
     param_dtype: str = "float32"
     layer_chunk: int | None = None
+    observables: str = "paper"
     # Not part of the results' definition:
     resume: bool = False
     streaming: bool = False
@@ -94,7 +95,18 @@ class RunSpec:
             mesh_shape=f.mesh_shape or "",
             params_checkpoint=f.params_checkpoint or "",
         )
+        try:
+            kw["observables"] = canonical_observables(f.observables)
+        except ValueError:
+            pass  # check_spec reports it
         return cls(**kw)
+
+
+def canonical_observables(spec: str) -> str:
+    """ "paper", "all" or the comma list of names, so that --resume compares sets."""
+    from geom_jax import metrics  # pylint: disable=g-import-not-at-top
+
+    return metrics.registry.canonical(spec)
 
 
 def define_flags() -> None:
@@ -122,6 +134,12 @@ def define_flags() -> None:
     flags.DEFINE_enum("dtype", d.dtype, ["float32", "bfloat16"], "Activation dtype.")
     flags.DEFINE_enum("param_dtype", d.param_dtype, ["float32", "bfloat16"], "Parameter dtype.")
     flags.DEFINE_integer("layer_chunk", 0, "Layers per metrics chunk (0 = automatic).")
+    flags.DEFINE_string(
+        "observables",
+        d.observables,
+        "'paper' (GRIDE/TwoNN, cosine, overlap), 'all', or a comma list of names "
+        "(may include 'paper', e.g. paper,reciprocity).",
+    )
     flags.DEFINE_string("output_dir", None, "Folder for results.npz and metadata.json.")
     flags.DEFINE_bool("resume", False, "Continue the run checkpointed in --output_dir.")
     flags.DEFINE_integer("checkpoint_every", d.checkpoint_every, "Batches between checkpoints.")
@@ -153,6 +171,12 @@ def check_spec(spec: RunSpec) -> None:
         raise UserError("--text_field must not be empty")
     if spec.max_tokens < 4:
         raise UserError(f"--max_tokens must be at least 4, got {spec.max_tokens}")
+    try:
+        names = metrics.registry.resolve(spec.observables, "--observables")
+        options = metrics.geometry.options_of(range_max=spec.range_max, max_k=spec.max_k)
+        metrics.geometry.check_observables(names, options, spec.max_tokens + int(spec.add_bos))
+    except ValueError as e:
+        raise UserError(str(e)) from None
     if spec.method == "shuffled":
         try:
             data.check_divisible(spec.max_tokens, spec.max_shuffle)
@@ -186,6 +210,7 @@ def check_output_dir(spec: RunSpec) -> None:
         )
     if existing and spec.resume and os.path.isfile(config_path):
         saved = results.read_json(config_path)
+        saved.setdefault("observables", "paper")  # runs from before --observables
         diff = {k: (saved.get(k), v) for k, v in spec.defining().items() if saved.get(k) != v}
         if diff:
             raise UserError(
@@ -344,6 +369,7 @@ def run(spec: RunSpec) -> dict:
         layer_chunk=spec.layer_chunk,
         mesh=mesh,
         rules=rules,
+        observables=spec.observables,
     )
     num_tokens = selection.token_ids.shape[1]
     rows = distributed.local_rows(
@@ -367,11 +393,12 @@ def run(spec: RunSpec) -> dict:
         "prompt_index": plan.prompt_index,
         "prompt_key": keys,
         "shuffle_index": plan.shuffle_index,
-        "gride_n1": 2 ** np.arange(store.arrays["gride_ids"].shape[-1]),
         **distributed.gather_rows(len(plan), rows, store.arrays),
     }
+    if "gride_ids" in arrays:
+        arrays["gride_n1"] = 2 ** np.arange(arrays["gride_ids"].shape[-1])
     if jax.process_index() == 0:
-        results.save_results(out, arrays)
+        results.save_results(out, arrays, spec.observables)
         results.write_json(
             os.path.join(out, results.METADATA_FILE),
             {

@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -23,31 +22,33 @@ from jax.sharding import PartitionSpec as P
 from geom_jax import metrics, models, sharding
 
 
-@flax.struct.dataclass
-class PromptGeometry:
-    """Per-prompt results of one batch (leading axis B).
+@jax.tree_util.register_pytree_node_class
+class PromptGeometry(metrics.LayerGeometry):
+    """Per-prompt results of one batch (leading axis B): field name -> array.
 
-    Attributes:
-      gride_ids, gride_errs, gride_scales: [B, L, S] GRIDE at n1 = 2^j.
-      twonn: [B, L] TwoNN intrinsic dimension.
-      overlap: [B, L-1, K] chi_k between layers l and l+1, k = 1..K at k-1.
-      cos_mean, cos_std: [B, L+1] cosine-similarity statistics, embedding first.
-      loss: [B] mean next-token negative log-likelihood of each prompt.
-      token_nll: [B, T-1] per-token negative log-likelihood (0 on padding).
+    The fields are those of the requested observables (see
+    :func:`result_fields`); the paper's set gives gride_ids, gride_errs,
+    gride_scales [B, L, S], twonn [B, L], cos_mean, cos_std [B, L+1]
+    (embedding output first), overlap [B, L-1, K], plus, always, loss [B]
+    (mean next-token negative log-likelihood) and token_nll [B, T-1]
+    (per-token negative log-likelihood, 0 on padding).
     """
 
-    gride_ids: jax.Array
-    gride_errs: jax.Array
-    gride_scales: jax.Array
-    twonn: jax.Array
-    overlap: jax.Array
-    cos_mean: jax.Array
-    cos_std: jax.Array
-    loss: jax.Array
-    token_nll: jax.Array
+
+MODEL_FIELDS = (
+    metrics.registry.Field("loss", (), "mean next-token negative log-likelihood (nats).", ""),
+    metrics.registry.Field("token_nll", ("T-1",), "per-token negative log-likelihood (nats).", ""),
+)
+"""Fields the model itself gives for every observable set."""
 
 
-RESULT_FIELDS = tuple(f.name for f in PromptGeometry.__dataclass_fields__.values())
+def result_fields(observables="paper") -> list[metrics.registry.Field]:
+    """The saved fields of a run measuring ``observables``, in results order."""
+    names = metrics.registry.resolve(observables)
+    return metrics.registry.fields(names, saved_only=True) + list(MODEL_FIELDS)
+
+
+RESULT_FIELDS = tuple(f.name for f in result_fields("paper"))
 
 
 def geometry_from_hidden(
@@ -58,29 +59,53 @@ def geometry_from_hidden(
     range_max: int,
     max_k: int,
     layer_chunk: int | None = None,
+    observables="paper",
+    inputs: dict | None = None,
+    **options,
 ) -> PromptGeometry:
-    """Reduces hidden states [L+1, B, T, D] and token NLL [B, T-1] per prompt."""
+    """Reduces hidden states [L+1, B, T, D] and token NLL [B, T-1] per prompt.
+
+    Layer observables run on the L transformer layers; those declared with
+    ``embedding=True`` (cosine) also on the embedding output, first. inputs:
+    more arrays for observables that consume them (registry.INPUTS), besides
+    token_nll. options: id_k, entropy_alpha, ... (see layer_geometry).
+    """
+    names = metrics.registry.resolve(observables)
     hidden = jnp.moveaxis(hidden, 0, 1).astype(jnp.float32)
     mask = attention_mask.astype(bool)
-    geo = metrics.layer_geometry(
-        hidden[:, 1:], mask, range_max=range_max, max_k=max_k, layer_chunk=layer_chunk
-    )
-    emb_mean, emb_std = metrics.cosine_similarity_stats(hidden[:, 0], mask)
     target_mask = mask[:, 1:].astype(jnp.float32)
-    loss = jnp.sum(token_nll * target_mask, axis=-1) / jnp.maximum(
-        jnp.sum(target_mask, axis=-1), 1.0
+    token_nll = token_nll * target_mask
+    geo = metrics.layer_geometry(
+        hidden[:, 1:],
+        mask,
+        observables=names,
+        range_max=range_max,
+        max_k=max_k,
+        layer_chunk=layer_chunk,
+        inputs={"token_nll": token_nll, **(inputs or {})},
+        **options,
     )
-    return PromptGeometry(
-        gride_ids=geo.gride_ids,
-        gride_errs=geo.gride_errs,
-        gride_scales=geo.gride_scales,
-        twonn=geo.twonn,
-        overlap=geo.overlap,
-        cos_mean=jnp.concatenate([emb_mean[:, None], geo.cos_mean], axis=1),
-        cos_std=jnp.concatenate([emb_std[:, None], geo.cos_std], axis=1),
-        loss=loss,
-        token_nll=token_nll * target_mask,
-    )
+    out = {}
+    for f in result_fields(names):
+        if f.name in geo:
+            out[f.name] = geo[f.name]
+    for name in names:
+        obs = metrics.registry.get(name)
+        if not obs.embedding:
+            continue
+        if name == "cosine":  # the standalone function, as before the registry (same bits)
+            emb_mean, emb_std = metrics.cosine_similarity_stats(hidden[:, 0], mask)
+            emb = {"cos_mean": emb_mean[:, None], "cos_std": emb_std[:, None]}
+        else:
+            emb = metrics.layer_geometry(
+                hidden[:, :1], mask, observables=(name,), validate=False, **options
+            )
+        for f in obs.fields:
+            if f.saved:
+                out[f.name] = jnp.concatenate([emb[f.name], out[f.name]], axis=1)
+    out["loss"] = jnp.sum(token_nll, axis=-1) / jnp.maximum(jnp.sum(target_mask, axis=-1), 1.0)
+    out["token_nll"] = token_nll
+    return PromptGeometry(out)
 
 
 def geometry_step(
@@ -93,6 +118,8 @@ def geometry_step(
     range_max: int,
     max_k: int,
     layer_chunk: int | None = None,
+    observables="paper",
+    **options,
 ) -> PromptGeometry:
     """Forward and metrics for a batch; pure, so it can be jitted.
 
@@ -104,7 +131,12 @@ def geometry_step(
     axes = sharding.batch_axes(mesh, input_ids.shape[0])
     reduce = jax.shard_map(
         functools.partial(
-            geometry_from_hidden, range_max=range_max, max_k=max_k, layer_chunk=layer_chunk
+            geometry_from_hidden,
+            range_max=range_max,
+            max_k=max_k,
+            layer_chunk=layer_chunk,
+            observables=observables,
+            **options,
         ),
         mesh=mesh,
         in_specs=(P(None, axes), P(axes), P(axes)),
@@ -124,6 +156,10 @@ class GeometryPipeline:
       geo = pipe(input_ids)          # PromptGeometry of (global) jax.Arrays
       rows = pipe.to_host(geo)       # this process's rows as NumPy arrays
 
+    ``observables``: "paper" (default), "all", a comma list or a sequence of
+    names (see :mod:`geom_jax.metrics.registry`); ``options``: id_k,
+    entropy_alpha (see ``layer_geometry``).
+
     With ``mesh`` (see :mod:`geom_jax.sharding`), parameters are placed by
     their logical axis names (unless already sharded on it), batches are
     split over ``data``, and in a multi-process run each process passes and
@@ -139,7 +175,11 @@ class GeometryPipeline:
         layer_chunk: int | None = None,
         mesh: Mesh | None = None,
         rules=None,
+        observables="paper",
+        **options,
     ):
+        self.observables = metrics.registry.resolve(observables)
+        self.fields = tuple(f.name for f in result_fields(self.observables))
         self.mesh = mesh if mesh is not None else sharding.make_mesh((1, 1), jax.devices()[:1])
         graphdef, state = nnx.split(model)
         self.graphdef = graphdef
@@ -152,6 +192,8 @@ class GeometryPipeline:
                 range_max=range_max,
                 max_k=max_k,
                 layer_chunk=layer_chunk,
+                observables=self.observables,
+                **options,
             ),
             out_shardings=sharding.batch_sharding(self.mesh),
         )
@@ -162,7 +204,7 @@ class GeometryPipeline:
             (batch_size, num_tokens), jnp.int32, sharding=sharding.batch_sharding(self.mesh)
         )
         out = jax.eval_shape(self._step, self.state, ids, ids)
-        return {name: getattr(out, name) for name in RESULT_FIELDS}
+        return {name: out[name] for name in self.fields}
 
     def __call__(self, input_ids, attention_mask=None) -> PromptGeometry:
         """Runs this process's rows ``input_ids`` [b, T] (b = batch / processes)."""
@@ -176,4 +218,4 @@ class GeometryPipeline:
     def to_host(self, geo: PromptGeometry) -> dict[str, np.ndarray]:
         """This process's rows of a result, as a dict of NumPy arrays."""
         host = sharding.to_host_local(self.mesh, geo)
-        return {name: getattr(host, name) for name in RESULT_FIELDS}
+        return {name: host[name] for name in self.fields}

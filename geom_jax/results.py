@@ -23,21 +23,39 @@ METADATA_FILE = "metadata.json"
 RUN_CONFIG_FILE = "run_config.json"
 README_FILE = "RESULTS.md"
 
-FIELDS = {
+TOKENS_FILE = "tokens.npz"
+
+RUN_FIELDS = {
     "prompt_index": "[P] index of the row's prompt in the dataset (see prompt_key).",
     "prompt_key": "[P] stable id of the prompt (pydoc topic, file name, line or row).",
     "shuffle_index": "[P] shuffle level s: 4**s blocks permuted (0 = structured prompt).",
-    "gride_ids": "[P, L, S] GRIDE intrinsic dimension of layer l (1..L) at scale n1 = 2**j.",
-    "gride_errs": "[P, L, S] its standard error, 1/sqrt(Fisher information).",
-    "gride_scales": "[P, L, S] mean distance (r_n1 + r_n2)/2 of the neighbours used.",
-    "gride_n1": "[S] the neighbour rank n1 = 2**j of each scale (n2 = 2 n1).",
-    "twonn": "[P, L] TwoNN intrinsic dimension (90% linear fit), layers 1..L.",
-    "overlap": "[P, L-1, K] chi_k between layers l and l+1 (l = 1..L-1), k = index + 1.",
-    "cos_mean": "[P, L+1] mean cosine similarity between tokens, embedding output first.",
-    "cos_std": "[P, L+1] its standard deviation over token pairs.",
-    "loss": "[P] mean next-token negative log-likelihood (nats).",
-    "token_nll": "[P, T-1] per-token negative log-likelihood (nats).",
 }
+GRIDE_N1 = "[S] the neighbour rank n1 = 2**j of each scale (n2 = 2 n1)."
+
+
+def field_docs(observables="paper") -> dict[str, str]:
+    """Field name -> "[shape] meaning" of a run measuring ``observables``, derived
+    from the observables' declarations (per-token fields live in tokens.npz)."""
+    from geom_jax import pipeline  # pylint: disable=g-import-not-at-top
+
+    docs = dict(RUN_FIELDS)
+    for f in pipeline.result_fields(observables):
+        docs[f.name] = f"{f.shape()} {f.doc}" + (f" ({TOKENS_FILE}, float16)" if f.tokens else "")
+        if f.name == "gride_ids":
+            docs["gride_n1"] = GRIDE_N1
+    return docs
+
+
+def token_fields(observables="paper") -> set[str]:
+    from geom_jax import pipeline  # pylint: disable=g-import-not-at-top
+
+    return {f.name for f in pipeline.result_fields(observables) if f.tokens}
+
+
+def __getattr__(name):
+    if name == "FIELDS":  # the paper's set, computed on first use (imports jax)
+        return field_docs("paper")
+    raise AttributeError(name)
 
 
 def atomic_write_bytes(path: str, data: bytes) -> None:
@@ -67,34 +85,53 @@ def read_json(path: str):
         return json.load(fh)
 
 
-def save_results(output_dir: str, arrays: Mapping[str, np.ndarray]) -> str:
-    """Writes ``results.npz`` (uncompressed, one array per field) atomically."""
+def _npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
     import io  # pylint: disable=g-import-not-at-top
 
-    unknown = set(arrays) - set(FIELDS)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def save_results(output_dir: str, arrays: Mapping[str, np.ndarray], observables="paper") -> str:
+    """Writes ``results.npz`` (uncompressed, one array per field), the per-token
+    fields as float16 in ``tokens.npz``, and ``RESULTS.md``, each atomically."""
+    docs = field_docs(observables)
+    unknown = set(arrays) - set(docs)
     if unknown:
         raise ValueError(f"save_results: undocumented fields {sorted(unknown)}")
-    buf = io.BytesIO()
-    np.savez(buf, **{k: np.asarray(v) for k, v in arrays.items()})
+    per_token = token_fields(observables)
+    main = {k: np.asarray(v) for k, v in arrays.items() if k not in per_token}
+    tokens = {k: np.asarray(v, np.float16) for k, v in arrays.items() if k in per_token}
     path = os.path.join(output_dir, RESULTS_FILE)
-    atomic_write_bytes(path, buf.getvalue())
-    atomic_write_bytes(os.path.join(output_dir, README_FILE), _readme(arrays).encode())
+    atomic_write_bytes(path, _npz_bytes(main))
+    if tokens:
+        atomic_write_bytes(os.path.join(output_dir, TOKENS_FILE), _npz_bytes(tokens))
+    readme = _readme(arrays, docs, observables)
+    atomic_write_bytes(os.path.join(output_dir, README_FILE), readme.encode())
     return path
 
 
 def load_results(output_dir: str) -> dict[str, np.ndarray]:
-    """All arrays of a finished run, plus its metadata under ``"metadata"``."""
+    """All arrays of a finished run (``tokens.npz``'s too, as float32), plus its
+    metadata under ``"metadata"``."""
     path = os.path.join(output_dir, RESULTS_FILE)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no results here (has the run finished?)")
     with np.load(path) as z:
         out = {k: z[k] for k in z.files}
+    tokens_path = os.path.join(output_dir, TOKENS_FILE)
+    if os.path.isfile(tokens_path):
+        with np.load(tokens_path) as z:
+            out.update({k: z[k].astype(np.float32) for k in z.files})
     meta_path = os.path.join(output_dir, METADATA_FILE)
     out["metadata"] = read_json(meta_path) if os.path.isfile(meta_path) else {}
     return out
 
 
-def _readme(arrays: Mapping[str, np.ndarray]) -> str:
+def _readme(arrays: Mapping[str, np.ndarray], docs: Mapping[str, str], observables) -> str:
+    from geom_jax import metrics  # pylint: disable=g-import-not-at-top
+
     lines = [
         "# Results of a geom-jax run",
         "",
@@ -104,15 +141,19 @@ def _readme(arrays: Mapping[str, np.ndarray]) -> str:
         "```",
         "",
         "P rows (prompt x shuffle level), L transformer layers, S GRIDE scales,",
-        "K overlap neighbourhood sizes, T tokens. `metadata.json` records the model,",
+        "K neighbourhood sizes, T tokens. `metadata.json` records the model,",
         "its checkpoint, the flags, package versions, git commit, device and wall time.",
+        f"Per-token fields are in `{TOKENS_FILE}` (float16): `np.load` it the same way.",
         "",
         "| field | shape here | meaning |",
         "| --- | --- | --- |",
     ]
-    for name, doc in FIELDS.items():
+    for name, doc in docs.items():
         if name in arrays:
             lines.append(f"| `{name}` | {list(np.shape(arrays[name]))} | {doc} |")
+    names = metrics.registry.resolve(observables)
+    lines += ["", f"Observables measured: `{metrics.registry.canonical(names)}`.", ""]
+    lines.append(metrics.registry.describe(names))
     return "\n".join(lines) + "\n"
 
 

@@ -192,7 +192,7 @@ def _stack_and_mask():
 
 
 def _assert_same(a, b):
-    for field in a.__dataclass_fields__:
+    for field in a:
         np.testing.assert_array_equal(
             np.asarray(getattr(a, field)), np.asarray(getattr(b, field)), err_msg=field
         )
@@ -280,7 +280,7 @@ def test_batching_with_padding_equals_unpadded_prompts():
 
 
 def _assert_close(a, b):
-    for field in a.__dataclass_fields__:
+    for field in a:
         np.testing.assert_allclose(
             np.asarray(getattr(a, field)), np.asarray(getattr(b, field)), rtol=1e-6, err_msg=field
         )

@@ -89,9 +89,12 @@ def check_discard_fraction(value, name="discard_fraction"):
 
 
 def check_sizes(n, *, range_max=256, max_k=32):
-    """Static check that clouds of N tokens support range_max and max_k (ValueError if not)."""
-    check_max_k(n, max_k)
-    check_range_max(n, range_max)
+    """Static check that clouds of N tokens support range_max and max_k (ValueError if
+    not); None skips a check (an observable set that does not use it)."""
+    if max_k is not None:
+        check_max_k(n, max_k)
+    if range_max is not None:
+        check_range_max(n, range_max)
 
 
 def _where(index, batch_shape, kind):
