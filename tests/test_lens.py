@@ -223,3 +223,36 @@ def test_softcap_uncertainty_matches_float64():
     assert _rel(got, ref) < 1e-5
     uncapped = np.asarray(lens.logit_uncertainty(jnp.asarray(h), jnp.asarray(w)))
     assert _rel(uncapped, ref) > 1e-2
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_pipeline_lens_and_logit_id_match_references(checkpoints, name):
+    """GeometryPipeline(observables="paper,lens,logit_id") on a padded batch."""
+    from geom_jax import pipeline
+
+    path, hf = checkpoints[name]
+    model, _ = gm.load(path)
+    ids, mask = _inputs(model.config.vocab_size, lengths=(T, 70))
+    pipe = pipeline.GeometryPipeline(
+        model, range_max=16, max_k=8, observables="paper,lens,logit_id"
+    )
+    got = pipe.to_host(pipe(ids, mask))
+    ref, logits = hf_lens_reference(hf, ids, mask)
+    valid = mask.astype(bool)
+    L1 = model.config.num_layers + 1
+    for k, field in enumerate(["lens_entropy", "lens_free_energy", "lens_energy"]):
+        assert got[field].shape == (2, L1)
+        want = np.stack([ref[:, b, valid[b], k].mean(-1) for b in range(2)])
+        assert _rel(got[field], want) < 1e-4, field
+    assert got["token_entropy"].shape == (2, T)
+    assert _rel(got["token_entropy"][valid], ref[-1, ..., 0][valid]) < 1e-4
+    assert np.isnan(got["token_entropy"][~valid]).all()
+    assert got["logit_gride_ids"].shape == (2, 6) and got["logit_twonn"].shape == (2,)
+    for b in range(2):
+        np.testing.assert_allclose(
+            got["logit_gride_ids"][b], _logit_gride64(logits[b][valid[b]]), rtol=1e-3
+        )
+    paper = pipeline.GeometryPipeline(model, range_max=16, max_k=8)
+    alone = paper.to_host(paper(ids, mask))
+    for k in alone:  # adding the lens observables leaves the paper's fields unchanged
+        np.testing.assert_array_equal(got[k], alone[k], err_msg=k)

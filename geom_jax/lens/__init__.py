@@ -10,8 +10,7 @@ per token, and the intrinsic dimension of the final logits' point cloud.
                                  factor=geom_jax.lens.logit_factor(ro.vocab_rows))
 """
 
-from geom_jax.lens.logit_id import DEFAULT_RANGE_MAX, LogitID, logit_factor, logit_id
-from geom_jax.lens.readout import Readout, readout
+from geom_jax.lens.logit_cloud import DEFAULT_RANGE_MAX, LogitID, logit_factor, logit_id
 from geom_jax.lens.uncertainty import (
     LensUncertainty,
     lens_stats,
@@ -19,6 +18,7 @@ from geom_jax.lens.uncertainty import (
     logit_uncertainty,
     translate,
 )
+from geom_jax.lens.unembedding import Readout, readout
 
 __all__ = [
     "DEFAULT_RANGE_MAX",

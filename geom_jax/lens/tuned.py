@@ -59,7 +59,7 @@ def kl_to_final(hidden, readout, translators=None):
     Args:
       hidden: [L+1, N, D] hidden states of N tokens (last entry already
         through the final norm, as the decoder returns them).
-      readout: the model's :class:`~geom_jax.lens.readout.Readout`.
+      readout: the model's :class:`~geom_jax.lens.unembedding.Readout`.
       translators: None (logit lens) or (weight [L, D, D], bias [L, D]).
 
     Returns:
@@ -123,7 +123,7 @@ def train(
     """
     import optax  # pylint: disable=g-import-not-at-top
 
-    from geom_jax.lens.readout import readout  # pylint: disable=g-import-not-at-top
+    from geom_jax.lens.unembedding import readout  # pylint: disable=g-import-not-at-top
 
     if not 0 < tokens_per_step <= train_hidden.shape[1]:
         raise ValueError(
@@ -165,7 +165,7 @@ def readout_fingerprint(model) -> str:
     holds the path and, for folders, hashes only the tensor headers)."""
     import hashlib  # pylint: disable=g-import-not-at-top
 
-    from geom_jax.lens.readout import readout  # pylint: disable=g-import-not-at-top
+    from geom_jax.lens.unembedding import readout  # pylint: disable=g-import-not-at-top
 
     ro = readout(model)
     rows = ro.vocab_rows.shape[0]

@@ -100,7 +100,7 @@ def lens_stats(hidden, readout, translators=None):
     Args:
       hidden: [L+1, B, T, D] hidden states in Hugging Face's layout (the last
         entry already through the final norm, as the decoder returns them).
-      readout: the model's :class:`~geom_jax.lens.readout.Readout`.
+      readout: the model's :class:`~geom_jax.lens.unembedding.Readout`.
       translators: None (logit lens) or (weight [L, D, D], bias [L, D]) of a
         tuned lens, applied to h_0 .. h_{L-1}.
 
@@ -122,7 +122,7 @@ def lens_uncertainty(hidden, readout, mask=None, *, translators=None) -> LensUnc
 
     Args:
       hidden: [L+1, B, T, D] hidden states (see :func:`lens_stats`).
-      readout: the model's :class:`~geom_jax.lens.readout.Readout`.
+      readout: the model's :class:`~geom_jax.lens.unembedding.Readout`.
       mask: bool [B, T] valid positions (None: all valid).
       translators: None (logit lens) or a tuned lens's (weight, bias).
 

@@ -129,6 +129,8 @@ class Observable:
     """(valid points, distinct valid points) needed per prompt and layer."""
     embedding: bool = False
     """The pipeline also computes it on the embedding output (layer 0)."""
+    in_all: bool = True
+    """Part of the "all" set (False for costly model-level ones, asked for by name)."""
 
     def __post_init__(self):
         if self.scope not in SCOPES:
@@ -197,7 +199,7 @@ def resolve(
         if item == "paper":
             wanted.update(PAPER)
         elif item == "all":
-            wanted.update(REGISTRY)
+            wanted.update(_all())
         elif item in REGISTRY:
             wanted.add(item)
         else:
@@ -205,12 +207,16 @@ def resolve(
     return tuple(n for n in REGISTRY if n in wanted)
 
 
+def _all() -> list[str]:
+    return [n for n, o in REGISTRY.items() if o.in_all]
+
+
 def canonical(spec) -> str:
     """A stable string for ``spec``: "paper", "all", or the comma list of names."""
     names = resolve(spec)
     if set(names) == set(PAPER):
         return "paper"
-    if set(names) == set(REGISTRY):
+    if set(names) == set(_all()):
         return "all"
     return ",".join(names)
 

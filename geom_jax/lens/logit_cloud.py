@@ -65,17 +65,35 @@ def logit_factor(vocab_rows, *, softcap=None):
     return _factor(vocab_rows)
 
 
-@functools.partial(jax.jit, static_argnames=("n_scales", "discard_fraction", "method"))
-def _logit_id(x, mask, factor, n_scales, discard_fraction, method):
-    y = jnp.einsum("...nd,dr->...nr", x.astype(jnp.float32), factor, precision=distances.HIGHEST)
-    valid = distances.valid_or_all(y, mask)
-    keep = unique.first_occurrence(x, valid)  # identical h <=> identical logits (W_U full rank)
+def cloud_id(x, y, valid, *, n_scales, discard_fraction, method) -> LogitID:
+    """GRIDE and TwoNN of the points y [..., N, r] (the logits' isometric image
+    of the final hidden states x [..., N, D]); duplicates are found on x
+    (identical h <=> identical logits for a full-rank W_U), first kept."""
+    valid = distances.valid_or_all(y, valid)
+    keep = unique.first_occurrence(x, valid)
     gram, _ = distances.centred_gram(y, keep)
     ranks = intrinsic_dimension.gride_ranks(n_scales)
     r = intrinsic_dimension.unique_neighbor_distances(y, gram, keep, ranks, method)
     ids, errs, scales = intrinsic_dimension.gride_from_neighbors(r, keep)
     tw = intrinsic_dimension.twonn_from_neighbors(r[..., 0], r[..., 1], keep, discard_fraction)
     return LogitID(gride_ids=ids, gride_errs=errs, gride_scales=scales, twonn=tw)
+
+
+def logit_points(x, factor):
+    """y = x F [..., N, r] in float32 at HIGHEST precision: |y_i - y_j| = |z_i - z_j|."""
+    return jnp.einsum("...nd,dr->...nr", x.astype(jnp.float32), factor, precision=distances.HIGHEST)
+
+
+@functools.partial(jax.jit, static_argnames=("n_scales", "discard_fraction", "method"))
+def _logit_id(x, mask, factor, n_scales, discard_fraction, method):
+    return cloud_id(
+        x,
+        logit_points(x, factor),
+        mask,
+        n_scales=n_scales,
+        discard_fraction=discard_fraction,
+        method=method,
+    )
 
 
 def logit_id(
