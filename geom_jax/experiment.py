@@ -19,7 +19,7 @@ from absl import flags, logging
 
 from geom_jax import data, results
 
-METHODS = ("structured", "shuffled")
+METHODS = ("structured", "shuffled", "permuted")
 PROBE_PREFIX = ".write-test-"
 
 
@@ -51,6 +51,9 @@ class RunSpec:
     param_dtype: str = "float32"
     layer_chunk: int | None = None
     observables: str = "paper"
+    shuffle_repeats: int = 1
+    lens: str = "logit"
+    logit_range_max: int = 64
     # Not part of the results' definition:
     resume: bool = False
     streaming: bool = False
@@ -106,9 +109,28 @@ class RunSpec:
 
 def canonical_observables(spec: str) -> str:
     """ "paper", "all" or the comma list of names, so that --resume compares sets."""
-    from geom_jax import metrics  # pylint: disable=g-import-not-at-top
+    return _registry().canonical(spec)
 
-    return metrics.registry.canonical(spec)
+
+def _registry():
+    """The observable registry with the pipeline's model-level observables (lens, logit_id)."""
+    from geom_jax import metrics, pipeline  # noqa: F401  pylint: disable=g-import-not-at-top
+
+    return metrics.registry
+
+
+DEFAULTS_OF_LATER_FIELDS = {
+    "observables": "paper",
+    "shuffle_repeats": 1,
+    "lens": "logit",
+    "logit_range_max": 64,
+}
+"""Defining fields added after runs were recorded: their value in such runs (--resume)."""
+
+
+def observable_options(spec: RunSpec) -> dict:
+    """The ``options=`` of the lens / logit_id observables."""
+    return {"lens": spec.lens, "logit_range_max": spec.logit_range_max}
 
 
 def define_flags() -> None:
@@ -124,7 +146,18 @@ def define_flags() -> None:
     flags.DEFINE_string("text_field", d.text_field, "Field holding the text (.jsonl, datasets).")
     flags.DEFINE_string("split", d.split, "Dataset split.")
     flags.DEFINE_bool("streaming", d.streaming, "Stream a Hub dataset instead of caching it.")
-    flags.DEFINE_enum("method", d.method, METHODS, "structured, or shuffled at s=0..max_shuffle.")
+    flags.DEFINE_enum(
+        "method",
+        d.method,
+        METHODS,
+        "structured; shuffled at s=0..max_shuffle; permuted: the structured prompt and "
+        "--shuffle_repeats full random permutations of its tokens.",
+    )
+    flags.DEFINE_integer(
+        "shuffle_repeats",
+        d.shuffle_repeats,
+        "Independent shuffles per level s > 0 (shuffled) or full permutations (permuted).",
+    )
     flags.DEFINE_integer("max_tokens", d.max_tokens, "Tokens per prompt (shorter are dropped).")
     flags.DEFINE_integer("max_shuffle", d.max_shuffle, "Largest shuffle index s (4**s blocks).")
     flags.DEFINE_integer("num_prompts", d.num_prompts, "Prompts to keep (0 = all qualifying).")
@@ -144,6 +177,12 @@ def define_flags() -> None:
         d.observables,
         "'paper' (GRIDE/TwoNN, cosine, overlap), 'all', or a comma list of names "
         "(may include 'paper', e.g. paper,reciprocity).",
+    )
+    flags.DEFINE_string(
+        "lens", d.lens, "Lens of the lens observable: 'logit' or 'tuned:DIR' (train_tuned_lens.py)."
+    )
+    flags.DEFINE_integer(
+        "logit_range_max", d.logit_range_max, "Largest GRIDE neighbour rank n2 of logit_id."
     )
     flags.DEFINE_string("output_dir", None, "Folder for results.npz and metadata.json.")
     flags.DEFINE_bool("resume", False, "Continue the run checkpointed in --output_dir.")
@@ -177,11 +216,21 @@ def check_spec(spec: RunSpec) -> None:
     if spec.max_tokens < 4:
         raise UserError(f"--max_tokens must be at least 4, got {spec.max_tokens}")
     try:
-        names = metrics.registry.resolve(spec.observables, "--observables")
-        options = metrics.geometry.options_of(range_max=spec.range_max, max_k=spec.max_k)
+        names = _registry().resolve(spec.observables, "--observables")
+        options = metrics.geometry.options_of(
+            range_max=spec.range_max, max_k=spec.max_k, options=observable_options(spec)
+        )
         metrics.geometry.check_observables(names, options, spec.max_tokens + int(spec.add_bos))
     except ValueError as e:
-        raise UserError(str(e)) from None
+        raise UserError(_as_flags(str(e))) from None
+    check_lens(spec, names)
+    if spec.shuffle_repeats < 1:
+        raise UserError(f"--shuffle_repeats must be positive, got {spec.shuffle_repeats}")
+    if spec.method == "structured" and spec.shuffle_repeats > 1:
+        raise UserError(
+            f"--shuffle_repeats={spec.shuffle_repeats} applies to --method=shuffled or "
+            "--method=permuted; --method=structured runs each prompt once"
+        )
     if spec.method == "shuffled":
         try:
             data.check_divisible(spec.max_tokens, spec.max_shuffle)
@@ -193,6 +242,34 @@ def check_spec(spec: RunSpec) -> None:
         )
     except ValueError as e:
         raise UserError(str(e)) from None
+
+
+def _as_flags(message: str) -> str:
+    """A library message in the command line's terms."""
+    for name in ("logit_range_max", "lens must"):
+        message = message.replace(name, "--" + name)
+    return message
+
+
+def check_lens(spec: RunSpec, names) -> None:
+    """--lens: 'logit' or 'tuned:DIR' with DIR a trained lens, used by the lens observable."""
+    from geom_jax.lens import observables, tuned  # pylint: disable=g-import-not-at-top
+
+    try:
+        folder = observables.parse_lens(spec.lens)
+    except ValueError as e:
+        raise UserError(_as_flags(str(e))) from None
+    if folder is None:
+        return
+    if "lens" not in names:
+        raise UserError(
+            f"--lens={spec.lens} applies to the lens observable; add lens to --observables "
+            f"(now {spec.observables!r})"
+        )
+    try:
+        tuned.read_meta(folder)
+    except (ValueError, OSError) as e:
+        raise UserError(f"--lens={spec.lens}: {e}") from None
 
 
 def check_output_dir(spec: RunSpec) -> None:
@@ -215,7 +292,8 @@ def check_output_dir(spec: RunSpec) -> None:
         )
     if existing and spec.resume and os.path.isfile(config_path):
         saved = results.read_json(config_path)
-        saved.setdefault("observables", "paper")  # runs from before --observables
+        for key, value in DEFAULTS_OF_LATER_FIELDS.items():  # runs from before these flags
+            saved.setdefault(key, value)
         diff = {k: (saved.get(k), v) for k, v in spec.defining().items() if saved.get(k) != v}
         if diff:
             raise UserError(
@@ -259,14 +337,30 @@ def select(spec: RunSpec, tokenizer) -> tuple[data.PromptSource, data.PromptSele
         raise UserError(str(e)) from None
 
 
+def row_levels(spec: RunSpec) -> tuple[np.ndarray, np.ndarray]:
+    """(shuffle_index, shuffle_repeat) of one prompt's rows, in sweep order: the
+    structured prompt (0, 0), then, if shuffled, each level s = 1..max_shuffle
+    with repeats 0..R-1, or, if permuted, R full permutations (FULL_PERMUTATION, r)."""
+    r = spec.shuffle_repeats
+    if spec.method == "shuffled":
+        levels = np.repeat(np.arange(1, spec.max_shuffle + 1), r)
+        repeats = np.tile(np.arange(r), spec.max_shuffle)
+    elif spec.method == "permuted":
+        levels, repeats = np.full(r, data.FULL_PERMUTATION), np.arange(r)
+    else:
+        levels = repeats = np.zeros(0, int)
+    return np.concatenate([[0], levels]).astype(int), np.concatenate([[0], repeats]).astype(int)
+
+
 def build_plan(spec: RunSpec, selection: data.PromptSelection):
-    """Rows of the sweep: every prompt, at every shuffle level if shuffled."""
+    """Rows of the sweep: every prompt, at every shuffle level and repeat (row_levels)."""
     from geom_jax import sweep  # pylint: disable=g-import-not-at-top
 
-    levels = np.arange(spec.max_shuffle + 1) if spec.method == "shuffled" else np.zeros(1, int)
+    levels, repeats = row_levels(spec)
     num_prompts = len(selection.indices)
     row_prompt = np.repeat(np.arange(num_prompts), len(levels))
     row_shuffle = np.tile(levels, num_prompts)
+    row_repeat = np.tile(repeats, num_prompts)
     keep_first = int(spec.add_bos)
 
     def make_batch(rows: np.ndarray):
@@ -278,6 +372,7 @@ def build_plan(spec: RunSpec, selection: data.PromptSelection):
                     seed=spec.seed,
                     prompt_index=int(selection.indices[row_prompt[r]]),
                     keep_first=keep_first,
+                    repeat=int(row_repeat[r]),
                 )
                 for r in rows
             ]
@@ -288,6 +383,7 @@ def build_plan(spec: RunSpec, selection: data.PromptSelection):
         prompt_index=selection.indices[row_prompt],
         shuffle_index=row_shuffle.astype(np.int32),
         make_batch=make_batch,
+        shuffle_repeat=row_repeat.astype(np.int32),
     )
     keys = np.asarray([selection.keys[p] for p in row_prompt])
     return plan, keys
@@ -300,6 +396,7 @@ def _local_plan(plan, rows):
         prompt_index=plan.prompt_index[rows],
         shuffle_index=plan.shuffle_index[rows],
         make_batch=lambda local: plan.make_batch(rows[local]),
+        shuffle_repeat=plan.shuffle_repeat[rows],
     )
 
 
@@ -368,15 +465,19 @@ def run(spec: RunSpec) -> dict:
         )
     except ValueError as e:
         raise UserError(str(e)) from None
-    pipe = pipeline.GeometryPipeline(
-        model,
-        range_max=spec.range_max,
-        max_k=spec.max_k,
-        layer_chunk=spec.layer_chunk,
-        mesh=mesh,
-        rules=rules,
-        observables=spec.observables,
-    )
+    try:
+        pipe = pipeline.GeometryPipeline(
+            model,
+            range_max=spec.range_max,
+            max_k=spec.max_k,
+            layer_chunk=spec.layer_chunk,
+            mesh=mesh,
+            rules=rules,
+            observables=spec.observables,
+            options=observable_options(spec),
+        )
+    except ValueError as e:  # e.g. a tuned lens of another model
+        raise UserError(f"--lens={spec.lens}: {e}" if "lens" in str(e) else str(e)) from None
     num_tokens = selection.token_ids.shape[1]
     rows = distributed.local_rows(
         len(plan), spec.batch_size, jax.process_index(), jax.process_count()
@@ -399,6 +500,7 @@ def run(spec: RunSpec) -> dict:
         "prompt_index": plan.prompt_index,
         "prompt_key": keys,
         "shuffle_index": plan.shuffle_index,
+        "shuffle_repeat": plan.shuffle_repeat,
         **distributed.gather_rows(len(plan), rows, store.arrays),
     }
     if "gride_ids" in arrays:

@@ -9,7 +9,9 @@ dimension and neighbourhood overlap are measured on the L transformer layers
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -49,6 +51,34 @@ def result_fields(observables="paper") -> list[metrics.registry.Field]:
 
 
 RESULT_FIELDS = tuple(f.name for f in result_fields("paper"))
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelInput:
+    """An observable input that needs the model, not only its hidden states.
+
+    prepare(model, options) -> arrays computed once per pipeline (or None);
+    compute(model, out: DecoderOutput, attention_mask, prepared, options)
+    -> [B, ...], run in the fused step under GSPMD, before the metrics.
+    """
+
+    prepare: Callable
+    compute: Callable
+
+
+MODEL_INPUTS: dict[str, ModelInput] = {}
+
+
+def register_model_input(name: str, prepare: Callable, compute: Callable) -> None:
+    """Lets observables consume ``name`` (also declare it with registry.register_input)."""
+    MODEL_INPUTS[name] = ModelInput(prepare, compute)
+
+
+def model_inputs_of(observables) -> tuple[str, ...]:
+    """The model inputs the observables consume, in a stable order."""
+    names = metrics.registry.resolve(observables)
+    used = {c for n in names for c in metrics.registry.get(n).consumes}
+    return tuple(k for k in MODEL_INPUTS if k in used)
 
 
 def geometry_from_hidden(
@@ -119,31 +149,37 @@ def geometry_step(
     max_k: int,
     layer_chunk: int | None = None,
     observables="paper",
+    prepared: dict | None = None,
     **options,
 ) -> PromptGeometry:
     """Forward and metrics for a batch; pure, so it can be jitted.
 
-    The forward runs under GSPMD (parameters sharded as placed, batch over
-    ``data``); the metrics run under ``shard_map`` where the hidden states
-    live, one slice of the batch per device group.
+    The forward (and the model inputs of MODEL_INPUTS that the observables
+    consume, from ``prepared``) runs under GSPMD (parameters sharded as
+    placed, batch over ``data``); the metrics run under ``shard_map`` where
+    the hidden states live, one slice of the batch per device group.
     """
     out = models.forward(graphdef, state, input_ids, attention_mask)
+    prepared = prepared or {}
+    inputs = {}
+    if prepared:
+        model = nnx.merge(graphdef, state)
+        extra = options.get("options") or {}
+        for name in prepared:
+            fn = MODEL_INPUTS[name].compute
+            inputs[name] = fn(model, out, attention_mask, prepared[name], extra)
     axes = sharding.batch_axes(mesh, input_ids.shape[0])
+    settings = dict(
+        range_max=range_max, max_k=max_k, layer_chunk=layer_chunk, observables=observables
+    )
     reduce = jax.shard_map(
-        functools.partial(
-            geometry_from_hidden,
-            range_max=range_max,
-            max_k=max_k,
-            layer_chunk=layer_chunk,
-            observables=observables,
-            **options,
-        ),
+        lambda h, nll, m, more: geometry_from_hidden(h, nll, m, inputs=more, **settings, **options),
         mesh=mesh,
-        in_specs=(P(None, axes), P(axes), P(axes)),
+        in_specs=(P(None, axes), P(axes), P(axes), P(axes)),
         out_specs=P(axes),
         check_vma=False,
     )
-    return reduce(out.hidden_states, out.token_nll, attention_mask)
+    return reduce(out.hidden_states, out.token_nll, attention_mask, inputs)
 
 
 class GeometryPipeline:
@@ -158,7 +194,10 @@ class GeometryPipeline:
 
     ``observables``: "paper" (default), "all", a comma list or a sequence of
     names (see :mod:`geom_jax.metrics.registry`); ``options``: id_k,
-    entropy_alpha (see ``layer_geometry``).
+    entropy_alpha (see ``layer_geometry``), and ``options={...}`` for
+    observables registered outside the metrics (e.g. ``lens``: "logit" or
+    "tuned:DIR", ``logit_range_max``: 64 for ``lens`` / ``logit_id``).
+    What those consume from the model (MODEL_INPUTS) is prepared here, once.
 
     With ``mesh`` (see :mod:`geom_jax.sharding`), parameters are placed by
     their logical axis names (unless already sharded on it), batches are
@@ -184,6 +223,11 @@ class GeometryPipeline:
         graphdef, state = nnx.split(model)
         self.graphdef = graphdef
         self.state = sharding.place_state(state, self.mesh, rules)
+        extra = options.get("options") or {}
+        self.prepared = {
+            name: MODEL_INPUTS[name].prepare(model, extra)
+            for name in model_inputs_of(self.observables)
+        }
         self._step = jax.jit(
             functools.partial(
                 geometry_step,
@@ -203,7 +247,7 @@ class GeometryPipeline:
         ids = jax.ShapeDtypeStruct(
             (batch_size, num_tokens), jnp.int32, sharding=sharding.batch_sharding(self.mesh)
         )
-        out = jax.eval_shape(self._step, self.state, ids, ids)
+        out = jax.eval_shape(self._step, self.state, ids, ids, prepared=self.prepared)
         return {name: out[name] for name in self.fields}
 
     def __call__(self, input_ids, attention_mask=None) -> PromptGeometry:
@@ -213,9 +257,14 @@ class GeometryPipeline:
             attention_mask = np.ones_like(input_ids)
         ids = sharding.to_global(self.mesh, input_ids)
         mask = sharding.to_global(self.mesh, np.asarray(attention_mask, np.int32))
-        return self._step(self.state, ids, mask)
+        return self._step(self.state, ids, mask, prepared=self.prepared)
 
     def to_host(self, geo: PromptGeometry) -> dict[str, np.ndarray]:
         """This process's rows of a result, as a dict of NumPy arrays."""
         host = sharding.to_host_local(self.mesh, geo)
         return {name: host[name] for name in self.fields}
+
+
+from geom_jax.lens import observables as _lens_observables  # noqa: E402
+
+_lens_observables.register()  # the lens and logit_id observables (they need MODEL_INPUTS)

@@ -37,7 +37,8 @@ class Run:
 
     @property
     def levels(self) -> list[int]:
-        return sorted(int(s) for s in np.unique(self.arrays["shuffle_index"]))
+        """Shuffle levels, least shuffled first (full permutations, s = -1, last)."""
+        return sorted((int(s) for s in np.unique(self.arrays["shuffle_index"])), key=_disorder)
 
 
 def load_runs(folders: Sequence[str]) -> list[Run]:
@@ -52,13 +53,17 @@ def load_runs(folders: Sequence[str]) -> list[Run]:
         by_model.setdefault(r["metadata"].get("model", folder), []).append(r)
     runs = []
     for label, parts in by_model.items():
-        keys = [k for k in parts[0] if k != "metadata" and k != "gride_n1"]
+        keys = [
+            k for k in parts[0] if k not in ("metadata", "gride_n1") and all(k in q for q in parts)
+        ]
         seen, take = set(), []
         for part in parts:
             rows = []
-            for i, (p, s) in enumerate(zip(part["prompt_index"], part["shuffle_index"])):
-                if (int(p), int(s)) not in seen:
-                    seen.add((int(p), int(s)))
+            repeat = part.get("shuffle_repeat", np.zeros_like(part["shuffle_index"]))
+            for i, row in enumerate(zip(part["prompt_index"], part["shuffle_index"], repeat)):
+                row = tuple(int(v) for v in row)
+                if row not in seen:
+                    seen.add(row)
                     rows.append(i)
             take.append((part, np.asarray(rows, int)))
         arrays = {k: np.concatenate([part[k][rows] for part, rows in take]) for k in keys}
@@ -115,7 +120,13 @@ def _band(ax, x, values, label, color=None):
     ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.18, lw=0)
 
 
+def _disorder(s: int) -> tuple[bool, int]:
+    return (s < 0, s)
+
+
 def _level_label(s: int) -> str:
+    if s < 0:
+        return "permuted"
     return "structured (s=0)" if s == 0 else f"shuffled s={s}"
 
 

@@ -28,7 +28,10 @@ TOKENS_FILE = "tokens.npz"
 RUN_FIELDS = {
     "prompt_index": "[P] index of the row's prompt in the dataset (see prompt_key).",
     "prompt_key": "[P] stable id of the prompt (pydoc topic, file name, line or row).",
-    "shuffle_index": "[P] shuffle level s: 4**s blocks permuted (0 = structured prompt).",
+    "shuffle_index": "[P] shuffle level s: 4**s blocks permuted (0 = structured prompt; "
+    "-1 = every token permuted, --method=permuted).",
+    "shuffle_repeat": "[P] repeat r = 0..R-1 of the row's shuffle (--shuffle_repeats=R; "
+    "0 for the structured prompt).",
 }
 GRIDE_N1 = "[S] the neighbour rank n1 = 2**j of each scale (n2 = 2 n1)."
 

@@ -136,6 +136,8 @@ class Observable:
     """previous(ctx) -> arrays [C, ...] the next layer needs from this one
     (e.g. its Gram matrix); compute reads the previous layer's as ctx.previous
     (zeros for the first layer), carried across layer chunks."""
+    in_all: bool = True
+    """Part of the "all" set (False for costly model-level ones, asked for by name)."""
 
     def __post_init__(self):
         if self.scope not in SCOPES:
@@ -204,7 +206,7 @@ def resolve(
         if item == "paper":
             wanted.update(PAPER)
         elif item == "all":
-            wanted.update(REGISTRY)
+            wanted.update(_all())
         elif item in REGISTRY:
             wanted.add(item)
         else:
@@ -212,12 +214,16 @@ def resolve(
     return tuple(n for n in REGISTRY if n in wanted)
 
 
+def _all() -> list[str]:
+    return [n for n, o in REGISTRY.items() if o.in_all]
+
+
 def canonical(spec) -> str:
     """A stable string for ``spec``: "paper", "all", or the comma list of names."""
     names = resolve(spec)
     if set(names) == set(PAPER):
         return "paper"
-    if set(names) == set(REGISTRY):
+    if set(names) == set(_all()):
         return "all"
     return ",".join(names)
 

@@ -196,35 +196,54 @@ def _vocab_pieces(vocab_size: int) -> int:
     return next(k for k in range(NLL_VOCAB_PIECES, 0, -1) if vocab_size % k == 0)
 
 
+def vocab_pieces(w):
+    """The unembedding rows w [V, D] cut into `_vocab_pieces(V)` interleaved
+    pieces (rows j, j+k, j+2k, ...: a vocab-sharded W stays evenly sharded).
+
+    Call it inside the body of `map_sequence_chunks`, so that the pieces
+    (together one copy of W) need not stay alive across sequence chunks."""
+    V, D = w.shape
+    k = _vocab_pieces(V)
+    return [w] if k == 1 else [w.reshape(V // k, k, D)[:, j] for j in range(k)]
+
+
+def map_sequence_chunks(fn, h, *extra, vocab_size: int):
+    """fn over sequence chunks of h [B, n, D] (and of each extra [B, n, ...]),
+    each chunk short enough that its [B, c, V] logits hold at most
+    NLL_CHUNK_ELEMENTS elements; fn(hc, *extra_c) returns a pytree of
+    [B, c, ...] arrays, reassembled here to [B, n, ...]."""
+    B, n, _ = h.shape
+    chunk = max(1, min(n, NLL_CHUNK_ELEMENTS // max(1, B * vocab_size)))
+    pad = (-n) % chunk
+    args = (h,) + extra
+    if pad:
+        args = tuple(jnp.pad(a, ((0, 0), (0, pad)) + ((0, 0),) * (a.ndim - 2)) for a in args)
+    nc = (n + pad) // chunk
+    if nc == 1:
+        out = fn(*args)
+    else:
+        split = lambda a: jnp.moveaxis(a.reshape((B, nc, chunk) + a.shape[2:]), 1, 0)
+        join = lambda o: jnp.moveaxis(o, 0, 1).reshape((B, nc * chunk) + o.shape[3:])
+        out = jax.tree.map(join, jax.lax.map(lambda a: fn(*a), tuple(map(split, args))))
+    return jax.tree.map(lambda o: o[:, :n], out)
+
+
 def token_nll(h, vocab_rows, input_ids, attention_mask, logit_cap: float | None = None):
     """Next-token NLL [B, T-1] as logsumexp(logits) - target logit, in float32,
     over sequence chunks so the [B, T, V] logits are never all alive. The
     target logit is h . W[target] (a row gather, not a [B, T, V] gather).
 
-    Within a chunk the vocabulary is cut into `_vocab_pieces(V)` interleaved
-    pieces (rows j, j+k, j+2k, ...: a vocab-sharded W stays evenly sharded),
-    each its own matmul + logsumexp, combined by a logsumexp over pieces.
+    Within a chunk the vocabulary is cut into `vocab_pieces`, each its own
+    matmul + logsumexp, combined by a logsumexp over pieces.
     XLA:CPU runs the logsumexp reduction on one thread; as separate pieces it
     overlaps the next piece's matmul and reads cache-sized logits
     (SmolLM2, T=1024: 0.44 -> 0.31 s; BUILD_NOTES section 4). `logit_cap`
     soft-caps the logits first (Gemma 2's final_logit_softcapping)."""
-    B, T, D = h.shape
     V = vocab_rows.shape[0]
-    hs, targets = h[:, :-1], input_ids[:, 1:]
-    n = T - 1
-    chunk = max(1, min(n, NLL_CHUNK_ELEMENTS // max(1, B * V)))
-    pad = (-n) % chunk
-    if pad:
-        hs = jnp.pad(hs, ((0, 0), (0, pad), (0, 0)))
-        targets = jnp.pad(targets, ((0, 0), (0, pad)))
     w = vocab_rows.astype(h.dtype)
-    k = _vocab_pieces(V)
 
-    def one(args):
-        hc, tc = args
-        # sliced here, not outside the lax.map body, so the pieces (together one
-        # copy of W) need not stay alive across sequence chunks
-        pieces = [w] if k == 1 else [w.reshape(V // k, k, D)[:, j] for j in range(k)]
+    def one(hc, tc):
+        pieces = vocab_pieces(w)
         lse = [
             jax.nn.logsumexp(
                 softcap(
@@ -235,20 +254,13 @@ def token_nll(h, vocab_rows, input_ids, attention_mask, logit_cap: float | None 
             )
             for wj in pieces
         ]
-        lse = lse[0] if k == 1 else jax.nn.logsumexp(jnp.stack(lse, axis=-1), axis=-1)
+        lse = lse[0] if len(pieces) == 1 else jax.nn.logsumexp(jnp.stack(lse, axis=-1), axis=-1)
         tgt = jnp.einsum(
             "btd,btd->bt", hc.astype(jnp.float32), jnp.take(w, tc, axis=0).astype(jnp.float32)
         )
         return lse - softcap(tgt, logit_cap)
 
-    nc = (n + pad) // chunk
-    if nc == 1:
-        nll = one((hs, targets))
-    else:
-        hs = hs.reshape(B, nc, chunk, D).transpose(1, 0, 2, 3)
-        targets = targets.reshape(B, nc, chunk).transpose(1, 0, 2)
-        nll = jax.lax.map(one, (hs, targets)).transpose(1, 0, 2).reshape(B, nc * chunk)
-    nll = nll[:, :n]
+    nll = map_sequence_chunks(one, h[:, :-1], input_ids[:, 1:], vocab_size=V)
     valid = (attention_mask[:, 1:] > 0) & (attention_mask[:, :-1] > 0)
     return jnp.where(valid, nll, 0.0), valid
 
