@@ -23,6 +23,7 @@ from geom_jax import distributed, experiment
 
 FLAGS = flags.FLAGS
 experiment.define_flags()
+flags.adopt_module_key_flags(experiment)  # --help lists these (--helpfull: also absl's)
 
 
 def main(argv):
@@ -34,6 +35,9 @@ def main(argv):
     except (experiment.UserError, distributed.DistributedError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted; rerun with --resume to continue", file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

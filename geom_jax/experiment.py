@@ -17,7 +17,7 @@ import time
 import numpy as np
 from absl import flags, logging
 
-from geom_jax import data, results
+from geom_jax import data, disk_space, results, run_lock
 
 METHODS = ("structured", "shuffled", "permuted")
 PROBE_PREFIX = ".write-test-"
@@ -54,6 +54,7 @@ class RunSpec:
     shuffle_repeats: int = 1
     lens: str = "logit"
     logit_range_max: int = 64
+    duplicate_tolerance: float = 1e-5
     # Not part of the results' definition:
     resume: bool = False
     streaming: bool = False
@@ -93,7 +94,7 @@ class RunSpec:
         a few flags use 0 / empty / None for "not set"."""
         kw = {field.name: getattr(f, field.name) for field in dataclasses.fields(cls)}
         kw.update(
-            num_prompts=f.num_prompts if f.num_prompts > 0 else None,
+            num_prompts=f.num_prompts if f.num_prompts != 0 else None,
             filter_models=tuple(f.filter_models or ()),
             layer_chunk=f.layer_chunk or None,
             mesh_shape=f.mesh_shape or "",
@@ -184,6 +185,12 @@ def define_flags() -> None:
     flags.DEFINE_integer(
         "logit_range_max", d.logit_range_max, "Largest GRIDE neighbour rank n2 of logit_id."
     )
+    flags.DEFINE_float(
+        "duplicate_tolerance",
+        d.duplicate_tolerance,
+        "Tokens closer than this times the cloud's RMS norm count as one for the ID "
+        "estimators (0 = exact duplicates only; ~1e-2 for bfloat16 activations).",
+    )
     flags.DEFINE_string("output_dir", None, "Folder for results.npz and metadata.json.")
     flags.DEFINE_bool("resume", False, "Continue the run checkpointed in --output_dir.")
     flags.DEFINE_integer("checkpoint_every", d.checkpoint_every, "Batches between checkpoints.")
@@ -215,6 +222,18 @@ def check_spec(spec: RunSpec) -> None:
         raise UserError("--text_field must not be empty")
     if spec.max_tokens < 4:
         raise UserError(f"--max_tokens must be at least 4, got {spec.max_tokens}")
+    if spec.num_prompts is not None and spec.num_prompts < 1:
+        raise UserError(
+            f"--num_prompts must be >= 0 (0 = every qualifying prompt), got {spec.num_prompts}"
+        )
+    if spec.layer_chunk is not None and spec.layer_chunk < 1:
+        raise UserError(f"--layer_chunk must be >= 0 (0 = automatic), got {spec.layer_chunk}")
+    if spec.max_shuffle < 0:
+        raise UserError(f"--max_shuffle must be >= 0, got {spec.max_shuffle}")
+    if spec.seed < 0:
+        raise UserError(f"--seed must be >= 0, got {spec.seed}")
+    if not 0 <= spec.duplicate_tolerance < 1:
+        raise UserError(f"--duplicate_tolerance must be in [0, 1), got {spec.duplicate_tolerance}")
     try:
         names = _registry().resolve(spec.observables, "--observables")
         options = metrics.geometry.options_of(
@@ -270,6 +289,53 @@ def check_lens(spec: RunSpec, names) -> None:
         tuned.read_meta(folder)
     except (ValueError, OSError) as e:
         raise UserError(f"--lens={spec.lens}: {e}") from None
+def check_model(spec: RunSpec):
+    """Reads the model's configuration (no weights) and checks the run fits it:
+    a ported architecture, and prompts within its context length. Returns the
+    DecoderConfig."""
+    from geom_jax import models  # pylint: disable=g-import-not-at-top
+
+    try:
+        config = models.load_config(spec.model, revision=spec.revision or None)
+    except (ValueError, FileNotFoundError) as e:
+        raise UserError(f"--model={spec.model}: {e}") from None
+    num_tokens = spec.max_tokens + int(spec.add_bos)
+    if num_tokens > config.max_position_embeddings:
+        bos = " + 1 (--add_bos)" if spec.add_bos else ""
+        raise UserError(
+            f"--max_tokens={spec.max_tokens}{bos} exceeds the context of --model={spec.model}: "
+            f"its max_position_embeddings is {config.max_position_embeddings}"
+        )
+    return config
+
+
+def check_token_ids(token_ids: np.ndarray, vocab_size: int, model: str) -> None:
+    """Refuses token ids the model has no embedding for (a tokenizer of another
+    model, a corrupt vocabulary) before any compute."""
+    bad = (token_ids < 0) | (token_ids >= vocab_size)
+    if bad.any():
+        row, pos = (int(i) for i in np.argwhere(bad)[0])
+        raise UserError(
+            f"prompt {row}, token {pos}: id {int(token_ids[row, pos])} is outside the vocabulary "
+            f"of --model={model} (vocab_size {vocab_size}); is the tokenizer the model's own?"
+        )
+
+
+def _holds_a_run(out: str) -> bool:
+    """Whether ``out`` holds more than a run leaves before its first checkpoint
+    (its run_config.json, lock, an empty checkpoints folder): such a folder is
+    reusable by a fresh run."""
+    from geom_jax import run_lock, sweep  # pylint: disable=g-import-not-at-top
+
+    for name in os.listdir(out):
+        path = os.path.join(out, name)
+        if name.startswith(PROBE_PREFIX) or name in (run_lock.LOCK_FILE, results.RUN_CONFIG_FILE):
+            continue
+        if name == sweep.CHECKPOINT_DIR and os.path.isdir(path):
+            if not any(n.isdigit() for n in os.listdir(path)):
+                continue
+        return True
+    return False
 
 
 def check_output_dir(spec: RunSpec) -> None:
@@ -284,7 +350,7 @@ def check_output_dir(spec: RunSpec) -> None:
     config_path = os.path.join(out, results.RUN_CONFIG_FILE)
     if os.path.exists(out) and not os.path.isdir(out):
         raise UserError(f"--output_dir={out!r} exists and is not a folder")
-    existing = os.path.isdir(out) and any(not f.startswith(PROBE_PREFIX) for f in os.listdir(out))
+    existing = os.path.isdir(out) and _holds_a_run(out)
     if existing and not spec.resume:
         raise UserError(
             f"--output_dir={out!r} already holds files; pass --resume to continue that run, "
@@ -311,9 +377,8 @@ def check_output_dir(spec: RunSpec) -> None:
 
 
 def record_run_config(spec: RunSpec) -> None:
-    path = os.path.join(spec.output_dir, results.RUN_CONFIG_FILE)
-    if not os.path.isfile(path):
-        results.write_json(path, spec.defining())
+    """Writes run_config.json (on --resume of a started run it already matches)."""
+    results.write_json(os.path.join(spec.output_dir, results.RUN_CONFIG_FILE), spec.defining())
 
 
 def select(spec: RunSpec, tokenizer) -> tuple[data.PromptSource, data.PromptSelection]:
@@ -389,6 +454,44 @@ def build_plan(spec: RunSpec, selection: data.PromptSelection):
     return plan, keys
 
 
+def check_free_space(out: str, needed: int, checkpoint_dir: str) -> None:
+    """Refuses to start a computation whose results cannot fit on the disk
+    (a resumed run needs only the space it does not already use)."""
+    used = 0
+    for root, _, files in os.walk(checkpoint_dir):
+        used += sum(os.path.getsize(os.path.join(root, f)) for f in files)
+    if disk_space.free_bytes(out) + used < needed:
+        raise UserError(disk_space.full_disk_message(out, needed))
+
+
+def degenerate_summary(status: np.ndarray) -> str | None:
+    """One line counting the rows and layers flagged in ``status`` [P, L], or None."""
+    from geom_jax import pipeline  # pylint: disable=g-import-not-at-top
+
+    parts = []
+    for flag, what in (
+        (pipeline.STATUS_NON_FINITE, "non-finite hidden states (all observables NaN)"),
+        (pipeline.STATUS_FEW_DISTINCT, "too few distinct tokens for some GRIDE scales (NaN)"),
+        (pipeline.STATUS_DUPLICATES, "tokens merged as (near-)duplicates"),
+    ):
+        hit = (status & flag) != 0
+        if hit.any():
+            parts.append(f"{int(hit.any(axis=1).sum())} rows ({int(hit.sum())} layers) with {what}")
+    if not parts:
+        return None
+    return f"degenerate clouds among {status.shape[0]} rows x {status.shape[1]} layers: " + (
+        "; ".join(parts) + " (results.npz 'status')"
+    )
+
+
+def report_degenerate(status: np.ndarray) -> None:
+    line = degenerate_summary(np.asarray(status, np.int32))
+    if line:
+        logging.warning("%s", line)
+    else:
+        logging.info("no degenerate clouds: every layer finite with enough distinct tokens")
+
+
 def _local_plan(plan, rows):
     from geom_jax import sweep  # pylint: disable=g-import-not-at-top
 
@@ -407,15 +510,8 @@ def run(spec: RunSpec) -> dict:
     calls this with the same spec; process 0 writes the merged results.
     """
     import jax  # pylint: disable=g-import-not-at-top
-    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 
-    from geom_jax import (  # pylint: disable=g-import-not-at-top
-        distributed,
-        models,
-        pipeline,
-        sharding,
-        sweep,
-    )
+    from geom_jax import distributed, models, sharding  # pylint: disable=g-import-not-at-top
 
     t_start = time.time()
     check_spec(spec)
@@ -428,17 +524,65 @@ def run(spec: RunSpec) -> dict:
             models.resolve(m)
     except (ValueError, FileNotFoundError) as e:
         raise UserError(str(e)) from None
+    config = check_model(spec)
     check_output_dir(spec)
+    lock = run_lock.RunLock(spec.output_dir) if jax.process_index() == 0 else None
+    try:
+        if lock is not None:
+            lock.acquire()
+    except run_lock.RunLockedError as e:
+        raise UserError(str(e)) from None
+    space = _SpaceNeeded()
+    try:
+        return _run_locked(spec, mesh, config, t_start, space)
+    except Exception as e:
+        if disk_space.is_disk_full(e):
+            raise UserError(disk_space.full_disk_message(spec.output_dir, space.bytes)) from None
+        raise
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+@dataclasses.dataclass
+class _SpaceNeeded:
+    """Bytes a run writes to its folder: two checkpoints of the result
+    arrays, the one being saved, and results.npz (known once the model is)."""
+
+    bytes: int = 1 << 20
+
+    def set_from(self, shapes, num_rows: int) -> None:
+        per_row = sum(int(np.prod(s.shape[1:])) * 4 for s in shapes.values()) + 1
+        self.bytes = 4 * num_rows * per_row + (1 << 20)
+
+
+def _run_locked(spec: RunSpec, mesh, config, t_start: float, space: _SpaceNeeded) -> dict:
+    import jax  # pylint: disable=g-import-not-at-top
+    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
+    from geom_jax import (  # pylint: disable=g-import-not-at-top
+        distributed,
+        models,
+        pipeline,
+        sweep,
+    )
+
     out = spec.output_dir
     if spec.resume and os.path.isfile(os.path.join(out, results.RESULTS_FILE)):
-        logging.info("%s is complete; nothing to do", out)
-        return results.load_results(out)
+        problem = results.results_problem(out)
+        if problem is None:
+            logging.info("%s is complete; nothing to do", out)
+            return results.load_results(out)
+        logging.warning("%s; rebuilding it from the checkpoints", problem)
+        if jax.process_index() == 0:
+            os.unlink(os.path.join(out, results.RESULTS_FILE))
 
     try:
         tokenizer = models.load_tokenizer(spec.model, revision=spec.revision or None)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError) as e:
         raise UserError(str(e)) from None
     source, selection = select(spec, tokenizer)
+    check_token_ids(selection.token_ids, config.vocab_size, spec.model)
     plan, keys = build_plan(spec, selection)
     logging.info(
         "%d prompts of %s (of %d scanned), %d rows",
@@ -449,8 +593,6 @@ def run(spec: RunSpec) -> dict:
     )
 
     distributed.barrier("geom_jax:validated")
-    if jax.process_index() == 0:
-        record_run_config(spec)
     rules = models.fsdp_rules() if spec.fsdp else None
     try:
         model, _ = models.load(
@@ -475,10 +617,16 @@ def run(spec: RunSpec) -> dict:
             rules=rules,
             observables=spec.observables,
             options=observable_options(spec),
+            duplicate_tolerance=spec.duplicate_tolerance,
         )
     except ValueError as e:  # e.g. a tuned lens of another model
         raise UserError(f"--lens={spec.lens}: {e}" if "lens" in str(e) else str(e)) from None
     num_tokens = selection.token_ids.shape[1]
+    shapes = pipe.output_shapes(spec.batch_size, num_tokens)
+    space.set_from(shapes, len(plan))
+    if jax.process_index() == 0:
+        check_free_space(out, space.bytes, os.path.join(out, sweep.CHECKPOINT_DIR))
+        record_run_config(spec)
     rows = distributed.local_rows(
         len(plan), spec.batch_size, jax.process_index(), jax.process_count()
     )
@@ -491,7 +639,7 @@ def run(spec: RunSpec) -> dict:
         resume=spec.resume,
         checkpoint_every=spec.checkpoint_every,
         progress=spec.progress and jax.process_index() == 0,
-        shapes=pipe.output_shapes(spec.batch_size, num_tokens),
+        shapes=shapes,
         to_host=pipe.to_host,
         agree_on_start=distributed.agree_on_min,
     )
@@ -505,7 +653,9 @@ def run(spec: RunSpec) -> dict:
     }
     if "gride_ids" in arrays:
         arrays["gride_n1"] = 2 ** np.arange(arrays["gride_ids"].shape[-1])
+    arrays = {k: np.asarray(v, results.DTYPES.get(k)) for k, v in arrays.items()}
     if jax.process_index() == 0:
+        report_degenerate(arrays["status"])
         results.save_results(out, arrays, spec.observables)
         results.write_json(
             os.path.join(out, results.METADATA_FILE),

@@ -43,11 +43,39 @@ MODEL_FIELDS = (
 )
 """Fields the model itself gives for every observable set."""
 
+STATUS_NON_FINITE = 1
+STATUS_FEW_DISTINCT = 2
+STATUS_DUPLICATES = 4
+STATUS_FLAGS = {
+    STATUS_NON_FINITE: "NaN or inf in the hidden states: every observable of the layer is NaN",
+    STATUS_FEW_DISTINCT: "fewer distinct tokens than the largest GRIDE scale needs: NaN there",
+    STATUS_DUPLICATES: "tokens merged as exact or near-duplicates for the ID estimators",
+}
+
+HEALTH_FIELDS = (
+    metrics.registry.Field(
+        "finite",
+        (),
+        "1 where layer l's hidden states are finite at every valid token, else 0 (every "
+        "observable of that layer, and of the pairs it is part of, is then NaN).",
+    ),
+    metrics.registry.Field(
+        "status",
+        (),
+        "bit flags, 0 = healthy: "
+        + "; ".join(f"{bit} {doc}" for bit, doc in STATUS_FLAGS.items())
+        + ".",
+    ),
+)
+"""Per-layer health of every row, for every observable set."""
+
 
 def result_fields(observables="paper") -> list[metrics.registry.Field]:
     """The saved fields of a run measuring ``observables``, in results order."""
     names = metrics.registry.resolve(observables)
-    return metrics.registry.fields(names, saved_only=True) + list(MODEL_FIELDS)
+    return (
+        metrics.registry.fields(names, saved_only=True) + list(MODEL_FIELDS) + list(HEALTH_FIELDS)
+    )
 
 
 RESULT_FIELDS = tuple(f.name for f in result_fields("paper"))
@@ -135,7 +163,24 @@ def geometry_from_hidden(
                 out[f.name] = jnp.concatenate([emb[f.name], out[f.name]], axis=1)
     out["loss"] = jnp.sum(token_nll, axis=-1) / jnp.maximum(jnp.sum(target_mask, axis=-1), 1.0)
     out["token_nll"] = token_nll
+    out["finite"] = geo["finite"].astype(jnp.int32)
+    out["status"] = layer_status(geo, mask)
     return PromptGeometry(out)
+
+
+def layer_status(geo, mask):
+    """Bit flags [B, L] (STATUS_FLAGS) of each prompt's layers; the distinct-token
+    flags need the ID estimators' n_unique (GRIDE's, in the paper's set)."""
+    finite = geo["finite"]
+    flags = jnp.where(finite, 0, STATUS_NON_FINITE)
+    if "n_unique" in geo:
+        n_unique = geo["n_unique"]
+        if "gride_ids" in geo:
+            largest_n2 = 2 ** geo["gride_ids"].shape[-1]
+            flags |= jnp.where(finite & (n_unique - 1 < largest_n2), STATUS_FEW_DISTINCT, 0)
+        n_valid = jnp.sum(mask, axis=-1)[:, None]
+        flags |= jnp.where(finite & (n_unique < n_valid), STATUS_DUPLICATES, 0)
+    return flags.astype(jnp.int32)
 
 
 def geometry_step(
@@ -182,6 +227,21 @@ def geometry_step(
     return reduce(out.hidden_states, out.token_nll, attention_mask, inputs)
 
 
+def check_token_ids(input_ids, vocab_size: int) -> np.ndarray:
+    """``input_ids`` as int32 after checking they are integers in [0, vocab_size)."""
+    ids = np.asarray(input_ids)
+    if ids.dtype.kind not in "iu":
+        raise ValueError(f"input_ids must be integer token ids, got dtype {ids.dtype}")
+    bad = (ids < 0) | (ids >= vocab_size)
+    if bad.any():
+        where = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(
+            f"input_ids{list(where)} = {int(ids[where])} is outside the model's vocabulary "
+            f"[0, {vocab_size})"
+        )
+    return ids.astype(np.int32)
+
+
 class GeometryPipeline:
     """A model bound to the metric settings and a device mesh.
 
@@ -218,6 +278,7 @@ class GeometryPipeline:
         **options,
     ):
         self.observables = metrics.registry.resolve(observables)
+        self.vocab_size = model.config.vocab_size
         self.fields = tuple(f.name for f in result_fields(self.observables))
         self.mesh = mesh if mesh is not None else sharding.make_mesh((1, 1), jax.devices()[:1])
         graphdef, state = nnx.split(model)
@@ -251,8 +312,13 @@ class GeometryPipeline:
         return {name: out[name] for name in self.fields}
 
     def __call__(self, input_ids, attention_mask=None) -> PromptGeometry:
-        """Runs this process's rows ``input_ids`` [b, T] (b = batch / processes)."""
-        input_ids = np.asarray(input_ids, np.int32)
+        """Runs this process's rows ``input_ids`` [b, T] (b = batch / processes).
+
+        Raises:
+          ValueError: non-integer ids, or ids outside the model's vocabulary
+            (which the embedding lookup would turn into NaN hidden states).
+        """
+        input_ids = check_token_ids(input_ids, self.vocab_size)
         if attention_mask is None:
             attention_mask = np.ones_like(input_ids)
         ids = sharding.to_global(self.mesh, input_ids)

@@ -3,7 +3,8 @@
 ``np.load(os.path.join(output_dir, "results.npz"))`` gives every array of
 :data:`FIELDS`; ``metadata.json`` records what produced them. Files are
 written to a temporary name and renamed, so a killed run never leaves a
-half-written file.
+half-written file. ``results.npz.sha256`` holds its SHA-256: a damaged
+file is refused on load, and ``--resume`` rebuilds it from the checkpoints.
 """
 
 from __future__ import annotations
@@ -60,6 +61,9 @@ def __getattr__(name):
         return field_docs("paper")
     raise AttributeError(name)
 
+DTYPES = {"n_unique": np.int32, "finite": bool, "status": np.int32}
+"""Fields stored as integers or booleans (computed as float32 like the rest)."""
+
 
 def atomic_write_bytes(path: str, data: bytes) -> None:
     directory = os.path.dirname(os.path.abspath(path))
@@ -96,31 +100,67 @@ def _npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
     return buf.getvalue()
 
 
+class DamagedResultsError(ValueError):
+    """``results.npz`` or ``tokens.npz`` does not match the hash recorded when it was written."""
+
+
 def save_results(output_dir: str, arrays: Mapping[str, np.ndarray], observables="paper") -> str:
     """Writes ``results.npz`` (uncompressed, one array per field), the per-token
-    fields as float16 in ``tokens.npz``, and ``RESULTS.md``, each atomically."""
+    fields as float16 in ``tokens.npz``, and ``RESULTS.md``, each atomically;
+    each npz is followed by its SHA-256 (``results.npz.sha256``)."""
+    from geom_jax import checkpoint_integrity  # pylint: disable=g-import-not-at-top
+
     docs = field_docs(observables)
     unknown = set(arrays) - set(docs)
     if unknown:
         raise ValueError(f"save_results: undocumented fields {sorted(unknown)}")
     per_token = token_fields(observables)
-    main = {k: np.asarray(v) for k, v in arrays.items() if k not in per_token}
+    main = {k: np.asarray(v, DTYPES.get(k)) for k, v in arrays.items() if k not in per_token}
     tokens = {k: np.asarray(v, np.float16) for k, v in arrays.items() if k in per_token}
     path = os.path.join(output_dir, RESULTS_FILE)
     atomic_write_bytes(path, _npz_bytes(main))
+    checkpoint_integrity.write_sidecar(path)
     if tokens:
-        atomic_write_bytes(os.path.join(output_dir, TOKENS_FILE), _npz_bytes(tokens))
+        tokens_path = os.path.join(output_dir, TOKENS_FILE)
+        atomic_write_bytes(tokens_path, _npz_bytes(tokens))
+        checkpoint_integrity.write_sidecar(tokens_path)
     readme = _readme(arrays, docs, observables)
     atomic_write_bytes(os.path.join(output_dir, README_FILE), readme.encode())
     return path
 
 
+def results_problem(output_dir: str) -> str | None:
+    """None when ``results.npz`` (and ``tokens.npz``, when written) match their
+    recorded SHA-256, else what is wrong."""
+    from geom_jax import checkpoint_integrity  # pylint: disable=g-import-not-at-top
+
+    for name in (RESULTS_FILE, TOKENS_FILE):
+        path = os.path.join(output_dir, name)
+        if name == TOKENS_FILE and not os.path.isfile(path):
+            continue
+        problem = checkpoint_integrity.sidecar_problem(path)
+        if problem:
+            return problem
+    return None
+
+
 def load_results(output_dir: str) -> dict[str, np.ndarray]:
-    """All arrays of a finished run (``tokens.npz``'s too, as float32), plus its
-    metadata under ``"metadata"``."""
+    """All arrays of a finished run, plus its metadata under ``"metadata"``.
+
+    Raises:
+      FileNotFoundError: no ``results.npz`` in ``output_dir``.
+      DamagedResultsError: results.npz or tokens.npz does not match its
+        ``.sha256`` (files of runs that predate the hash load unchecked).
+    """
+    from geom_jax import checkpoint_integrity  # pylint: disable=g-import-not-at-top
+
     path = os.path.join(output_dir, RESULTS_FILE)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no results here (has the run finished?)")
+    if os.path.isfile(path + checkpoint_integrity.SIDECAR_SUFFIX):
+        problem = results_problem(output_dir)
+        if problem:
+            raise DamagedResultsError(problem)
     with np.load(path) as z:
         out = {k: z[k] for k in z.files}
     tokens_path = os.path.join(output_dir, TOKENS_FILE)

@@ -7,7 +7,10 @@ run was interrupted. While the device works on batch i, a host thread
 builds batch i+1 and the results of batch i-1 are copied back; every few
 batches the filled result arrays are saved with orbax-checkpoint (atomic:
 written to a temporary folder, then renamed), so ``kill -9`` at any moment
-loses at most the batches since the last save and never corrupts one.
+loses at most the batches since the last save and never corrupts one. Every
+saved step carries the SHA-256 of its files; on resume a step that fails the
+check or cannot be read is reported and the newest valid one is used, so
+results are only assembled from verified rows.
 """
 
 from __future__ import annotations
@@ -16,11 +19,14 @@ import concurrent.futures
 import dataclasses
 import logging as std_logging
 import os
+import shutil
 from collections.abc import Callable, Mapping
 
 import jax
 import numpy as np
 from absl import logging
+
+from geom_jax import checkpoint_integrity, disk_space
 
 CHECKPOINT_DIR = "checkpoints"
 
@@ -77,7 +83,17 @@ class ResultStore:
 
 
 def _quiet_orbax(record) -> bool:
-    return record.levelno >= std_logging.WARNING or "orbax" not in record.pathname
+    """Drops orbax's info logs, and its tracebacks of a full disk (the run
+    reports that in one line)."""
+    if "orbax" not in record.pathname:
+        return True
+    if record.levelno < std_logging.WARNING:
+        return False
+    exc = record.exc_info[1] if record.exc_info else None
+    return not (
+        disk_space.is_disk_full(RuntimeError(record.getMessage()))
+        or (exc is not None and disk_space.is_disk_full(exc))
+    )
 
 
 class Checkpointer:
@@ -89,36 +105,86 @@ class Checkpointer:
     which orbax commits only once all processes have written. A kill of any
     process therefore leaves the previous step as the latest complete one,
     the same for everyone.
+
+    Each committed step then gets a manifest of its files' SHA-256
+    (:mod:`geom_jax.checkpoint_integrity`). :meth:`restore` loads the newest
+    step that matches its manifest and can be read; a newer step that does
+    not (random bytes, truncation, a kill before the manifest) is reported
+    in one line naming the step and the file, and removed.
     """
 
-    def __init__(self, directory: str):
+    def __init__(self, directory: str, notice: Callable[[str], None] | None = None):
         import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
 
         handler = logging.get_absl_handler()
         if _quiet_orbax not in handler.filters:
             handler.addFilter(_quiet_orbax)
         self._ocp = ocp
-        self.manager = ocp.CheckpointManager(
-            os.path.abspath(directory),
-            options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True),
+        self.directory = os.path.abspath(directory)
+        self._notice = notice or logging.warning
+        self.rejected: list[tuple[int, str]] = []
+        self.manager = None
+
+    def steps(self) -> list[int]:
+        """Committed steps on disk, newest first."""
+        if not os.path.isdir(self.directory):
+            return []
+        names = os.listdir(self.directory)
+        return sorted(
+            (int(n) for n in names if n.isdigit() and os.path.isdir(self._folder(int(n)))),
+            reverse=True,
         )
 
+    def _folder(self, step: int) -> str:
+        return os.path.join(self.directory, str(step))
+
     def restore(self, store: ResultStore) -> int:
-        """Loads the latest checkpoint into ``store``; returns its step or -1."""
-        step = self.manager.latest_step()
-        if step is None:
-            return -1
+        """Loads the newest verified checkpoint into ``store``; returns its step or -1."""
         template = jax.tree.map(_abstract, _to_global(store.state()))
-        restored = self.manager.restore(step, args=self._ocp.args.StandardRestore(template))
-        store.load_state({k: _to_local(v) for k, v in restored.items()})
-        return step
+        steps = self.steps()
+        for i, step in enumerate(steps):
+            folder = self._folder(step)
+            problem = checkpoint_integrity.manifest_problem(folder)
+            if problem is None:
+                try:
+                    restored = self._ocp.StandardCheckpointer().restore(
+                        os.path.join(folder, "default"), template
+                    )
+                except Exception as e:
+                    problem = f"it cannot be read ({type(e).__name__}: {_first_line(e)})"
+                else:
+                    store.load_state({k: _to_local(v) for k, v in restored.items()})
+                    return step
+            fallback = f"checkpoint {steps[i + 1]}" if i + 1 < len(steps) else "scratch"
+            self._notice(
+                f"checkpoint {step} in {self.directory} is damaged: {problem}; "
+                f"removed it, falling back to {fallback}"
+            )
+            self.rejected.append((step, problem))
+            if jax.process_index() == 0:
+                shutil.rmtree(folder, ignore_errors=True)
+        return -1
 
     def save(self, step: int, store: ResultStore) -> None:
+        if self.manager is None:
+            self.manager = self._ocp.CheckpointManager(
+                self.directory,
+                options=self._ocp.CheckpointManagerOptions(max_to_keep=2, create=True),
+            )
         self.manager.save(step, args=self._ocp.args.StandardSave(_to_global(store.state())))
+        self.manager.wait_until_finished()
+        if jax.process_index() == 0:
+            checkpoint_integrity.write_manifest(self._folder(step))
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
-        self.manager.close()
+        if self.manager is not None:
+            self.manager.wait_until_finished()
+            self.manager.close()
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:200] if text else ""
 
 
 def _process_sharding():
@@ -247,6 +313,10 @@ def run_sweep(
         pool.shutdown(wait=False)
         ckpt.close()
         bar.close()
+    if not store.done.all():
+        raise RuntimeError(
+            f"sweep ended with {int((~store.done).sum())} of {len(plan)} rows not computed"
+        )
     return store
 
 

@@ -49,7 +49,9 @@ def test_non_finite_values_name_prompt_and_layer():
     with pytest.raises(
         ValueError, match=r"hidden has non-finite values at prompt \(1,\), layer 2, token 17"
     ):
-        metrics.layer_geometry(h, range_max=8, max_k=4)
+        metrics.validate_hidden(h, range_max=8, max_k=4)
+    # layer_geometry reports such a layer as NaN instead (test_metrics_degenerate.py).
+    assert np.isnan(np.asarray(metrics.layer_geometry(h, range_max=8, max_k=4).twonn[1, 2]))
     h[1, 2, 17, 3] = np.inf
     with pytest.raises(ValueError, match=r"prompt \(1,\), layer 2"):
         metrics.validate_hidden(h, range_max=8, max_k=4)

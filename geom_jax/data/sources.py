@@ -12,9 +12,11 @@ prompt indices are stable across runs and machines:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
+import socket
 from collections.abc import Iterator
 
 PYDOC = "pydoc"
@@ -69,8 +71,8 @@ class TextFilesSource(PromptSource):
 
     def __iter__(self):
         for i, f in enumerate(self._files):
-            with open(f, encoding="utf-8") as fh:
-                yield Prompt(i, os.path.basename(f), fh.read())
+            with open(f, "rb") as fh:
+                yield Prompt(i, os.path.basename(f), _utf8(fh.read(), f))
 
 
 class JsonlSource(PromptSource):
@@ -81,9 +83,12 @@ class JsonlSource(PromptSource):
         self.text_field = text_field
 
     def __iter__(self):
-        with open(self.name, encoding="utf-8") as fh:
+        with open(self.name, "rb") as fh:
             index = 0
-            for lineno, line in enumerate(fh, start=1):
+            offset = 0
+            for lineno, raw in enumerate(fh, start=1):
+                line = _utf8(raw, self.name, offset, lineno)
+                offset += len(raw)
                 if not line.strip():
                     continue
                 try:
@@ -124,12 +129,25 @@ class HFDatasetSource(PromptSource):
     def _load(self):
         import datasets  # pylint: disable=g-import-not-at-top
 
+        local = os.path.isdir(self.name)
+        why = None if local else hub_unreachable()
         try:
-            return datasets.load_dataset(
-                self.name, split=self.split, streaming=self.streaming, revision=self.revision
-            )
+            with hub_offline(why is not None):
+                return datasets.load_dataset(
+                    self.name, split=self.split, streaming=self.streaming, revision=self.revision
+                )
         except FileNotFoundError as e:
             raise ValueError(f"--dataset: cannot find dataset {self.name!r}: {e}") from e
+        except (ConnectionError, OSError) as e:
+            if local:
+                raise
+            why = why or str(e).strip().splitlines()[0]
+            raise ValueError(
+                f"--dataset: cannot fetch the Hugging Face dataset {self.name!r}: the network is "
+                f"unavailable ({why}) and it is not in the local cache; pass a local path "
+                "instead (a .txt or .jsonl file, a folder of .txt files, or a folder written "
+                "by datasets' save_to_disk)"
+            ) from None
 
     def __iter__(self):
         for i, record in enumerate(self._load()):
@@ -142,6 +160,56 @@ class HFDatasetSource(PromptSource):
             "text_field": self.text_field,
             "revision": self.revision,
         }
+
+
+def _utf8(raw: bytes, path: str, offset: int = 0, lineno: int | None = None) -> str:
+    """``raw`` decoded as UTF-8; a ValueError naming the file and byte offset if it is not."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = f", line {lineno}" if lineno is not None else ""
+        raise ValueError(
+            f"--dataset: {path} is not UTF-8 text: byte 0x{raw[e.start]:02x} at offset "
+            f"{offset + e.start}{line} ({e.reason}); convert it, e.g. with "
+            f"iconv -f latin1 -t utf-8"
+        ) from None
+
+
+def hub_unreachable(timeout_s: float = 3.0) -> str | None:
+    """None when the Hugging Face Hub answers a TCP connection within
+    ``timeout_s``, else why not (offline mode set, no route, no DNS), so that
+    an offline run fails in seconds instead of after the Hub client's retries."""
+    import urllib.parse  # pylint: disable=g-import-not-at-top
+
+    from huggingface_hub import constants  # pylint: disable=g-import-not-at-top
+
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    url = urllib.parse.urlparse(constants.ENDPOINT)
+    host = url.hostname or "huggingface.co"
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
+    except OSError as e:
+        return f"cannot connect to {host}:{port}: {e.strerror or type(e).__name__}"
+    return None
+
+
+@contextlib.contextmanager
+def hub_offline(enabled: bool):
+    """Puts huggingface_hub and datasets in offline mode (cache only) for the block."""
+    if not enabled:
+        yield
+        return
+    import datasets  # pylint: disable=g-import-not-at-top
+    from huggingface_hub import constants  # pylint: disable=g-import-not-at-top
+
+    saved = constants.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = datasets.config.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE = saved
 
 
 def _text_of(record, field: str, where: str) -> str:

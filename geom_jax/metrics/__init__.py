@@ -18,10 +18,11 @@ from geom_jax.metrics.neighbors import SELECTION_METHODS, knn
 from geom_jax.metrics.overlap import neighborhood_overlap
 from geom_jax.metrics.spectrum import matrix_entropy, participation_ratio
 from geom_jax.metrics.trajectory import curvature
-from geom_jax.metrics.unique import unique_mask
+from geom_jax.metrics.unique import DUPLICATE_TOLERANCE, unique_mask
 from geom_jax.metrics.validation import check_sizes, validate_hidden
 
 __all__ = [
+    "DUPLICATE_TOLERANCE",
     "LayerGeometry",
     "SELECTION_METHODS",
     "check_sizes",

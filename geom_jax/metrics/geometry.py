@@ -6,7 +6,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from geom_jax.metrics import catalog, host_callback, registry, unique, validation
+from geom_jax.metrics import (
+    catalog,
+    conditioning,
+    host_callback,
+    registry,
+    unique,
+    validation,
+)
 
 
 @jax.tree_util.register_pytree_node_class
@@ -64,6 +71,7 @@ def _layer_geometry(hidden, mask, inputs, *, names, static_options, layer_chunk)
     b = int(np.prod(prompt_shape, dtype=np.int64))
     h = hidden.reshape((b, n_layers, n, d))
     valid = jnp.ones((b, n), bool) if mask is None else mask.reshape((b, n))
+    h, exponent, finite = conditioning.normalise(h, valid[:, None, :])
     per_prompt = {
         k: v.reshape((b,) + v.shape[len(prompt_shape) :])
         for k, v in inputs.items()
@@ -138,8 +146,30 @@ def _layer_geometry(hidden, mask, inputs, *, names, static_options, layer_chunk)
             a = fields[f.name]
             if f.layers:
                 a = jnp.swapaxes(a, 0, 1)
+            if f.length:
+                a = conditioning.restore_lengths(a, exponent)
+            ok = _clouds_finite(o.scope, f.layers, finite)
+            if ok is not None:
+                ok = ok.reshape(ok.shape + (1,) * (a.ndim - ok.ndim))
+                a = jnp.where(ok, a, jnp.nan if jnp.issubdtype(a.dtype, jnp.floating) else 0)
             result[f.name] = a.reshape(prompt_shape + a.shape[1:])
+    result["finite"] = finite.reshape(prompt_shape + (n_layers,))
     return LayerGeometry(result)
+
+
+def _clouds_finite(scope, layers, finite):
+    """Whether the clouds a field [b, L', ...] is measured on are all finite:
+    its own layer (layer scope, whatever the results' layer axis: cosine's
+    "L+1" gains the embedding in the pipeline), layers l and l + 1 ("L-1"
+    pairs) or layer l and the last (pair fields over "L"); None for
+    prompt-scope fields, which do not read the clouds."""
+    if scope == "layer":
+        return finite
+    if scope == "pair" and layers == "L-1":
+        return finite[:, :-1] & finite[:, 1:]
+    if scope == "pair" and layers == "L":
+        return finite & finite[:, -1:]
+    return None
 
 
 def options_of(
@@ -151,9 +181,12 @@ def options_of(
     twonn_discard_fraction=0.1,
     include_diagonal=True,
     selection="auto",
+    duplicate_tolerance=unique.DUPLICATE_TOLERANCE,
     options=None,
 ):
     """The options dict every observable reads (checked, hashable values)."""
+    if not 0 <= duplicate_tolerance < 1:
+        raise ValueError(f"duplicate_tolerance must be in [0, 1), got {duplicate_tolerance!r}")
     out = {
         "range_max": range_max,
         "max_k": max_k,
@@ -162,6 +195,7 @@ def options_of(
         "twonn_discard_fraction": float(twonn_discard_fraction),
         "include_diagonal": bool(include_diagonal),
         "selection": selection,
+        "duplicate_tolerance": float(duplicate_tolerance),
     }
     for k, v in (options or {}).items():
         if k in out:
@@ -222,6 +256,7 @@ def layer_geometry(
     inputs=None,
     options=None,
     validate=True,
+    duplicate_tolerance=unique.DUPLICATE_TOLERANCE,
 ):
     """The requested observables of every layer of a hidden-state stack.
 
@@ -249,9 +284,20 @@ def layer_geometry(
     value checks run first; under an outer jit / shard_map only the static
     checks run.
 
+    Each cloud is rescaled by an exact power of two before any square is
+    taken (metrics/conditioning.py), so the results do not depend on its
+    scale (1e20 or 1e-30 times a cloud gives the same IDs) and ordinary
+    clouds give bit for bit the same numbers as without it. A cloud with a
+    NaN or inf at a valid token gets NaN for every output that reads it
+    (``finite`` False), also under jit. duplicate_tolerance: valid tokens
+    closer than this times the cloud's RMS norm to an earlier one count as
+    duplicates for the ID estimators (unique.near_duplicates; 0 keeps exact
+    duplicates only); GRIDE scales needing more distinct tokens than remain
+    are NaN.
+
     Returns a LayerGeometry (dict pytree with attribute access) of float32
     arrays [..., L, ...] (pair fields [..., L-1, ...]), see each observable's
-    fields.
+    fields, plus ``finite`` bool [..., L].
     """
     names = registry.resolve(observables)
     host_callback.check_method(selection)
@@ -266,6 +312,7 @@ def layer_geometry(
         twonn_discard_fraction=twonn_discard_fraction,
         include_diagonal=include_diagonal,
         selection=selection,
+        duplicate_tolerance=duplicate_tolerance,
         options=options,
     )
     inputs = dict(inputs or {})
@@ -285,6 +332,7 @@ def layer_geometry(
             mask,
             range_max=range_max if "gride" in paper_sizes else None,
             max_k=max_k if "overlap" in paper_sizes else None,
+            allow_non_finite=True,
         )
     elif paper_sizes:
         validation.check_sizes(

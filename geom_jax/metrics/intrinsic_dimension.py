@@ -295,14 +295,20 @@ OBSERVABLE = registry.Observable(
         ),
         registry.Field("gride_errs", ("S",), "its standard error, 1/sqrt(Fisher information)."),
         registry.Field(
-            "gride_scales", ("S",), "mean distance (r_n1 + r_n2)/2 of the neighbours used."
+            "gride_scales",
+            ("S",),
+            "mean distance (r_n1 + r_n2)/2 of the neighbours used.",
+            length=True,
         ),
         registry.Field("twonn", (), "TwoNN intrinsic dimension (90% linear fit), layers 1..L."),
         registry.Field(
             "twonn_ml", (), "TwoNN maximum likelihood (N - 1) / sum log mu.", saved=False
         ),
         registry.Field(
-            "n_unique", (), "number of distinct valid tokens (the ID estimators' N).", saved=False
+            "n_unique",
+            (),
+            "distinct valid tokens of the layer (near-duplicates merged, --duplicate_tolerance), "
+            "the N of the ID estimators; 0 where the layer is not finite.",
         ),
     ),
     consumes=("points", "unique", "gram", "knn", "ranked"),

@@ -102,6 +102,9 @@ class Field:
     layers: str = "L"
     tokens: bool = False
     saved: bool = True
+    length: bool = False
+    """In the input's units of length: layer_geometry measures on clouds rescaled
+    by a power of two (metrics/conditioning.py) and multiplies these back."""
 
     def shape(self, prompt_axis: str = "P") -> str:
         axes = [prompt_axis] + ([self.layers] if self.layers else []) + list(self.dims)
@@ -279,7 +282,11 @@ class LayerContext:
 
     @functools.cached_property
     def unique(self):
-        return unique.first_occurrence(self.x, self.valid)
+        keep = unique.first_occurrence(self.x, self.valid)
+        tolerance = self.options.get("duplicate_tolerance", unique.DUPLICATE_TOLERANCE)
+        if tolerance > 0:
+            keep = keep & ~unique.near_duplicates(self.x, self.valid, self.gram, tolerance)
+        return keep
 
     @functools.cached_property
     def _gram(self):

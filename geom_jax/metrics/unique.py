@@ -1,4 +1,14 @@
-"""Duplicate points (identical vectors) as static-shape masks."""
+"""Duplicate points as static-shape masks: identical vectors, and near-duplicates.
+
+TwoNN and GRIDE divide neighbour distances; among (nearly) identical
+vectors those distances are rounding noise, and the estimators return
+numbers (IDs of 30 and more for a prompt of one repeated token) that
+measure nothing. DADApy warns about duplicates for the same reason. Exact
+duplicates are found by hashing (:func:`first_occurrence`); near-duplicates
+(:func:`near_duplicates`) are points whose distance to an earlier valid point
+is below ``tolerance`` times the cloud's RMS norm, the scale float32 rounding
+is relative to (the default 1e-5 is about 100 float32 ulps).
+"""
 
 import jax
 import jax.numpy as jnp
@@ -58,6 +68,40 @@ def first_occurrence(x, valid):
     dup_s = jnp.concatenate([jnp.zeros_like(same[..., :1]), same], axis=-1)
     _, dup = lax.sort((idx_s, dup_s.astype(jnp.int32)), dimension=-1, num_keys=1)
     return valid & (dup == 0)
+
+
+DUPLICATE_TOLERANCE = 1e-5
+"""Default relative distance below which two points count as one for the ID estimators."""
+
+
+def near_duplicates(x, valid, gram, tolerance=DUPLICATE_TOLERANCE):
+    """Bool [..., N]: valid points within ``tolerance * R`` of an earlier valid point.
+
+    R is the RMS norm of the valid points (uncentred: rounding noise is
+    relative to the vectors' norm, not to their spread). The earlier point
+    tested is the nearest one by the Gram matrix, and the distance to it is
+    then computed from the coordinates (the Gram trick cannot resolve
+    distances this small). Exact duplicates pass too (distance 0).
+
+    Args:
+      x: [..., N, D] float32 points.
+      valid: bool [..., N].
+      gram: [..., N, N] Gram matrix of x (centred or not).
+      tolerance: relative distance; 0 disables the test.
+
+    Returns:
+      bool [..., N] near-duplicates (never the first point of a group).
+    """
+    n = x.shape[-2]
+    earlier = jnp.tril(jnp.ones((n, n), bool), k=-1) & valid[..., None, :]
+    diag = jnp.diagonal(gram, axis1=-2, axis2=-1)
+    score = jnp.where(earlier, diag[..., None, :] - 2.0 * gram, jnp.inf)
+    nearest = jnp.argmin(score, axis=-1)
+    other = jnp.take_along_axis(x, nearest[..., None], axis=-2)
+    d2 = jnp.sum(jnp.square(x - other), axis=-1)
+    count = jnp.maximum(jnp.sum(valid, axis=-1), 1).astype(x.dtype)
+    r2 = jnp.sum(jnp.where(valid, jnp.sum(jnp.square(x), axis=-1), 0.0), axis=-1) / count
+    return valid & jnp.any(earlier, axis=-1) & (d2 <= (tolerance**2) * r2[..., None])
 
 
 @jax.jit

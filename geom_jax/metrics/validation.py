@@ -153,13 +153,15 @@ def check_mask_dtype(mask, name="mask"):
         raise ValueError(f"{name} must be boolean (or 0/1), got dtype {m.dtype}")
 
 
-def validate_hidden(hidden, mask=None, *, range_max=256, max_k=32):
+def validate_hidden(hidden, mask=None, *, range_max=256, max_k=32, allow_non_finite=False):
     """Check a hidden-state stack [..., L, N, D] and its mask [..., N] for layer_geometry.
 
     Shape checks always run; value checks (finite values at valid tokens,
     at least max(3, max_k + 1) valid tokens per prompt) run when the arrays
     are concrete. Raises ValueError naming the argument and the offending
     prompt / layer. The pipeline can call this on host arrays before compute.
+    With allow_non_finite (as layer_geometry does), non-finite values pass:
+    layer_geometry reports NaN for those clouds instead.
     """
     hidden = check_points(hidden, "hidden", 3, "[..., L, N, D]")
     n = hidden.shape[-2]
@@ -176,7 +178,7 @@ def validate_hidden(hidden, mask=None, *, range_max=256, max_k=32):
     if mask is not None and is_concrete(mask):
         check_mask_dtype(mask)
         check_counts(np.asarray(mask, bool), "mask", max_k=max_k, kind="prompt")
-    if is_concrete(hidden, mask):
+    if is_concrete(hidden, mask) and not allow_non_finite:
         valid = np.ones(prompt_shape + (n,), bool) if mask is None else np.asarray(mask, bool)
         check_finite(hidden, valid[..., None, :], "hidden", kind="layer")
 

@@ -28,6 +28,7 @@ from .loading import (
     UnknownModelError,
     UnsupportedQuantizationError,
     load,
+    load_config,
     load_tokenizer,
     resolve,
 )
@@ -66,6 +67,7 @@ __all__ = [
     "fsdp_rules",
     "init_random",
     "load",
+    "load_config",
     "load_tokenizer",
     "param_shardings",
     "partition",

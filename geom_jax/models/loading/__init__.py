@@ -13,7 +13,7 @@ from .errors import (
 from .gguf_file import SUPPORTED_TYPES as GGUF_TYPES
 from .gguf_file import GGUFFile
 from .hub import ALIASES, RevisionNotFoundError
-from .load import Resolved, load, load_tokenizer, resolve
+from .load import Resolved, load, load_config, load_tokenizer, resolve
 from .params_checkpoint import ParamsCheckpointMismatchError
 from .safetensors_dir import SafetensorsDir
 from .sharded import load_sharded_params
@@ -33,6 +33,7 @@ __all__ = [
     "UnsupportedQuantizationError",
     "iter_params",
     "load",
+    "load_config",
     "load_params",
     "load_sharded_params",
     "load_tokenizer",

@@ -15,11 +15,16 @@ class MissingTensorError(KeyError):
     """A checkpoint lacks a tensor the configuration requires."""
 
 
+class CorruptFileError(ValueError):
+    """A checkpoint file is truncated or damaged; the message names file, size and offset."""
+
+
 class MissingPackageError(ImportError):
     """An optional package that holds a model file is not installed."""
 
 
 __all__ = [
+    "CorruptFileError",
     "UnsupportedArchitectureError",
     "UnknownModelError",
     "UnsupportedQuantizationError",

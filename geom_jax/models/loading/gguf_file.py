@@ -18,6 +18,7 @@ import numpy as np
 
 from ..config import FAMILIES
 from .errors import UnsupportedArchitectureError, UnsupportedQuantizationError
+from .file_checks import read_gguf
 
 SUPPORTED_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q4_K", "Q6_K")
 
@@ -67,12 +68,10 @@ class GGUFFile:
     """Tensor source over a GGUF file; `get(name)` takes HF names."""
 
     def __init__(self, path: str):
-        import gguf
-
         self.path = os.path.abspath(path)
         if not os.path.isfile(self.path):
             raise FileNotFoundError(f"no such GGUF file: {self.path}")
-        self.reader = gguf.GGUFReader(self.path)
+        self.reader = read_gguf(self.path)
         self.arch = _field(self.reader, "general.architecture")
         self._names = _gguf_names(self.arch, self.path)
         self._tensors = {}

@@ -163,6 +163,17 @@ def load(
     return model, opened.tokenizer() if tokenizer else None
 
 
+def load_config(name_or_path: str, *, revision: str | None = None) -> DecoderConfig:
+    """The model's configuration alone (config.json or GGUF metadata; no weights
+    read, a Hub id fetches only its config and tokenizer files), so that a run
+    can check its architecture and context length before anything else.
+
+    Raises:
+      UnsupportedArchitectureError: the checkpoint's architecture is not ported.
+    """
+    return open_checkpoint(resolve(name_or_path), revision).config
+
+
 def load_tokenizer(name_or_path: str, *, revision: str | None = None):
     """The tokenizer of a model alone (no weights read; a Hub id fetches only
     its tokenizer files). Raises ValueError when the checkpoint has none."""

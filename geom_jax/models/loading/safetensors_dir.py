@@ -12,7 +12,8 @@ import os
 import numpy as np
 from safetensors import safe_open
 
-from .errors import MissingTensorError
+from .errors import CorruptFileError, MissingTensorError
+from .file_checks import check_safetensors
 
 INDEX = "model.safetensors.index.json"
 
@@ -25,8 +26,11 @@ class SafetensorsDir:
         config_path = os.path.join(self.path, "config.json")
         if not os.path.isfile(config_path):
             raise FileNotFoundError(f"{self.path} has no config.json")
-        with open(config_path) as f:
-            self.hf_config = json.load(f)
+        try:
+            with open(config_path, encoding="utf-8") as f:
+                self.hf_config = json.load(f)
+        except ValueError as e:
+            raise CorruptFileError(f"{config_path} is not valid JSON ({e})") from None
         self._file_of: dict[str, str] | None = None
         self._handles: dict[str, object] = {}
 
@@ -52,14 +56,17 @@ class SafetensorsDir:
                 raise FileNotFoundError(f"no *.safetensors file in {self.path}{hint}")
             self._file_of = {}
             for name in files:
+                check_safetensors(os.path.join(self.path, name))
                 with safe_open(os.path.join(self.path, name), framework="numpy") as f:
                     for key in f.keys():
                         self._file_of[key] = name
-        for name in set(self._file_of.values()):
+        for name in sorted(set(self._file_of.values())):
             if not os.path.isfile(os.path.join(self.path, name)):
                 raise FileNotFoundError(
                     f"shard {name} listed in {INDEX} is missing from {self.path}"
                 )
+            if os.path.isfile(index):
+                check_safetensors(os.path.join(self.path, name))
         return self._file_of
 
     def names(self) -> list[str]:

@@ -1,0 +1,168 @@
+"""Numerical honesty of layer_geometry: non-finite clouds give NaN (eager and
+under jit), the scale of a cloud does not matter, ordinary clouds give bit
+for bit what they gave before these guards, and (near-)duplicate tokens do
+not produce IDs from rounding noise."""
+
+import functools
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from geom_jax import metrics, pipeline
+
+FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "layer_geometry_pre_issue13.npz")
+FIELDS = (
+    "gride_ids",
+    "gride_errs",
+    "gride_scales",
+    "twonn",
+    "twonn_ml",
+    "overlap",
+    "cos_mean",
+    "cos_std",
+    "n_unique",
+)
+FLOAT_FIELDS = FIELDS[:-1]
+
+
+def ordinary_cases():
+    """Inputs of the golden outputs (regenerated here from fixed seeds)."""
+    rng = np.random.default_rng(0)
+    h = rng.standard_normal((2, 4, 64, 16)).astype(np.float32)
+    mask = np.ones((2, 64), bool)
+    mask[0, 50:] = False
+    t = rng.uniform(size=(1, 3, 300, 1)).astype(np.float32)
+    curve = np.concatenate([np.cos(6 * t), np.sin(6 * t), t, 0 * t], -1).astype(np.float32)
+    big = (rng.standard_normal((1, 3, 256, 64)) * 30 + 5).astype(np.float32)
+    big[..., 3] *= 100  # a massive-activation dimension, as LLM hidden states have
+    return {
+        "gauss": (h, None, dict(range_max=32, max_k=8)),
+        "masked": (h, mask, dict(range_max=16, max_k=8)),
+        "curve": (curve, None, dict(range_max=64, max_k=16)),
+        "massive": (big, None, dict(range_max=128, max_k=32, layer_chunk=2)),
+    }
+
+
+def test_ordinary_clouds_bit_identical_to_before():
+    """Golden outputs of the code before the rescale / finiteness / near-duplicate
+    guards (tests/fixtures/README.md). The dense 1-D curve has a genuine pair
+    closer than the default tolerance, so it is compared with the test off."""
+    golden = np.load(FIXTURE)
+    for name, (x, mask, kw) in ordinary_cases().items():
+        tol = 0.0 if name == "curve" else metrics.DUPLICATE_TOLERANCE
+        geo = metrics.layer_geometry(x, mask, duplicate_tolerance=tol, **kw)
+        for f in FIELDS:
+            np.testing.assert_array_equal(getattr(geo, f), golden[f"{name}/{f}"], f"{name}/{f}")
+        assert np.asarray(geo.finite).all()
+
+
+def _hidden(seed=0, shape=(2, 4, 64, 16)):
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+_eager = functools.partial(metrics.layer_geometry, range_max=16, max_k=8)
+_jitted = jax.jit(_eager)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
+def test_non_finite_layer_is_nan_there_only(bad, jit):
+    h = _hidden()
+    clean = _eager(h)
+    h[1, 2, 17, 3] = bad
+    geo = _jitted(h) if jit else _eager(h)
+    finite = np.asarray(geo.finite)
+    assert not finite[1, 2] and finite.sum() == finite.size - 1
+    assert int(geo.n_unique[1, 2]) == 0
+    for f in FLOAT_FIELDS:
+        got, ref = np.asarray(getattr(geo, f)), np.asarray(getattr(clean, f))
+        if f == "overlap":  # pairs (1, 2) and (2, 3) involve layer 2
+            assert np.isnan(got[1, 1:3]).all(), f
+            np.testing.assert_array_equal(
+                np.delete(got[1], [1, 2], 0), np.delete(ref[1], [1, 2], 0)
+            )
+        else:
+            assert np.isnan(got[1, 2]).all(), f
+            np.testing.assert_array_equal(np.delete(got[1], 2, 0), np.delete(ref[1], 2, 0), f)
+        np.testing.assert_array_equal(got[0], ref[0], f)
+
+
+def test_non_finite_padding_does_not_count():
+    h = _hidden()
+    mask = np.ones((2, 64), bool)
+    mask[1, 60:] = False
+    h[1, :, 62] = np.nan
+    geo = metrics.layer_geometry(h, mask, range_max=16, max_k=8)
+    assert np.asarray(geo.finite).all() and np.isfinite(np.asarray(geo.gride_ids)).all()
+
+
+@pytest.mark.parametrize("factor", [1e20, 1e-30, 2.0**-60])
+def test_scale_of_the_cloud_does_not_matter(factor):
+    h = _hidden(1, (2, 3, 128, 12))
+    ref = metrics.layer_geometry(h, range_max=32, max_k=8)
+    geo = metrics.layer_geometry(h * np.float32(factor), range_max=32, max_k=8)
+    for f in ("gride_ids", "gride_errs", "twonn", "twonn_ml", "cos_mean", "cos_std"):
+        np.testing.assert_allclose(getattr(geo, f), getattr(ref, f), rtol=1e-5, err_msg=f)
+    np.testing.assert_array_equal(geo.overlap, ref.overlap)
+    np.testing.assert_array_equal(geo.n_unique, ref.n_unique)
+    np.testing.assert_allclose(np.asarray(geo.gride_scales) / factor, ref.gride_scales, rtol=1e-5)
+    if np.log2(factor).is_integer():  # exact in binary: bit for bit
+        np.testing.assert_array_equal(geo.gride_ids, ref.gride_ids)
+
+
+def test_rounding_noise_copies_count_as_one_point():
+    """32 distinct points, each repeated 4 times with float32-level noise
+    (1e-7 relative): with the default tolerance GRIDE and TwoNN see the 32
+    points (the same IDs as the noiseless 32), with tolerance 0 the noise."""
+    rng = np.random.default_rng(2)
+    base = rng.standard_normal((32, 8)).astype(np.float32) * 5 + 20
+    noise = rng.standard_normal((3, 32, 8)).astype(np.float32) * 1e-7
+    copies = np.concatenate([base[None], base[None] * (1 + noise)]).astype(np.float32)
+    cloud = copies.reshape(1, 1, 128, 8)
+    kw = dict(range_max=16, max_k=8)
+    geo = metrics.layer_geometry(cloud, **kw)
+    ref = metrics.layer_geometry(np.concatenate([base] * 4)[None, None], **kw)  # exact copies
+    assert int(geo.n_unique[0, 0]) == 32 == int(ref.n_unique[0, 0])
+    for f in ("gride_ids", "twonn"):
+        np.testing.assert_allclose(getattr(geo, f), getattr(ref, f), rtol=1e-4, err_msg=f)
+    raw = metrics.layer_geometry(cloud, duplicate_tolerance=0.0, **kw)
+    assert int(raw.n_unique[0, 0]) == 128
+    assert abs(float(raw.twonn[0, 0]) / float(ref.twonn[0, 0]) - 1) > 0.5
+
+
+def test_one_repeated_vector_gives_no_id():
+    """A prompt of one repeated token: near-identical vectors (rounding noise,
+    2e-6 relative, as SmolLM2 gives) have no intrinsic dimension; without the
+    tolerance the estimators return finite IDs measured on the noise."""
+    rng = np.random.default_rng(3)
+    v = rng.standard_normal(64).astype(np.float32) * 30
+    cloud = (v * (1 + 2e-6 * rng.standard_normal((1, 2, 128, 64)))).astype(np.float32)
+    geo = metrics.layer_geometry(cloud, range_max=64, max_k=16)
+    assert (np.asarray(geo.n_unique) == 1).all()
+    assert np.isnan(np.asarray(geo.gride_ids)).all() and np.isnan(np.asarray(geo.twonn)).all()
+    raw = metrics.layer_geometry(cloud, range_max=64, max_k=16, duplicate_tolerance=0.0)
+    assert np.isfinite(np.asarray(raw.gride_ids)).all() and np.nanmax(raw.gride_ids) > 15
+
+
+def test_gride_nan_at_scales_the_distinct_points_cannot_support():
+    rng = np.random.default_rng(4)
+    pts = rng.standard_normal((20, 6)).astype(np.float32)
+    cloud = np.concatenate([pts, np.repeat(pts[:1], 44, 0)])[None, None]  # 20 distinct of 64
+    geo = metrics.layer_geometry(cloud, range_max=32, max_k=8)
+    ids = np.asarray(geo.gride_ids)[0, 0]  # n1 = 1, 2, 4, 8, 16 (n2 = 2 n1 <= 19)
+    assert int(geo.n_unique[0, 0]) == 20
+    assert np.isfinite(ids[:4]).all() and np.isnan(ids[4:]).all()
+    status = pipeline.layer_status(geo, np.ones((1, 64), bool))
+    assert int(status[0, 0]) == pipeline.STATUS_FEW_DISTINCT | pipeline.STATUS_DUPLICATES
+
+
+def test_pipeline_refuses_bad_token_ids():
+    with pytest.raises(ValueError, match=r"input_ids\[0, 3\] = 50 is outside .* \[0, 50\)"):
+        pipeline.check_token_ids(np.array([[1, 2, 3, 50]]), 50)
+    with pytest.raises(ValueError, match="input_ids must be integer token ids, got dtype float"):
+        pipeline.check_token_ids(np.array([[1.0, 2.5]]), 50)
+    with pytest.raises(ValueError, match=r"= -1 is outside"):
+        pipeline.check_token_ids(np.array([[-1, 2]]), 50)
+    assert pipeline.check_token_ids(np.array([[0, 49]], np.int64), 50).dtype == np.int32
