@@ -289,6 +289,8 @@ def check_lens(spec: RunSpec, names) -> None:
         tuned.read_meta(folder)
     except (ValueError, OSError) as e:
         raise UserError(f"--lens={spec.lens}: {e}") from None
+
+
 def check_model(spec: RunSpec):
     """Reads the model's configuration (no weights) and checks the run fits it:
     a ported architecture, and prompts within its context length. Returns the

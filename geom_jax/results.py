@@ -61,6 +61,7 @@ def __getattr__(name):
         return field_docs("paper")
     raise AttributeError(name)
 
+
 DTYPES = {"n_unique": np.int32, "finite": bool, "status": np.int32}
 """Fields stored as integers or booleans (computed as float32 like the rest)."""
 
