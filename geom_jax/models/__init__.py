@@ -1,5 +1,7 @@
-"""Flax NNX ports of the Llama, Mistral and GPT-NeoX families that return
-every layer's hidden states and per-token losses in one jitted pass.
+"""Flax NNX ports of decoder-only model families (Llama, Mistral, GPT-NeoX,
+Qwen2/2.5, Qwen3, Gemma 2, Gemma 3, OLMo 2, Phi-3, GPT-2, OPT; one module
+each in `families/`) that return every layer's hidden states and per-token
+losses in one jitted pass.
 
     model, tokenizer = geom_jax.models.load("smollm2-135m")
     out = model(input_ids, attention_mask)       # DecoderOutput

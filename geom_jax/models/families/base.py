@@ -16,6 +16,7 @@ from typing import Any, get_args
 
 from ..config import (
     FAMILIES,
+    ROPE_TYPES,
     Activation,
     DecoderConfig,
     RopeScaling,
@@ -228,11 +229,11 @@ def rope(d: Mapping[str, Any], family: str, params=None):
         )
     )
     rope_type = get(merged, "rope_type", "type", default="default")
-    if rope_type not in ("default", "linear", "llama3"):
+    if rope_type not in ROPE_TYPES:
         key = "rope_parameters" if d.get("rope_parameters") else "rope_scaling"
         raise UnsupportedArchitectureError(
             f"config key {key} has rope_type={rope_type!r}, which the {family!r} family port "
-            "does not implement; supported: default, linear, llama3"
+            f"does not implement; supported: {', '.join(ROPE_TYPES)}"
         )
     if rope_type == "default":
         return theta, None, partial

@@ -126,8 +126,8 @@ def load(
     """Loads a checkpoint as (Decoder, tokenizer); geom_jax never imports torch.
 
     `name_or_path` is one of: an alias (`smollm2-135m`, the embedded default;
-    `llama-3-8b`, `llama-3.1-8b`, `mistral-7b`, `pythia-6.9b`,
-    `pythia-6.9b-deduped`); a directory with config.json and *.safetensors
+    the others, e.g. `llama-3-8b`, `qwen3-8b`, `gemma-2-9b`, are the families'
+    `aliases`, listed by `hub.ALIASES`); a directory with config.json and *.safetensors
     (single file or sharded with model.safetensors.index.json); a `.gguf`
     file; or a Hub id `org/name` or alias, optionally at `revision` (a branch,
     tag or commit, e.g. Pythia's training checkpoint `step1000`; resolved
