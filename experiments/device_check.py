@@ -18,8 +18,12 @@ A stage whose estimated cost no longer fits the budget is skipped with a note;
 stage, so a run cut short still leaves a report. Exit status 1 when a stage
 failed or a correctness check that ran did not pass.
 
-  python experiments/device_check.py --quick --output_dir=/tmp/device_check  # any CPU, ~1 min
+  python experiments/device_check.py --quick --output_dir=/tmp/device_check  # any CPU, 1-3 min
   python experiments/device_check.py --output_dir=$OUT                        # the accelerator
+  python experiments/device_check.py --output_dir=$OUT --stages=correctness   # rerun one stage
+
+BUILD_NOTES.md (section 6, "Device check") has the exact command for a lent
+device machine and what each stage measures.
 
 Needs only jax, flax, numpy and absl (no GGUF, torch, datasets or download):
 every model is a preset with random weights generated on the device.
@@ -51,7 +55,13 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from geom_jax import benchmarking, metrics, models, pipeline, sharding  # noqa: E402
+from geom_jax import metrics, models, pipeline, sharding  # noqa: E402
+
+try:  # the device peak table; issue 12 moves it out of the package into benchmarks/
+    from geom_jax import benchmarking  # noqa: E402
+except ImportError:
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from benchmarks import benchmarking  # noqa: E402
 
 REPORT_JSON = "device_report.json"
 REPORT_MD = "device_report.md"
