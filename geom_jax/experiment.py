@@ -19,7 +19,7 @@ from absl import flags, logging
 
 from geom_jax import data, disk_space, results, run_lock
 
-METHODS = ("structured", "shuffled")
+METHODS = ("structured", "shuffled", "permuted")
 PROBE_PREFIX = ".write-test-"
 
 
@@ -33,6 +33,7 @@ class RunSpec:
 
     output_dir: str
     model: str = "smollm2-135m"
+    revision: str = ""
     dataset: str = data.PYDOC
     text_field: str = "text"
     split: str = "train"
@@ -49,6 +50,10 @@ class RunSpec:
     dtype: str = "float32"
     param_dtype: str = "float32"
     layer_chunk: int | None = None
+    observables: str = "paper"
+    shuffle_repeats: int = 1
+    lens: str = "logit"
+    logit_range_max: int = 64
     duplicate_tolerance: float = 1e-5
     # Not part of the results' definition:
     resume: bool = False
@@ -93,9 +98,40 @@ class RunSpec:
             filter_models=tuple(f.filter_models or ()),
             layer_chunk=f.layer_chunk or None,
             mesh_shape=f.mesh_shape or "",
+            revision=f.revision or "",
             params_checkpoint=f.params_checkpoint or "",
         )
+        try:
+            kw["observables"] = canonical_observables(f.observables)
+        except ValueError:
+            pass  # check_spec reports it
         return cls(**kw)
+
+
+def canonical_observables(spec: str) -> str:
+    """ "paper", "all" or the comma list of names, so that --resume compares sets."""
+    return _registry().canonical(spec)
+
+
+def _registry():
+    """The observable registry with the pipeline's model-level observables (lens, logit_id)."""
+    from geom_jax import metrics, pipeline  # noqa: F401  pylint: disable=g-import-not-at-top
+
+    return metrics.registry
+
+
+DEFAULTS_OF_LATER_FIELDS = {
+    "observables": "paper",
+    "shuffle_repeats": 1,
+    "lens": "logit",
+    "logit_range_max": 64,
+}
+"""Defining fields added after runs were recorded: their value in such runs (--resume)."""
+
+
+def observable_options(spec: RunSpec) -> dict:
+    """The ``options=`` of the lens / logit_id observables."""
+    return {"lens": spec.lens, "logit_range_max": spec.logit_range_max}
 
 
 def define_flags() -> None:
@@ -103,12 +139,26 @@ def define_flags() -> None:
     d = RunSpec(output_dir="")
     flags.DEFINE_string("model", d.model, "Model alias, Hub id, local folder or .gguf file.")
     flags.DEFINE_string(
+        "revision", None, "Hub branch, tag or commit of --model (e.g. a training step: step1000)."
+    )
+    flags.DEFINE_string(
         "dataset", d.dataset, "'pydoc', a Hub dataset id (NeelNanda/pile-10k), .txt/.jsonl path."
     )
     flags.DEFINE_string("text_field", d.text_field, "Field holding the text (.jsonl, datasets).")
     flags.DEFINE_string("split", d.split, "Dataset split.")
     flags.DEFINE_bool("streaming", d.streaming, "Stream a Hub dataset instead of caching it.")
-    flags.DEFINE_enum("method", d.method, METHODS, "structured, or shuffled at s=0..max_shuffle.")
+    flags.DEFINE_enum(
+        "method",
+        d.method,
+        METHODS,
+        "structured; shuffled at s=0..max_shuffle; permuted: the structured prompt and "
+        "--shuffle_repeats full random permutations of its tokens.",
+    )
+    flags.DEFINE_integer(
+        "shuffle_repeats",
+        d.shuffle_repeats,
+        "Independent shuffles per level s > 0 (shuffled) or full permutations (permuted).",
+    )
     flags.DEFINE_integer("max_tokens", d.max_tokens, "Tokens per prompt (shorter are dropped).")
     flags.DEFINE_integer("max_shuffle", d.max_shuffle, "Largest shuffle index s (4**s blocks).")
     flags.DEFINE_integer("num_prompts", d.num_prompts, "Prompts to keep (0 = all qualifying).")
@@ -123,6 +173,18 @@ def define_flags() -> None:
     flags.DEFINE_enum("dtype", d.dtype, ["float32", "bfloat16"], "Activation dtype.")
     flags.DEFINE_enum("param_dtype", d.param_dtype, ["float32", "bfloat16"], "Parameter dtype.")
     flags.DEFINE_integer("layer_chunk", 0, "Layers per metrics chunk (0 = automatic).")
+    flags.DEFINE_string(
+        "observables",
+        d.observables,
+        "'paper' (GRIDE/TwoNN, cosine, overlap), 'all', or a comma list of names "
+        "(may include 'paper', e.g. paper,reciprocity).",
+    )
+    flags.DEFINE_string(
+        "lens", d.lens, "Lens of the lens observable: 'logit' or 'tuned:DIR' (train_tuned_lens.py)."
+    )
+    flags.DEFINE_integer(
+        "logit_range_max", d.logit_range_max, "Largest GRIDE neighbour rank n2 of logit_id."
+    )
     flags.DEFINE_float(
         "duplicate_tolerance",
         d.duplicate_tolerance,
@@ -172,6 +234,22 @@ def check_spec(spec: RunSpec) -> None:
         raise UserError(f"--seed must be >= 0, got {spec.seed}")
     if not 0 <= spec.duplicate_tolerance < 1:
         raise UserError(f"--duplicate_tolerance must be in [0, 1), got {spec.duplicate_tolerance}")
+    try:
+        names = _registry().resolve(spec.observables, "--observables")
+        options = metrics.geometry.options_of(
+            range_max=spec.range_max, max_k=spec.max_k, options=observable_options(spec)
+        )
+        metrics.geometry.check_observables(names, options, spec.max_tokens + int(spec.add_bos))
+    except ValueError as e:
+        raise UserError(_as_flags(str(e))) from None
+    check_lens(spec, names)
+    if spec.shuffle_repeats < 1:
+        raise UserError(f"--shuffle_repeats must be positive, got {spec.shuffle_repeats}")
+    if spec.method == "structured" and spec.shuffle_repeats > 1:
+        raise UserError(
+            f"--shuffle_repeats={spec.shuffle_repeats} applies to --method=shuffled or "
+            "--method=permuted; --method=structured runs each prompt once"
+        )
     if spec.method == "shuffled":
         try:
             data.check_divisible(spec.max_tokens, spec.max_shuffle)
@@ -185,6 +263,34 @@ def check_spec(spec: RunSpec) -> None:
         raise UserError(str(e)) from None
 
 
+def _as_flags(message: str) -> str:
+    """A library message in the command line's terms."""
+    for name in ("logit_range_max", "lens must"):
+        message = message.replace(name, "--" + name)
+    return message
+
+
+def check_lens(spec: RunSpec, names) -> None:
+    """--lens: 'logit' or 'tuned:DIR' with DIR a trained lens, used by the lens observable."""
+    from geom_jax.lens import observables, tuned  # pylint: disable=g-import-not-at-top
+
+    try:
+        folder = observables.parse_lens(spec.lens)
+    except ValueError as e:
+        raise UserError(_as_flags(str(e))) from None
+    if folder is None:
+        return
+    if "lens" not in names:
+        raise UserError(
+            f"--lens={spec.lens} applies to the lens observable; add lens to --observables "
+            f"(now {spec.observables!r})"
+        )
+    try:
+        tuned.read_meta(folder)
+    except (ValueError, OSError) as e:
+        raise UserError(f"--lens={spec.lens}: {e}") from None
+
+
 def check_model(spec: RunSpec):
     """Reads the model's configuration (no weights) and checks the run fits it:
     a ported architecture, and prompts within its context length. Returns the
@@ -192,7 +298,7 @@ def check_model(spec: RunSpec):
     from geom_jax import models  # pylint: disable=g-import-not-at-top
 
     try:
-        config = models.load_config(spec.model)
+        config = models.load_config(spec.model, revision=spec.revision or None)
     except (ValueError, FileNotFoundError) as e:
         raise UserError(f"--model={spec.model}: {e}") from None
     num_tokens = spec.max_tokens + int(spec.add_bos)
@@ -254,6 +360,8 @@ def check_output_dir(spec: RunSpec) -> None:
         )
     if existing and spec.resume and os.path.isfile(config_path):
         saved = results.read_json(config_path)
+        for key, value in DEFAULTS_OF_LATER_FIELDS.items():  # runs from before these flags
+            saved.setdefault(key, value)
         diff = {k: (saved.get(k), v) for k, v in spec.defining().items() if saved.get(k) != v}
         if diff:
             raise UserError(
@@ -296,14 +404,30 @@ def select(spec: RunSpec, tokenizer) -> tuple[data.PromptSource, data.PromptSele
         raise UserError(str(e)) from None
 
 
+def row_levels(spec: RunSpec) -> tuple[np.ndarray, np.ndarray]:
+    """(shuffle_index, shuffle_repeat) of one prompt's rows, in sweep order: the
+    structured prompt (0, 0), then, if shuffled, each level s = 1..max_shuffle
+    with repeats 0..R-1, or, if permuted, R full permutations (FULL_PERMUTATION, r)."""
+    r = spec.shuffle_repeats
+    if spec.method == "shuffled":
+        levels = np.repeat(np.arange(1, spec.max_shuffle + 1), r)
+        repeats = np.tile(np.arange(r), spec.max_shuffle)
+    elif spec.method == "permuted":
+        levels, repeats = np.full(r, data.FULL_PERMUTATION), np.arange(r)
+    else:
+        levels = repeats = np.zeros(0, int)
+    return np.concatenate([[0], levels]).astype(int), np.concatenate([[0], repeats]).astype(int)
+
+
 def build_plan(spec: RunSpec, selection: data.PromptSelection):
-    """Rows of the sweep: every prompt, at every shuffle level if shuffled."""
+    """Rows of the sweep: every prompt, at every shuffle level and repeat (row_levels)."""
     from geom_jax import sweep  # pylint: disable=g-import-not-at-top
 
-    levels = np.arange(spec.max_shuffle + 1) if spec.method == "shuffled" else np.zeros(1, int)
+    levels, repeats = row_levels(spec)
     num_prompts = len(selection.indices)
     row_prompt = np.repeat(np.arange(num_prompts), len(levels))
     row_shuffle = np.tile(levels, num_prompts)
+    row_repeat = np.tile(repeats, num_prompts)
     keep_first = int(spec.add_bos)
 
     def make_batch(rows: np.ndarray):
@@ -315,6 +439,7 @@ def build_plan(spec: RunSpec, selection: data.PromptSelection):
                     seed=spec.seed,
                     prompt_index=int(selection.indices[row_prompt[r]]),
                     keep_first=keep_first,
+                    repeat=int(row_repeat[r]),
                 )
                 for r in rows
             ]
@@ -325,6 +450,7 @@ def build_plan(spec: RunSpec, selection: data.PromptSelection):
         prompt_index=selection.indices[row_prompt],
         shuffle_index=row_shuffle.astype(np.int32),
         make_batch=make_batch,
+        shuffle_repeat=row_repeat.astype(np.int32),
     )
     keys = np.asarray([selection.keys[p] for p in row_prompt])
     return plan, keys
@@ -375,6 +501,7 @@ def _local_plan(plan, rows):
         prompt_index=plan.prompt_index[rows],
         shuffle_index=plan.shuffle_index[rows],
         make_batch=lambda local: plan.make_batch(rows[local]),
+        shuffle_repeat=plan.shuffle_repeat[rows],
     )
 
 
@@ -453,7 +580,7 @@ def _run_locked(spec: RunSpec, mesh, config, t_start: float, space: _SpaceNeeded
             os.unlink(os.path.join(out, results.RESULTS_FILE))
 
     try:
-        tokenizer = models.load_tokenizer(spec.model)
+        tokenizer = models.load_tokenizer(spec.model, revision=spec.revision or None)
     except (ValueError, OSError) as e:
         raise UserError(str(e)) from None
     source, selection = select(spec, tokenizer)
@@ -478,18 +605,24 @@ def _run_locked(spec: RunSpec, mesh, config, t_start: float, space: _SpaceNeeded
             mesh=mesh,
             rules=rules,
             params_checkpoint=spec.params_checkpoint or None,
+            revision=spec.revision or None,
         )
     except ValueError as e:
         raise UserError(str(e)) from None
-    pipe = pipeline.GeometryPipeline(
-        model,
-        range_max=spec.range_max,
-        max_k=spec.max_k,
-        layer_chunk=spec.layer_chunk,
-        mesh=mesh,
-        rules=rules,
-        duplicate_tolerance=spec.duplicate_tolerance,
-    )
+    try:
+        pipe = pipeline.GeometryPipeline(
+            model,
+            range_max=spec.range_max,
+            max_k=spec.max_k,
+            layer_chunk=spec.layer_chunk,
+            mesh=mesh,
+            rules=rules,
+            observables=spec.observables,
+            options=observable_options(spec),
+            duplicate_tolerance=spec.duplicate_tolerance,
+        )
+    except ValueError as e:  # e.g. a tuned lens of another model
+        raise UserError(f"--lens={spec.lens}: {e}" if "lens" in str(e) else str(e)) from None
     num_tokens = selection.token_ids.shape[1]
     shapes = pipe.output_shapes(spec.batch_size, num_tokens)
     space.set_from(shapes, len(plan))
@@ -517,18 +650,22 @@ def _run_locked(spec: RunSpec, mesh, config, t_start: float, space: _SpaceNeeded
         "prompt_index": plan.prompt_index,
         "prompt_key": keys,
         "shuffle_index": plan.shuffle_index,
-        "gride_n1": 2 ** np.arange(store.arrays["gride_ids"].shape[-1]),
+        "shuffle_repeat": plan.shuffle_repeat,
         **distributed.gather_rows(len(plan), rows, store.arrays),
     }
+    if "gride_ids" in arrays:
+        arrays["gride_n1"] = 2 ** np.arange(arrays["gride_ids"].shape[-1])
     arrays = {k: np.asarray(v, results.DTYPES.get(k)) for k, v in arrays.items()}
     if jax.process_index() == 0:
         report_degenerate(arrays["status"])
-        results.save_results(out, arrays)
+        results.save_results(out, arrays, spec.observables)
         results.write_json(
             os.path.join(out, results.METADATA_FILE),
             {
                 "model": spec.model,
                 "checkpoint": model.config.checkpoint_id,
+                "revision": spec.revision or None,
+                "commit": models.loading.hub.commit_in(model.config.checkpoint_id),
                 "model_config": dataclasses.asdict(model.config),
                 "dataset": source.describe(),
                 "flags": spec.defining(),

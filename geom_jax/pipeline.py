@@ -9,10 +9,11 @@ dimension and neighbourhood overlap are measured on the L transformer layers
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+from collections.abc import Callable
 from typing import Any
 
-import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -23,37 +24,24 @@ from jax.sharding import PartitionSpec as P
 from geom_jax import metrics, models, sharding
 
 
-@flax.struct.dataclass
-class PromptGeometry:
-    """Per-prompt results of one batch (leading axis B).
+@jax.tree_util.register_pytree_node_class
+class PromptGeometry(metrics.LayerGeometry):
+    """Per-prompt results of one batch (leading axis B): field name -> array.
 
-    Attributes:
-      gride_ids, gride_errs, gride_scales: [B, L, S] GRIDE at n1 = 2^j.
-      twonn: [B, L] TwoNN intrinsic dimension.
-      overlap: [B, L-1, K] chi_k between layers l and l+1, k = 1..K at k-1.
-      cos_mean, cos_std: [B, L+1] cosine-similarity statistics, embedding first.
-      loss: [B] mean next-token negative log-likelihood of each prompt.
-      token_nll: [B, T-1] per-token negative log-likelihood (0 on padding).
-      n_unique: [B, L] distinct tokens of each layer's cloud (near-duplicates
-        merged), the N of the ID estimators; 0 where the layer is not finite.
-      finite: [B, L] 1 where the layer's hidden states are all finite, else 0
-        (every observable of that layer is then NaN).
-      status: [B, L] bit flags, 0 for a healthy layer (see STATUS_FLAGS).
+    The fields are those of the requested observables (see
+    :func:`result_fields`); the paper's set gives gride_ids, gride_errs,
+    gride_scales [B, L, S], twonn [B, L], cos_mean, cos_std [B, L+1]
+    (embedding output first), overlap [B, L-1, K], plus, always, loss [B]
+    (mean next-token negative log-likelihood) and token_nll [B, T-1]
+    (per-token negative log-likelihood, 0 on padding).
     """
 
-    gride_ids: jax.Array
-    gride_errs: jax.Array
-    gride_scales: jax.Array
-    twonn: jax.Array
-    overlap: jax.Array
-    cos_mean: jax.Array
-    cos_std: jax.Array
-    loss: jax.Array
-    token_nll: jax.Array
-    n_unique: jax.Array
-    finite: jax.Array
-    status: jax.Array
 
+MODEL_FIELDS = (
+    metrics.registry.Field("loss", (), "mean next-token negative log-likelihood (nats).", ""),
+    metrics.registry.Field("token_nll", ("T-1",), "per-token negative log-likelihood (nats).", ""),
+)
+"""Fields the model itself gives for every observable set."""
 
 STATUS_NON_FINITE = 1
 STATUS_FEW_DISTINCT = 2
@@ -64,7 +52,61 @@ STATUS_FLAGS = {
     STATUS_DUPLICATES: "tokens merged as exact or near-duplicates for the ID estimators",
 }
 
-RESULT_FIELDS = tuple(f.name for f in PromptGeometry.__dataclass_fields__.values())
+HEALTH_FIELDS = (
+    metrics.registry.Field(
+        "finite",
+        (),
+        "1 where layer l's hidden states are finite at every valid token, else 0 (every "
+        "observable of that layer, and of the pairs it is part of, is then NaN).",
+    ),
+    metrics.registry.Field(
+        "status",
+        (),
+        "bit flags, 0 = healthy: "
+        + "; ".join(f"{bit} {doc}" for bit, doc in STATUS_FLAGS.items())
+        + ".",
+    ),
+)
+"""Per-layer health of every row, for every observable set."""
+
+
+def result_fields(observables="paper") -> list[metrics.registry.Field]:
+    """The saved fields of a run measuring ``observables``, in results order."""
+    names = metrics.registry.resolve(observables)
+    return (
+        metrics.registry.fields(names, saved_only=True) + list(MODEL_FIELDS) + list(HEALTH_FIELDS)
+    )
+
+
+RESULT_FIELDS = tuple(f.name for f in result_fields("paper"))
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelInput:
+    """An observable input that needs the model, not only its hidden states.
+
+    prepare(model, options) -> arrays computed once per pipeline (or None);
+    compute(model, out: DecoderOutput, attention_mask, prepared, options)
+    -> [B, ...], run in the fused step under GSPMD, before the metrics.
+    """
+
+    prepare: Callable
+    compute: Callable
+
+
+MODEL_INPUTS: dict[str, ModelInput] = {}
+
+
+def register_model_input(name: str, prepare: Callable, compute: Callable) -> None:
+    """Lets observables consume ``name`` (also declare it with registry.register_input)."""
+    MODEL_INPUTS[name] = ModelInput(prepare, compute)
+
+
+def model_inputs_of(observables) -> tuple[str, ...]:
+    """The model inputs the observables consume, in a stable order."""
+    names = metrics.registry.resolve(observables)
+    used = {c for n in names for c in metrics.registry.get(n).consumes}
+    return tuple(k for k in MODEL_INPUTS if k in used)
 
 
 def geometry_from_hidden(
@@ -75,47 +117,69 @@ def geometry_from_hidden(
     range_max: int,
     max_k: int,
     layer_chunk: int | None = None,
-    duplicate_tolerance: float = metrics.DUPLICATE_TOLERANCE,
+    observables="paper",
+    inputs: dict | None = None,
+    **options,
 ) -> PromptGeometry:
-    """Reduces hidden states [L+1, B, T, D] and token NLL [B, T-1] per prompt."""
+    """Reduces hidden states [L+1, B, T, D] and token NLL [B, T-1] per prompt.
+
+    Layer observables run on the L transformer layers; those declared with
+    ``embedding=True`` (cosine) also on the embedding output, first. inputs:
+    more arrays for observables that consume them (registry.INPUTS), besides
+    token_nll. options: id_k, entropy_alpha, ... (see layer_geometry).
+    """
+    names = metrics.registry.resolve(observables)
     hidden = jnp.moveaxis(hidden, 0, 1).astype(jnp.float32)
     mask = attention_mask.astype(bool)
+    target_mask = mask[:, 1:].astype(jnp.float32)
+    token_nll = token_nll * target_mask
     geo = metrics.layer_geometry(
         hidden[:, 1:],
         mask,
+        observables=names,
         range_max=range_max,
         max_k=max_k,
         layer_chunk=layer_chunk,
-        duplicate_tolerance=duplicate_tolerance,
+        inputs={"token_nll": token_nll, **(inputs or {})},
+        **options,
     )
-    emb_mean, emb_std = metrics.cosine_similarity_stats(hidden[:, 0], mask)
-    target_mask = mask[:, 1:].astype(jnp.float32)
-    loss = jnp.sum(token_nll * target_mask, axis=-1) / jnp.maximum(
-        jnp.sum(target_mask, axis=-1), 1.0
-    )
-    return PromptGeometry(
-        gride_ids=geo.gride_ids,
-        gride_errs=geo.gride_errs,
-        gride_scales=geo.gride_scales,
-        twonn=geo.twonn,
-        overlap=geo.overlap,
-        cos_mean=jnp.concatenate([emb_mean[:, None], geo.cos_mean], axis=1),
-        cos_std=jnp.concatenate([emb_std[:, None], geo.cos_std], axis=1),
-        loss=loss,
-        token_nll=token_nll * target_mask,
-        n_unique=geo.n_unique,
-        finite=geo.finite.astype(jnp.int32),
-        status=layer_status(geo, mask),
-    )
+    out = {}
+    for f in result_fields(names):
+        if f.name in geo:
+            out[f.name] = geo[f.name]
+    for name in names:
+        obs = metrics.registry.get(name)
+        if not obs.embedding:
+            continue
+        if name == "cosine":  # the standalone function, as before the registry (same bits)
+            emb_mean, emb_std = metrics.cosine_similarity_stats(hidden[:, 0], mask)
+            emb = {"cos_mean": emb_mean[:, None], "cos_std": emb_std[:, None]}
+        else:
+            emb = metrics.layer_geometry(
+                hidden[:, :1], mask, observables=(name,), validate=False, **options
+            )
+        for f in obs.fields:
+            if f.saved:
+                out[f.name] = jnp.concatenate([emb[f.name], out[f.name]], axis=1)
+    out["loss"] = jnp.sum(token_nll, axis=-1) / jnp.maximum(jnp.sum(target_mask, axis=-1), 1.0)
+    out["token_nll"] = token_nll
+    out["finite"] = geo["finite"].astype(jnp.int32)
+    out["status"] = layer_status(geo, mask)
+    return PromptGeometry(out)
 
 
 def layer_status(geo, mask):
-    """Bit flags [B, L] (STATUS_FLAGS) of each prompt's layers."""
-    largest_n2 = 2 ** geo.gride_ids.shape[-1]
-    n_valid = jnp.sum(mask, axis=-1)[:, None]
-    flags = jnp.where(geo.finite, 0, STATUS_NON_FINITE)
-    flags |= jnp.where(geo.finite & (geo.n_unique - 1 < largest_n2), STATUS_FEW_DISTINCT, 0)
-    flags |= jnp.where(geo.finite & (geo.n_unique < n_valid), STATUS_DUPLICATES, 0)
+    """Bit flags [B, L] (STATUS_FLAGS) of each prompt's layers; the distinct-token
+    flags need the ID estimators' n_unique (GRIDE's, in the paper's set)."""
+    finite = geo["finite"]
+    flags = jnp.where(finite, 0, STATUS_NON_FINITE)
+    if "n_unique" in geo:
+        n_unique = geo["n_unique"]
+        if "gride_ids" in geo:
+            largest_n2 = 2 ** geo["gride_ids"].shape[-1]
+            flags |= jnp.where(finite & (n_unique - 1 < largest_n2), STATUS_FEW_DISTINCT, 0)
+        n_valid = jnp.sum(mask, axis=-1)[:, None]
+        flags |= jnp.where(finite & (n_unique < n_valid), STATUS_DUPLICATES, 0)
     return flags.astype(jnp.int32)
 
 
@@ -129,30 +193,38 @@ def geometry_step(
     range_max: int,
     max_k: int,
     layer_chunk: int | None = None,
-    duplicate_tolerance: float = metrics.DUPLICATE_TOLERANCE,
+    observables="paper",
+    prepared: dict | None = None,
+    **options,
 ) -> PromptGeometry:
     """Forward and metrics for a batch; pure, so it can be jitted.
 
-    The forward runs under GSPMD (parameters sharded as placed, batch over
-    ``data``); the metrics run under ``shard_map`` where the hidden states
-    live, one slice of the batch per device group.
+    The forward (and the model inputs of MODEL_INPUTS that the observables
+    consume, from ``prepared``) runs under GSPMD (parameters sharded as
+    placed, batch over ``data``); the metrics run under ``shard_map`` where
+    the hidden states live, one slice of the batch per device group.
     """
     out = models.forward(graphdef, state, input_ids, attention_mask)
+    prepared = prepared or {}
+    inputs = {}
+    if prepared:
+        model = nnx.merge(graphdef, state)
+        extra = options.get("options") or {}
+        for name in prepared:
+            fn = MODEL_INPUTS[name].compute
+            inputs[name] = fn(model, out, attention_mask, prepared[name], extra)
     axes = sharding.batch_axes(mesh, input_ids.shape[0])
+    settings = dict(
+        range_max=range_max, max_k=max_k, layer_chunk=layer_chunk, observables=observables
+    )
     reduce = jax.shard_map(
-        functools.partial(
-            geometry_from_hidden,
-            range_max=range_max,
-            max_k=max_k,
-            layer_chunk=layer_chunk,
-            duplicate_tolerance=duplicate_tolerance,
-        ),
+        lambda h, nll, m, more: geometry_from_hidden(h, nll, m, inputs=more, **settings, **options),
         mesh=mesh,
-        in_specs=(P(None, axes), P(axes), P(axes)),
+        in_specs=(P(None, axes), P(axes), P(axes), P(axes)),
         out_specs=P(axes),
         check_vma=False,
     )
-    return reduce(out.hidden_states, out.token_nll, attention_mask)
+    return reduce(out.hidden_states, out.token_nll, attention_mask, inputs)
 
 
 def check_token_ids(input_ids, vocab_size: int) -> np.ndarray:
@@ -180,6 +252,13 @@ class GeometryPipeline:
       geo = pipe(input_ids)          # PromptGeometry of (global) jax.Arrays
       rows = pipe.to_host(geo)       # this process's rows as NumPy arrays
 
+    ``observables``: "paper" (default), "all", a comma list or a sequence of
+    names (see :mod:`geom_jax.metrics.registry`); ``options``: id_k,
+    entropy_alpha (see ``layer_geometry``), and ``options={...}`` for
+    observables registered outside the metrics (e.g. ``lens``: "logit" or
+    "tuned:DIR", ``logit_range_max``: 64 for ``lens`` / ``logit_id``).
+    What those consume from the model (MODEL_INPUTS) is prepared here, once.
+
     With ``mesh`` (see :mod:`geom_jax.sharding`), parameters are placed by
     their logical axis names (unless already sharded on it), batches are
     split over ``data``, and in a multi-process run each process passes and
@@ -195,13 +274,21 @@ class GeometryPipeline:
         layer_chunk: int | None = None,
         mesh: Mesh | None = None,
         rules=None,
-        duplicate_tolerance: float = metrics.DUPLICATE_TOLERANCE,
+        observables="paper",
+        **options,
     ):
+        self.observables = metrics.registry.resolve(observables)
         self.vocab_size = model.config.vocab_size
+        self.fields = tuple(f.name for f in result_fields(self.observables))
         self.mesh = mesh if mesh is not None else sharding.make_mesh((1, 1), jax.devices()[:1])
         graphdef, state = nnx.split(model)
         self.graphdef = graphdef
         self.state = sharding.place_state(state, self.mesh, rules)
+        extra = options.get("options") or {}
+        self.prepared = {
+            name: MODEL_INPUTS[name].prepare(model, extra)
+            for name in model_inputs_of(self.observables)
+        }
         self._step = jax.jit(
             functools.partial(
                 geometry_step,
@@ -210,7 +297,8 @@ class GeometryPipeline:
                 range_max=range_max,
                 max_k=max_k,
                 layer_chunk=layer_chunk,
-                duplicate_tolerance=duplicate_tolerance,
+                observables=self.observables,
+                **options,
             ),
             out_shardings=sharding.batch_sharding(self.mesh),
         )
@@ -220,8 +308,8 @@ class GeometryPipeline:
         ids = jax.ShapeDtypeStruct(
             (batch_size, num_tokens), jnp.int32, sharding=sharding.batch_sharding(self.mesh)
         )
-        out = jax.eval_shape(self._step, self.state, ids, ids)
-        return {name: getattr(out, name) for name in RESULT_FIELDS}
+        out = jax.eval_shape(self._step, self.state, ids, ids, prepared=self.prepared)
+        return {name: out[name] for name in self.fields}
 
     def __call__(self, input_ids, attention_mask=None) -> PromptGeometry:
         """Runs this process's rows ``input_ids`` [b, T] (b = batch / processes).
@@ -235,9 +323,14 @@ class GeometryPipeline:
             attention_mask = np.ones_like(input_ids)
         ids = sharding.to_global(self.mesh, input_ids)
         mask = sharding.to_global(self.mesh, np.asarray(attention_mask, np.int32))
-        return self._step(self.state, ids, mask)
+        return self._step(self.state, ids, mask, prepared=self.prepared)
 
     def to_host(self, geo: PromptGeometry) -> dict[str, np.ndarray]:
         """This process's rows of a result, as a dict of NumPy arrays."""
         host = sharding.to_host_local(self.mesh, geo)
-        return {name: getattr(host, name) for name in RESULT_FIELDS}
+        return {name: host[name] for name in self.fields}
+
+
+from geom_jax.lens import observables as _lens_observables  # noqa: E402
+
+_lens_observables.register()  # the lens and logit_id observables (they need MODEL_INPUTS)

@@ -37,7 +37,8 @@ class Run:
 
     @property
     def levels(self) -> list[int]:
-        return sorted(int(s) for s in np.unique(self.arrays["shuffle_index"]))
+        """Shuffle levels, least shuffled first (full permutations, s = -1, last)."""
+        return sorted((int(s) for s in np.unique(self.arrays["shuffle_index"])), key=_disorder)
 
 
 def load_runs(folders: Sequence[str]) -> list[Run]:
@@ -52,13 +53,17 @@ def load_runs(folders: Sequence[str]) -> list[Run]:
         by_model.setdefault(r["metadata"].get("model", folder), []).append(r)
     runs = []
     for label, parts in by_model.items():
-        keys = [k for k in parts[0] if k != "metadata" and k != "gride_n1"]
+        keys = [
+            k for k in parts[0] if k not in ("metadata", "gride_n1") and all(k in q for q in parts)
+        ]
         seen, take = set(), []
         for part in parts:
             rows = []
-            for i, (p, s) in enumerate(zip(part["prompt_index"], part["shuffle_index"])):
-                if (int(p), int(s)) not in seen:
-                    seen.add((int(p), int(s)))
+            repeat = part.get("shuffle_repeat", np.zeros_like(part["shuffle_index"]))
+            for i, row in enumerate(zip(part["prompt_index"], part["shuffle_index"], repeat)):
+                row = tuple(int(v) for v in row)
+                if row not in seen:
+                    seen.add(row)
                     rows.append(i)
             take.append((part, np.asarray(rows, int)))
         arrays = {k: np.concatenate([part[k][rows] for part, rows in take]) for k in keys}
@@ -115,7 +120,13 @@ def _band(ax, x, values, label, color=None):
     ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.18, lw=0)
 
 
+def _disorder(s: int) -> tuple[bool, int]:
+    return (s < 0, s)
+
+
 def _level_label(s: int) -> str:
+    if s < 0:
+        return "permuted"
     return "structured (s=0)" if s == 0 else f"shuffled s={s}"
 
 
@@ -214,6 +225,147 @@ def plot_id_loss(runs: Sequence[Run], path: str, scale: int = 0) -> str:
     return _save(fig, path)
 
 
+RECIPROCITY_KS = (1, 4, 16)
+ID_ESTIMATORS = (
+    ("gride_ids", "GRIDE (n1=1)"),
+    ("twonn", "TwoNN"),
+    ("mle_id", "MLE (Levina-Bickel)"),
+    ("tle_id", "TLE"),
+)
+MAX_SCATTER = 4000
+
+
+def _has(runs: Sequence[Run], field: str) -> bool:
+    return all(field in run.arrays for run in runs)
+
+
+def _ranks(a: np.ndarray) -> np.ndarray:
+    """Average ranks (ties share their mean rank), for Spearman's rho."""
+    order = np.argsort(a, kind="stable")
+    ranks = np.empty(len(a))
+    ranks[order] = np.arange(len(a), dtype=float)
+    _, inverse, counts = np.unique(a, return_inverse=True, return_counts=True)
+    sums = np.bincount(inverse, weights=ranks)
+    return sums[inverse] / counts[inverse]
+
+
+def _pearson(a: np.ndarray, b: np.ndarray) -> float:
+    if len(a) < 3:
+        return float("nan")
+    a, b = a - a.mean(), b - b.mean()
+    denom = np.sqrt((a * a).sum() * (b * b).sum())
+    return float((a * b).sum() / denom) if denom > 0 else float("nan")
+
+
+def local_id_pairs(run: Run, layer: int) -> tuple[np.ndarray, np.ndarray]:
+    """(local ID, surprisal) of every token t >= 1 of the structured rows at ``layer``
+    (0-based over transformer layers): token t's surprisal is token_nll[t - 1]."""
+    rows = run.rows(0)
+    lid = run.arrays["local_id"][rows, layer, 1:]
+    nll = run.arrays["token_nll"][rows]
+    ok = np.isfinite(lid) & (nll > 0)
+    return lid[ok].astype(np.float64), nll[ok].astype(np.float64)
+
+
+def local_id_correlations(run: Run) -> tuple[np.ndarray, np.ndarray]:
+    """[L] Pearson and Spearman correlation between each token's local ID (MLE)
+    and its surprisal, pooled over the structured prompts' tokens."""
+    num_layers = run.arrays["local_id"].shape[1]
+    pearson, spearman = np.full(num_layers, np.nan), np.full(num_layers, np.nan)
+    for layer in range(num_layers):
+        lid, nll = local_id_pairs(run, layer)
+        pearson[layer] = _pearson(lid, nll)
+        spearman[layer] = _pearson(_ranks(lid), _ranks(nll))
+    return pearson, spearman
+
+
+def plot_reciprocity(runs: Sequence[Run], path: str, ks: Sequence[int] = RECIPROCITY_KS) -> str:
+    fig, axes = _figure(len(runs))
+    for ax, run in zip(axes, runs):
+        rec = run.arrays["reciprocity"]
+        for s in sorted({0, run.levels[-1]}):
+            for k in [k for k in ks if k <= rec.shape[-1]]:
+                mean = np.nanmean(rec[run.rows(s), :, k - 1], 0)
+                style = "-" if s == 0 else "--"
+                ax.plot(np.arange(1, len(mean) + 1), mean, style, label=f"k={k}, {_level_label(s)}")
+        ax.set(xlabel="layer", ylabel="kNN-graph reciprocity", title=run.label, ylim=(0, 1))
+        ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def plot_info_imbalance(runs: Sequence[Run], path: str) -> str:
+    fig, axes = _figure(2 * len(runs))
+    for i, run in enumerate(runs):
+        rows = run.rows(0)
+        if "info_imbalance_next" in run.arrays:
+            nxt = np.nanmean(run.arrays["info_imbalance_next"][rows], 0)
+            x = np.arange(1, len(nxt) + 1) + 0.5
+            ax = axes[2 * i]
+            ax.plot(x, nxt[:, 0], "o-", ms=3, label="Delta(l -> l+1)")
+            ax.plot(x, nxt[:, 1], "s--", ms=3, label="Delta(l+1 -> l)")
+            ax.set(xlabel="layer l (pair l, l+1)", ylabel="information imbalance")
+            ax.set_title(f"{run.label}: consecutive layers (structured)")
+            ax.legend(fontsize=7)
+        if "info_imbalance_last" in run.arrays:
+            last = np.nanmean(run.arrays["info_imbalance_last"][rows], 0)
+            x = np.arange(1, len(last) + 1)
+            ax = axes[2 * i + 1]
+            ax.plot(x, last[:, 0], "o-", ms=3, label="Delta(l -> last)")
+            ax.plot(x, last[:, 1], "s--", ms=3, label="Delta(last -> l)")
+            ax.set(xlabel="layer l", ylabel="information imbalance")
+            ax.set_title(f"{run.label}: against the last layer (structured)")
+            ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def plot_id_estimators(runs: Sequence[Run], path: str) -> str:
+    """Every ID estimator against layer on one panel per model (structured rows)."""
+    fig, axes = _figure(len(runs))
+    for ax, run in zip(axes, runs):
+        rows = run.rows(0)
+        for field, label in ID_ESTIMATORS:
+            if field not in run.arrays:
+                continue
+            values = run.arrays[field][rows]
+            values = values[..., 0] if values.ndim == 3 else values
+            _band(ax, np.arange(1, values.shape[1] + 1), values, label)
+        ax.set(xlabel="layer", ylabel="intrinsic dimension", title=f"{run.label}: structured")
+        ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def plot_local_id_surprisal(runs: Sequence[Run], path: str) -> str:
+    """Per layer Pearson / Spearman r (token local ID, surprisal), then a scatter
+    at the layer of strongest |Spearman r|."""
+    fig, axes = _figure(2 * len(runs))
+    for i, run in enumerate(runs):
+        pearson, spearman = local_id_correlations(run)
+        x = np.arange(1, len(pearson) + 1)
+        ax = axes[2 * i]
+        ax.plot(x, pearson, "o-", ms=3, label="Pearson")
+        ax.plot(x, spearman, "s--", ms=3, label="Spearman")
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.set(xlabel="layer", ylabel="r (token local ID, surprisal)", title=run.label)
+        ax.legend(fontsize=7)
+        ax = axes[2 * i + 1]
+        if np.all(np.isnan(spearman)):
+            ax.set_title("too few tokens for a correlation")
+            continue
+        layer = int(np.nanargmax(np.abs(spearman)))
+        lid, nll = local_id_pairs(run, layer)
+        if len(lid) > MAX_SCATTER:
+            pick = np.random.default_rng(0).choice(len(lid), MAX_SCATTER, replace=False)
+            lid, nll = lid[pick], nll[pick]
+        ax.scatter(lid, nll, s=3, alpha=0.4)
+        ax.set(
+            xlabel=f"token local ID (MLE) at layer {layer + 1}",
+            ylabel="surprisal (nats)",
+            title=f"layer {layer + 1}: Spearman {spearman[layer]:.2f}, "
+            f"Pearson {pearson[layer]:.2f}",
+        )
+    return _save(fig, path)
+
+
 def make_report(folders: Sequence[str], output_dir: str, scale: int = 0) -> str:
     """Writes the figures and ``report.md`` for ``folders``; returns its path."""
     runs = load_runs(folders)
@@ -235,6 +387,15 @@ def make_report(folders: Sequence[str], output_dir: str, scale: int = 0) -> str:
             runs, os.path.join(output_dir, "id_loss.png"), scale
         ),
     }
+    extra = (
+        ("reciprocity", "kNN-graph reciprocity across layers", plot_reciprocity, "reciprocity"),
+        ("info_imbalance_next", "Information imbalance", plot_info_imbalance, "info_imbalance"),
+        ("mle_id", "Intrinsic dimension estimators", plot_id_estimators, "id_estimators"),
+        ("local_id", "Token local ID and surprisal", plot_local_id_surprisal, "local_id_nll"),
+    )
+    for field, title, plot, name in extra:
+        if _has(runs, field) or (field == "mle_id" and _has(runs, "tle_id")):
+            figures[title] = plot(runs, os.path.join(output_dir, f"{name}.png"))
     text = _report_text(runs, folders, figures, scale)
     path = os.path.join(output_dir, "report.md")
     results_io.atomic_write_bytes(path, text.encode())
@@ -268,6 +429,68 @@ def headline(run: Run, scale: int = 0) -> dict:
             s: float(np.mean(run.arrays["loss"][run.rows(s, paired)])) for s in (0, top)
         }
     return out
+
+
+def _table(label: str, values: np.ndarray, fmt: str = "{:.3f}") -> list[str]:
+    return [
+        "",
+        "| layer | " + " | ".join(str(i + 1) for i in range(len(values))) + " |",
+        "| --- |" + " --- |" * len(values),
+        f"| {label} | " + " | ".join(fmt.format(v) for v in values) + " |",
+    ]
+
+
+def _extra_text(run: Run) -> list[str]:
+    """The numbers behind the figures of observables beyond the paper's set."""
+    a, rows, lines = run.arrays, run.rows(0), []
+    if "reciprocity" in a:
+        rec = np.nanmean(a["reciprocity"][rows], 0)
+        k = min(RECIPROCITY_KS[-1], rec.shape[-1])
+        lines += ["", f"kNN-graph reciprocity (k = {k}), mean over the structured prompts:"]
+        lines += _table(f"k={k}", rec[:, k - 1])
+    if "info_imbalance_next" in a:
+        nxt = np.nanmean(a["info_imbalance_next"][rows], 0)
+        lines += [
+            "",
+            "Information imbalance between consecutive layers (structured), "
+            "Delta(l -> l+1) / Delta(l+1 -> l):",
+        ]
+        lines += _table("->", nxt[:, 0]) + [
+            "| <- | " + " | ".join(f"{v:.3f}" for v in nxt[:, 1]) + " |"
+        ]
+    if "info_imbalance_last" in a:
+        last = np.nanmean(a["info_imbalance_last"][rows], 0)
+        lines += [
+            "",
+            "Information imbalance to the last layer (structured), "
+            "Delta(l -> last) / Delta(last -> l):",
+        ]
+        lines += _table("->", last[:, 0]) + [
+            "| <- | " + " | ".join(f"{v:.3f}" for v in last[:, 1]) + " |"
+        ]
+    present = [(f, label) for f, label in ID_ESTIMATORS if f in a]
+    if len(present) > 1:
+        lines += ["", "Intrinsic dimension by estimator, mean over the structured prompts:", ""]
+        num_layers = a[present[0][0]].shape[1]
+        lines += ["| estimator | " + " | ".join(str(i + 1) for i in range(num_layers)) + " |"]
+        lines += ["| --- |" + " --- |" * num_layers]
+        for field, label in present:
+            v = a[field][rows]
+            v = np.nanmean(v[..., 0] if v.ndim == 3 else v, 0)
+            lines.append(f"| {label} | " + " | ".join(f"{x:.2f}" for x in v) + " |")
+    if "local_id" in a and "token_nll" in a:
+        pearson, spearman = local_id_correlations(run)
+        if not np.all(np.isnan(spearman)):
+            best = int(np.nanargmax(np.abs(spearman)))
+            lines += [
+                "",
+                "Correlation between each token's local ID (MLE) and its surprisal, pooled "
+                f"over the structured prompts' tokens: strongest at layer {best + 1} "
+                f"(Spearman {spearman[best]:.3f}, Pearson {pearson[best]:.3f}).",
+            ]
+            lines += _table("Pearson", pearson, "{:.2f}")
+            lines.append("| Spearman | " + " | ".join(f"{v:.2f}" for v in spearman) + " |")
+    return lines
 
 
 def _report_text(runs, folders, figures, scale) -> str:
@@ -313,6 +536,7 @@ def _report_text(runs, folders, figures, scale) -> str:
                 "| --- |" + " --- |" * len(r),
                 "| r | " + " | ".join(f"{v:.2f}" for v in r) + " |",
             ]
+        lines += _extra_text(run)
     lines += [""]
     for title, path in figures.items():
         lines += [f"## {title}", "", f"![{title}]({os.path.basename(path)})", ""]

@@ -24,28 +24,43 @@ METADATA_FILE = "metadata.json"
 RUN_CONFIG_FILE = "run_config.json"
 README_FILE = "RESULTS.md"
 
-FIELDS = {
+TOKENS_FILE = "tokens.npz"
+
+RUN_FIELDS = {
     "prompt_index": "[P] index of the row's prompt in the dataset (see prompt_key).",
     "prompt_key": "[P] stable id of the prompt (pydoc topic, file name, line or row).",
-    "shuffle_index": "[P] shuffle level s: 4**s blocks permuted (0 = structured prompt).",
-    "gride_ids": "[P, L, S] GRIDE intrinsic dimension of layer l (1..L) at scale n1 = 2**j.",
-    "gride_errs": "[P, L, S] its standard error, 1/sqrt(Fisher information).",
-    "gride_scales": "[P, L, S] mean distance (r_n1 + r_n2)/2 of the neighbours used.",
-    "gride_n1": "[S] the neighbour rank n1 = 2**j of each scale (n2 = 2 n1).",
-    "twonn": "[P, L] TwoNN intrinsic dimension (90% linear fit), layers 1..L.",
-    "overlap": "[P, L-1, K] chi_k between layers l and l+1 (l = 1..L-1), k = index + 1.",
-    "cos_mean": "[P, L+1] mean cosine similarity between tokens, embedding output first.",
-    "cos_std": "[P, L+1] its standard deviation over token pairs.",
-    "loss": "[P] mean next-token negative log-likelihood (nats).",
-    "token_nll": "[P, T-1] per-token negative log-likelihood (nats).",
-    "n_unique": "[P, L] distinct tokens of layer l's cloud (near-duplicates merged), the N of "
-    "the ID estimators; 0 where the layer is not finite.",
-    "finite": "[P, L] True where layer l's hidden states are finite (else all its observables "
-    "are NaN).",
-    "status": "[P, L] bit flags, 0 = healthy: 1 NaN/inf hidden states (all NaN), 2 fewer "
-    "distinct tokens than the largest GRIDE scale needs (NaN there), 4 tokens merged as "
-    "(near-)duplicates.",
+    "shuffle_index": "[P] shuffle level s: 4**s blocks permuted (0 = structured prompt; "
+    "-1 = every token permuted, --method=permuted).",
+    "shuffle_repeat": "[P] repeat r = 0..R-1 of the row's shuffle (--shuffle_repeats=R; "
+    "0 for the structured prompt).",
 }
+GRIDE_N1 = "[S] the neighbour rank n1 = 2**j of each scale (n2 = 2 n1)."
+
+
+def field_docs(observables="paper") -> dict[str, str]:
+    """Field name -> "[shape] meaning" of a run measuring ``observables``, derived
+    from the observables' declarations (per-token fields live in tokens.npz)."""
+    from geom_jax import pipeline  # pylint: disable=g-import-not-at-top
+
+    docs = dict(RUN_FIELDS)
+    for f in pipeline.result_fields(observables):
+        docs[f.name] = f"{f.shape()} {f.doc}" + (f" ({TOKENS_FILE}, float16)" if f.tokens else "")
+        if f.name == "gride_ids":
+            docs["gride_n1"] = GRIDE_N1
+    return docs
+
+
+def token_fields(observables="paper") -> set[str]:
+    from geom_jax import pipeline  # pylint: disable=g-import-not-at-top
+
+    return {f.name for f in pipeline.result_fields(observables) if f.tokens}
+
+
+def __getattr__(name):
+    if name == "FIELDS":  # the paper's set, computed on first use (imports jax)
+        return field_docs("paper")
+    raise AttributeError(name)
+
 
 DTYPES = {"n_unique": np.int32, "finite": bool, "status": np.int32}
 """Fields stored as integers or booleans (computed as float32 like the rest)."""
@@ -78,34 +93,56 @@ def read_json(path: str):
         return json.load(fh)
 
 
-class DamagedResultsError(ValueError):
-    """``results.npz`` does not match the hash recorded when it was written."""
-
-
-def save_results(output_dir: str, arrays: Mapping[str, np.ndarray]) -> str:
-    """Writes ``results.npz`` (uncompressed, one array per field) atomically,
-    then its SHA-256 (``results.npz.sha256``)."""
+def _npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
     import io  # pylint: disable=g-import-not-at-top
 
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+class DamagedResultsError(ValueError):
+    """``results.npz`` or ``tokens.npz`` does not match the hash recorded when it was written."""
+
+
+def save_results(output_dir: str, arrays: Mapping[str, np.ndarray], observables="paper") -> str:
+    """Writes ``results.npz`` (uncompressed, one array per field), the per-token
+    fields as float16 in ``tokens.npz``, and ``RESULTS.md``, each atomically;
+    each npz is followed by its SHA-256 (``results.npz.sha256``)."""
     from geom_jax import checkpoint_integrity  # pylint: disable=g-import-not-at-top
 
-    unknown = set(arrays) - set(FIELDS)
+    docs = field_docs(observables)
+    unknown = set(arrays) - set(docs)
     if unknown:
         raise ValueError(f"save_results: undocumented fields {sorted(unknown)}")
-    buf = io.BytesIO()
-    np.savez(buf, **{k: np.asarray(v, DTYPES.get(k)) for k, v in arrays.items()})
+    per_token = token_fields(observables)
+    main = {k: np.asarray(v, DTYPES.get(k)) for k, v in arrays.items() if k not in per_token}
+    tokens = {k: np.asarray(v, np.float16) for k, v in arrays.items() if k in per_token}
     path = os.path.join(output_dir, RESULTS_FILE)
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_write_bytes(path, _npz_bytes(main))
     checkpoint_integrity.write_sidecar(path)
-    atomic_write_bytes(os.path.join(output_dir, README_FILE), _readme(arrays).encode())
+    if tokens:
+        tokens_path = os.path.join(output_dir, TOKENS_FILE)
+        atomic_write_bytes(tokens_path, _npz_bytes(tokens))
+        checkpoint_integrity.write_sidecar(tokens_path)
+    readme = _readme(arrays, docs, observables)
+    atomic_write_bytes(os.path.join(output_dir, README_FILE), readme.encode())
     return path
 
 
 def results_problem(output_dir: str) -> str | None:
-    """None when ``results.npz`` matches its recorded SHA-256, else what is wrong."""
+    """None when ``results.npz`` (and ``tokens.npz``, when written) match their
+    recorded SHA-256, else what is wrong."""
     from geom_jax import checkpoint_integrity  # pylint: disable=g-import-not-at-top
 
-    return checkpoint_integrity.sidecar_problem(os.path.join(output_dir, RESULTS_FILE))
+    for name in (RESULTS_FILE, TOKENS_FILE):
+        path = os.path.join(output_dir, name)
+        if name == TOKENS_FILE and not os.path.isfile(path):
+            continue
+        problem = checkpoint_integrity.sidecar_problem(path)
+        if problem:
+            return problem
+    return None
 
 
 def load_results(output_dir: str) -> dict[str, np.ndarray]:
@@ -113,8 +150,8 @@ def load_results(output_dir: str) -> dict[str, np.ndarray]:
 
     Raises:
       FileNotFoundError: no ``results.npz`` in ``output_dir``.
-      DamagedResultsError: the file does not match its ``results.npz.sha256``
-        (files of runs that predate the hash load unchecked).
+      DamagedResultsError: results.npz or tokens.npz does not match its
+        ``.sha256`` (files of runs that predate the hash load unchecked).
     """
     from geom_jax import checkpoint_integrity  # pylint: disable=g-import-not-at-top
 
@@ -127,12 +164,18 @@ def load_results(output_dir: str) -> dict[str, np.ndarray]:
             raise DamagedResultsError(problem)
     with np.load(path) as z:
         out = {k: z[k] for k in z.files}
+    tokens_path = os.path.join(output_dir, TOKENS_FILE)
+    if os.path.isfile(tokens_path):
+        with np.load(tokens_path) as z:
+            out.update({k: z[k].astype(np.float32) for k in z.files})
     meta_path = os.path.join(output_dir, METADATA_FILE)
     out["metadata"] = read_json(meta_path) if os.path.isfile(meta_path) else {}
     return out
 
 
-def _readme(arrays: Mapping[str, np.ndarray]) -> str:
+def _readme(arrays: Mapping[str, np.ndarray], docs: Mapping[str, str], observables) -> str:
+    from geom_jax import metrics  # pylint: disable=g-import-not-at-top
+
     lines = [
         "# Results of a geom-jax run",
         "",
@@ -142,15 +185,19 @@ def _readme(arrays: Mapping[str, np.ndarray]) -> str:
         "```",
         "",
         "P rows (prompt x shuffle level), L transformer layers, S GRIDE scales,",
-        "K overlap neighbourhood sizes, T tokens. `metadata.json` records the model,",
+        "K neighbourhood sizes, T tokens. `metadata.json` records the model,",
         "its checkpoint, the flags, package versions, git commit, device and wall time.",
+        f"Per-token fields are in `{TOKENS_FILE}` (float16): `np.load` it the same way.",
         "",
         "| field | shape here | meaning |",
         "| --- | --- | --- |",
     ]
-    for name, doc in FIELDS.items():
+    for name, doc in docs.items():
         if name in arrays:
             lines.append(f"| `{name}` | {list(np.shape(arrays[name]))} | {doc} |")
+    names = metrics.registry.resolve(observables)
+    lines += ["", f"Observables measured: `{metrics.registry.canonical(names)}`.", ""]
+    lines.append(metrics.registry.describe(names))
     return "\n".join(lines) + "\n"
 
 

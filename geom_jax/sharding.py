@@ -15,14 +15,10 @@ import math
 from collections.abc import Sequence
 
 import jax
-from flax import nnx
-from flax.core import spmd
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-DATA = "data"
-MODEL = "model"
-MESH_AXES = (DATA, MODEL)
+from geom_jax.models.axes import DATA, MESH_AXES, MODEL  # noqa: F401  (re-exported)
 
 
 def parse_mesh_shape(text: str | Sequence[int] | None) -> tuple[int, int] | None:
@@ -75,18 +71,13 @@ def check_batch(mesh: Mesh, batch_size: int) -> None:
         )
 
 
-def state_shardings(state, mesh: Mesh, rules=None):
-    """NamedShardings of an NNX state from its parameters' logical axis names."""
-    from geom_jax import models  # pylint: disable=g-import-not-at-top
-
-    with spmd.logical_axis_rules(models.RULES if rules is None else rules):
-        specs = nnx.get_partition_spec(state)
-    return jax.tree.map(lambda spec: NamedSharding(mesh, spec), specs)
-
-
 def place_state(state, mesh: Mesh, rules=None):
-    """Moves an NNX state onto ``mesh`` (a no-op for arrays already there)."""
-    return jax.device_put(state, state_shardings(state, mesh, rules))
+    """Moves an NNX state onto ``mesh`` (a no-op for arrays already there),
+    placed by :func:`geom_jax.models.partition.state_shardings`, the same
+    route from logical axes to shardings as the loader's."""
+    from geom_jax.models import partition  # pylint: disable=g-import-not-at-top
+
+    return jax.device_put(state, partition.state_shardings(state, mesh, rules))
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

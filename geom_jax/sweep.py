@@ -40,11 +40,13 @@ class SweepPlan:
       shuffle_index: [P] shuffle level s of each row.
       make_batch: builds (input_ids [b, T] int32, attention_mask [b, T]) for
         the given row numbers; called on a host thread.
+      shuffle_repeat: [P] repeat r of the row's shuffle (None: all 0).
     """
 
     prompt_index: np.ndarray
     shuffle_index: np.ndarray
     make_batch: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+    shuffle_repeat: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.prompt_index)

@@ -144,3 +144,127 @@ def cosine_stats(points, valid=None, include_diagonal=True):
     if not include_diagonal:
         c = c[~np.eye(c.shape[0], dtype=bool)]
     return float(c.mean()), float(c.std())
+
+
+# ---------------------------------------------------------------- observables beyond the paper's
+
+
+def _valid_points(points, valid):
+    x = np.asarray(points, np.float64)
+    return x if valid is None else x[np.asarray(valid, bool)]
+
+
+def reciprocity(points, max_k, valid=None):
+    """networkx overall_reciprocity of the k-NN digraph for k = 1..max_k."""
+    import networkx as nx
+
+    x = _valid_points(points, valid)
+    lists = neighbour_lists(x, max_k)
+    out = np.zeros(max_k)
+    for k in range(1, max_k + 1):
+        g = nx.DiGraph()
+        g.add_nodes_from(range(len(x)))
+        g.add_edges_from((i, int(j)) for i in range(len(x)) for j in lists[i, :k])
+        out[k - 1] = nx.overall_reciprocity(g)
+    return out
+
+
+def nn_similarity(points, valid=None):
+    x = _valid_points(points, valid)
+    lists = neighbour_lists(x, 2)
+    a, b = x - x[lists[:, 0]], x - x[lists[:, 1]]
+    return np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+def information_imbalance(x, y, valid=None):
+    """(Delta(x -> y), Delta(y -> x)) with full ranks from 1, self excluded, k = 1."""
+    x, y = _valid_points(x, valid), _valid_points(y, valid)
+    n = len(x)
+
+    def delta(a, b):
+        da, db = distances(a), distances(b)
+        np.fill_diagonal(da, np.inf)
+        np.fill_diagonal(db, np.inf)
+        nn = np.argmin(da, axis=1)
+        rank_b = np.argsort(np.argsort(db, axis=1, kind="stable"), axis=1, kind="stable") + 1
+        return 2.0 / n**2 * rank_b[np.arange(n), nn].sum()
+
+    return np.array([delta(x, y), delta(y, x)])
+
+
+def _knn_distances(points, valid, k):
+    keep = unique_first(points, valid)
+    x = np.asarray(points, np.float64)[keep]
+    d = distances(x)
+    np.fill_diagonal(d, np.inf)
+    idx = np.argsort(d, axis=1, kind="stable")[:, :k]
+    return keep, x, np.take_along_axis(d, idx, 1), idx
+
+
+def mle(points, k=20, valid=None):
+    """(global, pointwise over the distinct points) Levina-Bickel MLE."""
+    _, _, t, _ = _knn_distances(points, valid, k)
+    inv = np.mean(np.log(t[:, -1:] / t[:, :-1]), axis=1)
+    return 1.0 / inv.mean(), 1.0 / inv
+
+
+def tle(points, k=20, valid=None, eps=1e-4):
+    """(global, pointwise) tight-locality estimator, a transcription of Amsaleg et al.
+    2019 as scikit-dimension 0.5 implements it (loops over neighbour pairs)."""
+    _, x, t, idx = _knn_distances(points, valid, k)
+    out = np.zeros(len(x))
+    for i in range(len(x)):
+        d, r = t[i], t[i, -1]
+        nb = x[idx[i]]
+        s1 = 0.0
+        dropped = 0
+        for a in range(k):
+            for b in range(k):
+                if a == b:
+                    continue
+                v2 = float(np.sum((nb[a] - nb[b]) ** 2))
+                di, dj = d[a], d[b]
+                z2 = 2 * di**2 + 2 * dj**2 - v2
+                if v2 == 0:
+                    dropped += 1
+                    continue
+                if di == r:
+                    s = r * v2 / (r**2 + v2 - dj**2)
+                    tt = r * z2 / (r**2 + z2 - dj**2)
+                else:
+                    g = r**2 - di**2
+                    bs = di**2 + v2 - dj**2
+                    bt = di**2 + z2 - dj**2
+                    s = r * (math.sqrt(bs**2 + 4 * v2 * g) - bs) / (2 * g)
+                    tt = r * (math.sqrt(bt**2 + 4 * z2 * g) - bt) / (2 * g)
+                if s < eps or tt < eps:
+                    dropped += 1
+                    continue
+                s1 += math.log(s / r) + math.log(tt / r)
+        tiny = int(np.sum(d < eps))
+        s2 = np.sum(np.log(d / r)) if tiny == 0 else 0.0
+        out[i] = -2 * (k * k - dropped - tiny) / (s1 + 2 * s2)
+    return out.mean(), out
+
+
+def participation_ratio(points, valid=None):
+    x = _valid_points(points, valid)
+    lam = np.linalg.eigvalsh(np.cov(x.T, bias=True))
+    return lam.sum() ** 2 / np.sum(lam**2)
+
+
+def matrix_entropy(points, alpha=1.0, valid=None):
+    x = _valid_points(points, valid)
+    u = x / np.linalg.norm(x, axis=1, keepdims=True)
+    lam = np.clip(np.linalg.eigvalsh(u @ u.T / len(x)), 0, None)
+    if alpha == 1.0:
+        lam = lam[lam > 0]
+        return float(-np.sum(lam * np.log(lam)))
+    return float(np.log(np.sum(lam**alpha)) / (1 - alpha))
+
+
+def curvature(points, valid=None):
+    x = _valid_points(points, valid)
+    v = np.diff(x, axis=0)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    return float(np.mean(np.arccos(np.clip(np.sum(v[:-1] * v[1:], 1), -1, 1))))

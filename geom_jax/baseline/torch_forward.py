@@ -52,9 +52,9 @@ def random_model(hf_config: dict, *, dtype="float32", seed: int = 0):
     import torch
     import transformers
 
-    from geom_jax.models.config import family_of
+    from geom_jax.models.config import FAMILIES, family_of
 
-    model_type = family_of(hf_config)
+    model_type = FAMILIES[family_of(hf_config)].model_type
     fields = {k: v for k, v in hf_config.items() if k != "architectures"}
     config = transformers.AutoConfig.for_model(model_type, **fields)
     torch.manual_seed(seed)

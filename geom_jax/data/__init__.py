@@ -1,6 +1,12 @@
 """Prompt sources, tokenisation with length filtering, and block shuffling."""
 
-from geom_jax.data.shuffle import block_permutation, check_divisible, shuffle_tokens
+from geom_jax.data.shuffle import (
+    FULL_PERMUTATION,
+    block_permutation,
+    check_divisible,
+    full_permutation,
+    shuffle_tokens,
+)
 from geom_jax.data.sources import (
     PYDOC,
     HFDatasetSource,
@@ -14,6 +20,7 @@ from geom_jax.data.sources import (
 from geom_jax.data.tokenize import PromptSelection, encode, select_prompts
 
 __all__ = [
+    "FULL_PERMUTATION",
     "PYDOC",
     "HFDatasetSource",
     "JsonlSource",
@@ -25,6 +32,7 @@ __all__ = [
     "block_permutation",
     "check_divisible",
     "encode",
+    "full_permutation",
     "open_source",
     "select_prompts",
     "shuffle_tokens",

@@ -1,15 +1,23 @@
-"""Geometry of token representations: distances, intrinsic dimension, overlap, cosine.
+"""Geometry of token representations: distances, intrinsic dimension, overlap, cosine, ...
 
 Every function is pure JAX, jittable and batched over leading axes; float32
 in, float32 out; `mask` is a bool [..., N] of valid tokens (None: all valid).
+Each observable is also a named unit of `registry` computed by
+`layer_geometry(hidden, mask, observables=...)`.
 """
 
+from geom_jax.metrics import registry
 from geom_jax.metrics.cosine import cosine_similarity_stats
 from geom_jax.metrics.distances import pairwise_distances
 from geom_jax.metrics.geometry import LayerGeometry, layer_geometry
+from geom_jax.metrics.imbalance import information_imbalance
 from geom_jax.metrics.intrinsic_dimension import gride, twonn
+from geom_jax.metrics.knn_graph import nn_similarity, reciprocity
+from geom_jax.metrics.local_id import mle_id, tle_id
 from geom_jax.metrics.neighbors import SELECTION_METHODS, knn
 from geom_jax.metrics.overlap import neighborhood_overlap
+from geom_jax.metrics.spectrum import matrix_entropy, participation_ratio
+from geom_jax.metrics.trajectory import curvature
 from geom_jax.metrics.unique import DUPLICATE_TOLERANCE, unique_mask
 from geom_jax.metrics.validation import check_sizes, validate_hidden
 
@@ -19,11 +27,20 @@ __all__ = [
     "SELECTION_METHODS",
     "check_sizes",
     "cosine_similarity_stats",
+    "curvature",
     "gride",
+    "information_imbalance",
     "knn",
     "layer_geometry",
+    "matrix_entropy",
+    "mle_id",
     "neighborhood_overlap",
+    "nn_similarity",
     "pairwise_distances",
+    "participation_ratio",
+    "reciprocity",
+    "registry",
+    "tle_id",
     "twonn",
     "unique_mask",
     "validate_hidden",

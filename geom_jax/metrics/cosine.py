@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from geom_jax.metrics import distances, validation
+from geom_jax.metrics import distances, registry, validation
 
 
 def cosine_stats_from_gram(x, valid, gram, centre, include_diagonal=True):
@@ -56,7 +56,7 @@ def _cosine_similarity_stats(x, valid, include_diagonal):
     return cosine_stats_from_gram(x, valid, gram, centre, include_diagonal)
 
 
-def cosine_similarity_stats(x, mask=None, include_diagonal=True):
+def cosine_similarity_stats(x, mask=None, *, include_diagonal=True):
     """(mean, std) [...] of the N x N cosine-similarity matrix of each cloud x [..., N, D].
 
     The paper's definition includes the diagonal (include_diagonal=True);
@@ -66,3 +66,27 @@ def cosine_similarity_stats(x, mask=None, include_diagonal=True):
     mask = validation.as_mask(mask, x.shape[:-2], x.shape[-2])
     validation.validate_points(x, mask, min_valid=1 if include_diagonal else 2)
     return _cosine_similarity_stats(x, distances.valid_or_all(x, mask), bool(include_diagonal))
+
+
+def _cosine_observable(ctx):
+    mean, std = cosine_stats_from_gram(
+        ctx.x, ctx.valid, ctx.gram, ctx.centre, ctx.options["include_diagonal"]
+    )
+    return {"cos_mean": mean, "cos_std": std}
+
+
+OBSERVABLE = registry.Observable(
+    name="cosine",
+    compute=_cosine_observable,
+    fields=(
+        registry.Field(
+            "cos_mean", (), "mean cosine similarity between tokens, embedding output first.", "L+1"
+        ),
+        registry.Field("cos_std", (), "its standard deviation over token pairs.", "L+1"),
+    ),
+    consumes=("points", "gram"),
+    doc=cosine_stats_from_gram.__doc__,
+    reference="the paper's Sec. on cosine similarity (full N x N matrix, diagonal included)",
+    reduce="mean / std over all pairs of valid tokens",
+    embedding=True,
+)

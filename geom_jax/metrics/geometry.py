@@ -1,51 +1,52 @@
-"""All geometry metrics of a hidden-state stack in one jitted call."""
+"""Every requested observable of a hidden-state stack in one jitted call."""
 
 import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import struct
-from jax import lax
 
 from geom_jax.metrics import (
+    catalog,
     conditioning,
-    cosine,
-    distances,
-    intrinsic_dimension,
-    neighbors,
-    overlap,
+    host_callback,
+    registry,
     unique,
     validation,
 )
 
 
-@struct.dataclass
-class LayerGeometry:
-    """Per-layer geometry of token clouds; leading axes [...] are the prompts.
+@jax.tree_util.register_pytree_node_class
+class LayerGeometry(dict):
+    """Per-layer geometry of token clouds: field name -> array, leading axes [...] the prompts.
+
+    A dict (pytree) with attribute access (``geo.gride_ids``). Which fields
+    it holds follows the requested observables (see ``registry.describe()``);
+    the paper's set gives:
 
     gride_ids, gride_errs, gride_scales: [..., L, S] GRIDE at n1 = 2**s.
     twonn: [..., L] TwoNN, linear fit on the kept fraction (twonn_discard_fraction).
     twonn_ml: [..., L] TwoNN maximum likelihood (N - 1) / sum log mu.
-    overlap: [..., L-1, max_k], overlap[..., l, k-1] = chi_k(layer l, layer l+1).
+    n_unique: [..., L] number of distinct valid tokens (the ID estimators' N).
     cos_mean, cos_std: [..., L] cosine-similarity statistics, diagonal included.
-    n_unique: [..., L] number of distinct valid tokens (the ID estimators' N;
-      near-duplicates merged), 0 where the cloud is not finite.
-    finite: [..., L] False where the layer's hidden states hold a NaN or inf at
-      a valid token; every float output of that layer (and the overlaps that
-      involve it) is then NaN.
+    overlap: [..., L-1, max_k], overlap[..., l, k-1] = chi_k(layer l, layer l+1).
     """
 
-    gride_ids: jax.Array
-    gride_errs: jax.Array
-    gride_scales: jax.Array
-    twonn: jax.Array
-    twonn_ml: jax.Array
-    overlap: jax.Array
-    cos_mean: jax.Array
-    cos_std: jax.Array
-    n_unique: jax.Array
-    finite: jax.Array
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(
+                f"no field {name!r} here (fields: {sorted(self)}); was its observable requested?"
+            ) from None
+
+    def tree_flatten(self):
+        keys = tuple(self)
+        return tuple(self[k] for k in keys), keys
+
+    @classmethod
+    def tree_unflatten(cls, keys, values):
+        return cls(zip(keys, values))
 
 
 CHUNK_GRAM_BYTES = 8 * 2**20
@@ -62,207 +63,296 @@ def auto_layer_chunk(n_layers, n_prompts, n_tokens):
     return -(-n_layers // n_chunks)
 
 
-def _clouds(
-    x, valid, *, n_scales, max_k, discard_fraction, include_diagonal, method, duplicate_tolerance
-):
-    """Everything except the overlap for clouds x [C, N, D], valid [C, N].
-
-    Neighbour ranks r <= max_k needed by GRIDE/TwoNN are read from the
-    exactly re-ranked overlap candidates when no cloud of the chunk has
-    duplicates (the usual case after the embedding layer); otherwise, and
-    for the larger ranks, the Gram-selected pairs among unique points are
-    refined separately.
-    """
-    keep = unique.first_occurrence(x, valid)
-    gram, centre = distances.centred_gram(x, valid)
-    if duplicate_tolerance > 0:
-        keep = keep & ~unique.near_duplicates(x, valid, gram, duplicate_tolerance)
-    cos_mean, cos_std = cosine.cosine_stats_from_gram(x, valid, gram, centre, include_diagonal)
-    ranks = intrinsic_dimension.gride_ranks(n_scales)
-    near, ranked = neighbors.select_neighbors(
-        gram,
-        valid,
-        keep,
-        k_near=neighbors.num_candidates(max_k, x.shape[-2]),
-        ranks=ranks,
-        method=method,
-    )
-    del gram
-    sq, lists = neighbors.rerank_candidates(x, near, valid, max_k, method)
-
-    low = [i for i, r in enumerate(ranks) if r <= max_k]
-    high = [i for i, r in enumerate(ranks) if r > max_k]
-    low_ranks = np.asarray([ranks[i] for i in low]) - 1
-    exact_low = lax.cond(
-        jnp.all(keep == valid),
-        lambda: sq[..., low_ranks],
-        lambda: neighbors.refine_candidates(x, ranked[..., low], keep),
-    )
-    exact_high = neighbors.refine_candidates(x, ranked[..., high], keep)
-    exact_ranked = jnp.concatenate([exact_low, exact_high], axis=-1)
-    exact_ranked, _ = neighbors.sort_candidates(exact_ranked, ranked, len(ranks), "xla")
-    r = jnp.sqrt(exact_ranked)
-    ids, errs, scales = intrinsic_dimension.gride_from_neighbors(r, keep)
-    tw = intrinsic_dimension.twonn_from_neighbors(r[..., 0], r[..., 1], keep, discard_fraction)
-    tw_ml = intrinsic_dimension.twonn_from_neighbors(r[..., 0], r[..., 1], keep, 0.0)
-    n_unique = jnp.sum(keep, axis=-1).astype(jnp.int32)
-    return ids, errs, scales, tw, tw_ml, cos_mean, cos_std, n_unique, lists
-
-
-@functools.partial(
-    jax.jit,
-    static_argnames=(
-        "range_max",
-        "max_k",
-        "layer_chunk",
-        "twonn_discard_fraction",
-        "include_diagonal",
-        "selection",
-        "duplicate_tolerance",
-    ),
-)
-def _layer_geometry(
-    hidden,
-    mask,
-    *,
-    range_max,
-    max_k,
-    layer_chunk,
-    twonn_discard_fraction,
-    include_diagonal,
-    selection,
-    duplicate_tolerance,
-):
+@functools.partial(jax.jit, static_argnames=("names", "static_options", "layer_chunk"))
+def _layer_geometry(hidden, mask, inputs, *, names, static_options, layer_chunk):
+    options = dict(static_options)
     prompt_shape = hidden.shape[:-3]
     n_layers, n, d = hidden.shape[-3:]
-    b = 1
-    for s in prompt_shape:
-        b *= s
+    b = int(np.prod(prompt_shape, dtype=np.int64))
     h = hidden.reshape((b, n_layers, n, d))
     valid = jnp.ones((b, n), bool) if mask is None else mask.reshape((b, n))
-    cloud_fn = functools.partial(
-        _clouds,
-        n_scales=validation.n_scales(n, range_max),
-        max_k=max_k,
-        discard_fraction=twonn_discard_fraction,
-        include_diagonal=include_diagonal,
-        method=selection,
-        duplicate_tolerance=duplicate_tolerance,
-    )
+    h, exponent, finite = conditioning.normalise(h, valid[:, None, :])
+    per_prompt = {
+        k: v.reshape((b,) + v.shape[len(prompt_shape) :])
+        for k, v in inputs.items()
+        if registry.INPUTS.get(k, (False,))[0]
+    }
+    shared = {k: v for k, v in inputs.items() if not registry.INPUTS.get(k, (False,))[0]}
+    observables = [registry.get(name) for name in names]
+    layered = [o for o in observables if o.scope in ("layer", "pair")]
+    knn_k, ranks = registry.needs(observables, options, n)
 
-    def chunk_fn(layers):
-        """layers [b, c, N, D] -> outputs with leading axes [c, b]."""
+    chunk = auto_layer_chunk(n_layers, b, n) if layer_chunk is None else min(layer_chunk, n_layers)
+    stack = registry.StackContext(h, valid, options, per_prompt | shared, chunk)
+    isolated = registry.Isolated(stack)
+    prepared = {o.name: o.prepare(isolated) for o in layered if o.prepare is not None}
+    carried = [o for o in layered if o.previous is not None]
+
+    def chunk_fn(start, layers, _, carry_in=None):
+        """layers [b, c, N, D] -> per-layer outputs with leading axes [c, b] (and,
+        for observables with `previous`, the carry: their last layer's arrays)."""
         c = layers.shape[1]
         clouds = jnp.swapaxes(layers, 0, 1).reshape((c * b, n, d))
         vb = jnp.broadcast_to(valid, (c, b, n)).reshape((c * b, n))
-        clouds, exponent, finite = conditioning.normalise(clouds, vb)
-        outs = list(cloud_fn(clouds, vb))
-        outs[2] = conditioning.restore_lengths(outs[2], exponent)  # gride_scales
-        return tuple(o.reshape((c, b) + o.shape[1:]) for o in (*outs, finite))
 
-    chunk = (
-        auto_layer_chunk(n_layers, b, n) if layer_chunk is None else min(int(layer_chunk), n_layers)
-    )
-    if chunk >= n_layers:
-        outs = chunk_fn(h)
-    else:
-        # Equal chunks; a last partial chunk is taken as the final `chunk` layers
-        # (overlapping the previous one) so that no padded copy of the stack is made.
-        n_full, rem = divmod(n_layers, chunk)
-        starts = [i * chunk for i in range(n_full)] + ([n_layers - chunk] if rem else [])
-        outs = lax.map(
-            lambda start: chunk_fn(lax.dynamic_slice_in_dim(h, start, chunk, axis=1)),
-            jnp.asarray(starts, jnp.int32),
+        def per_cloud(v):
+            return jnp.broadcast_to(v, (c,) + v.shape).reshape((c * b,) + v.shape[1:])
+
+        chunk_inputs = dict(shared)
+        chunk_inputs.update({k: per_cloud(v) for k, v in per_prompt.items()})
+        layer = jnp.repeat(start + jnp.arange(c, dtype=jnp.int32), b)
+        ctx = registry.LayerContext(
+            clouds, vb, options, knn_k=knn_k, ranks=ranks, inputs=chunk_inputs, layer=layer
         )
+        outs, carry_out = {}, {}
+        for o in layered:
+            if o.name in registry.PAPER:
+                outs[o.name] = o.compute(ctx)
+                continue
+            own = {}
+            if o.name in prepared:
+                own["prepared"] = jax.tree.map(per_cloud, prepared[o.name])
+            if o.previous is not None:
+                mine = jax.tree.map(
+                    lambda a: a.reshape((c, b) + a.shape[1:]),
+                    o.previous(registry.Isolated(ctx, **own)),
+                )
+                before = jax.tree.map(lambda a: jnp.zeros_like(a[0]), mine)
+                if carry_in is not None:
+                    before = carry_in[o.name]
+                own["previous"] = jax.tree.map(
+                    lambda p, m: jnp.concatenate([p[None], m[:-1]]).reshape((c * b,) + m.shape[2:]),
+                    before,
+                    mine,
+                )
+                carry_out[o.name] = jax.tree.map(lambda a: a[-1], mine)
+            outs[o.name] = o.compute(registry.Isolated(ctx, **own))
+        outs = jax.tree.map(lambda a: a.reshape((c, b) + a.shape[1:]), outs)
+        return (outs, carry_out) if carried else outs
 
-        def layers_of(o):
-            full = o[:n_full].reshape((n_full * chunk,) + o.shape[2:])
-            return jnp.concatenate([full, o[-1, chunk - rem :]], axis=0) if rem else full
+    per_layer = {}
+    if layered:
+        per_layer = registry.map_chunks(chunk_fn, h, [], chunk, carry=bool(carried))
 
-        outs = tuple(layers_of(o) for o in outs)
-    ids, errs, scales, tw, tw_ml, cos_mean, cos_std, n_unique, lists, finite = outs
-    chi = overlap.overlap_from_lists(lists[:-1], lists[1:], valid)
+    result = {}
+    for o in observables:
+        if o.scope == "layer":
+            fields = per_layer[o.name]
+        elif o.scope == "pair":
+            fields = o.combine(per_layer[o.name], stack if o.name in registry.PAPER else isolated)
+        else:
+            fields = o.combine(None, isolated)
+        for f in o.fields:
+            a = fields[f.name]
+            if f.layers:
+                a = jnp.swapaxes(a, 0, 1)
+            if f.length:
+                a = conditioning.restore_lengths(a, exponent)
+            ok = _clouds_finite(o.scope, f.layers, finite)
+            if ok is not None:
+                ok = ok.reshape(ok.shape + (1,) * (a.ndim - ok.ndim))
+                a = jnp.where(ok, a, jnp.nan if jnp.issubdtype(a.dtype, jnp.floating) else 0)
+            result[f.name] = a.reshape(prompt_shape + a.shape[1:])
+    result["finite"] = finite.reshape(prompt_shape + (n_layers,))
+    return LayerGeometry(result)
 
-    def arrange(a):
-        a = jnp.swapaxes(a, 0, 1)
-        return a.reshape(prompt_shape + a.shape[1:])
 
-    def out(a, ok=finite):
-        return arrange(jnp.where(ok.reshape(ok.shape + (1,) * (a.ndim - 2)), a, jnp.nan))
+def _clouds_finite(scope, layers, finite):
+    """Whether the clouds a field [b, L', ...] is measured on are all finite:
+    its own layer (layer scope, whatever the results' layer axis: cosine's
+    "L+1" gains the embedding in the pipeline), layers l and l + 1 ("L-1"
+    pairs) or layer l and the last (pair fields over "L"); None for
+    prompt-scope fields, which do not read the clouds."""
+    if scope == "layer":
+        return finite
+    if scope == "pair" and layers == "L-1":
+        return finite[:, :-1] & finite[:, 1:]
+    if scope == "pair" and layers == "L":
+        return finite & finite[:, -1:]
+    return None
 
-    return LayerGeometry(
-        gride_ids=out(ids),
-        gride_errs=out(errs),
-        gride_scales=out(scales),
-        twonn=out(tw),
-        twonn_ml=out(tw_ml),
-        overlap=out(chi, finite[:-1] & finite[1:]),
-        cos_mean=out(cos_mean),
-        cos_std=out(cos_std),
-        n_unique=arrange(jnp.where(finite, n_unique, 0)),
-        finite=arrange(finite),
-    )
+
+def options_of(
+    *,
+    range_max=256,
+    max_k=32,
+    id_k=20,
+    entropy_alpha=2.0,
+    twonn_discard_fraction=0.1,
+    include_diagonal=True,
+    selection="auto",
+    duplicate_tolerance=unique.DUPLICATE_TOLERANCE,
+    options=None,
+):
+    """The options dict every observable reads (checked, hashable values)."""
+    if not 0 <= duplicate_tolerance < 1:
+        raise ValueError(f"duplicate_tolerance must be in [0, 1), got {duplicate_tolerance!r}")
+    out = {
+        "range_max": range_max,
+        "max_k": max_k,
+        "id_k": id_k,
+        "entropy_alpha": entropy_alpha,
+        "twonn_discard_fraction": float(twonn_discard_fraction),
+        "include_diagonal": bool(include_diagonal),
+        "selection": selection,
+        "duplicate_tolerance": float(duplicate_tolerance),
+    }
+    for k, v in (options or {}).items():
+        if k in out:
+            raise ValueError(f"options[{k!r}]: pass {k} as a keyword argument of layer_geometry")
+        out[k] = v
+    return out
+
+
+def check_observables(names, options, n, hidden=None, mask=None):
+    """Static checks of each observable's options, then (concrete arrays) the
+    valid and distinct point counts per prompt and layer."""
+    for name in names:
+        check = registry.get(name).check
+        if check is not None:
+            check(options, n)
+    needs = [registry.get(name).min_points for name in names]
+    needs = [f(options) for f in needs if f is not None]
+    if not needs or hidden is None or not validation.is_concrete(hidden, mask):
+        return
+    prompt_shape = tuple(hidden.shape[:-3])
+    valid = np.ones(prompt_shape + (n,), bool) if mask is None else np.asarray(mask, bool)
+    counts = valid.sum(-1)
+    for need_valid, _, arg in needs:
+        if need_valid and counts.size and counts.min() < need_valid:
+            flat = int(np.argmin(counts))
+            where = (
+                tuple(int(p) for p in np.unravel_index(flat, prompt_shape)) if prompt_shape else ()
+            )
+            raise ValueError(
+                f"mask: {arg} needs >= {need_valid} valid points, but prompt {where} has "
+                f"{int(counts.reshape(-1)[flat])}"
+            )
+    need_unique = max((n_u, arg) for _, n_u, arg in needs)
+    if need_unique[0]:
+        keep = np.asarray(unique.unique_mask(np.asarray(hidden), valid[..., None, :]))
+        distinct = keep.sum(-1)  # [..., L]
+        if distinct.min() < need_unique[0]:
+            pos = np.unravel_index(int(np.argmin(distinct)), distinct.shape)
+            raise ValueError(
+                f"{need_unique[1]} needs >= {need_unique[0]} distinct valid points, but prompt "
+                f"{tuple(int(p) for p in pos[:-1])}, layer {int(pos[-1])} has {int(distinct[pos])}"
+            )
 
 
 def layer_geometry(
     hidden,
     mask=None,
     *,
+    observables="paper",
     range_max=256,
     max_k=32,
+    id_k=20,
+    entropy_alpha=2.0,
     layer_chunk=None,
     twonn_discard_fraction=0.1,
     include_diagonal=True,
     selection="auto",
+    inputs=None,
+    options=None,
     validate=True,
     duplicate_tolerance=unique.DUPLICATE_TOLERANCE,
 ):
-    """GRIDE, TwoNN, neighbourhood overlap and cosine statistics for every layer.
+    """The requested observables of every layer of a hidden-state stack.
 
     hidden: [..., L, N, D] hidden states (e.g. [B, L+1, T, D] from a model);
     mask: bool [..., N] valid tokens per prompt, shared by all layers (None:
-    all valid). One Gram matrix per layer serves distances and cosine; ID
-    estimators use the distinct valid tokens (first occurrence kept),
-    overlap and cosine all valid tokens. layer_chunk bounds memory by
-    processing that many layers at a time (lax.map); None picks about
-    8 MiB of Gram matrix per chunk (2 layers of 1024 tokens, 1 layer of
-    2048 or more), which is also about the fastest on CPU; layer_chunk >= L
-    processes all layers at once. selection: "auto"
-    (NumPy host selection on CPU, lax.top_k elsewhere), "host" or "xla".
-    With validate (default) and concrete inputs, validate_hidden runs first;
-    under an outer jit / shard_map only the static checks run.
+    all valid). observables: "paper" (GRIDE + TwoNN, cosine statistics,
+    neighbourhood overlap), "all", a comma list or a sequence of names
+    (``registry.known()``). The shared intermediates (one centred Gram
+    matrix per layer, exact neighbour lists) are computed once per layer
+    chunk and only when a requested observable consumes them. ID estimators
+    use the distinct valid tokens (first occurrence kept), the graph
+    observables and cosine all valid tokens.
+
+    Options: range_max (GRIDE), max_k (overlap, reciprocity), id_k (MLE /
+    TLE neighbours), entropy_alpha (matrix entropy; default 2, from the
+    shared Gram matrix; 1 needs an eigendecomposition per layer, several
+    times the rest's cost on CPU), twonn_discard_fraction,
+    include_diagonal (cosine), selection ("auto": NumPy host selection on
+    CPU, lax.top_k elsewhere; "host"; "xla"), options (a dict for
+    observables registered outside the library). inputs: arrays the
+    observables consume besides the points (``registry.INPUTS``; per-prompt
+    ones with the leading axes of ``mask``). layer_chunk bounds memory by
+    processing that many layers at a time (lax.map); None picks about 8 MiB
+    of Gram matrix per chunk. With validate (default) and concrete inputs,
+    value checks run first; under an outer jit / shard_map only the static
+    checks run.
+
     Each cloud is rescaled by an exact power of two before any square is
     taken (metrics/conditioning.py), so the results do not depend on its
     scale (1e20 or 1e-30 times a cloud gives the same IDs) and ordinary
     clouds give bit for bit the same numbers as without it. A cloud with a
-    NaN or inf at a valid token gets NaN for every output (finite = False),
-    also under jit. duplicate_tolerance: valid tokens closer than this times
-    the cloud's RMS norm to an earlier one count as duplicates for the ID
-    estimators (unique.near_duplicates; 0 keeps exact duplicates only);
-    GRIDE scales needing more distinct tokens than remain are NaN.
-    Returns a LayerGeometry pytree of float32 arrays.
+    NaN or inf at a valid token gets NaN for every output that reads it
+    (``finite`` False), also under jit. duplicate_tolerance: valid tokens
+    closer than this times the cloud's RMS norm to an earlier one count as
+    duplicates for the ID estimators (unique.near_duplicates; 0 keeps exact
+    duplicates only); GRIDE scales needing more distinct tokens than remain
+    are NaN.
+
+    Returns a LayerGeometry (dict pytree with attribute access) of float32
+    arrays [..., L, ...] (pair fields [..., L-1, ...]), see each observable's
+    fields, plus ``finite`` bool [..., L].
     """
-    neighbors._check_method(selection)
+    names = registry.resolve(observables)
+    host_callback.check_method(selection)
     validation.check_discard_fraction(twonn_discard_fraction, "twonn_discard_fraction")
     if layer_chunk is not None and (not isinstance(layer_chunk, int) or layer_chunk < 1):
         raise ValueError(f"layer_chunk must be a positive integer or None, got {layer_chunk!r}")
+    opts = options_of(
+        range_max=range_max,
+        max_k=max_k,
+        id_k=id_k,
+        entropy_alpha=entropy_alpha,
+        twonn_discard_fraction=twonn_discard_fraction,
+        include_diagonal=include_diagonal,
+        selection=selection,
+        duplicate_tolerance=duplicate_tolerance,
+        options=options,
+    )
+    inputs = dict(inputs or {})
+    for name in names:
+        for c in registry.get(name).consumes:
+            if c in registry.INPUTS and c not in inputs:
+                raise ValueError(
+                    f"observable {name!r} consumes {c!r}: pass inputs={{{c!r}: ...}} "
+                    f"({registry.INPUTS[c][1]})"
+                )
+    paper_sizes = {"gride", "overlap"} & set(names)
+    validation.check_points(hidden, "hidden", 3, "[..., L, N, D]")
+    n = hidden.shape[-2]
     if validate:
         validation.validate_hidden(
-            hidden, mask, range_max=range_max, max_k=max_k, allow_non_finite=True
+            hidden,
+            mask,
+            range_max=range_max if "gride" in paper_sizes else None,
+            max_k=max_k if "overlap" in paper_sizes else None,
+            allow_non_finite=True,
         )
-    else:
-        validation.check_sizes(hidden.shape[-2], range_max=range_max, max_k=max_k)
+    elif paper_sizes:
+        validation.check_sizes(
+            n,
+            range_max=range_max if "gride" in paper_sizes else None,
+            max_k=max_k if "overlap" in paper_sizes else None,
+        )
+    check_observables(names, opts, n, hidden if validate else None, mask)
     hidden = validation.as_points(hidden, "hidden", min_rank=3)
     if mask is not None:
         mask = jnp.asarray(mask, bool)
+    inputs = jax.tree.map(jnp.asarray, inputs)
     return _layer_geometry(
         hidden,
         mask,
-        range_max=int(range_max),
-        max_k=int(max_k),
+        inputs,
+        names=names,
+        static_options=tuple(sorted(opts.items())),
         layer_chunk=layer_chunk,
-        twonn_discard_fraction=float(twonn_discard_fraction),
-        include_diagonal=bool(include_diagonal),
-        selection=selection,
-        duplicate_tolerance=float(duplicate_tolerance),
     )
+
+
+catalog.register_all()

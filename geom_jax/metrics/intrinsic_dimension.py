@@ -12,7 +12,15 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from geom_jax.metrics import distances, neighbors, sharding, unique, validation
+from geom_jax.metrics import (
+    distances,
+    host_callback,
+    neighbors,
+    registry,
+    sharding,
+    unique,
+    validation,
+)
 
 BISECTION_LO = 1e-3
 BISECTION_HI = 1e3
@@ -198,14 +206,14 @@ def _twonn(x, mask, discard_fraction, method):
     return twonn_from_neighbors(r[..., 0], r[..., 1], keep, discard_fraction)
 
 
-def gride(x, range_max=256, mask=None, *, selection="auto"):
+def gride(x, mask=None, *, range_max=256, selection="auto"):
     """GRIDE intrinsic dimension (Denti et al. 2022) of each cloud x [..., N, D].
 
     Scales n1 = 1, 2, 4, ..., 2**(S-1), n2 = 2 n1, S = floor(log2(min(N,
     range_max))). Returns (ids, errs, scales) [..., S] float32; NaN where the
     unique valid points cannot support a scale (n2 > n_unique - 1).
     """
-    neighbors._check_method(selection)
+    host_callback.check_method(selection)
     x = validation.as_points(x, "x")
     validation.check_range_max(x.shape[-2], range_max)
     mask = validation.as_mask(mask, x.shape[:-2], x.shape[-2])
@@ -213,13 +221,13 @@ def gride(x, range_max=256, mask=None, *, selection="auto"):
     return _gride(x, mask, validation.n_scales(x.shape[-2], range_max), selection)
 
 
-def twonn(x, discard_fraction=0.1, mask=None, *, selection="auto"):
+def twonn(x, mask=None, *, discard_fraction=0.1, selection="auto"):
     """TwoNN intrinsic dimension (Facco et al. 2017) of each cloud x [..., N, D] -> [...].
 
     discard_fraction=0.1: linear fit through the origin on the 90% smallest
     ratios (DADApy's default); 0.0: the maximum-likelihood form.
     """
-    neighbors._check_method(selection)
+    host_callback.check_method(selection)
     validation.check_discard_fraction(discard_fraction)
     x = validation.as_points(x, "x")
     if x.shape[-2] < validation.MIN_VALID_POINTS:
@@ -230,3 +238,87 @@ def twonn(x, discard_fraction=0.1, mask=None, *, selection="auto"):
     mask = validation.as_mask(mask, x.shape[:-2], x.shape[-2])
     validation.validate_points(x, mask)
     return _twonn(x, mask, float(discard_fraction), selection)
+
+
+def _gride_observable(ctx):
+    """GRIDE at every scale and TwoNN (linear fit and ML) from the shared neighbour data.
+
+    Ranks r <= max_k are read from the exactly re-ranked neighbour lists when
+    no cloud of the chunk has duplicates (the usual case after the embedding
+    layer); otherwise, and for the larger ranks, the Gram-selected pairs among
+    distinct points are refined separately.
+    """
+    o = ctx.options
+    x, valid, keep = ctx.x, ctx.valid, ctx.unique
+    ranks = gride_ranks(validation.n_scales(x.shape[-2], o["range_max"]))
+    if ctx.ranks == ranks:
+        ranked = ctx.ranked
+    else:
+        ranked = ctx.ranked[..., np.asarray([ctx.ranks.index(r) for r in ranks])]
+    max_k = o["max_k"]
+    low = [i for i, r in enumerate(ranks) if r <= max_k]
+    high = [i for i, r in enumerate(ranks) if r > max_k]
+    low_ranks = np.asarray([ranks[i] for i in low]) - 1
+    sq = ctx.knn_sq
+    exact_low = lax.cond(
+        jnp.all(keep == valid),
+        lambda: sq[..., low_ranks],
+        lambda: neighbors.refine_candidates(x, ranked[..., low], keep),
+    )
+    exact_high = neighbors.refine_candidates(x, ranked[..., high], keep)
+    exact_ranked = jnp.concatenate([exact_low, exact_high], axis=-1)
+    exact_ranked, _ = neighbors.sort_candidates(exact_ranked, ranked, len(ranks), "xla")
+    r = jnp.sqrt(exact_ranked)
+    ids, errs, scales = gride_from_neighbors(r, keep)
+    discard = o["twonn_discard_fraction"]
+    return {
+        "gride_ids": ids,
+        "gride_errs": errs,
+        "gride_scales": scales,
+        "twonn": twonn_from_neighbors(r[..., 0], r[..., 1], keep, discard),
+        "twonn_ml": twonn_from_neighbors(r[..., 0], r[..., 1], keep, 0.0),
+        "n_unique": jnp.sum(keep, axis=-1).astype(jnp.int32),
+    }
+
+
+def _check_gride(options, n):
+    validation.check_range_max(n, options["range_max"])
+    validation.check_max_k(n, options["max_k"])
+
+
+OBSERVABLE = registry.Observable(
+    name="gride",
+    compute=_gride_observable,
+    fields=(
+        registry.Field(
+            "gride_ids", ("S",), "GRIDE intrinsic dimension of layer l (1..L) at scale n1 = 2**j."
+        ),
+        registry.Field("gride_errs", ("S",), "its standard error, 1/sqrt(Fisher information)."),
+        registry.Field(
+            "gride_scales",
+            ("S",),
+            "mean distance (r_n1 + r_n2)/2 of the neighbours used.",
+            length=True,
+        ),
+        registry.Field("twonn", (), "TwoNN intrinsic dimension (90% linear fit), layers 1..L."),
+        registry.Field(
+            "twonn_ml", (), "TwoNN maximum likelihood (N - 1) / sum log mu.", saved=False
+        ),
+        registry.Field(
+            "n_unique",
+            (),
+            "distinct valid tokens of the layer (near-duplicates merged, --duplicate_tolerance), "
+            "the N of the ID estimators; 0 where the layer is not finite.",
+        ),
+    ),
+    consumes=("points", "unique", "gram", "knn", "ranked"),
+    doc=__doc__,
+    reference=(
+        "Denti et al. 2022 (GRIDE), Sci. Rep. 12:20005; "
+        "Facco et al. 2017 (TwoNN), Sci. Rep. 7:12140"
+    ),
+    reduce="maximum likelihood over distinct tokens (first occurrence kept)",
+    knn_k=lambda o: o["max_k"],
+    ranks=lambda o, n: gride_ranks(validation.n_scales(n, o["range_max"])),
+    check=_check_gride,
+)

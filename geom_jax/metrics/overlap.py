@@ -10,7 +10,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from geom_jax.metrics import distances, neighbors, validation
+from geom_jax.metrics import distances, host_callback, neighbors, registry, validation
 
 
 def overlap_from_lists(a, b, valid):
@@ -45,13 +45,13 @@ def _neighborhood_overlap(x, y, valid, max_k, method):
     return overlap_from_lists(a, b, valid)
 
 
-def neighborhood_overlap(x, y, max_k=32, mask=None, *, selection="auto"):
+def neighborhood_overlap(x, y, mask=None, *, max_k=32, selection="auto"):
     """chi_k between clouds x [..., N, D] and y [..., N, D'] -> [..., max_k].
 
     out[..., k-1] = chi_k for k = 1..max_k; only points with mask True take
     part (as points and as neighbours).
     """
-    neighbors._check_method(selection)
+    host_callback.check_method(selection)
     x = validation.as_points(x, "x")
     y = validation.as_points(y, "y")
     if x.shape[:-1] != y.shape[:-1]:
@@ -63,3 +63,31 @@ def neighborhood_overlap(x, y, max_k=32, mask=None, *, selection="auto"):
     validation.validate_points(x, mask, "x", max_k=max_k)
     validation.validate_points(y, mask, "y", max_k=max_k)
     return _neighborhood_overlap(x, y, distances.valid_or_all(x, mask), max_k, selection)
+
+
+def _overlap_carry(ctx):
+    return {"lists": ctx.knn_idx[..., : ctx.options["max_k"]]}
+
+
+def _overlap_combine(carry, stack):
+    lists = carry["lists"]
+    return {"overlap": overlap_from_lists(lists[:-1], lists[1:], stack.valid)}
+
+
+OBSERVABLE = registry.Observable(
+    name="overlap",
+    scope="pair",
+    compute=_overlap_carry,
+    combine=_overlap_combine,
+    fields=(
+        registry.Field(
+            "overlap", ("K",), "chi_k between layers l and l+1 (l = 1..L-1), k = index + 1.", "L-1"
+        ),
+    ),
+    consumes=("points", "knn", "next_layer"),
+    doc=__doc__,
+    reference="the paper's Sec. on neighbourhood overlap (after Doimo et al. 2020, NeurIPS)",
+    reduce="mean over valid tokens of |N_k^l(i) ∩ N_k^{l+1}(i)| / k",
+    knn_k=lambda o: o["max_k"],
+    check=lambda o, n: validation.check_max_k(n, o["max_k"]),
+)

@@ -41,6 +41,11 @@ def as_mask(mask, batch_shape, n, name="mask"):
     """Bool mask broadcast to batch_shape + (N,), or None."""
     if mask is None:
         return None
+    if isinstance(mask, (int, float, np.integer, np.floating)) and not isinstance(mask, bool):
+        raise ValueError(
+            f"{name} must be a boolean array [..., N], got the number {mask!r} (options such as "
+            "k, max_k, range_max are keyword-only: f(x, mask=None, *, ...))"
+        )
     if not hasattr(mask, "shape"):
         mask = np.asarray(mask)
     if len(mask.shape) == 0 or mask.shape[-1] != n:
@@ -89,9 +94,12 @@ def check_discard_fraction(value, name="discard_fraction"):
 
 
 def check_sizes(n, *, range_max=256, max_k=32):
-    """Static check that clouds of N tokens support range_max and max_k (ValueError if not)."""
-    check_max_k(n, max_k)
-    check_range_max(n, range_max)
+    """Static check that clouds of N tokens support range_max and max_k (ValueError if
+    not); None skips a check (an observable set that does not use it)."""
+    if max_k is not None:
+        check_max_k(n, max_k)
+    if range_max is not None:
+        check_range_max(n, range_max)
 
 
 def _where(index, batch_shape, kind):

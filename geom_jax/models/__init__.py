@@ -1,5 +1,7 @@
-"""Flax NNX ports of the Llama, Mistral and GPT-NeoX families that return
-every layer's hidden states and per-token losses in one jitted pass.
+"""Flax NNX ports of decoder-only model families (Llama, Mistral, GPT-NeoX,
+Qwen2/2.5, Qwen3, Gemma 2, Gemma 3, OLMo 2, Phi-3, GPT-2, OPT; one module
+each in `families/`) that return every layer's hidden states and per-token
+losses in one jitted pass.
 
     model, tokenizer = geom_jax.models.load("smollm2-135m")
     out = model(input_ids, attention_mask)       # DecoderOutput
@@ -14,6 +16,7 @@ Sharded onto a ('data', 'model') mesh, through a converted-parameter checkpoint:
                                             mesh=mesh, params_checkpoint="/ckpt/llama-3-8b")
 """
 
+from . import families  # noqa: I001  (registers every family first)
 from . import axes, partition, presets
 from .axes import FSDP_RULES, LOGICAL_AXES, RULES, fsdp_rules
 from .config import DecoderConfig, RopeScaling, UnsupportedArchitectureError, from_hf_config
@@ -23,6 +26,7 @@ from .loading import (
     MissingPackageError,
     MissingTensorError,
     Resolved,
+    RevisionNotFoundError,
     UnknownModelError,
     UnsupportedQuantizationError,
     load,
@@ -57,6 +61,7 @@ __all__ = [
     "UnsupportedQuantizationError",
     "abstract_decoder",
     "axes",
+    "families",
     "check_mesh",
     "forward",
     "from_hf_config",
@@ -71,5 +76,6 @@ __all__ = [
     "presets",
     "resolve",
     "Resolved",
+    "RevisionNotFoundError",
     "with_params",
 ]

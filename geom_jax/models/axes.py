@@ -8,6 +8,12 @@ sharding off), so `nnx.get_partition_spec(state)` under
 
 from __future__ import annotations
 
+# Mesh axes.
+DATA = "data"
+MODEL = "model"
+MESH_AXES = (DATA, MODEL)
+
+# Logical axes of the parameters.
 LAYERS = "layers"
 VOCAB = "vocab"
 EMBED = "embed"
@@ -15,30 +21,32 @@ Q_HEADS = "q_heads"
 KV_HEADS = "kv_heads"
 HEAD_DIM = "head_dim"
 MLP = "mlp"
+POSITIONS = "positions"  # rows of learned absolute position embeddings
 
-LOGICAL_AXES = (LAYERS, VOCAB, EMBED, Q_HEADS, KV_HEADS, HEAD_DIM, MLP)
+LOGICAL_AXES = (LAYERS, VOCAB, EMBED, Q_HEADS, KV_HEADS, HEAD_DIM, MLP, POSITIONS)
 
 # Activation axes, for with_sharding_constraint in a later sharded forward.
 BATCH = "batch"
 SEQUENCE = "sequence"
 
 RULES: tuple[tuple[str, str | None], ...] = (
-    (BATCH, "data"),
+    (BATCH, DATA),
     (SEQUENCE, None),
     (LAYERS, None),
-    (VOCAB, "model"),
+    (VOCAB, MODEL),
     (EMBED, None),
-    (Q_HEADS, "model"),
-    (KV_HEADS, "model"),
+    (Q_HEADS, MODEL),
+    (KV_HEADS, MODEL),
     (HEAD_DIM, None),
-    (MLP, "model"),
+    (MLP, MODEL),
+    (POSITIONS, None),
 )
 
 
 def fsdp_rules(rules=RULES) -> tuple[tuple[str, str | None], ...]:
     """`rules` with the hidden dimension (`embed`) also sharded over 'data'
     (FSDP / ZeRO-3 style), for models that do not fit the 'model' axis alone."""
-    return tuple((name, "data" if name == EMBED else target) for name, target in rules)
+    return tuple((name, DATA if name == EMBED else target) for name, target in rules)
 
 
 FSDP_RULES = fsdp_rules()

@@ -1,25 +1,44 @@
-"""Decoder configuration shared by the Llama, Mistral and GPT-NeoX families.
+"""Decoder configuration shared by every model family.
 
 One frozen dataclass describes every supported checkpoint; the per-family
-differences (norm type, MLP type, fused QKV, partial rotary, sliding window,
-parallel residual) are fields, not subclasses, in the spirit of penzai's
-single decoder with per-family configuration.
+differences are typed fields (`norm`, `mlp`, `sublayer_norms`, `qk_norm`,
+`positions`, ...), not subclasses, in the spirit of penzai's single decoder
+with per-family configuration. A family (`geom_jax.models.families`) maps a
+Hugging Face config.json onto these fields and registers itself in
+`FAMILIES`; `from_hf_config` dispatches on the config's architecture.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
-from typing import Any
+import typing
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, Literal
 
-FAMILIES = ("llama", "mistral", "gpt_neox")
-ARCHITECTURES = {
-    "LlamaForCausalLM": "llama",
-    "MistralForCausalLM": "mistral",
-    "GPTNeoXForCausalLM": "gpt_neox",
-}
-ACTIVATIONS = ("silu", "gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "relu")
 ROPE_TYPES = ("default", "linear", "llama3")
+
+FAMILIES: dict[str, Any] = {}
+"""Family name -> `families.Family`, filled as each family module registers."""
+
+
+class RegistryView(Mapping):
+    """A read-only mapping rebuilt from the registry at each access, so that
+    families registered later (for example from a test) are seen."""
+
+    def __init__(self, build: Callable[[], dict]):
+        self._build = build
+
+    def __getitem__(self, key):
+        return self._build()[key]
+
+    def __iter__(self) -> Iterator:
+        return iter(self._build())
+
+    def __len__(self) -> int:
+        return len(self._build())
+
+    def __repr__(self) -> str:
+        return repr(self._build())
 
 
 class UnsupportedArchitectureError(ValueError):
@@ -38,16 +57,43 @@ class RopeScaling:
     original_max_position_embeddings: int = 8192
 
 
+Norm = Literal["rms", "rms_one_plus", "layer"]
+Mlp = Literal["gated", "plain"]
+Activation = Literal["silu", "gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "relu"]
+SublayerNorms = Literal["pre", "post", "pre_post"]
+QKNorm = Literal["none", "head", "projection"]
+Positions = Literal["rope", "learned"]
+
+
 @dataclasses.dataclass(frozen=True)
 class DecoderConfig:
     """Hyper-parameters of a decoder-only transformer.
 
-    `norm` is 'rms' (Llama, Mistral) or 'layer' (GPT-NeoX, LayerNorm with
-    bias); `mlp` is 'gated' (SwiGLU: down(act(gate x) * up x)) or 'plain'
-    (down(act(up x + b)) + b). `rotary_dim` <= `head_dim` is the rotated prefix
-    of each head (GPT-NeoX `rotary_pct`). `sliding_window` (Mistral) lets query
-    i see keys j with i - window < j <= i. `parallel_residual` is GPT-NeoX's
-    x + attn(ln1 x) + mlp(ln2 x).
+    Attributes:
+      norm: 'rms' (x / rms(x) * w; Llama), 'rms_one_plus' (x / rms(x) * (1 + w);
+        Gemma) or 'layer' (LayerNorm with bias; GPT-NeoX, GPT-2, OPT).
+      mlp: 'gated' (down(act(gate x) * up x): SwiGLU, GeGLU) or 'plain'
+        (down(act(up x + b)) + b).
+      activation: HF ACT2FN name; 'gelu' is exact, the others tanh-approximated.
+      sublayer_norms: where each sublayer's norm sits: 'pre' (x + f(n(x))),
+        'post' (x + n(f(x)); OLMo 2) or 'pre_post' (x + n2(f(n1(x))); Gemma 2/3).
+      final_norm: a norm after the last layer (HF's last hidden state is after it).
+      qk_norm: RMS-normalise queries and keys before RoPE, per head ('head';
+        Qwen3, Gemma 3) or over the whole projection ('projection'; OLMo 2).
+      embed_scale: multiply the token embeddings by sqrt(hidden_size) (Gemma).
+      positions: 'rope' (rotary on the first `rotary_dim` features of each head)
+        or 'learned' (absolute position embeddings added to the input; GPT-2,
+        OPT with `position_offset` 2).
+      rope_scaling: 'linear' or Llama 3.1 'llama3' scaling of the global layers.
+      sliding_window: query i sees keys i - window < j <= i (Mistral, Gemma) on
+        the layers flagged in `sliding_layers` (None: every layer).
+      rope_local_theta: the RoPE base of sliding-window layers (Gemma 3); None
+        means the global `rope_theta` and scaling.
+      attn_softcap, final_softcap: soft-capping c * tanh(x / c) of attention
+        scores and of output logits (Gemma 2).
+      query_pre_attn_scalar: queries are scaled by its -1/2 power (default
+        head_dim; Gemma).
+      parallel_residual: GPT-NeoX's x + attn(ln1 x) + mlp(ln2 x).
     """
 
     family: str
@@ -59,14 +105,25 @@ class DecoderConfig:
     head_dim: int
     intermediate_size: int
     max_position_embeddings: int
-    norm: str = "rms"
+    norm: Norm = "rms"
     norm_eps: float = 1e-5
-    mlp: str = "gated"
-    activation: str = "silu"
+    mlp: Mlp = "gated"
+    activation: Activation = "silu"
+    sublayer_norms: SublayerNorms = "pre"
+    final_norm: bool = True
+    qk_norm: QKNorm = "none"
+    embed_scale: bool = False
+    positions: Positions = "rope"
+    position_offset: int = 0
     rope_theta: float = 10000.0
     rotary_dim: int | None = None
     rope_scaling: RopeScaling | None = None
     sliding_window: int | None = None
+    sliding_layers: tuple[bool, ...] | None = None
+    rope_local_theta: float | None = None
+    attn_softcap: float | None = None
+    final_softcap: float | None = None
+    query_pre_attn_scalar: float | None = None
     parallel_residual: bool = False
     qkv_bias: bool = False
     out_bias: bool = False
@@ -80,43 +137,63 @@ class DecoderConfig:
             raise UnsupportedArchitectureError(
                 f"unknown family {self.family!r}; supported: {', '.join(FAMILIES)}"
             )
+        for field, choices in _CHOICES.items():
+            value = getattr(self, field)
+            if value not in choices:
+                raise UnsupportedArchitectureError(
+                    f"unsupported {field}={value!r} for family {self.family!r}; "
+                    f"supported: {', '.join(map(str, choices))}"
+                )
         if self.num_heads % self.num_kv_heads:
             raise ValueError(
                 f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}"
             )
-        if self.activation not in ACTIVATIONS:
-            raise UnsupportedArchitectureError(
-                f"unsupported hidden_act {self.activation!r}; supported: {', '.join(ACTIVATIONS)}"
-            )
         if self.rotary_dim is None:
-            object.__setattr__(self, "rotary_dim", self.head_dim)
+            object.__setattr__(self, "rotary_dim", self.head_dim if self.positions == "rope" else 0)
         if self.rotary_dim % 2 or self.rotary_dim > self.head_dim:
             raise ValueError(f"rotary_dim={self.rotary_dim} must be even and <= head_dim")
+        if self.sliding_layers is not None:
+            object.__setattr__(self, "sliding_layers", tuple(bool(x) for x in self.sliding_layers))
+            if len(self.sliding_layers) != self.num_layers:
+                raise ValueError(
+                    f"sliding_layers has {len(self.sliding_layers)} entries for "
+                    f"num_layers={self.num_layers}"
+                )
+            if self.sliding_window is None and any(self.sliding_layers):
+                raise ValueError("sliding_layers flags layers but sliding_window is None")
 
     @property
     def num_groups(self) -> int:
         """Query heads per KV head (grouped-query attention, Ainslie et al. 2023)."""
         return self.num_heads // self.num_kv_heads
 
+    @property
+    def layer_is_local(self) -> tuple[bool, ...]:
+        """Per layer: does it use the sliding window?"""
+        if self.sliding_window is None:
+            return (False,) * self.num_layers
+        return self.sliding_layers or (True,) * self.num_layers
+
     def replace(self, **changes) -> DecoderConfig:
         return dataclasses.replace(self, **changes)
 
-    def num_params(self) -> int:
+    def _layer_matmul_params(self) -> int:
         d, f, hd = self.hidden_size, self.intermediate_size, self.head_dim
         attn = d * hd * (2 * self.num_heads + 2 * self.num_kv_heads)
-        mlp = d * f * (3 if self.mlp == "gated" else 2)
-        embed = self.vocab_size * d * (1 if self.tie_word_embeddings else 2)
-        return self.num_layers * (attn + mlp) + embed
+        return attn + d * f * (3 if self.mlp == "gated" else 2)
+
+    def num_params(self) -> int:
+        embed = self.vocab_size * self.hidden_size * (1 if self.tie_word_embeddings else 2)
+        if self.positions == "learned":
+            embed += (self.max_position_embeddings + self.position_offset) * self.hidden_size
+        return self.num_layers * self._layer_matmul_params() + embed
 
     def flops_per_token(self, seq_len: int) -> float:
         """Forward FLOPs per token: 2 x matmul parameters (incl. the LM head)
         plus the causal attention QK^T and PV products, averaged over
         positions (Kaplan et al. 2020, PaLM appendix B)."""
-        d, f, hd = self.hidden_size, self.intermediate_size, self.head_dim
-        layer = d * hd * (2 * self.num_heads + 2 * self.num_kv_heads) + d * f * (
-            3 if self.mlp == "gated" else 2
-        )
-        matmul_params = self.num_layers * layer + self.vocab_size * d
+        matmul_params = self.num_layers * self._layer_matmul_params()
+        matmul_params += self.vocab_size * self.hidden_size
         attn = 2 * 2 * self.num_layers * self.num_heads * self.head_dim * (seq_len + 1) / 2
         return 2.0 * matmul_params + attn
 
@@ -124,122 +201,44 @@ class DecoderConfig:
         return dataclasses.asdict(self)
 
 
-def _get(d: Mapping[str, Any], *keys, default=None):
-    for k in keys:
-        if k in d and d[k] is not None:
-            return d[k]
-    return default
-
-
-def _rope(d: Mapping[str, Any]) -> tuple[float, RopeScaling | None, float]:
-    """Reads rope theta, scaling and partial-rotary factor from either the
-    transformers 5 `rope_parameters` dict or the older top-level keys."""
-    params = d.get("rope_parameters") or {}
-    if isinstance(params, Mapping) and "rope_theta" not in params and params:
-        first = next(iter(params.values()))
-        if isinstance(first, Mapping):
-            raise UnsupportedArchitectureError("per-layer-type rope_parameters are not supported")
-    legacy = d.get("rope_scaling") or {}
-    merged = {**legacy, **params}
-    theta = float(
-        _get(
-            merged, "rope_theta", default=_get(d, "rope_theta", "rotary_emb_base", default=10000.0)
-        )
-    )
-    partial = float(
-        _get(
-            merged,
-            "partial_rotary_factor",
-            default=_get(d, "partial_rotary_factor", "rotary_pct", default=1.0),
-        )
-    )
-    rope_type = _get(merged, "rope_type", "type", default="default")
-    if rope_type not in ROPE_TYPES:
-        raise UnsupportedArchitectureError(
-            f"unsupported rope_type {rope_type!r}; supported: {', '.join(ROPE_TYPES)}"
-        )
-    if rope_type == "default":
-        return theta, None, partial
-    scaling = RopeScaling(
-        rope_type=rope_type,
-        factor=float(merged["factor"]),
-        low_freq_factor=float(merged.get("low_freq_factor", 1.0)),
-        high_freq_factor=float(merged.get("high_freq_factor", 4.0)),
-        original_max_position_embeddings=int(
-            merged.get("original_max_position_embeddings", d.get("max_position_embeddings", 8192))
-        ),
-    )
-    return theta, scaling, partial
+_CHOICES = {
+    name: typing.get_args(hint)
+    for name, hint in typing.get_type_hints(DecoderConfig).items()
+    if typing.get_origin(hint) is Literal
+}
 
 
 def family_of(hf_config: Mapping[str, Any]) -> str:
-    """Maps config.json's `architectures` / `model_type` to a family, or raises
-    UnsupportedArchitectureError naming what was found."""
+    """Maps config.json's `architectures` / `model_type` to a registered
+    family, or raises UnsupportedArchitectureError naming what was found."""
     archs = list(hf_config.get("architectures") or [])
     for a in archs:
-        if a in ARCHITECTURES:
-            return ARCHITECTURES[a]
+        for name, family in FAMILIES.items():
+            if a in family.architectures:
+                return name
     model_type = hf_config.get("model_type")
-    if not archs and model_type in FAMILIES:
-        return model_type
+    if not archs:
+        for name, family in FAMILIES.items():
+            if model_type in family.model_types:
+                return name
     found = ", ".join(archs) or f"model_type={model_type!r}"
+    supported = ", ".join(a for f in FAMILIES.values() for a in f.architectures)
     raise UnsupportedArchitectureError(
-        f"unsupported architecture {found}; geom_jax.models supports {', '.join(ARCHITECTURES)}"
+        f"unsupported architecture {found}; geom_jax.models supports {supported}"
     )
 
 
 def from_hf_config(
     hf_config: Mapping[str, Any] | Any, *, name: str = "", checkpoint_id: str = ""
 ) -> DecoderConfig:
-    """DecoderConfig from a Hugging Face config.json dict (or PretrainedConfig)."""
+    """DecoderConfig from a Hugging Face config.json dict (or PretrainedConfig),
+    through the family that claims its architecture.
+
+    Raises:
+      UnsupportedArchitectureError: no family claims the architecture, a key
+        the family neither handles nor ignores has a non-default value, or a
+        handled key has a value the port does not implement.
+    """
     d = hf_config.to_dict() if hasattr(hf_config, "to_dict") else dict(hf_config)
-    family = family_of(d)
-    heads = int(d["num_attention_heads"])
-    hidden = int(d["hidden_size"])
-    head_dim = int(_get(d, "head_dim", default=hidden // heads))
-    theta, scaling, partial = _rope(d)
-    common = dict(
-        family=family,
-        name=name,
-        checkpoint_id=checkpoint_id,
-        vocab_size=int(d["vocab_size"]),
-        hidden_size=hidden,
-        num_layers=int(d["num_hidden_layers"]),
-        num_heads=heads,
-        head_dim=head_dim,
-        intermediate_size=int(d["intermediate_size"]),
-        max_position_embeddings=int(d.get("max_position_embeddings", 2048)),
-        activation=str(_get(d, "hidden_act", "hidden_activation", default="silu")),
-        rope_theta=theta,
-        rope_scaling=scaling,
-        rotary_dim=int(head_dim * partial),
-        tie_word_embeddings=bool(d.get("tie_word_embeddings", family != "gpt_neox")),
-    )
-    if family == "gpt_neox":
-        bias = bool(d.get("attention_bias", True))
-        return DecoderConfig(
-            **common,
-            num_kv_heads=heads,
-            norm="layer",
-            norm_eps=float(d.get("layer_norm_eps", 1e-5)),
-            mlp="plain",
-            parallel_residual=bool(d.get("use_parallel_residual", True)),
-            qkv_bias=bias,
-            out_bias=bias,
-            mlp_bias=True,
-        )
-    bias = bool(d.get("attention_bias", False))
-    window = d.get("sliding_window") if family == "mistral" else None
-    if family == "mistral" and d.get("use_sliding_window") is False:
-        window = None
-    return DecoderConfig(
-        **common,
-        num_kv_heads=int(_get(d, "num_key_value_heads", default=heads)),
-        norm="rms",
-        norm_eps=float(d.get("rms_norm_eps", 1e-6)),
-        mlp="gated",
-        qkv_bias=bias,
-        out_bias=bias,
-        mlp_bias=bool(d.get("mlp_bias", False)),
-        sliding_window=int(window) if window else None,
-    )
+    family = FAMILIES[family_of(d)]
+    return family.decoder_config(d, name=name, checkpoint_id=checkpoint_id)

@@ -1,4 +1,4 @@
-"""The NNX decoder shared by the Llama, Mistral and GPT-NeoX families.
+"""The NNX decoder shared by every model family (`families/`).
 
 Per-layer weights are stacked along a leading 'layers' axis and the layers
 run under `jax.lax.scan`, so compile time does not grow with depth; the scan
@@ -25,6 +25,7 @@ from .layers import (
     norm,
     query_blocks,
     rope_tables,
+    softcap,
 )
 
 DEFAULT_ATTN_BLOCK = 128
@@ -59,7 +60,10 @@ class Blocks(nnx.Module):
     """All layers' weights, each stacked along a leading 'layers' axis.
 
     Attention: wq [L, D, H, hd], wk/wv [L, D, KV, hd], wo [L, H, hd, D];
-    MLP: w_gate/w_up [L, D, F], w_down [L, F, D]; optional biases.
+    MLP: w_gate/w_up [L, D, F], w_down [L, F, D]; optional biases, QK-norm
+    scales ([L, hd] per head, or [L, H, hd] / [L, KV, hd] over the whole
+    projection) and sublayer norms: `attn_norm` / `mlp_norm` before each
+    sublayer ('pre'), `attn_post_norm` / `mlp_post_norm` on its output ('post').
     """
 
     def __init__(self, cfg: DecoderConfig, rngs: nnx.Rngs, param_dtype):
@@ -73,8 +77,18 @@ class Blocks(nnx.Module):
         )
         P = functools.partial(_param, rngs, dtype=param_dtype)
         layer_norm = cfg.norm == "layer"
-        self.attn_norm_scale = P((L, D), (ax.LAYERS, ax.EMBED), kind="ones")
-        self.attn_norm_bias = P((L, D), (ax.LAYERS, ax.EMBED), kind="zeros") if layer_norm else None
+        norm_init = "zeros" if cfg.norm == "rms_one_plus" else "ones"
+        pre = cfg.sublayer_norms in ("pre", "pre_post")
+        post = cfg.sublayer_norms in ("post", "pre_post")
+
+        def norm_scale(on, shape=(L, D), names=(ax.LAYERS, ax.EMBED)):
+            return P(shape, names, kind=norm_init) if on else None
+
+        def norm_bias(on):
+            return P((L, D), (ax.LAYERS, ax.EMBED), kind="zeros") if on and layer_norm else None
+
+        self.attn_norm_scale = norm_scale(pre)
+        self.attn_norm_bias = norm_bias(pre)
         self.wq = P((L, D, H, hd), (ax.LAYERS, ax.EMBED, ax.Q_HEADS, ax.HEAD_DIM), kind="normal")
         self.wk = P((L, D, KV, hd), (ax.LAYERS, ax.EMBED, ax.KV_HEADS, ax.HEAD_DIM), kind="normal")
         self.wv = P((L, D, KV, hd), (ax.LAYERS, ax.EMBED, ax.KV_HEADS, ax.HEAD_DIM), kind="normal")
@@ -92,10 +106,20 @@ class Blocks(nnx.Module):
             if qkv_bias
             else None
         )
+        if cfg.qk_norm == "head":
+            self.q_norm_scale = norm_scale(True, (L, hd), (ax.LAYERS, ax.HEAD_DIM))
+            self.k_norm_scale = norm_scale(True, (L, hd), (ax.LAYERS, ax.HEAD_DIM))
+        elif cfg.qk_norm == "projection":
+            self.q_norm_scale = norm_scale(True, (L, H, hd), (ax.LAYERS, ax.Q_HEADS, ax.HEAD_DIM))
+            self.k_norm_scale = norm_scale(True, (L, KV, hd), (ax.LAYERS, ax.KV_HEADS, ax.HEAD_DIM))
+        else:
+            self.q_norm_scale = self.k_norm_scale = None
         self.wo = P((L, H, hd, D), (ax.LAYERS, ax.Q_HEADS, ax.HEAD_DIM, ax.EMBED), kind="normal")
         self.bo = P((L, D), (ax.LAYERS, ax.EMBED), kind="zeros") if cfg.out_bias else None
-        self.mlp_norm_scale = P((L, D), (ax.LAYERS, ax.EMBED), kind="ones")
-        self.mlp_norm_bias = P((L, D), (ax.LAYERS, ax.EMBED), kind="zeros") if layer_norm else None
+        self.attn_post_norm_scale = norm_scale(post)
+        self.attn_post_norm_bias = norm_bias(post)
+        self.mlp_norm_scale = norm_scale(pre)
+        self.mlp_norm_bias = norm_bias(pre)
         gated = cfg.mlp == "gated"
         self.w_gate = P((L, D, F), (ax.LAYERS, ax.EMBED, ax.MLP), kind="normal") if gated else None
         self.w_up = P((L, D, F), (ax.LAYERS, ax.EMBED, ax.MLP), kind="normal")
@@ -104,6 +128,8 @@ class Blocks(nnx.Module):
         self.b_gate = P((L, F), (ax.LAYERS, ax.MLP), kind="zeros") if bias and gated else None
         self.b_up = P((L, F), (ax.LAYERS, ax.MLP), kind="zeros") if bias else None
         self.b_down = P((L, D), (ax.LAYERS, ax.EMBED), kind="zeros") if bias else None
+        self.mlp_post_norm_scale = norm_scale(post)
+        self.mlp_post_norm_bias = norm_bias(post)
 
 
 def _dense(x, w, b, spec, dtype):
@@ -111,14 +137,24 @@ def _dense(x, w, b, spec, dtype):
     return y if b is None else y + b.astype(dtype)
 
 
+def _qk_norm(cfg: DecoderConfig, x, scale):
+    """Per-head ([hd] scale) or whole-projection ([heads, hd] scale) RMSNorm."""
+    if cfg.qk_norm == "none":
+        return x
+    axes = (-1,) if cfg.qk_norm == "head" else (-2, -1)
+    return norm(cfg, x, scale, None, axes)
+
+
 def _self_attention(cfg: DecoderConfig, p, h, cos, sin, bias_blocks, blocks, dtype):
-    B, T, _ = h.shape
     q = _dense(h, p["wq"], p.get("bq"), "btd,dhk->bthk", dtype)
     k = _dense(h, p["wk"], p.get("bk"), "btd,dhk->bthk", dtype)
     v = _dense(h, p["wv"], p.get("bv"), "btd,dhk->bthk", dtype)
-    q = apply_rope(q, cos, sin, cfg.rotary_dim) * jnp.asarray(cfg.head_dim**-0.5, dtype)
+    q = _qk_norm(cfg, q, p.get("q_norm_scale"))
+    k = _qk_norm(cfg, k, p.get("k_norm_scale"))
+    scale = (cfg.query_pre_attn_scalar or cfg.head_dim) ** -0.5
+    q = apply_rope(q, cos, sin, cfg.rotary_dim) * jnp.asarray(scale, dtype)
     k = apply_rope(k, cos, sin, cfg.rotary_dim)
-    o = attention(q, k, v, bias_blocks, blocks, cfg.num_kv_heads)
+    o = attention(q, k, v, bias_blocks, blocks, cfg.num_kv_heads, cfg.attn_softcap)
     return _dense(o, p["wo"], p.get("bo"), "bthk,hkd->btd", dtype)
 
 
@@ -132,16 +168,27 @@ def _mlp(cfg: DecoderConfig, p, h, dtype):
     return _dense(up, p["w_down"], p.get("b_down"), "btf,fd->btd", dtype)
 
 
+def _sublayer(cfg: DecoderConfig, p, name: str, x, fn):
+    """fn(x) with the sublayer's pre-norm on its input and post-norm on its
+    output, as `cfg.sublayer_norms` asks (without the residual)."""
+    if p.get(f"{name}_norm_scale") is not None:
+        x = norm(cfg, x, p[f"{name}_norm_scale"], p.get(f"{name}_norm_bias"))
+    y = fn(x)
+    if p.get(f"{name}_post_norm_scale") is not None:
+        y = norm(cfg, y, p[f"{name}_post_norm_scale"], p.get(f"{name}_post_norm_bias"))
+    return y
+
+
 def layer_forward(cfg: DecoderConfig, p, x, cos, sin, bias_blocks, blocks, dtype):
-    """One pre-norm decoder layer; `p` maps Blocks field names to one layer's
-    arrays. GPT-NeoX's parallel residual is x + attn(ln1 x) + mlp(ln2 x)."""
-    h = norm(cfg, x, p["attn_norm_scale"], p.get("attn_norm_bias"))
-    a = _self_attention(cfg, p, h, cos, sin, bias_blocks, blocks, dtype)
+    """One decoder layer; `p` maps Blocks field names to one layer's arrays.
+    GPT-NeoX's parallel residual is x + attn(ln1 x) + mlp(ln2 x)."""
+    attn = lambda h: _self_attention(cfg, p, h, cos, sin, bias_blocks, blocks, dtype)
+    mlp = lambda h: _mlp(cfg, p, h, dtype)
+    a = _sublayer(cfg, p, "attn", x, attn)
     if cfg.parallel_residual:
-        m = _mlp(cfg, p, norm(cfg, x, p["mlp_norm_scale"], p.get("mlp_norm_bias")), dtype)
-        return m + a + x
+        return _sublayer(cfg, p, "mlp", x, mlp) + a + x
     x = a + x
-    return _mlp(cfg, p, norm(cfg, x, p["mlp_norm_scale"], p.get("mlp_norm_bias")), dtype) + x
+    return _sublayer(cfg, p, "mlp", x, mlp) + x
 
 
 def _vocab_pieces(vocab_size: int) -> int:
@@ -149,60 +196,77 @@ def _vocab_pieces(vocab_size: int) -> int:
     return next(k for k in range(NLL_VOCAB_PIECES, 0, -1) if vocab_size % k == 0)
 
 
-def token_nll(h, vocab_rows, input_ids, attention_mask):
+def vocab_pieces(w):
+    """The unembedding rows w [V, D] cut into `_vocab_pieces(V)` interleaved
+    pieces (rows j, j+k, j+2k, ...: a vocab-sharded W stays evenly sharded).
+
+    Call it inside the body of `map_sequence_chunks`, so that the pieces
+    (together one copy of W) need not stay alive across sequence chunks."""
+    V, D = w.shape
+    k = _vocab_pieces(V)
+    return [w] if k == 1 else [w.reshape(V // k, k, D)[:, j] for j in range(k)]
+
+
+def map_sequence_chunks(fn, h, *extra, vocab_size: int):
+    """fn over sequence chunks of h [B, n, D] (and of each extra [B, n, ...]),
+    each chunk short enough that its [B, c, V] logits hold at most
+    NLL_CHUNK_ELEMENTS elements; fn(hc, *extra_c) returns a pytree of
+    [B, c, ...] arrays, reassembled here to [B, n, ...]."""
+    B, n, _ = h.shape
+    chunk = max(1, min(n, NLL_CHUNK_ELEMENTS // max(1, B * vocab_size)))
+    pad = (-n) % chunk
+    args = (h,) + extra
+    if pad:
+        args = tuple(jnp.pad(a, ((0, 0), (0, pad)) + ((0, 0),) * (a.ndim - 2)) for a in args)
+    nc = (n + pad) // chunk
+    if nc == 1:
+        out = fn(*args)
+    else:
+        split = lambda a: jnp.moveaxis(a.reshape((B, nc, chunk) + a.shape[2:]), 1, 0)
+        join = lambda o: jnp.moveaxis(o, 0, 1).reshape((B, nc * chunk) + o.shape[3:])
+        out = jax.tree.map(join, jax.lax.map(lambda a: fn(*a), tuple(map(split, args))))
+    return jax.tree.map(lambda o: o[:, :n], out)
+
+
+def token_nll(h, vocab_rows, input_ids, attention_mask, logit_cap: float | None = None):
     """Next-token NLL [B, T-1] as logsumexp(logits) - target logit, in float32,
     over sequence chunks so the [B, T, V] logits are never all alive. The
     target logit is h . W[target] (a row gather, not a [B, T, V] gather).
 
-    Within a chunk the vocabulary is cut into `_vocab_pieces(V)` interleaved
-    pieces (rows j, j+k, j+2k, ...: a vocab-sharded W stays evenly sharded),
-    each its own matmul + logsumexp, combined by a logsumexp over pieces.
+    Within a chunk the vocabulary is cut into `vocab_pieces`, each its own
+    matmul + logsumexp, combined by a logsumexp over pieces.
     XLA:CPU runs the logsumexp reduction on one thread; as separate pieces it
     overlaps the next piece's matmul and reads cache-sized logits
-    (SmolLM2, T=1024: 0.44 -> 0.31 s; BUILD_NOTES section 4)."""
-    B, T, D = h.shape
+    (SmolLM2, T=1024: 0.44 -> 0.31 s; BUILD_NOTES section 4). `logit_cap`
+    soft-caps the logits first (Gemma 2's final_logit_softcapping)."""
     V = vocab_rows.shape[0]
-    hs, targets = h[:, :-1], input_ids[:, 1:]
-    n = T - 1
-    chunk = max(1, min(n, NLL_CHUNK_ELEMENTS // max(1, B * V)))
-    pad = (-n) % chunk
-    if pad:
-        hs = jnp.pad(hs, ((0, 0), (0, pad), (0, 0)))
-        targets = jnp.pad(targets, ((0, 0), (0, pad)))
     w = vocab_rows.astype(h.dtype)
-    k = _vocab_pieces(V)
 
-    def one(args):
-        hc, tc = args
-        # sliced here, not outside the lax.map body, so the pieces (together one
-        # copy of W) need not stay alive across sequence chunks
-        pieces = [w] if k == 1 else [w.reshape(V // k, k, D)[:, j] for j in range(k)]
+    def one(hc, tc):
+        pieces = vocab_pieces(w)
         lse = [
             jax.nn.logsumexp(
-                jnp.einsum("btd,vd->btv", hc, wj, preferred_element_type=jnp.float32), axis=-1
+                softcap(
+                    jnp.einsum("btd,vd->btv", hc, wj, preferred_element_type=jnp.float32),
+                    logit_cap,
+                ),
+                axis=-1,
             )
             for wj in pieces
         ]
-        lse = lse[0] if k == 1 else jax.nn.logsumexp(jnp.stack(lse, axis=-1), axis=-1)
+        lse = lse[0] if len(pieces) == 1 else jax.nn.logsumexp(jnp.stack(lse, axis=-1), axis=-1)
         tgt = jnp.einsum(
             "btd,btd->bt", hc.astype(jnp.float32), jnp.take(w, tc, axis=0).astype(jnp.float32)
         )
-        return lse - tgt
+        return lse - softcap(tgt, logit_cap)
 
-    nc = (n + pad) // chunk
-    if nc == 1:
-        nll = one((hs, targets))
-    else:
-        hs = hs.reshape(B, nc, chunk, D).transpose(1, 0, 2, 3)
-        targets = targets.reshape(B, nc, chunk).transpose(1, 0, 2)
-        nll = jax.lax.map(one, (hs, targets)).transpose(1, 0, 2).reshape(B, nc * chunk)
-    nll = nll[:, :n]
+    nll = map_sequence_chunks(one, h[:, :-1], input_ids[:, 1:], vocab_size=V)
     valid = (attention_mask[:, 1:] > 0) & (attention_mask[:, :-1] > 0)
     return jnp.where(valid, nll, 0.0), valid
 
 
 class Decoder(nnx.Module):
-    """Decoder-only transformer (Llama / Mistral / GPT-NeoX by configuration).
+    """Decoder-only transformer; the family is a matter of configuration.
 
     `model(input_ids, attention_mask=None, *, return_logits=False)` runs the
     jitted `forward` and returns a DecoderOutput. Activations are computed in
@@ -228,13 +292,37 @@ class Decoder(nnx.Module):
         P = functools.partial(_param, rngs, dtype=param_dtype)
         self.embed = P((V, D), (ax.VOCAB, ax.EMBED), kind="normal")
         self.blocks = Blocks(config, rngs, param_dtype)
-        self.final_norm_scale = P((D,), (ax.EMBED,), kind="ones")
+        norm_init = "zeros" if config.norm == "rms_one_plus" else "ones"
+        self.final_norm_scale = P((D,), (ax.EMBED,), kind=norm_init) if config.final_norm else None
         self.final_norm_bias = (
-            P((D,), (ax.EMBED,), kind="zeros") if config.norm == "layer" else None
+            P((D,), (ax.EMBED,), kind="zeros")
+            if config.final_norm and config.norm == "layer"
+            else None
         )
         self.lm_head = (
             None if config.tie_word_embeddings else P((V, D), (ax.VOCAB, ax.EMBED), kind="normal")
         )
+        self.pos_embed = (
+            P(
+                (config.max_position_embeddings + config.position_offset, D),
+                (ax.POSITIONS, ax.EMBED),
+                kind="normal",
+            )
+            if config.positions == "learned"
+            else None
+        )
+
+    def final_hidden(self, x):
+        """The final norm (when the family has one) applied to the last layer's
+        output: what HF returns as the last hidden state and feeds to the head."""
+        if self.final_norm_scale is None:
+            return x
+        bias = None if self.final_norm_bias is None else self.final_norm_bias[...]
+        return norm(self.config, x, self.final_norm_scale[...], bias)
+
+    def unembedding(self):
+        """The [V, D] rows of the output projection (the tied embedding or lm_head)."""
+        return self.embed[...] if self.lm_head is None else self.lm_head[...]
 
     def __call__(
         self, input_ids, attention_mask=None, *, return_logits: bool = False
@@ -254,34 +342,63 @@ class Decoder(nnx.Module):
         attention_mask = jnp.asarray(attention_mask)
         embed = self.embed[...]
         x = jnp.take(embed, input_ids, axis=0).astype(dtype)
+        if cfg.embed_scale:
+            x = x * jnp.asarray(cfg.hidden_size**0.5, dtype)
+        if self.pos_embed is not None:
+            positions = jnp.arange(T) + cfg.position_offset
+            x = x + jnp.take(self.pos_embed[...], positions, axis=0).astype(dtype)
+        local = cfg.layer_is_local
+        mixed = any(local) and not all(local)
         cos, sin = rope_tables(cfg, T)
-        blocks = query_blocks(T, self.attn_block, cfg.sliding_window)
-        bias = attention_bias(attention_mask, T, cfg.sliding_window)
+        window = cfg.sliding_window if all(local) else None
+        blocks = query_blocks(T, self.attn_block, window)
+        bias = attention_bias(attention_mask, T, window)
         bias_blocks = [bias[:, qs:qe, ks:qe] for qs, qe, ks in blocks]
         stacked = {
             k: v
             for k, v in nnx.to_pure_dict(nnx.state(self.blocks, nnx.Param)).items()
             if v is not None
         }
+        if mixed:
+            local_bias = attention_bias(attention_mask, T, cfg.sliding_window)
+            local_blocks = [local_bias[:, qs:qe, ks:qe] for qs, qe, ks in blocks]
+            local_cos, local_sin = (
+                rope_tables(cfg, T, local=True) if cfg.rope_local_theta else (cos, sin)
+            )
 
-        def body(h, p):
-            return layer_forward(cfg, p, h, cos, sin, bias_blocks, blocks, dtype), h
+            def body(h, xs):
+                p, is_local = xs
+                pick = lambda a, b: jnp.where(is_local, a, b)
+                bb = [pick(lb, gb) for lb, gb in zip(local_blocks, bias_blocks)]
+                c, s = pick(local_cos, cos), pick(local_sin, sin)
+                return layer_forward(cfg, p, h, c, s, bb, blocks, dtype), h
 
-        last, inputs = jax.lax.scan(body, x, stacked)
-        final = norm(
-            cfg,
-            last,
-            self.final_norm_scale[...],
-            None if self.final_norm_bias is None else self.final_norm_bias[...],
-        )
+            xs = (stacked, jnp.asarray(local))
+        else:
+            if any(local) and cfg.rope_local_theta:
+                cos, sin = rope_tables(cfg, T, local=True)
+
+            def body(h, p):
+                return layer_forward(cfg, p, h, cos, sin, bias_blocks, blocks, dtype), h
+
+            xs = stacked
+
+        last, inputs = jax.lax.scan(body, x, xs)
+        final = self.final_hidden(last)
         hidden_states = jnp.concatenate([inputs, final[None]], axis=0)
-        vocab_rows = embed if self.lm_head is None else self.lm_head[...]
+        vocab_rows = self.unembedding()
         logits = None
         if return_logits:
-            logits = jnp.einsum(
-                "btd,vd->btv", final, vocab_rows.astype(dtype), preferred_element_type=jnp.float32
+            logits = softcap(
+                jnp.einsum(
+                    "btd,vd->btv",
+                    final,
+                    vocab_rows.astype(dtype),
+                    preferred_element_type=jnp.float32,
+                ),
+                cfg.final_softcap,
             )
-        nll, valid = token_nll(final, vocab_rows, input_ids, attention_mask)
+        nll, valid = token_nll(final, vocab_rows, input_ids, attention_mask, cfg.final_softcap)
         loss = jnp.sum(nll) / jnp.maximum(jnp.sum(valid), 1)
         return DecoderOutput(hidden_states=hidden_states, token_nll=nll, loss=loss, logits=logits)
 

@@ -18,12 +18,19 @@ from .config import DecoderConfig
 MASK_VALUE = -1e30  # finite, so fully masked (padding) rows stay NaN-free
 
 
-def rms_norm(x, scale, eps):
+def rms_norm(x, scale, eps, axes=(-1,)):
     """RMSNorm (Zhang & Sennrich 2019) as HF Llama computes it: normalise in
-    float32, cast back, then multiply by the weight."""
+    float32 over `axes`, cast back, then multiply by the weight."""
     x32 = x.astype(jnp.float32)
-    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=axes, keepdims=True) + eps)
     return y.astype(x.dtype) * scale.astype(x.dtype)
+
+
+def rms_norm_one_plus(x, scale, eps, axes=(-1,)):
+    """Gemma's RMSNorm: x / rms(x) * (1 + w), all in float32, then cast back."""
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=axes, keepdims=True) + eps)
+    return (y * (1.0 + scale.astype(jnp.float32))).astype(x.dtype)
 
 
 def layer_norm(x, scale, bias, eps):
@@ -36,10 +43,20 @@ def layer_norm(x, scale, bias, eps):
     return y.astype(x.dtype)
 
 
-def norm(cfg: DecoderConfig, x, scale, bias=None):
+def norm(cfg: DecoderConfig, x, scale, bias=None, axes=(-1,)):
+    """The config's norm over `axes` (LayerNorm only over the last)."""
     if cfg.norm == "rms":
-        return rms_norm(x, scale, cfg.norm_eps)
+        return rms_norm(x, scale, cfg.norm_eps, axes)
+    if cfg.norm == "rms_one_plus":
+        return rms_norm_one_plus(x, scale, cfg.norm_eps, axes)
     return layer_norm(x, scale, bias, cfg.norm_eps)
+
+
+def softcap(x, cap: float | None):
+    """cap * tanh(x / cap) (Gemma 2's logit soft-capping), or x when cap is None."""
+    if cap is None:
+        return x
+    return jnp.tanh(x / cap) * cap
 
 
 def activation(name: str, x):
@@ -54,16 +71,18 @@ def activation(name: str, x):
     return jax.nn.gelu(x, approximate=True)
 
 
-def rope_inv_freq(cfg: DecoderConfig) -> np.ndarray:
+def rope_inv_freq(cfg: DecoderConfig, local: bool = False) -> np.ndarray:
     """Inverse frequencies theta^(-2i/d) over the rotated dims (Su et al. 2021),
     in float32 as HF computes them, with 'linear' or Llama-3.1 'llama3'
-    scaling (low frequencies divided by `factor`, a smooth ramp between)."""
+    scaling (low frequencies divided by `factor`, a smooth ramp between).
+    `local`: the sliding-window layers' base `rope_local_theta`, unscaled."""
     dim = cfg.rotary_dim
+    theta = cfg.rope_local_theta if local else cfg.rope_theta
     inv = np.float32(1.0) / (
-        np.float32(cfg.rope_theta) ** (np.arange(0, dim, 2, dtype=np.float32) / np.float32(dim))
+        np.float32(theta) ** (np.arange(0, dim, 2, dtype=np.float32) / np.float32(dim))
     )
     inv = inv.astype(np.float32)
-    s = cfg.rope_scaling
+    s = None if local else cfg.rope_scaling
     if s is None:
         return inv
     if s.rope_type == "linear":
@@ -81,9 +100,9 @@ def rope_inv_freq(cfg: DecoderConfig) -> np.ndarray:
     return np.where(medium, smoothed, scaled).astype(np.float32)
 
 
-def rope_tables(cfg: DecoderConfig, seq_len: int):
+def rope_tables(cfg: DecoderConfig, seq_len: int, local: bool = False):
     """cos, sin of shape [T, rotary_dim / 2] for positions 0..T-1 (float32)."""
-    inv = jnp.asarray(rope_inv_freq(cfg))
+    inv = jnp.asarray(rope_inv_freq(cfg, local))
     angles = jnp.arange(seq_len, dtype=jnp.float32)[:, None] * inv[None, :]
     return jnp.cos(angles), jnp.sin(angles)
 
@@ -94,6 +113,8 @@ def apply_rope(x, cos, sin, rotary_dim: int):
 
     x: [B, T, ..., hd]; cos, sin: [T, rotary_dim / 2].
     """
+    if rotary_dim == 0:
+        return x
     half = rotary_dim // 2
     extra = x.ndim - 3
     c = cos.reshape(cos.shape[:1] + (1,) * extra + cos.shape[1:]).astype(x.dtype)
@@ -129,7 +150,7 @@ def query_blocks(seq_len: int, block: int, sliding_window: int | None):
     return out
 
 
-def attention(q, k, v, bias_blocks, blocks, num_kv_heads: int):
+def attention(q, k, v, bias_blocks, blocks, num_kv_heads: int, logit_cap: float | None = None):
     """Softmax attention with grouped-query heads, one query block at a time.
 
     q [B, T, H, hd] (already scaled by hd^-1/2), k, v [B, T, KV, hd];
@@ -138,6 +159,7 @@ def attention(q, k, v, bias_blocks, blocks, num_kv_heads: int):
     [B, KV, k, hd]), so K and V are never repeated and each dot is one large
     batched GEMM; scores and softmax are float32 and the normalisation is
     applied after the PV product (a [q, hd] division instead of [q, k]).
+    `logit_cap` soft-caps the scores before the mask (Gemma 2).
     Returns [B, T, H, hd].
     """
     B, T, H, hd = q.shape
@@ -151,7 +173,7 @@ def attention(q, k, v, bias_blocks, blocks, num_kv_heads: int):
         n, m = qe - qs, qe - ks
         qb = qg[:, :, :, qs:qe].reshape(B, KV, G * n, hd)
         s = jnp.einsum("bkmd,bksd->bkms", qb, kh[:, :, ks:qe], preferred_element_type=jnp.float32)
-        s = s.reshape(B, KV, G, n, m) + bias[:, None, None]
+        s = softcap(s, logit_cap).reshape(B, KV, G, n, m) + bias[:, None, None]
         p = jnp.exp(s - jnp.max(s, axis=-1, keepdims=True))
         denom = jnp.sum(p, axis=-1, keepdims=True)
         o = jnp.einsum(

@@ -1,10 +1,12 @@
 """Where each Decoder parameter lives on a ('data', 'model') device mesh.
 
 `param_axes(config)` lists every parameter's shape and logical axis names
-(the NNX `out_sharding` metadata of an abstract Decoder); `param_specs` maps
-the names through logical-axis rules (default `axes.RULES`, or
-`axes.fsdp_rules()`) onto mesh PartitionSpecs; `param_shardings` makes them
-NamedShardings; `check_mesh` refuses a mesh whose axes do not divide the
+(the NNX `out_sharding` metadata of an abstract Decoder); `mesh_spec` maps
+names through logical-axis rules (default `axes.RULES`, or
+`axes.fsdp_rules()`) onto a mesh PartitionSpec, and is the one route from
+logical axes to shardings: `param_shardings` (the loader, the params
+checkpoint) and `state_shardings` (the pipeline's placement of an NNX state)
+both go through it. `check_mesh` refuses a mesh whose axes do not divide the
 dimensions they shard, before any weight is read.
 """
 
@@ -14,6 +16,7 @@ import dataclasses
 import functools
 import math
 
+import jax
 from flax import linen, nnx
 from jax.sharding import AbstractMesh, AxisType, Mesh, NamedSharding, PartitionSpec
 
@@ -31,6 +34,7 @@ CONFIG_FIELDS = {
     ax.KV_HEADS: "num_kv_heads",
     ax.HEAD_DIM: "head_dim",
     ax.MLP: "intermediate_size",
+    ax.POSITIONS: "max_position_embeddings",
 }
 
 
@@ -73,6 +77,17 @@ def param_specs(config: DecoderConfig, rules=None) -> dict[Path, PartitionSpec]:
 def param_shardings(config: DecoderConfig, mesh: Mesh, rules=None) -> dict[Path, NamedSharding]:
     """Path -> NamedSharding on `mesh`; call `check_mesh` first."""
     return {path: NamedSharding(mesh, spec) for path, spec in param_specs(config, rules).items()}
+
+
+def state_shardings(state, mesh: Mesh, rules=None):
+    """NamedShardings of an NNX state (same tree), from each parameter's
+    logical axis names through `mesh_spec`."""
+
+    def one(var):
+        names = var.get_metadata()["out_sharding"]
+        return var.replace(NamedSharding(mesh, mesh_spec(names, rules)))
+
+    return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
 def _names(entry) -> tuple[str, ...]:
@@ -142,4 +157,5 @@ __all__ = [
     "param_axes",
     "param_shardings",
     "param_specs",
+    "state_shardings",
 ]

@@ -12,7 +12,7 @@ from .errors import (
 )
 from .gguf_file import SUPPORTED_TYPES as GGUF_TYPES
 from .gguf_file import GGUFFile
-from .hub import ALIASES
+from .hub import ALIASES, RevisionNotFoundError
 from .load import Resolved, load, load_config, load_tokenizer, resolve
 from .params_checkpoint import ParamsCheckpointMismatchError
 from .safetensors_dir import SafetensorsDir
@@ -26,6 +26,7 @@ __all__ = [
     "MissingTensorError",
     "ParamsCheckpointMismatchError",
     "Resolved",
+    "RevisionNotFoundError",
     "SafetensorsDir",
     "UnknownModelError",
     "UnsupportedArchitectureError",

@@ -16,27 +16,12 @@ import re
 
 import numpy as np
 
+from ..config import FAMILIES
 from .errors import UnsupportedArchitectureError, UnsupportedQuantizationError
 from .file_checks import read_gguf
 
 SUPPORTED_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q4_K", "Q6_K")
 
-_LLAMA_NAMES = {
-    "token_embd.weight": "model.embed_tokens.weight",
-    "output_norm.weight": "model.norm.weight",
-    "output.weight": "lm_head.weight",
-}
-_LLAMA_LAYER_NAMES = {
-    "attn_norm.weight": "input_layernorm.weight",
-    "attn_q.weight": "self_attn.q_proj.weight",
-    "attn_k.weight": "self_attn.k_proj.weight",
-    "attn_v.weight": "self_attn.v_proj.weight",
-    "attn_output.weight": "self_attn.o_proj.weight",
-    "ffn_norm.weight": "post_attention_layernorm.weight",
-    "ffn_gate.weight": "mlp.gate_proj.weight",
-    "ffn_up.weight": "mlp.up_proj.weight",
-    "ffn_down.weight": "mlp.down_proj.weight",
-}
 _LAYER = re.compile(r"blk\.(\d+)\.(.+)")
 
 
@@ -44,6 +29,17 @@ def unpermute_rows(w: np.ndarray, n_head: int) -> np.ndarray:
     """Inverse of llama.cpp's q/k permutation: rows (head, pair, 2) -> (head, 2, pair)."""
     rest = w.shape[1:]
     return w.reshape(n_head, w.shape[0] // n_head // 2, 2, *rest).swapaxes(1, 2).reshape(w.shape)
+
+
+def _gguf_names(arch: str, path: str) -> dict[str, str]:
+    """The GGUF -> HF name map of the family that reads GGUF architecture `arch`."""
+    readers = {f.gguf_architecture: f for f in FAMILIES.values() if f.gguf_architecture}
+    if arch not in readers:
+        raise UnsupportedArchitectureError(
+            f"unsupported GGUF architecture {arch!r} in {path}; supported: "
+            + ", ".join(f"{a!r} (family {f.name})" for a, f in sorted(readers.items()))
+        )
+    return dict(readers[arch].gguf_names)
 
 
 def _field(reader, key, default=None):
@@ -77,11 +73,7 @@ class GGUFFile:
             raise FileNotFoundError(f"no such GGUF file: {self.path}")
         self.reader = read_gguf(self.path)
         self.arch = _field(self.reader, "general.architecture")
-        if self.arch != "llama":
-            raise UnsupportedArchitectureError(
-                f"unsupported GGUF architecture {self.arch!r} in {self.path}; supported: 'llama' "
-                "(Llama, Mistral and SmolLM checkpoints)"
-            )
+        self._names = _gguf_names(self.arch, self.path)
         self._tensors = {}
         for t in self.reader.tensors:
             self._tensors[self._hf_name(t.name)] = t
@@ -104,13 +96,14 @@ class GGUFFile:
         self.hf_config = self._hf_config()
         self._sha256 = None
 
-    @staticmethod
-    def _hf_name(name: str) -> str:
-        if name in _LLAMA_NAMES:
-            return _LLAMA_NAMES[name]
+    def _hf_name(self, name: str) -> str:
+        """llama.cpp's tensor name -> HF's, from the family's `gguf_names`."""
+        if name in self._names:
+            return self._names[name]
         m = _LAYER.fullmatch(name)
-        if m and m.group(2) in _LLAMA_LAYER_NAMES:
-            return f"model.layers.{m.group(1)}.{_LLAMA_LAYER_NAMES[m.group(2)]}"
+        key = f"blk.{{i}}.{m.group(2)}" if m else None
+        if key in self._names:
+            return self._names[key].format(i=m.group(1))
         return name
 
     def _hf_config(self) -> dict:

@@ -1,7 +1,8 @@
 """How one Hugging Face tensor becomes one (per-layer) Decoder array, and
 which slice of it a shard of that array needs.
 
-A `Layout` splits each HF axis into factors (`[H*hd, D]` -> `[H, hd, D]`),
+A `Layout` optionally crops one HF axis to a range (Phi-3's fused q|k|v and
+gate|up rows), splits each HF axis into factors (`[H*hd, D]` -> `[H, hd, D]`),
 optionally picks one index on a split axis (GPT-NeoX's fused q|k|v), then
 transposes. Because it is only reshape / pick / transpose, a shard of the
 result maps back to a box of the HF tensor: each HF axis is read over the
@@ -22,13 +23,26 @@ Index = tuple  # of slices (and ints) over an array's axes
 @dataclasses.dataclass(frozen=True)
 class Layout:
     """`split[a]` are the factors of HF axis a (one may be -1); `pick` is
-    (split axis, index) or None; `perm` orders the remaining axes."""
+    (split axis, index) or None; `perm` orders the remaining axes; `crop`
+    (HF axis, start) keeps rows start .. start + prod(split[axis]) of that
+    axis first (its factors then have no -1)."""
 
     split: tuple[tuple[int, ...], ...] | None = None
     pick: tuple[int, int] | None = None
     perm: tuple[int, ...] | None = None
+    crop: tuple[int, int] | None = None
+
+    def _cropped(self, hf_shape: tuple[int, ...]) -> tuple[int, ...]:
+        if self.crop is None:
+            return tuple(hf_shape)
+        axis, start = self.crop
+        length = math.prod(self.split[axis])
+        if start + length > hf_shape[axis]:
+            raise ValueError(f"rows {start}:{start + length} exceed an axis of {hf_shape[axis]}")
+        return tuple(length if a == axis else n for a, n in enumerate(hf_shape))
 
     def factors(self, hf_shape: tuple[int, ...]) -> list[tuple[int, ...]]:
+        hf_shape = self._cropped(hf_shape)
         if self.split is None:
             return [(n,) for n in hf_shape]
         if len(self.split) != len(hf_shape):
@@ -48,6 +62,11 @@ class Layout:
 
     def __call__(self, w: np.ndarray) -> np.ndarray:
         factors = self.factors(w.shape)
+        if self.crop is not None:
+            axis, start = self.crop
+            box = [slice(None)] * w.ndim
+            box[axis] = slice(start, start + math.prod(factors[axis]))
+            w = w[tuple(box)]
         x = w.reshape(tuple(n for f in factors for n in f))
         local = [slice(None)] * x.ndim
         if self.pick is not None:
@@ -86,6 +105,10 @@ class Layout:
                 local.append(0)
             read.append(slice(start * stride, stop * stride))
             local.extend(inner)
+        if self.crop is not None:
+            axis, start = self.crop
+            r = read[axis]
+            read[axis] = slice(r.start + start, r.stop + start)
         return tuple(read), tuple(local)
 
     def read(self, tensor, hf_shape: tuple[int, ...], index: Index) -> np.ndarray:
@@ -112,6 +135,26 @@ def in_out(*out_shape: int) -> Layout:
 def heads_to_embed(heads: int, head_dim: int) -> Layout:
     """o_proj [D, H*hd] -> [H, hd, D]."""
     return Layout(split=((-1,), (heads, head_dim)), perm=(1, 2, 0))
+
+
+def rows(start: int, *out_shape: int) -> Layout:
+    """Rows start .. start + prod(out_shape) of a fused Linear [out, in] ->
+    [in, *out_shape] (Phi-3's qkv_proj and gate_up_proj)."""
+    base = in_out(*out_shape)
+    return Layout(split=base.split[:1] + ((-1,),), perm=base.perm, crop=(0, start))
+
+
+def conv1d(*out_shape: int, pick: int | None = None) -> Layout:
+    """GPT-2 Conv1D weight [in, out] -> [in, *out_shape]; with `pick`, the
+    out axis is [3, *out_shape] (fused q|k|v) and one of the three is kept."""
+    if pick is None:
+        return Layout(split=((-1,), tuple(out_shape)))
+    return Layout(split=((-1,), (3, *out_shape)), pick=(1, pick))
+
+
+def conv1d_bias(*out_shape: int, pick: int) -> Layout:
+    """GPT-2 fused bias [3 * prod(out_shape)] -> out_shape, one of q|k|v."""
+    return Layout(split=((3, *out_shape),), pick=(0, pick))
 
 
 def reshape(*shape: int) -> Layout:

@@ -103,6 +103,14 @@ def resolve(name_or_path: str) -> Resolved:
     )
 
 
+def _check_revision(where: Resolved, revision: str | None) -> None:
+    if revision and where.kind != "hub":
+        raise ValueError(
+            f"revision={revision!r} applies to Hub ids and their aliases; {where.location} is a "
+            f"local {'file' if where.kind == 'gguf' else 'folder'}"
+        )
+
+
 def load(
     name_or_path: str,
     *,
@@ -118,11 +126,14 @@ def load(
     """Loads a checkpoint as (Decoder, tokenizer); geom_jax never imports torch.
 
     `name_or_path` is one of: an alias (`smollm2-135m`, the embedded default;
-    `llama-3-8b`, `llama-3.1-8b`, `mistral-7b`, `pythia-6.9b`,
-    `pythia-6.9b-deduped`); a directory with config.json and *.safetensors
+    the others, e.g. `llama-3-8b`, `qwen3-8b`, `gemma-2-9b`, are the families'
+    `aliases`, listed by `hub.ALIASES`); a directory with config.json and *.safetensors
     (single file or sharded with model.safetensors.index.json); a `.gguf`
-    file; or a Hub id `org/name` (optionally at `revision`), fetched with
-    huggingface_hub.snapshot_download. The tokenizer is a transformers
+    file; or a Hub id `org/name` or alias, optionally at `revision` (a branch,
+    tag or commit, e.g. Pythia's training checkpoint `step1000`; resolved
+    offline from the Hugging Face cache when HF_HUB_OFFLINE=1), fetched with
+    huggingface_hub.snapshot_download; its commit ends `config.checkpoint_id`
+    (`hf://org/name@<commit>`). The tokenizer is a transformers
     PreTrainedTokenizerFast, or None for a directory without tokenizer files
     or with `tokenizer=False` (which leaves transformers unimported; when
     torch is installed, importing transformers 5 imports it).
@@ -140,7 +151,9 @@ def load(
     `ParamsCheckpointMismatchError`), otherwise the converted parameters are
     saved there (orbax) for the next load.
     """
-    opened = open_checkpoint(resolve(name_or_path), revision)
+    where = resolve(name_or_path)
+    _check_revision(where, revision)
+    opened = open_checkpoint(where, revision)
     if mesh is not None:
         check_mesh(opened.config, mesh, rules)
     cfg = opened.identified()
@@ -165,6 +178,7 @@ def load_tokenizer(name_or_path: str, *, revision: str | None = None):
     """The tokenizer of a model alone (no weights read; a Hub id fetches only
     its tokenizer files). Raises ValueError when the checkpoint has none."""
     where = resolve(name_or_path)
+    _check_revision(where, revision)
     if where.kind == "gguf":
         source = open_gguf(where.location)
         return tok.from_gguf(source.reader, source.sha256())

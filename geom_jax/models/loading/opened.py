@@ -13,7 +13,7 @@ import dataclasses
 from collections.abc import Callable
 
 from .. import tokenizer as tok
-from ..config import DecoderConfig, from_hf_config
+from ..config import FAMILIES, DecoderConfig, from_hf_config
 from . import hub
 from .assemble import TensorSource
 from .gguf_file import open_gguf
@@ -33,12 +33,44 @@ class Opened:
         return self.config.replace(checkpoint_id=self.checkpoint_id())
 
 
+class BasePrefixed:
+    """A safetensors source whose checkpoint was saved from the base model
+    (`h.0.attn...` for GPT-2's `transformer.h.0.attn...`): names with the
+    family's `base_prefix` are read without it when only that form exists."""
+
+    def __init__(self, source: SafetensorsDir, prefix: str):
+        self.source, self.prefix = source, prefix
+
+    def _name(self, name: str) -> str:
+        if name not in self.source and name.startswith(self.prefix):
+            return name[len(self.prefix) :]
+        return name
+
+    def __contains__(self, name: str) -> bool:
+        return self._name(name) in self.source
+
+    def get(self, name: str):
+        return self.source.get(self._name(name))
+
+    def get_slice(self, name: str):
+        return self.source.get_slice(self._name(name))
+
+    def close(self):
+        self.source.close()
+
+
+def _prefixed(source: SafetensorsDir, config: DecoderConfig):
+    prefix = FAMILIES[config.family].base_prefix
+    return BasePrefixed(source, prefix) if prefix else source
+
+
 def _directory(path: str, name: str) -> Opened:
     source = SafetensorsDir(path)
+    config = from_hf_config(source.hf_config, name=name)
     return Opened(
-        config=from_hf_config(source.hf_config, name=name),
+        config=config,
         checkpoint_id=lambda: f"{source.path}#sha256-headers:{source.fingerprint()}",
-        tensors=lambda: source,
+        tensors=lambda: _prefixed(source, config),
         tokenizer=lambda: tok.from_directory(source.path),
     )
 
@@ -55,11 +87,13 @@ def _gguf(path: str, name: str) -> Opened:
 
 def _hub(repo: str, name: str, revision: str | None) -> Opened:
     folder = hub.download(repo, revision, tokenizer_only=True)
-    config = SafetensorsDir(folder).hf_config
+    config = from_hf_config(SafetensorsDir(folder).hf_config, name=name)
     return Opened(
-        config=from_hf_config(config, name=name),
+        config=config,
         checkpoint_id=lambda: f"hf://{repo}@{hub.commit_of(folder)}",
-        tensors=lambda: SafetensorsDir(hub.download(repo, hub.pinned(folder, revision))),
+        tensors=lambda: _prefixed(
+            SafetensorsDir(hub.download(repo, hub.pinned(folder, revision))), config
+        ),
         tokenizer=lambda: tok.from_directory(folder),
     )
 

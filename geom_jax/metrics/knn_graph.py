@@ -1,0 +1,131 @@
+"""Observables of the exact k-nearest-neighbour graph (all valid points, duplicates in).
+
+Reciprocity, k = 1..max_k: out[k-1] = fraction of the edges i -> j (j among
+the k nearest neighbours of i, self excluded, ties to the lower index) for
+which i is also among the k nearest neighbours of j: networkx ``overall_reciprocity`` of the k-NN
+digraph, as in the appendix of the paper (and its code).
+
+Nearest-neighbour similarity: cos(x_i - x_nn1(i), x_i - x_nn2(i)), the
+cosine between the directions from a token to its nearest and to its
+second-nearest neighbour, as the paper's code computes it; NaN at padding
+and where a direction is zero (a duplicate token).
+"""
+
+import jax.numpy as jnp
+
+from geom_jax.metrics import distances, registry, validation
+
+
+def reciprocity_from_lists(idx, valid):
+    """Reciprocity for k = 1..K from sorted neighbour lists idx [C, N, K] -> [C, K].
+
+    Edge (i, p) -> j = idx[i, p] is reciprocated at k iff k > max(p, q), q the
+    position of i in j's list (K if absent); counts for every k at once.
+    """
+    c, n, k = idx.shape
+    safe = jnp.maximum(idx, 0)
+    back = jnp.take_along_axis(idx, safe.reshape(c, n * k, 1), axis=1).reshape(c, n, k, k)
+    me = jnp.arange(n, dtype=idx.dtype)[None, :, None, None]
+    match = back == me
+    q = jnp.where(jnp.any(match, axis=-1), jnp.argmax(match, axis=-1), k)
+    last = jnp.maximum(jnp.arange(k), q)
+    edge = (idx >= 0) & valid[..., None]
+    mutual = jnp.sum((last[..., None] < jnp.arange(1, k + 1)) & edge[..., None], axis=(-3, -2))
+    edges = jnp.sum(
+        (jnp.arange(k) < jnp.arange(1, k + 1)[:, None]) & edge[..., None, :], axis=(-3, -1)
+    )
+    return jnp.where(edges > 0, mutual.astype(jnp.float32) / jnp.maximum(edges, 1), jnp.nan)
+
+
+def _reciprocity(ctx):
+    return {
+        "reciprocity": reciprocity_from_lists(ctx.knn_idx[..., : ctx.options["max_k"]], ctx.valid)
+    }
+
+
+def reciprocity(x, mask=None, *, max_k=32, selection="auto"):
+    """Reciprocity of the k-NN digraph of each cloud x [..., N, D] -> [..., max_k].
+
+    out[..., k-1] for k = 1..max_k; only points with mask True take part.
+    Reference: the paper's appendix; networkx ``overall_reciprocity``.
+    """
+    x = validation.as_points(x, "x")
+    validation.check_max_k(x.shape[-2], max_k)
+    mask = validation.as_mask(mask, x.shape[:-2], x.shape[-2])
+    validation.validate_points(x, mask, max_k=max_k)
+    valid = jnp.ones(x.shape[:-1], bool) if mask is None else mask
+    out = registry.on_points(
+        _reciprocity, x, valid, {"max_k": int(max_k), "selection": selection}, knn_k=max_k
+    )
+    return out["reciprocity"]
+
+
+RECIPROCITY = registry.Observable(
+    name="reciprocity",
+    compute=_reciprocity,
+    fields=(
+        registry.Field(
+            "reciprocity", ("K",), "reciprocity of the k-NN graph of layer l, k = index + 1."
+        ),
+    ),
+    consumes=("points", "knn"),
+    doc=__doc__,
+    reference="the paper's appendix (kNN-graph reciprocity); networkx overall_reciprocity",
+    reduce="fraction of reciprocated edges over all valid tokens' k-NN edges",
+    knn_k=lambda o: o["max_k"],
+    check=lambda o, n: validation.check_max_k(n, o["max_k"]),
+)
+
+
+def nn_similarity_from_lists(x, idx, valid):
+    """Per-token similarity [C, N] from x [C, N, D] and neighbour lists idx [C, N, >=2]."""
+    a = x - jnp.take_along_axis(x, jnp.maximum(idx[..., 0:1], 0), axis=-2)
+    b = x - jnp.take_along_axis(x, jnp.maximum(idx[..., 1:2], 0), axis=-2)
+    hi = distances.HIGHEST
+    ab = jnp.einsum("...d,...d->...", a, b, precision=hi)
+    aa = jnp.einsum("...d,...d->...", a, a, precision=hi)
+    bb = jnp.einsum("...d,...d->...", b, b, precision=hi)
+    ok = valid & (aa > 0) & (bb > 0) & (idx[..., 1] >= 0)
+    return jnp.where(ok, ab / jnp.sqrt(jnp.where(ok, aa * bb, 1.0)), jnp.nan)
+
+
+def _per_token(ctx):
+    return nn_similarity_from_lists(ctx.x, ctx.knn_idx, ctx.valid)
+
+
+def _nn_similarity(ctx):
+    sim = _per_token(ctx)
+    ok = ~jnp.isnan(sim)
+    count = jnp.sum(ok, axis=-1)
+    mean = jnp.sum(jnp.where(ok, sim, 0.0), axis=-1) / jnp.maximum(count, 1)
+    return {"nn_similarity": jnp.where(count > 0, mean, jnp.nan)}
+
+
+def nn_similarity(x, mask=None, *, selection="auto"):
+    """Per-token nearest-neighbour similarity of each cloud x [..., N, D] -> [..., N].
+
+    Its mean over the valid tokens (NaN excluded) is the per-layer summary
+    (``layer_geometry``'s ``nn_similarity``). Reference: the paper's code.
+    """
+    x = validation.as_points(x, "x")
+    validation.check_max_k(x.shape[-2], 2, name="N")
+    mask = validation.as_mask(mask, x.shape[:-2], x.shape[-2])
+    validation.validate_points(x, mask)
+    valid = jnp.ones(x.shape[:-1], bool) if mask is None else mask
+    return registry.on_points(_per_token, x, valid, {"selection": selection}, knn_k=2)
+
+
+NN_SIMILARITY = registry.Observable(
+    name="nn_similarity",
+    compute=_nn_similarity,
+    fields=(
+        registry.Field(
+            "nn_similarity", (), "mean over tokens of cos(x_i - x_nn1(i), x_i - x_nn2(i))."
+        ),
+    ),
+    consumes=("points", "knn"),
+    doc=nn_similarity_from_lists.__doc__,
+    reference="the paper's code (nearest-neighbour similarity)",
+    reduce="mean over valid tokens where defined",
+    knn_k=lambda o: 2,
+)
