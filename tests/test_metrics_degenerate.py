@@ -85,6 +85,8 @@ def test_non_finite_layer_is_nan_there_only(bad, jit):
     finite = np.asarray(geo.finite)
     assert not finite[1, 1] and finite.sum() == finite.size - 1
     assert int(geo.n_unique[1, 1]) == 0
+    status = np.asarray(pipeline.layer_status(geo, np.ones(SHAPE[:1] + SHAPE[2:3], bool)))
+    assert status[1, 1] == pipeline.STATUS_NON_FINITE and (np.delete(status, 4) == 0).all()
     for f in FLOAT_FIELDS:
         got, ref = np.asarray(getattr(geo, f)), np.asarray(getattr(clean, f))
         if f == "overlap":  # both pairs (0, 1) and (1, 2) involve layer 1

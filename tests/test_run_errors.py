@@ -165,6 +165,7 @@ def test_unreachable_hub_dataset_fails_fast_naming_it(tiny, tmp_path, monkeypatc
         experiment.run(_spec(tiny, tmp_path / "run", dataset="no-org/no-such-set"))
     assert time.time() - start < 15
     assert data.sources.hub_unreachable() is not None
+    assert _reusable(_spec(tiny, tmp_path / "run"))
 
 
 def test_full_disk_is_one_line_and_resume_continues(tiny, tmp_path, monkeypatch):
