@@ -9,7 +9,7 @@ import oracle
 import pytest
 
 from geom_jax import metrics, pipeline, results
-from geom_jax.metrics import registry
+from geom_jax.metrics import catalog, registry
 
 REF = np.load(os.path.join(os.path.dirname(__file__), "fixtures", "observables_reference.npz"))
 CASES = sorted({k.split("/")[0] for k in REF.files})
@@ -216,7 +216,11 @@ def test_observable_sets_resolve():
     assert registry.resolve("paper") == ("gride", "cosine", "overlap")
     assert registry.resolve("paper,reciprocity") == ("gride", "cosine", "overlap", "reciprocity")
     assert registry.resolve(["reciprocity", "paper"]) == registry.resolve("paper,reciprocity")
-    assert set(registry.resolve("all")) == set(registry.REGISTRY)
+    in_all = {n for n, o in registry.REGISTRY.items() if o.in_all}
+    assert set(registry.resolve("all")) == in_all
+    assert {o.name for o in catalog.BUILTIN} <= in_all
+    if "lens" in registry.REGISTRY:  # model-level, asked for by name only
+        assert "lens" not in in_all and "lens" in registry.resolve("paper,lens")
     assert registry.canonical("overlap,cosine,gride") == "paper"
     assert registry.canonical("tle_id,mle_id") == "mle_id,tle_id"
 
