@@ -10,6 +10,7 @@ dimension and neighbourhood overlap are measured on the L transformer layers
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -50,17 +51,30 @@ def result_fields(observables="paper") -> list[metrics.registry.Field]:
 
 RESULT_FIELDS = tuple(f.name for f in result_fields("paper"))
 
+MODEL_INPUTS: dict[str, Callable[[Any, Any], jax.Array]] = {}
+"""Inputs the pipeline derives from the model for observables that consume them:
+name -> fn(model, forward_output) -> array (see register_model_input)."""
+
+
+def register_model_input(name: str, fn, *, per_prompt: bool, doc: str) -> None:
+    """Lets observables consume ``name``: fn(model: nnx.Module, out: DecoderOutput)
+    -> an array ([B, ...] when per_prompt, else shared, e.g. the unembedding
+    [V, D]); computed inside the jitted step only when a requested observable
+    consumes it, and passed to layer_geometry as ``inputs[name]``."""
+    metrics.registry.register_input(name, per_prompt, doc)
+    MODEL_INPUTS[name] = fn
+
 
 def geometry_from_hidden(
     hidden: jax.Array,
     token_nll: jax.Array,
     attention_mask: jax.Array,
+    inputs: dict | None = None,
     *,
     range_max: int,
     max_k: int,
     layer_chunk: int | None = None,
     observables="paper",
-    inputs: dict | None = None,
     **options,
 ) -> PromptGeometry:
     """Reduces hidden states [L+1, B, T, D] and token NLL [B, T-1] per prompt.
@@ -129,21 +143,28 @@ def geometry_step(
     """
     out = models.forward(graphdef, state, input_ids, attention_mask)
     axes = sharding.batch_axes(mesh, input_ids.shape[0])
+    names = metrics.registry.resolve(observables)
+    wanted = {c for n in names for c in metrics.registry.get(n).consumes if c in MODEL_INPUTS}
+    inputs = {}
+    if wanted:
+        model = nnx.merge(graphdef, state)
+        inputs = {c: MODEL_INPUTS[c](model, out) for c in sorted(wanted)}
+    specs = {c: P(axes) if metrics.registry.INPUTS[c][0] else P() for c in inputs}
     reduce = jax.shard_map(
         functools.partial(
             geometry_from_hidden,
             range_max=range_max,
             max_k=max_k,
             layer_chunk=layer_chunk,
-            observables=observables,
+            observables=names,
             **options,
         ),
         mesh=mesh,
-        in_specs=(P(None, axes), P(axes), P(axes)),
+        in_specs=(P(None, axes), P(axes), P(axes), specs),
         out_specs=P(axes),
         check_vma=False,
     )
-    return reduce(out.hidden_states, out.token_nll, attention_mask)
+    return reduce(out.hidden_states, out.token_nll, attention_mask, inputs)
 
 
 class GeometryPipeline:
