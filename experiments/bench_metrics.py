@@ -46,6 +46,12 @@ flags.DEFINE_enum("selection", "auto", ["auto", "host", "xla"], "Neighbour-selec
 flags.DEFINE_bool("baseline", True, "Run the NumPy baseline (the speed-up needs it).")
 flags.DEFINE_bool("stages", True, "Also time the JAX stages separately.")
 flags.DEFINE_integer("seed", 0, "Seed of the synthetic stack.")
+flags.DEFINE_string(
+    "observables",
+    "paper",
+    "Observables for layer_geometry ('paper', 'all' or a comma list); other than 'paper', "
+    "the paper's set is timed too, interleaved, and the ratio printed.",
+)
 
 
 def synthetic_hidden(layers, tokens, dim, seed=0):
@@ -239,25 +245,46 @@ def main(argv):
     )
     metrics.validate_hidden(hidden, range_max=FLAGS.range_max, max_k=FLAGS.max_k)
 
-    fn = jax.jit(
-        lambda h: metrics.layer_geometry(
-            h,
-            range_max=FLAGS.range_max,
-            max_k=FLAGS.max_k,
-            layer_chunk=chunk,
-            selection=FLAGS.selection,
+    def jitted(observables):
+        return jax.jit(
+            lambda h: metrics.layer_geometry(
+                h,
+                observables=observables,
+                range_max=FLAGS.range_max,
+                max_k=FLAGS.max_k,
+                layer_chunk=chunk,
+                selection=FLAGS.selection,
+            )
         )
-    )
+
+    fn = jitted(FLAGS.observables)
     x = jax.device_put(hidden)
     start = time.perf_counter()
     geo = jax.block_until_ready(fn(x))
     print(f"layer_geometry compile + first run: {time.perf_counter() - start:.2f} s")
     jax_min, jax_med, jax_cpu = timed(lambda: jax.block_until_ready(fn(x)), FLAGS.repeats)
     print(
-        f"layer_geometry ({FLAGS.selection} selection): min {jax_min:.3f} s, "
-        f"median {jax_med:.3f} s "
+        f"layer_geometry ({FLAGS.selection} selection, observables={FLAGS.observables}): "
+        f"min {jax_min:.3f} s, median {jax_med:.3f} s "
         f"over {FLAGS.repeats} runs (process CPU {jax_cpu:.3f} s); {load_avg()}"
     )
+    if metrics.registry.canonical(FLAGS.observables) != "paper":
+        paper = jitted("paper")
+        jax.block_until_ready(paper(x))
+        walls = {"paper": [], FLAGS.observables: []}
+        cpus = {"paper": [], FLAGS.observables: []}
+        for _ in range(FLAGS.repeats):  # interleaved, so that load changes hit both
+            for name, f in (("paper", paper), (FLAGS.observables, fn)):
+                wall, _, cpu = timed(lambda f=f: jax.block_until_ready(f(x)), 1)
+                walls[name].append(wall)
+                cpus[name].append(cpu)
+        t_paper, t_obs = min(walls["paper"]), min(walls[FLAGS.observables])
+        c_paper, c_obs = min(cpus["paper"]), min(cpus[FLAGS.observables])
+        print(
+            f"observables={FLAGS.observables} vs paper (interleaved, min of {FLAGS.repeats}): "
+            f"wall {t_obs:.3f} s vs {t_paper:.3f} s = {t_obs / t_paper:.2f}x, process CPU "
+            f"{c_obs:.3f} s vs {c_paper:.3f} s = {c_obs / c_paper:.2f}x; {load_avg()}"
+        )
     if FLAGS.stages:
         print("JAX stages, each jitted separately:")
         for name, sec in jax_stage_times(

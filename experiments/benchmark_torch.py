@@ -179,7 +179,7 @@ def _neighbour_check(hidden, max_k):
 
     rows, tie_only = 0, True
     for x in hidden:
-        idx_jax = np.asarray(metrics.knn(jnp.asarray(x), max_k)[1])
+        idx_jax = np.asarray(metrics.knn(jnp.asarray(x), k=max_k)[1])
         idx_base = np.argsort(euclidean_distances(x), axis=1)[:, 1 : max_k + 1]
         for k in range(1, max_k + 1):
             n, ties = _tie_equivalent(x, idx_jax[:, :k], idx_base[:, :k])

@@ -64,9 +64,9 @@ def test_pairwise_distances_match_cdist():
 
 def test_gride_and_twonn_match_oracle(batch):
     x, mask = batch
-    ids, errs, scales = (np.asarray(a) for a in metrics.gride(x, RANGE_MAX, mask))
-    twonn = np.asarray(metrics.twonn(x, 0.1, mask))
-    twonn_ml = np.asarray(metrics.twonn(x, 0.0, mask))
+    ids, errs, scales = (np.asarray(a) for a in metrics.gride(x, mask, range_max=RANGE_MAX))
+    twonn = np.asarray(metrics.twonn(x, mask, discard_fraction=0.1))
+    twonn_ml = np.asarray(metrics.twonn(x, mask, discard_fraction=0.0))
     assert ids.shape == (3, 6)
     for b, xb, mb in per_cloud(x, mask):
         r_ids, r_errs, r_scales = oracle.gride(xb, RANGE_MAX, mb)
@@ -81,7 +81,7 @@ def test_gride_unsupported_scales_are_nan():
     rng = np.random.default_rng(3)
     x = manifold_cloud(rng, 100, 2, 8)
     mask = np.arange(100) < 40
-    ids, errs, scales = (np.asarray(a) for a in metrics.gride(x, 64, mask))
+    ids, errs, scales = (np.asarray(a) for a in metrics.gride(x, mask, range_max=64))
     # N = 100 gives S = 6 scales (n2 up to 64); 40 valid points support n2 <= 39, i.e. 5 scales.
     assert ids.shape == (6,)
     assert np.isnan(ids[5]) and np.isnan(errs[5]) and np.isnan(scales[5])
@@ -93,9 +93,11 @@ def test_overlap_and_cosine_match_oracle(batch):
     x, mask = batch
     rng = np.random.default_rng(1)
     y = np.tanh(x * 1.5) + 0.05 * rng.standard_normal(x.shape).astype(np.float32)
-    chi = np.asarray(metrics.neighborhood_overlap(x, y, MAX_K, mask))
+    chi = np.asarray(metrics.neighborhood_overlap(x, y, mask, max_k=MAX_K))
     mean, std = (np.asarray(a) for a in metrics.cosine_similarity_stats(x, mask))
-    mean_nd, std_nd = (np.asarray(a) for a in metrics.cosine_similarity_stats(x, mask, False))
+    mean_nd, std_nd = (
+        np.asarray(a) for a in metrics.cosine_similarity_stats(x, mask, include_diagonal=False)
+    )
     for b, xb, mb in per_cloud(x, mask):
         np.testing.assert_allclose(chi[b], oracle.overlap(xb, y[b], MAX_K, mb), rtol=0, atol=1e-6)
         r_mean, r_std = oracle.cosine_stats(xb, mb)
@@ -107,7 +109,7 @@ def test_overlap_and_cosine_match_oracle(batch):
 
 def test_knn_matches_oracle_with_mask(batch):
     x, mask = batch
-    dists, idx = (np.asarray(a) for a in metrics.knn(x, MAX_K, mask))
+    dists, idx = (np.asarray(a) for a in metrics.knn(x, mask, k=MAX_K))
     for b, xb, mb in per_cloud(x, mask):
         valid = np.flatnonzero(mb)
         ref_idx = valid[oracle.neighbour_lists(xb[valid], MAX_K)]
@@ -124,7 +126,7 @@ def test_knn_ties_go_to_lower_index():
     g = np.stack(np.meshgrid(*[np.arange(-2, 3)] * 3, indexing="ij"), -1).reshape(-1, 3)
     x = np.concatenate([g, g[[5, 5, 17]], -g[[5, 5, 17]]]).astype(np.float32)
     x = x[np.random.default_rng(0).permutation(x.shape[0])]
-    dists, idx = (np.asarray(a) for a in metrics.knn(x, 12))
+    dists, idx = (np.asarray(a) for a in metrics.knn(x, k=12))
     ref = oracle.neighbour_lists(x, 12)
     np.testing.assert_array_equal(idx, ref)
     d = oracle.distances(x)
@@ -149,11 +151,11 @@ def test_knn_large_common_offset():
     ref = oracle.neighbour_lists(x, MAX_K)
     naive = _naive_gram_lists(x, MAX_K)
     assert (naive != ref).mean() > 0.3  # the Gram trick alone fails here
-    dists, idx = (np.asarray(a) for a in metrics.knn(x, MAX_K))
+    dists, idx = (np.asarray(a) for a in metrics.knn(x, k=MAX_K))
     np.testing.assert_array_equal(idx, ref)
     d = oracle.distances(x)
     np.testing.assert_allclose(dists, np.take_along_axis(d, ref, 1), rtol=1e-5)
-    chi = np.asarray(metrics.neighborhood_overlap(x, x[:, ::-1] * 2.0, MAX_K))
+    chi = np.asarray(metrics.neighborhood_overlap(x, x[:, ::-1] * 2.0, max_k=MAX_K))
     np.testing.assert_allclose(chi, 1.0, atol=1e-6)
 
 
@@ -167,7 +169,7 @@ def test_knn_distances_are_refined_exactly():
         [c + 1e-2 * rng.standard_normal((60, 16)), -c + 1e-2 * rng.standard_normal((60, 16))]
     )
     x = x.astype(np.float32)
-    dists, idx = (np.asarray(a) for a in metrics.knn(x, 5))
+    dists, idx = (np.asarray(a) for a in metrics.knn(x, k=5))
     direct = np.sqrt(((x[:, None, :] - x[idx]) ** 2).sum(-1, dtype=np.float64))
     np.testing.assert_allclose(dists, direct, rtol=2e-6)
     gram = np.asarray(metrics.pairwise_distances(x))
@@ -203,7 +205,7 @@ def test_selection_paths_identical():
     host = metrics.layer_geometry(hidden, mask, range_max=RANGE_MAX, max_k=MAX_K, selection="host")
     xla = metrics.layer_geometry(hidden, mask, range_max=RANGE_MAX, max_k=MAX_K, selection="xla")
     _assert_same(host, xla)
-    results = [metrics.knn(hidden[0, 0], MAX_K, selection=s) for s in ("host", "xla", "auto")]
+    results = [metrics.knn(hidden[0, 0], k=MAX_K, selection=s) for s in ("host", "xla", "auto")]
     for dists, idx in results[1:]:
         np.testing.assert_array_equal(idx, results[0][1])
         np.testing.assert_array_equal(dists, results[0][0])

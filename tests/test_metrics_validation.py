@@ -15,7 +15,7 @@ def test_n_too_small_for_max_k():
     with pytest.raises(ValueError, match=r"max_k=32 needs N >= 33"):
         metrics.layer_geometry(hidden((2, 3, 20, 8)), max_k=32, range_max=8)
     with pytest.raises(ValueError, match=r"k=70 needs N >= 71"):
-        metrics.knn(hidden((64, 8)), 70)
+        metrics.knn(hidden((64, 8)), k=70)
     with pytest.raises(ValueError, match=r"max_k=64"):
         metrics.neighborhood_overlap(hidden((64, 8)), hidden((64, 8), 1), max_k=64)
 
@@ -82,7 +82,7 @@ def test_mask_with_too_few_valid_points():
     ):
         metrics.layer_geometry(hidden(), mask, range_max=8, max_k=16)
     with pytest.raises(ValueError, match=r"mask has fewer than 3 valid points"):
-        metrics.gride(hidden((64, 8)), 8, np.arange(64) < 2)
+        metrics.gride(hidden((64, 8)), np.arange(64) < 2, range_max=8)
 
 
 def test_bad_options():
@@ -107,11 +107,11 @@ def test_non_boolean_mask_values_are_refused():
     with pytest.raises(ValueError, match=r"mask must be boolean \(or 0/1\)"):
         metrics.layer_geometry(hidden(), stack, range_max=8, max_k=4)
     for fn in (
-        lambda m: metrics.knn(hidden((64, 8)), 4, m),
-        lambda m: metrics.gride(hidden((64, 8)), 8, m),
+        lambda m: metrics.knn(hidden((64, 8)), m, k=4),
+        lambda m: metrics.gride(hidden((64, 8)), m, range_max=8),
         lambda m: metrics.twonn(hidden((64, 8)), mask=m),
         lambda m: metrics.cosine_similarity_stats(hidden((64, 8)), m),
-        lambda m: metrics.neighborhood_overlap(hidden((64, 8)), hidden((64, 8), 1), 4, m),
+        lambda m: metrics.neighborhood_overlap(hidden((64, 8)), hidden((64, 8), 1), m, max_k=4),
     ):
         with pytest.raises(ValueError, match=r"mask must be boolean \(or 0/1\)"):
             fn(mask)

@@ -56,7 +56,7 @@ def _cosine_similarity_stats(x, valid, include_diagonal):
     return cosine_stats_from_gram(x, valid, gram, centre, include_diagonal)
 
 
-def cosine_similarity_stats(x, mask=None, include_diagonal=True):
+def cosine_similarity_stats(x, mask=None, *, include_diagonal=True):
     """(mean, std) [...] of the N x N cosine-similarity matrix of each cloud x [..., N, D].
 
     The paper's definition includes the diagonal (include_diagonal=True);

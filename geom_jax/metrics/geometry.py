@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from geom_jax.metrics import catalog, neighbors, registry, unique, validation
+from geom_jax.metrics import catalog, host_callback, registry, unique, validation
 
 
 @jax.tree_util.register_pytree_node_class
@@ -74,28 +74,59 @@ def _layer_geometry(hidden, mask, inputs, *, names, static_options, layer_chunk)
     layered = [o for o in observables if o.scope in ("layer", "pair")]
     knn_k, ranks = registry.needs(observables, options, n)
 
-    def chunk_fn(start, layers, _):
-        """layers [b, c, N, D] -> per-layer outputs with leading axes [c, b]."""
+    chunk = auto_layer_chunk(n_layers, b, n) if layer_chunk is None else min(layer_chunk, n_layers)
+    stack = registry.StackContext(h, valid, options, per_prompt | shared, chunk)
+    isolated = registry.Isolated(stack)
+    prepared = {o.name: o.prepare(isolated) for o in layered if o.prepare is not None}
+    carried = [o for o in layered if o.previous is not None]
+
+    def chunk_fn(start, layers, _, carry_in=None):
+        """layers [b, c, N, D] -> per-layer outputs with leading axes [c, b] (and,
+        for observables with `previous`, the carry: their last layer's arrays)."""
         c = layers.shape[1]
         clouds = jnp.swapaxes(layers, 0, 1).reshape((c * b, n, d))
         vb = jnp.broadcast_to(valid, (c, b, n)).reshape((c * b, n))
+
+        def per_cloud(v):
+            return jnp.broadcast_to(v, (c,) + v.shape).reshape((c * b,) + v.shape[1:])
+
         chunk_inputs = dict(shared)
-        for k, v in per_prompt.items():
-            chunk_inputs[k] = jnp.broadcast_to(v, (c,) + v.shape).reshape((c * b,) + v.shape[1:])
+        chunk_inputs.update({k: per_cloud(v) for k, v in per_prompt.items()})
         layer = jnp.repeat(start + jnp.arange(c, dtype=jnp.int32), b)
         ctx = registry.LayerContext(
             clouds, vb, options, knn_k=knn_k, ranks=ranks, inputs=chunk_inputs, layer=layer
         )
-        view = registry.Isolated(ctx)
-        outs = {o.name: o.compute(ctx if o.name in registry.PAPER else view) for o in layered}
-        return jax.tree.map(lambda a: a.reshape((c, b) + a.shape[1:]), outs)
+        outs, carry_out = {}, {}
+        for o in layered:
+            if o.name in registry.PAPER:
+                outs[o.name] = o.compute(ctx)
+                continue
+            own = {}
+            if o.name in prepared:
+                own["prepared"] = jax.tree.map(per_cloud, prepared[o.name])
+            if o.previous is not None:
+                mine = jax.tree.map(
+                    lambda a: a.reshape((c, b) + a.shape[1:]),
+                    o.previous(registry.Isolated(ctx, **own)),
+                )
+                before = jax.tree.map(lambda a: jnp.zeros_like(a[0]), mine)
+                if carry_in is not None:
+                    before = carry_in[o.name]
+                own["previous"] = jax.tree.map(
+                    lambda p, m: jnp.concatenate([p[None], m[:-1]]).reshape((c * b,) + m.shape[2:]),
+                    before,
+                    mine,
+                )
+                carry_out[o.name] = jax.tree.map(lambda a: a[-1], mine)
+            outs[o.name] = o.compute(registry.Isolated(ctx, **own))
+        outs = jax.tree.map(lambda a: a.reshape((c, b) + a.shape[1:]), outs)
+        return (outs, carry_out) if carried else outs
 
-    chunk = auto_layer_chunk(n_layers, b, n) if layer_chunk is None else min(layer_chunk, n_layers)
-    per_layer = registry.map_chunks(chunk_fn, h, [], chunk) if layered else {}
+    per_layer = {}
+    if layered:
+        per_layer = registry.map_chunks(chunk_fn, h, [], chunk, carry=bool(carried))
 
     result = {}
-    stack = registry.StackContext(h, valid, options, per_prompt | shared, chunk)
-    isolated = registry.Isolated(stack)
     for o in observables:
         if o.scope == "layer":
             fields = per_layer[o.name]
@@ -116,7 +147,7 @@ def options_of(
     range_max=256,
     max_k=32,
     id_k=20,
-    entropy_alpha=1.0,
+    entropy_alpha=2.0,
     twonn_discard_fraction=0.1,
     include_diagonal=True,
     selection="auto",
@@ -183,7 +214,7 @@ def layer_geometry(
     range_max=256,
     max_k=32,
     id_k=20,
-    entropy_alpha=1.0,
+    entropy_alpha=2.0,
     layer_chunk=None,
     twonn_discard_fraction=0.1,
     include_diagonal=True,
@@ -205,7 +236,9 @@ def layer_geometry(
     observables and cosine all valid tokens.
 
     Options: range_max (GRIDE), max_k (overlap, reciprocity), id_k (MLE /
-    TLE neighbours), entropy_alpha (matrix entropy), twonn_discard_fraction,
+    TLE neighbours), entropy_alpha (matrix entropy; default 2, from the
+    shared Gram matrix; 1 needs an eigendecomposition per layer, several
+    times the rest's cost on CPU), twonn_discard_fraction,
     include_diagonal (cosine), selection ("auto": NumPy host selection on
     CPU, lax.top_k elsewhere; "host"; "xla"), options (a dict for
     observables registered outside the library). inputs: arrays the
@@ -221,7 +254,7 @@ def layer_geometry(
     fields.
     """
     names = registry.resolve(observables)
-    neighbors._check_method(selection)
+    host_callback.check_method(selection)
     validation.check_discard_fraction(twonn_discard_fraction, "twonn_discard_fraction")
     if layer_chunk is not None and (not isinstance(layer_chunk, int) or layer_chunk < 1):
         raise ValueError(f"layer_chunk must be a positive integer or None, got {layer_chunk!r}")

@@ -7,18 +7,21 @@ carry no information about them (Glielmo et al. 2022, PNAS Nexus 1(2)
 pgac039, eq. 1; DADApy ``return_inf_imb_two_selected_coords`` with full
 ranks). All valid tokens take part; N is their number. Ranks are counted
 on the centred Gram matrix's keys |x_j|^2 - 2 x_i . x_j (ties to the lower
-index), nearest neighbours come from the exact lists.
+index), nearest neighbours come from the exact lists. In layer_geometry each
+layer's Gram matrix is carried to the next layer, so both directions of
+every consecutive pair need no Gram matrix beyond the shared ones (plus the
+last layer's, twice).
 """
 
 import jax.numpy as jnp
 
-from geom_jax.metrics import distances, registry, validation
+from geom_jax.metrics import distances, refinement, registry, validation
 
 
-def ranks_of(x, valid, queries):
-    """rank_x(i, queries[i, q]) [C, N, Q] int32, from 1, among valid points other than i."""
-    gram, _ = distances.centred_gram(x, valid)
-    n = x.shape[-2]
+def ranks_from_gram(gram, valid, queries):
+    """rank(i, queries[i, q]) [C, N, Q] int32 from the centred Gram matrix [C, N, N]:
+    from 1, among valid points other than i, by (key, index) order."""
+    n = gram.shape[-1]
     sq = jnp.diagonal(gram, axis1=-2, axis2=-1)
     keys = sq[..., None, :] - 2.0 * gram
     keys = jnp.where(valid[..., None, :] & ~jnp.eye(n, dtype=bool), keys, jnp.inf)
@@ -29,6 +32,11 @@ def ranks_of(x, valid, queries):
         (keys[..., :, None, :] == kq[..., None]) & (cols < q[..., None])
     )
     return 1 + jnp.sum(before, axis=-1, dtype=jnp.int32)
+
+
+def ranks_of(x, valid, queries):
+    """rank_x(i, queries[i, q]) [C, N, Q] for clouds x [C, N, D]."""
+    return ranks_from_gram(distances.centred_gram(x, valid)[0], valid, queries)
 
 
 def imbalance_from_ranks(ranks, valid):
@@ -82,35 +90,53 @@ def information_imbalance(x, y, mask=None, *, selection="auto"):
     return jnp.stack([delta[c:], delta[:c]], axis=-1).reshape(batch + (2,))
 
 
-def _combine(carry, stack):
-    """Per layer pair (l, l+1) and each layer against the last, from the nn1 lists
-    [L, B, N]: one more Gram matrix per layer to count ranks."""
-    nn = carry["nn1"]
-    n_layers = nn.shape[0]
-    prev = jnp.concatenate([nn[:1], nn[:-1]], axis=0)
-    nxt = jnp.concatenate([nn[1:], nn[-1:]], axis=0)
-    last = jnp.broadcast_to(nn[-1], nn.shape)
-    queries = jnp.stack([prev, nxt, last], axis=-1)
-    ranks = stack.map_layers(lambda x, v, q: ranks_of(x, v, q), queries)  # [L, B, N, 3]
-    valid = stack.valid
-    d = lambda r: imbalance_from_ranks(r, valid)
-    from_prev, from_next, from_last = d(ranks[..., 0]), d(ranks[..., 1]), d(ranks[..., 2])
-    x_last = stack.hidden[:, -1]
-    to_last = ranks_of(x_last, valid, jnp.moveaxis(nn, 0, -1))  # [B, N, L]
-    to_last = d(jnp.moveaxis(to_last, -1, 0))  # [L, B]
-    next_pair = jnp.stack([from_prev[1:], from_next[:-1]], axis=-1)  # [L-1, B, 2]
-    del n_layers
+def _prepare(stack):
+    """The last layer's nearest neighbours [B, N], needed by every layer's Delta(last -> l)."""
+    x, valid = stack.hidden[:, -1], stack.valid
+    gram, _ = distances.centred_gram(x, valid)
+    _, idx = refinement.exact_knn(x, gram, valid, 1, stack.options["selection"])
+    return {"nn_last": idx[..., 0]}
+
+
+def _previous(ctx):
+    return {"gram": ctx.gram, "nn1": ctx.knn_idx[..., 0]}
+
+
+def _compute(ctx):
+    """Per layer l, from its Gram matrix and the previous layer's (carried):
+    Delta(l-1 -> l), Delta(l -> l-1), Delta(last -> l); and nn1 for the end."""
+    valid, prev, nn = ctx.valid, ctx.previous, ctx.knn_idx[..., 0]
+    here = ranks_from_gram(
+        ctx.gram, valid, jnp.stack([prev["nn1"], ctx.prepared["nn_last"]], axis=-1)
+    )
+    back = ranks_from_gram(prev["gram"], valid, nn[..., None])[..., 0]
     return {
-        "info_imbalance_next": next_pair,
-        "info_imbalance_last": jnp.stack([to_last, from_last], axis=-1),
+        "from_prev": imbalance_from_ranks(here[..., 0], valid),
+        "to_prev": imbalance_from_ranks(back, valid),
+        "from_last": imbalance_from_ranks(here[..., 1], valid),
+        "nn1": nn,
+    }
+
+
+def _combine(carry, stack):
+    """Fields from the per-layer values [L, B]; Delta(l -> last) from one more Gram
+    matrix (the last layer's) with every layer's nearest neighbours as queries."""
+    valid = stack.valid
+    to_last = ranks_of(stack.hidden[:, -1], valid, jnp.moveaxis(carry["nn1"], 0, -1))
+    to_last = imbalance_from_ranks(jnp.moveaxis(to_last, -1, 0), valid)  # [L, B]
+    return {
+        "info_imbalance_next": jnp.stack([carry["from_prev"][1:], carry["to_prev"][1:]], axis=-1),
+        "info_imbalance_last": jnp.stack([to_last, carry["from_last"]], axis=-1),
     }
 
 
 OBSERVABLE = registry.Observable(
     name="info_imbalance",
     scope="pair",
-    compute=lambda ctx: {"nn1": _nn1(ctx)},
+    compute=_compute,
     combine=_combine,
+    prepare=_prepare,
+    previous=_previous,
     fields=(
         registry.Field(
             "info_imbalance_next",

@@ -12,7 +12,15 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from geom_jax.metrics import distances, neighbors, registry, sharding, unique, validation
+from geom_jax.metrics import (
+    distances,
+    host_callback,
+    neighbors,
+    registry,
+    sharding,
+    unique,
+    validation,
+)
 
 BISECTION_LO = 1e-3
 BISECTION_HI = 1e3
@@ -198,14 +206,14 @@ def _twonn(x, mask, discard_fraction, method):
     return twonn_from_neighbors(r[..., 0], r[..., 1], keep, discard_fraction)
 
 
-def gride(x, range_max=256, mask=None, *, selection="auto"):
+def gride(x, mask=None, *, range_max=256, selection="auto"):
     """GRIDE intrinsic dimension (Denti et al. 2022) of each cloud x [..., N, D].
 
     Scales n1 = 1, 2, 4, ..., 2**(S-1), n2 = 2 n1, S = floor(log2(min(N,
     range_max))). Returns (ids, errs, scales) [..., S] float32; NaN where the
     unique valid points cannot support a scale (n2 > n_unique - 1).
     """
-    neighbors._check_method(selection)
+    host_callback.check_method(selection)
     x = validation.as_points(x, "x")
     validation.check_range_max(x.shape[-2], range_max)
     mask = validation.as_mask(mask, x.shape[:-2], x.shape[-2])
@@ -213,13 +221,13 @@ def gride(x, range_max=256, mask=None, *, selection="auto"):
     return _gride(x, mask, validation.n_scales(x.shape[-2], range_max), selection)
 
 
-def twonn(x, discard_fraction=0.1, mask=None, *, selection="auto"):
+def twonn(x, mask=None, *, discard_fraction=0.1, selection="auto"):
     """TwoNN intrinsic dimension (Facco et al. 2017) of each cloud x [..., N, D] -> [...].
 
     discard_fraction=0.1: linear fit through the origin on the 90% smallest
     ratios (DADApy's default); 0.0: the maximum-likelihood form.
     """
-    neighbors._check_method(selection)
+    host_callback.check_method(selection)
     validation.check_discard_fraction(discard_fraction)
     x = validation.as_points(x, "x")
     if x.shape[-2] < validation.MIN_VALID_POINTS:

@@ -10,7 +10,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from geom_jax.metrics import distances, neighbors, registry, validation
+from geom_jax.metrics import distances, host_callback, neighbors, registry, validation
 
 
 def overlap_from_lists(a, b, valid):
@@ -45,13 +45,13 @@ def _neighborhood_overlap(x, y, valid, max_k, method):
     return overlap_from_lists(a, b, valid)
 
 
-def neighborhood_overlap(x, y, max_k=32, mask=None, *, selection="auto"):
+def neighborhood_overlap(x, y, mask=None, *, max_k=32, selection="auto"):
     """chi_k between clouds x [..., N, D] and y [..., N, D'] -> [..., max_k].
 
     out[..., k-1] = chi_k for k = 1..max_k; only points with mask True take
     part (as points and as neighbours).
     """
-    neighbors._check_method(selection)
+    host_callback.check_method(selection)
     x = validation.as_points(x, "x")
     y = validation.as_points(y, "y")
     if x.shape[:-1] != y.shape[:-1]:

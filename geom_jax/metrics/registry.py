@@ -129,6 +129,13 @@ class Observable:
     """(valid points, distinct valid points) needed per prompt and layer."""
     embedding: bool = False
     """The pipeline also computes it on the embedding output (layer 0)."""
+    prepare: Callable | None = None
+    """prepare(pctx: StackContext) -> per-prompt arrays [B, ...], computed once
+    before the layer loop; compute reads them as ctx.prepared ([C, ...])."""
+    previous: Callable | None = None
+    """previous(ctx) -> arrays [C, ...] the next layer needs from this one
+    (e.g. its Gram matrix); compute reads the previous layer's as ctx.previous
+    (zeros for the first layer), carried across layer chunks."""
     in_all: bool = True
     """Part of the "all" set (False for costly model-level ones, asked for by name)."""
 
@@ -347,12 +354,16 @@ class Isolated:
     layer_geometry hands it to every observable outside the paper's set, so
     that XLA cannot merge (CSE) or fuse their operations with the paper's:
     requesting more observables never changes the paper's values, bit for bit.
+    ``own`` holds per-observable attributes (prepared, previous).
     """
 
-    def __init__(self, ctx):
+    def __init__(self, ctx, **own):
         self._ctx = ctx
+        self._own = own
 
     def __getattr__(self, name):
+        if name in self._own:
+            return _barrier(self._own[name])
         value = getattr(self._ctx, name)
         if callable(value) and not isinstance(value, jax.Array):
             return lambda *a, **k: _barrier(value(*a, **k))
@@ -440,24 +451,41 @@ def on_points(fn, x, valid, options, *, knn_k=0, ranks=()):
     )
 
 
-def map_chunks(chunk_fn, h, per_layer, chunk):
+def map_chunks(chunk_fn, h, per_layer, chunk, carry=False):
     """chunk_fn(start, layers [B, c, N, D], per_layer args [c, ...]) over layer chunks of h
     [B, L, N, D]; outputs [c, ...] are stacked to [L, ...]. Equal chunks; a last
     partial chunk is the final `chunk` layers (overlapping the previous one), so
-    that no padded copy of the stack is made."""
+    that no padded copy of the stack is made.
+
+    With carry, chunk_fn(start, layers, args, carry_in) -> (outputs, carry_out)
+    runs as a scan (carry_in None for the first chunk). Only the overlapping last
+    chunk sees a carry from a layer other than its first layer's predecessor, and
+    its outputs for those overlapped layers are dropped."""
     n_layers = h.shape[1]
     if chunk >= n_layers:
+        if carry:
+            return chunk_fn(jnp.int32(0), h, list(per_layer), None)[0]
         return chunk_fn(jnp.int32(0), h, list(per_layer))
     n_full, rem = divmod(n_layers, chunk)
     starts = [i * chunk for i in range(n_full)] + ([n_layers - chunk] if rem else [])
-    outs = lax.map(
-        lambda start: chunk_fn(
+
+    def sliced(start):
+        return (
             start,
             lax.dynamic_slice_in_dim(h, start, chunk, axis=1),
             [lax.dynamic_slice_in_dim(a, start, chunk, axis=0) for a in per_layer],
-        ),
-        jnp.asarray(starts, jnp.int32),
-    )
+        )
+
+    if carry:
+        first, state = chunk_fn(*sliced(jnp.int32(0)), None)
+        _, rest = lax.scan(
+            lambda c, start: chunk_fn(*sliced(start), c)[::-1],
+            state,
+            jnp.asarray(starts[1:], jnp.int32),
+        )
+        outs = jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), first, rest)
+    else:
+        outs = lax.map(lambda start: chunk_fn(*sliced(start)), jnp.asarray(starts, jnp.int32))
 
     def layers_of(o):
         full = o[:n_full].reshape((n_full * chunk,) + o.shape[2:])

@@ -7,9 +7,11 @@
   Theory 61(1), eq. 9; the "prompt entropy" of Skean et al. 2025, ICML,
   arXiv:2502.02013) of rho = C / N, C the N x N cosine-similarity matrix of the
   valid points: S_alpha = log(sum lambda^alpha) / (1 - alpha); alpha = 2 from
-  the Frobenius norm, alpha = 1 (von Neumann, -sum lambda log lambda) and other
-  alpha from the eigenvalues of the smaller of U U^T / N and U^T U / N (U the
-  unit-normalised points), which share the nonzero spectrum.
+  the Frobenius norm of C, read off the shared centred Gram matrix in one
+  N x N pass (layer_geometry's default: no eigendecomposition), alpha = 1
+  (von Neumann, -sum lambda log lambda) and other alpha from the eigenvalues
+  of the smaller of U U^T / N and U^T U / N (U the unit-normalised points),
+  which share the nonzero spectrum.
 All valid points take part, duplicates included.
 """
 
@@ -34,11 +36,29 @@ def _unit_rows(x, valid):
     return xv * inv[..., None]
 
 
-def matrix_entropy_of(x, valid, alpha):
-    """Matrix-based Renyi entropy [C] of the cosine matrix / N of x [C, N, D]."""
+def cosine_frobenius_from_gram(x, valid, gram, centre):
+    """sum_ij cos(x_i, x_j)^2 [C] over valid pairs, from the centred Gram matrix:
+    x_i . x_j = G_ij + a_i + a_j with a_i = x_i . c - |c|^2 / 2 (one N x N pass)."""
     hi = distances.HIGHEST
-    u = _unit_rows(x, valid)
+    xv = jnp.where(valid[..., None], x, 0.0)
+    norm2 = jnp.sum(xv * xv, axis=-1)
+    inv = jnp.where(norm2 > 0, lax.rsqrt(jnp.where(norm2 > 0, norm2, 1.0)), 0.0)
+    a = (
+        jnp.einsum("...nd,...d->...n", xv, centre, precision=hi)
+        - 0.5 * jnp.sum(centre * centre, axis=-1)[..., None]
+    )
+    cos = (gram + a[..., :, None] + a[..., None, :]) * inv[..., :, None] * inv[..., None, :]
+    return jnp.einsum("...ij,...ij->...", cos, cos, precision=hi)
+
+
+def matrix_entropy_of(x, valid, alpha, gram=None, centre=None):
+    """Matrix-based Renyi entropy [C] of the cosine matrix / N of x [C, N, D]
+    (alpha = 2 from the centred Gram matrix and centre when given)."""
+    hi = distances.HIGHEST
     count = jnp.sum(valid, axis=-1).astype(jnp.float32)
+    if alpha == 2.0 and gram is not None:
+        return -jnp.log(cosine_frobenius_from_gram(x, valid, gram, centre) / (count * count))
+    u = _unit_rows(x, valid)
     n, d = x.shape[-2:]
     if d <= n:
         small = jnp.einsum("...nd,...ne->...de", u, u, precision=hi)
@@ -64,9 +84,10 @@ def _pr(ctx):
 
 
 def _entropy(ctx):
-    return {
-        "matrix_entropy": matrix_entropy_of(ctx.x, ctx.valid, float(ctx.options["entropy_alpha"]))
-    }
+    alpha = float(ctx.options["entropy_alpha"])
+    if alpha == 2.0:
+        return {"matrix_entropy": matrix_entropy_of(ctx.x, ctx.valid, alpha, ctx.gram, ctx.centre)}
+    return {"matrix_entropy": matrix_entropy_of(ctx.x, ctx.valid, alpha)}
 
 
 def _points(x, mask):
@@ -115,7 +136,7 @@ MATRIX_ENTROPY = registry.Observable(
             "matrix_entropy", (), "matrix-based Renyi entropy (alpha = entropy_alpha) of C / N."
         ),
     ),
-    consumes=("points",),
+    consumes=("points", "gram"),
     doc=__doc__,
     reference="Giraldo et al. 2014, eq. 9; Skean et al. 2025, arXiv:2502.02013",
     reduce="spectrum of the cosine matrix over valid tokens",

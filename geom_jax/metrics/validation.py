@@ -41,6 +41,11 @@ def as_mask(mask, batch_shape, n, name="mask"):
     """Bool mask broadcast to batch_shape + (N,), or None."""
     if mask is None:
         return None
+    if isinstance(mask, (int, float, np.integer, np.floating)) and not isinstance(mask, bool):
+        raise ValueError(
+            f"{name} must be a boolean array [..., N], got the number {mask!r} (options such as "
+            "k, max_k, range_max are keyword-only: f(x, mask=None, *, ...))"
+        )
     if not hasattr(mask, "shape"):
         mask = np.asarray(mask)
     if len(mask.shape) == 0 or mask.shape[-1] != n:

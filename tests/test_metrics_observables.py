@@ -1,0 +1,367 @@
+"""The observables beyond the paper's four: reference fixtures, float64 oracle,
+layer_geometry(observables=...) against each function, registration, bad input."""
+
+import os
+
+import jax.numpy as jnp
+import numpy as np
+import oracle
+import pytest
+
+from geom_jax import metrics, pipeline, results
+from geom_jax.metrics import registry
+
+REF = np.load(os.path.join(os.path.dirname(__file__), "fixtures", "observables_reference.npz"))
+CASES = sorted({k.split("/")[0] for k in REF.files})
+GRAPH_CASES = [c for c in CASES if f"{c}/reciprocity" in REF.files]
+
+
+def ref(case, field):
+    return REF[f"{case}/{field}"]
+
+
+def rel(got, want):
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    assert got.shape == want.shape, (got.shape, want.shape)
+    return float(np.max(np.abs(got / want - 1.0)))
+
+
+def test_fixture_cases_present():
+    assert CASES == ["cube_dups", "gauss6", "llm", "swiss"]
+    assert GRAPH_CASES == ["gauss6", "llm", "swiss"]
+
+
+# ------------------------------------------------------------------ acceptance 1: fixtures
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_id_estimators_match_scikit_dimension(case):
+    points = ref(case, "points")
+    for name, fn in (("mle", metrics.mle_id), ("tle", metrics.tle_id)):
+        glob, pw = (np.asarray(a) for a in fn(points, k=20))
+        assert rel(glob, ref(case, name)) < 1e-3, name
+        for layer in range(points.shape[0]):
+            got = pw[layer][~np.isnan(pw[layer])]  # NaN exactly at the duplicates
+            assert rel(got, ref(case, f"{name}_pw_{layer}")) < 2e-3, (name, layer)
+    if case == "cube_dups":
+        keep = np.asarray(metrics.unique_mask(points))
+        assert np.array_equal(np.isnan(pw), ~keep) and keep.sum() == 472
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_spectral_observables_match_reference(case):
+    points = ref(case, "points")
+    assert rel(metrics.participation_ratio(points), ref(case, "participation_ratio")) < 1e-4
+    for alpha in (1, 2):
+        got = metrics.matrix_entropy(points, alpha=float(alpha))
+        np.testing.assert_allclose(got, ref(case, f"matrix_entropy_{alpha}"), rtol=1e-3)
+
+
+@pytest.mark.parametrize("case", GRAPH_CASES)
+def test_graph_observables_match_reference(case):
+    points = ref(case, "points")
+    np.testing.assert_allclose(
+        metrics.reciprocity(points, max_k=32), ref(case, "reciprocity"), rtol=0, atol=1e-6
+    )
+    sim = np.asarray(metrics.nn_similarity(points))
+    np.testing.assert_allclose(sim, ref(case, "nn_similarity"), rtol=0, atol=1e-4)
+    np.testing.assert_allclose(sim.mean(-1), ref(case, "nn_similarity_mean"), rtol=0, atol=1e-4)
+    np.testing.assert_allclose(metrics.curvature(points), ref(case, "curvature"), atol=1e-4)
+    ii = metrics.information_imbalance(points[:-1], points[1:])
+    np.testing.assert_allclose(ii, ref(case, "info_imbalance"), rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("case", ["llm"])
+def test_layer_geometry_matches_reference(case):
+    points = ref(case, "points")
+    geo = metrics.layer_geometry(points, observables="all", range_max=64, max_k=32)
+    assert rel(geo.mle_id, ref(case, "mle")) < 1e-3
+    assert rel(geo.tle_id, ref(case, "tle")) < 1e-3
+    np.testing.assert_allclose(geo.reciprocity, ref(case, "reciprocity"), atol=1e-6, rtol=0)
+    np.testing.assert_allclose(geo.info_imbalance_next, ref(case, "info_imbalance"), atol=1e-4)
+    np.testing.assert_allclose(geo.nn_similarity, ref(case, "nn_similarity_mean"), atol=1e-4)
+    np.testing.assert_allclose(geo.matrix_entropy, ref(case, "matrix_entropy_2"), rtol=1e-3)
+    for layer in range(points.shape[0]):
+        assert rel(geo.local_id[layer], ref(case, f"mle_pw_{layer}")) < 2e-3
+
+
+# ------------------------------------------------------------------ float64 oracle
+
+
+def cloud(rng, n, d_int, d, offset=0.0):
+    z = rng.standard_normal((n, d_int))
+    x = np.tanh(z @ rng.standard_normal((d_int, d))) + 0.3 * np.sin(
+        z @ rng.standard_normal((d_int, d))
+    )
+    return (x + 0.01 * rng.standard_normal((n, d)) + offset).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def batch():
+    """Clouds [2, 120, 10] with a large offset; the second padded after 90 tokens."""
+    rng = np.random.default_rng(3)
+    x = np.stack([cloud(rng, 120, 3, 10, 20.0), cloud(rng, 120, 4, 10, -5.0)])
+    mask = np.ones((2, 120), bool)
+    mask[1, 90:] = False
+    x[1, 90:] = rng.standard_normal((30, 10)) * 100  # padding garbage
+    return x, mask
+
+
+def test_new_functions_match_float64_oracle(batch):
+    x, mask = batch
+    y = np.tanh(1.3 * x) + 0.05 * np.random.default_rng(4).standard_normal(x.shape)
+    y = y.astype(np.float32)
+    rec = np.asarray(metrics.reciprocity(x, mask, max_k=10))
+    sim = np.asarray(metrics.nn_similarity(x, mask))
+    ii = np.asarray(metrics.information_imbalance(x, y, mask))
+    mle_g, mle_p = (np.asarray(a) for a in metrics.mle_id(x, mask, k=10))
+    tle_g, tle_p = (np.asarray(a) for a in metrics.tle_id(x, mask, k=10))
+    pr = np.asarray(metrics.participation_ratio(x, mask))
+    ent1 = np.asarray(metrics.matrix_entropy(x, mask))
+    ent3 = np.asarray(metrics.matrix_entropy(x, mask, alpha=3.0))
+    curv = np.asarray(metrics.curvature(x, mask))
+    for b in range(2):
+        m = mask[b]
+        np.testing.assert_allclose(rec[b], oracle.reciprocity(x[b], 10, m), atol=1e-6)
+        np.testing.assert_allclose(sim[b, m], oracle.nn_similarity(x[b], m), atol=1e-4)
+        assert np.all(np.isnan(sim[b, ~m]))
+        np.testing.assert_allclose(ii[b], oracle.information_imbalance(x[b], y[b], m), atol=1e-4)
+        g, p = oracle.mle(x[b], 10, m)
+        assert rel(mle_g[b], g) < 1e-4 and rel(mle_p[b, m], p) < 1e-4
+        assert np.all(np.isnan(mle_p[b, ~m]))
+        g, p = oracle.tle(x[b], 10, m)
+        assert rel(tle_g[b], g) < 1e-3 and rel(tle_p[b, m], p) < 2e-3
+        assert rel(pr[b], oracle.participation_ratio(x[b], m)) < 1e-4
+        np.testing.assert_allclose(ent1[b], oracle.matrix_entropy(x[b], 1.0, m), rtol=1e-4)
+        np.testing.assert_allclose(ent3[b], oracle.matrix_entropy(x[b], 3.0, m), rtol=1e-4)
+        np.testing.assert_allclose(curv[b], oracle.curvature(x[b], m), atol=1e-4)
+
+
+def test_curvature_small_angles_are_accurate():
+    # A nearly straight line: arccos(u . w) in float32 would be off by ~5e-4 rad.
+    t = np.arange(50, dtype=np.float64)
+    x = np.stack([t, 1e-3 * np.sin(t), np.zeros_like(t)], -1) + 100.0
+    got = float(metrics.curvature(x.astype(np.float32)))
+    want = oracle.curvature(x.astype(np.float32))
+    assert want < 3e-3 and abs(got - want) < 2e-5
+
+
+def test_duplicates_are_nan_pointwise_and_kept_by_graph_observables():
+    rng = np.random.default_rng(9)
+    x = cloud(rng, 80, 3, 8)
+    x[40] = x[5]
+    _, pw = metrics.mle_id(x, k=8)
+    assert np.isnan(pw[40]) and not np.isnan(pw[5])
+    g, p = oracle.mle(x, 8)
+    assert rel(np.asarray(pw)[~np.isnan(pw)], p) < 1e-4
+    sim = np.asarray(metrics.nn_similarity(x))
+    assert np.isnan(sim[40]) and np.isnan(sim[5])  # the nearest "direction" is zero
+    rec = np.asarray(metrics.reciprocity(x, max_k=4))
+    np.testing.assert_allclose(rec, oracle.reciprocity(x, 4), atol=1e-6)
+
+
+# ------------------------------------------------------------------ acceptance 2
+
+
+@pytest.mark.slow  # ~20 compilations (each function at two lengths): about a minute
+def test_layer_geometry_all_equals_each_function_on_unpadded_prompts():
+    rng = np.random.default_rng(8)
+    lengths, n_max, layers = [100, 73], 100, 3
+    hidden = np.zeros((2, layers, n_max, 12), np.float32)
+    mask = np.zeros((2, n_max), bool)
+    prompts = []
+    for b, n in enumerate(lengths):
+        h = np.stack([cloud(rng, n, 2 + layer, 12, 3.0) for layer in range(layers)])
+        h[1, 7] = h[1, 3]  # a duplicate in layer 1
+        prompts.append(h)
+        hidden[b, :, :n] = h
+        hidden[b, :, n:] = rng.standard_normal((layers, n_max - n, 12))
+        mask[b, :n] = True
+    kw = dict(range_max=32, max_k=8, id_k=6, entropy_alpha=1.0)
+    geo = metrics.layer_geometry(hidden, mask, observables="all", **kw)
+    assert geo.reciprocity.shape == (2, layers, 8) and geo.local_id.shape == (2, layers, n_max)
+    assert geo.info_imbalance_next.shape == (2, layers - 1, 2)
+    assert geo.info_imbalance_last.shape == (2, layers, 2)
+    close = dict(rtol=2e-5, atol=1e-6)
+    for b, h in enumerate(prompts):
+        n = lengths[b]
+        np.testing.assert_array_equal(geo.reciprocity[b], metrics.reciprocity(h, max_k=8))
+        sim = np.asarray(metrics.nn_similarity(h))
+        np.testing.assert_allclose(geo.nn_similarity[b], np.nanmean(sim, -1), **close)
+        g, p = metrics.mle_id(h, k=6)
+        np.testing.assert_allclose(geo.mle_id[b], g, **close)
+        np.testing.assert_allclose(geo.local_id[b, :, :n], p, **close)
+        assert np.all(np.isnan(geo.local_id[b, :, n:]))
+        np.testing.assert_allclose(geo.tle_id[b], metrics.tle_id(h, k=6)[0], **close)
+        np.testing.assert_allclose(
+            geo.participation_ratio[b], metrics.participation_ratio(h), **close
+        )
+        np.testing.assert_allclose(geo.matrix_entropy[b], metrics.matrix_entropy(h), **close)
+        np.testing.assert_allclose(geo.curvature[b], metrics.curvature(h), **close)
+        np.testing.assert_allclose(
+            geo.info_imbalance_next[b], metrics.information_imbalance(h[:-1], h[1:]), **close
+        )
+        last = np.broadcast_to(h[-1:], h.shape)
+        np.testing.assert_allclose(
+            geo.info_imbalance_last[b], metrics.information_imbalance(h, last), **close
+        )
+    # Only what was asked is computed and returned.
+    few = metrics.layer_geometry(hidden, mask, observables="curvature,reciprocity", **kw)
+    assert set(few) == {"curvature", "reciprocity"}
+    np.testing.assert_array_equal(few.reciprocity, geo.reciprocity)
+    np.testing.assert_array_equal(few.curvature, geo.curvature)
+
+
+def test_observable_sets_resolve():
+    assert registry.resolve("paper") == ("gride", "cosine", "overlap")
+    assert registry.resolve("paper,reciprocity") == ("gride", "cosine", "overlap", "reciprocity")
+    assert registry.resolve(["reciprocity", "paper"]) == registry.resolve("paper,reciprocity")
+    assert set(registry.resolve("all")) == set(registry.REGISTRY)
+    assert registry.canonical("overlap,cosine,gride") == "paper"
+    assert registry.canonical("tle_id,mle_id") == "mle_id,tle_id"
+
+
+def test_result_fields_and_readme_derive_from_declarations(tmp_path):
+    fields = {f.name: f for f in pipeline.result_fields("paper,mle_id,info_imbalance")}
+    assert fields["local_id"].shape() == "[P, L, T]" and fields["local_id"].tokens
+    assert fields["info_imbalance_next"].shape() == "[P, L-1, 2]"
+    assert fields["cos_mean"].shape() == "[P, L+1]" and "twonn_ml" not in fields
+    docs = results.field_docs("paper")
+    assert set(docs) == set(results.FIELDS) and "mle_id" not in docs
+
+
+# ------------------------------------------------------------------ acceptance 3
+
+
+def test_registering_a_toy_observable_needs_nothing_else(tmp_path):
+    def mean_norm(ctx):
+        norm = jnp.sqrt(jnp.sum(ctx.x * ctx.x, axis=-1))
+        return {"mean_norm": jnp.sum(norm * ctx.valid, -1) / jnp.sum(ctx.valid, -1)}
+
+    toy = registry.Observable(
+        name="mean_norm",
+        compute=mean_norm,
+        fields=(registry.Field("mean_norm", (), "mean token norm."),),
+        doc="Mean Euclidean norm of the valid tokens.",
+    )
+    registry.register(toy)
+    try:
+        rng = np.random.default_rng(0)
+        hidden = rng.standard_normal((2, 3, 20, 4)).astype(np.float32)
+        mask = np.arange(20) < np.array([[20], [15]])
+        geo = metrics.layer_geometry(hidden, mask, observables="mean_norm,curvature")
+        want = [np.linalg.norm(hidden[b][:, mask[b]], axis=-1).mean(-1) for b in range(2)]
+        np.testing.assert_allclose(geo.mean_norm, want, rtol=1e-6)
+        assert "mean_norm" in registry.resolve("all")
+        arrays = {
+            "prompt_index": np.arange(2),
+            "prompt_key": np.array(["a", "b"]),
+            "shuffle_index": np.zeros(2, np.int32),
+            "mean_norm": np.asarray(geo.mean_norm),
+            "loss": np.ones(2),
+            "token_nll": np.ones((2, 19)),
+        }
+        results.save_results(str(tmp_path), arrays, "mean_norm")
+        with np.load(tmp_path / results.RESULTS_FILE) as z:
+            np.testing.assert_array_equal(z["mean_norm"], geo.mean_norm)
+        readme = (tmp_path / results.README_FILE).read_text()
+        assert "| `mean_norm` | [2, 3] | [P, L] mean token norm. |" in readme
+    finally:
+        registry.unregister("mean_norm")
+    with pytest.raises(ValueError, match="unknown observable 'mean_norm'"):
+        metrics.layer_geometry(hidden, mask, observables="mean_norm")
+
+
+def test_registration_rejects_clashes_and_unknown_inputs():
+    with pytest.raises(ValueError, match="already registered"):
+        registry.register(registry.get("reciprocity"))
+    clash = registry.Observable("x2", compute=lambda c: {}, fields=(registry.Field("twonn"),))
+    with pytest.raises(ValueError, match="field 'twonn' of 'x2' is already a field of 'gride'"):
+        registry.register(clash)
+    odd = registry.Observable("x3", compute=lambda c: {}, fields=(), consumes=("logits",))
+    with pytest.raises(ValueError, match="consumes 'logits'.*register_input"):
+        registry.register(odd)
+
+
+def test_observable_consuming_a_pipeline_input():
+    def nll_weighted(ctx):
+        nll = ctx.input("token_nll")  # [C, T-1]
+        norm = jnp.sqrt(jnp.sum(ctx.x[:, 1:] ** 2, -1))
+        return {"nll_norm": jnp.sum(nll * norm, -1)}
+
+    obs = registry.Observable(
+        "nll_norm",
+        compute=nll_weighted,
+        fields=(registry.Field("nll_norm"),),
+        consumes=("points", "token_nll"),
+    )
+    registry.register(obs)
+    try:
+        rng = np.random.default_rng(1)
+        hidden = rng.standard_normal((2, 3, 10, 4)).astype(np.float32)
+        nll = rng.random((2, 9)).astype(np.float32)
+        with pytest.raises(ValueError, match="consumes 'token_nll': pass inputs"):
+            metrics.layer_geometry(hidden, observables="nll_norm")
+        geo = metrics.layer_geometry(hidden, observables="nll_norm", inputs={"token_nll": nll})
+        want = np.einsum("bt,blt->bl", nll, np.linalg.norm(hidden[:, :, 1:], axis=-1))
+        np.testing.assert_allclose(geo.nll_norm, want, rtol=1e-5)
+    finally:
+        registry.unregister("nll_norm")
+
+
+# ------------------------------------------------------------------ acceptance 6
+
+
+def test_bad_input_raises_before_compute():
+    rng = np.random.default_rng(2)
+    hidden = rng.standard_normal((2, 3, 40, 6)).astype(np.float32)
+    with pytest.raises(
+        ValueError, match=r"unknown observable 'reciprocty'; known: paper, all, gride"
+    ):
+        metrics.layer_geometry(hidden, observables="paper,reciprocty")
+    with pytest.raises(ValueError, match=r"id_k=40 needs N >= 41"):
+        metrics.layer_geometry(hidden, observables="mle_id", id_k=40)
+    with pytest.raises(ValueError, match=r"entropy_alpha must be a number > 0, got 0"):
+        metrics.layer_geometry(hidden, observables="matrix_entropy", entropy_alpha=0)
+    with pytest.raises(ValueError, match=r"alpha must be a number > 0, got -1"):
+        metrics.matrix_entropy(hidden[0, 0], alpha=-1.0)
+    mask = np.ones((2, 40), bool)
+    mask[1, 15:] = False
+    with pytest.raises(
+        ValueError, match=r"mask: id_k=20 needs >= 21 valid points, but prompt \(1,\) has 15"
+    ):
+        metrics.layer_geometry(hidden, mask, observables="tle_id", id_k=20)
+    dup = hidden.copy()
+    dup[0, 2, 21:] = dup[0, 2, 0]  # layer 2 of prompt 0: 21 distinct points
+    with pytest.raises(
+        ValueError,
+        match=r"id_k=21 needs >= 22 distinct valid points, but prompt \(0,\), layer 2 has 21",
+    ):
+        metrics.layer_geometry(dup, observables="mle_id", id_k=21)
+    with pytest.raises(
+        ValueError, match=r"k=21 needs >= 22 distinct valid points, but cloud \(2,\) has 21"
+    ):
+        metrics.mle_id(dup[0], k=21)
+    with pytest.raises(
+        ValueError, match=r"mask: max_k=20 needs >= 21 valid points, but cloud \(1,\) has 15"
+    ):
+        metrics.reciprocity(hidden[:, 0], mask, max_k=20)
+    with pytest.raises(ValueError, match=r"k=50 needs N >= 51"):
+        metrics.tle_id(hidden[0, 0], k=50)
+
+
+def test_carried_observables_chunked_equal_unchunked():
+    # 5 layers in chunks of 2: a scan with the Gram matrix carried across chunks,
+    # and an overlapping last chunk whose carry belongs to another layer.
+    rng = np.random.default_rng(6)
+    base = cloud(rng, 60, 3, 8)
+    hidden = np.stack([base * (1 + 0.2 * i) + 0.3 * np.sin(i * base) for i in range(5)])
+    hidden = hidden.astype(np.float32)
+    kw = dict(observables="info_imbalance", max_k=4)
+    whole = metrics.layer_geometry(hidden, layer_chunk=5, **kw)
+    chunked = metrics.layer_geometry(hidden, layer_chunk=2, **kw)
+    for field in whole:
+        np.testing.assert_array_equal(chunked[field], whole[field], err_msg=field)
+    np.testing.assert_allclose(
+        whole.info_imbalance_next, metrics.information_imbalance(hidden[:-1], hidden[1:]), atol=1e-6
+    )
