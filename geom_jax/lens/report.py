@@ -70,6 +70,9 @@ def plot_uncertainty_correlations(runs: Sequence[plots.Run], path: str, scale: i
             ax.axhline(0, color="grey", lw=0.8)
         ax.set(xlabel="layer", ylabel="Spearman rho (log ID, loss)", title=run.label)
         ax = axes[2 * i + 1]
+        from matplotlib.ticker import AutoLocator  # pylint: disable=g-import-not-at-top
+
+        ax.xaxis.set_major_locator(AutoLocator())  # entropy is not an integer axis
         if "logit_gride_ids" in run.arrays and "lens_entropy" in run.arrays:
             for s in run.levels:
                 rows = run.rows(s)
