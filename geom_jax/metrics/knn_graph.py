@@ -91,20 +91,31 @@ RECIPROCITY = registry.Observable(
 )
 
 
-def nn_similarity_from_lists(x, idx, valid):
-    """Per-token similarity [C, N] from x [C, N, D] and neighbour lists idx [C, N, >=2]."""
-    a = x - jnp.take_along_axis(x, jnp.maximum(idx[..., 0:1], 0), axis=-2)
-    b = x - jnp.take_along_axis(x, jnp.maximum(idx[..., 1:2], 0), axis=-2)
+def nn_similarity_from_lists(x, idx, valid, sq=None):
+    """Per-token similarity [C, N] from x [C, N, D] and neighbour lists idx [C, N, >=2].
+
+    With the lists' exact squared distances sq [C, N, >=2], a . b = (|a|^2 +
+    |b|^2 - |x_nn1 - x_nn2|^2) / 2 needs one difference per token instead of three
+    dot products (float32 error ~1e-7 on the cosine).
+    """
     hi = distances.HIGHEST
-    ab = jnp.einsum("...d,...d->...", a, b, precision=hi)
-    aa = jnp.einsum("...d,...d->...", a, a, precision=hi)
-    bb = jnp.einsum("...d,...d->...", b, b, precision=hi)
+    x1 = jnp.take_along_axis(x, jnp.maximum(idx[..., 0:1], 0), axis=-2)
+    x2 = jnp.take_along_axis(x, jnp.maximum(idx[..., 1:2], 0), axis=-2)
+    if sq is None:
+        a, b = x - x1, x - x2
+        ab = jnp.einsum("...d,...d->...", a, b, precision=hi)
+        aa = jnp.einsum("...d,...d->...", a, a, precision=hi)
+        bb = jnp.einsum("...d,...d->...", b, b, precision=hi)
+    else:
+        aa, bb = sq[..., 0], sq[..., 1]
+        d = x1 - x2
+        ab = 0.5 * (aa + bb - jnp.einsum("...d,...d->...", d, d, precision=hi))
     ok = valid & (aa > 0) & (bb > 0) & (idx[..., 1] >= 0)
     return jnp.where(ok, ab / jnp.sqrt(jnp.where(ok, aa * bb, 1.0)), jnp.nan)
 
 
 def _per_token(ctx):
-    return nn_similarity_from_lists(ctx.x, ctx.knn_idx, ctx.valid)
+    return nn_similarity_from_lists(ctx.x, ctx.knn_idx, ctx.valid, ctx.knn_sq)
 
 
 def _nn_similarity(ctx):
