@@ -9,7 +9,6 @@ dimension and neighbourhood overlap are measured on the L transformer layers
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from collections.abc import Callable
 from typing import Any
@@ -80,26 +79,33 @@ def result_fields(observables="paper") -> list[metrics.registry.Field]:
 
 RESULT_FIELDS = tuple(f.name for f in result_fields("paper"))
 
-
-@dataclasses.dataclass(frozen=True)
-class ModelInput:
-    """An observable input that needs the model, not only its hidden states.
-
-    prepare(model, options) -> arrays computed once per pipeline (or None);
-    compute(model, out: DecoderOutput, attention_mask, prepared, options)
-    -> [B, ...], run in the fused step under GSPMD, before the metrics.
-    """
-
-    prepare: Callable
-    compute: Callable
+MODEL_INPUTS: dict[str, Callable[[Any, Any], jax.Array]] = {}
+"""Inputs the pipeline derives from the model for observables that consume them:
+name -> fn(model, forward_output) -> array (see register_model_input)."""
 
 
-MODEL_INPUTS: dict[str, ModelInput] = {}
+MODEL_INPUT_PREPARE: dict[str, Callable] = {}
+"""name -> prepare(model, options) of the model inputs that have one."""
 
 
-def register_model_input(name: str, prepare: Callable, compute: Callable) -> None:
-    """Lets observables consume ``name`` (also declare it with registry.register_input)."""
-    MODEL_INPUTS[name] = ModelInput(prepare, compute)
+def register_model_input(
+    name: str, fn, *, per_prompt: bool, doc: str, prepare: Callable | None = None
+) -> None:
+    """Lets observables consume ``name``: fn(model: nnx.Module, out: DecoderOutput)
+    -> an array ([B, ...] when per_prompt, else shared, e.g. the unembedding
+    [V, D]); computed inside the jitted step only when a requested observable
+    consumes it, and passed to layer_geometry as ``inputs[name]``.
+
+    With ``prepare``, prepare(model, options) (options: the pipeline's
+    ``options={...}`` dict) runs once per GeometryPipeline, its arrays (e.g. a
+    factor of the unembedding, a tuned lens) are arguments of the jitted step
+    (not constants baked into it), and fn is called as fn(model, out, prepared)."""
+    metrics.registry.register_input(name, per_prompt, doc)
+    MODEL_INPUTS[name] = fn
+    if prepare is None:
+        MODEL_INPUT_PREPARE.pop(name, None)
+    else:
+        MODEL_INPUT_PREPARE[name] = prepare
 
 
 def model_inputs_of(observables) -> tuple[str, ...]:
@@ -113,12 +119,12 @@ def geometry_from_hidden(
     hidden: jax.Array,
     token_nll: jax.Array,
     attention_mask: jax.Array,
+    inputs: dict | None = None,
     *,
     range_max: int,
     max_k: int,
     layer_chunk: int | None = None,
     observables="paper",
-    inputs: dict | None = None,
     **options,
 ) -> PromptGeometry:
     """Reduces hidden states [L+1, B, T, D] and token NLL [B, T-1] per prompt.
@@ -205,22 +211,31 @@ def geometry_step(
     the hidden states live, one slice of the batch per device group.
     """
     out = models.forward(graphdef, state, input_ids, attention_mask)
-    prepared = prepared or {}
-    inputs = {}
-    if prepared:
-        model = nnx.merge(graphdef, state)
-        extra = options.get("options") or {}
-        for name in prepared:
-            fn = MODEL_INPUTS[name].compute
-            inputs[name] = fn(model, out, attention_mask, prepared[name], extra)
     axes = sharding.batch_axes(mesh, input_ids.shape[0])
-    settings = dict(
-        range_max=range_max, max_k=max_k, layer_chunk=layer_chunk, observables=observables
-    )
+    names = metrics.registry.resolve(observables)
+    wanted = {c for n in names for c in metrics.registry.get(n).consumes if c in MODEL_INPUTS}
+    inputs = {}
+    if wanted:
+        model = nnx.merge(graphdef, state)
+        prepared = prepared or {}
+        inputs = {
+            c: MODEL_INPUTS[c](model, out, prepared[c])
+            if c in prepared
+            else MODEL_INPUTS[c](model, out)
+            for c in sorted(wanted)
+        }
+    specs = {c: P(axes) if metrics.registry.INPUTS[c][0] else P() for c in inputs}
     reduce = jax.shard_map(
-        lambda h, nll, m, more: geometry_from_hidden(h, nll, m, inputs=more, **settings, **options),
+        functools.partial(
+            geometry_from_hidden,
+            range_max=range_max,
+            max_k=max_k,
+            layer_chunk=layer_chunk,
+            observables=names,
+            **options,
+        ),
         mesh=mesh,
-        in_specs=(P(None, axes), P(axes), P(axes), P(axes)),
+        in_specs=(P(None, axes), P(axes), P(axes), specs),
         out_specs=P(axes),
         check_vma=False,
     )
@@ -286,8 +301,9 @@ class GeometryPipeline:
         self.state = sharding.place_state(state, self.mesh, rules)
         extra = options.get("options") or {}
         self.prepared = {
-            name: MODEL_INPUTS[name].prepare(model, extra)
+            name: MODEL_INPUT_PREPARE[name](model, extra)
             for name in model_inputs_of(self.observables)
+            if name in MODEL_INPUT_PREPARE
         }
         self._step = jax.jit(
             functools.partial(

@@ -396,6 +396,9 @@ def make_report(folders: Sequence[str], output_dir: str, scale: int = 0) -> str:
     for field, title, plot, name in extra:
         if _has(runs, field) or (field == "mle_id" and _has(runs, "tle_id")):
             figures[title] = plot(runs, os.path.join(output_dir, f"{name}.png"))
+    from geom_jax.lens import report as lens_report  # pylint: disable=g-import-not-at-top
+
+    figures.update(lens_report.figures(runs, output_dir, scale))
     text = _report_text(runs, folders, figures, scale)
     path = os.path.join(output_dir, "report.md")
     results_io.atomic_write_bytes(path, text.encode())
@@ -490,7 +493,9 @@ def _extra_text(run: Run) -> list[str]:
             ]
             lines += _table("Pearson", pearson, "{:.2f}")
             lines.append("| Spearman | " + " | ".join(f"{v:.2f}" for v in spearman) + " |")
-    return lines
+    from geom_jax.lens import report as lens_report  # pylint: disable=g-import-not-at-top
+
+    return lines + lens_report.text(run)
 
 
 def _report_text(runs, folders, figures, scale) -> str:

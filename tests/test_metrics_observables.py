@@ -369,3 +369,13 @@ def test_carried_observables_chunked_equal_unchunked():
     np.testing.assert_allclose(
         whole.info_imbalance_next, metrics.information_imbalance(hidden[:-1], hidden[1:]), atol=1e-6
     )
+
+
+def test_curvature_skips_masked_tokens_in_order():
+    rng = np.random.default_rng(12)
+    x = cloud(rng, 50, 3, 6)
+    mask = np.ones(50, bool)
+    mask[[3, 4, 20, 49]] = False  # holes, not only a padded tail
+    got = float(metrics.curvature(x, mask))
+    np.testing.assert_allclose(got, oracle.curvature(x, mask), atol=1e-5)
+    assert abs(got - float(metrics.curvature(x))) > 1e-3

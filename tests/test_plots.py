@@ -81,3 +81,45 @@ def test_plots_differ_when_data_differ(tmp_path):
 def test_load_results_missing_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match="no results here"):
         results.load_results(str(tmp_path))
+
+
+def test_report_of_the_observables_beyond_the_papers(tmp_path):
+    rng = np.random.default_rng(5)
+    folder = tmp_path / "all"
+    arrays = _fake_run(folder, levels=[0], num_prompts=5, seed=5)
+    rows, layers, t = len(arrays["loss"]), 5, 16
+    nll = arrays["token_nll"]
+    local = rng.normal(8, 1, (rows, layers, t))
+    local[:, 3, 1:] = 5 + 2 * nll  # layer 4: local ID rises with the surprisal
+    local[:, :, 7] = np.nan  # a duplicate token
+    extra = {
+        "reciprocity": rng.uniform(0.3, 0.9, (rows, layers, 8)),
+        "info_imbalance_next": rng.uniform(0, 0.2, (rows, layers - 1, 2)),
+        "info_imbalance_last": rng.uniform(0, 0.9, (rows, layers, 2)),
+        "mle_id": rng.normal(9, 1, (rows, layers)),
+        "tle_id": rng.normal(10, 1, (rows, layers)),
+        "local_id": local,
+    }
+    results.save_results(str(folder), {**arrays, **extra}, "all")
+    path = plots.make_report([str(folder)], str(tmp_path / "rep"))
+    text = open(path).read()
+    (run,) = plots.load_runs([str(folder)])
+    pearson, spearman = plots.local_id_correlations(run)
+    lid = extra["local_id"][:, 3, 1:].astype(np.float16).astype(np.float64)  # stored as float16
+    ok = np.isfinite(lid)
+    want = np.corrcoef(lid[ok], nll[ok])[0, 1]
+    assert pearson[3] == pytest.approx(want, rel=1e-6) and want > 0.99
+    from scipy import stats
+
+    assert spearman[3] == pytest.approx(stats.spearmanr(lid[ok], nll[ok])[0], rel=1e-9)
+    assert spearman[3] > 0.9999
+    assert np.nanargmax(np.abs(spearman)) == 3
+    assert f"strongest at layer 4 (Spearman {spearman[3]:.3f}" in text
+    rec = extra["reciprocity"][:, :, 7].mean(0)
+    assert " | ".join(f"{v:.3f}" for v in rec) in text
+    assert (
+        "| MLE (Levina-Bickel) | " + " | ".join(f"{v:.2f}" for v in extra["mle_id"].mean(0)) in text
+    )
+    for name in ["reciprocity", "info_imbalance", "id_estimators", "local_id_nll"]:
+        png = tmp_path / "rep" / f"{name}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"]({name}.png)" in text

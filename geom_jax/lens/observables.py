@@ -50,8 +50,7 @@ def load_translators(spec: str, model):
     return lens.translators
 
 
-def _lens_stats_input(model, out, attention_mask, translators, options):
-    del attention_mask, options
+def _lens_stats_input(model, out, translators):
     per = uncertainty.lens_stats(out.hidden_states, model_readout(model), translators)
     return jnp.moveaxis(per, 0, 1)  # [B, L+1, T, 3]
 
@@ -60,8 +59,8 @@ def _prepare_lens(model, options):
     return load_translators(options.get("lens", LOGIT_LENS), model)
 
 
-def _logit_points_input(model, out, attention_mask, factor, options):
-    del model, attention_mask, options
+def _logit_points_input(model, out, factor):
+    del model
     return logit_cloud.logit_points(out.hidden_states[-1], factor)
 
 
@@ -171,14 +170,20 @@ def register() -> None:
     """Registers the model inputs and the two observables (idempotent)."""
     from geom_jax import pipeline  # pylint: disable=g-import-not-at-top
 
-    registry.register_input(
-        "lens_stats", True, "[B, L+1, T, 3] per-position H, F, E of each hidden state's lens"
+    pipeline.register_model_input(
+        "lens_stats",
+        _lens_stats_input,
+        per_prompt=True,
+        doc="[B, L+1, T, 3] per-position H, F, E of each hidden state's lens",
+        prepare=_prepare_lens,
     )
-    registry.register_input(
-        "logit_points", True, "[B, T, r] final hidden states x F, F F^T = W_U^T W_U"
+    pipeline.register_model_input(
+        "logit_points",
+        _logit_points_input,
+        per_prompt=True,
+        doc="[B, T, r] final hidden states x F, F F^T = W_U^T W_U",
+        prepare=_prepare_logit_points,
     )
-    pipeline.register_model_input("lens_stats", _prepare_lens, _lens_stats_input)
-    pipeline.register_model_input("logit_points", _prepare_logit_points, _logit_points_input)
     for obs in (LENS, LOGIT_ID):
         if obs.name not in registry.REGISTRY:
             registry.register(obs)

@@ -69,9 +69,7 @@ def cosine_similarity_stats(x, mask=None, *, include_diagonal=True):
 
 
 def _cosine_observable(ctx):
-    mean, std = cosine_stats_from_gram(
-        ctx.x, ctx.valid, ctx.gram, ctx.centre, ctx.options["include_diagonal"]
-    )
+    mean, std = ctx.cosine_stats(ctx.options["include_diagonal"])
     return {"cos_mean": mean, "cos_std": std}
 
 

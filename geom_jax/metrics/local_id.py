@@ -47,54 +47,49 @@ def _neighbour_sq_distances(gram, idx):
 
 def tle_from_neighbors(t, v2, keep, epsilon=TLE_EPSILON):
     """(global [C], pointwise [C, N]) from neighbour distances t [C, N, k] and the
-    squared distances v2 [C, N, k, k] between those neighbours."""
+    squared distances v2 [C, N, k, k] between those neighbours.
+
+    scikit-dimension's measurements s_ij, t_ij with, for float32: differences
+    of squares as (a - b)(a + b) of exact distance differences, the root
+    rationalised where it would cancel, one division per measurement, and
+    log(s / r) + log(t / r) as one log of the product of the two ratios.
+    Neighbours are distinct points, so their distances are positive and the
+    zero-distance boundary cases of scikit-dimension (u_i = 0, u_j = 0) cannot
+    occur; v_ij = 0 (Gram rounding of two very close neighbours) is dropped as
+    it drops it.
+    """
     k = t.shape[-1]
     r = t[..., -1][..., None, None]
     di = t[..., :, None]
     dj = t[..., None, :]
-    v = jnp.sqrt(v2)
-    z2 = 2.0 * di * di + 2.0 * dj * dj - v2
-    # Differences of squares as products of (exact) differences, and the root
-    # rationalised where it would cancel: float32 keeps ~1e-6 relative here.
     gap = (r - di) * (r + di)
     sq_diff = (di - dj) * (di + dj)
+    at_r = di == r
+    r_gap = (r - dj) * (r + dj)
 
     def measure(w2):
         b = w2 + sq_diff
         root = jnp.sqrt(jnp.maximum(b * b + 4.0 * w2 * gap, 0.0))
-        safe_gap = jnp.where(gap > 0, gap, 1.0)
-        general = jnp.where(
-            b > 0,
-            2.0 * r * w2 / jnp.where(root + b > 0, root + b, 1.0),
-            r * (root - b) / (2.0 * safe_gap),
-        )
-        at_r = r * w2 / (w2 + (r - dj) * (r + dj))
-        return jnp.where(di == r, at_r, general)
+        pos = b > 0
+        num = jnp.where(at_r, w2, jnp.where(pos, 2.0 * w2, root - b))
+        den = jnp.where(at_r, w2 + r_gap, jnp.where(pos, root + b, 2.0 * gap))
+        return num / den  # s / r
 
     s = measure(v2)
-    tt = measure(z2)
-    s = jnp.where(di == 0, dj, s)
-    tt = jnp.where(di == 0, dj, tt)
-    both = r * v / (r + v)
-    s = jnp.where(dj == 0, both, s)
-    tt = jnp.where(dj == 0, both, tt)
+    tt = measure(2.0 * di * di + 2.0 * dj * dj - v2)
     off = ~jnp.eye(k, dtype=bool)
-    v0 = (v == 0) & off
-    s = jnp.where(v0, r, s)
-    tt = jnp.where(v0, r, tt)
-    small = ((tt < epsilon) | (s < epsilon)) & off
-    s = jnp.where(small, r, s)
-    tt = jnp.where(small, r, tt)
-    log_t = jnp.where(off, jnp.log(tt / r), 0.0)
-    log_s = jnp.where(off, jnp.log(s / r), 0.0)
+    v0 = (v2 == 0) & off
+    floor = epsilon / r
+    small = ((tt < floor) | (s < floor)) & off & ~v0
+    use = off & ~v0 & ~small
+    log_st = jnp.where(use, jnp.log(jnp.where(use, s * tt, 1.0)), 0.0)
     n_small = jnp.sum(small, axis=(-2, -1))
     n_v0 = jnp.sum(v0, axis=(-2, -1))
     tiny = t < epsilon
     n_tiny = jnp.sum(tiny, axis=-1)
-    rr = t[..., -1:]
     # scikit-dimension 0.5 drops the whole distance row once any distance is < epsilon.
-    s2 = jnp.where(n_tiny > 0, 0.0, jnp.sum(jnp.log(t / rr), axis=-1))
-    total = jnp.sum(log_t, axis=(-2, -1)) + jnp.sum(log_s, axis=(-2, -1)) + 2.0 * s2
+    s2 = jnp.where(n_tiny > 0, 0.0, jnp.sum(jnp.log(t / t[..., -1:]), axis=-1))
+    total = jnp.sum(log_st, axis=(-2, -1)) + 2.0 * s2
     pw = -2.0 * (k * k - n_small - n_tiny - n_v0) / total
     pw = jnp.where(keep, pw, jnp.nan)
     count = jnp.sum(keep, axis=-1)

@@ -300,6 +300,17 @@ class LayerContext:
     def centre(self):
         return self._gram[1]
 
+    def cosine_stats(self, include_diagonal=True):
+        """(mean, std) [C] of the cosine-similarity matrix of the valid points."""
+        from geom_jax.metrics import cosine  # pylint: disable=g-import-not-at-top
+
+        cache = self.__dict__.setdefault("_cosine_stats", {})
+        if include_diagonal not in cache:
+            cache[include_diagonal] = cosine.cosine_stats_from_gram(
+                self.x, self.valid, self.gram, self.centre, include_diagonal
+            )
+        return cache[include_diagonal]
+
     @functools.cached_property
     def _selection(self):
         n = self.x.shape[-2]

@@ -85,6 +85,11 @@ def _pr(ctx):
 
 def _entropy(ctx):
     alpha = float(ctx.options["entropy_alpha"])
+    if alpha == 2.0 and ctx.options.get("include_diagonal", False):
+        # sum_ij cos_ij^2 = N^2 (mean^2 + std^2) over the full matrix: free from the
+        # cosine statistics (shared with the cosine observable when both are requested).
+        mean, std = ctx.cosine_stats(True)
+        return {"matrix_entropy": -jnp.log(mean * mean + std * std)}
     if alpha == 2.0:
         return {"matrix_entropy": matrix_entropy_of(ctx.x, ctx.valid, alpha, ctx.gram, ctx.centre)}
     return {"matrix_entropy": matrix_entropy_of(ctx.x, ctx.valid, alpha)}

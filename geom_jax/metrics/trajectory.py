@@ -9,6 +9,7 @@ fewer than 3 valid tokens.
 """
 
 import jax.numpy as jnp
+from jax import lax
 
 from geom_jax.metrics import registry, validation
 
@@ -16,9 +17,14 @@ from geom_jax.metrics import registry, validation
 def curvature_of(x, valid):
     """Mean turning angle [C] of the valid tokens of x [C, N, D] in index order."""
     n = x.shape[-2]
-    order = jnp.argsort(~valid, axis=-1, stable=True)
-    xs = jnp.take_along_axis(x, order[..., None], axis=-2)
     count = jnp.sum(valid, axis=-1)
+    prefix = jnp.all(valid == (jnp.arange(n) < count[..., None]))
+
+    def compact():
+        order = jnp.argsort(~valid, axis=-1, stable=True)
+        return jnp.take_along_axis(x, order[..., None], axis=-2)
+
+    xs = lax.cond(prefix, lambda: x, compact)  # the usual case: padding at the end
     v = xs[..., 1:, :] - xs[..., :-1, :]
     norm = jnp.sqrt(jnp.sum(v * v, axis=-1))
     step_ok = (jnp.arange(n - 1) < count[..., None] - 1) & (norm > 0)
