@@ -245,7 +245,7 @@ def test_registering_a_toy_observable_needs_nothing_else(tmp_path):
     toy = registry.Observable(
         name="mean_norm",
         compute=mean_norm,
-        fields=(registry.Field("mean_norm", (), "mean token norm."),),
+        fields=(registry.Field("mean_norm", (), "mean token norm.", length=True),),
         doc="Mean Euclidean norm of the valid tokens.",
     )
     registry.register(toy)

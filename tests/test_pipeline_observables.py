@@ -25,7 +25,9 @@ def test_pipeline_all_observables_and_a_model_input(tiny, tmp_path):
         registry.Observable(
             "scaled_norm",
             compute=scaled_norm,
-            fields=(registry.Field("scaled_norm", (), "mean norm after the final scale."),),
+            fields=(
+                registry.Field("scaled_norm", (), "mean norm after the final scale.", length=True),
+            ),
             consumes=("points", "final_norm_scale"),
         )
     )

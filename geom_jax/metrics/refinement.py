@@ -38,6 +38,8 @@ def refine_sq_distances(x, idx):
     batch = x.shape[:-2]
     n, d = x.shape[-2:]
     k = idx.shape[-1]
+    if k == 0 or n == 0:
+        return jnp.zeros(idx.shape, x.dtype)
     xf, idf = _flatten(x, 2), _flatten(idx, 2)
     ones = jnp.ones((d,), x.dtype)
 

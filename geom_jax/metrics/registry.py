@@ -18,7 +18,7 @@ Declaring an observable (one new file and one registration line)::
     MEAN_NORM = registry.Observable(
         name="mean_norm",
         compute=_mean_norm,
-        fields=(registry.Field("mean_norm", doc="mean token norm"),),
+        fields=(registry.Field("mean_norm", doc="mean token norm", length=True),),
         consumes=("points",),
         doc="Mean Euclidean norm of the valid tokens.",
     )
@@ -257,7 +257,10 @@ def describe(names: Iterable[str] | None = None) -> str:
 class LayerContext:
     """Shared intermediates of one chunk of clouds x [C, N, D], computed on first use.
 
-    x, valid [C, N], options (dict), layer [C] int32 (index of each cloud's
+    x [C, N, D] (each cloud divided by a power of two near its largest
+    coordinate, metrics/conditioning.py: a field measured in units of length
+    declares ``Field(length=True)`` and is multiplied back), valid [C, N],
+    options (dict), layer [C] int32 (index of each cloud's
     layer in the stack), input(name). Properties: unique, gram, centre,
     knn_sq / knn_idx [C, N, knn_k] (exact, all valid points, ties to the lower
     index, +inf / -1 beyond the valid ones), knn_unique(k) (among distinct
