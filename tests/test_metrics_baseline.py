@@ -1,5 +1,7 @@
 """The NumPy baseline of the paper's CPU path agrees with the oracle and with the JAX metrics."""
 
+import time
+
 import numpy as np
 import oracle
 
@@ -16,8 +18,12 @@ def test_baseline_matches_oracle_and_jax():
     ]
     hidden = np.stack(layers).astype(np.float32)
     hidden[0, 20] = hidden[0, 7]  # a duplicate for the ID estimators to drop
+    start = time.perf_counter()
     out = metrics_numpy.paper_layer_geometry(hidden, range_max=32, max_k=8)
-    assert set(out["times"]) == {"distances", "cosine", "gride", "twonn", "overlap"}
+    wall = time.perf_counter() - start
+    # The per-stage times are real timings that account for the call's work.
+    assert all(t > 0 for t in out["times"].values()), out["times"]
+    assert 0.8 * wall <= sum(out["times"].values()) <= wall
     for layer in range(3):
         ids, errs, scales = oracle.gride(hidden[layer], 32)
         np.testing.assert_allclose(out["gride_ids"][layer], ids, rtol=1e-5)

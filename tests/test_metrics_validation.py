@@ -115,4 +115,10 @@ def test_non_boolean_mask_values_are_refused():
     ):
         with pytest.raises(ValueError, match=r"mask must be boolean \(or 0/1\)"):
             fn(mask)
-        fn(np.minimum(mask, 1))  # 0/1 integers are accepted
+        # 0/1 integers are accepted and mean what the boolean mask means.
+        ints = np.minimum(mask, 1)
+        ints[40:] = 0
+        got, want = jax.tree.leaves(fn(ints)), jax.tree.leaves(fn(ints.astype(bool)))
+        unmasked = jax.tree.leaves(fn(np.ones(64, np.int32)))
+        assert all(np.array_equal(a, b) for a, b in zip(got, want))
+        assert not all(np.array_equal(a, b) for a, b in zip(got, unmasked))
