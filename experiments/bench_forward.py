@@ -15,7 +15,11 @@ import time
 
 from absl import app, flags
 
-from geom_jax import benchmarking
+from geom_jax import cli
+
+cli.quiet_startup()
+
+from geom_jax import benchmarking  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "smollm2-135m", "alias, directory, .gguf, Hub id, or preset name")

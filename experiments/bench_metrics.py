@@ -19,6 +19,10 @@ import time
 import numpy as np
 from absl import app, flags
 
+from geom_jax import cli
+
+cli.quiet_startup()
+
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("layers", 31, "Layers L of the synthetic stack.")
 flags.DEFINE_integer("tokens", 1024, "Tokens N per layer of the synthetic stack.")
@@ -35,7 +39,9 @@ flags.DEFINE_string(
 flags.DEFINE_string(
     "input_key", None, "Array name inside an .npz input (default: the first array)."
 )
-flags.DEFINE_integer("range_max", 256, "GRIDE range_max.")
+flags.DEFINE_integer(
+    "range_max", None, "GRIDE range_max (default: the largest N supports, up to 256)."
+)
 flags.DEFINE_integer("max_k", 32, "Neighbourhood-overlap max_k.")
 flags.DEFINE_integer(
     "layer_chunk",
@@ -237,6 +243,7 @@ def main(argv):
     print(
         f"jax {jax.__version__} on {jax.devices()[0].platform}, {os.cpu_count()} CPUs; {load_avg()}"
     )
+    FLAGS.range_max = metrics.check_sizes(n_tokens, range_max=FLAGS.range_max, max_k=FLAGS.max_k)
     metrics.validate_hidden(hidden, range_max=FLAGS.range_max, max_k=FLAGS.max_k)
 
     fn = jax.jit(

@@ -24,7 +24,11 @@ import time
 import numpy as np
 from absl import app, flags
 
-from geom_jax import benchmarking
+from geom_jax import cli
+
+cli.quiet_startup()
+
+from geom_jax import benchmarking  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "smollm2-135m", "Model alias, path, Hub id (or preset name).")
@@ -39,7 +43,9 @@ flags.DEFINE_bool(
     "random_weights", False, "Random parameters of the model's full-size preset, random tokens."
 )
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Model dtype (both sides).")
-flags.DEFINE_integer("range_max", 256, "GRIDE range_max.")
+flags.DEFINE_integer(
+    "range_max", None, "GRIDE range_max (default: the largest N supports, up to 256)."
+)
 flags.DEFINE_integer("max_k", 32, "Neighbourhood-overlap max_k.")
 flags.DEFINE_bool("torch", True, "Run the PyTorch baseline.")
 flags.DEFINE_float("peak_tflops", None, "Peak TFLOP/s of one device, for the forward's MFU.")
@@ -217,7 +223,9 @@ def main(argv):
     if FLAGS.num_prompts % FLAGS.batch_size:
         sys.exit(f"error: --num_prompts={FLAGS.num_prompts} is not a multiple of --batch_size")
     try:
-        metrics.check_sizes(FLAGS.max_tokens, range_max=FLAGS.range_max, max_k=FLAGS.max_k)
+        FLAGS.range_max = metrics.check_sizes(
+            FLAGS.max_tokens, range_max=FLAGS.range_max, max_k=FLAGS.max_k
+        )
     except ValueError as e:
         sys.exit(f"error: {e}")
     vocab = models.presets.get(FLAGS.model).vocab_size if FLAGS.random_weights else None

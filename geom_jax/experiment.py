@@ -41,7 +41,7 @@ class RunSpec:
     max_shuffle: int = 5
     num_prompts: int | None = 16
     batch_size: int = 1
-    range_max: int = 256
+    range_max: int | None = None  # None: min(256, N - 1), resolved by run()
     max_k: int = 32
     seed: int = 0
     add_bos: bool = False
@@ -112,7 +112,12 @@ def define_flags() -> None:
     flags.DEFINE_integer("max_shuffle", d.max_shuffle, "Largest shuffle index s (4**s blocks).")
     flags.DEFINE_integer("num_prompts", d.num_prompts, "Prompts to keep (0 = all qualifying).")
     flags.DEFINE_integer("batch_size", d.batch_size, "Rows per jitted step.")
-    flags.DEFINE_integer("range_max", d.range_max, "Largest GRIDE neighbour rank n2.")
+    flags.DEFINE_integer(
+        "range_max",
+        d.range_max,
+        "Largest GRIDE neighbour rank n2 (default: the largest the prompt length supports, "
+        "up to 256; recorded in metadata.json).",
+    )
     flags.DEFINE_integer("max_k", d.max_k, "Largest neighbourhood size k of the overlap.")
     flags.DEFINE_integer("seed", d.seed, "Seed of the block shuffles.")
     flags.DEFINE_bool("add_bos", d.add_bos, "Prepend the tokenizer's BOS token.")
@@ -164,6 +169,15 @@ def check_spec(spec: RunSpec) -> None:
         )
     except ValueError as e:
         raise UserError(str(e)) from None
+
+
+def with_range_max(spec: RunSpec) -> RunSpec:
+    """spec with range_max None replaced by the largest range its prompts support."""
+    from geom_jax import metrics  # pylint: disable=g-import-not-at-top
+
+    n = spec.max_tokens + int(spec.add_bos)
+    resolved = metrics.check_sizes(n, range_max=spec.range_max, max_k=spec.max_k)
+    return dataclasses.replace(spec, range_max=resolved)
 
 
 def check_output_dir(spec: RunSpec) -> None:
@@ -292,6 +306,7 @@ def run(spec: RunSpec) -> dict:
 
     t_start = time.time()
     check_spec(spec)
+    spec = with_range_max(spec)
     try:
         mesh = sharding.make_mesh(sharding.parse_mesh_shape(spec.mesh_shape))
         sharding.check_batch(mesh, spec.batch_size)

@@ -55,7 +55,7 @@ def geometry_from_hidden(
     token_nll: jax.Array,
     attention_mask: jax.Array,
     *,
-    range_max: int,
+    range_max: int | None,
     max_k: int,
     layer_chunk: int | None = None,
 ) -> PromptGeometry:
@@ -90,7 +90,7 @@ def geometry_step(
     attention_mask: jax.Array,
     *,
     mesh: Mesh,
-    range_max: int,
+    range_max: int | None,
     max_k: int,
     layer_chunk: int | None = None,
 ) -> PromptGeometry:
@@ -134,7 +134,7 @@ class GeometryPipeline:
         self,
         model: models.Decoder,
         *,
-        range_max: int = 256,
+        range_max: int | None = None,
         max_k: int = 32,
         layer_chunk: int | None = None,
         mesh: Mesh | None = None,

@@ -59,6 +59,7 @@ def test_benchmark_refuses_sizes_before_loading_anything():
             sys.executable,
             os.path.join(root, "experiments", "benchmark_torch.py"),
             "--max_tokens=256",
+            "--range_max=256",
         ],
         capture_output=True,
         text=True,

@@ -11,13 +11,14 @@ from geom_jax.metrics.intrinsic_dimension import gride, twonn
 from geom_jax.metrics.neighbors import SELECTION_METHODS, knn
 from geom_jax.metrics.overlap import neighborhood_overlap
 from geom_jax.metrics.unique import unique_mask
-from geom_jax.metrics.validation import check_sizes, validate_hidden
+from geom_jax.metrics.validation import check_sizes, default_range_max, validate_hidden
 
 __all__ = [
     "LayerGeometry",
     "SELECTION_METHODS",
     "check_sizes",
     "cosine_similarity_stats",
+    "default_range_max",
     "gride",
     "knn",
     "layer_geometry",

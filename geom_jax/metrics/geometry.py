@@ -188,7 +188,7 @@ def layer_geometry(
     hidden,
     mask=None,
     *,
-    range_max=256,
+    range_max=None,
     max_k=32,
     layer_chunk=None,
     twonn_discard_fraction=0.1,
@@ -202,7 +202,8 @@ def layer_geometry(
     mask: bool [..., N] valid tokens per prompt, shared by all layers (None:
     all valid). One Gram matrix per layer serves distances and cosine; ID
     estimators use the distinct valid tokens (first occurrence kept),
-    overlap and cosine all valid tokens. layer_chunk bounds memory by
+    overlap and cosine all valid tokens. range_max None is min(256, N - 1),
+    the largest GRIDE range N tokens support. layer_chunk bounds memory by
     processing that many layers at a time (lax.map); None picks about
     8 MiB of Gram matrix per chunk (2 layers of 1024 tokens, 1 layer of
     2048 or more), which is also about the fastest on CPU; layer_chunk >= L
@@ -221,6 +222,7 @@ def layer_geometry(
     else:
         validation.check_sizes(hidden.shape[-2], range_max=range_max, max_k=max_k)
     hidden = validation.as_points(hidden, "hidden", min_rank=3)
+    range_max = validation.resolve_range_max(hidden.shape[-2], range_max)
     if mask is not None:
         mask = jnp.asarray(mask, bool)
     return _layer_geometry(
