@@ -1,12 +1,12 @@
-"""The NumPy baseline of the paper's CPU path agrees with the oracle and with the JAX metrics."""
+"""The paper column (benchmarks/paper.py) agrees with the float64 reference and JAX."""
 
 import time
 
 import numpy as np
-import oracle
 
+from benchmarks import paper
+from benchmarks import reference as oracle
 from geom_jax import metrics
-from geom_jax.baseline import metrics_numpy
 
 
 def test_baseline_matches_oracle_and_jax():
@@ -19,7 +19,7 @@ def test_baseline_matches_oracle_and_jax():
     hidden = np.stack(layers).astype(np.float32)
     hidden[0, 20] = hidden[0, 7]  # a duplicate for the ID estimators to drop
     start = time.perf_counter()
-    out = metrics_numpy.paper_layer_geometry(hidden, range_max=32, max_k=8)
+    out = paper.paper_layer_geometry(hidden, range_max=32, max_k=8)
     wall = time.perf_counter() - start
     # The per-stage times are real timings that account for the call's work.
     assert all(t > 0 for t in out["times"].values()), out["times"]

@@ -7,9 +7,9 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
-import oracle
 import pytest
 
+from benchmarks import reference as oracle
 from geom_jax import metrics
 from geom_jax.metrics import geometry
 
