@@ -88,15 +88,18 @@ def _jax_side(ids):
 
     from geom_jax import metrics, models, pipeline  # pylint: disable=g-import-not-at-top
 
-    dtype = jnp.dtype(FLAGS.dtype)
+    dtype, param_dtype = pipeline.execution_dtypes(FLAGS.dtype, FLAGS.dtype)
     t = time.perf_counter()
     if FLAGS.random_weights:
         model = models.init_random(
-            models.presets.get(FLAGS.model), seed=FLAGS.seed, dtype=dtype, param_dtype=dtype
+            models.presets.get(FLAGS.model), seed=FLAGS.seed, dtype=dtype, param_dtype=param_dtype
         )
     else:
-        model, _ = models.load(FLAGS.model, dtype=dtype, param_dtype=dtype, tokenizer=False)
-    print(f"JAX: model ready in {time.perf_counter() - t:.1f} s on {jax.devices()[0].device_kind}")
+        model, _ = models.load(FLAGS.model, dtype=dtype, param_dtype=param_dtype, tokenizer=False)
+    print(
+        f"JAX: model ready in {time.perf_counter() - t:.1f} s on {jax.devices()[0].device_kind} "
+        f"(compute {dtype.name}, parameters {param_dtype.name})"
+    )
     pipe = pipeline.GeometryPipeline(model, range_max=FLAGS.range_max, max_k=FLAGS.max_k)
     batch = ids[: FLAGS.batch_size]
     t = time.perf_counter()

@@ -294,7 +294,6 @@ def run(spec: RunSpec) -> dict:
     calls this with the same spec; process 0 writes the merged results.
     """
     import jax  # pylint: disable=g-import-not-at-top
-    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 
     from geom_jax import (  # pylint: disable=g-import-not-at-top
         distributed,
@@ -341,10 +340,11 @@ def run(spec: RunSpec) -> dict:
         record_run_config(spec)
     rules = models.fsdp_rules() if spec.fsdp else None
     try:
+        compute_dtype, param_dtype = pipeline.execution_dtypes(spec.dtype, spec.param_dtype)
         model, _ = models.load(
             spec.model,
-            dtype=jnp.dtype(spec.dtype),
-            param_dtype=jnp.dtype(spec.param_dtype),
+            dtype=compute_dtype,
+            param_dtype=param_dtype,
             tokenizer=False,
             mesh=mesh,
             rules=rules,
@@ -398,6 +398,10 @@ def run(spec: RunSpec) -> dict:
                 "mesh_shape": list(mesh.devices.shape),
                 "num_processes": jax.process_count(),
                 "num_rows": len(plan),
+                "execution_dtypes": {
+                    "compute": str(model.dtype),
+                    "params": str(model.param_dtype),
+                },
                 "versions": results.package_versions(),
                 "git_commit": results.git_commit(),
                 "device": str(jax.devices()[0].device_kind),

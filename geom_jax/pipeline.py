@@ -23,6 +23,22 @@ from jax.sharding import PartitionSpec as P
 from geom_jax import metrics, models, sharding
 
 
+def execution_dtypes(dtype, param_dtype, platform: str | None = None):
+    """(compute dtype, parameter dtype) to run a requested (dtype, param_dtype) with.
+
+    On CPU, XLA runs bfloat16 matmuls at about the float32 rate plus
+    conversions, so a bfloat16 compute request runs in float32 from the
+    requested parameters (bfloat16 weights stay bfloat16 in memory and are
+    widened per layer; activations are not rounded to bfloat16). Elsewhere
+    the request is kept.
+    """
+    dtype, param_dtype = jnp.dtype(dtype), jnp.dtype(param_dtype)
+    platform = platform or jax.default_backend()
+    if platform == "cpu" and dtype == jnp.bfloat16:
+        return jnp.dtype(jnp.float32), param_dtype
+    return dtype, param_dtype
+
+
 @flax.struct.dataclass
 class PromptGeometry:
     """Per-prompt results of one batch (leading axis B).

@@ -275,3 +275,23 @@ def test_cli_default_range_max_and_quiet_startup(tiny, tmp_path):
     meta = results.read_json(str(out / "metadata.json"))
     assert meta["flags"]["range_max"] == 63
     assert np.load(out / "results.npz")["gride_ids"].shape[-1] == 5
+
+
+def test_bfloat16_on_cpu_computes_in_float32_from_bfloat16_weights(tiny, tmp_path):
+    """The CPU execution policy: --dtype=bfloat16 --param_dtype=bfloat16 runs as float32
+    compute on bfloat16 parameters, recorded in metadata.json."""
+    from geom_jax import pipeline
+
+    assert pipeline.execution_dtypes("bfloat16", "bfloat16", "cpu") == ("float32", "bfloat16")
+    assert pipeline.execution_dtypes("bfloat16", "float32", "cpu") == ("float32", "float32")
+    assert pipeline.execution_dtypes("bfloat16", "bfloat16", "gpu") == ("bfloat16", "bfloat16")
+    kw = dict(num_prompts=1, method="structured")
+    got = experiment.run(
+        _spec(tiny, tmp_path / "bf16", dtype="bfloat16", param_dtype="bfloat16", **kw)
+    )
+    meta = results.read_json(str(tmp_path / "bf16" / "metadata.json"))
+    assert meta["execution_dtypes"] == {"compute": "float32", "params": "bfloat16"}
+    assert meta["flags"]["dtype"] == "bfloat16"
+    want = experiment.run(_spec(tiny, tmp_path / "ref", param_dtype="bfloat16", **kw))
+    for k in ["gride_ids", "overlap", "cos_mean", "loss", "token_nll"]:
+        np.testing.assert_array_equal(got[k], want[k], err_msg=k)
