@@ -54,8 +54,9 @@ def check_peer_env() -> None:
 def run_peer(hidden, *, range_max: int, max_k: int) -> dict:
     """benchmarks/peer.py on hidden [L, N, D] in the peer environment.
 
-    Returns its arrays and "times" (seconds per stage, measured inside the
-    subprocess, so its start-up and imports are excluded).
+    Returns its arrays, "times" (seconds per stage, measured inside the
+    subprocess, so its start-up and imports are excluded) and "cpu_s" (its
+    process CPU seconds over those stages).
     """
     check_peer_env()
     with tempfile.TemporaryDirectory() as tmp:
@@ -72,6 +73,7 @@ def run_peer(hidden, *, range_max: int, max_k: int) -> dict:
         with np.load(out) as f:
             got = {k: f[k] for k in f.files}
     got["times"] = json.loads(str(got["times"]))
+    got["cpu_s"] = float(got["cpu_s"])
     return got
 
 

@@ -6,14 +6,16 @@ cannot share geom-jax's), as a subprocess of the benchmark scripts
 
   .bench-venv/bin/python benchmarks/peer.py HIDDEN.npy OUT.npz --range_max=256 --max_k=32
 
-HIDDEN is one prompt's [L, N, D] or prompts' [P, L, N, D]. Per layer: ``Data(x).compute_distances(maxk=range_max)``
+HIDDEN is one prompt's [L, N, D] or prompts' [P, L, N, D]. Per layer:
+``Data(x).compute_distances(maxk=range_max)``
 on the distinct tokens (first occurrence kept, as the paper drops
 duplicates), ``return_id_scaling_gride(range_max)``, ``compute_id_2NN``
 (fraction 0.9), scikit-learn ``cosine_similarity``; for consecutive layers
 ``return_data_overlap(dist_indices=..., k=k)`` for k = 1..max_k (on all
 tokens: a second kNN only when a layer has duplicates). OUT holds the
-arrays (leading P for a [P, L, N, D] input) and ``times`` (seconds per
-stage summed over prompts, imports excluded) as JSON.
+arrays (leading P for a [P, L, N, D] input), ``times`` (wall seconds per
+stage summed over prompts, imports excluded) as JSON and ``cpu_s`` (process
+CPU seconds of all stages, all threads).
 """
 
 from __future__ import annotations
@@ -91,6 +93,7 @@ def main():
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     hidden = np.load(args.hidden)
+    cpu = time.process_time()
     prompts = [
         peer_layer_geometry(h, args.range_max, args.max_k)
         for h in hidden.reshape((-1,) + hidden.shape[-3:])
@@ -99,7 +102,8 @@ def main():
     if hidden.ndim == 3:
         arrays = {k: v[0] for k, v in arrays.items()}
     times = {k: sum(t[k] for _, t in prompts) for k in STAGES}
-    np.savez(args.out, times=json.dumps(times), **arrays)
+    cpu = time.process_time() - cpu
+    np.savez(args.out, times=json.dumps(times), cpu_s=cpu, **arrays)
 
 
 if __name__ == "__main__":
