@@ -316,6 +316,7 @@ def main(argv):
             np.stack([h[1:] for h in hiddens]), range_max=FLAGS.range_max, max_k=FLAGS.max_k
         )
         peer_times = got.pop("times")
+        got.pop("cpu_s")
         for i in range(n_torch):
             geo = {k: v[i] for k, v in got.items()}
             _embedding_cosine(hiddens[i][0], geo, peer_times)
