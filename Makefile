@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 PYTEST_ARGS ?=
 RESULTS ?= results
 
-.PHONY: run test install install-test clean
+.PHONY: run test install install-test bench-env clean
 
 $(VENV)/.stamp-base: setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,21 @@ install-test: $(VENV)/.stamp-test
 
 test: $(VENV)/.stamp-test
 	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+# The benchmarks' `peer` column (benchmarks/peer.py): DADApy 0.3.x and
+# scikit-learn in their own environment (DADApy pins jax 0.4.30, which cannot
+# share .venv). The benchmark scripts run it as a subprocess; tests never do.
+BENCH_VENV ?= .bench-venv
+BENCH_PY := $(BENCH_VENV)/bin/python
+
+$(BENCH_VENV)/.stamp: Makefile
+	test -x $(BENCH_PY) || $(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_PY) -m pip install -q --upgrade pip
+	$(BENCH_PY) -m pip install -q "dadapy>=0.3.4,<0.4" "scikit-learn>=1.4"
+	$(BENCH_PY) -c "import dadapy, sklearn; from dadapy import Data"
+	touch $@
+
+bench-env: $(BENCH_VENV)/.stamp
 
 # The default experiment: SmolLM2-135M on CPython's pydoc topics at 1024
 # tokens, every qualifying prompt structured plus a shuffled sweep (s = 0..5).
@@ -48,4 +63,4 @@ run: $(VENV)/.stamp-base
 	@echo "Report:  $(RUN_DIR)/report/report.md"
 
 clean:
-	rm -rf $(VENV) $(RESULTS)
+	rm -rf $(VENV) $(BENCH_VENV) $(RESULTS)

@@ -11,11 +11,18 @@ from __future__ import annotations
 
 import os
 import statistics
+import sys
 import time
 
 from absl import app, flags
 
-from geom_jax import benchmarking
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from geom_jax import cli  # noqa: E402
+
+cli.quiet_startup()
+
+from benchmarks import benchmarking  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "smollm2-135m", "alias, directory, .gguf, Hub id, or preset name")
@@ -96,7 +103,7 @@ def main(argv):
     if FLAGS.torch:
         import torch
 
-        from geom_jax.baseline import torch_forward as tf
+        from benchmarks import torch_forward as tf
 
         t = time.perf_counter()
         tmodel = tf.model_for(

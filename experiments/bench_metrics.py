@@ -1,10 +1,13 @@
-"""Benchmark geom_jax.metrics.layer_geometry against the paper's CPU path.
+"""Benchmark geom_jax.metrics.layer_geometry against the paper's code and a peer.
 
-Times the jitted layer_geometry (after compilation, block_until_ready) and
-geom_jax.baseline.metrics_numpy.paper_layer_geometry (scikit-learn
-distances and cosine, NumPy/SciPy GRIDE bisection, the paper's Python
-overlap loop) on the same hidden-state stack [L, N, D], checks that both
-agree, prints per-stage times and, as the last line, the speed-up.
+Three columns on the same hidden-state stack [L, N, D], in the same run:
+``paper`` (benchmarks/paper.py: the paper's algorithm operation for
+operation), ``peer`` (benchmarks/peer.py: DADApy 0.3.x kNN, GRIDE, 2NN and
+data overlap plus scikit-learn cosine, in the ``make bench-env``
+environment, as a subprocess) and ``geom-jax`` (the jitted layer_geometry,
+after compilation). Also the time of the Gram matmuls alone (the floor on
+CPU). Prints per-stage times, agreement, and as the last line the speed-up
+against the peer.
 
   python experiments/bench_metrics.py --layers=31 --tokens=1024 --dim=576
   python experiments/bench_metrics.py --input=hidden.npy   # a saved [L, N, D] stack
@@ -19,6 +22,12 @@ import time
 import numpy as np
 from absl import app, flags
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from geom_jax import cli  # noqa: E402
+
+cli.quiet_startup()
+
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("layers", 31, "Layers L of the synthetic stack.")
 flags.DEFINE_integer("tokens", 1024, "Tokens N per layer of the synthetic stack.")
@@ -26,7 +35,7 @@ flags.DEFINE_integer("dim", 576, "Hidden size D of the synthetic stack.")
 flags.DEFINE_integer(
     "repeats", 5, "Timed runs of layer_geometry after compilation (min is reported)."
 )
-flags.DEFINE_integer("baseline_repeats", 1, "Timed runs of the NumPy baseline.")
+flags.DEFINE_integer("baseline_repeats", 1, "Timed runs of the paper and peer columns.")
 flags.DEFINE_string(
     "input",
     None,
@@ -35,7 +44,9 @@ flags.DEFINE_string(
 flags.DEFINE_string(
     "input_key", None, "Array name inside an .npz input (default: the first array)."
 )
-flags.DEFINE_integer("range_max", 256, "GRIDE range_max.")
+flags.DEFINE_integer(
+    "range_max", None, "GRIDE range_max (default: the largest N supports, up to 256)."
+)
 flags.DEFINE_integer("max_k", 32, "Neighbourhood-overlap max_k.")
 flags.DEFINE_integer(
     "layer_chunk",
@@ -43,7 +54,8 @@ flags.DEFINE_integer(
     "layer_chunk for layer_geometry (0 = automatic, about 8 MiB of Gram per chunk).",
 )
 flags.DEFINE_enum("selection", "auto", ["auto", "host", "xla"], "Neighbour-selection backend.")
-flags.DEFINE_bool("baseline", True, "Run the NumPy baseline (the speed-up needs it).")
+flags.DEFINE_bool("paper", True, "Run the paper column (benchmarks/paper.py).")
+flags.DEFINE_bool("peer", True, "Run the peer column (needs `make bench-env`).")
 flags.DEFINE_bool("stages", True, "Also time the JAX stages separately.")
 flags.DEFINE_integer("seed", 0, "Seed of the synthetic stack.")
 flags.DEFINE_string(
@@ -189,39 +201,55 @@ def jax_stage_times(hidden, range_max, max_k, selection, repeats):
     return stages
 
 
-def agreement(geo, base):
-    """Largest deviations between JAX and baseline results, and whether they are in tolerance."""
+def gram_only(hidden, repeats):
+    """Seconds of the centred Gram matmul of every layer alone (HIGHEST precision)."""
+    import jax
+    import jax.numpy as jnp
 
-    def rel(a, b):
-        a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-        ok = np.isfinite(b)
-        return float(np.max(np.abs(a[ok] - b[ok]) / np.abs(b[ok]))) if ok.any() else 0.0
+    def one(x):
+        c = x - jnp.mean(x, axis=0)
+        return jnp.max(jnp.einsum("nd,md->nm", c, c, precision=jax.lax.Precision.HIGHEST))
 
-    dev = {
-        "gride_ids (rel)": rel(geo.gride_ids, base["gride_ids"]),
-        "gride_errs (rel)": rel(geo.gride_errs, base["gride_errs"]),
-        "gride_scales (rel)": rel(geo.gride_scales, base["gride_scales"]),
-        "twonn (rel)": rel(geo.twonn, base["twonn"]),
-        "cos_mean (abs)": float(np.max(np.abs(np.asarray(geo.cos_mean) - base["cos_mean"]))),
-        "cos_std (abs)": float(np.max(np.abs(np.asarray(geo.cos_std) - base["cos_std"]))),
-        "overlap (max abs)": float(np.max(np.abs(np.asarray(geo.overlap) - base["overlap"]))),
-        "overlap (mean abs)": float(np.mean(np.abs(np.asarray(geo.overlap) - base["overlap"]))),
-    }
-    # The baseline rounds sklearn's distances to float32 and argsorts without a
-    # stable tie rule (and, with duplicate tokens, may count a point as its own
-    # neighbour), so a few neighbours may differ from ours: one token at k = 1
-    # is 1/N. Overlap is judged on its mean deviation, with a loose cap.
-    limits = {
-        "gride_ids (rel)": 1e-3,
-        "gride_errs (rel)": 1e-2,
-        "gride_scales (rel)": 1e-3,
-        "twonn (rel)": 1e-3,
-        "cos_mean (abs)": 1e-5,
-        "cos_std (abs)": 1e-5,
-        "overlap (max abs)": 5e-2,
-        "overlap (mean abs)": 1e-3,
-    }
-    return dev, all(dev[k] <= limits[k] for k in dev), limits
+    fn = jax.jit(lambda h: jax.lax.map(one, h))
+    x = jax.device_put(hidden)
+    jax.block_until_ready(fn(x))
+    return timed(lambda: jax.block_until_ready(fn(x)), repeats)[0]
+
+
+def column(name, run, repeats):
+    """Runs a reference column `repeats` times; prints it and returns (result, wall, CPU s).
+
+    Wall and CPU seconds are the sums of its stages (the peer's subprocess
+    start-up and file transfer excluded), of the fastest run.
+    """
+    best = None
+    for _ in range(repeats):
+        start, cpu = time.perf_counter(), time.process_time()
+        out = run()
+        wall = time.perf_counter() - start
+        out.setdefault("cpu_s", time.process_time() - cpu)
+        total = sum(out["times"].values())
+        if best is None or total < best[1]:
+            best = (out, total, out["cpu_s"], wall)
+    out, total, cpu, wall = best
+    print(
+        f"{name}: {total:.2f} s in its stages, process CPU {cpu:.2f} s "
+        f"({wall:.2f} s with start-up and I/O); {load_avg()}"
+    )
+    for stage, sec in out["times"].items():
+        print(f"  {stage:38s} {sec:7.3f} s")
+    return out, total, cpu
+
+
+def report_agreement(name, geo, ref):
+    from benchmarks import benchmarking
+
+    dev = benchmarking.deviations(geo, ref)
+    ok = benchmarking.within_limits(dev)
+    print(f"agreement geom-jax vs {name}: " + ("OK" if ok else "FAILED"))
+    for key, value in dev.items():
+        print(f"  {key:22s} {value:.2e} (limit {benchmarking.LIMITS[key]:.0e})")
+    return ok
 
 
 def main(argv):
@@ -229,7 +257,6 @@ def main(argv):
     import jax
 
     from geom_jax import metrics
-    from geom_jax.baseline import metrics_numpy
 
     if FLAGS.input:
         hidden = load_input(FLAGS.input, FLAGS.input_key)
@@ -243,6 +270,7 @@ def main(argv):
     print(
         f"jax {jax.__version__} on {jax.devices()[0].platform}, {os.cpu_count()} CPUs; {load_avg()}"
     )
+    FLAGS.range_max = metrics.check_sizes(n_tokens, range_max=FLAGS.range_max, max_k=FLAGS.max_k)
     metrics.validate_hidden(hidden, range_max=FLAGS.range_max, max_k=FLAGS.max_k)
 
     def jitted(observables):
@@ -292,29 +320,43 @@ def main(argv):
         ).items():
             print(f"  {name:38s} {sec:7.3f} s")
 
+    gram_s = gram_only(hidden, FLAGS.repeats)
+    print(f"Gram matmuls alone (centred, HIGHEST, every layer): {gram_s:.3f} s")
     print(f"peak RSS so far: {peak_rss_gib():.2f} GiB")
-    if not FLAGS.baseline:
-        print("baseline skipped (--nobaseline): no speed-up")
-        return
-    base_times = []
-    for _ in range(FLAGS.baseline_repeats):
-        start = time.perf_counter()
-        base = metrics_numpy.paper_layer_geometry(
-            hidden, range_max=FLAGS.range_max, max_k=FLAGS.max_k
+
+    from benchmarks import benchmarking, paper
+
+    ok, paper_s, peer_s = True, None, None
+    args = dict(range_max=FLAGS.range_max, max_k=FLAGS.max_k)
+    if FLAGS.peer:
+        benchmarking.check_peer_env()
+        peer_out, peer_s, peer_cpu = column(
+            "peer (DADApy + scikit-learn, subprocess)",
+            lambda: benchmarking.run_peer(hidden, **args),
+            FLAGS.baseline_repeats,
         )
-        base_times.append(time.perf_counter() - start)
-    base_total = min(base_times)
-    print(f"baseline (paper's CPU path, NumPy/scikit-learn): {base_total:.2f} s; {load_avg()}")
-    for name, sec in base["times"].items():
-        print(f"  {name:38s} {sec:7.3f} s")
-    dev, ok, limits = agreement(geo, base)
-    print("agreement with the baseline: " + ("OK" if ok else "FAILED"))
-    for name, value in dev.items():
-        print(f"  {name:22s} {value:.2e} (limit {limits[name]:.0e})")
-    print(
-        f"speed-up: {base_total / jax_min:.1f}x "
-        f"(baseline {base_total:.2f} s / layer_geometry {jax_min:.3f} s)"
-    )
+        ok &= report_agreement("peer", geo, peer_out)
+    if FLAGS.paper:
+        paper_out, paper_s, paper_cpu = column(
+            "paper (the paper's code, operation for operation)",
+            lambda: paper.paper_layer_geometry(hidden, **args),
+            FLAGS.baseline_repeats,
+        )
+        ok &= report_agreement("paper", geo, paper_out)
+    print(f"ratio to the Gram-only time: {jax_min / gram_s:.2f} (goal <= 2)")
+    if paper_s:
+        print(
+            f"speed-up vs paper: {paper_s / jax_min:.1f}x ({paper_s:.2f} s / {jax_min:.3f} s; "
+            f"process CPU {paper_cpu / jax_cpu:.1f}x)"
+        )
+    if peer_s:
+        print(
+            f"process CPU ratio vs peer (its idle OpenMP threads spin): {peer_cpu / jax_cpu:.1f}x "
+            f"({peer_cpu:.2f} s / {jax_cpu:.3f} s)"
+        )
+        print(f"speed-up vs peer: {peer_s / jax_min:.1f}x ({peer_s:.2f} s / {jax_min:.3f} s)")
+    else:
+        print("peer skipped (--nopeer): no speed-up vs peer")
     if not ok:
         sys.exit(1)
 

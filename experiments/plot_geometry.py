@@ -9,7 +9,11 @@ from __future__ import annotations
 
 from absl import app, flags
 
-from geom_jax import plots
+from geom_jax import cli
+
+cli.quiet_startup()
+
+from geom_jax import plots  # noqa: E402
 
 _RESULTS = flags.DEFINE_list("results", None, "Result folders (output_dir of token_geometry).")
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Folder for the PNGs and report.md.")

@@ -19,7 +19,11 @@ import sys
 
 from absl import app, flags
 
-from geom_jax import distributed, experiment
+from geom_jax import cli
+
+cli.quiet_startup()
+
+from geom_jax import distributed, experiment  # noqa: E402
 
 FLAGS = flags.FLAGS
 experiment.define_flags()

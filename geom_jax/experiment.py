@@ -42,7 +42,7 @@ class RunSpec:
     max_shuffle: int = 5
     num_prompts: int | None = 16
     batch_size: int = 1
-    range_max: int = 256
+    range_max: int | None = None  # None: min(256, N - 1), resolved by run()
     max_k: int = 32
     seed: int = 0
     add_bos: bool = False
@@ -163,7 +163,12 @@ def define_flags() -> None:
     flags.DEFINE_integer("max_shuffle", d.max_shuffle, "Largest shuffle index s (4**s blocks).")
     flags.DEFINE_integer("num_prompts", d.num_prompts, "Prompts to keep (0 = all qualifying).")
     flags.DEFINE_integer("batch_size", d.batch_size, "Rows per jitted step.")
-    flags.DEFINE_integer("range_max", d.range_max, "Largest GRIDE neighbour rank n2.")
+    flags.DEFINE_integer(
+        "range_max",
+        d.range_max,
+        "Largest GRIDE neighbour rank n2 (default: the largest the prompt length supports, "
+        "up to 256; recorded in metadata.json).",
+    )
     flags.DEFINE_integer("max_k", d.max_k, "Largest neighbourhood size k of the overlap.")
     flags.DEFINE_integer("seed", d.seed, "Seed of the block shuffles.")
     flags.DEFINE_bool("add_bos", d.add_bos, "Prepend the tokenizer's BOS token.")
@@ -236,10 +241,13 @@ def check_spec(spec: RunSpec) -> None:
         raise UserError(f"--duplicate_tolerance must be in [0, 1), got {spec.duplicate_tolerance}")
     try:
         names = _registry().resolve(spec.observables, "--observables")
+        n = spec.max_tokens + int(spec.add_bos)
         options = metrics.geometry.options_of(
-            range_max=spec.range_max, max_k=spec.max_k, options=observable_options(spec)
+            range_max=metrics.validation.resolve_range_max(n, spec.range_max),
+            max_k=spec.max_k,
+            options=observable_options(spec),
         )
-        metrics.geometry.check_observables(names, options, spec.max_tokens + int(spec.add_bos))
+        metrics.geometry.check_observables(names, options, n)
     except ValueError as e:
         raise UserError(_as_flags(str(e))) from None
     check_lens(spec, names)
@@ -338,6 +346,15 @@ def _holds_a_run(out: str) -> bool:
                 continue
         return True
     return False
+
+
+def with_range_max(spec: RunSpec) -> RunSpec:
+    """spec with range_max None replaced by the largest range its prompts support."""
+    from geom_jax import metrics  # pylint: disable=g-import-not-at-top
+
+    n = spec.max_tokens + int(spec.add_bos)
+    resolved = metrics.check_sizes(n, range_max=spec.range_max, max_k=spec.max_k)
+    return dataclasses.replace(spec, range_max=resolved)
 
 
 def check_output_dir(spec: RunSpec) -> None:
@@ -517,6 +534,7 @@ def run(spec: RunSpec) -> dict:
 
     t_start = time.time()
     check_spec(spec)
+    spec = with_range_max(spec)
     try:
         mesh = sharding.make_mesh(sharding.parse_mesh_shape(spec.mesh_shape))
         sharding.check_batch(mesh, spec.batch_size)
@@ -560,7 +578,6 @@ class _SpaceNeeded:
 
 def _run_locked(spec: RunSpec, mesh, config, t_start: float, space: _SpaceNeeded) -> dict:
     import jax  # pylint: disable=g-import-not-at-top
-    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 
     from geom_jax import (  # pylint: disable=g-import-not-at-top
         distributed,
@@ -597,10 +614,11 @@ def _run_locked(spec: RunSpec, mesh, config, t_start: float, space: _SpaceNeeded
     distributed.barrier("geom_jax:validated")
     rules = models.fsdp_rules() if spec.fsdp else None
     try:
+        compute_dtype, param_dtype = pipeline.execution_dtypes(spec.dtype, spec.param_dtype)
         model, _ = models.load(
             spec.model,
-            dtype=jnp.dtype(spec.dtype),
-            param_dtype=jnp.dtype(spec.param_dtype),
+            dtype=compute_dtype,
+            param_dtype=param_dtype,
             tokenizer=False,
             mesh=mesh,
             rules=rules,
@@ -672,6 +690,10 @@ def _run_locked(spec: RunSpec, mesh, config, t_start: float, space: _SpaceNeeded
                 "mesh_shape": list(mesh.devices.shape),
                 "num_processes": jax.process_count(),
                 "num_rows": len(plan),
+                "execution_dtypes": {
+                    "compute": str(model.dtype),
+                    "params": str(model.param_dtype),
+                },
                 "versions": results.package_versions(),
                 "git_commit": results.git_commit(),
                 "device": str(jax.devices()[0].device_kind),

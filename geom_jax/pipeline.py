@@ -23,6 +23,22 @@ from jax.sharding import PartitionSpec as P
 from geom_jax import metrics, models, sharding
 
 
+def execution_dtypes(dtype, param_dtype, platform: str | None = None):
+    """(compute dtype, parameter dtype) to run a requested (dtype, param_dtype) with.
+
+    On CPU, XLA runs bfloat16 matmuls at about the float32 rate plus
+    conversions, so a bfloat16 compute request runs in float32 from the
+    requested parameters (bfloat16 weights stay bfloat16 in memory and are
+    widened per layer; activations are not rounded to bfloat16). Elsewhere
+    the request is kept.
+    """
+    dtype, param_dtype = jnp.dtype(dtype), jnp.dtype(param_dtype)
+    platform = platform or jax.default_backend()
+    if platform == "cpu" and dtype == jnp.bfloat16:
+        return jnp.dtype(jnp.float32), param_dtype
+    return dtype, param_dtype
+
+
 @jax.tree_util.register_pytree_node_class
 class PromptGeometry(metrics.LayerGeometry):
     """Per-prompt results of one batch (leading axis B): field name -> array.
@@ -121,7 +137,7 @@ def geometry_from_hidden(
     attention_mask: jax.Array,
     inputs: dict | None = None,
     *,
-    range_max: int,
+    range_max: int | None,
     max_k: int,
     layer_chunk: int | None = None,
     observables="paper",
@@ -196,7 +212,7 @@ def geometry_step(
     attention_mask: jax.Array,
     *,
     mesh: Mesh,
-    range_max: int,
+    range_max: int | None,
     max_k: int,
     layer_chunk: int | None = None,
     observables="paper",
@@ -284,7 +300,7 @@ class GeometryPipeline:
         self,
         model: models.Decoder,
         *,
-        range_max: int = 256,
+        range_max: int | None = None,
         max_k: int = 32,
         layer_chunk: int | None = None,
         mesh: Mesh | None = None,

@@ -51,9 +51,18 @@ def test_block_permutation_is_seeded_per_prompt_and_level():
     assert not np.array_equal(a, data.block_permutation(256, 3, seed=0, prompt_index=6))
 
 
-def test_full_shuffle_moves_single_tokens():
-    perm = data.block_permutation(64, 3, seed=0, prompt_index=0)  # 64 blocks of 1 token
-    assert len(set(np.diff(perm).tolist())) > 2
+@pytest.mark.parametrize("s", [1, 2, 3])
+def test_blocks_are_no_coarser_than_4_pow_s(s):
+    # A random order of B blocks keeps about one pair of blocks adjacent, so the
+    # permutation breaks the sequence about B - 2 times; blocks of 4x the size
+    # (one level too coarse) could break it at most B/4 - 1 times.
+    t, blocks = 64, 4**s
+    breaks = [
+        int(np.sum(np.diff(data.block_permutation(t, s, seed=0, prompt_index=p)) != 1))
+        for p in range(8)
+    ]
+    assert max(breaks) <= blocks - 1
+    assert np.mean(breaks) > blocks / 4
 
 
 def test_shuffle_tokens_keeps_prefix_and_multiset():

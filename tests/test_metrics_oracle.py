@@ -1,14 +1,19 @@
 """JAX metrics against the float64 NumPy oracle: random clouds, masks, ties, duplicates."""
 
+import os
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
-import oracle
 import pytest
 
+from benchmarks import reference as oracle
 from geom_jax import metrics
 from geom_jax.metrics import geometry
 
+HERE = os.path.dirname(os.path.abspath(__file__))
 RANGE_MAX = 64
 MAX_K = 10
 
@@ -288,18 +293,47 @@ def _assert_close(a, b):
         )
 
 
-def test_jit_vmap_and_shard_map():
+def test_jit_and_vmap():
     hidden, mask = _stack_and_mask()
     direct = metrics.layer_geometry(hidden, mask, range_max=RANGE_MAX, max_k=MAX_K)
     fn = lambda h, m: metrics.layer_geometry(h, m, range_max=RANGE_MAX, max_k=MAX_K)
     vmapped = jax.jit(jax.vmap(fn))(hidden, mask)
     _assert_close(direct, vmapped)
-    mesh = jax.make_mesh((len(jax.devices()),), ("data",))
-    spec = jax.sharding.PartitionSpec("data")
-    put = lambda a: jax.device_put(a, jax.sharding.NamedSharding(mesh, spec))
-    chunked = lambda h, m: metrics.layer_geometry(
-        h, m, range_max=RANGE_MAX, max_k=MAX_K, layer_chunk=2
+
+
+SHARD_MAP_SCRIPT = """
+import jax, numpy as np
+from test_metrics_oracle import MAX_K, RANGE_MAX, _assert_close, _stack_and_mask
+from geom_jax import metrics
+assert jax.device_count() == 2, jax.devices()
+hidden, mask = _stack_and_mask()
+direct = metrics.layer_geometry(hidden, mask, range_max=RANGE_MAX, max_k=MAX_K)
+mesh = jax.make_mesh((2,), ("data",))
+spec = jax.sharding.PartitionSpec("data")
+put = lambda a: jax.device_put(a, jax.sharding.NamedSharding(mesh, spec))
+chunked = lambda h, m: metrics.layer_geometry(h, m, range_max=RANGE_MAX, max_k=MAX_K, layer_chunk=2)
+fn = jax.jit(jax.shard_map(chunked, mesh=mesh, in_specs=(spec, spec), out_specs=spec))
+sharded = fn(put(hidden), put(mask))
+shards = sharded.gride_ids.addressable_shards
+assert len({s.device for s in shards}) == 2 and all(s.data.shape[0] == 1 for s in shards)
+_assert_close(direct, sharded)
+print("SHARDED OK")
+"""
+
+
+def test_shard_map_on_two_devices():
+    """One prompt per device on 2 simulated CPU devices equals the unsharded call."""
+    env = dict(
+        os.environ,
+        JAX_PLATFORMS="cpu",
+        XLA_FLAGS="--xla_force_host_platform_device_count=2",
+        PYTHONPATH=os.pathsep.join([HERE, os.path.dirname(HERE), os.environ.get("PYTHONPATH", "")]),
     )
-    sharded_fn = jax.jit(jax.shard_map(chunked, mesh=mesh, in_specs=(spec, spec), out_specs=spec))
-    sharded = sharded_fn(put(hidden), put(mask))
-    _assert_close(direct, sharded)
+    proc = subprocess.run(
+        [sys.executable, "-c", SHARD_MAP_SCRIPT],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0 and "SHARDED OK" in proc.stdout, proc.stderr[-4000:]

@@ -29,7 +29,15 @@ def test_n_too_small_for_range_max():
         metrics.gride(hidden((64, 8)), range_max=1)
     with pytest.raises(ValueError, match=r"range_max=256"):
         metrics.check_sizes(256, range_max=256, max_k=32)
-    metrics.check_sizes(257, range_max=256, max_k=32)
+    assert metrics.check_sizes(257, range_max=256, max_k=32) == 256
+
+
+def test_default_range_max_is_the_largest_the_cloud_supports():
+    assert [metrics.default_range_max(n) for n in (3, 64, 256, 257, 4096)] == [2, 63, 255, 256, 256]
+    assert metrics.check_sizes(256, max_k=32) == 255
+    assert metrics.gride(hidden((64, 8)))[0].shape == (5,)  # range 63: n2 = 2 .. 32
+    geo = metrics.layer_geometry(hidden(), max_k=8)
+    assert geo.gride_ids.shape == (2, 3, 5)
 
 
 def test_wrong_rank():
@@ -117,4 +125,10 @@ def test_non_boolean_mask_values_are_refused():
     ):
         with pytest.raises(ValueError, match=r"mask must be boolean \(or 0/1\)"):
             fn(mask)
-        fn(np.minimum(mask, 1))  # 0/1 integers are accepted
+        # 0/1 integers are accepted and mean what the boolean mask means.
+        ints = np.minimum(mask, 1)
+        ints[40:] = 0
+        got, want = jax.tree.leaves(fn(ints)), jax.tree.leaves(fn(ints.astype(bool)))
+        unmasked = jax.tree.leaves(fn(np.ones(64, np.int32)))
+        assert all(np.array_equal(a, b) for a, b in zip(got, want))
+        assert not all(np.array_equal(a, b) for a, b in zip(got, unmasked))

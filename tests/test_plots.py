@@ -68,14 +68,24 @@ def test_report_numbers_match_the_data(tmp_path):
         assert f"]({name}.png)" in text
 
 
-def test_plots_differ_when_data_differ(tmp_path):
-    _fake_run(tmp_path / "a", levels=[0, 1], seed=3)
-    _fake_run(tmp_path / "b", levels=[0, 1], seed=4)
-    pa = plots.make_report([str(tmp_path / "a")], str(tmp_path / "ra"))
-    pb = plots.make_report([str(tmp_path / "b")], str(tmp_path / "rb"))
-    a = (tmp_path / "ra" / "cosine_vs_layer.png").read_bytes()
-    b = (tmp_path / "rb" / "cosine_vs_layer.png").read_bytes()
-    assert a != b and pa != pb
+def test_each_figure_follows_its_own_data(tmp_path):
+    """Same data -> identical figures; changing only cos_mean changes only the cosine figure."""
+    arrays = _fake_run(tmp_path / "a", levels=[0, 1], seed=3)
+    changed = dict(arrays, cos_mean=arrays["cos_mean"] * 0.5)
+    os.makedirs(tmp_path / "b")
+    results.save_results(str(tmp_path / "b"), changed)
+    results.write_json(str(tmp_path / "b" / results.METADATA_FILE), {"model": "toy"})
+    for run, out in [("a", "ra"), ("a", "ra2"), ("b", "rb")]:
+        plots.make_report([str(tmp_path / run)], str(tmp_path / out))
+
+    def png(out, name):
+        return (tmp_path / out / f"{name}.png").read_bytes()
+
+    for name in ["id_vs_layer", "overlap_vs_layer", "cosine_vs_layer", "id_vs_scale", "id_loss"]:
+        assert png("ra", name) == png("ra2", name), name
+        if name != "cosine_vs_layer":
+            assert png("ra", name) == png("rb", name), name
+    assert png("ra", "cosine_vs_layer") != png("rb", "cosine_vs_layer")
 
 
 def test_load_results_missing_folder(tmp_path):

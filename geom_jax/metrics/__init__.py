@@ -19,7 +19,7 @@ from geom_jax.metrics.overlap import neighborhood_overlap
 from geom_jax.metrics.spectrum import matrix_entropy, participation_ratio
 from geom_jax.metrics.trajectory import curvature
 from geom_jax.metrics.unique import DUPLICATE_TOLERANCE, unique_mask
-from geom_jax.metrics.validation import check_sizes, validate_hidden
+from geom_jax.metrics.validation import check_sizes, default_range_max, validate_hidden
 
 __all__ = [
     "DUPLICATE_TOLERANCE",
@@ -28,6 +28,7 @@ __all__ = [
     "check_sizes",
     "cosine_similarity_stats",
     "curvature",
+    "default_range_max",
     "gride",
     "information_imbalance",
     "knn",

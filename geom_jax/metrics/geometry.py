@@ -174,7 +174,7 @@ def _clouds_finite(scope, layers, finite):
 
 def options_of(
     *,
-    range_max=256,
+    range_max=None,
     max_k=32,
     id_k=20,
     entropy_alpha=2.0,
@@ -245,7 +245,7 @@ def layer_geometry(
     mask=None,
     *,
     observables="paper",
-    range_max=256,
+    range_max=None,
     max_k=32,
     id_k=20,
     entropy_alpha=2.0,
@@ -270,7 +270,8 @@ def layer_geometry(
     use the distinct valid tokens (first occurrence kept), the graph
     observables and cosine all valid tokens.
 
-    Options: range_max (GRIDE), max_k (overlap, reciprocity), id_k (MLE /
+    Options: range_max (GRIDE; None is min(256, N - 1), the largest range N
+    tokens support), max_k (overlap, reciprocity), id_k (MLE /
     TLE neighbours), entropy_alpha (matrix entropy; default 2, from the
     shared Gram matrix; 1 needs an eigendecomposition per layer, several
     times the rest's cost on CPU), twonn_discard_fraction,
@@ -304,6 +305,9 @@ def layer_geometry(
     validation.check_discard_fraction(twonn_discard_fraction, "twonn_discard_fraction")
     if layer_chunk is not None and (not isinstance(layer_chunk, int) or layer_chunk < 1):
         raise ValueError(f"layer_chunk must be a positive integer or None, got {layer_chunk!r}")
+    validation.check_points(hidden, "hidden", 3, "[..., L, N, D]")
+    n = hidden.shape[-2]
+    range_max = validation.resolve_range_max(n, range_max)
     opts = options_of(
         range_max=range_max,
         max_k=max_k,
@@ -323,23 +327,15 @@ def layer_geometry(
                     f"observable {name!r} consumes {c!r}: pass inputs={{{c!r}: ...}} "
                     f"({registry.INPUTS[c][1]})"
                 )
-    paper_sizes = {"gride", "overlap"} & set(names)
-    validation.check_points(hidden, "hidden", 3, "[..., L, N, D]")
-    n = hidden.shape[-2]
+    sizes = dict(
+        range_max=range_max,
+        max_k=max_k if "overlap" in names else None,
+        gride="gride" in names,
+    )
     if validate:
-        validation.validate_hidden(
-            hidden,
-            mask,
-            range_max=range_max if "gride" in paper_sizes else None,
-            max_k=max_k if "overlap" in paper_sizes else None,
-            allow_non_finite=True,
-        )
-    elif paper_sizes:
-        validation.check_sizes(
-            n,
-            range_max=range_max if "gride" in paper_sizes else None,
-            max_k=max_k if "overlap" in paper_sizes else None,
-        )
+        validation.validate_hidden(hidden, mask, allow_non_finite=True, **sizes)
+    else:
+        validation.check_sizes(n, **sizes)
     check_observables(names, opts, n, hidden if validate else None, mask)
     hidden = validation.as_points(hidden, "hidden", min_rank=3)
     if mask is not None:

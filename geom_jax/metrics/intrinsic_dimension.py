@@ -206,15 +206,17 @@ def _twonn(x, mask, discard_fraction, method):
     return twonn_from_neighbors(r[..., 0], r[..., 1], keep, discard_fraction)
 
 
-def gride(x, mask=None, *, range_max=256, selection="auto"):
+def gride(x, mask=None, *, range_max=None, selection="auto"):
     """GRIDE intrinsic dimension (Denti et al. 2022) of each cloud x [..., N, D].
 
     Scales n1 = 1, 2, 4, ..., 2**(S-1), n2 = 2 n1, S = floor(log2(min(N,
-    range_max))). Returns (ids, errs, scales) [..., S] float32; NaN where the
+    range_max))); range_max None is min(256, N - 1), the largest the cloud
+    supports. Returns (ids, errs, scales) [..., S] float32; NaN where the
     unique valid points cannot support a scale (n2 > n_unique - 1).
     """
     host_callback.check_method(selection)
     x = validation.as_points(x, "x")
+    range_max = validation.resolve_range_max(x.shape[-2], range_max)
     validation.check_range_max(x.shape[-2], range_max)
     mask = validation.as_mask(mask, x.shape[:-2], x.shape[-2])
     validation.validate_points(x, mask)

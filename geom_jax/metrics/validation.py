@@ -68,7 +68,24 @@ def n_scales(n, range_max):
     return int(math.floor(math.log2(min(n, range_max))))
 
 
+MAX_RANGE = 256
+
+
+def default_range_max(n):
+    """The largest GRIDE range N points support, capped at MAX_RANGE: min(256, N - 1).
+
+    Every neighbour rank 2**s <= range_max then exists (2**S <= N - 1).
+    """
+    return max(2, min(MAX_RANGE, int(n) - 1))
+
+
+def resolve_range_max(n, range_max):
+    """range_max, or default_range_max(n) when it is None."""
+    return default_range_max(n) if range_max is None else range_max
+
+
 def check_range_max(n, range_max, name="range_max"):
+    range_max = resolve_range_max(n, range_max)
     if not isinstance(range_max, (int, np.integer)) or range_max < 2:
         raise ValueError(f"{name} must be an integer >= 2, got {range_max!r}")
     if n < MIN_VALID_POINTS:
@@ -93,13 +110,18 @@ def check_discard_fraction(value, name="discard_fraction"):
         raise ValueError(f"{name} must be in [0, 1), got {value!r}")
 
 
-def check_sizes(n, *, range_max=256, max_k=32):
-    """Static check that clouds of N tokens support range_max and max_k (ValueError if
-    not); None skips a check (an observable set that does not use it)."""
+def check_sizes(n, *, range_max=None, max_k=32, gride=True):
+    """Static check that clouds of N tokens support range_max and max_k (ValueError if not).
+
+    range_max None is default_range_max(n); gride False skips its check and
+    max_k None skips the other (an observable set that does not use them).
+    Returns the range_max that applies.
+    """
     if max_k is not None:
         check_max_k(n, max_k)
-    if range_max is not None:
+    if gride:
         check_range_max(n, range_max)
+    return resolve_range_max(n, range_max)
 
 
 def _where(index, batch_shape, kind):
@@ -153,7 +175,9 @@ def check_mask_dtype(mask, name="mask"):
         raise ValueError(f"{name} must be boolean (or 0/1), got dtype {m.dtype}")
 
 
-def validate_hidden(hidden, mask=None, *, range_max=256, max_k=32, allow_non_finite=False):
+def validate_hidden(
+    hidden, mask=None, *, range_max=None, max_k=32, gride=True, allow_non_finite=False
+):
     """Check a hidden-state stack [..., L, N, D] and its mask [..., N] for layer_geometry.
 
     Shape checks always run; value checks (finite values at valid tokens,
@@ -166,7 +190,7 @@ def validate_hidden(hidden, mask=None, *, range_max=256, max_k=32, allow_non_fin
     hidden = check_points(hidden, "hidden", 3, "[..., L, N, D]")
     n = hidden.shape[-2]
     prompt_shape = tuple(hidden.shape[:-3])
-    check_sizes(n, range_max=range_max, max_k=max_k)
+    check_sizes(n, range_max=range_max, max_k=max_k, gride=gride)
     if mask is not None:
         if not hasattr(mask, "shape"):
             mask = np.asarray(mask)
