@@ -12,10 +12,10 @@ import pytest
 transformers = pytest.importorskip("transformers")
 torch = pytest.importorskip("torch")
 
-import oracle  # noqa: E402
 from models_helpers import save_random_hf  # noqa: E402
 
 import geom_jax.models as gm  # noqa: E402
+from benchmarks import reference as oracle  # noqa: E402
 from geom_jax import lens  # noqa: E402
 from geom_jax.models import decoder  # noqa: E402
 

@@ -5,9 +5,9 @@ import os
 
 import jax.numpy as jnp
 import numpy as np
-import oracle
 import pytest
 
+from benchmarks import reference as oracle
 from geom_jax import metrics, pipeline, results
 from geom_jax.metrics import catalog, registry
 
