@@ -57,11 +57,8 @@ from flax import nnx  # noqa: E402
 
 from geom_jax import metrics, models, pipeline, sharding  # noqa: E402
 
-try:  # the device peak table; issue 12 moves it out of the package into benchmarks/
-    from geom_jax import benchmarking  # noqa: E402
-except ImportError:
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from benchmarks import benchmarking  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks import benchmarking  # noqa: E402
 
 REPORT_JSON = "device_report.json"
 REPORT_MD = "device_report.md"
