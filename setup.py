@@ -39,6 +39,6 @@ setup(
     install_requires=INSTALL_REQUIRES,
     extras_require={
         "baseline": BASELINE,
-        "test": BASELINE + ["pytest>=8", "pytest-xdist>=3.5"],
+        "test": BASELINE + ["pytest>=8", "pytest-xdist>=3.5", "networkx>=3"],
     },
 )

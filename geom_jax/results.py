@@ -1,7 +1,8 @@
-"""The files a run leaves: ``results.npz``, ``metadata.json``, ``RESULTS.md``.
+"""The files a run leaves: ``results.npz``, ``tokens.npz``, ``metadata.json``, ``RESULTS.md``.
 
 ``np.load(os.path.join(output_dir, "results.npz"))`` gives every array of
-:data:`FIELDS`; ``metadata.json`` records what produced them. Files are
+:func:`field_docs` (derived from the observables' declarations; per-token
+fields in ``tokens.npz``); ``metadata.json`` records what produced them. Files are
 written to a temporary name and renamed, so a killed run never leaves a
 half-written file. ``results.npz.sha256`` holds its SHA-256: a damaged
 file is refused on load, and ``--resume`` rebuilds it from the checkpoints.

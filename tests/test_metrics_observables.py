@@ -379,3 +379,35 @@ def test_curvature_skips_masked_tokens_in_order():
     got = float(metrics.curvature(x, mask))
     np.testing.assert_allclose(got, oracle.curvature(x, mask), atol=1e-5)
     assert abs(got - float(metrics.curvature(x))) > 1e-3
+
+
+def test_prompt_scope_and_map_layers():
+    # A prompt-scope observable reading the stack through map_layers (chunks of 2 of 5
+    # layers, the last overlapping) and the last layer directly.
+    def combine(_, pctx):
+        norms = pctx.map_layers(lambda x, v: jnp.sum(jnp.sqrt(jnp.sum(x * x, -1)) * v, -1))
+        return {"norm_sum": jnp.sum(norms, 0), "last_first": pctx.hidden[:, -1, 0, 0]}
+
+    registry.register(
+        registry.Observable(
+            "stack_toy",
+            scope="prompt",
+            combine=combine,
+            fields=(
+                registry.Field("norm_sum", (), "", ""),
+                registry.Field("last_first", (), "", ""),
+            ),
+            consumes=("stack",),
+        )
+    )
+    try:
+        rng = np.random.default_rng(3)
+        hidden = rng.standard_normal((2, 5, 12, 3)).astype(np.float32)
+        mask = np.arange(12) < np.array([[12], [9]])
+        geo = metrics.layer_geometry(hidden, mask, observables="stack_toy", layer_chunk=2)
+        want = [np.linalg.norm(hidden[b][:, mask[b]], axis=-1).sum() for b in range(2)]
+        np.testing.assert_allclose(geo.norm_sum, want, rtol=1e-5)
+        np.testing.assert_array_equal(geo.last_first, hidden[:, -1, 0, 0])
+        assert registry.get("stack_toy").fields[0].shape() == "[P]"
+    finally:
+        registry.unregister("stack_toy")

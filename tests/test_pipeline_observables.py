@@ -80,3 +80,32 @@ def test_pipeline_all_observables_and_a_model_input(tiny, tmp_path):
         registry.unregister("scaled_norm")
         pipeline.MODEL_INPUTS.pop("final_norm_scale")
         registry.INPUTS.pop("final_norm_scale")
+
+
+def test_run_spec_observables_checked_and_resume_refuses_a_changed_set(tmp_path):
+    import json
+
+    import pytest
+
+    from geom_jax import experiment
+
+    bad = experiment.RunSpec(output_dir=str(tmp_path / "x"), observables="paper,bogus")
+    with pytest.raises(experiment.UserError, match=r"--observables: unknown observable 'bogus'"):
+        experiment.check_spec(bad)
+    assert (
+        experiment.canonical_observables("reciprocity,paper") == "gride,cosine,overlap,reciprocity"
+    )
+    out = tmp_path / "run"
+    spec = experiment.RunSpec(output_dir=str(out), observables="paper")
+    experiment.check_output_dir(spec)
+    experiment.record_run_config(spec)
+    again = experiment.RunSpec(output_dir=str(out), observables="all", resume=True)
+    with pytest.raises(experiment.UserError, match=r"--observables='paper' \(now 'all'\)"):
+        experiment.check_output_dir(again)
+    experiment.check_output_dir(experiment.RunSpec(output_dir=str(out), resume=True))
+    # A run recorded before --observables existed was the paper's set.
+    config = out / results.RUN_CONFIG_FILE
+    saved = json.loads(config.read_text())
+    del saved["observables"]
+    config.write_text(json.dumps(saved))
+    experiment.check_output_dir(experiment.RunSpec(output_dir=str(out), resume=True))

@@ -267,8 +267,11 @@ def _gride_observable(ctx):
         lambda: sq[..., low_ranks],
         lambda: neighbors.refine_candidates(x, ranked[..., low], keep),
     )
-    exact_high = neighbors.refine_candidates(x, ranked[..., high], keep)
-    exact_ranked = jnp.concatenate([exact_low, exact_high], axis=-1)
+    if high:
+        exact_high = neighbors.refine_candidates(x, ranked[..., high], keep)
+        exact_ranked = jnp.concatenate([exact_low, exact_high], axis=-1)
+    else:  # range_max <= max_k: every rank comes from the lists
+        exact_ranked = exact_low
     exact_ranked, _ = neighbors.sort_candidates(exact_ranked, ranked, len(ranks), "xla")
     r = jnp.sqrt(exact_ranked)
     ids, errs, scales = gride_from_neighbors(r, keep)
