@@ -1,6 +1,7 @@
 """token_geometry end to end on a tiny checkpoint: fused = separate, resume, bad input."""
 
 import dataclasses
+import functools
 import os
 import signal
 import subprocess
@@ -10,28 +11,14 @@ import time
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import run_helpers
 
 from geom_jax import data, experiment, metrics, models, results
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPT = os.path.join(ROOT, "experiments", "token_geometry.py")
-
-
-def _spec(model, out, **kw):
-    base = dict(
-        output_dir=str(out),
-        model=model,
-        method="shuffled",
-        max_tokens=64,
-        max_shuffle=2,
-        num_prompts=3,
-        batch_size=2,
-        range_max=16,
-        max_k=8,
-        progress=False,
-    )
-    base.update(kw)
-    return experiment.RunSpec(**base)
+ROOT, SCRIPT = run_helpers.ROOT, run_helpers.SCRIPT
+_spec = functools.partial(
+    run_helpers.small_spec, method="shuffled", max_shuffle=2, num_prompts=3, batch_size=2
+)
 
 
 def _separately(model_dir, spec, row_prompt_index, row_shuffle):

@@ -4,6 +4,7 @@ reusable; one run per folder; damaged results rebuilt on --resume."""
 
 import dataclasses
 import errno
+import functools
 import json
 import os
 import shutil
@@ -14,27 +15,12 @@ import time
 
 import numpy as np
 import pytest
+import run_helpers
 
 from geom_jax import data, disk_space, experiment, results, run_lock
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPT = os.path.join(ROOT, "experiments", "token_geometry.py")
-
-
-def _spec(model, out, **kw):
-    base = dict(
-        output_dir=str(out),
-        model=model,
-        method="structured",
-        max_tokens=64,
-        num_prompts=2,
-        batch_size=1,
-        range_max=16,
-        max_k=8,
-        progress=False,
-    )
-    base.update(kw)
-    return experiment.RunSpec(**base)
+ROOT, SCRIPT = run_helpers.ROOT, run_helpers.SCRIPT
+_spec = functools.partial(run_helpers.small_spec, method="structured", num_prompts=2, batch_size=1)
 
 
 def _variant(tiny, tmp_path, **config):

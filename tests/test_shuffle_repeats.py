@@ -3,6 +3,7 @@ rows, the same values for repeat 0 as a single shuffle, exact resume after
 kill -9, and clear refusals; --lens refusals of token_geometry."""
 
 import dataclasses
+import functools
 import os
 import signal
 import subprocess
@@ -11,30 +12,16 @@ import time
 
 import numpy as np
 import pytest
+import run_helpers
 from tiny_model import write_tiny_llama
 
 from geom_jax import data, experiment, models, results
 from geom_jax.lens import tuned
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPT = os.path.join(ROOT, "experiments", "token_geometry.py")
-
-
-def _spec(model, out, **kw):
-    base = dict(
-        output_dir=str(out),
-        model=model,
-        method="shuffled",
-        max_tokens=64,
-        max_shuffle=2,
-        num_prompts=2,
-        batch_size=2,
-        range_max=16,
-        max_k=8,
-        progress=False,
-    )
-    base.update(kw)
-    return experiment.RunSpec(**base)
+ROOT, SCRIPT = run_helpers.ROOT, run_helpers.SCRIPT
+_spec = functools.partial(
+    run_helpers.small_spec, method="shuffled", max_shuffle=2, num_prompts=2, batch_size=2
+)
 
 
 def test_shuffle_repeats_rows_and_repeat_zero_unchanged(tiny, tmp_path):
