@@ -83,15 +83,16 @@ class ResultStore:
 
 
 def _quiet_orbax(record) -> bool:
-    """Drops orbax's info logs, and its tracebacks of a full disk (the run
-    reports that in one line)."""
+    """Drops orbax's info logs, and its tracebacks of a full disk or of a Ctrl-C
+    that reached its save thread (the run reports either in one line)."""
     if "orbax" not in record.pathname:
         return True
     if record.levelno < std_logging.WARNING:
         return False
     exc = record.exc_info[1] if record.exc_info else None
     return not (
-        disk_space.is_disk_full(RuntimeError(record.getMessage()))
+        isinstance(exc, KeyboardInterrupt)
+        or disk_space.is_disk_full(RuntimeError(record.getMessage()))
         or (exc is not None and disk_space.is_disk_full(exc))
     )
 

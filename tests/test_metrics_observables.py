@@ -207,7 +207,7 @@ def test_layer_geometry_all_equals_each_function_on_unpadded_prompts():
         )
     # Only what was asked is computed and returned.
     few = metrics.layer_geometry(hidden, mask, observables="curvature,reciprocity", **kw)
-    assert set(few) == {"curvature", "reciprocity"}
+    assert set(few) == {"curvature", "reciprocity", "finite"}
     np.testing.assert_array_equal(few.reciprocity, geo.reciprocity)
     np.testing.assert_array_equal(few.curvature, geo.curvature)
 
@@ -296,7 +296,7 @@ def test_observable_consuming_a_pipeline_input():
     obs = registry.Observable(
         "nll_norm",
         compute=nll_weighted,
-        fields=(registry.Field("nll_norm"),),
+        fields=(registry.Field("nll_norm", length=True),),
         consumes=("points", "token_nll"),
     )
     registry.register(obs)
