@@ -171,3 +171,28 @@ def test_pipeline_refuses_bad_token_ids():
     with pytest.raises(ValueError, match=r"= -1 is outside"):
         pipeline.check_token_ids(np.array([[-1, 2]]), 50)
     assert pipeline.check_token_ids(np.array([[0, 49]], np.int64), 50).dtype == np.int32
+
+
+@pytest.mark.parametrize("offset", [0.0, 0.3e-5, 0.9e-5, 1.1e-5, 3e-5, 1e-3])
+def test_near_duplicate_prefilter_keeps_the_same_points(offset):
+    """The Gram-bound pre-filter of near_duplicates (distinct=...) skips the
+    arg-min search only where it cannot flag a distinct point: planted copies
+    at relative distances around the 1e-5 tolerance keep the same points."""
+    from geom_jax.metrics import distances, unique
+
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal((3, 80, 24)) * 4 + 7).astype(np.float32)
+    rms = np.sqrt(np.mean(np.sum(x.astype(np.float64) ** 2, -1), -1))
+    direction = rng.standard_normal(24)
+    direction /= np.linalg.norm(direction)
+    x[1, 50] = x[1, 10] + (offset * rms[1] * direction).astype(np.float32)
+    x[2, 60] = x[2, 5]  # an exact duplicate as well
+    valid = np.ones((3, 80), bool)
+    valid[0, 70:] = False
+    gram, _ = distances.centred_gram(x, valid)
+    keep = unique.first_occurrence(x, valid)
+    searched = keep & ~unique.near_duplicates(x, valid, gram)
+    filtered = keep & ~unique.near_duplicates(x, valid, gram, distinct=keep)
+    np.testing.assert_array_equal(filtered, searched)
+    assert bool(searched[1, 50]) == (offset > 1.01e-5)
+    assert not searched[2, 60]

@@ -288,7 +288,8 @@ class LayerContext:
         keep = unique.first_occurrence(self.x, self.valid)
         tolerance = self.options.get("duplicate_tolerance", unique.DUPLICATE_TOLERANCE)
         if tolerance > 0:
-            keep = keep & ~unique.near_duplicates(self.x, self.valid, self.gram, tolerance)
+            near = unique.near_duplicates(self.x, self.valid, self.gram, tolerance, distinct=keep)
+            keep = keep & ~near
         return keep
 
     @functools.cached_property
