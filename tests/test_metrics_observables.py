@@ -9,7 +9,7 @@ import pytest
 
 from benchmarks import reference as oracle
 from geom_jax import metrics, pipeline, results
-from geom_jax.metrics import catalog, registry
+from geom_jax.metrics import catalog, conditioning, registry
 
 REF = np.load(os.path.join(os.path.dirname(__file__), "fixtures", "observables_reference.npz"))
 CASES = sorted({k.split("/")[0] for k in REF.files})
@@ -386,7 +386,9 @@ def test_prompt_scope_and_map_layers():
     # layers, the last overlapping) and the last layer directly.
     def combine(_, pctx):
         norms = pctx.map_layers(lambda x, v: jnp.sum(jnp.sqrt(jnp.sum(x * x, -1)) * v, -1))
-        return {"norm_sum": jnp.sum(norms, 0), "last_first": pctx.hidden[:, -1, 0, 0]}
+        norms = conditioning.restore_lengths(norms.T, pctx.exponent)  # [B, L], input units
+        last = conditioning.restore_lengths(pctx.hidden[:, -1, 0, 0], pctx.exponent[:, -1])
+        return {"norm_sum": jnp.sum(norms, 1), "last_first": last}
 
     registry.register(
         registry.Observable(

@@ -87,7 +87,7 @@ def test_run_spec_observables_checked_and_resume_refuses_a_changed_set(tmp_path)
 
     import pytest
 
-    from geom_jax import experiment
+    from geom_jax import experiment, sweep
 
     bad = experiment.RunSpec(output_dir=str(tmp_path / "x"), observables="paper,bogus")
     with pytest.raises(experiment.UserError, match=r"--observables: unknown observable 'bogus'"):
@@ -99,6 +99,8 @@ def test_run_spec_observables_checked_and_resume_refuses_a_changed_set(tmp_path)
     spec = experiment.RunSpec(output_dir=str(out), observables="paper")
     experiment.check_output_dir(spec)
     experiment.record_run_config(spec)
+    # a started run: a folder with only run_config.json is reusable by any run (issue 13)
+    (out / sweep.CHECKPOINT_DIR / "1").mkdir(parents=True)
     again = experiment.RunSpec(output_dir=str(out), observables="all", resume=True)
     with pytest.raises(experiment.UserError, match=r"--observables='paper' \(now 'all'\)"):
         experiment.check_output_dir(again)

@@ -83,7 +83,7 @@ def _layer_geometry(hidden, mask, inputs, *, names, static_options, layer_chunk)
     knn_k, ranks = registry.needs(observables, options, n)
 
     chunk = auto_layer_chunk(n_layers, b, n) if layer_chunk is None else min(layer_chunk, n_layers)
-    stack = registry.StackContext(h, valid, options, per_prompt | shared, chunk)
+    stack = registry.StackContext(h, valid, options, per_prompt | shared, chunk, exponent)
     isolated = registry.Isolated(stack)
     prepared = {o.name: o.prepare(isolated) for o in layered if o.prepare is not None}
     carried = [o for o in layered if o.previous is not None]

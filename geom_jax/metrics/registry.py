@@ -395,14 +395,18 @@ class Isolated:
 class StackContext:
     """What pair / prompt observables see: the stacked carries' batch [B] view.
 
-    hidden [B, L, N, D] (float32), valid [B, N], options, input(name) ([B, ...]),
-    and map_layers(fn, *per_layer) which runs fn(x [C, N, D], valid [C, N],
-    *args [C, ...]) over chunks of layers (args given with leading [L, B]) and
-    returns its outputs stacked [L, B, ...].
+    hidden [B, L, N, D] (float32, each cloud divided by 2**exponent [B, L] as
+    the layer observables see it, metrics/conditioning.py: lengths measured
+    on it are multiplied back with ``conditioning.restore_lengths``), valid
+    [B, N], options, input(name) ([B, ...]), and map_layers(fn, *per_layer)
+    which runs fn(x [C, N, D], valid [C, N], *args [C, ...]) over chunks of
+    layers (args given with leading [L, B]) and returns its outputs stacked
+    [L, B, ...].
     """
 
-    def __init__(self, hidden, valid, options, inputs, layer_chunk):
+    def __init__(self, hidden, valid, options, inputs, layer_chunk, exponent=None):
         self.hidden = hidden
+        self.exponent = jnp.zeros(hidden.shape[:2], jnp.int32) if exponent is None else exponent
         self.valid = valid
         self.options = options
         self._inputs = inputs

@@ -126,7 +126,7 @@ def near_duplicates(x, valid, gram, tolerance=DUPLICATE_TOLERANCE, *, distinct=N
     pairs = lower & distinct[..., :, None] & distinct[..., None, :]
     both = diag[..., :, None] + diag[..., None, :]
     close = (both - 2.0 * gram) <= limit[..., None, None] + d * GRAM_ERROR * both
-    return lax.cond(jnp.any(pairs & close), search, lambda: jnp.zeros(valid.shape, bool))
+    return lax.cond(jnp.any(pairs & close), search, lambda: valid & False)
 
 
 @jax.jit
