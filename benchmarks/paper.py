@@ -13,7 +13,6 @@ flagged in both layers.
 
 from __future__ import annotations
 
-import math
 import time
 
 import numpy as np
@@ -31,23 +30,9 @@ def first_occurrences(points):
 
 def gride_layer(dist, range_max=256):
     """GRIDE (ids, errs, scales) and the row-sorted distances of unique points' distance matrix."""
-    n = dist.shape[0]
-    n_scales = int(math.floor(math.log2(min(n, range_max))))
     sorted_d = np.sort(dist, axis=1)
-    ids, errs, scales = [], [], []
-    for s in range(n_scales):
-        n1, n2 = 2**s, 2 ** (s + 1)
-        if n2 > n - 1:
-            ids.append(np.nan)
-            errs.append(np.nan)
-            scales.append(np.nan)
-            continue
-        r1, r2 = sorted_d[:, n1], sorted_d[:, n2]
-        dim, err = reference.gride_scale(r2 / r1, n1, n2)
-        ids.append(dim)
-        errs.append(err)
-        scales.append(np.mean(0.5 * (r1 + r2)))
-    return np.array(ids), np.array(errs), np.array(scales), sorted_d
+    ids, errs, scales = reference.gride_from_sorted(sorted_d[:, 1:], range_max)
+    return ids, errs, scales, sorted_d
 
 
 def twonn_layer(sorted_d, discard_fraction=0.1):

@@ -88,8 +88,13 @@ def gride_scale(mu, n1, n2):
 
 def gride(points, range_max=256, valid=None):
     keep = unique_first(points, valid)
-    r = sorted_neighbour_distances(np.asarray(points)[keep])
-    n = keep.size
+    return gride_from_sorted(sorted_neighbour_distances(np.asarray(points)[keep]), range_max)
+
+
+def gride_from_sorted(r, range_max=256):
+    """GRIDE (ids, errs, scales) [S] from r [n, >= n - 1]: each point's neighbour
+    distances in increasing order, self excluded (column j is rank j + 1)."""
+    n = r.shape[0]
     n_scales = int(math.floor(math.log2(min(n, range_max))))
     ids, errs, scales = [], [], []
     for s in range(n_scales):
