@@ -18,6 +18,40 @@ NaN (under ``jit`` too, where no error can be raised).
 import jax.numpy as jnp
 
 
+def scale_of(x, valid):
+    """Exponent and finiteness of clouds x [..., N, D]: one reduction pass.
+
+    Args:
+      x: float32 point clouds.
+      valid: bool [..., N] valid points (the others are ignored).
+
+    Returns:
+      (exponent, finite): exponent int32 [...] such that the largest finite
+      valid |coordinate| times 2**-exponent lies in [0.5, 1) (1 for an all-zero
+      or non-finite cloud), finite bool [...] (no NaN or inf at a valid point:
+      a sum of x * 0 is NaN exactly then; XLA's vectorised max need not
+      propagate NaN).
+    """
+    at_valid = valid[..., None]
+    largest = jnp.max(jnp.where(at_valid, jnp.abs(x), 0.0), axis=(-2, -1))
+    finite = jnp.sum(jnp.where(at_valid, x * 0.0, 0.0), axis=(-2, -1)) == 0.0
+    largest = jnp.where(finite & (largest > 0), largest, 1.0)
+    _, exponent = jnp.frexp(largest)
+    return exponent.astype(jnp.int32), finite
+
+
+def apply_scale(x, valid, exponent, finite):
+    """x [..., N, D] times 2**-exponent [...], zeros at invalid points and in
+    non-finite clouds. Two exact power-of-two products (each factor a normal
+    float32), so that callers can fuse it into their first pass over a chunk."""
+    e = -exponent
+    first = jnp.clip(e, -126, 127)
+    s1 = jnp.ldexp(jnp.ones(e.shape, jnp.float32), first)[..., None, None]
+    s2 = jnp.ldexp(jnp.ones(e.shape, jnp.float32), e - first)[..., None, None]
+    keep = finite[..., None, None] & valid[..., None]
+    return jnp.where(keep, x * s1 * s2, 0.0)
+
+
 def normalise(x, valid):
     """Scales clouds x [..., N, D] to a largest |coordinate| in [0.5, 1).
 
@@ -26,17 +60,12 @@ def normalise(x, valid):
       valid: bool [..., N] valid points (the others are ignored).
 
     Returns:
-      (x_scaled, exponent, finite): ``x_scaled = x * 2**-exponent`` (zeros for
-      a non-finite cloud), exponent int32 [...], finite bool [...] (no NaN or
-      inf at a valid point).
+      (x_scaled, exponent, finite): ``x_scaled = x * 2**-exponent`` (zeros at
+      invalid points and for a non-finite cloud), exponent int32 [...],
+      finite bool [...] (no NaN or inf at a valid point).
     """
-    at_valid = valid[..., None]
-    finite = jnp.all(jnp.isfinite(x) | ~at_valid, axis=(-2, -1))
-    x = jnp.where(finite[..., None, None] & at_valid, x, 0.0)
-    largest = jnp.max(jnp.abs(x), axis=(-2, -1))
-    _, exponent = jnp.frexp(jnp.where(largest > 0, largest, 1.0))
-    exponent = exponent.astype(jnp.int32)
-    return jnp.ldexp(x, -exponent[..., None, None]), exponent, finite
+    exponent, finite = scale_of(x, valid)
+    return apply_scale(x, valid, exponent, finite), exponent, finite
 
 
 def restore_lengths(a, exponent):

@@ -71,7 +71,7 @@ def _layer_geometry(hidden, mask, inputs, *, names, static_options, layer_chunk)
     b = int(np.prod(prompt_shape, dtype=np.int64))
     h = hidden.reshape((b, n_layers, n, d))
     valid = jnp.ones((b, n), bool) if mask is None else mask.reshape((b, n))
-    h, exponent, finite = conditioning.normalise(h, valid[:, None, :])
+    exponent, finite = conditioning.scale_of(h, valid[:, None, :])
     per_prompt = {
         k: v.reshape((b,) + v.shape[len(prompt_shape) :])
         for k, v in inputs.items()
@@ -83,17 +83,22 @@ def _layer_geometry(hidden, mask, inputs, *, names, static_options, layer_chunk)
     knn_k, ranks = registry.needs(observables, options, n)
 
     chunk = auto_layer_chunk(n_layers, b, n) if layer_chunk is None else min(layer_chunk, n_layers)
-    stack = registry.StackContext(h, valid, options, per_prompt | shared, chunk, exponent)
+    stack = registry.StackContext(
+        h, valid, options, per_prompt | shared, chunk, exponent, finite=finite
+    )
     isolated = registry.Isolated(stack)
     prepared = {o.name: o.prepare(isolated) for o in layered if o.prepare is not None}
     carried = [o for o in layered if o.previous is not None]
 
-    def chunk_fn(start, layers, _, carry_in=None):
-        """layers [b, c, N, D] -> per-layer outputs with leading axes [c, b] (and,
-        for observables with `previous`, the carry: their last layer's arrays)."""
+    def chunk_fn(start, layers, scale, carry_in=None):
+        """layers [b, c, N, D] (raw; scale: their exponents and finiteness [c, b])
+        -> per-layer outputs with leading axes [c, b] (and, for observables with
+        `previous`, the carry: their last layer's arrays)."""
         c = layers.shape[1]
-        clouds = jnp.swapaxes(layers, 0, 1).reshape((c * b, n, d))
         vb = jnp.broadcast_to(valid, (c, b, n)).reshape((c * b, n))
+        clouds = jnp.swapaxes(layers, 0, 1).reshape((c * b, n, d))
+        e, ok = (a.reshape(c * b) for a in scale)
+        clouds = conditioning.apply_scale(clouds, vb, e, ok)
 
         def per_cloud(v):
             return jnp.broadcast_to(v, (c,) + v.shape).reshape((c * b,) + v.shape[1:])
@@ -132,7 +137,8 @@ def _layer_geometry(hidden, mask, inputs, *, names, static_options, layer_chunk)
 
     per_layer = {}
     if layered:
-        per_layer = registry.map_chunks(chunk_fn, h, [], chunk, carry=bool(carried))
+        scale = [jnp.swapaxes(exponent, 0, 1), jnp.swapaxes(finite, 0, 1)]
+        per_layer = registry.map_chunks(chunk_fn, h, scale, chunk, carry=bool(carried))
 
     result = {}
     for o in observables:

@@ -261,10 +261,10 @@ def _gride_observable(ctx):
     low = [i for i, r in enumerate(ranks) if r <= max_k]
     high = [i for i, r in enumerate(ranks) if r > max_k]
     low_ranks = np.asarray([ranks[i] for i in low]) - 1
-    sq = ctx.knn_sq
+    from_lists = ctx.knn_sq_at(low_ranks)
     exact_low = lax.cond(
         jnp.all(keep == valid),
-        lambda: sq[..., low_ranks],
+        lambda: from_lists,
         lambda: neighbors.refine_candidates(x, ranked[..., low], keep),
     )
     if high:

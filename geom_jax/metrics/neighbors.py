@@ -19,6 +19,7 @@ from geom_jax.metrics.host_callback import check_method as _check_method
 from geom_jax.metrics.refinement import (
     REFINE_MARGIN,
     candidate_ranks,
+    certified_knn,
     exact_knn,
     num_candidates,
     place_by_rank,
@@ -33,6 +34,7 @@ __all__ = [
     "REFINE_MARGIN",
     "SELECTION_METHODS",
     "candidate_ranks",
+    "certified_knn",
     "exact_knn",
     "host_call",
     "knn",

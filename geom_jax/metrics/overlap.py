@@ -17,15 +17,22 @@ def overlap_from_lists(a, b, valid):
     """chi_k for k = 1..K from sorted neighbour lists a, b [..., N, K] -> [..., K].
 
     Entry a[p] is in both top-k lists iff k > max(p, q) where q is its
-    position in b; counting these for every k needs only the K x K match
-    table per point, no loop over points or k. Negative entries never match.
+    position in b (K when absent); so the number of shared neighbours summed
+    over valid points is, for every k, the count of those maxima below k: one
+    histogram of the maxima (a scatter-add) and its cumulative sum. Only the
+    K x K match table per point, no loop over points or k. Negative entries
+    never match.
     """
     k = a.shape[-1]
+    q = jnp.arange(k, dtype=jnp.int32)
     match = (a[..., :, None] == b[..., None, :]) & (a[..., :, None] >= 0)
-    pos_b = jnp.where(jnp.any(match, axis=-1), jnp.argmax(match, axis=-1), k)
-    last = jnp.maximum(jnp.arange(k), pos_b)
-    shared = jnp.sum(last[..., :, None] < jnp.arange(1, k + 1), axis=-2)
-    total = jnp.sum(jnp.where(valid[..., None], shared, 0), axis=-2)
+    last = jnp.maximum(q, jnp.min(jnp.where(match, q, k), axis=-1))
+    last = jnp.where(valid[..., None], last, k)
+    lead = last.shape[:-2]
+    flat = last.reshape((-1, last.shape[-2] * k))
+    rows = jnp.arange(flat.shape[0])[:, None]
+    hist = jnp.zeros((flat.shape[0], k + 1), jnp.int32).at[rows, flat].add(1)
+    total = jnp.cumsum(hist[:, :k], axis=-1).reshape(lead + (k,))
     count = jnp.maximum(jnp.sum(valid, axis=-1), 1)
     norm = count[..., None].astype(jnp.float32) * jnp.arange(1, k + 1, dtype=jnp.float32)
     return total.astype(jnp.float32) / norm

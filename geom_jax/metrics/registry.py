@@ -334,18 +334,22 @@ class LayerContext:
 
     @functools.cached_property
     def _knn(self):
-        near = self._selection[0]
-        return neighbors.rerank_candidates(
-            self.x, near, self.valid, self.knn_k, self.options["selection"]
+        return neighbors.certified_knn(
+            self.x, self.gram, self._selection[0], self.valid, self.knn_k, self.options["selection"]
         )
 
-    @property
+    def knn_sq_at(self, positions):
+        """Exact squared distances [C, N, len(positions)] at 0-based positions of the
+        lists (only those pairs are refined)."""
+        return self._knn.sq_at(positions)
+
+    @functools.cached_property
     def knn_sq(self):
-        return self._knn[0]
+        return self._knn.sq_at(range(self.knn_k))
 
     @property
     def knn_idx(self):
-        return self._knn[1]
+        return self._knn.idx
 
     def knn_unique(self, k):
         """(squared distances, indices) [C, N, k] of the k nearest distinct valid points;
@@ -396,7 +400,8 @@ class StackContext:
     """What pair / prompt observables see: the stacked carries' batch [B] view.
 
     hidden [B, L, N, D] (float32, each cloud divided by 2**exponent [B, L] as
-    the layer observables see it, metrics/conditioning.py: lengths measured
+    the layer observables see it, metrics/conditioning.py; computed on first
+    use from the raw stack, zeros in non-finite clouds: lengths measured
     on it are multiplied back with ``conditioning.restore_lengths``), valid
     [B, N], options, input(name) ([B, ...]), and map_layers(fn, *per_layer)
     which runs fn(x [C, N, D], valid [C, N], *args [C, ...]) over chunks of
@@ -404,13 +409,24 @@ class StackContext:
     [L, B, ...].
     """
 
-    def __init__(self, hidden, valid, options, inputs, layer_chunk, exponent=None):
-        self.hidden = hidden
+    def __init__(self, hidden, valid, options, inputs, layer_chunk, exponent=None, finite=None):
+        self._raw = hidden
+        self._finite = finite
         self.exponent = jnp.zeros(hidden.shape[:2], jnp.int32) if exponent is None else exponent
         self.valid = valid
         self.options = options
         self._inputs = inputs
         self._chunk = layer_chunk
+
+    @functools.cached_property
+    def hidden(self):
+        if self._finite is None:
+            return self._raw
+        from geom_jax.metrics import conditioning  # pylint: disable=g-import-not-at-top
+
+        return conditioning.apply_scale(
+            self._raw, self.valid[:, None, :], self.exponent, self._finite
+        )
 
     def input(self, name):
         if name not in self._inputs:

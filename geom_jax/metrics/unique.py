@@ -50,24 +50,31 @@ def first_occurrence(x, valid):
     Rows are sorted by (invalid, hash, index), so each run of identical
     vectors is contiguous and starts at its first occurrence; a row is a
     duplicate when it equals (hash and exact coordinates) the previous row
-    of the run. Static shapes, no loop over points.
+    of the run. The coordinates are compared, and the flags put back in
+    point order, only when two valid rows share both hashes (lax.cond), so a
+    batch without duplicates costs the hashes and one sort. Static shapes,
+    no loop over points.
     """
     n = x.shape[-2]
     h1, h2 = _row_hashes(x)
     idx = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), valid.shape)
     invalid = (~valid).astype(jnp.int32)
     inv_s, h1_s, h2_s, idx_s = lax.sort((invalid, h1, h2, idx), dimension=-1, num_keys=4)
-    x_s = jnp.take_along_axis(x, idx_s[..., None], axis=-2)
-    same = (
+    same_hash = (
         (inv_s[..., 1:] == 0)
         & (inv_s[..., :-1] == 0)
         & (h1_s[..., 1:] == h1_s[..., :-1])
         & (h2_s[..., 1:] == h2_s[..., :-1])
-        & jnp.all(x_s[..., 1:, :] == x_s[..., :-1, :], axis=-1)
     )
-    dup_s = jnp.concatenate([jnp.zeros_like(same[..., :1]), same], axis=-1)
-    _, dup = lax.sort((idx_s, dup_s.astype(jnp.int32)), dimension=-1, num_keys=1)
-    return valid & (dup == 0)
+
+    def compare():
+        x_s = jnp.take_along_axis(x, idx_s[..., None], axis=-2)
+        same = same_hash & jnp.all(x_s[..., 1:, :] == x_s[..., :-1, :], axis=-1)
+        dup_s = jnp.concatenate([jnp.zeros_like(same[..., :1]), same], axis=-1)
+        _, dup = lax.sort((idx_s, dup_s.astype(jnp.int32)), dimension=-1, num_keys=1)
+        return valid & (dup == 0)
+
+    return lax.cond(jnp.any(same_hash), compare, lambda: valid)
 
 
 DUPLICATE_TOLERANCE = 1e-5
