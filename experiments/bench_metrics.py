@@ -166,26 +166,34 @@ def jax_stage_times(hidden, range_max, max_k, selection, repeats):
         keep,
     )
     high = [i for i, r in enumerate(ranks) if r > max_k]
-    exact_near, _ = run(
-        f"refinement ({n_cand} + {len(high)} pairs/token)",
-        lambda x, a, b, v, k: (
-            neighbors.refine_candidates(x, a, v),
-            neighbors.refine_candidates(x, b, k),
-        ),
+    low = np.asarray([r for r in ranks if r <= max_k]) - 1
+    lists = run(
+        "certified lists (uncertain rows re-ranked)",
+        lambda x, g, a, v: neighbors.certified_knn(x, g, a, v, max_k, selection).idx,
         x,
+        gram,
         near,
-        ranked[..., high],
         valid,
-        keep,
     )
-    sq, idx = run(
-        f"re-ranking ({selection})",
-        lambda e, c: neighbors.sort_candidates(e, c, max_k, selection),
-        exact_near,
+
+    def rank_distances(x, g, a, v, b):
+        knn = neighbors.certified_knn(x, g, a, v, max_k, selection)
+        return knn.sq_at(low, also=b)
+
+    exact_low, exact_high = run(
+        f"lists + rank distances ({len(low)} + {len(high)} pairs/token)",
+        rank_distances,
+        x,
+        gram,
         near,
+        valid,
+        ranked[..., high],
     )
-    exact_ranked = neighbors.refine_candidates(x, ranked, keep)
-    r = jnp.sqrt(neighbors.sort_candidates(exact_ranked, ranked, len(ranks))[0])
+    r = jnp.sqrt(
+        neighbors.sort_candidates(
+            jnp.concatenate([exact_low, exact_high], axis=-1), ranked, len(ranks)
+        )[0]
+    )
     run(
         "GRIDE + TwoNN",
         lambda r, k: (
@@ -196,7 +204,11 @@ def jax_stage_times(hidden, range_max, max_k, selection, repeats):
         keep,
     )
     run(
-        "overlap", lambda a, b, v: overlap.overlap_from_lists(a, b, v), idx[:-1], idx[1:], valid[1:]
+        "overlap",
+        lambda a, b, v: overlap.overlap_from_lists(a, b, v),
+        lists[:-1],
+        lists[1:],
+        valid[1:],
     )
     return stages
 

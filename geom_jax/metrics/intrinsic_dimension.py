@@ -261,17 +261,19 @@ def _gride_observable(ctx):
     low = [i for i, r in enumerate(ranks) if r <= max_k]
     high = [i for i, r in enumerate(ranks) if r > max_k]
     low_ranks = np.asarray([ranks[i] for i in low]) - 1
-    from_lists = ctx.knn_sq_at(low_ranks)
+    if high:
+        from_lists, high_sq = ctx.knn_sq_at(low_ranks, also=ranked[..., high])
+        ok = jnp.take_along_axis(keep[..., None, :], ranked[..., high], axis=-1)
+        ok = ok & (ranked[..., high] != jnp.arange(x.shape[-2])[:, None])
+        exact_high = jnp.where(ok, high_sq, jnp.inf)
+    else:  # range_max <= max_k: every rank comes from the lists
+        from_lists = ctx.knn_sq_at(low_ranks)
     exact_low = lax.cond(
         jnp.all(keep == valid),
         lambda: from_lists,
         lambda: neighbors.refine_candidates(x, ranked[..., low], keep),
     )
-    if high:
-        exact_high = neighbors.refine_candidates(x, ranked[..., high], keep)
-        exact_ranked = jnp.concatenate([exact_low, exact_high], axis=-1)
-    else:  # range_max <= max_k: every rank comes from the lists
-        exact_ranked = exact_low
+    exact_ranked = jnp.concatenate([exact_low, exact_high], axis=-1) if high else exact_low
     exact_ranked, _ = neighbors.sort_candidates(exact_ranked, ranked, len(ranks), "xla")
     r = jnp.sqrt(exact_ranked)
     ids, errs, scales = gride_from_neighbors(r, keep)

@@ -186,15 +186,21 @@ class CertifiedKnn:
     def __init__(self, x, idx, flagged, exact_sq):
         self.x, self.idx, self.flagged, self._exact_sq = x, idx, flagged, exact_sq
 
-    def sq_at(self, positions):
+    def sq_at(self, positions, also=None):
         """Exact squared distances [C, N, len(positions)] at 0-based list positions:
         direct differences of the listed pairs (re-ranked rows: their sorted exact
-        values); +inf where the list has no valid neighbour."""
+        values); +inf where the list has no valid neighbour. With ``also``
+        (candidate indices [C, N, J] >= 0), their exact squared distances are
+        refined in the same pass and returned second, unmasked."""
         positions = np.asarray(positions, np.int64)
         listed = self.idx[..., positions]
-        sq = refine_sq_distances(self.x, jnp.maximum(listed, 0))
-        sq = jnp.where(listed >= 0, sq, jnp.inf)
-        return jnp.where(self.flagged[..., None], self._exact_sq[..., positions], sq)
+        pairs = jnp.maximum(listed, 0)
+        if also is not None:
+            pairs = jnp.concatenate([pairs, also], axis=-1)
+        exact = refine_sq_distances(self.x, pairs)
+        sq = jnp.where(listed >= 0, exact[..., : len(positions)], jnp.inf)
+        sq = jnp.where(self.flagged[..., None], self._exact_sq[..., positions], sq)
+        return sq if also is None else (sq, exact[..., len(positions) :])
 
 
 def _refine_rows(xf, n, rows, ids):

@@ -338,10 +338,11 @@ class LayerContext:
             self.x, self.gram, self._selection[0], self.valid, self.knn_k, self.options["selection"]
         )
 
-    def knn_sq_at(self, positions):
+    def knn_sq_at(self, positions, also=None):
         """Exact squared distances [C, N, len(positions)] at 0-based positions of the
-        lists (only those pairs are refined)."""
-        return self._knn.sq_at(positions)
+        lists (only those pairs are refined); with ``also`` [C, N, J], the exact
+        squared distances of those pairs too, from the same pass (unmasked)."""
+        return self._knn.sq_at(positions, also)
 
     @functools.cached_property
     def knn_sq(self):
