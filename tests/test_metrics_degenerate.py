@@ -196,3 +196,11 @@ def test_near_duplicate_prefilter_keeps_the_same_points(offset):
     np.testing.assert_array_equal(filtered, searched)
     assert bool(searched[1, 50]) == (offset > 1.01e-5)
     assert not searched[2, 60]
+    # distinct_points skips hashing and search per batch when no two valid points can
+    # be that close: clouds 1 and 2 need them, cloud 0 alone does not
+    np.testing.assert_array_equal(unique.distinct_points(x, valid, gram), searched)
+    alone = unique.distinct_points(x[:1], valid[:1], gram[:1])
+    np.testing.assert_array_equal(alone, valid[:1])
+    exact_only = unique.distinct_points(x, valid, gram, tolerance=0.0)
+    np.testing.assert_array_equal(exact_only, keep)
+    assert bool(exact_only[1, 50]) == (offset > 0)

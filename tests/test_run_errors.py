@@ -312,7 +312,7 @@ def test_ctrl_c_ends_with_one_line_and_resume_continues(tiny, tmp_path):
     args = [
         f"--model={tiny}",
         "--max_tokens=64",
-        "--num_prompts=12",
+        "--num_prompts=40",
         "--range_max=16",
         "--max_k=8",
         "--checkpoint_every=1",
@@ -334,4 +334,4 @@ def test_ctrl_c_ends_with_one_line_and_resume_continues(tiny, tmp_path):
     resumed = _cli(args + ["--resume"])
     log = resumed.communicate(timeout=300)[0]
     assert resumed.returncode == 0, log
-    assert np.load(out / results.RESULTS_FILE)["gride_ids"].shape[0] == 12
+    assert np.load(out / results.RESULTS_FILE)["gride_ids"].shape[0] == 40

@@ -29,12 +29,13 @@ def scale_of(x, valid):
       (exponent, finite): exponent int32 [...] such that the largest finite
       valid |coordinate| times 2**-exponent lies in [0.5, 1) (1 for an all-zero
       or non-finite cloud), finite bool [...] (no NaN or inf at a valid point:
-      a sum of x * 0 is NaN exactly then; XLA's vectorised max need not
+      those enter the one maximum as +inf, since XLA's vectorised max need not
       propagate NaN).
     """
     at_valid = valid[..., None]
-    largest = jnp.max(jnp.where(at_valid, jnp.abs(x), 0.0), axis=(-2, -1))
-    finite = jnp.sum(jnp.where(at_valid, x * 0.0, 0.0), axis=(-2, -1)) == 0.0
+    size = jnp.where(jnp.isfinite(x), jnp.abs(x), jnp.inf)
+    largest = jnp.max(jnp.where(at_valid, size, 0.0), axis=(-2, -1))
+    finite = largest < jnp.inf
     largest = jnp.where(finite & (largest > 0), largest, 1.0)
     _, exponent = jnp.frexp(largest)
     return exponent.astype(jnp.int32), finite

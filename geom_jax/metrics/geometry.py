@@ -63,6 +63,11 @@ def auto_layer_chunk(n_layers, n_prompts, n_tokens):
     return -(-n_layers // n_chunks)
 
 
+SCALE = "__scale__"
+"""Key of each chunk's (exponent, finite) [c, b] among its outputs: every cloud's
+power-of-two scale and finiteness are measured where the chunk is read anyway."""
+
+
 @functools.partial(jax.jit, static_argnames=("names", "static_options", "layer_chunk"))
 def _layer_geometry(hidden, mask, inputs, *, names, static_options, layer_chunk):
     options = dict(static_options)
@@ -71,7 +76,6 @@ def _layer_geometry(hidden, mask, inputs, *, names, static_options, layer_chunk)
     b = int(np.prod(prompt_shape, dtype=np.int64))
     h = hidden.reshape((b, n_layers, n, d))
     valid = jnp.ones((b, n), bool) if mask is None else mask.reshape((b, n))
-    exponent, finite = conditioning.scale_of(h, valid[:, None, :])
     per_prompt = {
         k: v.reshape((b,) + v.shape[len(prompt_shape) :])
         for k, v in inputs.items()
@@ -84,20 +88,25 @@ def _layer_geometry(hidden, mask, inputs, *, names, static_options, layer_chunk)
 
     chunk = auto_layer_chunk(n_layers, b, n) if layer_chunk is None else min(layer_chunk, n_layers)
     stack = registry.StackContext(
-        h, valid, options, per_prompt | shared, chunk, exponent, finite=finite
+        h,
+        valid,
+        options,
+        per_prompt | shared,
+        chunk,
+        scale=lambda: conditioning.scale_of(h, valid[:, None, :]),
     )
     isolated = registry.Isolated(stack)
     prepared = {o.name: o.prepare(isolated) for o in layered if o.prepare is not None}
     carried = [o for o in layered if o.previous is not None]
 
-    def chunk_fn(start, layers, scale, carry_in=None):
-        """layers [b, c, N, D] (raw; scale: their exponents and finiteness [c, b])
-        -> per-layer outputs with leading axes [c, b] (and, for observables with
+    def chunk_fn(start, layers, _, carry_in=None):
+        """layers [b, c, N, D] (raw) -> per-layer outputs with leading axes [c, b],
+        their exponents and finiteness under SCALE (and, for observables with
         `previous`, the carry: their last layer's arrays)."""
         c = layers.shape[1]
         vb = jnp.broadcast_to(valid, (c, b, n)).reshape((c * b, n))
         clouds = jnp.swapaxes(layers, 0, 1).reshape((c * b, n, d))
-        e, ok = (a.reshape(c * b) for a in scale)
+        e, ok = conditioning.scale_of(clouds, vb)
         clouds = conditioning.apply_scale(clouds, vb, e, ok)
 
         def per_cloud(v):
@@ -132,13 +141,16 @@ def _layer_geometry(hidden, mask, inputs, *, names, static_options, layer_chunk)
                 )
                 carry_out[o.name] = jax.tree.map(lambda a: a[-1], mine)
             outs[o.name] = o.compute(registry.Isolated(ctx, **own))
+        outs[SCALE] = (e, ok)
         outs = jax.tree.map(lambda a: a.reshape((c, b) + a.shape[1:]), outs)
         return (outs, carry_out) if carried else outs
 
     per_layer = {}
     if layered:
-        scale = [jnp.swapaxes(exponent, 0, 1), jnp.swapaxes(finite, 0, 1)]
-        per_layer = registry.map_chunks(chunk_fn, h, scale, chunk, carry=bool(carried))
+        per_layer = registry.map_chunks(chunk_fn, h, [], chunk, carry=bool(carried))
+        exponent, finite = (jnp.swapaxes(a, 0, 1) for a in per_layer[SCALE])
+    else:
+        exponent, finite = stack.exponent_and_finite
 
     result = {}
     for o in observables:

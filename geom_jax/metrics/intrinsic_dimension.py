@@ -56,14 +56,19 @@ def kth_smallest(values, valid, k):
 
 
 def quantile(values, valid, q):
-    """np.quantile(values[valid], q) with linear interpolation, for x >= 0."""
+    """np.quantile(values[valid], q) with linear interpolation, for x >= 0; q a
+    float or a tuple of floats (then stacked on a new leading axis, all found by
+    the same bisection passes)."""
+    qs = (q,) if np.ndim(q) == 0 else tuple(q)
     count = jnp.sum(valid, axis=-1)
-    pos = q * (count - 1).astype(jnp.float32)
+    pos = jnp.stack([qq * (count - 1).astype(jnp.float32) for qq in qs])
     below = jnp.floor(pos).astype(jnp.int32)
     frac = pos - below.astype(jnp.float32)
-    a = kth_smallest(values, valid, below)
-    b = kth_smallest(values, valid, jnp.minimum(below + 1, jnp.maximum(count - 1, 0)))
-    return jnp.where(frac >= 0.5, b - (b - a) * (1.0 - frac), a + (b - a) * frac)
+    above = jnp.minimum(below + 1, jnp.maximum(count - 1, 0))
+    both = kth_smallest(values, valid, jnp.concatenate([below, above]))
+    a, b = both[: len(qs)], both[len(qs) :]
+    out = jnp.where(frac >= 0.5, b - (b - a) * (1.0 - frac), a + (b - a) * frac)
+    return out[0] if np.ndim(q) == 0 else out
 
 
 def _neg_score(dim, log_mu, kept, n1, n2, n_kept):
@@ -85,8 +90,7 @@ def gride_from_ratios(mu, valid, n1):
     n1 = jnp.asarray(n1, jnp.float32)
     n2 = 2.0 * n1
     log_mu = jnp.log(jnp.maximum(mu, 1.0))
-    median = quantile(mu, valid, 0.5)
-    q95 = quantile(mu, valid, 0.95)
+    median, q95 = quantile(mu, valid, (0.5, 0.95))
     cut = median + OUTLIER_FACTOR * (q95 - median)
     kept = valid & (mu < cut[..., None])
     n_kept = jnp.sum(kept, axis=-1).astype(jnp.float32)

@@ -285,12 +285,8 @@ class LayerContext:
 
     @functools.cached_property
     def unique(self):
-        keep = unique.first_occurrence(self.x, self.valid)
         tolerance = self.options.get("duplicate_tolerance", unique.DUPLICATE_TOLERANCE)
-        if tolerance > 0:
-            near = unique.near_duplicates(self.x, self.valid, self.gram, tolerance, distinct=keep)
-            keep = keep & ~near
-        return keep
+        return unique.distinct_points(self.x, self.valid, self.gram, tolerance)
 
     @functools.cached_property
     def _gram(self):
@@ -402,32 +398,41 @@ class StackContext:
 
     hidden [B, L, N, D] (float32, each cloud divided by 2**exponent [B, L] as
     the layer observables see it, metrics/conditioning.py; computed on first
-    use from the raw stack, zeros in non-finite clouds: lengths measured
-    on it are multiplied back with ``conditioning.restore_lengths``), valid
+    use from the raw stack and ``scale()`` -> (exponent, finite), zeros in
+    non-finite clouds: lengths measured on it are multiplied back with
+    ``conditioning.restore_lengths``), exponent_and_finite, valid
     [B, N], options, input(name) ([B, ...]), and map_layers(fn, *per_layer)
     which runs fn(x [C, N, D], valid [C, N], *args [C, ...]) over chunks of
     layers (args given with leading [L, B]) and returns its outputs stacked
     [L, B, ...].
     """
 
-    def __init__(self, hidden, valid, options, inputs, layer_chunk, exponent=None, finite=None):
+    def __init__(self, hidden, valid, options, inputs, layer_chunk, scale=None):
         self._raw = hidden
-        self._finite = finite
-        self.exponent = jnp.zeros(hidden.shape[:2], jnp.int32) if exponent is None else exponent
+        self._scale = scale
         self.valid = valid
         self.options = options
         self._inputs = inputs
         self._chunk = layer_chunk
 
     @functools.cached_property
+    def exponent_and_finite(self):
+        if self._scale is None:
+            return jnp.zeros(self._raw.shape[:2], jnp.int32), None
+        return self._scale()
+
+    @property
+    def exponent(self):
+        return self.exponent_and_finite[0]
+
+    @functools.cached_property
     def hidden(self):
-        if self._finite is None:
+        exponent, finite = self.exponent_and_finite
+        if finite is None:
             return self._raw
         from geom_jax.metrics import conditioning  # pylint: disable=g-import-not-at-top
 
-        return conditioning.apply_scale(
-            self._raw, self.valid[:, None, :], self.exponent, self._finite
-        )
+        return conditioning.apply_scale(self._raw, self.valid[:, None, :], exponent, finite)
 
     def input(self, name):
         if name not in self._inputs:

@@ -35,11 +35,11 @@ def _smallest_sorted(keys, m):
     out = np.empty((r, m), np.int32)
     if m < n:
         kth = np.partition(keys, m - 1, axis=-1)[:, m - 1]
-        within = keys <= kth[:, None]
-        clean = np.count_nonzero(within, axis=-1) == m
+        flat = np.flatnonzero(keys <= kth[:, None])
+        counts = np.diff(np.searchsorted(flat, np.arange(r + 1) * n))
+        clean = counts == m
         if not clean.all():
-            within[~clean] = False
-        flat = np.flatnonzero(within)
+            flat = flat[np.repeat(clean, counts)]
         clean_rows = np.flatnonzero(clean)
         cols = flat.reshape(-1, m) - (clean_rows * n)[:, None]
         packed = pack(keys.reshape(-1)[flat].reshape(-1, m), cols)

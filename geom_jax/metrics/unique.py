@@ -115,9 +115,7 @@ def near_duplicates(x, valid, gram, tolerance=DUPLICATE_TOLERANCE, *, distinct=N
     """
     n, d = x.shape[-2:]
     diag = jnp.diagonal(gram, axis1=-2, axis2=-1)
-    count = jnp.maximum(jnp.sum(valid, axis=-1), 1).astype(x.dtype)
-    r2 = jnp.sum(jnp.where(valid, jnp.sum(jnp.square(x), axis=-1), 0.0), axis=-1) / count
-    limit = (tolerance**2) * r2
+    limit = (tolerance**2) * _sq_radius(x, valid)
     lower = jnp.tril(jnp.ones((n, n), bool), k=-1)
 
     def search():
@@ -130,10 +128,56 @@ def near_duplicates(x, valid, gram, tolerance=DUPLICATE_TOLERANCE, *, distinct=N
 
     if distinct is None:
         return search()
-    pairs = lower & distinct[..., :, None] & distinct[..., None, :]
+    close = _close_pairs(gram, limit, d) & lower & distinct[..., :, None] & distinct[..., None, :]
+    return lax.cond(jnp.any(close), search, lambda: valid & False)
+
+
+def _sq_radius(x, valid):
+    count = jnp.maximum(jnp.sum(valid, axis=-1), 1).astype(x.dtype)
+    return jnp.sum(jnp.where(valid, jnp.sum(jnp.square(x), axis=-1), 0.0), axis=-1) / count
+
+
+def _close_pairs(gram, limit, d):
+    """Pairs whose squared distance by the Gram matrix is within limit [...] plus the
+    Gram matrix's float32 error bound (identical points always are)."""
+    diag = jnp.diagonal(gram, axis1=-2, axis2=-1)
     both = diag[..., :, None] + diag[..., None, :]
-    close = (both - 2.0 * gram) <= limit[..., None, None] + d * GRAM_ERROR * both
-    return lax.cond(jnp.any(pairs & close), search, lambda: valid & False)
+    return (both - 2.0 * gram) <= limit[..., None, None] + d * GRAM_ERROR * both
+
+
+def distinct_points(x, valid, gram, tolerance=DUPLICATE_TOLERANCE):
+    """Bool [..., N]: valid points that are neither identical to nor (tolerance > 0)
+    a near-duplicate of an earlier valid point: ``first_occurrence`` and
+    ``near_duplicates`` together.
+
+    One pass over the Gram matrix first asks whether any two valid points can be
+    that close (their Gram distance within ``tolerance * R`` plus its float32
+    error bound, which identical points always are); only then are the rows
+    hashed and the near-duplicates searched. A batch with no such pair (every
+    layer of an LLM past the embeddings, in practice) skips both, and the result
+    is the same either way.
+
+    Args:
+      x: [..., N, D] float32 points.
+      valid: bool [..., N].
+      gram: [..., N, N] Gram matrix of x (centred or not).
+      tolerance: relative distance of near-duplicates; 0 keeps exact duplicates only.
+
+    Returns:
+      bool [..., N], first occurrences kept.
+    """
+    n, d = x.shape[-2:]
+    limit = (tolerance**2) * _sq_radius(x, valid)
+    lower = jnp.tril(jnp.ones((n, n), bool), k=-1)
+    close = _close_pairs(gram, limit, d) & lower & valid[..., :, None] & valid[..., None, :]
+
+    def full():
+        keep = first_occurrence(x, valid)
+        if tolerance > 0:
+            keep = keep & ~near_duplicates(x, valid, gram, tolerance, distinct=keep)
+        return keep
+
+    return lax.cond(jnp.any(close), full, lambda: valid)
 
 
 @jax.jit
