@@ -154,8 +154,8 @@ def jax_stage_times(hidden, range_max, max_k, selection, repeats):
         stages[name] = timed(lambda: jax.block_until_ready(fn(*args)), repeats)[0]
         return out
 
-    keep = run("duplicates (hash + sort)", unique.first_occurrence, x, valid)
     gram, _ = run("centred Gram + cosine", gram_cos, x, valid)
+    keep = run("duplicates (Gram pre-filter)", unique.distinct_points, x, valid, gram)
     near, ranked = run(
         f"selection ({selection})",
         lambda g, v, k: neighbors.select_neighbors(
