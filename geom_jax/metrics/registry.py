@@ -263,8 +263,10 @@ class LayerContext:
     options (dict), layer [C] int32 (index of each cloud's
     layer in the stack), input(name). Properties: unique, gram, centre,
     knn_sq / knn_idx [C, N, knn_k] (exact, all valid points, ties to the lower
-    index, +inf / -1 beyond the valid ones), knn_unique(k) (among distinct
-    points), ranked [C, N, len(ranks)] (Gram-selected indices at ranks).
+    index, +inf / -1 beyond the valid ones and in rows of invalid points;
+    refinement.certified_knn), knn_sq_at(positions) (those ranks only),
+    knn_unique(k) (among distinct points), ranked [C, N, len(ranks)]
+    (Gram-selected indices at ranks).
     """
 
     def __init__(self, x, valid, options, *, knn_k, ranks, inputs, layer):
