@@ -16,10 +16,13 @@ results are only assembled from verified rows.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import logging as std_logging
 import os
 import shutil
+import signal
+import threading
 from collections.abc import Callable, Mapping
 
 import jax
@@ -97,6 +100,30 @@ def _quiet_orbax(record) -> bool:
     )
 
 
+@contextlib.contextmanager
+def deferred_interrupt():
+    """Holds a Ctrl-C (SIGINT) that arrives inside the block and raises it as
+    KeyboardInterrupt once the block is done.
+
+    A KeyboardInterrupt raised while orbax saves (its commit runs on other
+    threads, which the main thread waits for) left the run hanging in that wait
+    or let orbax swallow it and run on; deferring it to the end of the save
+    commits the step, then stops. Outside the main thread it does nothing
+    (only the main thread receives signals).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
+    if received:
+        raise KeyboardInterrupt
+
+
 class Checkpointer:
     """Saves and restores a :class:`ResultStore` with orbax-checkpoint.
 
@@ -167,15 +194,17 @@ class Checkpointer:
         return -1
 
     def save(self, step: int, store: ResultStore) -> None:
-        if self.manager is None:
-            self.manager = self._ocp.CheckpointManager(
-                self.directory,
-                options=self._ocp.CheckpointManagerOptions(max_to_keep=2, create=True),
-            )
-        self.manager.save(step, args=self._ocp.args.StandardSave(_to_global(store.state())))
-        self.manager.wait_until_finished()
-        if jax.process_index() == 0:
-            checkpoint_integrity.write_manifest(self._folder(step))
+        """Commits ``step`` and its manifest; a Ctrl-C meanwhile is raised after both."""
+        with deferred_interrupt():
+            if self.manager is None:
+                self.manager = self._ocp.CheckpointManager(
+                    self.directory,
+                    options=self._ocp.CheckpointManagerOptions(max_to_keep=2, create=True),
+                )
+            self.manager.save(step, args=self._ocp.args.StandardSave(_to_global(store.state())))
+            self.manager.wait_until_finished()
+            if jax.process_index() == 0:
+                checkpoint_integrity.write_manifest(self._folder(step))
 
     def close(self) -> None:
         if self.manager is not None:

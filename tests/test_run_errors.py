@@ -326,9 +326,11 @@ def test_ctrl_c_ends_with_one_line_and_resume_continues(tiny, tmp_path):
         if ck.is_dir() and any(n.isdigit() for n in os.listdir(ck)):
             break
         time.sleep(0.05)
+    alive = proc.poll() is None
+    listing = sorted(os.listdir(out / "checkpoints")) if (out / "checkpoints").is_dir() else None
     proc.send_signal(signal.SIGINT)
     log = proc.communicate(timeout=120)[0]
-    assert proc.returncode == 130, log
+    assert proc.returncode == 130, (alive, listing, log)
     assert log.rstrip().splitlines()[-1] == "interrupted; rerun with --resume to continue"
     assert "Traceback" not in log and not (out / results.RESULTS_FILE).exists()
     resumed = _cli(args + ["--resume"])

@@ -77,3 +77,21 @@ def test_resume_refuses_checkpoint_of_other_shape(tmp_path):
     plan7, _, _ = _plan(7)
     with pytest.raises(ValueError, match="checkpoint field 'done' has shape"):
         sweep.run_sweep(plan7, _step, batch_size=2, checkpoint_dir=ck, resume=True, progress=False)
+
+
+def test_ctrl_c_during_a_checkpoint_save_is_raised_after_it():
+    """A SIGINT inside sweep.deferred_interrupt (what Checkpointer.save runs in) does
+    not interrupt the block; KeyboardInterrupt comes once it is done."""
+    import os
+    import signal
+
+    from geom_jax import sweep
+
+    steps = []
+    with pytest.raises(KeyboardInterrupt):
+        with sweep.deferred_interrupt():
+            os.kill(os.getpid(), signal.SIGINT)
+            steps.append("after the signal")
+            steps.append("committed")
+    assert steps == ["after the signal", "committed"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
