@@ -108,10 +108,14 @@ def deferred_interrupt():
     A KeyboardInterrupt raised while orbax saves (its commit runs on other
     threads, which the main thread waits for) left the run hanging in that wait
     or let orbax swallow it and run on; deferring it to the end of the save
-    commits the step, then stops. Outside the main thread it does nothing
-    (only the main thread receives signals).
+    commits the step, then stops. Outside the main thread (only the main thread
+    receives signals) and where SIGINT is ignored (a background job) it does
+    nothing.
     """
-    if threading.current_thread() is not threading.main_thread():
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    ):
         yield
         return
     received = []

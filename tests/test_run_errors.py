@@ -294,6 +294,9 @@ def _cli(args):
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        # a suite started as a background job inherits SIGINT ignored; the tool run
+        # from a terminal has it
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 

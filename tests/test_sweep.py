@@ -87,11 +87,15 @@ def test_ctrl_c_during_a_checkpoint_save_is_raised_after_it():
 
     from geom_jax import sweep
 
-    steps = []
-    with pytest.raises(KeyboardInterrupt):
-        with sweep.deferred_interrupt():
-            os.kill(os.getpid(), signal.SIGINT)
-            steps.append("after the signal")
-            steps.append("committed")
-    assert steps == ["after the signal", "committed"]
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)  # SIG_IGN in `make test &`
+    try:
+        steps = []
+        with pytest.raises(KeyboardInterrupt):
+            with sweep.deferred_interrupt():
+                os.kill(os.getpid(), signal.SIGINT)
+                steps.append("after the signal")
+                steps.append("committed")
+        assert steps == ["after the signal", "committed"]
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, inherited)
