@@ -3,14 +3,14 @@
 Every observable of :func:`~geom_jax.metrics.layer_geometry` except the
 GRIDE length scales is invariant to the scale of the cloud, but float32
 squares are not: a cloud scaled by 1e20 overflows ``|x|^2`` and one scaled by
-1e-30 underflows it. :func:`normalise` therefore divides each cloud by the
+1e-30 underflows it. :func:`scale_of` and :func:`apply_scale` therefore divide each cloud by the
 power of two 2**e nearest above its largest finite valid coordinate
 (``frexp``), which is exact in binary floating point: ratios, ranks, cosines
 and IDs of an ordinary cloud are bit for bit what they were, and lengths
 are multiplied back by 2**e exactly (:func:`restore_lengths`).
 
 A cloud with a NaN or infinite value at a valid point has no geometry;
-:func:`normalise` flags it and replaces it by zeros so that it cannot
+:func:`scale_of` flags it and replaces it by zeros so that it cannot
 disturb the kernels, and the caller turns every output of that cloud into
 NaN (under ``jit`` too, where no error can be raised).
 """
@@ -51,22 +51,6 @@ def apply_scale(x, valid, exponent, finite):
     s2 = jnp.ldexp(jnp.ones(e.shape, jnp.float32), e - first)[..., None, None]
     keep = finite[..., None, None] & valid[..., None]
     return jnp.where(keep, x * s1 * s2, 0.0)
-
-
-def normalise(x, valid):
-    """Scales clouds x [..., N, D] to a largest |coordinate| in [0.5, 1).
-
-    Args:
-      x: float32 point clouds.
-      valid: bool [..., N] valid points (the others are ignored).
-
-    Returns:
-      (x_scaled, exponent, finite): ``x_scaled = x * 2**-exponent`` (zeros at
-      invalid points and for a non-finite cloud), exponent int32 [...],
-      finite bool [...] (no NaN or inf at a valid point).
-    """
-    exponent, finite = scale_of(x, valid)
-    return apply_scale(x, valid, exponent, finite), exponent, finite
 
 
 def restore_lengths(a, exponent):

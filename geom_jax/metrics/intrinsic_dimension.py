@@ -267,9 +267,7 @@ def _gride_observable(ctx):
     low_ranks = np.asarray([ranks[i] for i in low]) - 1
     if high:
         from_lists, high_sq = ctx.knn_sq_at(low_ranks, also=ranked[..., high])
-        ok = jnp.take_along_axis(keep[..., None, :], ranked[..., high], axis=-1)
-        ok = ok & (ranked[..., high] != jnp.arange(x.shape[-2])[:, None])
-        exact_high = jnp.where(ok, high_sq, jnp.inf)
+        exact_high = jnp.where(neighbors.allowed(keep, ranked[..., high]), high_sq, jnp.inf)
     else:  # range_max <= max_k: every rank comes from the lists
         from_lists = ctx.knn_sq_at(low_ranks)
     exact_low = lax.cond(

@@ -18,6 +18,7 @@ from geom_jax.metrics.host_callback import SELECTION_METHODS, host_call
 from geom_jax.metrics.host_callback import check_method as _check_method
 from geom_jax.metrics.refinement import (
     REFINE_MARGIN,
+    allowed,
     candidate_ranks,
     certified_knn,
     exact_knn,
@@ -33,6 +34,7 @@ from geom_jax.metrics.selection import select_neighbors
 __all__ = [
     "REFINE_MARGIN",
     "SELECTION_METHODS",
+    "allowed",
     "candidate_ranks",
     "certified_knn",
     "exact_knn",

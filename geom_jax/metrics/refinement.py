@@ -41,19 +41,28 @@ def refine_sq_distances(x, idx):
     if k == 0 or n == 0:
         return jnp.zeros(idx.shape, x.dtype)
     xf, idf = _flatten(x, 2), _flatten(idx, 2)
-    ones = jnp.ones((d,), x.dtype)
-
-    def one(args):
-        pts, ids = args
-
-        def slot(j, acc):
-            diff = jnp.take(pts, ids[:, j], axis=0, mode="clip") - pts
-            return acc.at[j].set(jnp.dot(diff * diff, ones, precision=distances.HIGHEST))
-
-        return lax.fori_loop(0, k, slot, sharding.like(jnp.zeros((k, n), x.dtype), pts)).T
-
-    out = lax.map(one, (xf, idf))
+    out = lax.map(lambda args: _slot_distances(args[0], args[0], args[1]), (xf, idf))
     return out.reshape(batch + idx.shape[-2:])
+
+
+def _slot_distances(table, own, cols):
+    """|own_r - table[cols[r, j]]|^2 [R, M]: a loop over the M slots gathers one
+    [R, D] block of table and reduces it with a matrix-vector product."""
+    m, d = cols.shape[-1], table.shape[-1]
+    ones = jnp.ones((d,), table.dtype)
+
+    def slot(j, acc):
+        diff = jnp.take(table, cols[:, j], axis=0, mode="clip") - own
+        return acc.at[j].set(jnp.dot(diff * diff, ones, precision=distances.HIGHEST))
+
+    init = sharding.like(jnp.zeros((m, own.shape[0]), table.dtype), own)
+    return lax.fori_loop(0, m, slot, init).T
+
+
+def allowed(valid, idx):
+    """Bool [..., N, K]: candidates idx that are valid columns and not the point itself."""
+    n = idx.shape[-2]
+    return jnp.take_along_axis(valid[..., None, :], idx, axis=-1) & (idx != jnp.arange(n)[:, None])
 
 
 def candidate_ranks(d2, idx):
@@ -127,10 +136,7 @@ def sort_candidates(d2, idx, k, method="xla"):
 def refine_candidates(x, idx, valid):
     """Exact squared distances of candidates idx [..., N, K]; +inf where the
     candidate is the point itself or not a valid column."""
-    n = x.shape[-2]
-    exact = refine_sq_distances(x, idx)
-    ok = jnp.take_along_axis(valid[..., None, :], idx, axis=-1) & (idx != jnp.arange(n)[:, None])
-    return jnp.where(ok, exact, jnp.inf)
+    return jnp.where(allowed(valid, idx), refine_sq_distances(x, idx), jnp.inf)
 
 
 def num_candidates(k: int, n: int) -> int:
@@ -170,12 +176,10 @@ def gram_keys(gram, idx, valid):
     """Selection keys |x_j|^2 - 2 G_ij [C, N, M] of candidates idx (centred Gram
     matrix, rounded once as in the selection), +inf at invalid columns and at
     the point itself."""
-    n = gram.shape[-1]
     sq = jnp.diagonal(gram, axis1=-2, axis2=-1)
     g = jnp.take_along_axis(gram, idx, axis=-1)
     sq_j = jnp.take_along_axis(jnp.broadcast_to(sq[..., None, :], gram.shape), idx, axis=-1)
-    ok = jnp.take_along_axis(jnp.broadcast_to(valid[..., None, :], gram.shape), idx, axis=-1)
-    ok = ok & (idx != jnp.arange(n)[:, None])
+    ok = allowed(valid, idx)
     return jnp.where(ok, sq_j - 2.0 * g, jnp.inf), sq, jnp.where(ok, sq_j, 0.0)
 
 
@@ -205,20 +209,9 @@ class CertifiedKnn:
 
 def _refine_rows(xf, n, rows, ids):
     """Exact |x_r - x_j|^2 [R, M] for flat rows r of xf [C*N, D] and candidates ids
-    [R, M] in the same cloud: one gathered [R, D] block per slot, reduced by a
-    matrix-vector product as in refine_sq_distances."""
-    d = xf.shape[-1]
-    ones = jnp.ones((d,), xf.dtype)
-    base = (rows // n) * n
+    [R, M] in the same cloud."""
     own = jnp.take(xf, rows, axis=0, mode="clip")
-
-    def slot(j, acc):
-        diff = jnp.take(xf, base + ids[:, j], axis=0, mode="clip") - own
-        return acc.at[j].set(jnp.dot(diff * diff, ones, precision=distances.HIGHEST))
-
-    m = ids.shape[-1]
-    init = sharding.like(jnp.zeros((m, rows.shape[0]), xf.dtype), own)
-    return lax.fori_loop(0, m, slot, init).T
+    return _slot_distances(xf, own, (rows // n * n)[:, None] + ids)
 
 
 def certified_knn(x, gram, near, valid, k, method="auto"):
