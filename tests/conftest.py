@@ -1,8 +1,20 @@
 """Shared test configuration: float32 everywhere, CPU only; the tiny model fixture."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# One XLA compilation cache for the run, shared through the environment by the
+# xdist workers and the command-line subprocesses (they compile the same steps);
+# a size limit turns on jax's file lock, so no worker reads a half-written entry.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _cache = tempfile.mkdtemp(prefix="geom-jax-test-xla-")
+    atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
+    os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(4 << 30))
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.1")
 
 import pytest  # noqa: E402
 from tiny_model import write_tiny_llama  # noqa: E402
