@@ -160,6 +160,35 @@ def test_duplicates_are_nan_pointwise_and_kept_by_graph_observables():
     np.testing.assert_allclose(rec, oracle.reciprocity(x, 4), atol=1e-6)
 
 
+def test_information_imbalance_ranks_count_ties_and_masks_exactly():
+    """ranks_from_gram (arithmetic step counts) against a NumPy count on the same
+    float32 Gram matrix: lattice points and duplicates tie exactly, so the
+    (key, index) order decides; masked columns never count."""
+    from geom_jax.metrics import distances, imbalance
+
+    rng = np.random.default_rng(4)
+    lattice = rng.integers(-2, 3, size=(2, 60, 3)).astype(np.float32)
+    lattice[:, 7] = lattice[:, 3]
+    valid = np.ones((2, 60), bool)
+    valid[0, 50:] = False
+    valid[1, ::7] = False
+    queries = rng.integers(0, 60, size=(2, 60, 3)).astype(np.int32)
+    gram = np.asarray(distances.centred_gram(jnp.asarray(lattice), jnp.asarray(valid))[0])
+    got = np.asarray(imbalance.ranks_from_gram(jnp.asarray(gram), jnp.asarray(valid), queries))
+    sq = np.diagonal(gram, axis1=-2, axis2=-1)
+    for c in range(2):
+        keys = sq[c][None, :] - np.float32(2.0) * gram[c]
+        for i in np.flatnonzero(valid[c]):
+            others = valid[c] & (np.arange(60) != i)
+            for slot, q in enumerate(queries[c, i]):
+                if q == i or not valid[c, q]:
+                    continue
+                kq = keys[i, q]
+                before = others & ((keys[i] < kq) | ((keys[i] == kq) & (np.arange(60) < q)))
+                assert got[c, i, slot] == 1 + before.sum(), (c, i, q)
+    assert (np.diff(np.sort(gram[0][:50, :50].ravel())) == 0).any()  # ties do occur
+
+
 # ------------------------------------------------------------------ acceptance 2
 
 

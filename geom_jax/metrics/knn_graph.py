@@ -115,7 +115,7 @@ def nn_similarity_from_lists(x, idx, valid, sq=None):
 
 
 def _per_token(ctx):
-    return nn_similarity_from_lists(ctx.x, ctx.knn_idx, ctx.valid, ctx.knn_sq)
+    return nn_similarity_from_lists(ctx.x, ctx.knn_idx[..., :2], ctx.valid, ctx.knn_sq_at((0, 1)))
 
 
 def _nn_similarity(ctx):

@@ -59,6 +59,7 @@ from collections.abc import Callable, Iterable, Mapping
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from geom_jax.metrics import distances, neighbors, unique
@@ -338,13 +339,24 @@ class LayerContext:
 
     def knn_sq_at(self, positions, also=None):
         """Exact squared distances [C, N, len(positions)] at 0-based positions of the
-        lists (only those pairs are refined); with ``also`` [C, N, J], the exact
-        squared distances of those pairs too, from the same pass (unmasked)."""
-        return self._knn.sq_at(positions, also)
+        lists (only those pairs are refined; a request inside an earlier one reads
+        it); with ``also`` [C, N, J], the exact squared distances of those pairs
+        too, from the same pass (unmasked)."""
+        positions = tuple(int(p) for p in positions)
+        if also is not None:
+            return self._knn.sq_at(positions, also)
+        cache = self.__dict__.setdefault("_knn_sq_at", {})
+        for done, sq in cache.items():
+            if positions == done:
+                return sq
+            if set(positions) <= set(done):
+                return sq[..., np.array([done.index(p) for p in positions])]
+        cache[positions] = self._knn.sq_at(positions)
+        return cache[positions]
 
-    @functools.cached_property
+    @property
     def knn_sq(self):
-        return self._knn.sq_at(range(self.knn_k))
+        return self.knn_sq_at(range(self.knn_k))
 
     @property
     def knn_idx(self):
@@ -358,10 +370,10 @@ class LayerContext:
         cache = self.__dict__.setdefault("_knn_unique", {})
         if k not in cache:
             method = self.options["selection"]
-            sq, idx, gram, keep = self.knn_sq, self.knn_idx, self.gram, self.unique
+            sq, idx, gram, keep = self.knn_sq_at(range(k)), self.knn_idx, self.gram, self.unique
             cache[k] = lax.cond(
                 jnp.all(keep == self.valid),
-                lambda: (sq[..., :k], idx[..., :k]),
+                lambda: (sq, idx[..., :k]),
                 lambda: neighbors.exact_knn(self.x, gram, keep, k, method),
             )
         return cache[k]
