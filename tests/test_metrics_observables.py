@@ -9,7 +9,7 @@ import pytest
 
 from benchmarks import reference as oracle
 from geom_jax import metrics, pipeline, results
-from geom_jax.metrics import catalog, conditioning, registry
+from geom_jax.metrics import catalog, conditioning, distances, imbalance, registry
 
 REF = np.load(os.path.join(os.path.dirname(__file__), "fixtures", "observables_reference.npz"))
 CASES = sorted({k.split("/")[0] for k in REF.files})
@@ -164,8 +164,6 @@ def test_information_imbalance_ranks_count_ties_and_masks_exactly():
     """ranks_from_gram (arithmetic step counts) against a NumPy count on the same
     float32 Gram matrix: lattice points and duplicates tie exactly, so the
     (key, index) order decides; masked columns never count."""
-    from geom_jax.metrics import distances, imbalance
-
     rng = np.random.default_rng(4)
     lattice = rng.integers(-2, 3, size=(2, 60, 3)).astype(np.float32)
     lattice[:, 7] = lattice[:, 3]

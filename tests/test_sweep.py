@@ -1,5 +1,8 @@
 """The resumable sweep runner on a toy step (no model)."""
 
+import os
+import signal
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -82,11 +85,6 @@ def test_resume_refuses_checkpoint_of_other_shape(tmp_path):
 def test_ctrl_c_during_a_checkpoint_save_is_raised_after_it():
     """A SIGINT inside sweep.deferred_interrupt (what Checkpointer.save runs in) does
     not interrupt the block; KeyboardInterrupt comes once it is done."""
-    import os
-    import signal
-
-    from geom_jax import sweep
-
     inherited = signal.signal(signal.SIGINT, signal.default_int_handler)  # SIG_IGN in `make test &`
     try:
         steps = []

@@ -46,10 +46,10 @@ def ranks_from_gram(gram, valid, queries):
     keys = col_key[..., None, :] - 2.0 * gram
     d = kq[..., None] - keys[..., :, None, :]
     qf = q.astype(jnp.float32)
-    lower = _step(qf[..., None] - jnp.arange(n, dtype=jnp.float32))
-    counted = jnp.sum(_step(d) + _is_zero(d) * lower, axis=-1)
+    cols = jnp.arange(n, dtype=jnp.float32)
+    counted = jnp.sum(_step(d) + _is_zero(d) * _step(qf[..., None] - cols), axis=-1)
     d_self = kq - (col_key - 2.0 * sq)[..., None]
-    self_counted = _step(d_self) + _is_zero(d_self) * _step(qf - jnp.arange(n)[:, None])
+    self_counted = _step(d_self) + _is_zero(d_self) * _step(qf - cols[:, None])
     return 1 + (counted - self_counted).astype(jnp.int32)
 
 
