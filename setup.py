@@ -19,6 +19,7 @@ INSTALL_REQUIRES = [
     "datasets>=3.0",
     "tqdm>=4.66",
     "matplotlib>=3.8",
+    "xarray>=2024.1",
 ]
 
 # torch is used only by tests and the PyTorch baseline, never by geom_jax
@@ -37,6 +38,11 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(include=["geom_jax", "geom_jax.*"]),
     install_requires=INSTALL_REQUIRES,
+    # Observables outside geom_jax.metrics register through this group, as another
+    # package's would (geom_jax.metrics.registry.discover).
+    entry_points={
+        "geom_jax.observables": ["lens = geom_jax.lens.observables:OBSERVABLES"],
+    },
     extras_require={
         "baseline": BASELINE,
         "test": BASELINE + ["pytest>=8", "pytest-xdist>=3.5", "networkx>=3"],

@@ -126,12 +126,13 @@ def jax_stage_times(hidden, range_max, max_k, selection, repeats):
     import jax
     import jax.numpy as jnp
 
+    from geom_jax.metrics import selection as select
     from geom_jax.metrics import (
         cosine,
         distances,
         intrinsic_dimension,
-        neighbors,
         overlap,
+        refinement,
         unique,
         validation,
     )
@@ -140,7 +141,7 @@ def jax_stage_times(hidden, range_max, max_k, selection, repeats):
     valid = jnp.ones(x.shape[:-1], bool)
     n = x.shape[-2]
     ranks = intrinsic_dimension.gride_ranks(validation.n_scales(n, range_max))
-    n_cand = neighbors.num_candidates(max_k, n)
+    n_cand = refinement.num_candidates(max_k, n)
 
     def gram_cos(x, v):
         g, c = distances.centred_gram(x, v)
@@ -158,7 +159,7 @@ def jax_stage_times(hidden, range_max, max_k, selection, repeats):
     keep = run("duplicates (Gram pre-filter)", unique.distinct_points, x, valid, gram)
     near, ranked = run(
         f"selection ({selection})",
-        lambda g, v, k: neighbors.select_neighbors(
+        lambda g, v, k: select.select_neighbours(
             g, v, k, k_near=n_cand, ranks=ranks, method=selection
         ),
         gram,
@@ -169,7 +170,7 @@ def jax_stage_times(hidden, range_max, max_k, selection, repeats):
     low = np.asarray([r for r in ranks if r <= max_k]) - 1
     lists = run(
         "certified lists (uncertain rows re-ranked)",
-        lambda x, g, a, v: neighbors.certified_knn(x, g, a, v, max_k, selection).idx,
+        lambda x, g, a, v: refinement.certified_knn(x, g, a, v, max_k, selection).idx,
         x,
         gram,
         near,
@@ -177,7 +178,7 @@ def jax_stage_times(hidden, range_max, max_k, selection, repeats):
     )
 
     def rank_distances(x, g, a, v, b):
-        knn = neighbors.certified_knn(x, g, a, v, max_k, selection)
+        knn = refinement.certified_knn(x, g, a, v, max_k, selection)
         return knn.sq_at(low, also=b)
 
     exact_low, exact_high = run(
@@ -190,15 +191,15 @@ def jax_stage_times(hidden, range_max, max_k, selection, repeats):
         ranked[..., high],
     )
     r = jnp.sqrt(
-        neighbors.sort_candidates(
+        refinement.sort_candidates(
             jnp.concatenate([exact_low, exact_high], axis=-1), ranked, len(ranks)
         )[0]
     )
     run(
         "GRIDE + TwoNN",
         lambda r, k: (
-            intrinsic_dimension.gride_from_neighbors(r, k),
-            intrinsic_dimension.twonn_from_neighbors(r[..., 0], r[..., 1], k),
+            intrinsic_dimension.gride_from_neighbours(r, k),
+            intrinsic_dimension.twonn_from_neighbours(r[..., 0], r[..., 1], k),
         ),
         r,
         keep,

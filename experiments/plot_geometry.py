@@ -13,7 +13,7 @@ from geom_jax import cli
 
 cli.quiet_startup()
 
-from geom_jax import plots  # noqa: E402
+from geom_jax import report  # noqa: E402
 
 _RESULTS = flags.DEFINE_list("results", None, "Result folders (output_dir of token_geometry).")
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Folder for the PNGs and report.md.")
@@ -24,7 +24,7 @@ flags.mark_flags_as_required(["results", "output_dir"])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    path = plots.make_report(_RESULTS.value, _OUTPUT_DIR.value, _SCALE.value)
+    path = report.make_report(_RESULTS.value, _OUTPUT_DIR.value, _SCALE.value)
     print(f"Report: {path}")
 
 

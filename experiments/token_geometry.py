@@ -23,11 +23,12 @@ from geom_jax import cli
 
 cli.quiet_startup()
 
-from geom_jax import distributed, experiment  # noqa: E402
+from geom_jax.run import distributed, runner  # noqa: E402
+from geom_jax.run import flags as run_flags  # noqa: E402
 
 FLAGS = flags.FLAGS
-experiment.define_flags()
-flags.adopt_module_key_flags(experiment)  # --help lists these (--helpfull: also absl's)
+run_flags.define_flags()
+flags.adopt_module_key_flags(run_flags)  # --help lists these (--helpfull: also absl's)
 
 
 def main(argv):
@@ -35,9 +36,9 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     try:
         distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-        experiment.run(experiment.RunSpec.from_flags(FLAGS))
-    except (experiment.UserError, distributed.DistributedError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        runner.run(run_flags.spec_from_flags(FLAGS))
+    except (runner.UserError, distributed.DistributedError) as e:
+        print(f"error: {run_flags.message(e)}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted; rerun with --resume to continue", file=sys.stderr)

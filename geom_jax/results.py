@@ -1,165 +1,184 @@
-"""The files a run leaves: ``results.npz``, ``tokens.npz``, ``metadata.json``, ``RESULTS.md``.
+"""The files a run leaves, and loading them: ``results.npz``, ``tokens.npz``,
+``metadata.json``, ``RESULTS.md``.
 
-``np.load(os.path.join(output_dir, "results.npz"))`` gives every array of
-:func:`field_docs` (derived from the observables' declarations; per-token
-fields in ``tokens.npz``); ``metadata.json`` records what produced them. Files are
-written to a temporary name and renamed, so a killed run never leaves a
-half-written file. ``results.npz.sha256`` holds its SHA-256: a damaged
-file is refused on load, and ``--resume`` rebuilds it from the checkpoints.
+``geom_jax.results.load(DIR)`` returns an ``xarray.Dataset`` with named dims
+(row, layer, scale, k, token, ...) and coordinates (``prompt_key``,
+``shuffle_index``, ``gride_n1``, ...), all derived from the observables'
+declarations; ``np.load(DIR/results.npz)`` gives the same arrays unlabelled.
+Files are written to a temporary name and renamed, so a killed run never
+leaves a half-written file; ``results.npz.sha256`` holds the file's SHA-256,
+a damaged file is refused on load and ``--resume`` rebuilds it from the
+checkpoints.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import platform
-import subprocess
-import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
+import xarray as xr
+
+from geom_jax.io import files, integrity
+from geom_jax.metrics import registry
+from geom_jax.metrics.observable import DIMS, LAYER_AXES, Field, layer_coords
+from geom_jax.pipeline import schema
 
 RESULTS_FILE = "results.npz"
 METADATA_FILE = "metadata.json"
 RUN_CONFIG_FILE = "run_config.json"
 README_FILE = "RESULTS.md"
-
 TOKENS_FILE = "tokens.npz"
 
-RUN_FIELDS = {
-    "prompt_index": "[P] index of the row's prompt in the dataset (see prompt_key).",
-    "prompt_key": "[P] stable id of the prompt (pydoc topic, file name, line or row).",
-    "shuffle_index": "[P] shuffle level s: 4**s blocks permuted (0 = structured prompt; "
-    "-1 = every token permuted, --method=permuted).",
-    "shuffle_repeat": "[P] repeat r = 0..R-1 of the row's shuffle (--shuffle_repeats=R; "
-    "0 for the structured prompt).",
-}
-GRIDE_N1 = "[S] the neighbour rank n1 = 2**j of each scale (n2 = 2 n1)."
+ROW_DIM = "row"
+
+ROW_FIELDS = (
+    Field(
+        "prompt_index",
+        (),
+        "index of the row's prompt in the dataset (see prompt_key).",
+        "",
+        "int64",
+    ),
+    Field(
+        "prompt_key",
+        (),
+        "stable id of the prompt (pydoc topic, file name, line or row).",
+        "",
+        "str",
+    ),
+    Field(
+        "shuffle_index",
+        (),
+        "shuffle level s: 4**s blocks permuted (0 = structured prompt; -1 = every token "
+        "permuted, method=permuted).",
+        "",
+        "int32",
+    ),
+    Field(
+        "shuffle_repeat",
+        (),
+        "repeat r = 0..R-1 of the row's shuffle (shuffle_repeats=R; 0 for the structured prompt).",
+        "",
+        "int32",
+    ),
+)
+"""What each row of a per-prompt run is: coordinates along the row dim."""
+
+
+def run_fields(observables="paper") -> list[Field]:
+    """Every array a run measuring ``observables`` writes, in file order (row fields first)."""
+    return list(ROW_FIELDS) + schema.result_fields(observables)
+
+
+def coordinate_fields(fields: Sequence[Field]) -> dict[str, str]:
+    """Coordinates stored beside the fields (e.g. gride_n1 of the scale dim): name -> doc."""
+    out = {}
+    for f in fields:
+        for d in f.dims:
+            dim = DIMS.get(d)
+            if dim is not None and dim.coord_name:
+                out.setdefault(dim.coord_name, f"[{dim.symbol}] {dim.doc}.")
+    return out
 
 
 def field_docs(observables="paper") -> dict[str, str]:
-    """Field name -> "[shape] meaning" of a run measuring ``observables``, derived
-    from the observables' declarations (per-token fields live in tokens.npz)."""
-    from geom_jax import pipeline  # pylint: disable=g-import-not-at-top
-
-    docs = dict(RUN_FIELDS)
-    for f in pipeline.result_fields(observables):
-        docs[f.name] = f"{f.shape()} {f.doc}" + (f" ({TOKENS_FILE}, float16)" if f.tokens else "")
-        if f.name == "gride_ids":
-            docs["gride_n1"] = GRIDE_N1
+    """Field name -> "[shape] meaning" of a run measuring ``observables``, derived from
+    the declarations (per-token fields live in tokens.npz)."""
+    fields = run_fields(observables)
+    docs = {}
+    for f in fields:
+        where = f" ({TOKENS_FILE}, float16)" if f.tokens else ""
+        docs[f.name] = f"{f.shape()} {f.doc}{where}"
+    docs.update(coordinate_fields(fields))
     return docs
 
 
-def token_fields(observables="paper") -> set[str]:
-    from geom_jax import pipeline  # pylint: disable=g-import-not-at-top
-
-    return {f.name for f in pipeline.result_fields(observables) if f.tokens}
-
-
-def __getattr__(name):
-    if name == "FIELDS":  # the paper's set, computed on first use (imports jax)
-        return field_docs("paper")
-    raise AttributeError(name)
-
-
-DTYPES = {"n_unique": np.int32, "finite": bool, "status": np.int32}
-"""Fields stored as integers or booleans (computed as float32 like the rest)."""
+def coordinates(arrays: Mapping[str, np.ndarray], fields: Sequence[Field]) -> dict:
+    """The stored coordinates (e.g. gride_n1 = 2**j) of the dims the fields use."""
+    out = {}
+    for f in fields:
+        if f.name not in arrays:
+            continue
+        shape = np.shape(arrays[f.name])[1 + bool(f.layers) :]
+        for d, size in zip(f.dims, shape):
+            dim = DIMS.get(d)
+            if dim is not None and dim.coord_name and dim.coord_name not in out:
+                out[dim.coord_name] = np.asarray(dim.coords(size))
+    return out
 
 
-def atomic_write_bytes(path: str, data: bytes) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def write_json(path: str, obj) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
-
-
-def read_json(path: str):
-    with open(path, encoding="utf-8") as fh:
-        return json.load(fh)
-
-
-def _npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
-    import io  # pylint: disable=g-import-not-at-top
-
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    return buf.getvalue()
-
-
-class DamagedResultsError(ValueError):
-    """``results.npz`` or ``tokens.npz`` does not match the hash recorded when it was written."""
+def as_saved(arrays: Mapping[str, np.ndarray], observables="paper") -> dict[str, np.ndarray]:
+    """``arrays`` as the files hold them: each field in its declared dtype (per-token
+    fields float32 here, float16 in tokens.npz), plus the coordinates its dims store."""
+    fields = {f.name: f for f in run_fields(observables)}
+    out = {}
+    for name, value in arrays.items():
+        f = fields.get(name)
+        if f is None or f.dtype == "str":
+            out[name] = np.asarray(value)
+        else:
+            out[name] = np.asarray(value, np.float32 if f.tokens else f.stored_dtype)
+    out.update(coordinates(out, list(fields.values())))
+    return out
 
 
 def save_results(output_dir: str, arrays: Mapping[str, np.ndarray], observables="paper") -> str:
-    """Writes ``results.npz`` (uncompressed, one array per field), the per-token
-    fields as float16 in ``tokens.npz``, and ``RESULTS.md``, each atomically;
-    each npz is followed by its SHA-256 (``results.npz.sha256``)."""
-    from geom_jax import checkpoint_integrity  # pylint: disable=g-import-not-at-top
-
+    """Writes ``results.npz`` (uncompressed, one array per field, each in its declared
+    dtype, with the coordinates its dims store), the per-token fields as float16 in
+    ``tokens.npz``, and ``RESULTS.md``, each atomically; each npz is followed by its
+    SHA-256 (``results.npz.sha256``)."""
+    arrays = as_saved(arrays, observables)
     docs = field_docs(observables)
     unknown = set(arrays) - set(docs)
     if unknown:
         raise ValueError(f"save_results: undocumented fields {sorted(unknown)}")
-    per_token = token_fields(observables)
-    main = {k: np.asarray(v, DTYPES.get(k)) for k, v in arrays.items() if k not in per_token}
-    tokens = {k: np.asarray(v, np.float16) for k, v in arrays.items() if k in per_token}
+    token_names = {f.name for f in run_fields(observables) if f.tokens}
+    main = {k: v for k, v in arrays.items() if k not in token_names}
+    tokens = {k: np.asarray(v, np.float16) for k, v in arrays.items() if k in token_names}
     path = os.path.join(output_dir, RESULTS_FILE)
-    atomic_write_bytes(path, _npz_bytes(main))
-    checkpoint_integrity.write_sidecar(path)
+    files.atomic_write_bytes(path, files.npz_bytes(main))
+    integrity.write_sidecar(path)
     if tokens:
         tokens_path = os.path.join(output_dir, TOKENS_FILE)
-        atomic_write_bytes(tokens_path, _npz_bytes(tokens))
-        checkpoint_integrity.write_sidecar(tokens_path)
+        files.atomic_write_bytes(tokens_path, files.npz_bytes(tokens))
+        integrity.write_sidecar(tokens_path)
     readme = _readme(arrays, docs, observables)
-    atomic_write_bytes(os.path.join(output_dir, README_FILE), readme.encode())
+    files.atomic_write_bytes(os.path.join(output_dir, README_FILE), readme.encode())
     return path
 
 
 def results_problem(output_dir: str) -> str | None:
     """None when ``results.npz`` (and ``tokens.npz``, when written) match their
     recorded SHA-256, else what is wrong."""
-    from geom_jax import checkpoint_integrity  # pylint: disable=g-import-not-at-top
-
     for name in (RESULTS_FILE, TOKENS_FILE):
         path = os.path.join(output_dir, name)
         if name == TOKENS_FILE and not os.path.isfile(path):
             continue
-        problem = checkpoint_integrity.sidecar_problem(path)
+        problem = integrity.sidecar_problem(path)
         if problem:
             return problem
     return None
 
 
+class DamagedResultsError(ValueError):
+    """``results.npz`` or ``tokens.npz`` does not match the hash recorded when it was written."""
+
+
 def load_results(output_dir: str) -> dict[str, np.ndarray]:
-    """All arrays of a finished run, plus its metadata under ``"metadata"``.
+    """All arrays of a finished run (per-token fields as float32), plus its metadata
+    under ``"metadata"``.
 
     Raises:
       FileNotFoundError: no ``results.npz`` in ``output_dir``.
       DamagedResultsError: results.npz or tokens.npz does not match its
         ``.sha256`` (files of runs that predate the hash load unchecked).
     """
-    from geom_jax import checkpoint_integrity  # pylint: disable=g-import-not-at-top
-
     path = os.path.join(output_dir, RESULTS_FILE)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no results here (has the run finished?)")
-    if os.path.isfile(path + checkpoint_integrity.SIDECAR_SUFFIX):
+    if os.path.isfile(path + integrity.SIDECAR_SUFFIX):
         problem = results_problem(output_dir)
         if problem:
             raise DamagedResultsError(problem)
@@ -170,19 +189,95 @@ def load_results(output_dir: str) -> dict[str, np.ndarray]:
         with np.load(tokens_path) as z:
             out.update({k: z[k].astype(np.float32) for k in z.files})
     meta_path = os.path.join(output_dir, METADATA_FILE)
-    out["metadata"] = read_json(meta_path) if os.path.isfile(meta_path) else {}
+    out["metadata"] = files.read_json(meta_path) if os.path.isfile(meta_path) else {}
     return out
 
 
-def _readme(arrays: Mapping[str, np.ndarray], docs: Mapping[str, str], observables) -> str:
-    from geom_jax import metrics  # pylint: disable=g-import-not-at-top
+def declared_fields() -> dict[str, Field]:
+    """Every field any registered observable, the model or the health checks declare."""
+    out = {f.name: f for f in ROW_FIELDS}
+    for f in schema.result_fields("all"):
+        out[f.name] = f
+    for obs in registry.REGISTRY.values():
+        for f in obs.fields:
+            out.setdefault(f.name, f)
+    return out
 
+
+def _attr(value):
+    return value if isinstance(value, (str, int, float, bool)) else json.dumps(value)
+
+
+def load(output_dir: str) -> xr.Dataset:
+    """A finished run as an ``xarray.Dataset`` with named dims, in one call.
+
+    Every data variable equals the array of the same name in ``results.npz`` (per-token
+    fields: ``tokens.npz``, as float32). Dims come from the declarations: ``row``, the
+    layer axis (``layer`` 1..L, ``layer_pair`` l for the pair (l, l+1), ``hidden_state``
+    0..L with the embedding output first), then ``scale``, ``k``, ``token``, ...; the row
+    fields (``prompt_key``, ``prompt_index``, ``shuffle_index``, ``shuffle_repeat``) and
+    stored coordinates (``gride_n1``) are coordinates; ``metadata.json`` gives the
+    attributes (nested values as JSON text). ``ds.to_dataframe()`` (or
+    ``ds[["gride_ids"]].to_dataframe()``) gives the tidy long table.
+
+    Example::
+
+        ds = geom_jax.results.load("results/smollm2-135m_pydoc/structured")
+        ds.gride_ids.sel(layer=12).mean("row")
+        df = ds[["twonn"]].to_dataframe().reset_index()   # row, layer, twonn, prompt_key, ...
+
+    Raises:
+      FileNotFoundError, DamagedResultsError: as :func:`load_results`.
+    """
+    registry.discover()
+    arrays = load_results(output_dir)
+    meta = arrays.pop("metadata")
+    declared = declared_fields()
+    row_names = {f.name for f in ROW_FIELDS}
+    coord_names = {d.coord_name: name for name, d in DIMS.items() if d.coord_name}
+    data_vars, coords = {}, {}
+    sizes: dict[str, int] = {}
+    for name, value in arrays.items():
+        if name in coord_names:
+            coords[name] = (coord_names[name], value)
+            continue
+        f = declared.get(name)
+        dims = (
+            f.dim_names(ROW_DIM)
+            if f is not None and len(f.dim_names(ROW_DIM)) == value.ndim
+            else (ROW_DIM,) + tuple(f"{name}_dim{i}" for i in range(1, value.ndim))
+        )
+        for d, size in zip(dims, value.shape):
+            sizes.setdefault(d, size)
+        if name in row_names:
+            coords[name] = (dims, value)
+        else:
+            data_vars[name] = (dims, value)
+    for layers, (dim, _) in LAYER_AXES.items():
+        if dim in sizes:
+            coords[dim] = (dim, layer_coords(layers, sizes[dim]))
+    for name, dim in DIMS.items():
+        if name in sizes and not dim.coord_name and dim.coords is not None:
+            coords[name] = (name, dim.coords(sizes[name]))
+    ds = xr.Dataset(data_vars, coords=coords)
+    ds.attrs = {k: _attr(v) for k, v in meta.items()}
+    for name in data_vars:
+        f = declared.get(name)
+        if f is not None:
+            ds[name].attrs["doc"] = f.doc
+    return ds
+
+
+def _readme(arrays: Mapping[str, np.ndarray], docs: Mapping[str, str], observables) -> str:
+    observables = registry.resolve(observables)
     lines = [
         "# Results of a geom-jax run",
         "",
         "```python",
+        "import geom_jax.results",
+        'ds = geom_jax.results.load(".")   # xarray.Dataset with named dims',
         "import numpy as np",
-        'r = np.load("results.npz")',
+        'r = np.load("results.npz")         # the same arrays, unlabelled',
         "```",
         "",
         "P rows (prompt x shuffle level), L transformer layers, S GRIDE scales,",
@@ -196,47 +291,6 @@ def _readme(arrays: Mapping[str, np.ndarray], docs: Mapping[str, str], observabl
     for name, doc in docs.items():
         if name in arrays:
             lines.append(f"| `{name}` | {list(np.shape(arrays[name]))} | {doc} |")
-    names = metrics.registry.resolve(observables)
-    lines += ["", f"Observables measured: `{metrics.registry.canonical(names)}`.", ""]
-    lines.append(metrics.registry.describe(names))
+    lines += ["", f"Observables measured: `{observables.canonical}`.", ""]
+    lines.append(registry.describe(observables.names))
     return "\n".join(lines) + "\n"
-
-
-def git_commit() -> str | None:
-    here = os.path.dirname(os.path.abspath(__file__))
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if out.returncode != 0:
-        return None
-    dirty = subprocess.run(
-        ["git", "status", "--porcelain", "--untracked-files=no"],
-        cwd=here,
-        capture_output=True,
-        text=True,
-        timeout=10,
-    ).stdout.strip()
-    return out.stdout.strip() + ("+dirty" if dirty else "")
-
-
-def package_versions() -> dict[str, str]:
-    from importlib import metadata  # pylint: disable=g-import-not-at-top
-
-    versions = {"python": platform.python_version()}
-    for pkg in ("geom_jax", "jax", "jaxlib", "flax", "numpy", "transformers", "orbax-checkpoint"):
-        try:
-            versions[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            pass
-    return versions
-
-
-def file_sha256(path: str, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()

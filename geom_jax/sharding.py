@@ -1,12 +1,14 @@
-"""Device meshes and shardings for the fused forward-and-metrics step.
+"""Device meshes and every sharding of the fused step, from logical axis names.
 
 The mesh has two axes: ``data`` (prompts) and ``model`` (the decoder's
-vocabulary, heads and MLP dimensions, as in MaxText's logical-axis rules,
-:data:`geom_jax.models.RULES`). The forward runs under GSPMD with the
-parameters sharded by those rules and the batch over ``data``; the metrics
-run under ``shard_map`` on the devices that hold each prompt's hidden states,
-spreading the batch over every device when it divides evenly, so only the
-small per-prompt results ever cross devices.
+vocabulary, heads and MLP dimensions). Every placement, of parameters,
+activations and batches alike, goes through one route:
+:func:`geom_jax.models.partition.mesh_spec` over the rules of
+:mod:`geom_jax.models.axes` (MaxText-style logical sharding; a name without a
+rule is an error). The forward runs under GSPMD with the batch over ``data``;
+the metrics run under ``shard_map`` where the hidden states live, the batch
+spread over every device when it divides evenly (``metrics_batch``), so only
+the small per-prompt results ever cross devices.
 """
 
 from __future__ import annotations
@@ -15,10 +17,27 @@ import math
 from collections.abc import Sequence
 
 import jax
-from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from geom_jax.models.axes import DATA, MESH_AXES, MODEL  # noqa: F401  (re-exported)
+from geom_jax.errors import ArgumentError, value_error
+from geom_jax.models import partition
+from geom_jax.models.axes import (
+    ACTIVATION_EMBED,
+    BATCH,
+    DATA,
+    LAYERS,
+    MESH_AXES,
+    METRICS_BATCH,
+    MODEL,
+    SEQUENCE,
+)
+
+
+def spec(*names: str | None, rules=None) -> PartitionSpec:
+    """PartitionSpec of an array whose axes have these logical names."""
+    return partition.mesh_spec(tuple(names), rules)
 
 
 def parse_mesh_shape(text: str | Sequence[int] | None) -> tuple[int, int] | None:
@@ -29,9 +48,9 @@ def parse_mesh_shape(text: str | Sequence[int] | None) -> tuple[int, int] | None
     try:
         shape = tuple(int(p) for p in parts)
     except ValueError:
-        raise ValueError(f"--mesh_shape={text!r}: expected two integers 'DATA,MODEL'") from None
+        raise value_error("mesh_shape", repr(text), "is not two integers 'DATA,MODEL'") from None
     if len(shape) != 2 or min(shape) < 1:
-        raise ValueError(f"--mesh_shape={text!r}: expected two positive integers 'DATA,MODEL'")
+        raise value_error("mesh_shape", repr(text), "is not two positive integers 'DATA,MODEL'")
     return shape
 
 
@@ -41,47 +60,57 @@ def make_mesh(
     """A ('data', 'model') mesh; by default every device on ``data``.
 
     Raises:
-      ValueError: when the shape does not use exactly the available devices,
+      ArgumentError: when the shape does not use exactly the available devices,
         naming both numbers.
     """
     devices = list(jax.devices() if devices is None else devices)
     shape = tuple(mesh_shape) if mesh_shape is not None else (len(devices), 1)
     if math.prod(shape) != len(devices):
-        raise ValueError(
-            f"--mesh_shape={shape[0]},{shape[1]} needs {math.prod(shape)} devices, "
-            f"but {len(devices)} are available"
+        raise ArgumentError(
+            "{mesh_shape}={shape} needs {needed} devices, but {available} are available",
+            "mesh_shape",
+            shape=f"{shape[0]},{shape[1]}",
+            needed=math.prod(shape),
+            available=len(devices),
         )
     axis_types = (jax.sharding.AxisType.Auto,) * 2
     return jax.make_mesh(shape, MESH_AXES, axis_types=axis_types, devices=devices)
 
 
-def batch_axes(mesh: Mesh, batch_size: int) -> tuple[str, ...]:
-    """Mesh axes the metrics spread a batch over: all devices if they divide it."""
-    if batch_size % mesh.size == 0:
-        return MESH_AXES
-    return (DATA,)
+def metrics_batch(mesh: Mesh, batch_size: int) -> str:
+    """The logical name of a batch's rows in the metrics: every device if they divide it."""
+    return METRICS_BATCH if batch_size % mesh.size == 0 else BATCH
+
+
+def metrics_specs(mesh: Mesh, batch_size: int) -> dict[str, PartitionSpec]:
+    """Specs of the metrics' shard_map: the hidden stack [L+1, B, T, D], per-row arrays
+    [B, ...] and the per-row results."""
+    rows = metrics_batch(mesh, batch_size)
+    return {
+        "hidden": spec(LAYERS, rows, SEQUENCE, ACTIVATION_EMBED),
+        "rows": spec(rows),
+        "shared": spec(),
+    }
 
 
 def check_batch(mesh: Mesh, batch_size: int) -> None:
-    """Raises ValueError unless ``batch_size`` splits over the ``data`` axis."""
+    """Raises ArgumentError unless ``batch_size`` splits over the ``data`` axis."""
     data = mesh.shape[DATA]
     if batch_size % data:
-        raise ValueError(
-            f"--batch_size={batch_size} is not divisible by the 'data' mesh axis of size {data}"
+        raise value_error(
+            "batch_size", batch_size, f"is not divisible by the 'data' mesh axis of size {data}"
         )
 
 
 def place_state(state, mesh: Mesh, rules=None):
-    """Moves an NNX state onto ``mesh`` (a no-op for arrays already there),
-    placed by :func:`geom_jax.models.partition.state_shardings`, the same
-    route from logical axes to shardings as the loader's."""
-    from geom_jax.models import partition  # pylint: disable=g-import-not-at-top
-
+    """Moves an NNX state onto ``mesh`` (a no-op for arrays already there), placed by
+    :func:`geom_jax.models.partition.state_shardings`, the loader's route."""
     return jax.device_put(state, partition.state_shardings(state, mesh, rules))
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
-    return NamedSharding(mesh, P(DATA))
+    """Sharding of a batch [B, ...] between host and devices: rows over ``data``."""
+    return NamedSharding(mesh, spec(BATCH))
 
 
 def to_global(mesh: Mesh, local):
@@ -91,10 +120,24 @@ def to_global(mesh: Mesh, local):
 
 def to_host_local(mesh: Mesh, tree):
     """This process's rows of batch-sharded outputs, as NumPy arrays."""
-    import numpy as np  # pylint: disable=g-import-not-at-top
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-
     if jax.process_count() == 1:
         return jax.tree.map(np.asarray, jax.device_get(tree))
-    local = multihost_utils.global_array_to_host_local_array(tree, mesh, P(DATA))
+    local = multihost_utils.global_array_to_host_local_array(tree, mesh, spec(BATCH))
     return jax.tree.map(np.asarray, local)
+
+
+__all__ = [
+    "DATA",
+    "MODEL",
+    "MESH_AXES",
+    "batch_sharding",
+    "check_batch",
+    "make_mesh",
+    "metrics_batch",
+    "metrics_specs",
+    "parse_mesh_shape",
+    "place_state",
+    "spec",
+    "to_global",
+    "to_host_local",
+]

@@ -1,8 +1,13 @@
 """Shared by the tests that run whole experiments on the tiny model."""
 
+import contextlib
 import os
+import re
 
-from geom_jax import experiment
+import pytest
+
+from geom_jax import run as geom_run
+from geom_jax.run import flags as run_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "experiments", "token_geometry.py")
@@ -20,4 +25,14 @@ def small_spec(model, out, **kw):
         progress=False,
     )
     base.update(kw)
-    return experiment.RunSpec(**base)
+    return geom_run.RunSpec(**base)
+
+
+@contextlib.contextmanager
+def raises_user_error(pattern):
+    """A run refused with a UserError whose command-line rendering (arguments as
+    --flags, what token_geometry.py prints) matches ``pattern``."""
+    with pytest.raises(geom_run.UserError) as info:
+        yield info
+    text = run_flags.message(info.value)
+    assert re.search(pattern, text), text

@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from geom_jax import checkpoint_integrity, sweep
+from geom_jax.io import integrity as checkpoint_integrity
+from geom_jax.run import sweep
 
 
 def _plan(num_rows, crash_at_row=None):

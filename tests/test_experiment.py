@@ -1,6 +1,5 @@
 """token_geometry end to end on a tiny checkpoint: fused = separate, resume, bad input."""
 
-import dataclasses
 import functools
 import os
 import signal
@@ -13,7 +12,9 @@ import numpy as np
 import pytest
 import run_helpers
 
-from geom_jax import data, experiment, metrics, models, results
+from geom_jax import data, metrics, models, results
+from geom_jax import run as geom_run
+from geom_jax.io import files
 
 ROOT, SCRIPT = run_helpers.ROOT, run_helpers.SCRIPT
 _spec = functools.partial(
@@ -53,7 +54,7 @@ def _separately(model_dir, spec, row_prompt_index, row_shuffle):
 def test_fused_run_equals_model_and_metrics_called_separately(tiny, tmp_path):
     spec = _spec(tiny, tmp_path / "run")
     start = time.time()
-    got = experiment.run(spec)
+    got = geom_run.run(spec)
     elapsed = time.time() - start
     assert got["gride_ids"].shape == (9, 3, 4)  # 3 prompts x 3 levels, L = 3 layers, S = log2(16)
     assert got["overlap"].shape == (9, 2, 8) and got["cos_mean"].shape == (9, 4)
@@ -65,7 +66,7 @@ def test_fused_run_equals_model_and_metrics_called_separately(tiny, tmp_path):
     np.testing.assert_array_equal(got["overlap"], ref["overlap"])
     on_disk = np.load(os.path.join(spec.output_dir, "results.npz"))
     assert set(on_disk.files) == set(got) and set(on_disk.files) <= set(results.FIELDS)
-    meta = results.read_json(os.path.join(spec.output_dir, "metadata.json"))
+    meta = files.read_json(os.path.join(spec.output_dir, "metadata.json"))
     assert meta["flags"]["method"] == "shuffled" and "sha256" in meta["checkpoint"]
     assert meta["versions"]["jax"]
     # The recorded times are this run's, rounded to 0.01 s: compute within wall, wall
@@ -73,7 +74,7 @@ def test_fused_run_equals_model_and_metrics_called_separately(tiny, tmp_path):
     assert 0 < meta["compute_time_s"] <= meta["wall_time_s"] <= elapsed + 0.01
     assert meta["wall_time_s"] >= 0.8 * elapsed - 0.01
     # Same flags, same seed: identical results.
-    again = experiment.run(_spec(tiny, tmp_path / "run2"))
+    again = geom_run.run(_spec(tiny, tmp_path / "run2"))
     for k in got:
         np.testing.assert_array_equal(got[k], again[k], err_msg=k)
 
@@ -89,7 +90,7 @@ def test_smollm2_fused_equals_separate(tmp_path):
         range_max=64,
         max_k=16,
     )
-    got = experiment.run(spec)
+    got = geom_run.run(spec)
     ref = _separately("smollm2-135m", spec, got["prompt_index"], got["shuffle_index"])
     for k in ["gride_ids", "twonn", "cos_mean", "cos_std", "loss"]:
         np.testing.assert_allclose(got[k], ref[k], rtol=1e-4, err_msg=k)
@@ -98,15 +99,14 @@ def test_smollm2_fused_equals_separate(tmp_path):
 
 def test_existing_output_dir_is_not_overwritten(tiny, tmp_path):
     out = tmp_path / "run"
-    experiment.run(_spec(tiny, out, num_prompts=1, method="structured"))
+    geom_run.run(_spec(tiny, out, num_prompts=1, method="structured"))
     before = (out / "results.npz").read_bytes()
-    with pytest.raises(experiment.UserError, match="already holds files; pass --resume"):
-        experiment.run(_spec(tiny, out, num_prompts=1, method="structured"))
-    with pytest.raises(
-        experiment.UserError,
-        match=r"--resume: the run in .* used other settings --num_prompts=1 \(now 2\)",
+    with run_helpers.raises_user_error("already holds files; pass --resume"):
+        geom_run.run(_spec(tiny, out, num_prompts=1, method="structured"))
+    with run_helpers.raises_user_error(
+        r"--resume: the run in .* used other settings --num_prompts=1 \(now 2\)",
     ):
-        experiment.run(_spec(tiny, out, num_prompts=2, method="structured", resume=True))
+        geom_run.run(_spec(tiny, out, num_prompts=2, method="structured", resume=True))
     assert (out / "results.npz").read_bytes() == before
 
 
@@ -116,13 +116,13 @@ def test_recorded_process_count_is_the_runtimes(tiny, tmp_path):
     under another process count is refused."""
     out = tmp_path / "run"
     spec = _spec(tiny, out, num_prompts=1, method="structured")
-    experiment.run(spec)
+    geom_run.run(spec)
     path = out / results.RUN_CONFIG_FILE
-    saved = results.read_json(str(path))
+    saved = files.read_json(str(path))
     assert saved["num_processes"] == 1
-    results.write_json(str(path), dict(saved, num_processes=2))
-    with pytest.raises(experiment.UserError, match=r"--num_processes=2 \(now 1\)"):
-        experiment.run(dataclasses.replace(spec, resume=True))
+    files.write_json(str(path), dict(saved, num_processes=2))
+    with run_helpers.raises_user_error(r"--num_processes=2 \(now 1\)"):
+        geom_run.run(spec.replace(resume=True))
 
 
 def _cli(args, **kw):
@@ -168,7 +168,7 @@ def test_sigkill_then_resume_equals_uninterrupted(tiny, tmp_path):
     log = resumed.communicate(timeout=300)[0]
     assert resumed.returncode == 0, log
     assert "Resumed from checkpoint" in log
-    full = experiment.run(_spec(tiny, tmp_path / "full", num_prompts=12, batch_size=1))
+    full = geom_run.run(_spec(tiny, tmp_path / "full", num_prompts=12, batch_size=1))
     got = np.load(killed / "results.npz")
     assert (
         len(got["prompt_index"]) == 36
@@ -197,32 +197,32 @@ def test_sigkill_then_resume_equals_uninterrupted(tiny, tmp_path):
 def test_bad_input_fails_before_compute(tiny, tmp_path, overrides, message):
     out = tmp_path / "run"
     spec = _spec(overrides.pop("model", tiny), out, **overrides)
-    with pytest.raises(experiment.UserError, match=message):
-        experiment.run(spec)
+    with run_helpers.raises_user_error(message):
+        geom_run.run(spec)
     assert not (out / "checkpoints").exists()
 
 
 def test_empty_text_field_in_records(tiny, tmp_path):
     path = tmp_path / "p.jsonl"
     path.write_text('{"text": "hello"}\n{"body": "no text"}\n')
-    with pytest.raises(experiment.UserError, match="--text_field: record .* has no field 'text'"):
-        experiment.run(_spec(tiny, tmp_path / "run", dataset=str(path)))
+    with run_helpers.raises_user_error("--text_field: record .* has no field 'text'"):
+        geom_run.run(_spec(tiny, tmp_path / "run", dataset=str(path)))
 
 
 @pytest.mark.parametrize("where", ["under_a_file", "proc"])
 def test_unwritable_output_dir(tiny, tmp_path, where):
     (tmp_path / "a_file").write_text("")
     out = tmp_path / "a_file" / "run" if where == "under_a_file" else "/proc/geom_jax_run"
-    with pytest.raises(experiment.UserError, match="is not writable"):
-        experiment.run(_spec(tiny, out))
+    with run_helpers.raises_user_error("is not writable"):
+        geom_run.run(_spec(tiny, out))
 
 
 def test_failed_validation_leaves_folder_reusable(tiny, tmp_path):
     out = tmp_path / "run"
-    with pytest.raises(experiment.UserError, match="--num_prompts=500"):
-        experiment.run(_spec(tiny, out, num_prompts=500, method="structured"))
+    with run_helpers.raises_user_error("--num_prompts=500"):
+        geom_run.run(_spec(tiny, out, num_prompts=500, method="structured"))
     assert not os.listdir(out)
-    experiment.run(_spec(tiny, out, num_prompts=1, method="structured"))
+    geom_run.run(_spec(tiny, out, num_prompts=1, method="structured"))
     assert (out / "results.npz").is_file()
 
 
@@ -259,7 +259,7 @@ def test_cli_default_range_max_and_quiet_startup(tiny, tmp_path):
     assert proc.returncode == 0, proc.stderr[-4000:]
     for noise in ["Unable to initialize backend", "PyTorch was not found", "libtpu"]:
         assert noise not in proc.stderr + proc.stdout, noise
-    meta = results.read_json(str(out / "metadata.json"))
+    meta = files.read_json(str(out / "metadata.json"))
     assert meta["flags"]["range_max"] == 63
     assert np.load(out / "results.npz")["gride_ids"].shape[-1] == 5
 
@@ -273,12 +273,12 @@ def test_bfloat16_on_cpu_computes_in_float32_from_bfloat16_weights(tiny, tmp_pat
     assert pipeline.execution_dtypes("bfloat16", "float32", "cpu") == ("float32", "float32")
     assert pipeline.execution_dtypes("bfloat16", "bfloat16", "gpu") == ("bfloat16", "bfloat16")
     kw = dict(num_prompts=1, method="structured")
-    got = experiment.run(
+    got = geom_run.run(
         _spec(tiny, tmp_path / "bf16", dtype="bfloat16", param_dtype="bfloat16", **kw)
     )
-    meta = results.read_json(str(tmp_path / "bf16" / "metadata.json"))
+    meta = files.read_json(str(tmp_path / "bf16" / "metadata.json"))
     assert meta["execution_dtypes"] == {"compute": "float32", "params": "bfloat16"}
     assert meta["flags"]["dtype"] == "bfloat16"
-    want = experiment.run(_spec(tiny, tmp_path / "ref", param_dtype="bfloat16", **kw))
+    want = geom_run.run(_spec(tiny, tmp_path / "ref", param_dtype="bfloat16", **kw))
     for k in ["gride_ids", "overlap", "cos_mean", "loss", "token_nll"]:
         np.testing.assert_array_equal(got[k], want[k], err_msg=k)

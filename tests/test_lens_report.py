@@ -3,8 +3,10 @@
 import numpy as np
 import pytest
 
-from geom_jax import plots
+from geom_jax import plotting
 from geom_jax.lens import report
+from geom_jax.metrics import intrinsic_dimension
+from geom_jax.report import make
 
 scipy_stats = pytest.importorskip("scipy.stats")
 
@@ -31,13 +33,13 @@ def _run(num_prompts=12, num_layers=4, seed=0):
         "lens_energy": rng.uniform(0, 3, (p, num_layers + 1)),
         "logit_gride_ids": logit_ids,
     }
-    return plots.Run("toy", arrays)
+    return plotting.Run("toy", arrays)
 
 
 def test_spearman_numbers_match_scipy():
     run = _run()
     a = run.arrays
-    rho = report.id_loss_spearman(run)
+    rho = intrinsic_dimension.id_loss_spearman(run)
     for layer in range(4):
         want = scipy_stats.spearmanr(np.log(a["gride_ids"][:, layer, 0]), a["loss"])[0]
         assert rho[layer] == pytest.approx(want, abs=1e-12)
@@ -46,15 +48,37 @@ def test_spearman_numbers_match_scipy():
     assert got == pytest.approx(want, abs=1e-12) and got > 0.5
 
 
-def test_figures_and_text(tmp_path):
+def test_figures_and_text(tmp_path, monkeypatch):
+    """The lens sections are chosen from the fields present, their figures plot the
+    per-level means and the scatter of the rows, and the text states the numbers."""
     run = _run()
-    figs = report.figures([run], str(tmp_path))
-    assert set(figs) == {
-        "Lens entropy, free energy and energy across layers",
-        "Intrinsic dimension and uncertainty",
-    }
-    assert all((tmp_path / p.split("/")[-1]).stat().st_size > 1000 for p in figs.values())
-    text = "\n".join(report.text(run))
+    titles = [s.title for s in make.sections_for([run])]
+    assert "Lens entropy, free energy and energy across layers" in titles
+    assert "Intrinsic dimension and uncertainty" in titles
+    without = plotting.Run("toy", {k: v for k, v in run.arrays.items() if "lens" not in k})
+    assert "Lens entropy, free energy and energy across layers" not in [
+        s.title for s in make.sections_for([without])
+    ]
+    drawn = []
+    monkeypatch.setattr(plotting, "save", lambda fig, path: drawn.append(fig) or path)
+    report.plot_lens_vs_layer([run], str(tmp_path / "lens.png"))
+    report.plot_uncertainty_correlations([run], str(tmp_path / "unc.png"))
+    lens_fig, unc_fig = drawn
+    for ax, (field, _) in zip(lens_fig.axes, report.LENS_FIELDS):
+        lines = ax.get_lines()
+        assert len(lines) == len(run.extremes)
+        for line, s in zip(lines, run.extremes):
+            want = np.nanmean(run.arrays[field][run.rows(s)], 0)
+            np.testing.assert_allclose(line.get_ydata(), want, rtol=1e-12)
+    rho_line = unc_fig.axes[0].get_lines()[0]
+    np.testing.assert_allclose(rho_line.get_ydata(), intrinsic_dimension.id_loss_spearman(run))
+    points = np.concatenate([c.get_offsets() for c in unc_fig.axes[1].collections])
+    rows = np.concatenate([run.rows(s) for s in run.levels])
+    want = np.stack(
+        [run.arrays["lens_entropy"][rows, -1], np.log(report.logit_range_id(run)[rows])], -1
+    )
+    np.testing.assert_allclose(points, want, rtol=1e-6)
+    text = "\n".join(report.lens_text(run) + report.uncertainty_text(run))
     rho = report.logit_id_entropy_spearman(run)
     assert f"{rho:.3f} (the follow-up reports 0.60" in text
     mean_h = np.nanmean(run.arrays["lens_entropy"][run.rows(2)], 0)

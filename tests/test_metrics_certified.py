@@ -14,7 +14,7 @@ M = K + refinement.REFINE_MARGIN
 @jax.jit
 def _both(x, valid):
     gram, _ = distances.centred_gram(x, valid)
-    near, _ = selection.select_neighbors(gram, valid, k_near=M, method="host")
+    near, _ = selection.select_neighbours(gram, valid, k_near=M, method="host")
     full_sq, full_idx = refinement.rerank_candidates(x, near, valid, K, "host")
     cert = refinement.certified_knn(x, gram, near, valid, K, "host")
     return full_sq, full_idx, cert.idx, cert.sq_at(range(K)), cert.flagged
@@ -73,7 +73,7 @@ def test_gram_order_alone_is_wrong_on_near_ties():
     @jax.jit
     def gram_order(x, valid):
         gram, _ = distances.centred_gram(x, valid)
-        near, _ = selection.select_neighbors(gram, valid, k_near=M, method="host")
+        near, _ = selection.select_neighbours(gram, valid, k_near=M, method="host")
         return near[..., :K]
 
     full = np.asarray(_both(x, valid)[1])

@@ -62,7 +62,7 @@ def test_standalone_functions(case):
     np.testing.assert_allclose(mean, ref(case, "cos_mean"), atol=1e-5, rtol=0)
     np.testing.assert_allclose(std, ref(case, "cos_std"), atol=1e-5, rtol=0)
     if has_overlap(case):
-        chi = metrics.neighborhood_overlap(points[:-1], points[1:], max_k=32)
+        chi = metrics.neighbourhood_overlap(points[:-1], points[1:], max_k=32)
         np.testing.assert_allclose(chi[:, :31], ref(case, "overlap")[:, 1:], atol=1e-6, rtol=0)
 
 

@@ -98,7 +98,7 @@ def test_overlap_and_cosine_match_oracle(batch):
     x, mask = batch
     rng = np.random.default_rng(1)
     y = np.tanh(x * 1.5) + 0.05 * rng.standard_normal(x.shape).astype(np.float32)
-    chi = np.asarray(metrics.neighborhood_overlap(x, y, mask, max_k=MAX_K))
+    chi = np.asarray(metrics.neighbourhood_overlap(x, y, mask, max_k=MAX_K))
     mean, std = (np.asarray(a) for a in metrics.cosine_similarity_stats(x, mask))
     mean_nd, std_nd = (
         np.asarray(a) for a in metrics.cosine_similarity_stats(x, mask, include_diagonal=False)
@@ -160,7 +160,7 @@ def test_knn_large_common_offset():
     np.testing.assert_array_equal(idx, ref)
     d = oracle.distances(x)
     np.testing.assert_allclose(dists, np.take_along_axis(d, ref, 1), rtol=1e-5)
-    chi = np.asarray(metrics.neighborhood_overlap(x, x[:, ::-1] * 2.0, max_k=MAX_K))
+    chi = np.asarray(metrics.neighbourhood_overlap(x, x[:, ::-1] * 2.0, max_k=MAX_K))
     np.testing.assert_allclose(chi, 1.0, atol=1e-6)
 
 

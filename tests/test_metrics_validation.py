@@ -17,7 +17,7 @@ def test_n_too_small_for_max_k():
     with pytest.raises(ValueError, match=r"k=70 needs N >= 71"):
         metrics.knn(hidden((64, 8)), k=70)
     with pytest.raises(ValueError, match=r"max_k=64"):
-        metrics.neighborhood_overlap(hidden((64, 8)), hidden((64, 8), 1), max_k=64)
+        metrics.neighbourhood_overlap(hidden((64, 8)), hidden((64, 8), 1), max_k=64)
 
 
 def test_n_too_small_for_range_max():
@@ -48,7 +48,7 @@ def test_wrong_rank():
     with pytest.raises(ValueError, match=r"mask must have shape \(2, 64\)"):
         metrics.layer_geometry(hidden(), np.ones((2, 3, 64), bool), range_max=8, max_k=4)
     with pytest.raises(ValueError, match=r"x and y must hold the same points"):
-        metrics.neighborhood_overlap(hidden((64, 8)), hidden((63, 8)), max_k=4)
+        metrics.neighbourhood_overlap(hidden((64, 8)), hidden((63, 8)), max_k=4)
 
 
 def test_non_finite_values_name_prompt_and_layer():
@@ -121,7 +121,7 @@ def test_non_boolean_mask_values_are_refused():
         lambda m: metrics.gride(hidden((64, 8)), m, range_max=8),
         lambda m: metrics.twonn(hidden((64, 8)), mask=m),
         lambda m: metrics.cosine_similarity_stats(hidden((64, 8)), m),
-        lambda m: metrics.neighborhood_overlap(hidden((64, 8)), hidden((64, 8), 1), m, max_k=4),
+        lambda m: metrics.neighbourhood_overlap(hidden((64, 8)), hidden((64, 8), 1), m, max_k=4),
     ):
         with pytest.raises(ValueError, match=r"mask must be boolean \(or 0/1\)"):
             fn(mask)

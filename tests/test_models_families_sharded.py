@@ -52,11 +52,11 @@ def qwen3(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def reference(qwen3, tmp_path_factory):
-    from geom_jax import experiment
+    from geom_jax import run as geom_run
 
     out = tmp_path_factory.mktemp("ref") / "run"
-    return experiment.run(
-        experiment.RunSpec(output_dir=str(out), model=qwen3, progress=False, **COMMON)
+    return geom_run.run(
+        geom_run.RunSpec(output_dir=str(out), model=qwen3, progress=False, **COMMON)
     )
 
 
@@ -113,7 +113,8 @@ SCRIPT = r"""
 import json, os, sys
 import numpy as np
 from flax import nnx
-from geom_jax import experiment, models, pipeline, sharding
+from geom_jax import models, pipeline, sharding
+from geom_jax import run as geom_run
 model, root, common = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 report = {"sharded_load": {}}
 mesh = sharding.make_mesh((4, 2))
@@ -137,13 +138,13 @@ def record(self, *args, **kwargs):
     report["specs"] = {k: list(blocks[k].sharding.spec) for k in ("wq", "q_norm_scale")}
 pipeline.GeometryPipeline.__init__ = record
 out = os.path.join(root, "4x2_fsdp")
-experiment.run(experiment.RunSpec(output_dir=out, model=model, mesh_shape="4,2", fsdp=True,
+geom_run.run(geom_run.RunSpec(output_dir=out, model=model, mesh_shape="4,2", fsdp=True,
                                   progress=False, **common))
 report["family"] = models.load(model, tokenizer=False)[0].config.family
 try:
-    experiment.run(experiment.RunSpec(output_dir=os.path.join(root, "bad"), model=model,
+    geom_run.run(geom_run.RunSpec(output_dir=os.path.join(root, "bad"), model=model,
                                       mesh_shape="1,8", progress=False, **common))
-except experiment.UserError as e:
+except geom_run.UserError as e:
     report["error"] = str(e)
 print("REPORT " + json.dumps(report))
 """

@@ -36,7 +36,7 @@ LOAD_SCRIPT = r"""
 import json, sys
 import numpy as np
 import geom_jax.models as gm
-from geom_jax import experiment
+from geom_jax import run as geom_run
 repo, snapshots, out = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
 ids = np.arange(1, 25, dtype=np.int32)[None]
 report = {}
@@ -54,10 +54,10 @@ try:
     gm.load(repo, revision="step9")
 except gm.RevisionNotFoundError as e:
     report["unknown"] = str(e)
-spec = experiment.RunSpec(output_dir=out, model=repo, revision="step1000", method="structured",
+spec = geom_run.RunSpec(output_dir=out, model=repo, revision="step1000", method="structured",
                           max_tokens=32, num_prompts=2, batch_size=2, range_max=8, max_k=4,
                           progress=False)
-experiment.run(spec)
+geom_run.run(spec)
 print("REPORT " + json.dumps(report))
 """
 

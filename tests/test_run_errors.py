@@ -2,7 +2,6 @@
 key, checked before anything is written, and an output folder that stays
 reusable; one run per folder; damaged results rebuilt on --resume."""
 
-import dataclasses
 import errno
 import functools
 import json
@@ -17,7 +16,10 @@ import numpy as np
 import pytest
 import run_helpers
 
-from geom_jax import data, disk_space, experiment, results, run_lock
+from geom_jax import data, results
+from geom_jax import run as geom_run
+from geom_jax.run import disk_space
+from geom_jax.run import lock as run_lock
 
 ROOT, SCRIPT = run_helpers.ROOT, run_helpers.SCRIPT
 _spec = functools.partial(run_helpers.small_spec, method="structured", num_prompts=2, batch_size=1)
@@ -35,7 +37,7 @@ def _variant(tiny, tmp_path, **config):
 
 def _reusable(spec):
     """A fresh run (no --resume) into the folder passes the folder check."""
-    experiment.check_output_dir(dataclasses.replace(spec, resume=False))
+    geom_run.output_dir.check_output_dir(spec.replace(resume=False))
     return True
 
 
@@ -52,8 +54,8 @@ def _reusable(spec):
 )
 def test_flag_ranges_refused_before_the_folder_exists(tiny, tmp_path, overrides, message):
     out = tmp_path / "run"
-    with pytest.raises(experiment.UserError, match=message):
-        experiment.run(_spec(tiny, out, **overrides))
+    with run_helpers.raises_user_error(message):
+        geom_run.run(_spec(tiny, out, **overrides))
     assert not out.exists()
 
 
@@ -62,36 +64,33 @@ def test_negative_num_prompts_flag_is_not_all_prompts():
         def __getattr__(self, name):
             return {"num_prompts": -3, "layer_chunk": -2}.get(name, "")
 
-    spec = experiment.RunSpec.from_flags(Flags())
+    spec = geom_run.RunSpec.from_flags(Flags())
     assert spec.num_prompts == -3 and spec.layer_chunk == -2
 
 
 def test_context_length_names_both_numbers(tiny, tmp_path):
     model = _variant(tiny, tmp_path, max_position_embeddings=64)
     out = tmp_path / "run"
-    with pytest.raises(
-        experiment.UserError,
-        match=r"--max_tokens=64 \+ 1 \(--add_bos\) exceeds .*max_position_embeddings is 64",
+    with run_helpers.raises_user_error(
+        r"--max_tokens=64 \+ 1 \(--add_bos\) exceeds .*max_position_embeddings is 64",
     ):
-        experiment.run(_spec(model, out, add_bos=True))
+        geom_run.run(_spec(model, out, add_bos=True))
     assert not out.exists()
 
 
 def test_unsupported_architecture_refused_before_the_folder_exists(tiny, tmp_path):
     model = _variant(tiny, tmp_path, model_type="bloom", architectures=["BloomForCausalLM"])
     out = tmp_path / "run"
-    with pytest.raises(experiment.UserError, match=r"--model=.*: unsupported architecture Bloom"):
-        experiment.run(_spec(model, out))
+    with run_helpers.raises_user_error(r"--model=.*: unsupported architecture Bloom"):
+        geom_run.run(_spec(model, out))
     assert not out.exists()
 
 
 def test_token_ids_outside_the_vocabulary_refused_before_compute(tiny, tmp_path):
     model = _variant(tiny, tmp_path, vocab_size=64)
     out = tmp_path / "run"
-    with pytest.raises(
-        experiment.UserError, match=r"prompt 0, token \d+: id \d+ is outside the vocabulary"
-    ):
-        experiment.run(_spec(model, out))
+    with run_helpers.raises_user_error(r"prompt 0, token \d+: id \d+ is outside the vocabulary"):
+        geom_run.run(_spec(model, out))
     assert _reusable(_spec(model, out))
 
 
@@ -103,11 +102,10 @@ def test_truncated_gguf_named_with_size_and_offset(tmp_path, keep):
     with open(smollm2_gguf_path(), "rb") as fh:
         path.write_bytes(fh.read(keep))
     out = tmp_path / "run"
-    with pytest.raises(
-        experiment.UserError,
-        match=rf"{path}: {keep} bytes, but the GGUF data continues to offset \d+",
+    with run_helpers.raises_user_error(
+        rf"{path}: {keep} bytes, but the GGUF data continues to offset \d+",
     ):
-        experiment.run(_spec(str(path), out))
+        geom_run.run(_spec(str(path), out))
     assert not out.exists()
 
 
@@ -117,11 +115,10 @@ def test_truncated_safetensors_named_and_folder_reusable(tiny, tmp_path):
     size = os.path.getsize(weights)
     os.truncate(weights, size // 2)
     out = tmp_path / "run"
-    with pytest.raises(
-        experiment.UserError,
-        match=rf"{weights}: {size // 2} bytes, but tensor '.*' ends at offset {size}",
+    with run_helpers.raises_user_error(
+        rf"{weights}: {size // 2} bytes, but tensor '.*' ends at offset {size}",
     ):
-        experiment.run(_spec(model, out))
+        geom_run.run(_spec(model, out))
     assert _reusable(_spec(model, out))
 
 
@@ -130,11 +127,10 @@ def test_non_utf8_text_names_file_and_offset(tiny, tmp_path, kind):
     path = tmp_path / f"bad.{kind}"
     good = b'{"text": "fine"}\n' if kind == "jsonl" else b"fine text "
     path.write_bytes(good + b"caf\xe9 au lait")
-    with pytest.raises(
-        experiment.UserError,
-        match=rf"--dataset: {path} is not UTF-8 text: byte 0xe9 at offset {len(good) + 3}",
+    with run_helpers.raises_user_error(
+        rf"--dataset: {path} is not UTF-8 text: byte 0xe9 at offset {len(good) + 3}",
     ):
-        experiment.run(_spec(tiny, tmp_path / "run", dataset=str(path)))
+        geom_run.run(_spec(tiny, tmp_path / "run", dataset=str(path)))
     assert _reusable(_spec(tiny, tmp_path / "run"))
 
 
@@ -143,12 +139,11 @@ def test_unreachable_hub_dataset_fails_fast_naming_it(tiny, tmp_path, monkeypatc
 
     monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens
     start = time.time()
-    with pytest.raises(
-        experiment.UserError,
-        match=r"cannot fetch the Hugging Face dataset 'no-org/no-such-set': the network is "
+    with run_helpers.raises_user_error(
+        r"cannot fetch the Hugging Face dataset 'no-org/no-such-set': the network is "
         r"unavailable \(cannot connect to 127.0.0.1:9.*pass a local path",
     ):
-        experiment.run(_spec(tiny, tmp_path / "run", dataset="no-org/no-such-set"))
+        geom_run.run(_spec(tiny, tmp_path / "run", dataset="no-org/no-such-set"))
     assert time.time() - start < 15
     assert data.sources.hub_unreachable() is not None
     assert _reusable(_spec(tiny, tmp_path / "run"))
@@ -162,13 +157,13 @@ def test_full_disk_is_one_line_and_resume_continues(tiny, tmp_path, monkeypatch)
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(results, "save_results", full)
-    with pytest.raises(experiment.UserError) as err:
-        experiment.run(spec)
+    with pytest.raises(geom_run.UserError) as err:
+        geom_run.run(spec)
     message = str(err.value)
     assert "\n" not in message and str(out) in message
     assert "needs about" in message and "rerun with --resume" in message
     monkeypatch.undo()
-    got = experiment.run(dataclasses.replace(spec, resume=True))
+    got = geom_run.run(spec.replace(resume=True))
     assert got["gride_ids"].shape[0] == 2
 
 
@@ -187,8 +182,8 @@ def test_full_disk_found_inside_wrapped_exceptions():
 def test_too_little_free_space_refused_before_compute(tiny, tmp_path, monkeypatch):
     monkeypatch.setattr(disk_space, "free_bytes", lambda folder: 1000)
     out = tmp_path / "run"
-    with pytest.raises(experiment.UserError, match=rf"no space left on the device holding {out}"):
-        experiment.run(_spec(tiny, out))
+    with run_helpers.raises_user_error(rf"no space left on the device holding {out}"):
+        geom_run.run(_spec(tiny, out))
     assert not (out / "checkpoints").exists() and _reusable(_spec(tiny, out))
 
 
@@ -208,17 +203,16 @@ def test_second_run_into_the_folder_is_refused_naming_the_first(tiny, tmp_path):
     )
     try:
         assert holder.stdout.readline().strip() == "held"
-        with pytest.raises(
-            experiment.UserError,
-            match=rf"{out} is in use by another run \(pid {holder.pid} on host",
+        with run_helpers.raises_user_error(
+            rf"{out} is in use by another run \(pid {holder.pid} on host",
         ):
-            experiment.run(_spec(tiny, out, resume=True))
+            geom_run.run(_spec(tiny, out, resume=True))
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait()
     # The killed holder's lock file remains, but its flock died with it: stale.
     assert json.loads((out / run_lock.LOCK_FILE).read_text())["pid"] == holder.pid
-    got = experiment.run(_spec(tiny, out, resume=True))
+    got = geom_run.run(_spec(tiny, out, resume=True))
     assert got["gride_ids"].shape[0] == 2 and not (out / run_lock.LOCK_FILE).exists()
 
 
@@ -241,7 +235,7 @@ def test_damaged_results_and_checkpoint_rebuilt_on_resume(tiny, tmp_path, caplog
 
     out = tmp_path / "run"
     spec = _spec(tiny, out, num_prompts=3, checkpoint_every=1)
-    first = experiment.run(spec)
+    first = geom_run.run(spec)
     _scribble(out / results.RESULTS_FILE)
     with pytest.raises(results.DamagedResultsError, match="results.npz does not match"):
         results.load_results(str(out))
@@ -251,7 +245,7 @@ def test_damaged_results_and_checkpoint_rebuilt_on_resume(tiny, tmp_path, caplog
     ]
     _scribble(max((c for c in chunks if os.sep + "d" + os.sep in c), key=os.path.getsize))
     with caplog.at_level(logging.WARNING):
-        again = experiment.run(dataclasses.replace(spec, resume=True))
+        again = geom_run.run(spec.replace(resume=True))
     text = "\n".join(r.getMessage() for r in caplog.records)
     assert "results.npz does not match the SHA-256" in text and "rebuilding it" in text
     assert f"checkpoint {latest} in {out / 'checkpoints'} is damaged" in text
@@ -271,7 +265,7 @@ def test_prompt_of_one_repeated_token_is_reported_not_measured(tiny, tmp_path, c
     text.write_text("a" * 400)  # 100 identical tokens "aaaa"
     out = tmp_path / "run"
     with caplog.at_level(logging.WARNING):
-        got = experiment.run(_spec(tiny, out, dataset=str(text), num_prompts=1))
+        got = geom_run.run(_spec(tiny, out, dataset=str(text), num_prompts=1))
     saved = np.load(out / results.RESULTS_FILE)
     assert saved["n_unique"].dtype == np.int32 and saved["status"].dtype == np.int32
     assert (saved["n_unique"] <= 2).all() and saved["finite"].all()

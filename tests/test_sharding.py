@@ -11,7 +11,8 @@ import time
 import numpy as np
 import pytest
 
-from geom_jax import experiment, sharding
+from geom_jax import run as geom_run
+from geom_jax import sharding
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "experiments", "token_geometry.py")
@@ -34,9 +35,7 @@ def _flags(model, out, **kw):
 @pytest.fixture(scope="module")
 def reference(tiny, tmp_path_factory):
     out = tmp_path_factory.mktemp("ref") / "run"
-    return experiment.run(
-        experiment.RunSpec(output_dir=str(out), model=tiny, progress=False, **COMMON)
-    )
+    return geom_run.run(geom_run.RunSpec(output_dir=str(out), model=tiny, progress=False, **COMMON))
 
 
 def _env(**extra):
@@ -57,7 +56,8 @@ def _assert_equal_runs(got, ref):
 MESH_SCRIPT = r"""
 import json, os, sys
 from flax import nnx
-from geom_jax import experiment, pipeline
+from geom_jax import pipeline
+from geom_jax import run as geom_run
 model, root = sys.argv[1], sys.argv[2]
 common = json.loads(sys.argv[3])
 report = {}
@@ -69,17 +69,17 @@ pipeline.GeometryPipeline.__init__ = record_placement
 for shape, fsdp in [("8,1", False), ("4,2", False), ("2,4", False), ("2,4", True)]:
     key = shape + (" fsdp" if fsdp else "")
     out = os.path.join(root, key.replace(",", "x").replace(" ", "_"))
-    experiment.run(experiment.RunSpec(output_dir=out, model=model, mesh_shape=shape, fsdp=fsdp,
+    geom_run.run(geom_run.RunSpec(output_dir=out, model=model, mesh_shape=shape, fsdp=fsdp,
                                       progress=False, **common))
     report[key] = out
     report["w_gate " + key] = report.pop("w_gate spec")
 for shape, name in [("2,4", "smollm2-135m"), ("4,4", model), ("8,1", model)]:
     kw = dict(common, batch_size=4) if shape == "8,1" else common
     try:
-        experiment.run(experiment.RunSpec(output_dir=os.path.join(root, "bad" + shape[0]),
+        geom_run.run(geom_run.RunSpec(output_dir=os.path.join(root, "bad" + shape[0]),
                                           model=name, mesh_shape=shape, progress=False, **kw))
         report["error " + shape] = None
-    except experiment.UserError as e:
+    except geom_run.UserError as e:
         report["error " + shape] = str(e)
 print("REPORT " + json.dumps(report))
 """
@@ -190,8 +190,8 @@ def test_two_processes_kill_one_then_resume_both(tiny, reference, tmp_path):
     assert not (out / "results.npz").exists()
     logs = _finish(_launch(tiny, out, _free_port(), extra + ["--resume"]))
     assert any("Resumed from checkpoint" in log for log in logs)
-    full = experiment.run(
-        experiment.RunSpec(
+    full = geom_run.run(
+        geom_run.RunSpec(
             output_dir=str(tmp_path / "full"),
             model=tiny,
             progress=False,

@@ -2,7 +2,6 @@
 rows, the same values for repeat 0 as a single shuffle, exact resume after
 kill -9, and clear refusals; --lens refusals of token_geometry."""
 
-import dataclasses
 import functools
 import os
 import signal
@@ -15,7 +14,8 @@ import pytest
 import run_helpers
 from tiny_model import write_tiny_llama
 
-from geom_jax import data, experiment, models, results
+from geom_jax import data, models, results
+from geom_jax import run as geom_run
 from geom_jax.lens import tuned
 
 ROOT, SCRIPT = run_helpers.ROOT, run_helpers.SCRIPT
@@ -25,12 +25,12 @@ _spec = functools.partial(
 
 
 def test_shuffle_repeats_rows_and_repeat_zero_unchanged(tiny, tmp_path):
-    got = experiment.run(_spec(tiny, tmp_path / "r3", shuffle_repeats=3, num_prompts=1))
+    got = geom_run.run(_spec(tiny, tmp_path / "r3", shuffle_repeats=3, num_prompts=1))
     np.testing.assert_array_equal(got["shuffle_index"], [0, 1, 1, 1, 2, 2, 2])
     np.testing.assert_array_equal(got["shuffle_repeat"], [0, 0, 1, 2, 0, 1, 2])
     assert got["gride_ids"].shape[0] == 7
     assert len(np.unique(got["loss"])) == 7  # independent shuffles
-    single = experiment.run(_spec(tiny, tmp_path / "r1", num_prompts=1))
+    single = geom_run.run(_spec(tiny, tmp_path / "r1", num_prompts=1))
     np.testing.assert_array_equal(single["shuffle_repeat"], np.zeros(3))
     first = got["shuffle_repeat"] == 0
     for k in single:
@@ -43,7 +43,7 @@ def test_shuffle_repeats_rows_and_repeat_zero_unchanged(tiny, tmp_path):
 
 def test_permuted_rows_are_full_permutations(tiny, tmp_path):
     spec = _spec(tiny, tmp_path / "perm", method="permuted", shuffle_repeats=3)
-    got = experiment.run(spec)
+    got = geom_run.run(spec)
     np.testing.assert_array_equal(got["shuffle_index"], np.tile([0, -1, -1, -1], 2))
     np.testing.assert_array_equal(got["shuffle_repeat"], np.tile([0, 0, 1, 2], 2))
     model, tok = models.load(tiny)
@@ -85,17 +85,17 @@ def test_permuted_rows_are_full_permutations(tiny, tmp_path):
 )
 def test_refused_before_compute(tiny, tmp_path, overrides, message):
     out = tmp_path / "run"
-    with pytest.raises(experiment.UserError, match=message):
-        experiment.run(_spec(tiny, out, **overrides))
+    with run_helpers.raises_user_error(message):
+        geom_run.run(_spec(tiny, out, **overrides))
     assert not (out / "checkpoints").exists()
 
 
 def test_resume_refuses_other_repeats(tiny, tmp_path):
     out = tmp_path / "run"
     spec = _spec(tiny, out, num_prompts=1, shuffle_repeats=2)
-    experiment.run(spec)
-    with pytest.raises(experiment.UserError, match=r"--shuffle_repeats=2 \(now 3\)"):
-        experiment.run(dataclasses.replace(spec, shuffle_repeats=3, resume=True))
+    geom_run.run(spec)
+    with run_helpers.raises_user_error(r"--shuffle_repeats=2 \(now 3\)"):
+        geom_run.run(spec.replace(shuffle_repeats=3, resume=True))
 
 
 def test_tuned_lens_of_another_model_is_refused(tiny, tmp_path):
@@ -103,10 +103,8 @@ def test_tuned_lens_of_another_model_is_refused(tiny, tmp_path):
     lens_dir = tuned.save(str(tmp_path / "lens"), tuned.identity(3, 64), model)
     other = write_tiny_llama(str(tmp_path / "other"), seed=1)
     spec = _spec(other, tmp_path / "run", observables="paper,lens", lens=f"tuned:{lens_dir}")
-    with pytest.raises(
-        experiment.UserError, match=r"trained for model 'tiny-llama' .* not for model 'other'"
-    ):
-        experiment.run(spec)
+    with run_helpers.raises_user_error(r"trained for model 'tiny-llama' .* not for model 'other'"):
+        geom_run.run(spec)
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
@@ -153,7 +151,7 @@ def test_permuted_repeats_resume_exactly_after_sigkill(tiny, tmp_path):
     spec = _spec(
         tiny, tmp_path / "full", method="permuted", shuffle_repeats=3, num_prompts=6, batch_size=1
     )
-    full = experiment.run(spec)
+    full = geom_run.run(spec)
     got = np.load(killed / results.RESULTS_FILE)
     assert len(got["shuffle_repeat"]) == 24
     for k in full:

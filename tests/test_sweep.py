@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from geom_jax import sweep
+from geom_jax.run import sweep
 
 
 def _plan(num_rows, crash_at_row=None):

@@ -5,7 +5,7 @@ Shuffle index ``s`` splits the T tokens into ``4**s`` contiguous blocks of
 intact, and at ``4**s = T`` every token is moved on its own. The permutation
 is drawn from a NumPy generator seeded by ``(seed, prompt_index, s)``, so it
 depends on nothing else (not on batch order or on other prompts). Repeat
-``r > 0`` of a shuffle (``--shuffle_repeats``) seeds ``(seed, prompt_index, s, r)``;
+``r > 0`` of a shuffle (``shuffle_repeats``) seeds ``(seed, prompt_index, s, r)``;
 repeat 0 is the single shuffle of earlier runs, unchanged.
 
 :func:`full_permutation` is the follow-up's control (Cheng et al., arXiv
@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from geom_jax.errors import ArgumentError, value_error
+
 FULL_PERMUTATION = -1
-"""shuffle_index of a row whose tokens are fully permuted (--method=permuted)."""
+"""shuffle_index of a row whose tokens are fully permuted (method="permuted")."""
 PERMUTATION_STREAM = 0x9E37
 """Third seed word of the full permutations (block shuffles use s <= log4(T) there)."""
 
@@ -31,13 +33,17 @@ def num_blocks(shuffle_index: int) -> int:
 def check_divisible(num_tokens: int, max_shuffle: int) -> None:
     """Raises ValueError unless ``num_tokens`` splits into ``4**max_shuffle`` blocks."""
     if max_shuffle < 0:
-        raise ValueError(f"--max_shuffle must be >= 0, got {max_shuffle}")
+        raise value_error("max_shuffle", max_shuffle, "must be >= 0")
     blocks = num_blocks(max_shuffle)
     if num_tokens % blocks:
-        raise ValueError(
-            f"--max_tokens={num_tokens} is not divisible by 4**max_shuffle = {blocks} "
-            f"(--max_shuffle={max_shuffle}); choose a multiple of {blocks}, e.g. "
-            f"{max(blocks, num_tokens // blocks * blocks)}"
+        raise ArgumentError(
+            "{max_tokens}={tokens} is not divisible by 4**max_shuffle = {blocks} "
+            "({max_shuffle}={s}); choose a multiple of {blocks}, e.g. {example}",
+            ("max_tokens", "max_shuffle"),
+            tokens=num_tokens,
+            blocks=blocks,
+            s=max_shuffle,
+            example=max(blocks, num_tokens // blocks * blocks),
         )
 
 

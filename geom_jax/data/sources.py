@@ -19,6 +19,8 @@ import os
 import socket
 from collections.abc import Iterator
 
+from geom_jax.errors import about
+
 PYDOC = "pydoc"
 
 
@@ -65,7 +67,7 @@ class TextFilesSource(PromptSource):
                 os.path.join(path, f) for f in os.listdir(path) if f.endswith(".txt")
             )
             if not self._files:
-                raise ValueError(f"--dataset: folder {path!r} holds no .txt files")
+                raise about("dataset", f"folder {path!r} holds no .txt files")
         else:
             self._files = [path]
 
@@ -94,8 +96,8 @@ class JsonlSource(PromptSource):
                 try:
                     record = json.loads(line)
                 except json.JSONDecodeError as e:
-                    raise ValueError(
-                        f"--dataset: {self.name}, line {lineno}: not valid JSON ({e})"
+                    raise about(
+                        "dataset", f"{self.name}, line {lineno}: not valid JSON ({e})"
                     ) from None
                 yield Prompt(
                     index,
@@ -137,16 +139,17 @@ class HFDatasetSource(PromptSource):
                     self.name, split=self.split, streaming=self.streaming, revision=self.revision
                 )
         except FileNotFoundError as e:
-            raise ValueError(f"--dataset: cannot find dataset {self.name!r}: {e}") from e
+            raise about("dataset", f"cannot find dataset {self.name!r}: {e}") from e
         except (ConnectionError, OSError) as e:
             if local:
                 raise
             why = why or str(e).strip().splitlines()[0]
-            raise ValueError(
-                f"--dataset: cannot fetch the Hugging Face dataset {self.name!r}: the network is "
+            raise about(
+                "dataset",
+                f"cannot fetch the Hugging Face dataset {self.name!r}: the network is "
                 f"unavailable ({why}) and it is not in the local cache; pass a local path "
                 "instead (a .txt or .jsonl file, a folder of .txt files, or a folder written "
-                "by datasets' save_to_disk)"
+                "by datasets' save_to_disk)",
             ) from None
 
     def __iter__(self):
@@ -168,10 +171,11 @@ def _utf8(raw: bytes, path: str, offset: int = 0, lineno: int | None = None) -> 
         return raw.decode("utf-8")
     except UnicodeDecodeError as e:
         line = f", line {lineno}" if lineno is not None else ""
-        raise ValueError(
-            f"--dataset: {path} is not UTF-8 text: byte 0x{raw[e.start]:02x} at offset "
+        raise about(
+            "dataset",
+            f"{path} is not UTF-8 text: byte 0x{raw[e.start]:02x} at offset "
             f"{offset + e.start}{line} ({e.reason}); convert it, e.g. with "
-            f"iconv -f latin1 -t utf-8"
+            f"iconv -f latin1 -t utf-8",
         ) from None
 
 
@@ -215,10 +219,10 @@ def hub_offline(enabled: bool):
 def _text_of(record, field: str, where: str) -> str:
     if not isinstance(record, dict) or field not in record:
         keys = sorted(record) if isinstance(record, dict) else type(record).__name__
-        raise ValueError(f"--text_field: record {where} has no field {field!r} (it has {keys})")
+        raise about("text_field", f"record {where} has no field {field!r} (it has {keys})")
     text = record[field]
     if not isinstance(text, str):
-        raise ValueError(f"--text_field: {where}[{field!r}] is {type(text).__name__}, not a string")
+        raise about("text_field", f"{where}[{field!r}] is {type(text).__name__}, not a string")
     return text
 
 
@@ -235,7 +239,7 @@ def open_source(
     streaming: bool = False,
     revision: str | None = None,
 ) -> PromptSource:
-    """Resolves a ``--dataset`` value to a :class:`PromptSource`.
+    """Resolves a ``dataset`` value to a :class:`PromptSource`.
 
     Raises:
         ValueError: when ``spec`` names no known corpus, file, folder or dataset id.
@@ -244,16 +248,16 @@ def open_source(
         return PydocSource()
     if spec.endswith(".jsonl"):
         if not os.path.isfile(spec):
-            raise ValueError(f"--dataset: file {spec!r} does not exist")
+            raise about("dataset", f"file {spec!r} does not exist")
         return JsonlSource(spec, text_field)
     if spec.endswith(".txt"):
         if not os.path.isfile(spec):
-            raise ValueError(f"--dataset: file {spec!r} does not exist")
+            raise about("dataset", f"file {spec!r} does not exist")
         return TextFilesSource(spec)
     if os.path.isdir(spec):
         entries = [e for e in os.listdir(spec) if not e.startswith(".")]
         if not entries:
-            raise ValueError(f"--dataset: folder {spec!r} is empty")
+            raise about("dataset", f"folder {spec!r} is empty")
         if any(e.endswith(".txt") for e in entries) and not any(
             e.endswith((".parquet", ".arrow", ".json", ".jsonl", ".csv")) or e == "data"
             for e in entries
@@ -266,8 +270,9 @@ def open_source(
         return HFDatasetSource(
             spec, split=split, text_field=text_field, streaming=streaming, revision=revision
         )
-    raise ValueError(
-        f"--dataset: unknown dataset {spec!r}; expected 'pydoc', a Hugging Face "
+    raise about(
+        "dataset",
+        f"unknown dataset {spec!r}; expected 'pydoc', a Hugging Face "
         "dataset id such as 'NeelNanda/pile-10k', a local dataset folder, a .txt "
-        "file or folder of .txt files, or a .jsonl file"
+        "file or folder of .txt files, or a .jsonl file",
     )

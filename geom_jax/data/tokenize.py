@@ -15,6 +15,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from geom_jax.data.sources import Prompt
+from geom_jax.errors import ArgumentError, about, value_error
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,7 +44,7 @@ def encode(tokenizer, text: str) -> list[int]:
 def bos_id(tokenizer) -> int:
     tok_id = getattr(tokenizer, "bos_token_id", None)
     if tok_id is None:
-        raise ValueError("--add_bos: the tokenizer defines no beginning-of-sequence token")
+        raise about("add_bos", "the tokenizer defines no beginning-of-sequence token")
     return int(tok_id)
 
 
@@ -72,9 +73,9 @@ def select_prompts(
         says how many do), or none does.
     """
     if max_tokens < 4:
-        raise ValueError(f"--max_tokens must be at least 4, got {max_tokens}")
+        raise value_error("max_tokens", max_tokens, "is below the minimum of 4 tokens")
     if num_prompts is not None and num_prompts < 1:
-        raise ValueError(f"--num_prompts must be positive, got {num_prompts}")
+        raise value_error("num_prompts", num_prompts, "must be positive")
     if not tokenizers:
         raise ValueError("select_prompts needs at least one tokenizer")
     prefix = [bos_id(tokenizers[0])] if add_bos else []
@@ -94,10 +95,16 @@ def select_prompts(
             break
     wanted = num_prompts if num_prompts is not None else 1
     if len(rows) < wanted:
-        raise ValueError(
-            f"--num_prompts={num_prompts}: only {len(rows)} of the {scanned} prompts of "
-            f"dataset {dataset_name!r} reach --max_tokens={max_tokens} tokens"
-            + (f" under all {len(tokenizers)} tokenizers" if len(tokenizers) > 1 else "")
+        raise ArgumentError(
+            "{num_prompts}={wanted}: only {found} of the {scanned} prompts of dataset "
+            "{dataset!r} reach {max_tokens}={tokens} tokens{under}",
+            ("num_prompts", "max_tokens"),
+            wanted=num_prompts,
+            found=len(rows),
+            scanned=scanned,
+            dataset=dataset_name,
+            tokens=max_tokens,
+            under=f" under all {len(tokenizers)} tokenizers" if len(tokenizers) > 1 else "",
         )
     return PromptSelection(
         indices=np.asarray(indices, np.int64),

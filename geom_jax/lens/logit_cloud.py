@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from geom_jax.metrics import distances, intrinsic_dimension, neighbors, unique, validation
+from geom_jax.metrics import distances, host_callback, intrinsic_dimension, unique, validation
 
 DEFAULT_RANGE_MAX = 64
 
@@ -73,9 +73,9 @@ def cloud_id(x, y, valid, *, n_scales, discard_fraction, method) -> LogitID:
     keep = unique.first_occurrence(x, valid)
     gram, _ = distances.centred_gram(y, keep)
     ranks = intrinsic_dimension.gride_ranks(n_scales)
-    r = intrinsic_dimension.unique_neighbor_distances(y, gram, keep, ranks, method)
-    ids, errs, scales = intrinsic_dimension.gride_from_neighbors(r, keep)
-    tw = intrinsic_dimension.twonn_from_neighbors(r[..., 0], r[..., 1], keep, discard_fraction)
+    r = intrinsic_dimension.unique_neighbour_distances(y, gram, keep, ranks, method)
+    ids, errs, scales = intrinsic_dimension.gride_from_neighbours(r, keep)
+    tw = intrinsic_dimension.twonn_from_neighbours(r[..., 0], r[..., 1], keep, discard_fraction)
     return LogitID(gride_ids=ids, gride_errs=errs, gride_scales=scales, twonn=tw)
 
 
@@ -123,7 +123,7 @@ def logit_id(
       LogitID with gride_* [..., S'], S' = floor(log2(min(N, range_max))),
       and twonn [...].
     """
-    neighbors._check_method(selection)
+    host_callback.check_method(selection)
     validation.check_discard_fraction(discard_fraction)
     x = validation.as_points(x, "x")
     validation.check_range_max(x.shape[-2], range_max)

@@ -10,18 +10,22 @@ model). The observables reduce them per prompt. Neither is part of
 ``--observables=all`` (they are ~(L+1) times the cost of the model's own
 read-out); ask for them by name.
 
-Options (``GeometryPipeline(..., options={...})``): ``lens`` = "logit"
-(default) or "tuned:DIR" (a folder of ``experiments/train_tuned_lens.py``);
-``logit_range_max`` (default 64, the follow-up's range).
+Options: ``lens`` = "logit" (default) or "tuned:DIR" (a folder of
+``experiments/train_tuned_lens.py``); ``logit_range_max`` (default 64, the
+follow-up's range). Registered through the ``geom_jax.observables`` entry
+point group (setup.py), as another package's observables would be.
 """
 
 from __future__ import annotations
 
 import jax.numpy as jnp
 
-from geom_jax.lens import logit_cloud, tuned, uncertainty
+from geom_jax.errors import ArgumentError
+from geom_jax.lens import logit_cloud, report, tuned, uncertainty
 from geom_jax.lens.unembedding import readout as model_readout
-from geom_jax.metrics import registry, validation
+from geom_jax.metrics import validation
+from geom_jax.metrics.intrinsic_dimension import TWONN_DISCARD_FRACTION
+from geom_jax.metrics.observable import Field, ModelInput, Observable, Option
 
 LOGIT_LENS = "logit"
 TUNED_PREFIX = "tuned:"
@@ -37,7 +41,33 @@ def parse_lens(spec: str) -> str | None:
         return None
     if isinstance(spec, str) and spec.startswith(TUNED_PREFIX) and spec[len(TUNED_PREFIX) :]:
         return spec[len(TUNED_PREFIX) :]
-    raise ValueError(f"lens must be 'logit' or 'tuned:DIR', got {spec!r}")
+    raise ArgumentError("{lens} must be 'logit' or 'tuned:DIR', got {spec!r}", "lens", spec=spec)
+
+
+def _check_lens(spec: str) -> None:
+    """A tuned lens folder must hold a trained lens (read before any compute)."""
+    folder = parse_lens(spec)
+    if folder is not None:
+        try:
+            tuned.read_meta(folder)
+        except (ValueError, OSError) as e:
+            raise ArgumentError("{lens}={spec}: {problem}", "lens", spec=spec, problem=e) from None
+
+
+LENS_OPTION = Option(
+    "lens",
+    str,
+    LOGIT_LENS,
+    "Lens of the lens observable: 'logit' or 'tuned:DIR' (experiments/train_tuned_lens.py).",
+    check=_check_lens,
+)
+
+LOGIT_RANGE_MAX = Option(
+    "logit_range_max",
+    int,
+    logit_cloud.DEFAULT_RANGE_MAX,
+    "Largest GRIDE neighbour rank n2 of logit_id.",
+)
 
 
 def load_translators(spec: str, model):
@@ -56,7 +86,11 @@ def _lens_stats_input(model, out, translators):
 
 
 def _prepare_lens(model, options):
-    return load_translators(options.get("lens", LOGIT_LENS), model)
+    try:
+        return load_translators(options[LENS_OPTION.name], model)
+    except ValueError as e:  # e.g. a tuned lens of another model
+        spec = options[LENS_OPTION.name]
+        raise ArgumentError("{lens}={spec}: {problem}", "lens", spec=spec, problem=e) from None
 
 
 def _logit_points_input(model, out, factor):
@@ -87,19 +121,15 @@ def _lens_combine(_, stack):
     }
 
 
-def _logit_range_max(options):
-    return options.get("logit_range_max", logit_cloud.DEFAULT_RANGE_MAX)
-
-
 def _logit_id_combine(_, stack):
     n = stack.valid.shape[-1]
     out = logit_cloud.cloud_id(
-        stack.hidden[:, -1],
+        stack.hidden[-1],
         stack.input("logit_points"),
         stack.valid,
-        n_scales=validation.n_scales(n, _logit_range_max(stack.options)),
-        discard_fraction=stack.options.get("twonn_discard_fraction", 0.1),
-        method=stack.options.get("selection", "auto"),
+        n_scales=validation.n_scales(n, stack.options["logit_range_max"]),
+        discard_fraction=stack.options["twonn_discard_fraction"],
+        method=stack.options["selection"],
     )
     return {
         "logit_gride_ids": out.gride_ids,
@@ -110,80 +140,79 @@ def _logit_id_combine(_, stack):
 
 
 def _check_logit_id(options, n):
-    validation.check_range_max(n, _logit_range_max(options), name="logit_range_max")
+    validation.check_range_max(n, options["logit_range_max"], name="logit_range_max")
 
 
-def _check_lens(options, n):
-    del n
-    parse_lens(options.get("lens", LOGIT_LENS))
+LENS_STATS = ModelInput(
+    "lens_stats",
+    _lens_stats_input,
+    per_prompt=True,
+    doc="[B, L+1, T, 3] per-position H, F, E of each hidden state's lens",
+    prepare=_prepare_lens,
+)
 
+LOGIT_POINTS = ModelInput(
+    "logit_points",
+    _logit_points_input,
+    per_prompt=True,
+    doc="[B, T, r] final hidden states x F, F F^T = W_U^T W_U",
+    prepare=_prepare_logit_points,
+)
 
-LENS = registry.Observable(
+LENS = Observable(
     name="lens",
     scope="prompt",
     combine=_lens_combine,
     consumes=("lens_stats",),
+    model_inputs=(LENS_STATS,),
     fields=(
-        registry.Field(
+        Field(
             "lens_entropy", (), "mean entropy H of the lens predictions, hidden state 0..L.", "L+1"
         ),
-        registry.Field(
-            "lens_free_energy", (), "mean free energy F = -log sum exp(z - max z).", "L+1"
-        ),
-        registry.Field(
-            "lens_energy", (), "mean expected energy E = sum p (max z - z) (H = E - F).", "L+1"
-        ),
-        registry.Field(
-            "token_entropy", ("T",), "the model's predictive entropy per position.", "", tokens=True
+        Field("lens_free_energy", (), "mean free energy F = -log sum exp(z - max z).", "L+1"),
+        Field("lens_energy", (), "mean expected energy E = sum p (max z - z) (H = E - F).", "L+1"),
+        Field(
+            "token_entropy",
+            ("token",),
+            "the model's predictive entropy per position.",
+            "",
+            tokens=True,
         ),
     ),
     doc=uncertainty.__doc__,
     reference=REFERENCE_LENS,
     reduce="mean over valid positions (token_entropy: per position)",
-    check=_check_lens,
+    options=(LENS_OPTION,),
     in_all=False,
+    report=(report.LENS_SECTION, report.UNCERTAINTY_SECTION),
 )
 
-LOGIT_ID = registry.Observable(
+LOGIT_ID = Observable(
     name="logit_id",
     scope="prompt",
     combine=_logit_id_combine,
     consumes=("logit_points",),
+    model_inputs=(LOGIT_POINTS,),
     fields=(
-        registry.Field(
-            "logit_gride_ids", ("S'",), "GRIDE ID of the final logits' cloud at n1 = 2**j.", ""
+        Field(
+            "logit_gride_ids",
+            ("logit_scale",),
+            "GRIDE ID of the final logits' cloud at n1 = 2**j.",
+            "",
         ),
-        registry.Field("logit_gride_errs", ("S'",), "its standard error.", ""),
-        registry.Field("logit_gride_scales", ("S'",), "mean logit distance (r_n1 + r_n2)/2.", ""),
-        registry.Field("logit_twonn", (), "TwoNN ID of the final logits' cloud.", ""),
+        Field("logit_gride_errs", ("logit_scale",), "its standard error.", ""),
+        Field("logit_gride_scales", ("logit_scale",), "mean logit distance (r_n1 + r_n2)/2.", ""),
+        Field("logit_twonn", (), "TwoNN ID of the final logits' cloud.", ""),
     ),
     doc=logit_cloud.__doc__,
     reference="Denti et al. 2022 (GRIDE); Facco et al. 2017 (TwoNN); range 64 as arXiv 2405.15471",
     reduce="maximum likelihood over distinct positions (first occurrence kept)",
+    options=(LOGIT_RANGE_MAX, TWONN_DISCARD_FRACTION),
     check=_check_logit_id,
     min_points=lambda o: (3, 3, "logit_id"),
     in_all=False,
+    report=(report.UNCERTAINTY_SECTION,),
 )
 
-
-def register() -> None:
-    """Registers the model inputs and the two observables (idempotent)."""
-    from geom_jax import pipeline  # pylint: disable=g-import-not-at-top
-
-    pipeline.register_model_input(
-        "lens_stats",
-        _lens_stats_input,
-        per_prompt=True,
-        doc="[B, L+1, T, 3] per-position H, F, E of each hidden state's lens",
-        prepare=_prepare_lens,
-    )
-    pipeline.register_model_input(
-        "logit_points",
-        _logit_points_input,
-        per_prompt=True,
-        doc="[B, T, r] final hidden states x F, F F^T = W_U^T W_U",
-        prepare=_prepare_logit_points,
-    )
-    for obs in (LENS, LOGIT_ID):
-        if obs.name not in registry.REGISTRY:
-            registry.register(obs)
+OBSERVABLES = (LENS, LOGIT_ID)
+"""The entry point of the ``geom_jax.observables`` group (setup.py)."""

@@ -18,10 +18,12 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from flax import struct
 
-from geom_jax import results
+from geom_jax.io import files
 from geom_jax.lens import uncertainty
+from geom_jax.lens.unembedding import readout as model_readout
 
 LENS_FILE = "lens.json"
 TRANSLATORS_DIR = "translators"
@@ -121,16 +123,12 @@ def train(
     Returns:
       (TunedLens, [(step, summed KL of that step's tokens)]).
     """
-    import optax  # pylint: disable=g-import-not-at-top
-
-    from geom_jax.lens.unembedding import readout  # pylint: disable=g-import-not-at-top
-
     if not 0 < tokens_per_step <= train_hidden.shape[1]:
         raise ValueError(
             f"tokens_per_step={tokens_per_step} must be in 1..{train_hidden.shape[1]} "
             "(the number of training tokens)"
         )
-    ro = readout(model)
+    ro = model_readout(model)
     params = identity(train_hidden.shape[0] - 1, train_hidden.shape[-1])
     opt = optax.adam(learning_rate)
     opt_state = opt.init(params)
@@ -165,9 +163,7 @@ def readout_fingerprint(model) -> str:
     holds the path and, for folders, hashes only the tensor headers)."""
     import hashlib  # pylint: disable=g-import-not-at-top
 
-    from geom_jax.lens.unembedding import readout  # pylint: disable=g-import-not-at-top
-
-    ro = readout(model)
+    ro = model_readout(model)
     rows = ro.vocab_rows.shape[0]
     pick = np.linspace(0, rows - 1, min(rows, FINGERPRINT_ROWS)).astype(np.int32)
     h = hashlib.sha256()
@@ -216,7 +212,7 @@ def save(directory: str, lens: TunedLens, model, **training) -> str:
     target = os.path.join(directory, TRANSLATORS_DIR)
     with ocp.StandardCheckpointer() as ckpt:
         ckpt.save(target, {"weight": lens.weight, "bias": lens.bias}, force=True)
-    results.write_json(
+    files.write_json(
         os.path.join(directory, LENS_FILE),
         {
             "format": FORMAT,
@@ -233,7 +229,7 @@ def read_meta(directory: str) -> dict:
     path = os.path.join(directory, LENS_FILE)
     if not os.path.isfile(path):
         raise ValueError(f"{directory!r} is not a tuned lens: it has no {LENS_FILE}")
-    meta = results.read_json(path)
+    meta = files.read_json(path)
     if meta.get("format") != FORMAT:
         raise ValueError(f"{path}: format {meta.get('format')!r}, expected {FORMAT!r}")
     return meta

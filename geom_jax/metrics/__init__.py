@@ -9,17 +9,21 @@ Each observable is also a named unit of `registry` computed by
 from geom_jax.metrics import registry
 from geom_jax.metrics.cosine import cosine_similarity_stats
 from geom_jax.metrics.distances import pairwise_distances
-from geom_jax.metrics.geometry import LayerGeometry, layer_geometry
+from geom_jax.metrics.geometry import LayerGeometry, layer_geometry, stack_geometry
+from geom_jax.metrics.host_callback import SELECTION_METHODS
 from geom_jax.metrics.imbalance import information_imbalance
 from geom_jax.metrics.intrinsic_dimension import gride, twonn
 from geom_jax.metrics.knn_graph import nn_similarity, reciprocity
 from geom_jax.metrics.local_id import mle_id, tle_id
-from geom_jax.metrics.neighbors import SELECTION_METHODS, knn
-from geom_jax.metrics.overlap import neighborhood_overlap
+from geom_jax.metrics.neighbours import knn
+from geom_jax.metrics.overlap import neighbourhood_overlap
 from geom_jax.metrics.spectrum import matrix_entropy, participation_ratio
 from geom_jax.metrics.trajectory import curvature
 from geom_jax.metrics.unique import DUPLICATE_TOLERANCE, unique_mask
 from geom_jax.metrics.validation import check_sizes, default_range_max, validate_hidden
+
+neighborhood_overlap = neighbourhood_overlap
+"""Former spelling of :func:`neighbourhood_overlap`."""
 
 __all__ = [
     "DUPLICATE_TOLERANCE",
@@ -33,9 +37,11 @@ __all__ = [
     "information_imbalance",
     "knn",
     "layer_geometry",
+    "stack_geometry",
     "matrix_entropy",
     "mle_id",
     "neighborhood_overlap",
+    "neighbourhood_overlap",
     "nn_similarity",
     "pairwise_distances",
     "participation_ratio",

@@ -1,4 +1,9 @@
-"""The library's observables: one registration line each (order = results order)."""
+"""The library's observables: one line each (order = results order).
+
+Observables of other packages register through the ``geom_jax.observables``
+entry-point group instead (:func:`geom_jax.metrics.registry.discover`); the
+lens observables of :mod:`geom_jax.lens` are declared that way in setup.py.
+"""
 
 from geom_jax.metrics import (
     cosine,
@@ -7,7 +12,6 @@ from geom_jax.metrics import (
     knn_graph,
     local_id,
     overlap,
-    registry,
     spectrum,
     trajectory,
 )
@@ -25,9 +29,3 @@ BUILTIN = (
     spectrum.MATRIX_ENTROPY,
     trajectory.OBSERVABLE,
 )
-
-
-def register_all():
-    for obs in BUILTIN:
-        if obs.name not in registry.REGISTRY:
-            registry.register(obs)

@@ -4,9 +4,12 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
-from geom_jax.metrics import distances, registry, validation
+from geom_jax import plotting
+from geom_jax.metrics import distances, validation
+from geom_jax.metrics.observable import Field, Observable, Option, ReportSection
 
 
 def cosine_stats_from_gram(x, valid, gram, centre, include_diagonal=True):
@@ -56,11 +59,29 @@ def _cosine_similarity_stats(x, valid, include_diagonal):
     return cosine_stats_from_gram(x, valid, gram, centre, include_diagonal)
 
 
-def cosine_similarity_stats(x, mask=None, *, include_diagonal=True):
-    """(mean, std) [...] of the N x N cosine-similarity matrix of each cloud x [..., N, D].
+INCLUDE_DIAGONAL = Option(
+    "include_diagonal",
+    bool,
+    True,
+    "Cosine statistics over the full N x N matrix, diagonal included (the paper's definition).",
+)
 
-    The paper's definition includes the diagonal (include_diagonal=True);
-    only pairs of valid points (mask True) count.
+
+def cosine_similarity_stats(x, mask=None, *, include_diagonal=INCLUDE_DIAGONAL.default):
+    """Mean and standard deviation of the cosine-similarity matrix of each cloud.
+
+    Only pairs of valid points (mask True) count; zero vectors have cosine 0
+    (as scikit-learn's cosine_similarity).
+
+    Args:
+      x: [..., N, D] float points.
+      mask: bool [..., N] valid points (None: all).
+      include_diagonal: the paper's definition includes the diagonal.
+
+    Returns:
+      (mean, std) [...] float32.
+
+    Reference: the paper's section on cosine similarity (Viswanathan et al. 2025).
     """
     x = validation.as_points(x, "x")
     mask = validation.as_mask(mask, x.shape[:-2], x.shape[-2])
@@ -68,23 +89,56 @@ def cosine_similarity_stats(x, mask=None, *, include_diagonal=True):
     return _cosine_similarity_stats(x, distances.valid_or_all(x, mask), bool(include_diagonal))
 
 
+def stats(ctx, diagonal=None):
+    """(mean, std) [C] of the chunk's cosine matrices (diagonal included or not; None:
+    the include_diagonal option), computed once per context (the matrix entropy at
+    alpha = 2 reads them too)."""
+    if diagonal is None:
+        diagonal = ctx.options["include_diagonal"]
+    return ctx.cached(
+        ("cosine_stats", diagonal),
+        lambda c: cosine_stats_from_gram(c.x, c.valid, c.gram, c.centre, diagonal),
+    )
+
+
 def _cosine_observable(ctx):
-    mean, std = ctx.cosine_stats(ctx.options["include_diagonal"])
+    mean, std = stats(ctx)
     return {"cos_mean": mean, "cos_std": std}
 
 
-OBSERVABLE = registry.Observable(
+def _plot(runs, path, **_):
+    fig, axes = plotting.figure(len(runs))
+    for ax, run in zip(axes, runs):
+        for color, s in zip(plotting.colours(len(run.levels)), run.levels):
+            cos = run.arrays["cos_mean"][run.rows(s)]
+            plotting.band(ax, np.arange(cos.shape[1]), cos, plotting.level_label(s), color)
+        ax.set(xlabel="layer (0 = embedding)", ylabel="mean cosine similarity", title=run.label)
+        ax.legend(fontsize=7)
+    return plotting.save(fig, path)
+
+
+OBSERVABLE = Observable(
     name="cosine",
     compute=_cosine_observable,
     fields=(
-        registry.Field(
+        Field(
             "cos_mean", (), "mean cosine similarity between tokens, embedding output first.", "L+1"
         ),
-        registry.Field("cos_std", (), "its standard deviation over token pairs.", "L+1"),
+        Field("cos_std", (), "its standard deviation over token pairs.", "L+1"),
     ),
     consumes=("points", "gram"),
     doc=cosine_stats_from_gram.__doc__,
     reference="the paper's Sec. on cosine similarity (full N x N matrix, diagonal included)",
     reduce="mean / std over all pairs of valid tokens",
+    options=(INCLUDE_DIAGONAL,),
     embedding=True,
+    paper=True,
+    report=(
+        ReportSection(
+            "Cosine similarity across layers",
+            figure=_plot,
+            needs=("cos_mean",),
+            file="cosine_vs_layer.png",
+        ),
+    ),
 )

@@ -1,19 +1,15 @@
 """Every requested observable of a hidden-state stack in one jitted call."""
 
+from __future__ import annotations
+
 import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from geom_jax.metrics import (
-    catalog,
-    conditioning,
-    host_callback,
-    registry,
-    unique,
-    validation,
-)
+from geom_jax.metrics import conditioning, engine, host_callback, registry, unique, validation
+from geom_jax.metrics.options import SELECTION
 
 
 @jax.tree_util.register_pytree_node_class
@@ -68,44 +64,38 @@ SCALE = "__scale__"
 power-of-two scale and finiteness are measured where the chunk is read anyway."""
 
 
-@functools.partial(jax.jit, static_argnames=("names", "static_options", "layer_chunk"))
-def _layer_geometry(hidden, mask, inputs, *, names, static_options, layer_chunk):
+@functools.partial(jax.jit, static_argnames=("observables", "static_options", "layer_chunk"))
+def _stack_geometry(hidden, mask, inputs, *, observables, static_options, layer_chunk):
+    """The observables of a layer-major stack hidden [L, B, N, D] -> fields [B, L', ...]."""
     options = dict(static_options)
-    prompt_shape = hidden.shape[:-3]
-    n_layers, n, d = hidden.shape[-3:]
-    b = int(np.prod(prompt_shape, dtype=np.int64))
-    h = hidden.reshape((b, n_layers, n, d))
-    valid = jnp.ones((b, n), bool) if mask is None else mask.reshape((b, n))
-    per_prompt = {
-        k: v.reshape((b,) + v.shape[len(prompt_shape) :])
-        for k, v in inputs.items()
-        if registry.INPUTS.get(k, (False,))[0]
-    }
+    n_layers, b, n, d = hidden.shape
+    valid = jnp.ones((b, n), bool) if mask is None else mask
+    per_prompt = {k: v for k, v in inputs.items() if registry.INPUTS.get(k, (False,))[0]}
     shared = {k: v for k, v in inputs.items() if not registry.INPUTS.get(k, (False,))[0]}
-    observables = [registry.get(name) for name in names]
+    observables = observables.observables
     layered = [o for o in observables if o.scope in ("layer", "pair")]
-    knn_k, ranks = registry.needs(observables, options, n)
+    knn_k, ranks = engine.needs(observables, options, n)
 
     chunk = auto_layer_chunk(n_layers, b, n) if layer_chunk is None else min(layer_chunk, n_layers)
-    stack = registry.StackContext(
-        h,
+    stack = engine.StackContext(
+        hidden,
         valid,
         options,
         per_prompt | shared,
         chunk,
-        scale=lambda: conditioning.scale_of(h, valid[:, None, :]),
+        scale=lambda: conditioning.scale_of(hidden, valid[None]),
     )
-    isolated = registry.Isolated(stack)
+    isolated = engine.Isolated(stack)
     prepared = {o.name: o.prepare(isolated) for o in layered if o.prepare is not None}
     carried = [o for o in layered if o.previous is not None]
 
     def chunk_fn(start, layers, _, carry_in=None):
-        """layers [b, c, N, D] (raw) -> per-layer outputs with leading axes [c, b],
+        """layers [c, b, N, D] (raw) -> per-layer outputs with leading axes [c, b],
         their exponents and finiteness under SCALE (and, for observables with
         `previous`, the carry: their last layer's arrays)."""
-        c = layers.shape[1]
+        c = layers.shape[0]
         vb = jnp.broadcast_to(valid, (c, b, n)).reshape((c * b, n))
-        clouds = jnp.swapaxes(layers, 0, 1).reshape((c * b, n, d))
+        clouds = layers.reshape((c * b, n, d))
         e, ok = conditioning.scale_of(clouds, vb)
         clouds = conditioning.apply_scale(clouds, vb, e, ok)
 
@@ -115,12 +105,12 @@ def _layer_geometry(hidden, mask, inputs, *, names, static_options, layer_chunk)
         chunk_inputs = dict(shared)
         chunk_inputs.update({k: per_cloud(v) for k, v in per_prompt.items()})
         layer = jnp.repeat(start + jnp.arange(c, dtype=jnp.int32), b)
-        ctx = registry.LayerContext(
+        ctx = engine.LayerContext(
             clouds, vb, options, knn_k=knn_k, ranks=ranks, inputs=chunk_inputs, layer=layer
         )
         outs, carry_out = {}, {}
         for o in layered:
-            if o.name in registry.PAPER:
+            if o.paper:
                 outs[o.name] = o.compute(ctx)
                 continue
             own = {}
@@ -129,7 +119,7 @@ def _layer_geometry(hidden, mask, inputs, *, names, static_options, layer_chunk)
             if o.previous is not None:
                 mine = jax.tree.map(
                     lambda a: a.reshape((c, b) + a.shape[1:]),
-                    o.previous(registry.Isolated(ctx, **own)),
+                    o.previous(engine.Isolated(ctx, **own)),
                 )
                 before = jax.tree.map(lambda a: jnp.zeros_like(a[0]), mine)
                 if carry_in is not None:
@@ -140,15 +130,15 @@ def _layer_geometry(hidden, mask, inputs, *, names, static_options, layer_chunk)
                     mine,
                 )
                 carry_out[o.name] = jax.tree.map(lambda a: a[-1], mine)
-            outs[o.name] = o.compute(registry.Isolated(ctx, **own))
+            outs[o.name] = o.compute(engine.Isolated(ctx, **own))
         outs[SCALE] = (e, ok)
         outs = jax.tree.map(lambda a: a.reshape((c, b) + a.shape[1:]), outs)
         return (outs, carry_out) if carried else outs
 
     per_layer = {}
     if layered:
-        per_layer = registry.map_chunks(chunk_fn, h, [], chunk, carry=bool(carried))
-        exponent, finite = (jnp.swapaxes(a, 0, 1) for a in per_layer[SCALE])
+        per_layer = engine.map_chunks(chunk_fn, hidden, [], chunk, carry=bool(carried))
+        exponent, finite = per_layer[SCALE]
     else:
         exponent, finite = stack.exponent_and_finite
 
@@ -157,83 +147,54 @@ def _layer_geometry(hidden, mask, inputs, *, names, static_options, layer_chunk)
         if o.scope == "layer":
             fields = per_layer[o.name]
         elif o.scope == "pair":
-            fields = o.combine(per_layer[o.name], stack if o.name in registry.PAPER else isolated)
+            fields = o.combine(per_layer[o.name], stack if o.paper else isolated)
         else:
             fields = o.combine(None, isolated)
         for f in o.fields:
             a = fields[f.name]
-            if f.layers:
-                a = jnp.swapaxes(a, 0, 1)
             if f.length:
                 a = conditioning.restore_lengths(a, exponent)
             ok = _clouds_finite(o.scope, f.layers, finite)
             if ok is not None:
                 ok = ok.reshape(ok.shape + (1,) * (a.ndim - ok.ndim))
                 a = jnp.where(ok, a, jnp.nan if jnp.issubdtype(a.dtype, jnp.floating) else 0)
-            result[f.name] = a.reshape(prompt_shape + a.shape[1:])
-    result["finite"] = finite.reshape(prompt_shape + (n_layers,))
+            result[f.name] = jnp.swapaxes(a, 0, 1) if f.layers else a
+    result["finite"] = jnp.swapaxes(finite, 0, 1)
     return LayerGeometry(result)
 
 
 def _clouds_finite(scope, layers, finite):
-    """Whether the clouds a field [b, L', ...] is measured on are all finite:
-    its own layer (layer scope, whatever the results' layer axis: cosine's
-    "L+1" gains the embedding in the pipeline), layers l and l + 1 ("L-1"
-    pairs) or layer l and the last (pair fields over "L"); None for
-    prompt-scope fields, which do not read the clouds."""
+    """Whether the clouds a field [L', b, ...] is measured on are all finite: its own
+    layer (layer scope, whatever the results' layer axis: cosine's "L+1" gains the
+    embedding in the pipeline), layers l and l + 1 ("L-1" pairs) or layer l and the
+    last (pair fields over "L"); None for prompt-scope fields, which do not read the
+    clouds. finite [L, b]."""
     if scope == "layer":
         return finite
     if scope == "pair" and layers == "L-1":
-        return finite[:, :-1] & finite[:, 1:]
+        return finite[:-1] & finite[1:]
     if scope == "pair" and layers == "L":
-        return finite & finite[:, -1:]
+        return finite & finite[-1:]
     return None
 
 
-def options_of(
-    *,
-    range_max=None,
-    max_k=32,
-    id_k=20,
-    entropy_alpha=2.0,
-    twonn_discard_fraction=0.1,
-    include_diagonal=True,
-    selection="auto",
-    duplicate_tolerance=unique.DUPLICATE_TOLERANCE,
-    options=None,
-):
-    """The options dict every observable reads (checked, hashable values)."""
-    if not 0 <= duplicate_tolerance < 1:
-        raise ValueError(f"duplicate_tolerance must be in [0, 1), got {duplicate_tolerance!r}")
-    out = {
-        "range_max": range_max,
-        "max_k": max_k,
-        "id_k": id_k,
-        "entropy_alpha": entropy_alpha,
-        "twonn_discard_fraction": float(twonn_discard_fraction),
-        "include_diagonal": bool(include_diagonal),
-        "selection": selection,
-        "duplicate_tolerance": float(duplicate_tolerance),
-    }
-    for k, v in (options or {}).items():
-        if k in out:
-            raise ValueError(f"options[{k!r}]: pass {k} as a keyword argument of layer_geometry")
-        out[k] = v
-    return out
+def check_observables(observables, options, n, hidden=None, mask=None, layer_axis=-3):
+    """Static checks of each observable's options, then (concrete arrays) the valid
+    and distinct point counts per prompt and layer.
 
-
-def check_observables(names, options, n, hidden=None, mask=None):
-    """Static checks of each observable's options, then (concrete arrays) the
-    valid and distinct point counts per prompt and layer."""
-    for name in names:
-        check = registry.get(name).check
-        if check is not None:
-            check(options, n)
-    needs = [registry.get(name).min_points for name in names]
-    needs = [f(options) for f in needs if f is not None]
+    hidden: [..., L, N, D] with ``layer_axis`` -3, or layer-major [L, B, N, D]
+    with ``layer_axis`` 0 (then mask [B, N])."""
+    observables = registry.resolve(observables)
+    for obs in observables.observables:
+        if obs.check is not None:
+            obs.check(options, n)
+    needs = [o.min_points(options) for o in observables.observables if o.min_points is not None]
     if not needs or hidden is None or not validation.is_concrete(hidden, mask):
         return
-    prompt_shape = tuple(hidden.shape[:-3])
+    h = np.asarray(hidden)
+    if layer_axis == 0:
+        h = np.moveaxis(h, 0, -3)
+    prompt_shape = tuple(h.shape[:-3])
     valid = np.ones(prompt_shape + (n,), bool) if mask is None else np.asarray(mask, bool)
     counts = valid.sum(-1)
     for need_valid, _, arg in needs:
@@ -248,7 +209,7 @@ def check_observables(names, options, n, hidden=None, mask=None):
             )
     need_unique = max((n_u, arg) for _, n_u, arg in needs)
     if need_unique[0]:
-        keep = np.asarray(unique.unique_mask(np.asarray(hidden), valid[..., None, :]))
+        keep = np.asarray(unique.unique_mask(h, valid[..., None, :]))
         distinct = keep.sum(-1)  # [..., L]
         if distinct.min() < need_unique[0]:
             pos = np.unravel_index(int(np.argmin(distinct)), distinct.shape)
@@ -258,115 +219,158 @@ def check_observables(names, options, n, hidden=None, mask=None):
             )
 
 
-def layer_geometry(
+def _required_inputs(observables, inputs):
+    for obs in observables.observables:
+        for c in obs.consumes:
+            if c in registry.INPUTS and c not in inputs:
+                raise ValueError(
+                    f"observable {obs.name!r} consumes {c!r}: pass inputs={{{c!r}: ...}} "
+                    f"({registry.INPUTS[c][1]})"
+                )
+
+
+def prepare(observables, n, *, layer_chunk=None, options=None, **option_values):
+    """(ObservableSet, checked option values resolved for clouds of n points, as the
+    static tuple the jitted engine takes) of a call, before any array is read."""
+    observables = registry.resolve(observables)
+    if layer_chunk is not None and (not isinstance(layer_chunk, int) or layer_chunk < 1):
+        raise ValueError(f"layer_chunk must be a positive integer or None, got {layer_chunk!r}")
+    values = dict(options or {})
+    for k, v in option_values.items():
+        if k in values:
+            raise ValueError(f"{k} is given both as a keyword and in options=")
+        values[k] = v
+    host_callback.check_method(values.get(SELECTION.name, SELECTION.default))
+    opts = observables.options(values, n=n)
+    return observables, opts
+
+
+def stack_geometry(
     hidden,
     mask=None,
     *,
     observables="paper",
-    range_max=None,
-    max_k=32,
-    id_k=20,
-    entropy_alpha=2.0,
     layer_chunk=None,
-    twonn_discard_fraction=0.1,
-    include_diagonal=True,
-    selection="auto",
     inputs=None,
     options=None,
     validate=True,
-    duplicate_tolerance=unique.DUPLICATE_TOLERANCE,
+    **option_values,
 ):
-    """The requested observables of every layer of a hidden-state stack.
-
-    hidden: [..., L, N, D] hidden states (e.g. [B, L+1, T, D] from a model);
-    mask: bool [..., N] valid tokens per prompt, shared by all layers (None:
-    all valid). observables: "paper" (GRIDE + TwoNN, cosine statistics,
-    neighbourhood overlap), "all", a comma list or a sequence of names
-    (``registry.known()``). The shared intermediates (one centred Gram
-    matrix per layer, exact neighbour lists) are computed once per layer
-    chunk and only when a requested observable consumes them. ID estimators
-    use the distinct valid tokens (first occurrence kept), the graph
-    observables and cosine all valid tokens.
-
-    Options: range_max (GRIDE; None is min(256, N - 1), the largest range N
-    tokens support), max_k (overlap, reciprocity), id_k (MLE /
-    TLE neighbours), entropy_alpha (matrix entropy; default 2, from the
-    shared Gram matrix; 1 needs an eigendecomposition per layer, several
-    times the rest's cost on CPU), twonn_discard_fraction,
-    include_diagonal (cosine), selection ("auto": NumPy host selection on
-    CPU, lax.top_k elsewhere; "host"; "xla"), options (a dict for
-    observables registered outside the library). inputs: arrays the
-    observables consume besides the points (``registry.INPUTS``; per-prompt
-    ones with the leading axes of ``mask``). layer_chunk bounds memory by
-    processing that many layers at a time (lax.map); None picks about 8 MiB
-    of Gram matrix per chunk. With validate (default) and concrete inputs,
-    value checks run first; under an outer jit / shard_map only the static
-    checks run.
-
-    Each cloud is rescaled by an exact power of two before any square is
-    taken (metrics/conditioning.py), so the results do not depend on its
-    scale (1e20 or 1e-30 times a cloud gives the same IDs) and ordinary
-    clouds give bit for bit the same numbers as without it. A cloud with a
-    NaN or inf at a valid token gets NaN for every output that reads it
-    (``finite`` False), also under jit. duplicate_tolerance: valid tokens
-    closer than this times the cloud's RMS norm to an earlier one count as
-    duplicates for the ID estimators (unique.near_duplicates; 0 keeps exact
-    duplicates only); GRIDE scales needing more distinct tokens than remain
-    are NaN.
-
-    Returns a LayerGeometry (dict pytree with attribute access) of float32
-    arrays [..., L, ...] (pair fields [..., L-1, ...]), see each observable's
-    fields, plus ``finite`` bool [..., L].
-    """
-    names = registry.resolve(observables)
-    host_callback.check_method(selection)
-    validation.check_discard_fraction(twonn_discard_fraction, "twonn_discard_fraction")
-    if layer_chunk is not None and (not isinstance(layer_chunk, int) or layer_chunk < 1):
-        raise ValueError(f"layer_chunk must be a positive integer or None, got {layer_chunk!r}")
-    validation.check_points(hidden, "hidden", 3, "[..., L, N, D]")
+    """:func:`layer_geometry` of a layer-major stack hidden [L, B, N, D], mask [B, N]:
+    the decoder's layout (``DecoderOutput.hidden_states``), so the fused step passes
+    its hidden states without a transpose. Returns fields [B, L', ...]."""
+    validation.check_points(hidden, "hidden", 4, "[L, B, N, D]")
     n = hidden.shape[-2]
-    range_max = validation.resolve_range_max(n, range_max)
-    opts = options_of(
-        range_max=range_max,
-        max_k=max_k,
-        id_k=id_k,
-        entropy_alpha=entropy_alpha,
-        twonn_discard_fraction=twonn_discard_fraction,
-        include_diagonal=include_diagonal,
-        selection=selection,
-        duplicate_tolerance=duplicate_tolerance,
-        options=options,
+    observables, opts = prepare(
+        observables, n, layer_chunk=layer_chunk, options=options, **option_values
     )
     inputs = dict(inputs or {})
-    for name in names:
-        for c in registry.get(name).consumes:
-            if c in registry.INPUTS and c not in inputs:
-                raise ValueError(
-                    f"observable {name!r} consumes {c!r}: pass inputs={{{c!r}: ...}} "
-                    f"({registry.INPUTS[c][1]})"
-                )
-    sizes = dict(
-        range_max=range_max,
-        max_k=max_k if "overlap" in names else None,
-        gride="gride" in names,
-    )
+    _required_inputs(observables, inputs)
     if validate:
-        validation.validate_hidden(hidden, mask, allow_non_finite=True, **sizes)
-    else:
-        validation.check_sizes(n, **sizes)
-    check_observables(names, opts, n, hidden if validate else None, mask)
-    hidden = validation.as_points(hidden, "hidden", min_rank=3)
+        n_layers, b = hidden.shape[:2]
+        prompt_major = jax.ShapeDtypeStruct((b, n_layers) + tuple(hidden.shape[2:]), hidden.dtype)
+        validation.validate_hidden(
+            prompt_major, mask, allow_non_finite=True, max_k=None, gride=False
+        )
+    check_observables(observables, opts, n, hidden if validate else None, mask, layer_axis=0)
+    hidden = validation.as_points(hidden, "hidden", min_rank=4)
     if mask is not None:
         mask = jnp.asarray(mask, bool)
-    inputs = jax.tree.map(jnp.asarray, inputs)
-    return _layer_geometry(
+    return _stack_geometry(
         hidden,
         mask,
-        inputs,
-        names=names,
+        jax.tree.map(jnp.asarray, inputs),
+        observables=observables,
         static_options=tuple(sorted(opts.items())),
         layer_chunk=layer_chunk,
     )
 
 
-catalog.register_all()
+def layer_geometry(
+    hidden,
+    mask=None,
+    *,
+    observables="paper",
+    layer_chunk=None,
+    inputs=None,
+    options=None,
+    validate=True,
+    **option_values,
+):
+    """The requested observables of every layer of a hidden-state stack.
+
+    The shared intermediates (one centred Gram matrix per layer, certified exact
+    neighbour lists, neighbours at fixed ranks) are computed once per layer chunk
+    and only when a requested observable consumes them. ID estimators use the
+    distinct valid tokens (first occurrence kept), the graph observables and
+    cosine all valid tokens.
+
+    Each cloud is rescaled by an exact power of two before any square is taken
+    (metrics/conditioning.py), so the results do not depend on its scale (1e20 or
+    1e-30 times a cloud gives the same IDs). A cloud with a NaN or inf at a valid
+    token gets NaN for every output that reads it (``finite`` False), also under
+    jit. Tokens closer than ``duplicate_tolerance`` times the cloud's RMS norm to
+    an earlier one count as duplicates for the ID estimators
+    (unique.near_duplicates; 0 keeps exact duplicates only); GRIDE scales needing
+    more distinct tokens than remain are NaN.
+
+    Args:
+      hidden: [..., L, N, D] hidden states (e.g. [B, L, T, D] of a model's layers).
+      mask: bool [..., N] valid tokens per prompt, shared by all layers (None: all).
+      observables: "paper" (GRIDE + TwoNN, cosine statistics, neighbourhood
+        overlap), "all", a comma list or a sequence of names (``registry.known()``).
+      layer_chunk: layers processed at a time (lax.map) to bound memory; None picks
+        about 8 MiB of Gram matrix per chunk.
+      inputs: arrays the observables consume besides the points
+        (``registry.INPUTS``; per-prompt ones with the leading axes of ``mask``).
+      options: a dict of option values (the same as keywords).
+      validate: with concrete inputs, value checks run first; under an outer jit /
+        shard_map only the static checks run.
+      **option_values: the observables' options by name (``registry.resolve(
+        observables).declared_options``): range_max (GRIDE; None is min(256, N -
+        1)), max_k, twonn_discard_fraction, include_diagonal, id_k,
+        entropy_alpha, duplicate_tolerance, selection ("auto": NumPy host
+        selection on CPU, lax.top_k elsewhere; "host"; "xla"), and those of
+        observables registered by other packages.
+
+    Returns:
+      A LayerGeometry (dict pytree with attribute access) of float32 arrays
+      [..., L, ...] (pair fields [..., L-1, ...]), see each observable's fields,
+      plus ``finite`` bool [..., L].
+
+    Reference: Viswanathan et al. 2025, "The Geometry of Tokens in Internal
+    Representations of Large Language Models" (the paper's observables).
+    """
+    hidden = validation.check_points(hidden, "hidden", 3, "[..., L, N, D]")
+    n = hidden.shape[-2]
+    prompt_shape = tuple(hidden.shape[:-3])
+    observables, opts = prepare(
+        observables, n, layer_chunk=layer_chunk, options=options, **option_values
+    )
+    inputs = dict(inputs or {})
+    _required_inputs(observables, inputs)
+    if validate:
+        validation.validate_hidden(hidden, mask, allow_non_finite=True, max_k=None, gride=False)
+    check_observables(observables, opts, n, hidden if validate else None, mask)
+    hidden = validation.as_points(hidden, "hidden", min_rank=3)
+    b = int(np.prod(prompt_shape, dtype=np.int64))
+    stack = jnp.moveaxis(hidden.reshape((b,) + hidden.shape[-3:]), 1, 0)
+    if mask is not None:
+        mask = jnp.asarray(mask, bool).reshape((b, n))
+    per_prompt = {
+        k: jnp.asarray(v).reshape((b,) + np.shape(v)[len(prompt_shape) :])
+        for k, v in inputs.items()
+        if registry.INPUTS.get(k, (False,))[0]
+    }
+    shared = {
+        k: jnp.asarray(v) for k, v in inputs.items() if not registry.INPUTS.get(k, (False,))[0]
+    }
+    geo = _stack_geometry(
+        stack,
+        mask,
+        per_prompt | shared,
+        observables=observables,
+        static_options=tuple(sorted(opts.items())),
+        layer_chunk=layer_chunk,
+    )
+    return LayerGeometry({k: v.reshape(prompt_shape + v.shape[1:]) for k, v in geo.items()})

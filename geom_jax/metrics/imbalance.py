@@ -14,8 +14,12 @@ last layer's, twice).
 """
 
 import jax.numpy as jnp
+import numpy as np
 
-from geom_jax.metrics import distances, refinement, registry, validation
+from geom_jax import plotting
+from geom_jax.metrics import distances, engine, refinement, validation
+from geom_jax.metrics.observable import Field, Observable, ReportSection
+from geom_jax.metrics.options import SELECTION
 
 STEP = 2.0**126
 """step(d) = min(max(d, 0) * STEP, 1) is exactly [d > 0] for every float32 d that is
@@ -79,7 +83,7 @@ def _standalone(ctx):
     return imbalance_from_ranks(r, ctx.valid)
 
 
-def information_imbalance(x, y, mask=None, *, selection="auto"):
+def information_imbalance(x, y, mask=None, *, selection=SELECTION.default):
     """(Delta(x -> y), Delta(y -> x)) [..., 2] for clouds x [..., N, D], y [..., N, D'].
 
     Reference: Glielmo et al. 2022, PNAS Nexus, eq. 1 (k = 1).
@@ -102,7 +106,7 @@ def information_imbalance(x, y, mask=None, *, selection="auto"):
     valid = jnp.ones(x.shape[:-1], bool) if mask is None else mask
     xy = jnp.concatenate([x.reshape((-1,) + x.shape[-2:]), y.reshape((-1,) + y.shape[-2:])])
     v = jnp.broadcast_to(valid, x.shape[:-1]).reshape((-1, x.shape[-2]))
-    delta = registry.on_points(
+    delta = engine.on_points(
         _standalone, xy, jnp.concatenate([v, v]), {"selection": selection}, knn_k=1
     )
     c = delta.shape[0] // 2
@@ -111,7 +115,7 @@ def information_imbalance(x, y, mask=None, *, selection="auto"):
 
 def _prepare(stack):
     """The last layer's nearest neighbours [B, N], needed by every layer's Delta(last -> l)."""
-    x, valid = stack.hidden[:, -1], stack.valid
+    x, valid = stack.hidden[-1], stack.valid
     gram, _ = distances.centred_gram(x, valid)
     _, idx = refinement.exact_knn(x, gram, valid, 1, stack.options["selection"])
     return {"nn_last": idx[..., 0]}
@@ -141,7 +145,7 @@ def _combine(carry, stack):
     """Fields from the per-layer values [L, B]; Delta(l -> last) from one more Gram
     matrix (the last layer's) with every layer's nearest neighbours as queries."""
     valid = stack.valid
-    to_last = ranks_of(stack.hidden[:, -1], valid, jnp.moveaxis(carry["nn1"], 0, -1))
+    to_last = ranks_of(stack.hidden[-1], valid, jnp.moveaxis(carry["nn1"], 0, -1))
     to_last = imbalance_from_ranks(jnp.moveaxis(to_last, -1, 0), valid)  # [L, B]
     return {
         "info_imbalance_next": jnp.stack([carry["from_prev"][1:], carry["to_prev"][1:]], axis=-1),
@@ -149,7 +153,42 @@ def _combine(carry, stack):
     }
 
 
-OBSERVABLE = registry.Observable(
+def _plot(runs, path, **_):
+    fig, axes = plotting.figure(2 * len(runs))
+    for i, run in enumerate(runs):
+        rows = run.rows(0)
+        nxt = np.nanmean(run.arrays["info_imbalance_next"][rows], 0)
+        x = np.arange(1, len(nxt) + 1) + 0.5
+        ax = axes[2 * i]
+        ax.plot(x, nxt[:, 0], "o-", ms=3, label="Delta(l -> l+1)")
+        ax.plot(x, nxt[:, 1], "s--", ms=3, label="Delta(l+1 -> l)")
+        ax.set(xlabel="layer l (pair l, l+1)", ylabel="information imbalance")
+        ax.set_title(f"{run.label}: consecutive layers (structured)")
+        ax.legend(fontsize=7)
+        last = np.nanmean(run.arrays["info_imbalance_last"][rows], 0)
+        x = np.arange(1, len(last) + 1)
+        ax = axes[2 * i + 1]
+        ax.plot(x, last[:, 0], "o-", ms=3, label="Delta(l -> last)")
+        ax.plot(x, last[:, 1], "s--", ms=3, label="Delta(last -> l)")
+        ax.set(xlabel="layer l", ylabel="information imbalance")
+        ax.set_title(f"{run.label}: against the last layer (structured)")
+        ax.legend(fontsize=7)
+    return plotting.save(fig, path)
+
+
+def _text(run, **_):
+    rows, lines = run.rows(0), []
+    for field, what, a, b in (
+        ("info_imbalance_next", "between consecutive layers", "l -> l+1", "l+1 -> l"),
+        ("info_imbalance_last", "to the last layer", "l -> last", "last -> l"),
+    ):
+        v = np.nanmean(run.arrays[field][rows], 0)
+        lines += ["", f"Information imbalance {what} (structured), Delta({a}) / Delta({b}):"]
+        lines += plotting.layer_table("->", v[:, 0]) + [plotting.table_row("<-", v[:, 1])]
+    return lines
+
+
+OBSERVABLE = Observable(
     name="info_imbalance",
     scope="pair",
     compute=_compute,
@@ -157,15 +196,15 @@ OBSERVABLE = registry.Observable(
     prepare=_prepare,
     previous=_previous,
     fields=(
-        registry.Field(
+        Field(
             "info_imbalance_next",
-            ("2",),
+            ("direction",),
             "(Delta(l -> l+1), Delta(l+1 -> l)) information imbalance of consecutive layers.",
             "L-1",
         ),
-        registry.Field(
+        Field(
             "info_imbalance_last",
-            ("2",),
+            ("direction",),
             "(Delta(l -> L), Delta(L -> l)) information imbalance of layer l and the last layer.",
         ),
     ),
@@ -174,4 +213,7 @@ OBSERVABLE = registry.Observable(
     reference="Glielmo et al. 2022, PNAS Nexus 1(2) pgac039, eq. 1; DADApy",
     reduce="2 / N^2 sum over valid tokens of the rank",
     knn_k=lambda o: 1,
+    report=(
+        ReportSection("Information imbalance", figure=_plot, text=_text, file="info_imbalance.png"),
+    ),
 )

@@ -12,15 +12,19 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from geom_jax import plotting
+from geom_jax.errors import ArgumentError
 from geom_jax.metrics import (
     distances,
     host_callback,
-    neighbors,
-    registry,
+    refinement,
     sharding,
     unique,
     validation,
 )
+from geom_jax.metrics.observable import Field, Observable, Option, ReportSection
+from geom_jax.metrics.options import MAX_K, SELECTION
+from geom_jax.metrics.selection import select_neighbours
 
 BISECTION_LO = 1e-3
 BISECTION_HI = 1e3
@@ -120,7 +124,7 @@ def gride_from_ratios(mu, valid, n1):
     return dim, 1.0 / jnp.sqrt(fisher)
 
 
-def gride_from_neighbors(r, keep):
+def gride_from_neighbours(r, keep):
     """GRIDE ids, errs, scales [..., S] from r [..., N, S+1] sorted distances at ranks 2**s.
 
     keep [..., N] marks the unique valid points; scale s needs 2**(s+1) <=
@@ -150,7 +154,7 @@ def _fraction_table(n_max, keep_fraction):
     return jnp.asarray([int(n * keep_fraction) for n in range(n_max + 1)], jnp.int32)
 
 
-def twonn_from_neighbors(r1, r2, keep, discard_fraction=0.1):
+def twonn_from_neighbours(r1, r2, keep, discard_fraction):
     """TwoNN (Facco et al. 2017) from first/second neighbour distances [..., N].
 
     discard_fraction > 0: slope through the origin of -log(1 - i/N) against
@@ -177,15 +181,15 @@ def twonn_from_neighbors(r1, r2, keep, discard_fraction=0.1):
     return jnp.where(n_unique >= validation.MIN_VALID_POINTS, dim, jnp.nan)
 
 
-def unique_neighbor_distances(x, gram, keep, ranks, method):
+def unique_neighbour_distances(x, gram, keep, ranks, method):
     """Distances [..., N, len(ranks)] at the given neighbour ranks among unique points.
 
     Indices come from the Gram matrix; the selected pairs are refined by
     direct differences and sorted per point.
     """
-    _, ranked = neighbors.select_neighbors(gram, keep, keep, k_near=0, ranks=ranks, method=method)
-    exact = neighbors.refine_candidates(x, ranked, keep)
-    exact, _ = neighbors.sort_candidates(exact, ranked, len(ranks))
+    _, ranked = select_neighbours(gram, keep, keep, k_near=0, ranks=ranks, method=method)
+    exact = refinement.refine_candidates(x, ranked, keep)
+    exact, _ = refinement.sort_candidates(exact, ranked, len(ranks))
     return jnp.sqrt(exact)
 
 
@@ -199,18 +203,18 @@ def _prepare(x, mask):
 @functools.partial(jax.jit, static_argnames=("n_scales", "method"))
 def _gride(x, mask, n_scales, method):
     keep, gram = _prepare(x, mask)
-    r = unique_neighbor_distances(x, gram, keep, gride_ranks(n_scales), method)
-    return gride_from_neighbors(r, keep)
+    r = unique_neighbour_distances(x, gram, keep, gride_ranks(n_scales), method)
+    return gride_from_neighbours(r, keep)
 
 
 @functools.partial(jax.jit, static_argnames=("discard_fraction", "method"))
 def _twonn(x, mask, discard_fraction, method):
     keep, gram = _prepare(x, mask)
-    r = unique_neighbor_distances(x, gram, keep, (1, 2), method)
-    return twonn_from_neighbors(r[..., 0], r[..., 1], keep, discard_fraction)
+    r = unique_neighbour_distances(x, gram, keep, (1, 2), method)
+    return twonn_from_neighbours(r[..., 0], r[..., 1], keep, discard_fraction)
 
 
-def gride(x, mask=None, *, range_max=None, selection="auto"):
+def gride(x, mask=None, *, range_max=None, selection=SELECTION.default):
     """GRIDE intrinsic dimension (Denti et al. 2022) of each cloud x [..., N, D].
 
     Scales n1 = 1, 2, 4, ..., 2**(S-1), n2 = 2 n1, S = floor(log2(min(N,
@@ -227,13 +231,15 @@ def gride(x, mask=None, *, range_max=None, selection="auto"):
     return _gride(x, mask, validation.n_scales(x.shape[-2], range_max), selection)
 
 
-def twonn(x, mask=None, *, discard_fraction=0.1, selection="auto"):
+def twonn(x, mask=None, *, discard_fraction=None, selection=SELECTION.default):
     """TwoNN intrinsic dimension (Facco et al. 2017) of each cloud x [..., N, D] -> [...].
 
     discard_fraction=0.1: linear fit through the origin on the 90% smallest
     ratios (DADApy's default); 0.0: the maximum-likelihood form.
     """
     host_callback.check_method(selection)
+    if discard_fraction is None:
+        discard_fraction = TWONN_DISCARD_FRACTION.default
     validation.check_discard_fraction(discard_fraction)
     x = validation.as_points(x, "x")
     if x.shape[-2] < validation.MIN_VALID_POINTS:
@@ -267,27 +273,52 @@ def _gride_observable(ctx):
     low_ranks = np.asarray([ranks[i] for i in low]) - 1
     if high:
         from_lists, high_sq = ctx.knn_sq_at(low_ranks, also=ranked[..., high])
-        exact_high = jnp.where(neighbors.allowed(keep, ranked[..., high]), high_sq, jnp.inf)
+        exact_high = jnp.where(refinement.allowed(keep, ranked[..., high]), high_sq, jnp.inf)
     else:  # range_max <= max_k: every rank comes from the lists
         from_lists = ctx.knn_sq_at(low_ranks)
     exact_low = lax.cond(
         jnp.all(keep == valid),
         lambda: from_lists,
-        lambda: neighbors.refine_candidates(x, ranked[..., low], keep),
+        lambda: refinement.refine_candidates(x, ranked[..., low], keep),
     )
     exact_ranked = jnp.concatenate([exact_low, exact_high], axis=-1) if high else exact_low
-    exact_ranked, _ = neighbors.sort_candidates(exact_ranked, ranked, len(ranks), "xla")
+    exact_ranked, _ = refinement.sort_candidates(exact_ranked, ranked, len(ranks), "xla")
     r = jnp.sqrt(exact_ranked)
-    ids, errs, scales = gride_from_neighbors(r, keep)
+    ids, errs, scales = gride_from_neighbours(r, keep)
     discard = o["twonn_discard_fraction"]
     return {
         "gride_ids": ids,
         "gride_errs": errs,
         "gride_scales": scales,
-        "twonn": twonn_from_neighbors(r[..., 0], r[..., 1], keep, discard),
-        "twonn_ml": twonn_from_neighbors(r[..., 0], r[..., 1], keep, 0.0),
+        "twonn": twonn_from_neighbours(r[..., 0], r[..., 1], keep, discard),
+        "twonn_ml": twonn_from_neighbours(r[..., 0], r[..., 1], keep, 0.0),
         "n_unique": jnp.sum(keep, axis=-1).astype(jnp.int32),
     }
+
+
+def _check_range_max(v):
+    if v < 2:
+        raise ArgumentError("{range_max} must be an integer >= 2, got {v!r}", "range_max", v=v)
+
+
+RANGE_MAX = Option(
+    "range_max",
+    int,
+    None,
+    "Largest GRIDE neighbour rank n2 (default: the largest the clouds support, up to "
+    f"{validation.MAX_RANGE}; the value used is recorded).",
+    check=_check_range_max,
+    optional=True,
+    resolve=lambda v, n: validation.resolve_range_max(n, v),
+)
+
+TWONN_DISCARD_FRACTION = Option(
+    "twonn_discard_fraction",
+    float,
+    0.1,
+    "Fraction of the largest TwoNN ratios left out of the linear fit (0: maximum likelihood).",
+    check=lambda v: validation.check_discard_fraction(v, "twonn_discard_fraction"),
+)
 
 
 def _check_gride(options, n):
@@ -295,29 +326,219 @@ def _check_gride(options, n):
     validation.check_max_k(n, options["max_k"])
 
 
-OBSERVABLE = registry.Observable(
+STATUS_FEW_DISTINCT = 2
+STATUS_DUPLICATES = 4
+STATUS_FLAGS = {
+    STATUS_FEW_DISTINCT: "fewer distinct tokens than the largest GRIDE scale needs: NaN there",
+    STATUS_DUPLICATES: "tokens merged as exact or near-duplicates for the ID estimators",
+}
+
+
+def _status(fields, mask):
+    """Status bits [B, L] from the distinct-token counts (STATUS_FLAGS)."""
+    n_unique = fields["n_unique"]
+    largest_n2 = 2 ** fields["gride_ids"].shape[-1]
+    flags = jnp.where(n_unique - 1 < largest_n2, STATUS_FEW_DISTINCT, 0)
+    n_valid = jnp.sum(mask, axis=-1)[:, None]
+    return flags | jnp.where(n_unique < n_valid, STATUS_DUPLICATES, 0)
+
+
+def _ids(run: plotting.Run, scale: int, rows) -> np.ndarray:
+    return run.arrays["gride_ids"][rows, :, scale]
+
+
+def peak_id(run: plotting.Run, shuffle_index: int, scale: int = 0, prompts=None) -> np.ndarray:
+    """[prompts] maximum over layers of the GRIDE ID at ``scale``."""
+    return np.nanmax(_ids(run, scale, run.rows(shuffle_index, prompts)), axis=1)
+
+
+def pearson_by_layer(run: plotting.Run, scale: int = 0) -> np.ndarray:
+    """[L] Pearson r between GRIDE ID and loss across structured prompts."""
+    rows = run.rows(0)
+    ids = _ids(run, scale, rows)
+    loss = run.arrays["loss"][rows]
+    if len(rows) < 3:
+        return np.full(ids.shape[1], np.nan)
+    ids_c = ids - ids.mean(0)
+    loss_c = loss - loss.mean()
+    denom = np.sqrt((ids_c**2).sum(0) * (loss_c**2).sum())
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (ids_c * loss_c[:, None]).sum(0) / denom
+
+
+def id_loss_spearman(run: plotting.Run, scale: int = 0) -> np.ndarray:
+    """[L] Spearman rho between log GRIDE ID (at ``scale``) and loss over all rows."""
+    ids, loss = run.arrays["gride_ids"][:, :, scale], run.arrays["loss"]
+    return np.asarray(
+        [plotting.spearman(np.log(ids[:, layer]), loss) for layer in range(ids.shape[1])]
+    )
+
+
+def headline(run: plotting.Run, scale: int = 0) -> dict:
+    """The numbers the report states for one model: per shuffle level the mean peak ID,
+    its layer and the loss; for prompts run structured and most shuffled, the change of
+    the peak; per layer the ID-loss correlation."""
+    levels = run.levels
+    out = {
+        "num_prompts": int(len(np.unique(run.arrays["prompt_index"]))),
+        "peak_id": {s: float(np.mean(peak_id(run, s, scale))) for s in levels},
+        "peak_layer": {
+            s: int(np.nanargmax(np.nanmean(_ids(run, scale, run.rows(s)), 0))) + 1 for s in levels
+        },
+        "loss": {s: float(np.mean(run.arrays["loss"][run.rows(s)])) for s in levels},
+        "pearson": pearson_by_layer(run, scale),
+    }
+    if len(levels) > 1:
+        top = levels[-1]
+        paired = np.intersect1d(
+            run.arrays["prompt_index"][run.rows(0)], run.arrays["prompt_index"][run.rows(top)]
+        )
+        out["paired_prompts"] = len(paired)
+        out["paired_peak_id"] = {
+            s: float(np.mean(peak_id(run, s, scale, paired))) for s in (0, top)
+        }
+        out["peak_ratio"] = out["paired_peak_id"][top] / out["paired_peak_id"][0]
+        out["paired_loss"] = {
+            s: float(np.mean(run.arrays["loss"][run.rows(s, paired)])) for s in (0, top)
+        }
+    return out
+
+
+def _plot_id_vs_layer(runs, path, scale=0, **_):
+    fig, axes = plotting.figure(len(runs))
+    for ax, run in zip(axes, runs):
+        for color, s in zip(plotting.colours(len(run.levels)), run.levels):
+            ids = _ids(run, scale, run.rows(s))
+            plotting.band(ax, np.arange(1, ids.shape[1] + 1), ids, plotting.level_label(s), color)
+        n1 = int(run.arrays["gride_n1"][scale])
+        ax.set(xlabel="layer", ylabel=f"GRIDE ID (n1={n1}, n2={2 * n1})", title=run.label)
+        ax.legend(fontsize=7)
+    return plotting.save(fig, path)
+
+
+def _plot_id_vs_scale(runs, path, **_):
+    fig, axes = plotting.figure(len(runs))
+    for ax, run in zip(axes, runs):
+        ids = run.arrays["gride_ids"]
+        num_layers = ids.shape[1]
+        layers = sorted({1, num_layers // 4, num_layers // 2, 3 * num_layers // 4, num_layers})
+        for s in run.extremes:
+            rows = run.rows(s)
+            for layer in layers:
+                scales = np.nanmean(run.arrays["gride_scales"][rows, layer - 1], 0)
+                d = np.nanmean(ids[rows, layer - 1], 0)
+                style = "o-" if s == 0 else "x--"
+                ax.plot(scales, d, style, ms=3, label=f"layer {layer}, {plotting.level_label(s)}")
+        ax.set(xscale="log", xlabel="GRIDE scale (mean neighbour distance)", ylabel="ID")
+        ax.set_title(run.label)
+        ax.legend(fontsize=6, ncol=2)
+    return plotting.save(fig, path)
+
+
+def _plot_id_loss(runs, path, scale=0, **_):
+    """Pearson r per layer, then ID-loss scatters at the layer of strongest |r|
+    and, where it differs, at the layer of highest (positive) r."""
+    fig, axes = plotting.figure(3 * len(runs))
+    for i, run in enumerate(runs):
+        r = pearson_by_layer(run, scale)
+        ax = axes[3 * i]
+        ax.plot(np.arange(1, len(r) + 1), r, "o-", ms=3)
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.set(xlabel="layer", ylabel="Pearson r (ID, loss)", title=f"{run.label}: structured")
+        if np.all(np.isnan(r)):
+            axes[3 * i + 1].set_title("too few prompts for a correlation")
+            axes[3 * i + 2].axis("off")
+            continue
+        layers = list(dict.fromkeys([int(np.nanargmax(np.abs(r))), int(np.nanargmax(r))]))
+        rows = run.rows(0)
+        for j, ax in enumerate(axes[3 * i + 1 : 3 * i + 3]):
+            if j >= len(layers):
+                ax.axis("off")
+                continue
+            layer = layers[j]
+            ax.scatter(run.arrays["gride_ids"][rows, layer, scale], run.arrays["loss"][rows], s=14)
+            ax.set(
+                xlabel=f"GRIDE ID at layer {layer + 1}",
+                ylabel="loss (nats/token)",
+                title=f"layer {layer + 1}: r = {r[layer]:.2f}",
+            )
+    return plotting.save(fig, path)
+
+
+def _headline_text(run, scale=0, **_):
+    h = headline(run, scale)
+    n1 = int(run.arrays["gride_n1"][scale])
+    lines = [
+        f"{h['num_prompts']} prompts.",
+        "",
+        f"| shuffle level s | rows | mean peak GRIDE ID (n1={n1}) | peak layer | mean loss |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for s in run.levels:
+        lines.append(
+            f"| {s} | {len(run.rows(s))} | {h['peak_id'][s]:.2f} | {h['peak_layer'][s]} "
+            f"| {h['loss'][s]:.3f} |"
+        )
+    if "peak_ratio" in h:
+        top = run.levels[-1]
+        pk, ls = h["paired_peak_id"], h["paired_loss"]
+        lines += [
+            "",
+            f"**Findings** (the {h['paired_prompts']} prompts run both structured and at "
+            f"s={top}). The mean peak GRIDE ID over layers is "
+            f"{100 * (h['peak_ratio'] - 1):+.1f}%"
+            f" higher at s={top} than structured ({pk[top]:.2f} vs {pk[0]:.2f}); the mean "
+            f"loss is {ls[top]:.3f} nats at s={top} vs {ls[0]:.3f} structured "
+            f"({'higher' if ls[top] > ls[0] else 'not higher'}).",
+        ]
+    r = h["pearson"]
+    if not np.all(np.isnan(r)):
+        best, top = int(np.nanargmax(np.abs(r))), int(np.nanargmax(r))
+        positive = int(np.sum(r > 0))
+        lines += [
+            "",
+            f"Pearson r between GRIDE ID (n1={n1}) and loss across the "
+            f"{len(run.rows(0))} structured prompts, per layer: strongest at layer "
+            f"{best + 1} (r = {r[best]:.3f}); highest at layer {top + 1} (r = {r[top]:.3f}); "
+            f"positive (higher loss, higher ID) at {positive} of {len(r)} layers.",
+        ]
+        lines += plotting.layer_table("r", r, "{:.2f}")
+    rho = id_loss_spearman(run, scale)
+    if not np.all(np.isnan(rho)):
+        best = int(np.nanargmax(np.abs(rho)))
+        lines += [
+            "",
+            f"Spearman rho between log GRIDE ID and loss over all {len(run.arrays['loss'])} "
+            f"rows: strongest at layer {best + 1} (rho = {rho[best]:.3f}).",
+        ]
+        lines += plotting.layer_table("rho", rho, "{:.2f}")
+    return lines
+
+
+OBSERVABLE = Observable(
     name="gride",
     compute=_gride_observable,
     fields=(
-        registry.Field(
-            "gride_ids", ("S",), "GRIDE intrinsic dimension of layer l (1..L) at scale n1 = 2**j."
+        Field(
+            "gride_ids",
+            ("scale",),
+            "GRIDE intrinsic dimension of layer l (1..L) at scale n1 = 2**j.",
         ),
-        registry.Field("gride_errs", ("S",), "its standard error, 1/sqrt(Fisher information)."),
-        registry.Field(
+        Field("gride_errs", ("scale",), "its standard error, 1/sqrt(Fisher information)."),
+        Field(
             "gride_scales",
-            ("S",),
+            ("scale",),
             "mean distance (r_n1 + r_n2)/2 of the neighbours used.",
             length=True,
         ),
-        registry.Field("twonn", (), "TwoNN intrinsic dimension (90% linear fit), layers 1..L."),
-        registry.Field(
-            "twonn_ml", (), "TwoNN maximum likelihood (N - 1) / sum log mu.", saved=False
-        ),
-        registry.Field(
+        Field("twonn", (), "TwoNN intrinsic dimension (90% linear fit), layers 1..L."),
+        Field("twonn_ml", (), "TwoNN maximum likelihood (N - 1) / sum log mu.", saved=False),
+        Field(
             "n_unique",
             (),
-            "distinct valid tokens of the layer (near-duplicates merged, --duplicate_tolerance), "
+            "distinct valid tokens of the layer (near-duplicates merged, duplicate_tolerance), "
             "the N of the ID estimators; 0 where the layer is not finite.",
+            dtype="int32",
         ),
     ),
     consumes=("points", "unique", "gram", "knn", "ranked"),
@@ -327,7 +548,32 @@ OBSERVABLE = registry.Observable(
         "Facco et al. 2017 (TwoNN), Sci. Rep. 7:12140"
     ),
     reduce="maximum likelihood over distinct tokens (first occurrence kept)",
+    options=(RANGE_MAX, TWONN_DISCARD_FRACTION, MAX_K),
     knn_k=lambda o: o["max_k"],
     ranks=lambda o, n: gride_ranks(validation.n_scales(n, o["range_max"])),
     check=_check_gride,
+    paper=True,
+    status=_status,
+    status_flags=STATUS_FLAGS,
+    report=(
+        ReportSection(
+            "Intrinsic dimension across layers",
+            figure=_plot_id_vs_layer,
+            text=_headline_text,
+            needs=("gride_ids", "loss"),
+            file="id_vs_layer.png",
+        ),
+        ReportSection(
+            "Intrinsic dimension against GRIDE scale",
+            figure=_plot_id_vs_scale,
+            needs=("gride_ids", "gride_scales"),
+            file="id_vs_scale.png",
+        ),
+        ReportSection(
+            "Intrinsic dimension and loss",
+            figure=_plot_id_loss,
+            needs=("gride_ids", "loss"),
+            file="id_loss.png",
+        ),
+    ),
 )

@@ -12,8 +12,12 @@ and where a direction is zero (a duplicate token).
 """
 
 import jax.numpy as jnp
+import numpy as np
 
-from geom_jax.metrics import distances, registry, validation
+from geom_jax import plotting
+from geom_jax.metrics import distances, engine, validation
+from geom_jax.metrics.observable import Field, Observable, ReportSection
+from geom_jax.metrics.options import MAX_K, SELECTION
 
 
 def reciprocity_from_lists(idx, valid):
@@ -57,7 +61,7 @@ def _reciprocity(ctx):
     }
 
 
-def reciprocity(x, mask=None, *, max_k=32, selection="auto"):
+def reciprocity(x, mask=None, *, max_k=MAX_K.default, selection=SELECTION.default):
     """Reciprocity of the k-NN digraph of each cloud x [..., N, D] -> [..., max_k].
 
     out[..., k-1] for k = 1..max_k; only points with mask True take part.
@@ -68,26 +72,58 @@ def reciprocity(x, mask=None, *, max_k=32, selection="auto"):
     mask = validation.as_mask(mask, x.shape[:-2], x.shape[-2])
     validation.validate_points(x, mask, max_k=max_k)
     valid = jnp.ones(x.shape[:-1], bool) if mask is None else mask
-    out = registry.on_points(
+    out = engine.on_points(
         _reciprocity, x, valid, {"max_k": int(max_k), "selection": selection}, knn_k=max_k
     )
     return out["reciprocity"]
 
 
-RECIPROCITY = registry.Observable(
+RECIPROCITY_KS = (1, 4, 16)
+
+
+def _plot_reciprocity(runs, path, **_):
+    fig, axes = plotting.figure(len(runs))
+    for ax, run in zip(axes, runs):
+        rec = run.arrays["reciprocity"]
+        for s in run.extremes:
+            for k in [k for k in RECIPROCITY_KS if k <= rec.shape[-1]]:
+                mean = np.nanmean(rec[run.rows(s), :, k - 1], 0)
+                style = "-" if s == 0 else "--"
+                label = f"k={k}, {plotting.level_label(s)}"
+                ax.plot(np.arange(1, len(mean) + 1), mean, style, label=label)
+        ax.set(xlabel="layer", ylabel="kNN-graph reciprocity", title=run.label, ylim=(0, 1))
+        ax.legend(fontsize=7)
+    return plotting.save(fig, path)
+
+
+def _reciprocity_text(run, **_):
+    rec = np.nanmean(run.arrays["reciprocity"][run.rows(0)], 0)
+    k = min(RECIPROCITY_KS[-1], rec.shape[-1])
+    lines = ["", f"kNN-graph reciprocity (k = {k}), mean over the structured prompts:"]
+    return lines + plotting.layer_table(f"k={k}", rec[:, k - 1])
+
+
+RECIPROCITY = Observable(
     name="reciprocity",
     compute=_reciprocity,
     fields=(
-        registry.Field(
-            "reciprocity", ("K",), "reciprocity of the k-NN graph of layer l, k = index + 1."
-        ),
+        Field("reciprocity", ("k",), "reciprocity of the k-NN graph of layer l, k = index + 1."),
     ),
     consumes=("points", "knn"),
     doc=__doc__,
     reference="the paper's appendix (kNN-graph reciprocity); networkx overall_reciprocity",
     reduce="fraction of reciprocated edges over all valid tokens' k-NN edges",
+    options=(MAX_K,),
     knn_k=lambda o: o["max_k"],
     check=lambda o, n: validation.check_max_k(n, o["max_k"]),
+    report=(
+        ReportSection(
+            "kNN-graph reciprocity across layers",
+            figure=_plot_reciprocity,
+            text=_reciprocity_text,
+            file="reciprocity.png",
+        ),
+    ),
 )
 
 
@@ -126,7 +162,7 @@ def _nn_similarity(ctx):
     return {"nn_similarity": jnp.where(count > 0, mean, jnp.nan)}
 
 
-def nn_similarity(x, mask=None, *, selection="auto"):
+def nn_similarity(x, mask=None, *, selection=SELECTION.default):
     """Per-token nearest-neighbour similarity of each cloud x [..., N, D] -> [..., N].
 
     Its mean over the valid tokens (NaN excluded) is the per-layer summary
@@ -137,16 +173,14 @@ def nn_similarity(x, mask=None, *, selection="auto"):
     mask = validation.as_mask(mask, x.shape[:-2], x.shape[-2])
     validation.validate_points(x, mask)
     valid = jnp.ones(x.shape[:-1], bool) if mask is None else mask
-    return registry.on_points(_per_token, x, valid, {"selection": selection}, knn_k=2)
+    return engine.on_points(_per_token, x, valid, {"selection": selection}, knn_k=2)
 
 
-NN_SIMILARITY = registry.Observable(
+NN_SIMILARITY = Observable(
     name="nn_similarity",
     compute=_nn_similarity,
     fields=(
-        registry.Field(
-            "nn_similarity", (), "mean over tokens of cos(x_i - x_nn1(i), x_i - x_nn2(i))."
-        ),
+        Field("nn_similarity", (), "mean over tokens of cos(x_i - x_nn1(i), x_i - x_nn2(i))."),
     ),
     consumes=("points", "knn"),
     doc=nn_similarity_from_lists.__doc__,

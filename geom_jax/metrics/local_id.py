@@ -18,7 +18,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from geom_jax.metrics import registry, unique, validation
+from geom_jax import plotting
+from geom_jax.errors import ArgumentError
+from geom_jax.metrics import engine, unique, validation
+from geom_jax.metrics.observable import Field, Observable, Option, ReportSection
+from geom_jax.metrics.options import SELECTION
 
 TLE_EPSILON = 1e-4
 
@@ -44,7 +48,7 @@ def _neighbour_sq_distances(gram, idx):
     return jnp.maximum(diag[..., :, None] + diag[..., None, :] - 2.0 * g, 0.0)
 
 
-def tle_from_neighbors(t, v2, keep, epsilon=TLE_EPSILON):
+def tle_from_neighbours(t, v2, keep, epsilon=TLE_EPSILON):
     """(global [C], pointwise [C, N]) from neighbour distances t [C, N, k] and the
     squared distances v2 [C, N, k, k] between those neighbours.
 
@@ -109,7 +113,7 @@ def _mle(ctx):
 
 def _tle(ctx):
     t, idx, keep = _distances(ctx, ctx.options["id_k"])
-    return tle_from_neighbors(t, _neighbour_sq_distances(ctx.gram, idx), keep)
+    return tle_from_neighbours(t, _neighbour_sq_distances(ctx.gram, idx), keep)
 
 
 def _mle_fields(ctx):
@@ -122,12 +126,31 @@ def _tle_fields(ctx):
     return {"tle_id": glob}
 
 
+def _check_id_k(k, name="id_k"):
+    if not isinstance(k, (int, np.integer)) or k < 2:
+        raise ArgumentError("{" + name + "} must be an integer >= 2, got {value!r}", name, value=k)
+
+
+ID_K = Option(
+    "id_k",
+    int,
+    20,
+    "Distinct neighbours of the MLE and TLE intrinsic dimension (scikit-dimension's n_neighbors).",
+    check=_check_id_k,
+)
+
+
 def check_k(options, n, name="id_k"):
     k = options["id_k"]
-    if not isinstance(k, (int, np.integer)) or k < 2:
-        raise ValueError(f"{name} must be an integer >= 2, got {k!r}")
+    _check_id_k(k, name)
     if k > n - 1:
-        raise ValueError(f"{name}={k} needs N >= {k + 1} points per cloud, got N = {n}")
+        raise ArgumentError(
+            "{" + name + "}={value} needs N >= {need} points per cloud, got N = {n}",
+            name,
+            value=k,
+            need=k + 1,
+            n=n,
+        )
 
 
 def check_distinct(x, mask, k, name="k"):
@@ -145,6 +168,7 @@ def check_distinct(x, mask, k, name="k"):
 
 
 def _prepare(x, mask, k, selection):
+    k = ID_K.default if k is None else k
     x = validation.as_points(x, "x")
     check_k({"id_k": k}, x.shape[-2], "k")
     mask = validation.as_mask(mask, x.shape[:-2], x.shape[-2])
@@ -154,23 +178,23 @@ def _prepare(x, mask, k, selection):
     return x, valid, {"id_k": int(k), "selection": selection}
 
 
-def mle_id(x, mask=None, *, k=20, selection="auto"):
+def mle_id(x, mask=None, *, k=None, selection=SELECTION.default):
     """Levina-Bickel MLE of each cloud x [..., N, D] -> (global [...], pointwise [..., N]).
 
     Reference: Levina & Bickel 2005, NeurIPS, eq. 8; MacKay & Ghahramani's
     averaging of inverses; scikit-dimension 0.5 ``MLE``.
     """
     x, valid, opts = _prepare(x, mask, k, selection)
-    return registry.on_points(_mle, x, valid, opts, knn_k=k)
+    return engine.on_points(_mle, x, valid, opts, knn_k=k)
 
 
-def tle_id(x, mask=None, *, k=20, selection="auto"):
+def tle_id(x, mask=None, *, k=None, selection=SELECTION.default):
     """Tight-locality estimator of each cloud x [..., N, D] -> (global [...], pointwise [..., N]).
 
     Reference: Amsaleg et al. 2019 (SDM), scikit-dimension 0.5 ``TLE``.
     """
     x, valid, opts = _prepare(x, mask, k, selection)
-    return registry.on_points(_tle, x, valid, opts, knn_k=k)
+    return engine.on_points(_tle, x, valid, opts, knn_k=k)
 
 
 def _min_points(options):
@@ -178,33 +202,165 @@ def _min_points(options):
     return (k + 1, k + 1, f"id_k={k}")
 
 
-MLE = registry.Observable(
+ID_ESTIMATORS = (
+    ("gride_ids", "GRIDE (n1=1)"),
+    ("twonn", "TwoNN"),
+    ("mle_id", "MLE (Levina-Bickel)"),
+    ("tle_id", "TLE"),
+)
+MAX_SCATTER = 4000
+
+
+def _estimates(run, field):
+    v = run.arrays[field][run.rows(0)]
+    return v[..., 0] if v.ndim == 3 else v
+
+
+def _plot_estimators(runs, path, **_):
+    """Every ID estimator against layer on one panel per model (structured rows)."""
+    fig, axes = plotting.figure(len(runs))
+    for ax, run in zip(axes, runs):
+        for field, label in ID_ESTIMATORS:
+            if field in run.arrays:
+                values = _estimates(run, field)
+                plotting.band(ax, np.arange(1, values.shape[1] + 1), values, label)
+        ax.set(xlabel="layer", ylabel="intrinsic dimension", title=f"{run.label}: structured")
+        ax.legend(fontsize=7)
+    return plotting.save(fig, path)
+
+
+def _estimators_text(run, **_):
+    present = [(f, label) for f, label in ID_ESTIMATORS if f in run.arrays]
+    if len(present) < 2:
+        return []
+    num_layers = run.arrays[present[0][0]].shape[1]
+    lines = ["", "Intrinsic dimension by estimator, mean over the structured prompts:", ""]
+    lines += ["| estimator | " + " | ".join(str(i + 1) for i in range(num_layers)) + " |"]
+    lines += ["| --- |" + " --- |" * num_layers]
+    for field, label in present:
+        lines.append(plotting.table_row(label, np.nanmean(_estimates(run, field), 0), "{:.2f}"))
+    return lines
+
+
+def local_id_pairs(run, layer: int) -> tuple[np.ndarray, np.ndarray]:
+    """(local ID, surprisal) of every token t >= 1 of the structured rows at ``layer``
+    (0-based over transformer layers): token t's surprisal is token_nll[t - 1]."""
+    rows = run.rows(0)
+    lid = run.arrays["local_id"][rows, layer, 1:]
+    nll = run.arrays["token_nll"][rows]
+    ok = np.isfinite(lid) & (nll > 0)
+    return lid[ok].astype(np.float64), nll[ok].astype(np.float64)
+
+
+def local_id_correlations(run) -> tuple[np.ndarray, np.ndarray]:
+    """[L] Pearson and Spearman correlation between each token's local ID (MLE)
+    and its surprisal, pooled over the structured prompts' tokens."""
+    num_layers = run.arrays["local_id"].shape[1]
+    pearson, spearman = np.full(num_layers, np.nan), np.full(num_layers, np.nan)
+    for layer in range(num_layers):
+        lid, nll = local_id_pairs(run, layer)
+        pearson[layer] = plotting.pearson(lid, nll)
+        spearman[layer] = plotting.pearson(plotting.ranks(lid), plotting.ranks(nll))
+    return pearson, spearman
+
+
+def _plot_surprisal(runs, path, **_):
+    """Per layer Pearson / Spearman r (token local ID, surprisal), then a scatter
+    at the layer of strongest |Spearman r|."""
+    fig, axes = plotting.figure(2 * len(runs))
+    for i, run in enumerate(runs):
+        pearson, spearman = local_id_correlations(run)
+        x = np.arange(1, len(pearson) + 1)
+        ax = axes[2 * i]
+        ax.plot(x, pearson, "o-", ms=3, label="Pearson")
+        ax.plot(x, spearman, "s--", ms=3, label="Spearman")
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.set(xlabel="layer", ylabel="r (token local ID, surprisal)", title=run.label)
+        ax.legend(fontsize=7)
+        ax = axes[2 * i + 1]
+        if np.all(np.isnan(spearman)):
+            ax.set_title("too few tokens for a correlation")
+            continue
+        layer = int(np.nanargmax(np.abs(spearman)))
+        lid, nll = local_id_pairs(run, layer)
+        if len(lid) > MAX_SCATTER:
+            pick = np.random.default_rng(0).choice(len(lid), MAX_SCATTER, replace=False)
+            lid, nll = lid[pick], nll[pick]
+        ax.scatter(lid, nll, s=3, alpha=0.4)
+        ax.set(
+            xlabel=f"token local ID (MLE) at layer {layer + 1}",
+            ylabel="surprisal (nats)",
+            title=f"layer {layer + 1}: Spearman {spearman[layer]:.2f}, "
+            f"Pearson {pearson[layer]:.2f}",
+        )
+    return plotting.save(fig, path)
+
+
+def _surprisal_text(run, **_):
+    pearson, spearman = local_id_correlations(run)
+    if np.all(np.isnan(spearman)):
+        return []
+    best = int(np.nanargmax(np.abs(spearman)))
+    lines = [
+        "",
+        "Correlation between each token's local ID (MLE) and its surprisal, pooled "
+        f"over the structured prompts' tokens: strongest at layer {best + 1} "
+        f"(Spearman {spearman[best]:.3f}, Pearson {pearson[best]:.3f}).",
+    ]
+    lines += plotting.layer_table("Pearson", pearson, "{:.2f}")
+    return lines + [plotting.table_row("Spearman", spearman, "{:.2f}")]
+
+
+ESTIMATORS = ReportSection(
+    "Intrinsic dimension estimators",
+    figure=_plot_estimators,
+    text=_estimators_text,
+    file="id_estimators.png",
+)
+
+MLE = Observable(
     name="mle_id",
     compute=_mle_fields,
     fields=(
-        registry.Field("mle_id", (), "Levina-Bickel MLE intrinsic dimension (k = id_k)."),
-        registry.Field(
-            "local_id", ("T",), "per-token MLE local ID (NaN at padding / duplicates).", tokens=True
+        Field("mle_id", (), "Levina-Bickel MLE intrinsic dimension (k = id_k)."),
+        Field(
+            "local_id",
+            ("token",),
+            "per-token MLE local ID (NaN at padding / duplicates).",
+            tokens=True,
         ),
     ),
     consumes=("points", "unique", "knn_unique"),
     doc=__doc__,
     reference="Levina & Bickel 2005 (NeurIPS), eq. 8; scikit-dimension 0.5 MLE",
     reduce="inverse of the mean inverse over distinct tokens",
+    options=(ID_K,),
     knn_unique_k=lambda o: o["id_k"],
     check=check_k,
     min_points=_min_points,
+    report=(
+        ESTIMATORS,
+        ReportSection(
+            "Token local ID and surprisal",
+            figure=_plot_surprisal,
+            text=_surprisal_text,
+            needs=("local_id", "token_nll"),
+            file="local_id_nll.png",
+        ),
+    ),
 )
 
-TLE = registry.Observable(
+TLE = Observable(
     name="tle_id",
     compute=_tle_fields,
-    fields=(registry.Field("tle_id", (), "tight-locality (TLE) intrinsic dimension (k = id_k)."),),
+    fields=(Field("tle_id", (), "tight-locality (TLE) intrinsic dimension (k = id_k)."),),
     consumes=("points", "unique", "gram", "knn_unique"),
     doc=__doc__,
     reference="Amsaleg et al. 2019 (SDM); scikit-dimension 0.5 TLE",
     reduce="mean over distinct tokens",
+    options=(ID_K,),
     knn_unique_k=lambda o: o["id_k"],
     check=check_k,
     min_points=_min_points,
+    report=(ESTIMATORS,),
 )

@@ -9,8 +9,12 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from geom_jax.metrics import distances, host_callback, neighbors, registry, validation
+from geom_jax import plotting
+from geom_jax.metrics import distances, host_callback, refinement, validation
+from geom_jax.metrics.observable import Field, Observable, ReportSection
+from geom_jax.metrics.options import MAX_K, SELECTION
 
 
 def overlap_from_lists(a, b, valid):
@@ -38,25 +42,34 @@ def overlap_from_lists(a, b, valid):
     return total.astype(jnp.float32) / norm
 
 
-def neighbor_lists(x, valid, max_k, method):
+def neighbour_lists(x, valid, max_k, method):
     """Exact max_k-nearest-neighbour index lists [..., N, max_k] (internal)."""
     gram, _ = distances.centred_gram(x, valid)
-    _, idx = neighbors.exact_knn(x, gram, valid, max_k, method)
+    _, idx = refinement.exact_knn(x, gram, valid, max_k, method)
     return idx
 
 
 @functools.partial(jax.jit, static_argnames=("max_k", "method"))
-def _neighborhood_overlap(x, y, valid, max_k, method):
-    a = neighbor_lists(x, valid, max_k, method)
-    b = neighbor_lists(y, valid, max_k, method)
+def _neighbourhood_overlap(x, y, valid, max_k, method):
+    a = neighbour_lists(x, valid, max_k, method)
+    b = neighbour_lists(y, valid, max_k, method)
     return overlap_from_lists(a, b, valid)
 
 
-def neighborhood_overlap(x, y, mask=None, *, max_k=32, selection="auto"):
-    """chi_k between clouds x [..., N, D] and y [..., N, D'] -> [..., max_k].
+def neighbourhood_overlap(x, y, mask=None, *, max_k=MAX_K.default, selection=SELECTION.default):
+    """Neighbourhood overlap chi_k between two representations of the same points.
 
-    out[..., k-1] = chi_k for k = 1..max_k; only points with mask True take
-    part (as points and as neighbours).
+    Args:
+      x: [..., N, D] points in the first representation.
+      y: [..., N, D'] the same points in the second.
+      mask: bool [..., N]; only valid points take part (as points and as neighbours).
+      max_k: largest neighbourhood size.
+      selection: "auto", "host" or "xla" (identical results).
+
+    Returns:
+      [..., max_k] float32: out[..., k-1] = chi_k for k = 1..max_k.
+
+    Reference: Doimo et al. 2020 (NeurIPS), the paper's section on neighbourhood overlap.
     """
     host_callback.check_method(selection)
     x = validation.as_points(x, "x")
@@ -69,7 +82,7 @@ def neighborhood_overlap(x, y, mask=None, *, max_k=32, selection="auto"):
     mask = validation.as_mask(mask, x.shape[:-2], x.shape[-2])
     validation.validate_points(x, mask, "x", max_k=max_k)
     validation.validate_points(y, mask, "y", max_k=max_k)
-    return _neighborhood_overlap(x, y, distances.valid_or_all(x, mask), max_k, selection)
+    return _neighbourhood_overlap(x, y, distances.valid_or_all(x, mask), max_k, selection)
 
 
 def _overlap_carry(ctx):
@@ -81,20 +94,50 @@ def _overlap_combine(carry, stack):
     return {"overlap": overlap_from_lists(lists[:-1], lists[1:], stack.valid)}
 
 
-OBSERVABLE = registry.Observable(
+OVERLAP_KS = (1, 2, 4)
+
+
+def _plot(runs, path, **_):
+    fig, axes = plotting.figure(len(runs))
+    for ax, run in zip(axes, runs):
+        for s in run.extremes:
+            for k in OVERLAP_KS:
+                ov = run.arrays["overlap"][run.rows(s), :, k - 1]
+                style = "-" if s == 0 else "--"
+                x = np.arange(1, ov.shape[1] + 1) + 0.5
+                ax.plot(x, np.nanmean(ov, 0), style, label=f"k={k}, {plotting.level_label(s)}")
+        ax.set(
+            xlabel="layer l (overlap of l and l+1)", ylabel="chi_k", title=run.label, ylim=(0, 1)
+        )
+        ax.legend(fontsize=7)
+    return plotting.save(fig, path)
+
+
+OBSERVABLE = Observable(
     name="overlap",
     scope="pair",
     compute=_overlap_carry,
     combine=_overlap_combine,
     fields=(
-        registry.Field(
-            "overlap", ("K",), "chi_k between layers l and l+1 (l = 1..L-1), k = index + 1.", "L-1"
+        Field(
+            "overlap", ("k",), "chi_k between layers l and l+1 (l = 1..L-1), k = index + 1.", "L-1"
         ),
     ),
     consumes=("points", "knn", "next_layer"),
     doc=__doc__,
     reference="the paper's Sec. on neighbourhood overlap (after Doimo et al. 2020, NeurIPS)",
     reduce="mean over valid tokens of |N_k^l(i) ∩ N_k^{l+1}(i)| / k",
+    options=(MAX_K,),
     knn_k=lambda o: o["max_k"],
     check=lambda o, n: validation.check_max_k(n, o["max_k"]),
+    min_points=lambda o: (o["max_k"] + 1, 0, f"max_k={o['max_k']}"),
+    paper=True,
+    report=(
+        ReportSection(
+            "Neighbourhood overlap across layers",
+            figure=_plot,
+            needs=("overlap",),
+            file="overlap_vs_layer.png",
+        ),
+    ),
 )

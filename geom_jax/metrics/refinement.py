@@ -15,7 +15,7 @@ from jax import lax
 
 from geom_jax.metrics import distances, host_callback, sharding
 from geom_jax.metrics.packing import low_int32, pack, unpack_values
-from geom_jax.metrics.selection import select_neighbors
+from geom_jax.metrics.selection import select_neighbours
 
 REFINE_MARGIN = 4
 """Extra Gram-ranked candidates refined beyond k, so that float32 Gram errors
@@ -156,7 +156,7 @@ def exact_knn(x, gram, valid, k, method="auto"):
     """k nearest valid neighbours with exact distances (internal, no checks):
     `num_candidates` selected from the centred Gram matrix, then
     `rerank_candidates`."""
-    near, _ = select_neighbors(gram, valid, k_near=num_candidates(k, x.shape[-2]), method=method)
+    near, _ = select_neighbours(gram, valid, k_near=num_candidates(k, x.shape[-2]), method=method)
     return rerank_candidates(x, near, valid, k, method)
 
 

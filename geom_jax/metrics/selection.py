@@ -155,7 +155,7 @@ def _host_callback_select(gram, sq, valid_near, valid_rank, *, k_near, ranks):
     return sharding.like(near, gram), sharding.like(rank, gram)
 
 
-def select_neighbors(gram, valid_near, valid_rank=None, *, k_near, ranks=(), method="auto"):
+def select_neighbours(gram, valid_near, valid_rank=None, *, k_near, ranks=(), method="auto"):
     """Neighbour indices from a Gram matrix [..., N, N] of (centred) points.
 
     Returns (near [..., N, k_near], ranked [..., N, len(ranks)]) int32:

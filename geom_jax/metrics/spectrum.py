@@ -18,7 +18,9 @@ All valid points take part, duplicates included.
 import jax.numpy as jnp
 from jax import lax
 
-from geom_jax.metrics import distances, registry, validation
+from geom_jax.errors import ArgumentError
+from geom_jax.metrics import cosine, distances, engine, validation
+from geom_jax.metrics.observable import Field, Observable, Option
 
 
 def participation_ratio_from_gram(gram, valid):
@@ -76,7 +78,17 @@ def matrix_entropy_of(x, valid, alpha, gram=None, centre=None):
 
 def check_alpha(alpha, name="alpha"):
     if not isinstance(alpha, (int, float)) or not alpha > 0:
-        raise ValueError(f"{name} must be a number > 0, got {alpha!r}")
+        raise ArgumentError("{" + name + "} must be a number > 0, got {value!r}", name, value=alpha)
+
+
+ENTROPY_ALPHA = Option(
+    "entropy_alpha",
+    float,
+    2.0,
+    "Order alpha of the matrix-based Renyi entropy (2: from the shared Gram matrix; 1, von "
+    "Neumann, and other orders need an eigendecomposition per layer).",
+    check=lambda a: check_alpha(a, "entropy_alpha"),
+)
 
 
 def _pr(ctx):
@@ -85,13 +97,11 @@ def _pr(ctx):
 
 def _entropy(ctx):
     alpha = float(ctx.options["entropy_alpha"])
-    if alpha == 2.0 and ctx.options.get("include_diagonal", False):
+    if alpha == 2.0:
         # sum_ij cos_ij^2 = N^2 (mean^2 + std^2) over the full matrix: free from the
         # cosine statistics (shared with the cosine observable when both are requested).
-        mean, std = ctx.cosine_stats(True)
+        mean, std = cosine.stats(ctx, diagonal=True)
         return {"matrix_entropy": -jnp.log(mean * mean + std * std)}
-    if alpha == 2.0:
-        return {"matrix_entropy": matrix_entropy_of(ctx.x, ctx.valid, alpha, ctx.gram, ctx.centre)}
     return {"matrix_entropy": matrix_entropy_of(ctx.x, ctx.valid, alpha)}
 
 
@@ -109,10 +119,10 @@ def participation_ratio(x, mask=None):
     Gao et al. 2017 (arXiv:1710.08926), eq. 2; Recanatesi et al. 2022.
     """
     x, valid = _points(x, mask)
-    return registry.on_points(_pr, x, valid, {})["participation_ratio"]
+    return engine.on_points(_pr, x, valid, {})["participation_ratio"]
 
 
-def matrix_entropy(x, mask=None, *, alpha=1.0):
+def matrix_entropy(x, mask=None, *, alpha=ENTROPY_ALPHA.default):
     """Matrix-based Renyi entropy of order alpha of each cloud x [..., N, D] -> [...].
 
     rho = C / N with C the cosine-similarity matrix of the valid points.
@@ -120,30 +130,28 @@ def matrix_entropy(x, mask=None, *, alpha=1.0):
     """
     check_alpha(alpha)
     x, valid = _points(x, mask)
-    return registry.on_points(_entropy, x, valid, {"entropy_alpha": float(alpha)})["matrix_entropy"]
+    return engine.on_points(_entropy, x, valid, {"entropy_alpha": float(alpha)})["matrix_entropy"]
 
 
-PARTICIPATION_RATIO = registry.Observable(
+PARTICIPATION_RATIO = Observable(
     name="participation_ratio",
     compute=_pr,
-    fields=(registry.Field("participation_ratio", (), "participation ratio of the covariance."),),
+    fields=(Field("participation_ratio", (), "participation ratio of the covariance."),),
     consumes=("points", "gram"),
     doc=__doc__,
     reference="Gao et al. 2017, arXiv:1710.08926, eq. 2",
     reduce="covariance over valid tokens",
 )
 
-MATRIX_ENTROPY = registry.Observable(
+MATRIX_ENTROPY = Observable(
     name="matrix_entropy",
     compute=_entropy,
     fields=(
-        registry.Field(
-            "matrix_entropy", (), "matrix-based Renyi entropy (alpha = entropy_alpha) of C / N."
-        ),
+        Field("matrix_entropy", (), "matrix-based Renyi entropy (alpha = entropy_alpha) of C / N."),
     ),
     consumes=("points", "gram"),
     doc=__doc__,
     reference="Giraldo et al. 2014, eq. 9; Skean et al. 2025, arXiv:2502.02013",
     reduce="spectrum of the cosine matrix over valid tokens",
-    check=lambda o, n: check_alpha(o["entropy_alpha"], "entropy_alpha"),
+    options=(ENTROPY_ALPHA,),
 )

@@ -11,7 +11,8 @@ fewer than 3 valid tokens.
 import jax.numpy as jnp
 from jax import lax
 
-from geom_jax.metrics import registry, validation
+from geom_jax.metrics import engine, validation
+from geom_jax.metrics.observable import Field, Observable
 
 
 def curvature_of(x, valid):
@@ -54,15 +55,13 @@ def curvature(x, mask=None):
     mask = validation.as_mask(mask, x.shape[:-2], x.shape[-2])
     validation.validate_points(x, mask)
     valid = jnp.ones(x.shape[:-1], bool) if mask is None else mask
-    return registry.on_points(_compute, x, valid, {})["curvature"]
+    return engine.on_points(_compute, x, valid, {})["curvature"]
 
 
-OBSERVABLE = registry.Observable(
+OBSERVABLE = Observable(
     name="curvature",
     compute=_compute,
-    fields=(
-        registry.Field("curvature", (), "mean turning angle (radians) of the token trajectory."),
-    ),
+    fields=(Field("curvature", (), "mean turning angle (radians) of the token trajectory."),),
     consumes=("points",),
     doc=__doc__,
     reference="Hosseini & Fedorenko 2023 (NeurIPS), arXiv:2311.04930",

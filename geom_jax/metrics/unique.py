@@ -15,6 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from geom_jax.metrics import distances, options, validation
+
 _SALT_SEED = 0x5EED
 
 
@@ -77,7 +79,7 @@ def first_occurrence(x, valid):
     return lax.cond(jnp.any(same_hash), compare, lambda: valid)
 
 
-DUPLICATE_TOLERANCE = 1e-5
+DUPLICATE_TOLERANCE = options.DUPLICATE_TOLERANCE.default
 """Default relative distance below which two points count as one for the ID estimators."""
 
 
@@ -187,7 +189,5 @@ def _unique_mask(x, valid):
 
 def unique_mask(x, mask=None):
     """Public helper: bool [..., N] mask of first occurrences among valid points."""
-    from geom_jax.metrics import distances, validation
-
     x = validation.as_points(x, "x")
     return _unique_mask(x, distances.valid_or_all(x, mask))

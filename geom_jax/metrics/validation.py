@@ -10,6 +10,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from geom_jax.errors import ArgumentError
+
 MIN_VALID_POINTS = 3
 
 
@@ -87,27 +89,43 @@ def resolve_range_max(n, range_max):
 def check_range_max(n, range_max, name="range_max"):
     range_max = resolve_range_max(n, range_max)
     if not isinstance(range_max, (int, np.integer)) or range_max < 2:
-        raise ValueError(f"{name} must be an integer >= 2, got {range_max!r}")
+        raise ArgumentError(
+            "{" + name + "} must be an integer >= 2, got {value!r}", name, value=range_max
+        )
     if n < MIN_VALID_POINTS:
         raise ValueError(f"GRIDE needs N >= {MIN_VALID_POINTS} points per cloud, got N = {n}")
     top = 2 ** n_scales(n, range_max)
     if top > n - 1:
-        raise ValueError(
-            f"{name}={range_max} with N = {n} points asks for neighbour rank {top}, but a point "
-            f"has only {n - 1} neighbours; use range_max <= {top // 2} or more points"
+        raise ArgumentError(
+            "{" + name + "}={value} with N = {n} points asks for neighbour rank {top}, but a "
+            "point has only {neighbours} neighbours; use {" + name + "} <= {half} or more points",
+            name,
+            value=range_max,
+            n=n,
+            top=top,
+            neighbours=n - 1,
+            half=top // 2,
         )
 
 
 def check_max_k(n, max_k, name="max_k"):
     if not isinstance(max_k, (int, np.integer)) or max_k < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {max_k!r}")
+        raise ArgumentError(
+            "{" + name + "} must be an integer >= 1, got {value!r}", name, value=max_k
+        )
     if max_k > n - 1:
-        raise ValueError(f"{name}={max_k} needs N >= {max_k + 1} points per cloud, got N = {n}")
+        raise ArgumentError(
+            "{" + name + "}={value} needs N >= {need} points per cloud, got N = {n}",
+            name,
+            value=max_k,
+            need=max_k + 1,
+            n=n,
+        )
 
 
 def check_discard_fraction(value, name="discard_fraction"):
     if not 0.0 <= float(value) < 1.0:
-        raise ValueError(f"{name} must be in [0, 1), got {value!r}")
+        raise ArgumentError("{" + name + "} must be in [0, 1), got {value!r}", name, value=value)
 
 
 def check_sizes(n, *, range_max=None, max_k=32, gride=True):

@@ -18,7 +18,7 @@ Sharded onto a ('data', 'model') mesh, through a converted-parameter checkpoint:
 
 from . import families  # noqa: I001  (registers every family first)
 from . import axes, partition, presets
-from .axes import FSDP_RULES, LOGICAL_AXES, RULES, fsdp_rules
+from .axes import LOGICAL_AXES, RULES, fsdp_rules
 from .config import DecoderConfig, RopeScaling, UnsupportedArchitectureError, from_hf_config
 from .decoder import Decoder, DecoderOutput, abstract_decoder, forward, init_random, with_params
 from .loading import (
@@ -38,17 +38,11 @@ from .loading.params_checkpoint import ParamsCheckpointMismatchError
 from .partition import MeshMismatchError, check_mesh, param_shardings
 
 
-def from_preset(name: str, *, seed: int = 0, **kwargs) -> Decoder:
-    """Random-weight Decoder of an embedded full-size config (see presets.names())."""
-    return init_random(presets.get(name), seed=seed, **kwargs)
-
-
 __all__ = [
     "ALIASES",
     "Decoder",
     "DecoderConfig",
     "DecoderOutput",
-    "FSDP_RULES",
     "LOGICAL_AXES",
     "MeshMismatchError",
     "MissingPackageError",
@@ -65,7 +59,6 @@ __all__ = [
     "check_mesh",
     "forward",
     "from_hf_config",
-    "from_preset",
     "fsdp_rules",
     "init_random",
     "load",

@@ -1,9 +1,10 @@
-"""Logical axis names carried by every parameter, and default rules mapping
-them onto a ('data', 'model') device mesh (MaxText-style logical sharding).
+"""Logical axis names of every parameter and activation, and the one table of rules
+mapping them onto a ('data', 'model') device mesh (MaxText-style logical sharding).
 
 Parameters hold their names in NNX metadata (`out_sharding`, with eager
-sharding off), so `nnx.get_partition_spec(state)` under
-`flax.core.spmd.logical_axis_rules(RULES)` gives mesh PartitionSpecs.
+sharding off); activations and batches are named where they are placed
+(`geom_jax.sharding`). `partition.mesh_spec` is the one function from names
+to PartitionSpecs, and refuses a name without a rule.
 """
 
 from __future__ import annotations
@@ -25,13 +26,26 @@ POSITIONS = "positions"  # rows of learned absolute position embeddings
 
 LOGICAL_AXES = (LAYERS, VOCAB, EMBED, Q_HEADS, KV_HEADS, HEAD_DIM, MLP, POSITIONS)
 
-# Activation axes, for with_sharding_constraint in a later sharded forward.
+# Activation and batch axes.
 BATCH = "batch"
+"""Rows of a batch: split over 'data' (the forward's GSPMD batch, host <-> device)."""
+METRICS_BATCH = "metrics_batch"
+"""Rows of a batch in the metrics' shard_map: every device, when the batch divides evenly."""
 SEQUENCE = "sequence"
+ACTIVATION_EMBED = "activation_embed"
+"""The hidden dimension of activations (never sharded: the metrics need whole vectors)."""
+PROCESSES = "processes"
+"""Mesh axis of the one-device-per-process mesh that checkpoints rows (sweep.Checkpointer)."""
+PROCESS_ROWS = "process_rows"
 
-RULES: tuple[tuple[str, str | None], ...] = (
+ACTIVATION_AXES = (BATCH, METRICS_BATCH, SEQUENCE, ACTIVATION_EMBED, PROCESS_ROWS)
+
+RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     (BATCH, DATA),
+    (METRICS_BATCH, (DATA, MODEL)),
     (SEQUENCE, None),
+    (ACTIVATION_EMBED, None),
+    (PROCESS_ROWS, PROCESSES),
     (LAYERS, None),
     (VOCAB, MODEL),
     (EMBED, None),
@@ -43,10 +57,7 @@ RULES: tuple[tuple[str, str | None], ...] = (
 )
 
 
-def fsdp_rules(rules=RULES) -> tuple[tuple[str, str | None], ...]:
+def fsdp_rules(rules=RULES) -> tuple[tuple[str, str | tuple[str, ...] | None], ...]:
     """`rules` with the hidden dimension (`embed`) also sharded over 'data'
     (FSDP / ZeRO-3 style), for models that do not fit the 'model' axis alone."""
     return tuple((name, DATA if name == EMBED else target) for name, target in rules)
-
-
-FSDP_RULES = fsdp_rules()

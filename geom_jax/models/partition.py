@@ -17,7 +17,7 @@ import functools
 import math
 
 import jax
-from flax import linen, nnx
+from flax import nnx
 from jax.sharding import AbstractMesh, AxisType, Mesh, NamedSharding, PartitionSpec
 
 from . import axes as ax
@@ -65,9 +65,39 @@ def param_axes(config: DecoderConfig) -> dict[Path, ParamAxes]:
     return dict(_param_axes(config))
 
 
-def mesh_spec(names: tuple[str, ...], rules=None) -> PartitionSpec:
-    """Logical names -> PartitionSpec; a mesh axis is used at most once per spec."""
-    return linen.logical_to_mesh_axes(names, ax.RULES if rules is None else rules)
+class UnknownLogicalAxisError(ValueError):
+    """A logical axis name with no rule (MaxText's check_valid_logical_axes)."""
+
+
+def mesh_spec(names: tuple[str | None, ...], rules=None) -> PartitionSpec:
+    """Logical names -> PartitionSpec through ``rules`` (default `axes.RULES`).
+
+    None stays unsharded; a mesh axis is used at most once per spec (a later
+    name whose mesh axes are taken is replicated, as flax's
+    logical_to_mesh_axes does).
+
+    Raises:
+      UnknownLogicalAxisError: a name with no rule, naming it and the known ones.
+    """
+    table = dict(ax.RULES if rules is None else rules)
+    used: set[str] = set()
+    out = []
+    for name in names:
+        if name is None:
+            out.append(None)
+            continue
+        if name not in table:
+            raise UnknownLogicalAxisError(
+                f"logical axis {name!r} has no sharding rule (known: {', '.join(table)})"
+            )
+        target = table[name]
+        mesh_axes = () if target is None else (target,) if isinstance(target, str) else target
+        if not mesh_axes or used & set(mesh_axes):
+            out.append(None)
+            continue
+        used.update(mesh_axes)
+        out.append(mesh_axes[0] if len(mesh_axes) == 1 else tuple(mesh_axes))
+    return PartitionSpec(*out)
 
 
 def param_specs(config: DecoderConfig, rules=None) -> dict[Path, PartitionSpec]:
@@ -150,6 +180,7 @@ def check_mesh(config: DecoderConfig, mesh: Mesh | AbstractMesh, rules=None) -> 
 __all__ = [
     "CONFIG_FIELDS",
     "MeshMismatchError",
+    "UnknownLogicalAxisError",
     "ParamAxes",
     "check_mesh",
     "mesh_problems",

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 
-from geom_jax import results
+from geom_jax.io.files import atomic_write_bytes, file_sha256, write_json
 
 MANIFEST = "geom_jax_sha256.json"
 SIDECAR_SUFFIX = ".sha256"
@@ -36,9 +36,9 @@ def write_manifest(folder: str) -> str:
     entries = {}
     for rel in _files(folder):
         path = os.path.join(folder, rel)
-        entries[rel] = {"size": os.path.getsize(path), "sha256": results.file_sha256(path)}
+        entries[rel] = {"size": os.path.getsize(path), "sha256": file_sha256(path)}
     manifest = os.path.join(folder, MANIFEST)
-    results.write_json(manifest, {"files": entries})
+    write_json(manifest, {"files": entries})
     return manifest
 
 
@@ -59,7 +59,7 @@ def manifest_problem(folder: str) -> str | None:
         size = os.path.getsize(path)
         if size != want["size"]:
             return f"file {path} has {size} bytes, {want['size']} were written"
-        if results.file_sha256(path) != want["sha256"]:
+        if file_sha256(path) != want["sha256"]:
             return f"file {path} does not match its SHA-256 (content changed since it was written)"
     return None
 
@@ -67,8 +67,8 @@ def manifest_problem(folder: str) -> str | None:
 def write_sidecar(path: str) -> str:
     """Writes ``path + '.sha256'`` (``sha256sum`` format) for the file ``path``."""
     sidecar = path + SIDECAR_SUFFIX
-    line = f"{results.file_sha256(path)}  {os.path.basename(path)}\n"
-    results.atomic_write_bytes(sidecar, line.encode())
+    line = f"{file_sha256(path)}  {os.path.basename(path)}\n"
+    atomic_write_bytes(sidecar, line.encode())
     return sidecar
 
 
@@ -82,6 +82,6 @@ def sidecar_problem(path: str) -> str | None:
             want = fh.read().split()[0]
     except (OSError, ValueError, IndexError):
         return f"{sidecar} is unreadable"
-    if results.file_sha256(path) != want:
+    if file_sha256(path) != want:
         return f"{path} does not match the SHA-256 in {sidecar} (the file is damaged)"
     return None

@@ -18,10 +18,13 @@ import os
 import jax
 import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
+
+from geom_jax.errors import ArgumentError, value_error
 
 
-class DistributedError(ValueError):
-    """Inconsistent multi-process flags."""
+class DistributedError(ArgumentError):
+    """Inconsistent multi-process arguments."""
 
 
 AUTO_ENV = ("SLURM_JOB_ID", "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS")
@@ -40,10 +43,16 @@ def initialize(
     if coordinator_address:
         if num_processes is None or process_id is None:
             raise DistributedError(
-                "--coordinator_address needs --num_processes and --process_id as well"
+                "{coordinator_address} needs {num_processes} and {process_id} as well",
+                ("coordinator_address", "num_processes", "process_id"),
             )
         if not 0 <= process_id < num_processes:
-            raise DistributedError(f"--process_id={process_id} is outside 0..{num_processes - 1}")
+            raise DistributedError(
+                "{process_id}={value} is outside 0..{last}",
+                "process_id",
+                value=process_id,
+                last=num_processes - 1,
+            )
         if "cpu" in os.environ.get("JAX_PLATFORMS", "cpu"):
             jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(coordinator_address, num_processes, process_id)
@@ -64,8 +73,8 @@ def initialize(
 def check_batch(global_batch: int, num_processes: int) -> None:
     """Each process supplies the same number of rows of every batch."""
     if global_batch % num_processes:
-        raise ValueError(
-            f"--batch_size={global_batch} is not divisible by the {num_processes} processes"
+        raise value_error(
+            "batch_size", global_batch, f"is not divisible by the {num_processes} processes"
         )
 
 
@@ -88,16 +97,12 @@ def agree_on_min(value: int) -> int:
     """The minimum of ``value`` over all processes."""
     if jax.process_count() == 1:
         return value
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-
     return int(np.min(multihost_utils.process_allgather(np.asarray([value], np.int64))))
 
 
 def gather_rows(num_rows: int, rows: np.ndarray, arrays: dict[str, np.ndarray]) -> dict:
     """Merges every process's ``arrays`` (indexed by its global ``rows``)."""
     if jax.process_count() > 1:
-        from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-
         rows = np.asarray(multihost_utils.process_allgather(rows, tiled=True))
         arrays = {
             k: np.asarray(multihost_utils.process_allgather(v, tiled=True))
@@ -113,6 +118,4 @@ def gather_rows(num_rows: int, rows: np.ndarray, arrays: dict[str, np.ndarray]) 
 
 def barrier(name: str) -> None:
     if jax.process_count() > 1:
-        from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-
         multihost_utils.sync_global_devices(name)

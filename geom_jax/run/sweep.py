@@ -27,9 +27,16 @@ from collections.abc import Callable, Mapping
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 from absl import logging
+from jax.sharding import Mesh, NamedSharding
+from tqdm.auto import tqdm
 
-from geom_jax import checkpoint_integrity, disk_space
+from geom_jax import sharding
+from geom_jax.errors import ArgumentError, value_error
+from geom_jax.io import integrity
+from geom_jax.models.axes import PROCESS_ROWS, PROCESSES
+from geom_jax.run import disk_space
 
 CHECKPOINT_DIR = "checkpoints"
 
@@ -56,12 +63,12 @@ class SweepPlan:
 
 
 class ResultStore:
-    """Host arrays [P, ...] for every result field, NaN until computed."""
+    """Host arrays [P, ...] for every result field, in the step's dtypes (``done`` says
+    which rows are computed; the others hold zeros)."""
 
     def __init__(self, num_rows: int, shapes: Mapping[str, jax.ShapeDtypeStruct]):
         self.arrays = {
-            name: np.full((num_rows, *s.shape[1:]), np.nan, np.float32)
-            for name, s in shapes.items()
+            name: np.zeros((num_rows, *s.shape[1:]), s.dtype) for name, s in shapes.items()
         }
         self.done = np.zeros(num_rows, bool)
 
@@ -77,10 +84,13 @@ class ResultStore:
         for name, value in state.items():
             target = self.done if name == "done" else self.arrays.get(name)
             if target is None or target.shape != value.shape:
-                raise ValueError(
-                    f"--resume: checkpoint field {name!r} has shape {np.shape(value)}, "
-                    f"this run expects {None if target is None else target.shape}; the "
-                    "checkpoint was written by a run with other settings"
+                raise ArgumentError(
+                    "{resume}: checkpoint field {name!r} has shape {shape}, this run expects "
+                    "{expected}; the checkpoint was written by a run with other settings",
+                    "resume",
+                    name=name,
+                    shape=np.shape(value),
+                    expected=None if target is None else target.shape,
                 )
             target[...] = value
 
@@ -146,12 +156,9 @@ class Checkpointer:
     """
 
     def __init__(self, directory: str, notice: Callable[[str], None] | None = None):
-        import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-
         handler = logging.get_absl_handler()
         if _quiet_orbax not in handler.filters:
             handler.addFilter(_quiet_orbax)
-        self._ocp = ocp
         self.directory = os.path.abspath(directory)
         self._notice = notice or logging.warning
         self.rejected: list[tuple[int, str]] = []
@@ -176,10 +183,10 @@ class Checkpointer:
         steps = self.steps()
         for i, step in enumerate(steps):
             folder = self._folder(step)
-            problem = checkpoint_integrity.manifest_problem(folder)
+            problem = integrity.manifest_problem(folder)
             if problem is None:
                 try:
-                    restored = self._ocp.StandardCheckpointer().restore(
+                    restored = ocp.StandardCheckpointer().restore(
                         os.path.join(folder, "default"), template
                     )
                 except Exception as e:
@@ -201,14 +208,14 @@ class Checkpointer:
         """Commits ``step`` and its manifest; a Ctrl-C meanwhile is raised after both."""
         with deferred_interrupt():
             if self.manager is None:
-                self.manager = self._ocp.CheckpointManager(
+                self.manager = ocp.CheckpointManager(
                     self.directory,
-                    options=self._ocp.CheckpointManagerOptions(max_to_keep=2, create=True),
+                    options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True),
                 )
-            self.manager.save(step, args=self._ocp.args.StandardSave(_to_global(store.state())))
+            self.manager.save(step, args=ocp.args.StandardSave(_to_global(store.state())))
             self.manager.wait_until_finished()
             if jax.process_index() == 0:
-                checkpoint_integrity.write_manifest(self._folder(step))
+                integrity.write_manifest(self._folder(step))
 
     def close(self) -> None:
         if self.manager is not None:
@@ -222,15 +229,12 @@ def _first_line(e: BaseException) -> str:
 
 
 def _process_sharding():
-    """Sharding of a global array whose i-th block lives on process i."""
-    from jax.sharding import Mesh, NamedSharding  # pylint: disable=g-import-not-at-top
-    from jax.sharding import PartitionSpec as P  # pylint: disable=g-import-not-at-top
-
+    """Sharding of a global array whose i-th block of rows lives on process i."""
     first = {}
     for d in sorted(jax.devices(), key=lambda d: (d.process_index, d.id)):
         first.setdefault(d.process_index, d)
-    mesh = Mesh(np.asarray([first[p] for p in sorted(first)]), ("processes",))
-    return NamedSharding(mesh, P("processes"))
+    mesh = Mesh(np.asarray([first[p] for p in sorted(first)]), (PROCESSES,))
+    return NamedSharding(mesh, sharding.spec(PROCESS_ROWS))
 
 
 def _to_global(state: dict) -> dict:
@@ -295,7 +299,7 @@ def run_sweep(
       The filled result store.
     """
     if batch_size < 1:
-        raise ValueError(f"--batch_size must be positive, got {batch_size}")
+        raise value_error("batch_size", batch_size, "must be positive")
     if shapes is None:
         ids0, mask0 = plan.make_batch(_pad_rows(np.arange(min(1, len(plan))), batch_size))
         shapes = _as_dict(jax.eval_shape(step, ids0, mask0))
@@ -361,7 +365,7 @@ def _as_dict(tree) -> dict:
 
 
 def _collect(store: ResultStore, rows: np.ndarray, out, bar, to_host) -> None:
-    host = {k: np.asarray(v, np.float32) for k, v in _as_dict(to_host(out)).items()}
+    host = {k: np.asarray(v) for k, v in _as_dict(to_host(out)).items()}
     store.put(rows, host)
     bar.update(len(rows))
 
@@ -377,6 +381,4 @@ class _NoBar:
 def _progress_bar(total: int, initial: int, enabled: bool):
     if not enabled:
         return _NoBar()
-    from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
-
     return tqdm(total=total, initial=initial, unit="prompt", smoothing=0.1, mininterval=1.0)

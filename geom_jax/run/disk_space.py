@@ -12,6 +12,8 @@ from __future__ import annotations
 import errno
 import shutil
 
+from geom_jax.errors import ArgumentError
+
 _MARKERS = ("no space left on device", "disk quota exceeded")
 
 
@@ -33,16 +35,19 @@ def free_bytes(folder: str) -> int:
     return shutil.disk_usage(folder).free
 
 
-def full_disk_message(folder: str, needed: int) -> str:
-    """One line: which folder, how much the run needs there, and that --resume continues."""
+def full_disk_error(folder: str, needed: int) -> ArgumentError:
+    """One line: which folder, how much the run needs there, and that resume continues."""
     try:
         free = f", {_human(free_bytes(folder))} free now"
     except OSError:
         free = ""
-    return (
-        f"no space left on the device holding {folder}: the run needs about "
-        f"{_human(needed)} there{free}; free some space and rerun with --resume to continue "
-        "from the last checkpoint"
+    return ArgumentError(
+        "no space left on the device holding {folder}: the run needs about {needed} there"
+        "{free}; free some space and rerun with {resume} to continue from the last checkpoint",
+        "resume",
+        folder=folder,
+        needed=_human(needed),
+        free=free,
     )
 
 

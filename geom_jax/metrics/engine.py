@@ -1,0 +1,322 @@
+"""The execution engine: what observables see when they compute.
+
+:class:`LayerContext` holds one chunk of clouds and computes the shared
+intermediates (distinct points, centred Gram matrix, certified exact
+neighbour lists, neighbours at fixed ranks) on first use, so each is
+computed once however many observables consume it. :class:`StackContext`
+is what pair and prompt observables see: the whole hidden stack, layer-major
+[L, B, N, D] as the decoder returns it. :class:`Isolated` keeps the
+observables outside the paper's set from changing the paper's numbers.
+:func:`map_chunks` runs a function over layer chunks; :func:`on_points` runs
+one observable's compute on single clouds (what the public functions use).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from geom_jax.metrics import conditioning, distances, refinement, selection, unique
+from geom_jax.metrics.options import DUPLICATE_TOLERANCE
+
+
+class LayerContext:
+    """Shared intermediates of one chunk of clouds x [C, N, D], computed on first use.
+
+    x [C, N, D] (each cloud divided by a power of two near its largest
+    coordinate, metrics/conditioning.py: a field measured in units of length
+    declares ``Field(length=True)`` and is multiplied back), valid [C, N],
+    options (dict), layer [C] int32 (index of each cloud's layer in the
+    stack), input(name). Properties: unique, gram, centre, knn_sq / knn_idx
+    [C, N, knn_k] (exact, all valid points, ties to the lower index, +inf / -1
+    beyond the valid ones and in rows of invalid points;
+    refinement.certified_knn), knn_sq_at(positions) (those ranks only),
+    knn_unique(k) (among distinct points), ranked [C, N, len(ranks)]
+    (Gram-selected indices at ranks), cached(key, fn) (a value several
+    observables share, computed once).
+    """
+
+    def __init__(self, x, valid, options, *, knn_k, ranks, inputs, layer):
+        self.x = x
+        self.valid = valid
+        self.options = options
+        self.knn_k = int(knn_k)
+        self.ranks = tuple(ranks)
+        self.layer = layer
+        self._inputs = inputs
+        self._cache = {}
+
+    def input(self, name):
+        if name not in self._inputs:
+            raise ValueError(
+                f"layer_geometry needs inputs[{name!r}] (pass inputs={{{name!r}: ...}})"
+            )
+        return self._inputs[name]
+
+    def cached(self, key, fn):
+        """fn(self), computed once per context for ``key`` (hashable)."""
+        if key not in self._cache:
+            self._cache[key] = fn(self)
+        return self._cache[key]
+
+    @functools.cached_property
+    def unique(self):
+        tolerance = self.options.get(DUPLICATE_TOLERANCE.name, DUPLICATE_TOLERANCE.default)
+        return unique.distinct_points(self.x, self.valid, self.gram, tolerance)
+
+    @functools.cached_property
+    def _gram(self):
+        return distances.centred_gram(self.x, self.valid)
+
+    @property
+    def gram(self):
+        return self._gram[0]
+
+    @property
+    def centre(self):
+        return self._gram[1]
+
+    @functools.cached_property
+    def _selection(self):
+        n = self.x.shape[-2]
+        k_near = refinement.num_candidates(self.knn_k, n) if self.knn_k else 0
+        return selection.select_neighbours(
+            self.gram,
+            self.valid,
+            self.unique,
+            k_near=k_near,
+            ranks=self.ranks,
+            method=self.options["selection"],
+        )
+
+    @property
+    def ranked(self):
+        return self._selection[1]
+
+    @functools.cached_property
+    def _knn(self):
+        return refinement.certified_knn(
+            self.x, self.gram, self._selection[0], self.valid, self.knn_k, self.options["selection"]
+        )
+
+    def knn_sq_at(self, positions, also=None):
+        """Exact squared distances [C, N, len(positions)] at 0-based positions of the
+        lists (only those pairs are refined; a request inside an earlier one reads
+        it); with ``also`` [C, N, J], the exact squared distances of those pairs
+        too, from the same pass (unmasked)."""
+        positions = tuple(int(p) for p in positions)
+        if also is not None:
+            return self._knn.sq_at(positions, also)
+        cache = self.__dict__.setdefault("_knn_sq_at", {})
+        for done, sq in cache.items():
+            if positions == done:
+                return sq
+            if set(positions) <= set(done):
+                return sq[..., np.array([done.index(p) for p in positions])]
+        cache[positions] = self._knn.sq_at(positions)
+        return cache[positions]
+
+    @property
+    def knn_sq(self):
+        return self.knn_sq_at(range(self.knn_k))
+
+    @property
+    def knn_idx(self):
+        return self._knn.idx
+
+    def knn_unique(self, k):
+        """(squared distances, indices) [C, N, k] of the k nearest distinct valid points;
+        from the shared lists when the chunk has no duplicates."""
+        if k > self.knn_k:
+            raise ValueError(f"knn_unique({k}) needs knn_k >= {k} (declare knn_unique_k)")
+        cache = self.__dict__.setdefault("_knn_unique", {})
+        if k not in cache:
+            method = self.options["selection"]
+            sq, idx, gram, keep = self.knn_sq_at(range(k)), self.knn_idx, self.gram, self.unique
+            cache[k] = lax.cond(
+                jnp.all(keep == self.valid),
+                lambda: (sq, idx[..., :k]),
+                lambda: refinement.exact_knn(self.x, gram, keep, k, method),
+            )
+        return cache[k]
+
+
+def _barrier(tree):
+    return jax.tree.map(
+        lambda a: lax.optimization_barrier(a) if isinstance(a, jax.Array) else a, tree
+    )
+
+
+class Isolated:
+    """A view of a context whose arrays pass through lax.optimization_barrier.
+
+    The engine hands it to every observable outside the paper's set, so that
+    XLA cannot merge (CSE) or fuse their operations with the paper's:
+    requesting more observables never changes the paper's values, bit for bit.
+    ``own`` holds per-observable attributes (prepared, previous).
+    """
+
+    def __init__(self, ctx, **own):
+        self._ctx = ctx
+        self._own = own
+
+    def __getattr__(self, name):
+        if name in self._own:
+            return _barrier(self._own[name])
+        value = getattr(self._ctx, name)
+        if name == "cached":
+            return lambda key, fn: _barrier(value(key, fn))
+        if callable(value) and not isinstance(value, jax.Array):
+            return lambda *a, **k: _barrier(value(*a, **k))
+        return _barrier(value)
+
+
+class StackContext:
+    """What pair / prompt observables see: the whole stack of a batch.
+
+    hidden [L, B, N, D] layer-major (float32, each cloud divided by
+    2**exponent [L, B] as the layer observables see it,
+    metrics/conditioning.py; computed on first use from the raw stack and
+    ``scale()`` -> (exponent, finite), zeros in non-finite clouds: lengths
+    measured on it are multiplied back with ``conditioning.restore_lengths``),
+    exponent_and_finite, valid [B, N], options, input(name) ([B, ...]), and
+    map_layers(fn, *per_layer) which runs fn(x [C, N, D], valid [C, N], *args
+    [C, ...]) over chunks of layers (args given with leading [L, B]) and
+    returns its outputs stacked [L, B, ...].
+    """
+
+    def __init__(self, hidden, valid, options, inputs, layer_chunk, scale=None):
+        self._raw = hidden
+        self._scale = scale
+        self.valid = valid
+        self.options = options
+        self._inputs = inputs
+        self._chunk = layer_chunk
+
+    @functools.cached_property
+    def exponent_and_finite(self):
+        if self._scale is None:
+            return jnp.zeros(self._raw.shape[:2], jnp.int32), None
+        return self._scale()
+
+    @property
+    def exponent(self):
+        return self.exponent_and_finite[0]
+
+    @functools.cached_property
+    def hidden(self):
+        exponent, finite = self.exponent_and_finite
+        if finite is None:
+            return self._raw
+        return conditioning.apply_scale(self._raw, self.valid[None], exponent, finite)
+
+    def input(self, name):
+        if name not in self._inputs:
+            raise ValueError(
+                f"layer_geometry needs inputs[{name!r}] (pass inputs={{{name!r}: ...}})"
+            )
+        return self._inputs[name]
+
+    def map_layers(self, fn, *per_layer):
+        _, b, n, d = self.hidden.shape
+        valid = self.valid
+
+        def chunk_fn(start, layers, args):
+            del start
+            c = layers.shape[0]
+            clouds = layers.reshape((c * b, n, d))
+            vb = jnp.broadcast_to(valid, (c, b, n)).reshape((c * b, n))
+            flat = [a.reshape((c * b,) + a.shape[2:]) for a in args]
+            outs = fn(clouds, vb, *flat)
+            return jax.tree.map(lambda o: o.reshape((c, b) + o.shape[1:]), outs)
+
+        return map_chunks(chunk_fn, self.hidden, per_layer, self._chunk)
+
+
+def needs(observables, options, n):
+    """(knn_k, ranks) the observables need together: the longest exact neighbour
+    list and the union of neighbour ranks among distinct points."""
+    knn_k, ranks = 0, set()
+    for obs in observables:
+        if obs.knn_k is not None:
+            knn_k = max(knn_k, int(obs.knn_k(options)))
+        if obs.knn_unique_k is not None:
+            knn_k = max(knn_k, int(obs.knn_unique_k(options)))
+        if obs.ranks is not None:
+            ranks.update(obs.ranks(options, n))
+    return knn_k, tuple(sorted(ranks))
+
+
+@functools.partial(jax.jit, static_argnames=("fn", "static_options", "knn_k", "ranks"))
+def _on_points(x, valid, *, fn, static_options, knn_k, ranks):
+    batch = x.shape[:-2]
+    n, d = x.shape[-2:]
+    xf = x.reshape((-1, n, d))
+    vf = jnp.broadcast_to(valid, x.shape[:-1]).reshape((-1, n))
+    layer = jnp.zeros(xf.shape[:1], jnp.int32)
+    ctx = LayerContext(
+        xf, vf, dict(static_options), knn_k=knn_k, ranks=ranks, inputs={}, layer=layer
+    )
+    return jax.tree.map(lambda a: a.reshape(batch + a.shape[1:]), fn(ctx))
+
+
+def on_points(fn, x, valid, options, *, knn_k=0, ranks=()):
+    """fn(LayerContext) on clouds x [..., N, D] (jitted; fn a module-level function,
+    options a dict of hashable values): what the single-cloud public functions use,
+    so that they and layer_geometry share one implementation."""
+    options = {"selection": "auto", **options}
+    return _on_points(
+        x,
+        valid,
+        fn=fn,
+        static_options=tuple(sorted(options.items())),
+        knn_k=int(knn_k),
+        ranks=tuple(ranks),
+    )
+
+
+def map_chunks(chunk_fn, h, per_layer, chunk, carry=False):
+    """chunk_fn(start, layers [c, B, N, D], per_layer args [c, ...]) over layer chunks of h
+    [L, B, N, D]; outputs [c, ...] are stacked to [L, ...]. Equal chunks; a last
+    partial chunk is the final `chunk` layers (overlapping the previous one), so
+    that no padded copy of the stack is made.
+
+    With carry, chunk_fn(start, layers, args, carry_in) -> (outputs, carry_out)
+    runs as a scan (carry_in None for the first chunk). Only the overlapping last
+    chunk sees a carry from a layer other than its first layer's predecessor, and
+    its outputs for those overlapped layers are dropped."""
+    n_layers = h.shape[0]
+    if chunk >= n_layers:
+        if carry:
+            return chunk_fn(jnp.int32(0), h, list(per_layer), None)[0]
+        return chunk_fn(jnp.int32(0), h, list(per_layer))
+    n_full, rem = divmod(n_layers, chunk)
+    starts = [i * chunk for i in range(n_full)] + ([n_layers - chunk] if rem else [])
+
+    def sliced(start):
+        return (
+            start,
+            lax.dynamic_slice_in_dim(h, start, chunk, axis=0),
+            [lax.dynamic_slice_in_dim(a, start, chunk, axis=0) for a in per_layer],
+        )
+
+    if carry:
+        first, state = chunk_fn(*sliced(jnp.int32(0)), None)
+        _, rest = lax.scan(
+            lambda c, start: chunk_fn(*sliced(start), c)[::-1],
+            state,
+            jnp.asarray(starts[1:], jnp.int32),
+        )
+        outs = jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), first, rest)
+    else:
+        outs = lax.map(lambda start: chunk_fn(*sliced(start)), jnp.asarray(starts, jnp.int32))
+
+    def layers_of(o):
+        full = o[:n_full].reshape((n_full * chunk,) + o.shape[2:])
+        return jnp.concatenate([full, o[-1, chunk - rem :]], axis=0) if rem else full
+
+    return jax.tree.map(layers_of, outs)

@@ -1,0 +1,60 @@
+"""Options shared by several observables, and the execution engine's own.
+
+Each is declared once here; the observables that read one list it in their
+``options``, and every default (``layer_geometry``'s keywords, the public
+functions' keywords, the command-line flags) comes from these declarations.
+"""
+
+from __future__ import annotations
+
+from geom_jax.errors import ArgumentError
+from geom_jax.metrics.host_callback import SELECTION_METHODS
+from geom_jax.metrics.observable import Option
+
+
+def _positive_int(name):
+    def check(v):
+        if v < 1:
+            raise ArgumentError("{" + name + "} must be an integer >= 1, got {v!r}", name, v=v)
+
+    return check
+
+
+def _tolerance(v):
+    if not 0 <= v < 1:
+        raise ArgumentError(
+            "{duplicate_tolerance} must be in [0, 1), got {v!r}", "duplicate_tolerance", v=v
+        )
+
+
+MAX_K = Option(
+    "max_k",
+    int,
+    32,
+    "Length of the exact neighbour lists: neighbourhood sizes k = 1..max_k of the overlap "
+    "and the reciprocity.",
+    check=_positive_int("max_k"),
+)
+
+SELECTION = Option(
+    "selection",
+    str,
+    "auto",
+    "Neighbour selection backend: auto (NumPy host selection on CPU, lax.top_k elsewhere), "
+    "host or xla (identical results).",
+    choices=SELECTION_METHODS,
+    defining=False,
+    flag=False,
+)
+
+DUPLICATE_TOLERANCE = Option(
+    "duplicate_tolerance",
+    float,
+    1e-5,
+    "Tokens closer than this times the cloud's RMS norm count as one for the ID estimators "
+    "(0 = exact duplicates only; ~1e-2 for bfloat16 activations).",
+    check=_tolerance,
+)
+
+ENGINE = (SELECTION, DUPLICATE_TOLERANCE)
+"""Options every layer_geometry call has, whatever the observables."""

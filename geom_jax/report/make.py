@@ -1,0 +1,67 @@
+"""``report.md`` and its figures: the sections the measured observables declare.
+
+Nothing here names an observable: each declares its ``ReportSection``s (a
+figure and the numbers it states), and a section is drawn when every run holds
+the fields it needs (by default any saved field of its observable), once
+however many observables share it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+from geom_jax.io import files
+from geom_jax.metrics import registry
+from geom_jax.metrics.observable import ReportSection
+from geom_jax.plotting import Run, has
+from geom_jax.report.runs import load_runs
+
+
+def _applies(section: ReportSection, saved: Sequence[str], runs: Sequence[Run]) -> bool:
+    if section.needs:
+        return has(runs, *section.needs)
+    return all(any(f in run.arrays for f in saved) for run in runs)
+
+
+def sections_for(runs: Sequence[Run]) -> list[ReportSection]:
+    """The sections of the observables whose fields the runs hold, in registry order."""
+    registry.discover()
+    out: list[ReportSection] = []
+    for obs in registry.REGISTRY.values():
+        saved = [f.name for f in obs.saved_fields()]
+        for section in obs.report:
+            if section not in out and _applies(section, saved, runs):
+                out.append(section)
+    return out
+
+
+def make_report(folders: Sequence[str], output_dir: str, scale: int = 0) -> str:
+    """Writes the figures and ``report.md`` for ``folders``; returns its path.
+
+    Args:
+      folders: result folders (``output_dir`` of runs); pooled per model.
+      output_dir: where the PNGs and report.md go.
+      scale: the GRIDE scale index j (n1 = 2**j) the sections use for the ID.
+    """
+    runs = load_runs(folders)
+    os.makedirs(output_dir, exist_ok=True)
+    sections = sections_for(runs)
+    figures = {}
+    for section in sections:
+        if section.figure is not None:
+            path = os.path.join(output_dir, section.png())
+            figures[section.title] = section.figure(runs, path, scale=scale)
+    lines = ["# Geometry of tokens: report", "", "Result folders:", ""]
+    lines += [f"- `{f}`" for f in folders]
+    for run in runs:
+        lines += ["", f"## {run.label}", ""]
+        for section in sections:
+            if section.text is not None:
+                lines += section.text(run, scale=scale)
+    lines += [""]
+    for title, path in figures.items():
+        lines += [f"## {title}", "", f"![{title}]({os.path.basename(path)})", ""]
+    path = os.path.join(output_dir, "report.md")
+    files.atomic_write_bytes(path, "\n".join(lines).encode())
+    return path

@@ -1,0 +1,44 @@
+"""Result folders loaded and pooled per model (the report's input)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from geom_jax import results
+from geom_jax.plotting import Run
+
+NOT_POOLED = ("metadata", "gride_n1", "logit_n1")
+"""Keys that are not per-row arrays (taken from the first folder)."""
+
+
+def load_runs(folders: Sequence[str]) -> list[Run]:
+    """Loads result folders and pools them per model.
+
+    Structured rows that also occur in a shuffled run of the same model (same prompt,
+    s = 0) are kept once.
+    """
+    by_model: dict[str, list[dict]] = {}
+    for folder in folders:
+        r = results.load_results(folder)
+        by_model.setdefault(r["metadata"].get("model", folder), []).append(r)
+    runs = []
+    for label, parts in by_model.items():
+        keys = [k for k in parts[0] if k not in NOT_POOLED and all(k in q for q in parts)]
+        seen, take = set(), []
+        for part in parts:
+            rows = []
+            repeat = part.get("shuffle_repeat", np.zeros_like(part["shuffle_index"]))
+            for i, row in enumerate(zip(part["prompt_index"], part["shuffle_index"], repeat)):
+                row = tuple(int(v) for v in row)
+                if row not in seen:
+                    seen.add(row)
+                    rows.append(i)
+            take.append((part, np.asarray(rows, int)))
+        arrays = {k: np.concatenate([part[k][rows] for part, rows in take]) for k in keys}
+        for k in NOT_POOLED[1:]:
+            if k in parts[0]:
+                arrays[k] = parts[0][k]
+        runs.append(Run(label, arrays))
+    return runs
