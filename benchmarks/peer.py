@@ -31,8 +31,8 @@ STAGES = ("distances", "cosine", "gride", "twonn", "overlap")
 
 
 def peer_layer_geometry(hidden, range_max=256, max_k=32):
-    from dadapy import Data  # pylint: disable=g-import-not-at-top
-    from sklearn.metrics.pairwise import cosine_similarity  # pylint: disable=g-import-not-at-top
+    from dadapy import Data  # noqa: PLC0415
+    from sklearn.metrics.pairwise import cosine_similarity  # noqa: PLC0415
 
     times = dict.fromkeys(STAGES, 0.0)
     ids, errs, scales, tw, cm, cs, neighbours = [], [], [], [], [], [], []

@@ -26,7 +26,7 @@ _EXTRA = flags.DEFINE_string("extra", "lens,logit_id", "Observables added to 'pa
 
 def main(argv):
     del argv
-    from geom_jax import data, models, pipeline  # pylint: disable=g-import-not-at-top
+    from geom_jax import data, models, pipeline  # noqa: PLC0415
 
     model, tok = models.load(_MODEL.value)
     sel = data.select_prompts(

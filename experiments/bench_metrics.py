@@ -126,7 +126,6 @@ def jax_stage_times(hidden, range_max, max_k, selection, repeats):
     import jax
     import jax.numpy as jnp
 
-    from geom_jax.metrics import selection as select
     from geom_jax.metrics import (
         cosine,
         distances,
@@ -136,6 +135,7 @@ def jax_stage_times(hidden, range_max, max_k, selection, repeats):
         unique,
         validation,
     )
+    from geom_jax.metrics import selection as select
 
     x = jnp.asarray(hidden)
     valid = jnp.ones(x.shape[:-1], bool)

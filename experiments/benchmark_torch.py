@@ -66,7 +66,7 @@ STAGES = ("forward", "distances", "cosine", "gride", "twonn", "overlap")
 
 
 def _prompts(tokenizer_model, vocab_size):
-    from geom_jax import data, models  # pylint: disable=g-import-not-at-top
+    from geom_jax import data, models  # noqa: PLC0415
 
     if FLAGS.random_weights:
         rng = np.random.default_rng(FLAGS.seed)
@@ -83,10 +83,10 @@ def _prompts(tokenizer_model, vocab_size):
 
 def _jax_side(ids):
     """Loads the model, compiles, and returns a per-batch runner and stage timers."""
-    import jax  # pylint: disable=g-import-not-at-top
-    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+    import jax  # noqa: PLC0415
+    import jax.numpy as jnp  # noqa: PLC0415
 
-    from geom_jax import metrics, models, pipeline  # pylint: disable=g-import-not-at-top
+    from geom_jax import metrics, models, pipeline  # noqa: PLC0415
 
     dtype, param_dtype = pipeline.execution_dtypes(FLAGS.dtype, FLAGS.dtype)
     t = time.perf_counter()
@@ -130,9 +130,9 @@ def _jax_side(ids):
 
 def _torch_side():
     """The HF model; returns forward(row) -> (hidden [L+1, T, D] float32, loss, seconds)."""
-    import torch  # pylint: disable=g-import-not-at-top
+    import torch  # noqa: PLC0415
 
-    from benchmarks import torch_forward as tf  # pylint: disable=g-import-not-at-top
+    from benchmarks import torch_forward as tf  # noqa: PLC0415
 
     t = time.perf_counter()
     tmodel = tf.model_for(
@@ -158,7 +158,7 @@ def _torch_side():
 
 def _embedding_cosine(hidden0, geo, times):
     """Prepends the embedding layer's cosine statistics (scikit-learn), timed as cosine."""
-    from sklearn.metrics.pairwise import cosine_similarity  # pylint: disable=g-import-not-at-top
+    from sklearn.metrics.pairwise import cosine_similarity  # noqa: PLC0415
 
     t0 = time.perf_counter()
     cos0 = cosine_similarity(hidden0)
@@ -187,10 +187,10 @@ def _tie_equivalent(x, idx_a, idx_b, rtol=1e-6):
 
 def _neighbour_check(hidden, max_k):
     """JAX knn lists vs the baseline's argsort lists on the same hidden states."""
-    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-    from sklearn.metrics.pairwise import euclidean_distances  # pylint: disable=g-import-not-at-top
+    import jax.numpy as jnp  # noqa: PLC0415
+    from sklearn.metrics.pairwise import euclidean_distances  # noqa: PLC0415
 
-    from geom_jax import metrics  # pylint: disable=g-import-not-at-top
+    from geom_jax import metrics  # noqa: PLC0415
 
     rows, tie_only = 0, True
     for x in hidden:
@@ -245,11 +245,11 @@ def _print_column(name, forward_s, times, n):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    import jax  # pylint: disable=g-import-not-at-top
-    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+    import jax  # noqa: PLC0415
+    import jax.numpy as jnp  # noqa: PLC0415
 
-    from benchmarks import paper  # pylint: disable=g-import-not-at-top
-    from geom_jax import metrics, models  # pylint: disable=g-import-not-at-top
+    from benchmarks import paper  # noqa: PLC0415
+    from geom_jax import metrics, models  # noqa: PLC0415
 
     if FLAGS.num_prompts % FLAGS.batch_size:
         sys.exit(f"error: --num_prompts={FLAGS.num_prompts} is not a multiple of --batch_size")

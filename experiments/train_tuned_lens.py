@@ -55,7 +55,7 @@ def _check_flags():
         )
     if _LEARNING_RATE.value <= 0:
         raise UserError(f"--learning_rate must be positive, got {_LEARNING_RATE.value}")
-    from geom_jax.lens import tuned  # pylint: disable=g-import-not-at-top
+    from geom_jax.lens import tuned  # noqa: PLC0415
 
     if os.path.exists(os.path.join(_OUTPUT_DIR.value, tuned.LENS_FILE)):
         raise UserError(f"--output_dir={_OUTPUT_DIR.value!r} already holds a lens")
@@ -64,8 +64,8 @@ def _check_flags():
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    from geom_jax import data, lens, models  # pylint: disable=g-import-not-at-top
-    from geom_jax.lens import tuned  # pylint: disable=g-import-not-at-top
+    from geom_jax import data, lens, models  # noqa: PLC0415
+    from geom_jax.lens import tuned  # noqa: PLC0415
 
     logging.set_verbosity(logging.WARNING)  # orbax's progress lines
     log = lambda msg: print(msg, flush=True)

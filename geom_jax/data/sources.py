@@ -17,7 +17,11 @@ import dataclasses
 import json
 import os
 import socket
+import urllib.parse
 from collections.abc import Iterator
+from pydoc_data import topics
+
+from huggingface_hub import constants
 
 from geom_jax.errors import about
 
@@ -51,7 +55,6 @@ class PydocSource(PromptSource):
     name = PYDOC
 
     def __iter__(self):
-        from pydoc_data import topics  # pylint: disable=g-import-not-at-top
 
         for i, key in enumerate(sorted(topics.topics)):
             yield Prompt(i, key, topics.topics[key])
@@ -129,7 +132,7 @@ class HFDatasetSource(PromptSource):
         self.revision = revision
 
     def _load(self):
-        import datasets  # pylint: disable=g-import-not-at-top
+        import datasets  # noqa: PLC0415  (2 s to import: only for Hub/local datasets)
 
         local = os.path.isdir(self.name)
         why = None if local else hub_unreachable()
@@ -183,9 +186,6 @@ def hub_unreachable(timeout_s: float = 3.0) -> str | None:
     """None when the Hugging Face Hub answers a TCP connection within
     ``timeout_s``, else why not (offline mode set, no route, no DNS), so that
     an offline run fails in seconds instead of after the Hub client's retries."""
-    import urllib.parse  # pylint: disable=g-import-not-at-top
-
-    from huggingface_hub import constants  # pylint: disable=g-import-not-at-top
 
     if constants.HF_HUB_OFFLINE:
         return "HF_HUB_OFFLINE is set"
@@ -205,8 +205,7 @@ def hub_offline(enabled: bool):
     if not enabled:
         yield
         return
-    import datasets  # pylint: disable=g-import-not-at-top
-    from huggingface_hub import constants  # pylint: disable=g-import-not-at-top
+    import datasets  # noqa: PLC0415  (2 s to import: only for Hub/local datasets)
 
     saved = constants.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE
     constants.HF_HUB_OFFLINE = datasets.config.HF_HUB_OFFLINE = True

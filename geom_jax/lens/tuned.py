@@ -12,6 +12,7 @@ how it was trained). :func:`check_model` refuses a lens of another model.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 
@@ -19,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import orbax.checkpoint as ocp
 from flax import struct
 
 from geom_jax.io import files
@@ -161,7 +163,6 @@ def readout_fingerprint(model) -> str:
     """sha256 of the final norm and FINGERPRINT_ROWS evenly spaced rows of W_U
     (float32 bytes): the same model wherever its files lie (a checkpoint id
     holds the path and, for folders, hashes only the tensor headers)."""
-    import hashlib  # pylint: disable=g-import-not-at-top
 
     ro = model_readout(model)
     rows = ro.vocab_rows.shape[0]
@@ -205,7 +206,6 @@ def check_model(meta: dict, model, *, lens_dir: str = "") -> None:
 
 def save(directory: str, lens: TunedLens, model, **training) -> str:
     """Writes ``translators/`` (orbax) and ``lens.json``; returns the folder."""
-    import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
 
     directory = os.path.abspath(directory)
     os.makedirs(directory, exist_ok=True)
@@ -237,7 +237,6 @@ def read_meta(directory: str) -> dict:
 
 def load(directory: str) -> tuple[TunedLens, dict]:
     """(TunedLens, lens.json) of a folder written by :func:`save`."""
-    import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
 
     directory = os.path.abspath(directory)
     meta = read_meta(directory)

@@ -30,7 +30,7 @@ def from_directory(path: str):
     """The directory's tokenizer, or None when it ships no tokenizer files."""
     if not any(os.path.isfile(os.path.join(path, n)) for n in TOKENIZER_FILES):
         return None
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # noqa: PLC0415  (3 s to import: on first use)
 
     return AutoTokenizer.from_pretrained(path)
 
@@ -63,8 +63,10 @@ _SPECIAL = {
 
 
 def _convert_gguf(reader):
-    from transformers import PreTrainedTokenizerFast
-    from transformers.integrations.gguf.gguf_tokenizer_mapping import convert_gguf_tokenizer
+    from transformers import PreTrainedTokenizerFast  # noqa: PLC0415  (as above)
+    from transformers.integrations.gguf.gguf_tokenizer_mapping import (  # noqa: PLC0415
+        convert_gguf_tokenizer,
+    )
 
     meta = {
         k: f.contents()
@@ -88,7 +90,7 @@ def _convert_gguf(reader):
 
 def from_gguf(reader, sha256: str | None = None):
     """Tokenizer of a GGUF file (a gguf.GGUFReader), cached by file hash."""
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # noqa: PLC0415  (3 s to import: on first use)
 
     cached = os.path.join(cache_root(), "tokenizers", sha256) if sha256 else None
     if cached and os.path.isfile(os.path.join(cached, "tokenizer.json")):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 
+import gguf
 import numpy as np
 
 from .errors import CorruptFileError
@@ -64,7 +65,6 @@ class _OutOfBounds(Exception):
 def read_gguf(path: str):
     """A ``gguf.GGUFReader`` of ``path``; CorruptFileError (file, size, offset) if it is short
     or not a GGUF file."""
-    import gguf  # pylint: disable=g-import-not-at-top
 
     class CheckedReader(gguf.GGUFReader):
         def _get(self, offset, dtype, count=1, override_order=None):

@@ -14,6 +14,7 @@ import hashlib
 import os
 import re
 
+import gguf
 import numpy as np
 
 from ..config import FAMILIES
@@ -51,7 +52,6 @@ def _field(reader, key, default=None):
 
 def dequantize(tensor) -> np.ndarray:
     """float32 array in HF (row-major, [out, in]) order."""
-    import gguf
 
     kind = tensor.tensor_type.name
     if kind not in SUPPORTED_TYPES:

@@ -7,6 +7,9 @@ from __future__ import annotations
 import os
 import re
 
+import huggingface_hub
+from huggingface_hub import errors
+
 from ..config import FAMILIES, RegistryView
 
 EMBEDDED = "embedded:smollm2-135m"
@@ -63,8 +66,6 @@ def download(repo_id: str, revision: str | None = None, *, tokenizer_only: bool 
       RevisionNotFoundError: the revision is not on the Hub, or offline not in
         the cache, in one line naming it.
     """
-    import huggingface_hub
-    from huggingface_hub import errors
 
     try:
         return huggingface_hub.snapshot_download(

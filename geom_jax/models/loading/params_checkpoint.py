@@ -21,7 +21,9 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import orbax.checkpoint as ocp
 from flax import traverse_util
+from jax.experimental import multihost_utils
 from jax.sharding import SingleDeviceSharding
 
 from ..config import DecoderConfig
@@ -79,8 +81,6 @@ def check(folder: str, cfg: DecoderConfig, param_dtype) -> None:
 
 
 def _checkpointer():
-    import orbax.checkpoint as ocp
-
     return ocp.StandardCheckpointer()
 
 
@@ -99,8 +99,6 @@ def save(folder: str, params: dict, cfg: DecoderConfig, param_dtype) -> None:
             json.dump(record(cfg, param_dtype), f, indent=1)
         os.replace(tmp, os.path.join(folder, RECORD))
     if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
         multihost_utils.sync_global_devices("geom_jax params checkpoint saved")
 
 
