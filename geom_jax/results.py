@@ -95,6 +95,27 @@ def field_docs(observables="paper") -> dict[str, str]:
     return docs
 
 
+def field_table(observables="paper", *, beyond: str | None = None) -> str:
+    """The markdown table (field, shape, meaning) of a run's files, from the declarations;
+    with ``beyond``, only the fields that set adds to it (the README's two tables)."""
+    docs = field_docs(observables)
+    if beyond is not None:
+        base = field_docs(beyond)
+        docs = {k: v for k, v in docs.items() if k not in base}
+    lines = ["| field | shape | meaning |", "| --- | --- | --- |"]
+    for name, doc in docs.items():
+        shape, _, meaning = doc.partition("] ")
+        lines.append(f"| `{name}` | {shape}] | {meaning} |")
+    return "\n".join(lines)
+
+
+def readme_tables() -> str:
+    """The README's field tables: the paper's set, then what every other observable adds
+    (``python -c "from geom_jax import results; print(results.readme_tables())"``)."""
+    everything = ",".join(registry.known()[2:])
+    return field_table("paper") + "\n\n" + field_table(everything, beyond="paper")
+
+
 def coordinates(arrays: Mapping[str, np.ndarray], fields: Sequence[Field]) -> dict:
     """The stored coordinates (e.g. gride_n1 = 2**j) of the dims the fields use."""
     out = {}

@@ -11,6 +11,7 @@ from geom_jax.run import flags as run_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "experiments", "token_geometry.py")
+PLOT_SCRIPT = os.path.join(ROOT, "experiments", "plot_geometry.py")
 
 
 def small_spec(model, out, **kw):

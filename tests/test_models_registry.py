@@ -119,7 +119,7 @@ def test_typed_fields_are_validated():
 
 TOY_FAMILY = textwrap.dedent('''
     """A toy family for the registry test: its own config keys and tensor names."""
-    from geom_jax.models.families import base
+    from geom_jax.models.families import family, llamalike
     from geom_jax.models.loading.layout import heads_to_embed, in_out
 
     def config(d):
@@ -132,7 +132,7 @@ TOY_FAMILY = textwrap.dedent('''
 
     def params(cfg):
         H, hd, D, F = cfg.num_heads, cfg.head_dim, cfg.hidden_size, cfg.intermediate_size
-        S = base.spec
+        S = llamalike.spec
         return [
             S("embed", "toy.emb", stacked=False),
             S("final_norm_scale", "toy.out_norm", stacked=False),
@@ -147,7 +147,7 @@ TOY_FAMILY = textwrap.dedent('''
             S("blocks.w_down", "toy.{i}.down", in_out(D)),
         ]
 
-    FAMILY = base.register(base.Family(
+    FAMILY = family.register(family.Family(
         name="toy", architectures=("ToyForCausalLM",), model_types=("toy",),
         handled=frozenset({"n_vocab", "width", "depth", "heads", "context"}),
         config=config, params=params,

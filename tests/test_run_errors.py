@@ -89,7 +89,9 @@ def test_unsupported_architecture_refused_before_the_folder_exists(tiny, tmp_pat
 def test_token_ids_outside_the_vocabulary_refused_before_compute(tiny, tmp_path):
     model = _variant(tiny, tmp_path, vocab_size=64)
     out = tmp_path / "run"
-    with run_helpers.raises_user_error(r"prompt 0, token \d+: id \d+ is outside the vocabulary"):
+    with run_helpers.raises_user_error(
+        r"--model=.*: the prompts. input_ids\[0, \d+\] = \d+ is outside the model.s vocabulary"
+    ):
         geom_run.run(_spec(model, out))
     assert _reusable(_spec(model, out))
 

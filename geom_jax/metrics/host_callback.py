@@ -20,15 +20,21 @@ except ImportError:  # older or newer jax without it
 
 SELECTION_METHODS = ("auto", "host", "xla")
 
-_POOL = None
 _LOW32 = np.uint64(0xFFFFFFFF)
 
 
-def pool():
-    global _POOL
-    if _POOL is None:
-        _POOL = ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1))
-    return _POOL
+def thread_map(fn, items, threads: int = 0) -> list:
+    """[fn(item) for item in items] on ``threads`` host threads (0: one per CPU core).
+
+    The pool belongs to the call: NumPy releases the GIL in the selection's
+    partitions and sorts, and starting a few threads (~0.1 ms) is negligible beside
+    the work of one callback; nothing stays alive between calls.
+    """
+    workers = max(1, threads or os.cpu_count() or 1)
+    if workers == 1 or len(items) <= 1:
+        return [fn(item) for item in items]
+    with ThreadPoolExecutor(max_workers=min(workers, len(items))) as pool:
+        return list(pool.map(fn, items))
 
 
 def check_method(method):

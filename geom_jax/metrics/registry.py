@@ -107,10 +107,11 @@ def _as_observables(obj, where: str) -> list[Observable]:
     return items
 
 
-def discover() -> None:
-    """Registers the catalog and every ``geom_jax.observables`` entry point (once)."""
+def discover(*, refresh: bool = False) -> None:
+    """Registers the catalog and every ``geom_jax.observables`` entry point (once; with
+    refresh, entry points installed since are registered too)."""
     global _discovered
-    if _discovered:
+    if _discovered and not refresh:
         return
     _discovered = True
     for obs in catalog.BUILTIN:

@@ -120,7 +120,7 @@ def _host_select(gram, sq, valid_near, valid_rank, *, k_near, ranks):
 
     near = np.empty((slabs, n, k_near), np.int32)
     rank = np.empty((slabs, n, len(ranks)), np.int32)
-    for (i, a, b), (nr, rk) in zip(items, host_callback.pool().map(work, items)):
+    for (i, a, b), (nr, rk) in zip(items, host_callback.thread_map(work, items)):
         near[i, a:b] = nr[0]
         rank[i, a:b] = rk[0]
     return near.reshape(batch + (n, k_near)), rank.reshape(batch + (n, len(ranks)))

@@ -7,10 +7,11 @@ from collections.abc import Sequence
 import numpy as np
 
 from geom_jax import results
+from geom_jax.metrics.observable import DIMS
 from geom_jax.plotting import Run
 
-NOT_POOLED = ("metadata", "gride_n1", "logit_n1")
-"""Keys that are not per-row arrays (taken from the first folder)."""
+COORDINATES = tuple(d.coord_name for d in DIMS.values() if d.coord_name)
+"""Stored coordinates (e.g. gride_n1): not per row, taken from the first folder."""
 
 
 def load_runs(folders: Sequence[str]) -> list[Run]:
@@ -25,7 +26,11 @@ def load_runs(folders: Sequence[str]) -> list[Run]:
         by_model.setdefault(r["metadata"].get("model", folder), []).append(r)
     runs = []
     for label, parts in by_model.items():
-        keys = [k for k in parts[0] if k not in NOT_POOLED and all(k in q for q in parts)]
+        keys = [
+            k
+            for k in parts[0]
+            if k != "metadata" and k not in COORDINATES and all(k in q for q in parts)
+        ]
         seen, take = set(), []
         for part in parts:
             rows = []
@@ -37,7 +42,7 @@ def load_runs(folders: Sequence[str]) -> list[Run]:
                     rows.append(i)
             take.append((part, np.asarray(rows, int)))
         arrays = {k: np.concatenate([part[k][rows] for part, rows in take]) for k in keys}
-        for k in NOT_POOLED[1:]:
+        for k in COORDINATES:
             if k in parts[0]:
                 arrays[k] = parts[0][k]
         runs.append(Run(label, arrays))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from geom_jax import data, metrics, models
+from geom_jax import data, metrics, models, pipeline
 from geom_jax.errors import ArgumentError
 from geom_jax.metrics import registry
 from geom_jax.metrics.observable import Option
@@ -162,17 +162,14 @@ def check_model(spec: run_spec.RunSpec):
 
 def check_token_ids(token_ids: np.ndarray, vocab_size: int, model: str) -> None:
     """Refuses token ids the model has no embedding for (a tokenizer of another
-    model, a corrupt vocabulary) before any compute."""
-    bad = (token_ids < 0) | (token_ids >= vocab_size)
-    if bad.any():
-        row, pos = (int(i) for i in np.argwhere(bad)[0])
+    model, a corrupt vocabulary) before any compute: the pipeline's check, on every
+    row of the run at once."""
+    try:
+        pipeline.check_token_ids(token_ids, vocab_size)
+    except ValueError as e:
         raise UserError(
-            "prompt {row}, token {pos}: id {id} is outside the vocabulary of {model}={name} "
-            "(vocab_size {vocab}); is the tokenizer the model's own?",
+            "{model}={name}: the prompts' {problem}; is the tokenizer the model's own?",
             "model",
-            row=row,
-            pos=pos,
-            id=int(token_ids[row, pos]),
             name=model,
-            vocab=vocab_size,
-        )
+            problem=str(e),
+        ) from None

@@ -5,7 +5,7 @@ logits soft-capped, sliding-window and global layers alternating."""
 
 from __future__ import annotations
 
-from . import base
+from . import family, hf_config, llamalike
 
 NORMS = {
     "attn_norm": "input_layernorm",
@@ -14,7 +14,7 @@ NORMS = {
     "mlp_post_norm": "post_feedforward_layernorm",
 }
 
-GEMMA_KEYS = base.LLAMA_LIKE_KEYS | {
+GEMMA_KEYS = llamalike.LLAMA_LIKE_KEYS | {
     "hidden_activation",
     "attention_bias",
     "query_pre_attn_scalar",
@@ -32,18 +32,18 @@ def gemma_common(d: dict, family: str, pattern: int) -> dict:
     """The fields Gemma 2 and 3 share; `pattern`: every pattern-th layer is
     global when config.json has no `layer_types`."""
     if d.get("use_bidirectional_attention"):
-        raise base.refuse(family, "use_bidirectional_attention", True)
-    out = base.llama_like(d, family, act_keys=("hidden_activation", "hidden_act"))
-    out["activation"] = base.activation(
+        raise hf_config.refuse(family, "use_bidirectional_attention", True)
+    out = llamalike.llama_like(d, family, act_keys=("hidden_activation", "hidden_act"))
+    out["activation"] = hf_config.activation(
         d, family, "hidden_activation", "hidden_act", default="gelu_pytorch_tanh"
     )
     layers = out["num_layers"]
-    flags = base.layer_types(d, family, layers)
+    flags = hf_config.layer_types(d, family, layers)
     if flags is None:
         flags = tuple(bool((i + 1) % pattern) for i in range(layers))
     bias = bool(d.get("attention_bias", False))
     cap = lambda k: float(d[k]) if d.get(k) is not None else None
-    window = base.get(d, "sliding_window", "sliding_window_size")
+    window = hf_config.get(d, "sliding_window", "sliding_window_size")
     return dict(
         out,
         norm="rms_one_plus",
@@ -84,14 +84,14 @@ _GEMMA2_9B = dict(
     tie_word_embeddings=True,
 )
 
-FAMILY = base.register(
-    base.Family(
+FAMILY = family.register(
+    family.Family(
         name="gemma2",
         architectures=("Gemma2ForCausalLM",),
         model_types=("gemma2",),
         handled=GEMMA_KEYS,
         config=config,
-        params=lambda cfg: base.llama_like_params(cfg, norms=NORMS),
+        params=lambda cfg: llamalike.llama_like_params(cfg, norms=NORMS),
         presets={
             "gemma-2-9b": _GEMMA2_9B,
             "gemma-2-2b": dict(

@@ -7,7 +7,7 @@ checkpoints (4B and up) are not claimed."""
 
 from __future__ import annotations
 
-from . import base
+from . import family, hf_config, llamalike
 from .gemma2 import GEMMA_KEYS, NORMS, gemma_common
 
 
@@ -15,14 +15,14 @@ def config(d: dict) -> dict:
     params = d.get("rope_parameters") or {}
     per_type = "full_attention" in params or "sliding_attention" in params
     flat = dict(d, rope_parameters=params.get("full_attention")) if per_type else d
-    pattern = int(base.get(d, "sliding_window_pattern", "_sliding_window_pattern", default=6))
+    pattern = int(hf_config.get(d, "sliding_window_pattern", "_sliding_window_pattern", default=6))
     out = gemma_common(flat, "gemma3", pattern)
     if per_type:
-        local_theta, local_scaling, _ = base.rope(
+        local_theta, local_scaling, _ = hf_config.rope(
             flat, "gemma3", params=params.get("sliding_attention") or {}
         )
         if local_scaling is not None:
-            raise base.refuse("gemma3", "rope_parameters", dict(params), "scaled local RoPE")
+            raise hf_config.refuse("gemma3", "rope_parameters", dict(params), "scaled local RoPE")
     else:
         local_theta = float(d.get("rope_local_base_freq", 10000.0))
     return dict(out, rope_local_theta=local_theta, qk_norm="head")
@@ -49,15 +49,15 @@ _GEMMA3_12B = dict(
     tie_word_embeddings=True,
 )
 
-FAMILY = base.register(
-    base.Family(
+FAMILY = family.register(
+    family.Family(
         name="gemma3",
         architectures=("Gemma3ForCausalLM",),
         model_types=("gemma3_text",),
         handled=GEMMA_KEYS
         | {"rope_local_base_freq", "sliding_window_pattern", "_sliding_window_pattern"},
         config=config,
-        params=lambda cfg: base.llama_like_params(cfg, norms=NORMS),
+        params=lambda cfg: llamalike.llama_like_params(cfg, norms=NORMS),
         presets={
             "gemma-3-12b": _GEMMA3_12B,
             "gemma-3-1b": dict(

@@ -5,14 +5,14 @@ plain MLP with the tanh GELU, fused q|k|v in a Conv1D (weights stored
 from __future__ import annotations
 
 from ..loading.layout import SAME, Layout, conv1d, conv1d_bias
-from . import base
+from . import family, hf_config, llamalike
 
 
 def config(d: dict) -> dict:
     if d.get("scale_attn_weights") is False:
-        raise base.refuse("gpt2", "scale_attn_weights", False)
+        raise hf_config.refuse("gpt2", "scale_attn_weights", False)
     if d.get("scale_attn_by_inverse_layer_idx"):
-        raise base.refuse("gpt2", "scale_attn_by_inverse_layer_idx", True)
+        raise hf_config.refuse("gpt2", "scale_attn_by_inverse_layer_idx", True)
     hidden, heads = int(d["n_embd"]), int(d["n_head"])
     return dict(
         vocab_size=int(d["vocab_size"]),
@@ -21,12 +21,12 @@ def config(d: dict) -> dict:
         num_heads=heads,
         num_kv_heads=heads,
         head_dim=hidden // heads,
-        intermediate_size=int(base.get(d, "n_inner", default=4 * hidden)),
+        intermediate_size=int(hf_config.get(d, "n_inner", default=4 * hidden)),
         max_position_embeddings=int(d.get("n_positions", 1024)),
         norm="layer",
         norm_eps=float(d.get("layer_norm_epsilon", 1e-5)),
         mlp="plain",
-        activation=base.activation(d, "gpt2", "activation_function", default="gelu_new"),
+        activation=hf_config.activation(d, "gpt2", "activation_function", default="gelu_new"),
         positions="learned",
         qkv_bias=True,
         out_bias=True,
@@ -37,7 +37,7 @@ def config(d: dict) -> dict:
 
 def params(cfg):
     H, hd = cfg.num_heads, cfg.head_dim
-    S, p = base.spec, "transformer.h.{i}."
+    S, p = llamalike.spec, "transformer.h.{i}."
     specs = [
         S("embed", "transformer.wte.weight", stacked=False),
         S("pos_embed", "transformer.wpe.weight", stacked=False),
@@ -76,8 +76,8 @@ _GPT2 = dict(
     tie_word_embeddings=True,
 )
 
-FAMILY = base.register(
-    base.Family(
+FAMILY = family.register(
+    family.Family(
         name="gpt2",
         architectures=("GPT2LMHeadModel",),
         model_types=("gpt2",),

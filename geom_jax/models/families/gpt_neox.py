@@ -6,14 +6,14 @@ training checkpoints are revisions `step0` ... `step143000`."""
 from __future__ import annotations
 
 from ..loading.layout import heads_to_embed, in_out, neox_qkv, neox_qkv_bias
-from . import base
+from . import family, hf_config, llamalike
 
 
 def config(d: dict) -> dict:
     heads = int(d["num_attention_heads"])
     hidden = int(d["hidden_size"])
     head_dim = hidden // heads
-    theta, scaling, partial = base.rope(d, "gpt_neox")
+    theta, scaling, partial = hf_config.rope(d, "gpt_neox")
     bias = bool(d.get("attention_bias", True))
     return dict(
         vocab_size=int(d["vocab_size"]),
@@ -24,7 +24,7 @@ def config(d: dict) -> dict:
         head_dim=head_dim,
         intermediate_size=int(d["intermediate_size"]),
         max_position_embeddings=int(d.get("max_position_embeddings", 2048)),
-        activation=base.activation(d, "gpt_neox", "hidden_act", default="gelu"),
+        activation=hf_config.activation(d, "gpt_neox", "hidden_act", default="gelu"),
         rope_theta=theta,
         rope_scaling=scaling,
         rotary_dim=int(head_dim * partial),
@@ -41,7 +41,7 @@ def config(d: dict) -> dict:
 
 def params(cfg):
     H, hd, D = cfg.num_heads, cfg.head_dim, cfg.hidden_size
-    S, p = base.spec, "gpt_neox.layers.{i}."
+    S, p = llamalike.spec, "gpt_neox.layers.{i}."
     specs = [
         S("embed", "gpt_neox.embed_in.weight", stacked=False),
         S("final_norm_scale", "gpt_neox.final_layer_norm.weight", stacked=False),
@@ -88,12 +88,12 @@ _PYTHIA_6_9B = dict(
     tie_word_embeddings=False,
 )
 
-FAMILY = base.register(
-    base.Family(
+FAMILY = family.register(
+    family.Family(
         name="gpt_neox",
         architectures=("GPTNeoXForCausalLM",),
         model_types=("gpt_neox",),
-        handled=base.ROPE_KEYS
+        handled=hf_config.ROPE_KEYS
         | {
             "vocab_size",
             "hidden_size",

@@ -4,15 +4,15 @@ grouped-query attention. Also SmolLM2 and the GGUF files of this package."""
 
 from __future__ import annotations
 
-from . import base
+from . import family, llamalike
 
-HANDLED = base.LLAMA_LIKE_KEYS | {"attention_bias", "mlp_bias"}
+HANDLED = llamalike.LLAMA_LIKE_KEYS | {"attention_bias", "mlp_bias"}
 
 
 def config(d: dict) -> dict:
     bias = bool(d.get("attention_bias", False))
     return dict(
-        base.llama_like(d, "llama"),
+        llamalike.llama_like(d, "llama"),
         qkv_bias=bias,
         out_bias=bias,
         mlp_bias=bool(d.get("mlp_bias", False)),
@@ -78,14 +78,14 @@ PRESETS = {
     ),
 }
 
-FAMILY = base.register(
-    base.Family(
+FAMILY = family.register(
+    family.Family(
         name="llama",
         architectures=("LlamaForCausalLM",),
         model_types=("llama",),
         handled=HANDLED,
         config=config,
-        params=base.llama_like_params,
+        params=llamalike.llama_like_params,
         gguf_architecture="llama",
         gguf_names=GGUF_NAMES,
         presets=PRESETS,

@@ -3,7 +3,7 @@ sliding attention window on every layer."""
 
 from __future__ import annotations
 
-from . import base
+from . import family, llamalike
 
 
 def config(d: dict) -> dict:
@@ -12,21 +12,22 @@ def config(d: dict) -> dict:
     if d.get("use_sliding_window") is False:
         window = None
     return dict(
-        base.llama_like(d, "mistral"),
+        llamalike.llama_like(d, "mistral"),
         qkv_bias=bias,
         out_bias=bias,
         sliding_window=int(window) if window else None,
     )
 
 
-FAMILY = base.register(
-    base.Family(
+FAMILY = family.register(
+    family.Family(
         name="mistral",
         architectures=("MistralForCausalLM",),
         model_types=("mistral",),
-        handled=base.LLAMA_LIKE_KEYS | {"attention_bias", "sliding_window", "use_sliding_window"},
+        handled=llamalike.LLAMA_LIKE_KEYS
+        | {"attention_bias", "sliding_window", "use_sliding_window"},
         config=config,
-        params=base.llama_like_params,
+        params=llamalike.llama_like_params,
         presets={
             "mistral-7b": dict(
                 architectures=["MistralForCausalLM"],

@@ -5,7 +5,7 @@ projections before RoPE. Intermediate training checkpoints are revisions
 
 from __future__ import annotations
 
-from . import base
+from . import family, llamalike
 
 NORMS = {
     "attn_post_norm": "post_attention_layernorm",
@@ -16,7 +16,7 @@ NORMS = {
 def config(d: dict) -> dict:
     bias = bool(d.get("attention_bias", False))
     return dict(
-        base.llama_like(d, "olmo2"),
+        llamalike.llama_like(d, "olmo2"),
         sublayer_norms="post",
         qk_norm="projection",
         qkv_bias=bias,
@@ -24,14 +24,14 @@ def config(d: dict) -> dict:
     )
 
 
-FAMILY = base.register(
-    base.Family(
+FAMILY = family.register(
+    family.Family(
         name="olmo2",
         architectures=("Olmo2ForCausalLM",),
         model_types=("olmo2",),
-        handled=base.LLAMA_LIKE_KEYS | {"attention_bias"},
+        handled=llamalike.LLAMA_LIKE_KEYS | {"attention_bias"},
         config=config,
-        params=lambda cfg: base.llama_like_params(cfg, norms=NORMS),
+        params=lambda cfg: llamalike.llama_like_params(cfg, norms=NORMS),
         presets={
             "olmo-2-7b": dict(
                 architectures=["Olmo2ForCausalLM"],

@@ -7,20 +7,22 @@ refused: its last hidden state has another width than the others."""
 from __future__ import annotations
 
 from ..loading.layout import heads_to_embed, in_out, reshape
-from . import base
+from . import family, hf_config, llamalike
 
 
 def config(d: dict) -> dict:
     hidden, heads = int(d["hidden_size"]), int(d["num_attention_heads"])
     if d.get("do_layer_norm_before", True) is not True:
-        raise base.refuse("opt", "do_layer_norm_before", d["do_layer_norm_before"])
+        raise hf_config.refuse("opt", "do_layer_norm_before", d["do_layer_norm_before"])
     if d.get("_remove_final_layer_norm"):
-        raise base.refuse("opt", "_remove_final_layer_norm", True)
+        raise hf_config.refuse("opt", "_remove_final_layer_norm", True)
     proj = d.get("word_embed_proj_dim")
     if proj is not None and int(proj) != hidden:
-        raise base.refuse("opt", "word_embed_proj_dim", proj, f"project_in/out, hidden {hidden}")
+        raise hf_config.refuse(
+            "opt", "word_embed_proj_dim", proj, f"project_in/out, hidden {hidden}"
+        )
     if d.get("layer_norm_elementwise_affine", True) is not True:
-        raise base.refuse("opt", "layer_norm_elementwise_affine", False)
+        raise hf_config.refuse("opt", "layer_norm_elementwise_affine", False)
     bias = bool(d.get("enable_bias", True))
     return dict(
         vocab_size=int(d["vocab_size"]),
@@ -34,7 +36,7 @@ def config(d: dict) -> dict:
         norm="layer",
         norm_eps=1e-5,
         mlp="plain",
-        activation=base.activation(d, "opt", "activation_function", default="relu"),
+        activation=hf_config.activation(d, "opt", "activation_function", default="relu"),
         positions="learned",
         position_offset=2,
         qkv_bias=bias,
@@ -46,7 +48,7 @@ def config(d: dict) -> dict:
 
 def params(cfg):
     H, hd, D, F = cfg.num_heads, cfg.head_dim, cfg.hidden_size, cfg.intermediate_size
-    S, p = base.spec, "model.decoder.layers.{i}."
+    S, p = llamalike.spec, "model.decoder.layers.{i}."
     specs = [
         S("embed", "model.decoder.embed_tokens.weight", stacked=False),
         S("pos_embed", "model.decoder.embed_positions.weight", stacked=False),
@@ -89,8 +91,8 @@ _OPT_6_7B = dict(
     tie_word_embeddings=True,
 )
 
-FAMILY = base.register(
-    base.Family(
+FAMILY = family.register(
+    family.Family(
         name="opt",
         architectures=("OPTForCausalLM",),
         model_types=("opt",),

@@ -7,12 +7,12 @@ load time; optional sliding window on every layer. `longrope` scaling
 from __future__ import annotations
 
 from ..loading.layout import heads_to_embed, in_out, rows
-from . import base
+from . import family, llamalike
 
 
 def config(d: dict) -> dict:
     window = d.get("sliding_window")
-    return dict(base.llama_like(d, "phi3"), sliding_window=int(window) if window else None)
+    return dict(llamalike.llama_like(d, "phi3"), sliding_window=int(window) if window else None)
 
 
 def params(cfg):
@@ -23,7 +23,7 @@ def params(cfg):
         cfg.hidden_size,
         cfg.intermediate_size,
     )
-    S, p = base.spec, "model.layers.{i}."
+    S, p = llamalike.spec, "model.layers.{i}."
     specs = [
         S("embed", "model.embed_tokens.weight", stacked=False),
         S("final_norm_scale", "model.norm.weight", stacked=False),
@@ -42,14 +42,14 @@ def params(cfg):
     return specs
 
 
-FAMILY = base.register(
-    base.Family(
+FAMILY = family.register(
+    family.Family(
         name="phi3",
         architectures=("Phi3ForCausalLM",),
         model_types=("phi3",),
         # HF's Phi-3 has no biases whatever `attention_bias` says, and reads
         # `original_max_position_embeddings` only for longrope.
-        handled=base.LLAMA_LIKE_KEYS
+        handled=llamalike.LLAMA_LIKE_KEYS
         | {"sliding_window", "attention_bias", "original_max_position_embeddings"},
         config=config,
         params=params,

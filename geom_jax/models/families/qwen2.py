@@ -3,7 +3,7 @@ Llama's layer with biases on the q, k and v projections (none on o)."""
 
 from __future__ import annotations
 
-from . import base
+from . import family, hf_config, llamalike
 
 SLIDING_KEYS = frozenset({"use_sliding_window", "sliding_window", "max_window_layers"})
 
@@ -12,15 +12,15 @@ def no_sliding_window(d: dict, family: str) -> None:
     """Qwen checkpoints ship `sliding_window` with `use_sliding_window: false`
     (the window is off); a window that is on is not ported."""
     if d.get("use_sliding_window"):
-        raise base.refuse(family, "use_sliding_window", d["use_sliding_window"])
-    flags = base.layer_types(d, family, int(d["num_hidden_layers"]))
+        raise hf_config.refuse(family, "use_sliding_window", d["use_sliding_window"])
+    flags = hf_config.layer_types(d, family, int(d["num_hidden_layers"]))
     if flags and any(flags):
-        raise base.refuse(family, "layer_types", d["layer_types"], "sliding-window layers")
+        raise hf_config.refuse(family, "layer_types", d["layer_types"], "sliding-window layers")
 
 
 def config(d: dict) -> dict:
     no_sliding_window(d, "qwen2")
-    return dict(base.llama_like(d, "qwen2"), qkv_bias=True)
+    return dict(llamalike.llama_like(d, "qwen2"), qkv_bias=True)
 
 
 _QWEN25_7B = dict(
@@ -41,14 +41,14 @@ _QWEN25_7B = dict(
     tie_word_embeddings=False,
 )
 
-FAMILY = base.register(
-    base.Family(
+FAMILY = family.register(
+    family.Family(
         name="qwen2",
         architectures=("Qwen2ForCausalLM",),
         model_types=("qwen2",),
-        handled=base.LLAMA_LIKE_KEYS | SLIDING_KEYS | {"layer_types"},
+        handled=llamalike.LLAMA_LIKE_KEYS | SLIDING_KEYS | {"layer_types"},
         config=config,
-        params=base.llama_like_params,
+        params=llamalike.llama_like_params,
         presets={
             "qwen2.5-7b": _QWEN25_7B,
             "qwen2.5-0.5b": dict(

@@ -3,14 +3,14 @@ RMSNorm on queries and keys before RoPE (QK-norm), explicit head_dim."""
 
 from __future__ import annotations
 
-from . import base
+from . import family, llamalike
 from .qwen2 import SLIDING_KEYS, no_sliding_window
 
 
 def config(d: dict) -> dict:
     no_sliding_window(d, "qwen3")
     bias = bool(d.get("attention_bias", False))
-    return dict(base.llama_like(d, "qwen3"), qk_norm="head", qkv_bias=bias, out_bias=bias)
+    return dict(llamalike.llama_like(d, "qwen3"), qk_norm="head", qkv_bias=bias, out_bias=bias)
 
 
 _QWEN3_8B = dict(
@@ -32,14 +32,14 @@ _QWEN3_8B = dict(
     tie_word_embeddings=False,
 )
 
-FAMILY = base.register(
-    base.Family(
+FAMILY = family.register(
+    family.Family(
         name="qwen3",
         architectures=("Qwen3ForCausalLM",),
         model_types=("qwen3",),
-        handled=base.LLAMA_LIKE_KEYS | SLIDING_KEYS | {"layer_types", "attention_bias"},
+        handled=llamalike.LLAMA_LIKE_KEYS | SLIDING_KEYS | {"layer_types", "attention_bias"},
         config=config,
-        params=base.llama_like_params,
+        params=llamalike.llama_like_params,
         presets={
             "qwen3-8b": _QWEN3_8B,
             "qwen3-0.6b": dict(
