@@ -106,7 +106,10 @@ def retokenize(
     lengths = np.asarray([len(r) for r in rows], np.int64)
     for i, ids in enumerate(encoded):
         if not ids:
-            raise ValueError(f"window_tokenizer: row {name(i)} gives no token")
+            raise ValueError(
+                f"window_tokenizer: row {name(i)} has no text to tokenise (empty, or only "
+                "pieces of multi-byte characters)"
+            )
     width = int(lengths.max(initial=0)) if length is None else int(length)
     if lengths.size and lengths.max() > width:
         i = int(np.argmax(lengths))
