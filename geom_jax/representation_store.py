@@ -4,11 +4,14 @@ One Zarr v3 array (tensorstore's ``zarr3`` driver; zarr-python 3 opens it with
 ``zarr.open(path)``, its own default format), float32, chunked along rows only
 (``chunk_rows`` rows x all hidden states x all features per chunk file
 ``c/<i>/0/0``), stored raw (the ``bytes`` codec, little-endian, no
-compression: hidden states compress by ~10% at best, and raw chunks are
-byte-identical between runs). Unwritten rows read as NaN (the fill value).
+compression: SmolLM2's last-token hidden states of clouds_reference.npz shrink
+to 93% with zlib and 88% with blosc-zstd + byte shuffle, and raw chunks are
+byte-identical between runs and library versions). Unwritten rows read as NaN
+(the fill value).
 
 Integrity: after each :meth:`RepresentationStore.write_rows` has committed its
-chunks (tensorstore writes each chunk file to a temporary name and renames it),
+chunks (tensorstore's file driver writes each chunk to ``<file>.__lock`` and
+renames it into place; a lock file a kill leaves is reused by the chunk's rewrite),
 the size and SHA-256 of each chunk file are recorded in ``geom_jax_chunks.json``
 inside the store, written atomically (:func:`geom_jax.results.write_json`).
 A chunk counts as done only when its file matches its record, so after a
