@@ -8,6 +8,11 @@ prompt indices are stable across runs and machines:
     through ``datasets.load_dataset``, streaming or cached;
 * a local ``.txt`` file (one prompt), a folder of ``.txt`` files (sorted by
     name) or a ``.jsonl`` file (one record a line, text under ``text_field``).
+
+A ``.jsonl`` file or a Hugging Face dataset opened with ``label_field`` also
+gives each prompt the record's value under that field (``Prompt.label``: a
+string, integer or boolean), the class of the windows cut from it
+(:mod:`geom_jax.data.windows`).
 """
 
 from __future__ import annotations
@@ -30,11 +35,13 @@ PYDOC = "pydoc"
 
 @dataclasses.dataclass(frozen=True)
 class Prompt:
-    """One raw prompt: its position in the source, a stable id, and its text."""
+    """One raw prompt: its position in the source, a stable id, its text, and
+    its record's ``label_field`` value (None when the source has no label field)."""
 
     index: int
     key: str
     text: str
+    label: str | int | bool | None = None
 
 
 class PromptSource:
@@ -81,11 +88,13 @@ class TextFilesSource(PromptSource):
 
 
 class JsonlSource(PromptSource):
-    """A ``.jsonl`` file: one JSON record a line, the prompt under ``text_field``."""
+    """A ``.jsonl`` file: one JSON record a line, the prompt under ``text_field``
+    (and its label under ``label_field``, when given)."""
 
-    def __init__(self, path: str, text_field: str = "text"):
+    def __init__(self, path: str, text_field: str = "text", label_field: str | None = None):
         self.name = path
         self.text_field = text_field
+        self.label_field = label_field
 
     def __iter__(self):
         with open(self.name, "rb") as fh:
@@ -102,15 +111,19 @@ class JsonlSource(PromptSource):
                     raise about(
                         "dataset", f"{self.name}, line {lineno}: not valid JSON ({e})"
                     ) from None
+                where = f"{self.name}, line {lineno}"
                 yield Prompt(
                     index,
                     f"line{lineno}",
-                    _text_of(record, self.text_field, f"{self.name}, line {lineno}"),
+                    _text_of(record, self.text_field, where),
+                    _label_of(record, self.label_field, where),
                 )
                 index += 1
 
     def describe(self):
-        return {"dataset": self.name, "text_field": self.text_field}
+        return _with_label_field(
+            {"dataset": self.name, "text_field": self.text_field}, self.label_field
+        )
 
 
 class HFDatasetSource(PromptSource):
@@ -124,12 +137,14 @@ class HFDatasetSource(PromptSource):
         text_field: str = "text",
         streaming: bool = False,
         revision: str | None = None,
+        label_field: str | None = None,
     ):
         self.name = name
         self.split = split
         self.text_field = text_field
         self.streaming = streaming
         self.revision = revision
+        self.label_field = label_field
 
     def _load(self):
         import datasets  # noqa: PLC0415  (2 s to import: only for Hub/local datasets)
@@ -157,15 +172,24 @@ class HFDatasetSource(PromptSource):
 
     def __iter__(self):
         for i, record in enumerate(self._load()):
-            yield Prompt(i, str(i), _text_of(record, self.text_field, f"{self.name}[{i}]"))
+            where = f"{self.name}[{i}]"
+            yield Prompt(
+                i,
+                str(i),
+                _text_of(record, self.text_field, where),
+                _label_of(record, self.label_field, where),
+            )
 
     def describe(self):
-        return {
-            "dataset": self.name,
-            "split": self.split,
-            "text_field": self.text_field,
-            "revision": self.revision,
-        }
+        return _with_label_field(
+            {
+                "dataset": self.name,
+                "split": self.split,
+                "text_field": self.text_field,
+                "revision": self.revision,
+            },
+            self.label_field,
+        )
 
 
 def _utf8(raw: bytes, path: str, offset: int = 0, lineno: int | None = None) -> str:
@@ -225,9 +249,38 @@ def _text_of(record, field: str, where: str) -> str:
     return text
 
 
+def _label_of(record, field: str | None, where: str) -> str | int | bool | None:
+    """``record[field]`` (None when ``field`` is None); a ValueError naming the
+    record and the field when it is missing or not a string, integer or boolean."""
+    if field is None:
+        return None
+    if not isinstance(record, dict) or field not in record:
+        keys = sorted(record) if isinstance(record, dict) else type(record).__name__
+        raise ValueError(f"label_field: record {where} has no field {field!r} (it has {keys})")
+    label = record[field]
+    if not isinstance(label, (str, int, bool)):
+        raise ValueError(
+            f"label_field: {where}[{field!r}] is {type(label).__name__} ({label!r}), not a "
+            "string, integer or boolean"
+        )
+    return label
+
+
+def _with_label_field(described: dict, label_field: str | None) -> dict:
+    return described if label_field is None else {**described, "label_field": label_field}
+
+
 def _looks_like_hub_id(spec: str) -> bool:
     parts = spec.split("/")
     return len(parts) == 2 and all(p and not p.startswith(".") for p in parts)
+
+
+def _no_label_field(label_field: str | None, why: str) -> None:
+    if label_field is not None:
+        raise ValueError(
+            f"label_field={label_field!r} applies to .jsonl files and Hugging Face datasets "
+            f"(records with fields); {why}"
+        )
 
 
 def open_source(
@@ -237,21 +290,29 @@ def open_source(
     split: str = "train",
     streaming: bool = False,
     revision: str | None = None,
+    label_field: str | None = None,
 ) -> PromptSource:
     """Resolves a ``dataset`` value to a :class:`PromptSource`.
 
+    ``label_field`` (``.jsonl`` files and Hugging Face datasets only) names
+    the record field that labels each prompt (``Prompt.label``).
+
     Raises:
-        ValueError: when ``spec`` names no known corpus, file, folder or dataset id.
+        ValueError: when ``spec`` names no known corpus, file, folder or dataset
+          id, or ``label_field`` is given for a source without records (pydoc,
+          .txt files).
     """
     if spec == PYDOC:
+        _no_label_field(label_field, "pydoc is labelled by topic")
         return PydocSource()
     if spec.endswith(".jsonl"):
         if not os.path.isfile(spec):
             raise about("dataset", f"file {spec!r} does not exist")
-        return JsonlSource(spec, text_field)
+        return JsonlSource(spec, text_field, label_field)
     if spec.endswith(".txt"):
         if not os.path.isfile(spec):
             raise about("dataset", f"file {spec!r} does not exist")
+        _no_label_field(label_field, "a .txt file is one document")
         return TextFilesSource(spec)
     if os.path.isdir(spec):
         entries = [e for e in os.listdir(spec) if not e.startswith(".")]
@@ -261,13 +322,24 @@ def open_source(
             e.endswith((".parquet", ".arrow", ".json", ".jsonl", ".csv")) or e == "data"
             for e in entries
         ):
+            _no_label_field(label_field, "a folder of .txt files is labelled by file")
             return TextFilesSource(spec)
         return HFDatasetSource(
-            spec, split=split, text_field=text_field, streaming=streaming, revision=revision
+            spec,
+            split=split,
+            text_field=text_field,
+            streaming=streaming,
+            revision=revision,
+            label_field=label_field,
         )
     if _looks_like_hub_id(spec):
         return HFDatasetSource(
-            spec, split=split, text_field=text_field, streaming=streaming, revision=revision
+            spec,
+            split=split,
+            text_field=text_field,
+            streaming=streaming,
+            revision=revision,
+            label_field=label_field,
         )
     raise about(
         "dataset",

@@ -36,6 +36,8 @@ from .loading import (
 )
 from .loading.params_checkpoint import ParamsCheckpointMismatchError
 from .partition import MeshMismatchError, check_mesh, param_shardings
+from .pooling import POOLS, pool_hidden, row_loss
+from .random_init import RandomInit, initializer_range, load_random
 
 
 __all__ = [
@@ -47,8 +49,10 @@ __all__ = [
     "MeshMismatchError",
     "MissingPackageError",
     "MissingTensorError",
+    "POOLS",
     "ParamsCheckpointMismatchError",
     "RULES",
+    "RandomInit",
     "RopeScaling",
     "UnknownModelError",
     "UnsupportedArchitectureError",
@@ -61,14 +65,18 @@ __all__ = [
     "from_hf_config",
     "fsdp_rules",
     "init_random",
+    "initializer_range",
     "load",
     "load_config",
+    "load_random",
     "load_tokenizer",
     "param_shardings",
     "partition",
+    "pool_hidden",
     "presets",
     "resolve",
     "Resolved",
     "RevisionNotFoundError",
+    "row_loss",
     "with_params",
 ]

@@ -66,7 +66,7 @@ class Blocks(nnx.Module):
     sublayer ('pre'), `attn_post_norm` / `mlp_post_norm` on its output ('post').
     """
 
-    def __init__(self, cfg: DecoderConfig, rngs: nnx.Rngs, param_dtype):
+    def __init__(self, cfg: DecoderConfig, rngs: nnx.Rngs, param_dtype, init_std: float = 0.02):
         L, D, H, KV, hd, F = (
             cfg.num_layers,
             cfg.hidden_size,
@@ -75,7 +75,7 @@ class Blocks(nnx.Module):
             cfg.head_dim,
             cfg.intermediate_size,
         )
-        P = functools.partial(_param, rngs, dtype=param_dtype)
+        P = functools.partial(_param, rngs, dtype=param_dtype, std=init_std)
         layer_norm = cfg.norm == "layer"
         norm_init = "zeros" if cfg.norm == "rms_one_plus" else "ones"
         pre = cfg.sublayer_norms in ("pre", "pre_post")
@@ -272,7 +272,9 @@ class Decoder(nnx.Module):
     jitted `forward` and returns a DecoderOutput. Activations are computed in
     `dtype`, parameters stored in `param_dtype` (e.g. bfloat16 weights,
     float32 activations). `attn_block` is the query block length of the
-    block-causal attention.
+    block-causal attention. `init_std` is the standard deviation of the
+    normal initial weights (matrices and embeddings; norm scales start at their
+    identity, biases at zero).
     """
 
     def __init__(
@@ -283,15 +285,16 @@ class Decoder(nnx.Module):
         dtype=jnp.float32,
         param_dtype=jnp.float32,
         attn_block: int = DEFAULT_ATTN_BLOCK,
+        init_std: float = 0.02,
     ):
         self.config = config
         self.dtype = jnp.dtype(dtype)
         self.param_dtype = jnp.dtype(param_dtype)
         self.attn_block = int(attn_block)
         D, V = config.hidden_size, config.vocab_size
-        P = functools.partial(_param, rngs, dtype=param_dtype)
+        P = functools.partial(_param, rngs, dtype=param_dtype, std=init_std)
         self.embed = P((V, D), (ax.VOCAB, ax.EMBED), kind="normal")
-        self.blocks = Blocks(config, rngs, param_dtype)
+        self.blocks = Blocks(config, rngs, param_dtype, init_std)
         norm_init = "zeros" if config.norm == "rms_one_plus" else "ones"
         self.final_norm_scale = P((D,), (ax.EMBED,), kind=norm_init) if config.final_norm else None
         self.final_norm_bias = (
@@ -436,16 +439,25 @@ def init_random(
     dtype=jnp.float32,
     param_dtype=jnp.float32,
     attn_block: int = DEFAULT_ATTN_BLOCK,
+    init_std: float = 0.02,
+    out_shardings=None,
 ) -> Decoder:
-    """A Decoder with N(0, 0.02) weights generated on device inside jit, so
-    an 8B-parameter bfloat16 model never exists in host float32."""
+    """A Decoder with N(0, init_std) weights generated on device inside jit, so
+    an 8B-parameter bfloat16 model never exists in host float32; with
+    `out_shardings` (e.g. `partition.state_shardings` of the abstract state)
+    each parameter is generated in its sharding."""
     make = lambda: Decoder(
-        config, rngs=nnx.Rngs(seed), dtype=dtype, param_dtype=param_dtype, attn_block=attn_block
+        config,
+        rngs=nnx.Rngs(seed),
+        dtype=dtype,
+        param_dtype=param_dtype,
+        attn_block=attn_block,
+        init_std=init_std,
     )
     graphdef, _ = nnx.split(
         abstract_decoder(config, dtype=dtype, param_dtype=param_dtype, attn_block=attn_block)
     )
-    state = jax.jit(lambda: nnx.split(make())[1])()
+    state = jax.jit(lambda: nnx.split(make())[1], out_shardings=out_shardings)()
     return nnx.merge(graphdef, state)
 
 

@@ -75,6 +75,7 @@ PRESETS = {
         rope_theta=100000.0,
         hidden_act="silu",
         tie_word_embeddings=True,
+        initializer_range=0.041666666666666664,
     ),
 }
 
