@@ -32,6 +32,10 @@ README_FILE = "RESULTS.md"
 TOKENS_FILE = "tokens.npz"
 
 ROW_DIM = "row"
+CLOUD_DIM = "cloud"
+TOKENS, CLOUDS = "tokens", "clouds"
+"""The two kinds of run (geom_jax.run.spec): each prompt's tokens a cloud, or one
+point per row and the rows of each shuffle level (and partition) a cloud."""
 
 ROW_FIELDS = (
     Field(
@@ -66,10 +70,57 @@ ROW_FIELDS = (
 )
 """What each row of a per-prompt run is: coordinates along the row dim."""
 
+CLOUD_FIELDS = (
+    Field(
+        "cloud_shuffle",
+        (),
+        "shuffle level s of the cloud's rows (-1: every token permuted).",
+        "",
+        "int32",
+    ),
+    Field(
+        "cloud_repeat", (), "repeat r of their shuffle (0 for the structured rows).", "", "int32"
+    ),
+    Field(
+        "cloud_partition",
+        (),
+        "partition p = 0..P-1 of the level's rows (partitions=P).",
+        "",
+        "int32",
+    ),
+    Field("n_points", (), "points of the cloud (its rows).", "", "int32"),
+)
+"""What each row of a pooled run's results is (one measured cloud): coordinates along cloud."""
 
-def run_fields(observables="paper") -> list[Field]:
-    """Every array a run measuring ``observables`` writes, in file order (row fields first)."""
+POINT_FIELDS = (
+    Field("input_ids", ("position",), "the row's token ids as run (after shuffling).", "", "int32"),
+    Field("attention_mask", ("position",), "1 on the row's tokens (0: padding).", "", "int32"),
+    Field(
+        "row_prompt_index", (), "index of the row's window (or prompt) in the dataset.", "", "int64"
+    ),
+    Field("row_prompt_key", (), "stable id of the window: '<document key>:w<j>'.", "", "str"),
+    Field("row_shuffle", (), "shuffle level s of the row.", "", "int32"),
+    Field("row_repeat", (), "repeat r of the row's shuffle.", "", "int32"),
+    Field("row_label", (), "class id of the row (its document, or label_field).", "", "int32"),
+    Field(
+        "row_loss", (), "mean next-token negative log-likelihood of the row (nats).", "", "float32"
+    ),
+)
+"""Every row of a pooled run, in tokens.npz (rows in representations.zarr's order)."""
+
+
+def run_fields(observables="paper", kind: str = TOKENS) -> list[Field]:
+    """Every array of results.npz of a run measuring ``observables``, in file order
+    (row fields first; per-point fields are not written for pooled runs)."""
+    if kind == CLOUDS:
+        obs = registry.resolve(observables)
+        fields = [f for f in obs.fields(saved_only=True) if not f.tokens]
+        return list(CLOUD_FIELDS) + fields + list(schema.health_fields(obs))
     return list(ROW_FIELDS) + schema.result_fields(observables)
+
+
+def row_axis(kind: str) -> str:
+    return "C" if kind == CLOUDS else "P"
 
 
 def coordinate_fields(fields: Sequence[Field]) -> dict[str, str]:
@@ -83,15 +134,18 @@ def coordinate_fields(fields: Sequence[Field]) -> dict[str, str]:
     return out
 
 
-def field_docs(observables="paper") -> dict[str, str]:
+def field_docs(observables="paper", kind: str = TOKENS) -> dict[str, str]:
     """Field name -> "[shape] meaning" of a run measuring ``observables``, derived from
-    the declarations (per-token fields live in tokens.npz)."""
-    fields = run_fields(observables)
+    the declarations (per-token fields live in tokens.npz; a pooled run's rows too)."""
+    fields = run_fields(observables, kind)
     docs = {}
     for f in fields:
         where = f" ({TOKENS_FILE}, float16)" if f.tokens else ""
-        docs[f.name] = f"{f.shape()} {f.doc}{where}"
+        docs[f.name] = f"{f.shape(row_axis(kind))} {f.doc}{where}"
     docs.update(coordinate_fields(fields))
+    if kind == CLOUDS:
+        for f in POINT_FIELDS:
+            docs[f.name] = f"{f.shape('R')} {f.doc} ({TOKENS_FILE})"
     return docs
 
 
@@ -130,10 +184,11 @@ def coordinates(arrays: Mapping[str, np.ndarray], fields: Sequence[Field]) -> di
     return out
 
 
-def as_saved(arrays: Mapping[str, np.ndarray], observables="paper") -> dict[str, np.ndarray]:
+def as_saved(arrays: Mapping[str, np.ndarray], observables="paper", kind: str = TOKENS):
     """``arrays`` as the files hold them: each field in its declared dtype (per-token
     fields float32 here, float16 in tokens.npz), plus the coordinates its dims store."""
-    fields = {f.name: f for f in run_fields(observables)}
+    declared = run_fields(observables, kind) + (list(POINT_FIELDS) if kind == CLOUDS else [])
+    fields = {f.name: f for f in declared}
     out = {}
     for name, value in arrays.items():
         f = fields.get(name)
@@ -145,19 +200,28 @@ def as_saved(arrays: Mapping[str, np.ndarray], observables="paper") -> dict[str,
     return out
 
 
-def save_results(output_dir: str, arrays: Mapping[str, np.ndarray], observables="paper") -> str:
+def save_results(
+    output_dir: str, arrays: Mapping[str, np.ndarray], observables="paper", kind: str = TOKENS
+) -> str:
     """Writes ``results.npz`` (uncompressed, one array per field, each in its declared
-    dtype, with the coordinates its dims store), the per-token fields as float16 in
-    ``tokens.npz``, and ``RESULTS.md``, each atomically; each npz is followed by its
-    SHA-256 (``results.npz.sha256``)."""
-    arrays = as_saved(arrays, observables)
-    docs = field_docs(observables)
+    dtype, with the coordinates its dims store), ``tokens.npz`` (the per-token fields as
+    float16; a pooled run's per-row fields) and ``RESULTS.md``, each atomically; each npz
+    is followed by its SHA-256 (``results.npz.sha256``)."""
+    arrays = as_saved(arrays, observables, kind)
+    docs = field_docs(observables, kind)
     unknown = set(arrays) - set(docs)
     if unknown:
         raise ValueError(f"save_results: undocumented fields {sorted(unknown)}")
-    token_names = {f.name for f in run_fields(observables) if f.tokens}
-    main = {k: v for k, v in arrays.items() if k not in token_names}
-    tokens = {k: np.asarray(v, np.float16) for k, v in arrays.items() if k in token_names}
+    if kind == CLOUDS:
+        to_tokens = {f.name for f in POINT_FIELDS}
+    else:
+        to_tokens = {f.name for f in run_fields(observables, kind) if f.tokens}
+    main = {k: v for k, v in arrays.items() if k not in to_tokens}
+    tokens = {
+        k: v if kind == CLOUDS else np.asarray(v, np.float16)
+        for k, v in arrays.items()
+        if k in to_tokens
+    }
     path = os.path.join(output_dir, RESULTS_FILE)
     files.atomic_write_bytes(path, files.npz_bytes(main))
     integrity.write_sidecar(path)
@@ -165,7 +229,7 @@ def save_results(output_dir: str, arrays: Mapping[str, np.ndarray], observables=
         tokens_path = os.path.join(output_dir, TOKENS_FILE)
         files.atomic_write_bytes(tokens_path, files.npz_bytes(tokens))
         integrity.write_sidecar(tokens_path)
-    readme = _readme(arrays, docs, observables)
+    readme = _readme(arrays, docs, observables, kind)
     files.atomic_write_bytes(os.path.join(output_dir, README_FILE), readme.encode())
     return path
 
@@ -208,7 +272,9 @@ def load_results(output_dir: str) -> dict[str, np.ndarray]:
     tokens_path = os.path.join(output_dir, TOKENS_FILE)
     if os.path.isfile(tokens_path):
         with np.load(tokens_path) as z:
-            out.update({k: z[k].astype(np.float32) for k in z.files})
+            out.update(
+                {k: z[k].astype(np.float32) if z[k].dtype == np.float16 else z[k] for k in z.files}
+            )
     meta_path = os.path.join(output_dir, METADATA_FILE)
     out["metadata"] = files.read_json(meta_path) if os.path.isfile(meta_path) else {}
     return out
@@ -216,7 +282,7 @@ def load_results(output_dir: str) -> dict[str, np.ndarray]:
 
 def declared_fields() -> dict[str, Field]:
     """Every field any registered observable, the model or the health checks declare."""
-    out = {f.name: f for f in ROW_FIELDS}
+    out = {f.name: f for f in ROW_FIELDS + CLOUD_FIELDS + POINT_FIELDS}
     for f in schema.result_fields("all"):
         out[f.name] = f
     for obs in registry.REGISTRY.values():
@@ -253,8 +319,12 @@ def load(output_dir: str) -> xr.Dataset:
     registry.discover()
     arrays = load_results(output_dir)
     meta = arrays.pop("metadata")
+    kind = CLOUDS if "cloud_shuffle" in arrays else TOKENS
     declared = declared_fields()
-    row_names = {f.name for f in ROW_FIELDS}
+    points = {f.name for f in POINT_FIELDS}
+    row_coords = {f.name for f in (CLOUD_FIELDS if kind == CLOUDS else ROW_FIELDS)} | (
+        {"row_prompt_index", "row_prompt_key", "row_shuffle", "row_repeat", "row_label"}
+    )
     coord_names = {d.coord_name: name for name, d in DIMS.items() if d.coord_name}
     data_vars, coords = {}, {}
     sizes: dict[str, int] = {}
@@ -263,14 +333,15 @@ def load(output_dir: str) -> xr.Dataset:
             coords[name] = (coord_names[name], value)
             continue
         f = declared.get(name)
+        first = ROW_DIM if (kind == TOKENS or name in points) else CLOUD_DIM
         dims = (
-            f.dim_names(ROW_DIM)
-            if f is not None and len(f.dim_names(ROW_DIM)) == value.ndim
-            else (ROW_DIM,) + tuple(f"{name}_dim{i}" for i in range(1, value.ndim))
+            f.dim_names(first)
+            if f is not None and len(f.dim_names(first)) == value.ndim
+            else (first,) + tuple(f"{name}_dim{i}" for i in range(1, value.ndim))
         )
         for d, size in zip(dims, value.shape):
             sizes.setdefault(d, size)
-        if name in row_names:
+        if name in row_coords:
             coords[name] = (dims, value)
         else:
             data_vars[name] = (dims, value)
@@ -289,8 +360,13 @@ def load(output_dir: str) -> xr.Dataset:
     return ds
 
 
-def _readme(arrays: Mapping[str, np.ndarray], docs: Mapping[str, str], observables) -> str:
+def _readme(arrays, docs: Mapping[str, str], observables, kind: str = TOKENS) -> str:
     observables = registry.resolve(observables)
+    rows = (
+        "C clouds (shuffle level x repeat x partition), R rows (one point each; tokens.npz)"
+        if kind == CLOUDS
+        else "P rows (prompt x shuffle level)"
+    )
     lines = [
         "# Results of a geom-jax run",
         "",
@@ -301,7 +377,7 @@ def _readme(arrays: Mapping[str, np.ndarray], docs: Mapping[str, str], observabl
         'r = np.load("results.npz")         # the same arrays, unlabelled',
         "```",
         "",
-        "P rows (prompt x shuffle level), L transformer layers, S GRIDE scales,",
+        f"{rows}, L transformer layers, S GRIDE scales,",
         "K neighbourhood sizes, T tokens. `metadata.json` records the model,",
         "its checkpoint, the flags, package versions, git commit, device and wall time.",
         f"Per-token fields are in `{TOKENS_FILE}` (float16): `np.load` it the same way.",

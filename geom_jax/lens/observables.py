@@ -183,6 +183,7 @@ LENS = Observable(
     reference=REFERENCE_LENS,
     reduce="mean over valid positions (token_entropy: per position)",
     options=(LENS_OPTION,),
+    token_cloud=True,
     in_all=False,
     report=(report.LENS_SECTION, report.UNCERTAINTY_SECTION),
 )
@@ -210,6 +211,7 @@ LOGIT_ID = Observable(
     options=(LOGIT_RANGE_MAX, TWONN_DISCARD_FRACTION),
     check=_check_logit_id,
     min_points=lambda o: (3, 3, "logit_id"),
+    token_cloud=True,
     in_all=False,
     report=(report.UNCERTAINTY_SECTION,),
 )

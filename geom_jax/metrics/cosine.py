@@ -133,6 +133,7 @@ OBSERVABLE = Observable(
     options=(INCLUDE_DIAGONAL,),
     embedding=True,
     paper=True,
+    dataset=True,
     report=(
         ReportSection(
             "Cosine similarity across layers",

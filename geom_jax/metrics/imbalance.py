@@ -213,6 +213,7 @@ OBSERVABLE = Observable(
     reference="Glielmo et al. 2022, PNAS Nexus 1(2) pgac039, eq. 1; DADApy",
     reduce="2 / N^2 sum over valid tokens of the rank",
     knn_k=lambda o: 1,
+    dataset=True,
     report=(
         ReportSection("Information imbalance", figure=_plot, text=_text, file="info_imbalance.png"),
     ),

@@ -306,10 +306,13 @@ RANGE_MAX = Option(
     int,
     None,
     "Largest GRIDE neighbour rank n2 (default: the largest the clouds support, up to "
-    f"{validation.MAX_RANGE}; the value used is recorded).",
+    f"{validation.MAX_RANGE} for a prompt's tokens and {validation.MAX_DATASET_RANGE} for "
+    "dataset-scale clouds; the value used is recorded).",
     check=_check_range_max,
     optional=True,
-    resolve=lambda v, n: validation.resolve_range_max(n, v),
+    resolve=lambda v, n, kind: validation.resolve_range_max(
+        n, v, validation.MAX_DATASET_RANGE if kind == "clouds" else validation.MAX_RANGE
+    ),
 )
 
 TWONN_DISCARD_FRACTION = Option(
@@ -553,6 +556,7 @@ OBSERVABLE = Observable(
     ranks=lambda o, n: gride_ranks(validation.n_scales(n, o["range_max"])),
     check=_check_gride,
     paper=True,
+    dataset=True,
     status=_status,
     status_flags=STATUS_FLAGS,
     report=(

@@ -338,6 +338,7 @@ MLE = Observable(
     knn_unique_k=lambda o: o["id_k"],
     check=check_k,
     min_points=_min_points,
+    dataset=True,
     report=(
         ESTIMATORS,
         ReportSection(
@@ -362,5 +363,6 @@ TLE = Observable(
     knn_unique_k=lambda o: o["id_k"],
     check=check_k,
     min_points=_min_points,
+    dataset=True,
     report=(ESTIMATORS,),
 )

@@ -77,8 +77,9 @@ class Option:
       optional: None is a value (e.g. range_max None: resolved from the cloud).
       defining: the value changes results (``--resume`` refuses a change).
       flag: exposed on the command line.
-      resolve: ``resolve(value, n)`` -> the value for clouds of n points (e.g.
-        range_max None -> the largest range n points support).
+      resolve: ``resolve(value, n, kind)`` -> the value for clouds of n points of a
+        kind of run ("tokens": a prompt's tokens, "clouds": one point per prompt;
+        e.g. range_max None -> the largest range n points support, capped).
     """
 
     name: str
@@ -90,7 +91,7 @@ class Option:
     optional: bool = False
     defining: bool = True
     flag: bool = True
-    resolve: Callable[[Any, int], Any] | None = None
+    resolve: Callable[[Any, int, str], Any] | None = None
 
     def value(self, given: Any = None, *, present: bool = False) -> Any:
         """The checked value of the option: ``given`` when present, else the default."""
@@ -158,6 +159,7 @@ DIMS: dict[str, Dim] = {
     "token": Dim("T", "token position"),
     "target": Dim("T-1", "predicted token position t = 1..T-1", lambda n: np.arange(1, n + 1)),
     "direction": Dim("2", "(A -> B, B -> A)", lambda n: np.array(["forward", "backward"][:n])),
+    "position": Dim("T", "token position of a pooled run's row"),
     "logit_scale": Dim(
         "S'", "GRIDE scale j of the logit cloud: n1 = 2**j", lambda n: 2 ** np.arange(n), "logit_n1"
     ),
@@ -303,7 +305,10 @@ class Observable:
     (``ctx.previous``). ``embedding``: computed on the embedding output too
     (its fields' layer axis is "L+1"). ``paper``: one of the paper's
     observables (the default set); the others are computed in isolation so
-    that asking for more never changes the paper's numbers. ``in_all``: part
+    that asking for more never changes the paper's numbers. ``dataset``: in the
+    default set of dataset-scale clouds (one point per prompt). ``token_cloud``:
+    needs the tokens of one prompt as the cloud (their order, or the model's
+    logits per position), so it is refused for pooled runs. ``in_all``: part
     of "all". ``report``: its sections of the report. ``status(fields, mask)``
     -> int bits [B, L] flagging degenerate layers, documented in
     ``status_flags`` (bit -> meaning; bit 1 is the engine's non-finite flag).
@@ -328,6 +333,8 @@ class Observable:
     prepare: Callable | None = None
     previous: Callable | None = None
     paper: bool = False
+    dataset: bool = False
+    token_cloud: bool = False
     in_all: bool = True
     model_inputs: tuple[ModelInput, ...] = ()
     report: tuple[ReportSection, ...] = ()

@@ -132,6 +132,7 @@ OBSERVABLE = Observable(
     check=lambda o, n: validation.check_max_k(n, o["max_k"]),
     min_points=lambda o: (o["max_k"] + 1, 0, f"max_k={o['max_k']}"),
     paper=True,
+    dataset=True,
     report=(
         ReportSection(
             "Neighbourhood overlap across layers",

@@ -29,11 +29,13 @@ REGISTRY: dict[str, Observable] = {}
 
 INPUTS: dict[str, tuple[bool, str]] = {
     "token_nll": (True, "[B, T-1] per-token negative log-likelihood (nats), 0 on padding"),
+    "labels": (True, "[B, N] class id of each point of a dataset-scale cloud (-1: none)"),
 }
 """Inputs a caller may pass to layer_geometry: name -> (per_prompt, doc); the observables'
 model inputs are added when they register."""
 
-SETS = ("paper", "all")
+SETS = ("paper", "dataset", "all")
+"""Named sets: the paper's observables, those of dataset-scale clouds, and all."""
 
 _discovered = False
 
@@ -139,8 +141,16 @@ def _paper() -> list[str]:
     return [n for n, o in REGISTRY.items() if o.paper]
 
 
+def _dataset() -> list[str]:
+    return [n for n, o in REGISTRY.items() if o.dataset]
+
+
 def _all() -> list[str]:
     return [n for n, o in REGISTRY.items() if o.in_all]
+
+
+def _set(name: str) -> list[str]:
+    return {"paper": _paper, "dataset": _dataset, "all": _all}[name]()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,7 +194,9 @@ class ObservableSet:
         """The options the set reads (and the engine's), name -> declaration."""
         return merge_options([shared_options.ENGINE] + [o.options for o in self.observables])
 
-    def options(self, values: Mapping | None = None, *, n: int | None = None) -> dict:
+    def options(
+        self, values: Mapping | None = None, *, n: int | None = None, kind: str = "tokens"
+    ) -> dict:
         """Checked values of every declared option, defaults filled in (and, with the
         cloud size n, resolved: e.g. range_max None -> the largest range n supports).
         Options of other registered observables are accepted and left out; a name no
@@ -199,7 +211,8 @@ class ObservableSet:
         out = {}
         for name, opt in self.declared_options.items():
             v = opt.value(values.get(name), present=name in values)
-            out[name] = opt.resolve(v, n) if n is not None and opt.resolve is not None else v
+            resolved = n is not None and opt.resolve is not None
+            out[name] = opt.resolve(v, n, kind) if resolved else v
         return out
 
     @property
@@ -214,8 +227,9 @@ class ObservableSet:
 
 
 def resolve(spec: str | Iterable[str] | ObservableSet | None = "paper") -> ObservableSet:
-    """The ObservableSet of ``spec``: "paper", "all", a comma list or a sequence of names
-    (which may include "paper"), in registry order, without repeats.
+    """The ObservableSet of ``spec``: a set's name ("paper", "dataset", "all"), a comma list
+    or a sequence of names (which may include a set's name), in registry order, without
+    repeats.
 
     Raises:
       ValueError: an empty spec or an unknown name (naming the known ones).
@@ -231,10 +245,8 @@ def resolve(spec: str | Iterable[str] | ObservableSet | None = "paper") -> Obser
         raise ValueError(f"observables is empty; known: {', '.join(known())}")
     wanted = set()
     for item in items:
-        if item == "paper":
-            wanted.update(_paper())
-        elif item == "all":
-            wanted.update(_all())
+        if item in SETS:
+            wanted.update(_set(item))
         elif item in REGISTRY:
             wanted.add(item)
         else:

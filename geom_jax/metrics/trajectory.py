@@ -66,4 +66,5 @@ OBSERVABLE = Observable(
     doc=__doc__,
     reference="Hosseini & Fedorenko 2023 (NeurIPS), arXiv:2311.04930",
     reduce="mean over consecutive valid tokens",
+    token_cloud=True,
 )

@@ -71,19 +71,22 @@ def n_scales(n, range_max):
 
 
 MAX_RANGE = 256
+"""Default cap of GRIDE's range on a prompt's token cloud (the paper's range)."""
+MAX_DATASET_RANGE = 2**13
+"""Default cap on dataset-scale clouds (Cheng et al. read the plateau up to 2**13)."""
 
 
-def default_range_max(n):
-    """The largest GRIDE range N points support, capped at MAX_RANGE: min(256, N - 1).
+def default_range_max(n, cap=MAX_RANGE):
+    """The largest GRIDE range N points support, capped: min(cap, N - 1).
 
     Every neighbour rank 2**s <= range_max then exists (2**S <= N - 1).
     """
-    return max(2, min(MAX_RANGE, int(n) - 1))
+    return max(2, min(cap, int(n) - 1))
 
 
-def resolve_range_max(n, range_max):
-    """range_max, or default_range_max(n) when it is None."""
-    return default_range_max(n) if range_max is None else range_max
+def resolve_range_max(n, range_max, cap=MAX_RANGE):
+    """range_max, or default_range_max(n, cap) when it is None."""
+    return default_range_max(n, cap) if range_max is None else range_max
 
 
 def check_range_max(n, range_max, name="range_max"):

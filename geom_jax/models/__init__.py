@@ -36,7 +36,7 @@ from .loading import (
 )
 from .loading.params_checkpoint import ParamsCheckpointMismatchError
 from .partition import MeshMismatchError, check_mesh, param_shardings
-from .pooling import POOLS, pool_hidden, row_loss
+from .pooling import POOLS, check_pool, pool_hidden, row_loss
 from .random_init import RandomInit, initializer_range, load_random
 
 
@@ -72,6 +72,7 @@ __all__ = [
     "load_tokenizer",
     "param_shardings",
     "partition",
+    "check_pool",
     "pool_hidden",
     "presets",
     "resolve",

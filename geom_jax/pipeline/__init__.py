@@ -2,6 +2,7 @@
 model bound to it: ``GeometryPipeline``."""
 
 from geom_jax.pipeline.fused import GeometryPipeline, check_token_ids, execution_dtypes
+from geom_jax.pipeline.pooled import PooledPipeline, pooled_step
 from geom_jax.pipeline.schema import (
     MODEL_FIELDS,
     STATUS_NON_FINITE,
@@ -10,12 +11,20 @@ from geom_jax.pipeline.schema import (
     result_fields,
     status_flags,
 )
-from geom_jax.pipeline.step import PromptGeometry, geometry_from_hidden, geometry_step
+from geom_jax.pipeline.step import (
+    PromptGeometry,
+    cloud_geometry,
+    geometry_from_hidden,
+    geometry_step,
+)
 
 __all__ = [
     "GeometryPipeline",
     "MODEL_FIELDS",
+    "PooledPipeline",
     "PromptGeometry",
+    "cloud_geometry",
+    "pooled_step",
     "STATUS_NON_FINITE",
     "check_token_ids",
     "execution_dtypes",

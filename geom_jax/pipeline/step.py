@@ -36,6 +36,48 @@ class PromptGeometry(metrics.LayerGeometry):
     """
 
 
+def cloud_geometry(
+    hidden: jax.Array,
+    mask: jax.Array,
+    inputs: dict | None = None,
+    *,
+    observables="paper",
+    layer_chunk: int | None = None,
+    options: dict | None = None,
+    validate: bool = False,
+) -> dict:
+    """The observables of clouds hidden [L+1, B, N, D] (embedding output first), mask
+    [B, N]: every observable on the L layers after the first, and those declared with
+    ``embedding=True`` on the first too (their fields get the "L+1" axis). Returns the
+    saved fields, ``finite`` and ``status`` [B, L]."""
+    observables = registry.resolve(observables)
+    geo = metrics.stack_geometry(
+        hidden[1:],
+        mask,
+        observables=observables,
+        layer_chunk=layer_chunk,
+        inputs=inputs,
+        options=options,
+        validate=validate,
+    )
+    out = {f.name: geo[f.name] for f in observables.fields(saved_only=True) if f.name in geo}
+    embedding = [o for o in observables.observables if o.embedding]
+    if embedding:
+        emb = metrics.stack_geometry(
+            hidden[:1],
+            mask,
+            observables=[o.name for o in embedding],
+            options=options,
+            validate=False,
+        )
+        for obs in embedding:
+            for f in obs.saved_fields():
+                out[f.name] = jnp.concatenate([emb[f.name], out[f.name]], axis=1)
+    out["finite"] = geo["finite"]
+    out["status"] = schema.layer_status(observables, geo, mask)
+    return out
+
+
 def geometry_from_hidden(
     hidden: jax.Array,
     token_nll: jax.Array,
@@ -49,41 +91,27 @@ def geometry_from_hidden(
     """Reduces hidden states [L+1, B, T, D] and token NLL [B, T-1] per prompt.
 
     Layer observables run on the L transformer layers; those declared with
-    ``embedding=True`` also on the embedding output, first. inputs: more
-    arrays for observables that consume them (registry.INPUTS), besides
+    ``embedding=True`` also on the embedding output, first (:func:`cloud_geometry`).
+    inputs: more arrays for observables that consume them (registry.INPUTS), besides
     token_nll. options: the observables' option values (see layer_geometry).
     """
-    observables = registry.resolve(observables)
-    hidden = hidden.astype(jnp.float32)
     mask = attention_mask.astype(bool)
     target_mask = mask[:, 1:].astype(jnp.float32)
     token_nll = token_nll * target_mask
-    geo = metrics.stack_geometry(
-        hidden[1:],
+    out = cloud_geometry(
+        hidden.astype(jnp.float32),
         mask,
+        {"token_nll": token_nll, **(inputs or {})},
         observables=observables,
         layer_chunk=layer_chunk,
-        inputs={"token_nll": token_nll, **(inputs or {})},
         options=options,
+        validate=True,
     )
-    out = {f.name: geo[f.name] for f in observables.fields(saved_only=True)}
-    embedding = [o for o in observables.observables if o.embedding]
-    if embedding:
-        emb = metrics.stack_geometry(
-            hidden[:1],
-            mask,
-            observables=[o.name for o in embedding],
-            options=options,
-            validate=False,
-        )
-        for obs in embedding:
-            for f in obs.saved_fields():
-                out[f.name] = jnp.concatenate([emb[f.name], out[f.name]], axis=1)
-    out["loss"] = jnp.sum(token_nll, axis=-1) / jnp.maximum(jnp.sum(target_mask, axis=-1), 1.0)
-    out["token_nll"] = token_nll
-    out["finite"] = geo["finite"]
-    out["status"] = schema.layer_status(observables, geo, mask)
-    return PromptGeometry(out)
+    fields = {k: v for k, v in out.items() if k not in ("finite", "status")}
+    fields["loss"] = jnp.sum(token_nll, axis=-1) / jnp.maximum(jnp.sum(target_mask, axis=-1), 1.0)
+    fields["token_nll"] = token_nll
+    fields["finite"], fields["status"] = out["finite"], out["status"]
+    return PromptGeometry(fields)
 
 
 def model_inputs(observables, model, out, prepared: dict) -> dict:

@@ -107,9 +107,12 @@ def check_spec(spec: run_spec.RunSpec) -> None:
         raise UserError("{text_field} must not be empty", "text_field")
     observables = spec.observable_set
     try:
-        n = num_tokens(spec)
-        options = observables.options(spec.option_values(), n=n)
-        metrics.geometry.check_observables(observables, options, n)
+        if spec.kind == run_spec.TOKENS:
+            n = num_tokens(spec)
+            options = observables.options(spec.option_values(), n=n)
+            metrics.geometry.check_observables(observables, options, n)
+        else:  # the clouds' size is known once the rows are (run.clouds.check_cloud_sizes)
+            observables.options(spec.option_values())
     except ValueError as e:
         raise wrap(e) from None
     check_options_apply(spec, observables)
@@ -134,7 +137,7 @@ def resolved(spec: run_spec.RunSpec) -> run_spec.RunSpec:
     changes = {}
     for name, opt in spec.observable_set.declared_options.items():
         if opt.resolve is not None:
-            changes[name] = opt.resolve(getattr(spec, name), n)
+            changes[name] = opt.resolve(getattr(spec, name), n, spec.kind)
     return spec.replace(**changes)
 
 

@@ -24,6 +24,12 @@ from geom_jax.metrics.observable import Option
 
 METHODS = ("structured", "shuffled", "permuted")
 DTYPES = ("float32", "bfloat16")
+POOLS = ("none", "last", "mean")
+TOKENS, CLOUDS = "tokens", "clouds"
+"""The two kinds of run: each prompt's tokens a cloud (pool none), or one point per
+row, the rows of each shuffle level (and partition) a cloud (pool last / mean)."""
+DEFAULT_SETS = {TOKENS: "paper", CLOUDS: "dataset"}
+"""The observables a run measures when none are asked for."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +45,8 @@ class RunField:
       choices: allowed values (an enum flag).
       unset: the flag value that means None (e.g. 0 for "every qualifying prompt").
       required: the command line must give it.
+      before: its value in runs recorded before the field existed (default: the
+        default), for the ``--resume`` check of such runs.
     """
 
     name: str
@@ -49,6 +57,7 @@ class RunField:
     choices: tuple | None = None
     unset: Any = None
     required: bool = False
+    before: Any = None
 
 
 FIELDS: tuple[RunField, ...] = (
@@ -97,9 +106,54 @@ FIELDS: tuple[RunField, ...] = (
     RunField(
         "observables",
         str,
-        "paper",
-        "'paper' (GRIDE/TwoNN, cosine, overlap), 'all', or a comma list of names "
-        "(may include 'paper', e.g. paper,reciprocity).",
+        None,
+        "'paper' (GRIDE/TwoNN, cosine, overlap; the default of per-prompt runs), 'dataset' "
+        "(the default of pooled runs), 'all', or a comma list of names (may include a set, "
+        "e.g. paper,reciprocity).",
+        before="paper",
+    ),
+    RunField(
+        "pool",
+        str,
+        "none",
+        "none: each prompt's tokens are a cloud; last / mean: one point per row (its last "
+        "token, or the mean over its tokens) and the rows of each shuffle level a cloud.",
+        choices=POOLS,
+    ),
+    RunField(
+        "windows",
+        bool,
+        False,
+        "Cut every document into consecutive windows of max_tokens tokens (thousands of "
+        "points from the pydoc corpus); num_prompts caps them (a seeded sample).",
+    ),
+    RunField(
+        "partitions",
+        int,
+        1,
+        "Pooled runs: split each cloud into this many disjoint seeded random subsets and "
+        "measure each (Cheng et al.'s protocol).",
+    ),
+    RunField(
+        "label_field",
+        str,
+        "",
+        "Record field labelling each row (jsonl, Hugging Face datasets; pydoc windows carry "
+        "their topic): the label overlap's classes.",
+    ),
+    RunField(
+        "window_tokenizer",
+        str,
+        "",
+        "Model whose tokenizer cuts the windows (their text, re-tokenised by --model), so "
+        "that models with different tokenizers see the same text.",
+    ),
+    RunField(
+        "random_init",
+        int,
+        None,
+        "Seed of random weights for the model's architecture (the untrained control); "
+        "unset: the trained weights.",
     ),
     RunField(
         "output_dir",
@@ -176,6 +230,8 @@ class RunSpec:
             name: _normalise(f, values[name] if name in values else f.default)
             for name, f in fields.items()
         }
+        if spec["observables"] is None:
+            spec["observables"] = DEFAULT_SETS[kind_of(spec["pool"])]
         try:
             spec["observables"] = registry.resolve(spec["observables"]).canonical
         except ValueError:
@@ -200,6 +256,11 @@ class RunSpec:
     def __repr__(self):
         given = {k: v for k, v in self._values.items() if v != table()[k].default}
         return "RunSpec(" + ", ".join(f"{k}={v!r}" for k, v in given.items()) + ")"
+
+    @property
+    def kind(self) -> str:
+        """TOKENS (each prompt's tokens a cloud) or CLOUDS (one point per row)."""
+        return kind_of(self.pool)
 
     def values(self) -> dict[str, Any]:
         return dict(self._values)
@@ -234,6 +295,10 @@ class RunSpec:
         return out
 
 
+def kind_of(pool: str | None) -> str:
+    return TOKENS if pool in (None, "none") else CLOUDS
+
+
 def saved_value(name: str, saved: Mapping):
     """A defining field's value in a saved run_config.json; a field the run predates
     takes its declared default (the value such runs had)."""
@@ -242,5 +307,6 @@ def saved_value(name: str, saved: Mapping):
     field = table().get(name)
     if field is None:
         return None
-    value = _normalise(field, field.default)
+    old = getattr(field, "before", None)
+    value = _normalise(field, field.default if old is None else old)
     return list(value) if isinstance(value, tuple) else value
