@@ -140,6 +140,7 @@ OBSERVABLE = Observable(
             figure=_plot,
             needs=("cos_mean",),
             file="cosine_vs_layer.png",
+            kinds=("tokens", "clouds"),
         ),
     ),
 )

@@ -215,6 +215,12 @@ OBSERVABLE = Observable(
     knn_k=lambda o: 1,
     dataset=True,
     report=(
-        ReportSection("Information imbalance", figure=_plot, text=_text, file="info_imbalance.png"),
+        ReportSection(
+            "Information imbalance",
+            figure=_plot,
+            text=_text,
+            file="info_imbalance.png",
+            kinds=("tokens", "clouds"),
+        ),
     ),
 )

@@ -518,6 +518,120 @@ def _headline_text(run, scale=0, **_):
     return lines
 
 
+def plateau_scale(run: plotting.Run) -> int:
+    """The GRIDE scale where the structured clouds' ID curve is flattest: the j that
+    minimises the mean over layers of |ID(j + 1) - ID(j)| / ID(j) (Cheng et al. read
+    the ID where the curve against scale plateaus); 0 with a single scale."""
+    ids = np.nanmean(run.arrays["gride_ids"][run.rows(0)], 0)  # [L, S]
+    if ids.shape[-1] < 2:
+        return 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        step = np.nanmean(np.abs(np.diff(ids, axis=-1)) / ids[:, :-1], 0)
+    return int(np.nanargmin(step)) if np.isfinite(step).any() else 0
+
+
+def cloud_headline(run: plotting.Run, scale: int) -> dict:
+    """Per shuffle level (structured first): the peak layer of the mean ID over
+    partitions at ``scale``, the peak ID's mean and standard deviation over
+    partitions, and the number of partitions."""
+    out = {}
+    for s in run.levels:
+        ids = _ids(run, scale, run.rows(s))  # [partitions, L]
+        mean = np.nanmean(ids, 0)
+        peak = int(np.nanargmax(mean))
+        out[s] = {
+            "peak_layer": peak + 1,
+            "peak_id": float(mean[peak]),
+            "peak_std": float(np.nanstd(ids[:, peak])),
+            "partitions": len(ids),
+        }
+    return out
+
+
+def _plot_clouds(runs, path, **_):
+    """ID against layer at the first and at the plateau scale (structured vs shuffled,
+    +- std over partitions), and ID against scale at a few layers."""
+    fig, axes = plotting.figure(3 * len(runs))
+    for i, run in enumerate(runs):
+        plateau = plateau_scale(run)
+        for ax, scale in zip(axes[3 * i : 3 * i + 2], (0, plateau)):
+            for color, s in zip(plotting.colours(len(run.levels)), run.levels):
+                ids = _ids(run, scale, run.rows(s))
+                x = np.arange(1, ids.shape[1] + 1)
+                mean, std = np.nanmean(ids, 0), np.nanstd(ids, 0)
+                ax.errorbar(
+                    x,
+                    mean,
+                    yerr=std,
+                    color=color,
+                    capsize=2,
+                    lw=1.4,
+                    ms=3,
+                    marker="o",
+                    label=plotting.level_label(s),
+                )
+            n1 = int(run.arrays["gride_n1"][scale])
+            ax.set(xlabel="layer", ylabel=f"GRIDE ID (n1={n1})", title=run.label)
+            ax.legend(fontsize=7)
+        ax = axes[3 * i + 2]
+        num_layers = run.arrays["gride_ids"].shape[1]
+        for layer in sorted({1, num_layers // 2, num_layers}):
+            for s in run.extremes:
+                rows = run.rows(s)
+                ax.plot(
+                    run.arrays["gride_n1"],
+                    np.nanmean(run.arrays["gride_ids"][rows, layer - 1], 0),
+                    "o-" if s == 0 else "x--",
+                    ms=3,
+                    label=f"layer {layer}, {plotting.level_label(s)}",
+                )
+        ax.set(xscale="log", xlabel="GRIDE n1", ylabel="ID", title=f"{run.label}: ID vs scale")
+        ax.legend(fontsize=6)
+    return plotting.save(fig, path)
+
+
+def _clouds_text(run, **_):
+    plateau = plateau_scale(run)
+    n_points = run.arrays.get("n_points")
+    lines = [
+        f"{len(run.arrays['shuffle_index'])} clouds"
+        + (
+            f" of {int(np.min(n_points))}-{int(np.max(n_points))} points"
+            if n_points is not None
+            else ""
+        )
+        + f"; plateau scale n1 = {int(run.arrays['gride_n1'][plateau])} (the flattest step of "
+        "the structured clouds' ID against scale).",
+    ]
+    for scale, what in ((0, "first scale"), (plateau, "plateau scale")):
+        h = cloud_headline(run, scale)
+        n1 = int(run.arrays["gride_n1"][scale])
+        lines += [
+            "",
+            f"| shuffle level s | peak layer | peak GRIDE ID (n1={n1}, {what}) | std over "
+            "partitions | partitions |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        for s in run.levels:
+            v = h[s]
+            lines.append(
+                f"| {s} | {v['peak_layer']} | {v['peak_id']:.2f} | {v['peak_std']:.2f} "
+                f"| {v['partitions']} |"
+            )
+        if len(run.levels) > 1 and 0 in h:
+            top = run.levels[-1]
+            layer = h[0]["peak_layer"] - 1
+            structured = np.nanmean(_ids(run, scale, run.rows(0))[:, layer])
+            shuffled = np.nanmean(_ids(run, scale, run.rows(top))[:, layer])
+            lines += [
+                "",
+                f"At the structured peak (layer {layer + 1}, n1={n1}) the ID is "
+                f"{structured:.2f} structured and {shuffled:.2f} at s={top} "
+                f"(difference {structured - shuffled:+.2f}).",
+            ]
+    return lines
+
+
 OBSERVABLE = Observable(
     name="gride",
     compute=_gride_observable,
@@ -578,6 +692,14 @@ OBSERVABLE = Observable(
             figure=_plot_id_loss,
             needs=("gride_ids", "loss"),
             file="id_loss.png",
+        ),
+        ReportSection(
+            "Intrinsic dimension of dataset-scale clouds",
+            figure=_plot_clouds,
+            text=_clouds_text,
+            needs=("gride_ids",),
+            file="clouds_id.png",
+            kinds=("clouds",),
         ),
     ),
 )

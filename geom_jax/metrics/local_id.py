@@ -316,6 +316,7 @@ ESTIMATORS = ReportSection(
     figure=_plot_estimators,
     text=_estimators_text,
     file="id_estimators.png",
+    kinds=("tokens", "clouds"),
 )
 
 MLE = Observable(

@@ -269,6 +269,9 @@ class ReportSection:
     needs: tuple[str, ...] = ()
     file: str = ""
     """Name of the PNG (default: from the title)."""
+    kinds: tuple[str, ...] = ("tokens",)
+    """The kinds of run it is drawn for: "tokens" (per-prompt token clouds), "clouds"
+    (pooled runs, a row per cloud)."""
 
     def png(self) -> str:
         if self.file:

@@ -139,6 +139,7 @@ OBSERVABLE = Observable(
             figure=_plot,
             needs=("overlap",),
             file="overlap_vs_layer.png",
+            kinds=("tokens", "clouds"),
         ),
     ),
 )

@@ -24,14 +24,21 @@ def _applies(section: ReportSection, saved: Sequence[str], runs: Sequence[Run]) 
     return all(any(f in run.arrays for f in saved) for run in runs)
 
 
+def runs_of(section: ReportSection, runs: Sequence[Run]) -> list[Run]:
+    """The runs of the kinds the section is drawn for."""
+    return [run for run in runs if run.kind in section.kinds]
+
+
 def sections_for(runs: Sequence[Run]) -> list[ReportSection]:
-    """The sections of the observables whose fields the runs hold, in registry order."""
+    """The sections of the observables whose fields the runs (of the sections' kinds)
+    hold, in registry order."""
     registry.discover()
     out: list[ReportSection] = []
     for obs in registry.REGISTRY.values():
         saved = [f.name for f in obs.saved_fields()]
         for section in obs.report:
-            if section not in out and _applies(section, saved, runs):
+            mine = runs_of(section, runs)
+            if section not in out and mine and _applies(section, saved, mine):
                 out.append(section)
     return out
 
@@ -51,13 +58,13 @@ def make_report(folders: Sequence[str], output_dir: str, scale: int = 0) -> str:
     for section in sections:
         if section.figure is not None:
             path = os.path.join(output_dir, section.png())
-            figures[section.title] = section.figure(runs, path, scale=scale)
+            figures[section.title] = section.figure(runs_of(section, runs), path, scale=scale)
     lines = ["# Geometry of tokens: report", "", "Result folders:", ""]
     lines += [f"- `{f}`" for f in folders]
     for run in runs:
         lines += ["", f"## {run.label}", ""]
         for section in sections:
-            if section.text is not None:
+            if section.text is not None and run.kind in section.kinds:
                 lines += section.text(run, scale=scale)
     lines += [""]
     for title, path in figures.items():

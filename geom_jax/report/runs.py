@@ -14,18 +14,41 @@ COORDINATES = tuple(d.coord_name for d in DIMS.values() if d.coord_name)
 """Stored coordinates (e.g. gride_n1): not per row, taken from the first folder."""
 
 
+CLOUD_ROWS = {"shuffle_index": "cloud_shuffle", "prompt_index": "cloud_partition"}
+"""A pooled run's cloud fields under the names the sections read."""
+
+
+def _as_rows(r: dict) -> tuple[str, dict]:
+    """(kind, arrays) of a loaded folder; a pooled run's clouds become its rows."""
+    if "cloud_shuffle" not in r:
+        return results.TOKENS, r
+    arrays = dict(r)
+    for name, cloud in CLOUD_ROWS.items():
+        arrays[name] = r[cloud]
+    arrays["shuffle_repeat"] = r["cloud_repeat"]
+    return results.CLOUDS, arrays
+
+
+def _label(meta: dict, folder: str, kind: str) -> str:
+    model = meta.get("model", folder)
+    if kind == results.CLOUDS:
+        pool = meta.get("flags", {}).get("pool", "")
+        return f"{model} (one point per window, {pool} token)"
+    return model
+
+
 def load_runs(folders: Sequence[str]) -> list[Run]:
-    """Loads result folders and pools them per model.
+    """Loads result folders and pools them per model and kind of run.
 
     Structured rows that also occur in a shuffled run of the same model (same prompt,
     s = 0) are kept once.
     """
-    by_model: dict[str, list[dict]] = {}
+    by_model: dict[tuple[str, str], list[dict]] = {}
     for folder in folders:
-        r = results.load_results(folder)
-        by_model.setdefault(r["metadata"].get("model", folder), []).append(r)
+        kind, r = _as_rows(results.load_results(folder))
+        by_model.setdefault((_label(r["metadata"], folder, kind), kind), []).append(r)
     runs = []
-    for label, parts in by_model.items():
+    for (label, kind), parts in by_model.items():
         keys = [
             k
             for k in parts[0]
@@ -45,5 +68,5 @@ def load_runs(folders: Sequence[str]) -> list[Run]:
         for k in COORDINATES:
             if k in parts[0]:
                 arrays[k] = parts[0][k]
-        runs.append(Run(label, arrays))
+        runs.append(Run(label, arrays, kind))
     return runs
