@@ -46,14 +46,20 @@ $(BENCH_VENV)/.stamp: Makefile
 
 bench-env: $(BENCH_VENV)/.stamp
 
-# The default experiment: SmolLM2-135M on CPython's pydoc topics at 1024
-# tokens, every qualifying prompt structured plus a shuffled sweep (s = 0..5).
-# Idempotent: --resume finishes an interrupted run and skips a finished one.
+# The default experiments on SmolLM2-135M and CPython's pydoc topics: the paper's
+# (each prompt's 1024 tokens a cloud: every qualifying prompt structured, plus a
+# shuffled sweep s = 0..5) and the dataset-scale one of Cheng et al. (one point per
+# 20-token window, its last token: every window structured and fully permuted, each
+# level's cloud split into 5 partitions). Idempotent: --resume finishes an
+# interrupted run and skips a finished one.
 MODEL ?= smollm2-135m
 DATASET ?= pydoc
 STRUCTURED_PROMPTS ?= 26
 SHUFFLED_PROMPTS ?= 12
+POOLED_WINDOWS ?= 0
 RUN_FLAGS = --model=$(MODEL) --dataset=$(DATASET) --max_tokens=1024 --resume
+POOLED_FLAGS = --model=$(MODEL) --dataset=$(DATASET) --pool=last --windows --max_tokens=20 \
+	--num_prompts=$(POOLED_WINDOWS) --method=permuted --partitions=5 --batch_size=64 --resume
 RUN_DIR = $(RESULTS)/$(MODEL)_$(DATASET)
 
 run: $(VENV)/.stamp-base
@@ -61,9 +67,11 @@ run: $(VENV)/.stamp-base
 		--num_prompts=$(STRUCTURED_PROMPTS) --output_dir=$(RUN_DIR)/structured
 	$(PY) experiments/token_geometry.py $(RUN_FLAGS) --method=shuffled --max_shuffle=5 \
 		--num_prompts=$(SHUFFLED_PROMPTS) --output_dir=$(RUN_DIR)/shuffled
-	$(PY) experiments/plot_geometry.py --results=$(RUN_DIR)/structured,$(RUN_DIR)/shuffled \
+	$(PY) experiments/token_geometry.py $(POOLED_FLAGS) --output_dir=$(RUN_DIR)/pooled
+	$(PY) experiments/plot_geometry.py \
+		--results=$(RUN_DIR)/structured,$(RUN_DIR)/shuffled,$(RUN_DIR)/pooled \
 		--output_dir=$(RUN_DIR)/report
-	@echo "Results: $(RUN_DIR)/{structured,shuffled}/results.npz"
+	@echo "Results: $(RUN_DIR)/{structured,shuffled,pooled}/results.npz"
 	@echo "Report:  $(RUN_DIR)/report/report.md"
 
 clean:

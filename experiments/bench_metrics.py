@@ -309,7 +309,7 @@ def main(argv):
         f"min {jax_min:.3f} s, median {jax_med:.3f} s "
         f"over {FLAGS.repeats} runs (process CPU {jax_cpu:.3f} s); {load_avg()}"
     )
-    if metrics.registry.canonical(FLAGS.observables) != "paper":
+    if metrics.registry.resolve(FLAGS.observables).canonical != "paper":
         paper = jitted("paper")
         jax.block_until_ready(paper(x))
         walls = {"paper": [], FLAGS.observables: []}

@@ -674,7 +674,10 @@ class DeviceCheck:
         state = sharding.place_state(state, mesh)
         step_fn = jax.jit(
             functools.partial(
-                pipeline.geometry_step, graphdef, mesh=mesh, range_max=s.range_max, max_k=s.max_k
+                pipeline.geometry_step,
+                graphdef,
+                mesh=mesh,
+                options=dict(range_max=s.range_max, max_k=s.max_k),
             ),
             out_shardings=sharding.batch_sharding(mesh),
         )

@@ -76,7 +76,7 @@ def test_shuffle_tokens_keeps_prefix_and_multiset():
 
 def test_check_divisible_message():
     with pytest.raises(
-        ValueError, match=r"--max_tokens=1000 is not divisible by 4\*\*max_shuffle = 1024"
+        ValueError, match=r"max_tokens=1000 is not divisible by 4\*\*max_shuffle = 1024"
     ):
         data.check_divisible(1000, 5)
     data.check_divisible(2048, 5)
@@ -128,7 +128,7 @@ def test_select_add_bos():
 
 def test_select_too_few_says_how_many_qualify():
     with pytest.raises(
-        ValueError, match=r"--num_prompts=5: only 2 of the 4 prompts of dataset 'toy'"
+        ValueError, match=r"num_prompts=5: only 2 of the 4 prompts of dataset 'toy'"
     ):
         data.select_prompts(
             _prompts([9, 1, 9, 2]),
@@ -177,7 +177,7 @@ def test_jsonl_missing_text_field_names_it(tmp_path):
     path = tmp_path / "prompts.jsonl"
     path.write_text(json.dumps({"body": "one"}) + "\n")
     with pytest.raises(
-        ValueError, match=r"--text_field: record .*prompts.jsonl, line 1 has no field 'text'"
+        ValueError, match=r"text_field: record .*prompts.jsonl, line 1 has no field 'text'"
     ):
         list(data.open_source(str(path)))
 
@@ -196,7 +196,7 @@ def test_unknown_dataset_and_missing_files(tmp_path):
         data.open_source(str(tmp_path / "missing.jsonl"))
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(ValueError, match="--dataset: folder .*empty' is empty"):
+    with pytest.raises(ValueError, match="dataset: folder .*empty' is empty"):
         data.open_source(str(empty))
 
 

@@ -65,7 +65,7 @@ def test_fused_run_equals_model_and_metrics_called_separately(tiny, tmp_path):
         np.testing.assert_allclose(got[k], ref[k], rtol=2e-5, atol=1e-6, err_msg=k)
     np.testing.assert_array_equal(got["overlap"], ref["overlap"])
     on_disk = np.load(os.path.join(spec.output_dir, "results.npz"))
-    assert set(on_disk.files) == set(got) and set(on_disk.files) <= set(results.FIELDS)
+    assert set(on_disk.files) == set(got) and set(on_disk.files) <= set(results.field_docs())
     meta = files.read_json(os.path.join(spec.output_dir, "metadata.json"))
     assert meta["flags"]["method"] == "shuffled" and "sha256" in meta["checkpoint"]
     assert meta["versions"]["jax"]

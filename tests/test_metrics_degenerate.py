@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from geom_jax import metrics, pipeline
+from geom_jax.metrics import intrinsic_dimension
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "layer_geometry_pre_issue13.npz")
 FIELDS = (
@@ -85,7 +86,7 @@ def test_non_finite_layer_is_nan_there_only(bad, jit):
     finite = np.asarray(geo.finite)
     assert not finite[1, 1] and finite.sum() == finite.size - 1
     assert int(geo.n_unique[1, 1]) == 0
-    status = np.asarray(pipeline.layer_status(geo, np.ones(SHAPE[:1] + SHAPE[2:3], bool)))
+    status = np.asarray(pipeline.layer_status("paper", geo, np.ones(SHAPE[:1] + SHAPE[2:3], bool)))
     assert status[1, 1] == pipeline.STATUS_NON_FINITE and (np.delete(status, 4) == 0).all()
     for f in FLOAT_FIELDS:
         got, ref = np.asarray(getattr(geo, f)), np.asarray(getattr(clean, f))
@@ -159,8 +160,9 @@ def test_gride_nan_at_scales_the_distinct_points_cannot_support():
     ids = np.asarray(geo.gride_ids)[0, 0]  # n1 = 1, 2, 4, 8, 16 (n2 = 2 n1 <= 19)
     assert int(geo.n_unique[0, 0]) == 20
     assert np.isfinite(ids[:4]).all() and np.isnan(ids[4:]).all()
-    status = np.asarray(pipeline.layer_status(geo, np.ones(SHAPE[:1] + SHAPE[2:3], bool)))
-    assert (status == pipeline.STATUS_FEW_DISTINCT | pipeline.STATUS_DUPLICATES).all()
+    status = np.asarray(pipeline.layer_status("paper", geo, np.ones(SHAPE[:1] + SHAPE[2:3], bool)))
+    few, dup = intrinsic_dimension.STATUS_FEW_DISTINCT, intrinsic_dimension.STATUS_DUPLICATES
+    assert (status == few | dup).all()
 
 
 def test_pipeline_refuses_bad_token_ids():

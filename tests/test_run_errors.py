@@ -15,10 +15,12 @@ import time
 import numpy as np
 import pytest
 import run_helpers
+from absl import flags as absl_flags
 
 from geom_jax import data, results
 from geom_jax import run as geom_run
 from geom_jax.run import disk_space
+from geom_jax.run import flags as run_flags
 from geom_jax.run import lock as run_lock
 
 ROOT, SCRIPT = run_helpers.ROOT, run_helpers.SCRIPT
@@ -60,12 +62,14 @@ def test_flag_ranges_refused_before_the_folder_exists(tiny, tmp_path, overrides,
 
 
 def test_negative_num_prompts_flag_is_not_all_prompts():
-    class Flags:
-        def __getattr__(self, name):
-            return {"num_prompts": -3, "layer_chunk": -2}.get(name, "")
-
-    spec = geom_run.RunSpec.from_flags(Flags())
+    fv = absl_flags.FlagValues()
+    run_flags.define_flags(fv)
+    fv(["prog", "--num_prompts=-3", "--layer_chunk=-2", "--output_dir=x"])
+    spec = run_flags.spec_from_flags(fv)
     assert spec.num_prompts == -3 and spec.layer_chunk == -2
+    fv(["prog", "--num_prompts=0", "--layer_chunk=0", "--output_dir=x"])
+    spec = run_flags.spec_from_flags(fv)
+    assert spec.num_prompts is None and spec.layer_chunk is None
 
 
 def test_context_length_names_both_numbers(tiny, tmp_path):
@@ -161,7 +165,7 @@ def test_full_disk_is_one_line_and_resume_continues(tiny, tmp_path, monkeypatch)
     monkeypatch.setattr(results, "save_results", full)
     with pytest.raises(geom_run.UserError) as err:
         geom_run.run(spec)
-    message = str(err.value)
+    message = run_flags.message(err.value)
     assert "\n" not in message and str(out) in message
     assert "needs about" in message and "rerun with --resume" in message
     monkeypatch.undo()

@@ -28,7 +28,7 @@ from pydoc_data import topics
 
 from huggingface_hub import constants
 
-from geom_jax.errors import about
+from geom_jax.errors import ArgumentError, about
 
 PYDOC = "pydoc"
 
@@ -256,12 +256,13 @@ def _label_of(record, field: str | None, where: str) -> str | int | bool | None:
         return None
     if not isinstance(record, dict) or field not in record:
         keys = sorted(record) if isinstance(record, dict) else type(record).__name__
-        raise ValueError(f"label_field: record {where} has no field {field!r} (it has {keys})")
+        raise about("label_field", f"record {where} has no field {field!r} (it has {keys})")
     label = record[field]
     if not isinstance(label, (str, int, bool)):
-        raise ValueError(
-            f"label_field: {where}[{field!r}] is {type(label).__name__} ({label!r}), not a "
-            "string, integer or boolean"
+        raise about(
+            "label_field",
+            f"{where}[{field!r}] is {type(label).__name__} ({label!r}), not a string, integer "
+            "or boolean",
         )
     return label
 
@@ -277,9 +278,12 @@ def _looks_like_hub_id(spec: str) -> bool:
 
 def _no_label_field(label_field: str | None, why: str) -> None:
     if label_field is not None:
-        raise ValueError(
-            f"label_field={label_field!r} applies to .jsonl files and Hugging Face datasets "
-            f"(records with fields); {why}"
+        raise ArgumentError(
+            "{label_field}={value!r} applies to .jsonl files and Hugging Face datasets "
+            "(records with fields); {why}",
+            "label_field",
+            value=label_field,
+            why=why,
         )
 
 

@@ -9,14 +9,10 @@ from __future__ import annotations
 import numpy as np
 
 from geom_jax import data, metrics, models, pipeline
-from geom_jax.errors import ArgumentError
 from geom_jax.metrics import registry
 from geom_jax.metrics.observable import Option
 from geom_jax.run import spec as run_spec
-
-
-class UserError(ArgumentError):
-    """A problem with the run's inputs, reported to the user without a traceback."""
+from geom_jax.run.spec import UserError
 
 
 def wrap(error: BaseException, template: str = "{problem}", names=(), **values) -> UserError:
@@ -27,10 +23,11 @@ def wrap(error: BaseException, template: str = "{problem}", names=(), **values) 
 def _positive(spec, name, minimum=1, hint=""):
     value = getattr(spec, name)
     if value < minimum:
+        bound = "positive" if minimum == 1 else f">= {minimum}"
         raise UserError(
-            "{" + name + "} must be >= {minimum}{hint}, got {value}",
+            "{" + name + "} must be {bound}{hint}, got {value}",
             name,
-            minimum=minimum,
+            bound=bound,
             hint=hint,
             value=value,
         )
@@ -100,9 +97,9 @@ def check_spec(spec: run_spec.RunSpec) -> None:
         _positive(spec, name, minimum=0)
     _positive(spec, "max_tokens", minimum=4)
     if spec.num_prompts is not None:
-        _positive(spec, "num_prompts", hint=" (0 on the command line: every qualifying prompt)")
+        _positive(spec, "num_prompts", minimum=0, hint=" (0 = every qualifying prompt)")
     if spec.layer_chunk is not None:
-        _positive(spec, "layer_chunk", hint=" (0 on the command line: automatic)")
+        _positive(spec, "layer_chunk", minimum=0, hint=" (0 = automatic)")
     if not spec.text_field:
         raise UserError("{text_field} must not be empty", "text_field")
     observables = spec.observable_set
@@ -151,12 +148,12 @@ def check_model(spec: run_spec.RunSpec):
         raise wrap(e, "{model}={value}: {problem}", "model", value=spec.model) from None
     n = num_tokens(spec)
     if n > config.max_position_embeddings:
+        bos = " + 1 ({add_bos})" if spec.add_bos else ""
         raise UserError(
-            "{max_tokens}={tokens}{bos} exceeds the context of {model}={name}: its "
+            "{max_tokens}={tokens}" + bos + " exceeds the context of {model}={name}: its "
             "max_position_embeddings is {context}",
             ("max_tokens", "model", "add_bos"),
             tokens=spec.max_tokens,
-            bos=" + 1 (add_bos)" if spec.add_bos else "",
             name=spec.model,
             context=config.max_position_embeddings,
         )

@@ -32,6 +32,10 @@ DEFAULT_SETS = {TOKENS: "paper", CLOUDS: "dataset"}
 """The observables a run measures when none are asked for."""
 
 
+class UserError(ArgumentError):
+    """A problem with the run's inputs, reported to the user without a traceback."""
+
+
 @dataclasses.dataclass(frozen=True)
 class RunField:
     """One field of a run.
@@ -198,7 +202,7 @@ def table() -> dict[str, RunField | Option]:
 
 
 def _normalise(field: RunField | Option, value):
-    if value is None:
+    if value is None or (getattr(field, "unset", None) is not None and value == field.unset):
         return None
     if field.type is list:
         if isinstance(value, str):
@@ -221,7 +225,7 @@ class RunSpec:
         fields = table()
         unknown = sorted(set(values) - set(fields))
         if unknown:
-            raise ArgumentError(
+            raise UserError(
                 "{problem}: not a field of a run (fields: {known})",
                 problem=f"{unknown[0]!r}",
                 known=", ".join(fields),
@@ -274,7 +278,7 @@ class RunSpec:
         try:
             return registry.resolve(self.observables)
         except ValueError as e:
-            raise ArgumentError("{observables}: {problem}", "observables", problem=e) from None
+            raise UserError("{observables}: {problem}", "observables", problem=e) from None
 
     def option_values(self) -> dict[str, Any]:
         """The values of the options the run's observables read (and the engine's)."""

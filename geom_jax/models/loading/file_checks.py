@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 
-import gguf
 import numpy as np
 
 from .errors import CorruptFileError
@@ -65,6 +64,8 @@ class _OutOfBounds(Exception):
 def read_gguf(path: str):
     """A ``gguf.GGUFReader`` of ``path``; CorruptFileError (file, size, offset) if it is short
     or not a GGUF file."""
+    import gguf  # noqa: PLC0415  (only for .gguf files; the device images lack it)
+
 
     class CheckedReader(gguf.GGUFReader):
         def _get(self, offset, dtype, count=1, override_order=None):

@@ -14,7 +14,6 @@ import hashlib
 import os
 import re
 
-import gguf
 import numpy as np
 
 from ..config import FAMILIES
@@ -52,6 +51,8 @@ def _field(reader, key, default=None):
 
 def dequantize(tensor) -> np.ndarray:
     """float32 array in HF (row-major, [out, in]) order."""
+    import gguf  # noqa: PLC0415  (only for .gguf files; the device images lack it)
+
 
     kind = tensor.tensor_type.name
     if kind not in SUPPORTED_TYPES:

@@ -1,0 +1,195 @@
+"""Pooled runs (issue 22): one point per row, each level's rows a cloud; the files,
+the equality of the stored points with the model's hidden states, resume after kill -9,
+and the bad inputs refused before compute."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import run_helpers
+
+from geom_jax import metrics, models, results
+from geom_jax import run as geom_run
+from geom_jax.io.representation_store import RepresentationStore
+from geom_jax.run import clouds
+
+
+def _spec(model, out, **kw):
+    base = dict(
+        pool="last",
+        windows=True,
+        max_tokens=12,
+        num_prompts=60,
+        method="permuted",
+        partitions=2,
+        batch_size=8,
+        checkpoint_every=1,
+        range_max=None,
+        max_k=8,
+    )
+    base.update(kw)
+    return run_helpers.small_spec(model, out, **base)
+
+
+@pytest.fixture(scope="module")
+def pooled(tiny, tmp_path_factory):
+    spec = _spec(tiny, tmp_path_factory.mktemp("pooled") / "run")
+    return spec, geom_run.run(spec)
+
+
+def test_pooled_files_and_points(pooled, tiny):
+    spec, got = pooled
+    out = spec.output_dir
+    # 60 windows x (structured + 1 permutation) = 120 rows; 2 levels x 2 partitions.
+    np.testing.assert_array_equal(got["cloud_shuffle"], [0, 0, -1, -1])
+    np.testing.assert_array_equal(got["cloud_partition"], [0, 1, 0, 1])
+    np.testing.assert_array_equal(got["n_points"], [30, 30, 30, 30])
+    layers = 3
+    assert got["gride_ids"].shape[:2] == (4, layers) and got["overlap"].shape[:2] == (4, 2)
+    assert got["cos_mean"].shape == (4, layers + 1)
+    assert got["info_imbalance_next"].shape == (4, layers - 1, 2)
+    assert "local_id" not in got and "loss" not in got
+    with np.load(os.path.join(out, results.TOKENS_FILE)) as z:
+        rows = {k: z[k] for k in z.files}
+    assert rows["input_ids"].shape == (120, 12)
+    np.testing.assert_array_equal(rows["row_shuffle"], np.tile([0, -1], 60))
+    meta = json.loads(open(os.path.join(out, results.METADATA_FILE)).read())
+    assert meta["flags"]["pool"] == "last" and meta["flags"]["partitions"] == 2
+    assert meta["flags"]["range_max"] == 29  # the smallest cloud (30 points) supports 29
+    # The stored points are the model's hidden states at each row's last token.
+    model, _ = models.load(tiny)
+    store = RepresentationStore.open_or_create(
+        os.path.join(out, clouds.STORE), rows=120, layers=layers + 1, dim=16, chunk_rows=8
+    )
+    pick = np.arange(0, 120, 7)
+    hidden = np.asarray(model(jnp.asarray(rows["input_ids"][pick])).hidden_states)
+    np.testing.assert_allclose(store.read(pick), hidden[:, :, -1].transpose(1, 0, 2), rtol=1e-5)
+    # Each cloud's geometry is layer_geometry of its points (rows of the level and partition).
+    reps = store.read(slice(None))
+    as_run = clouds.Rows(
+        input_ids=rows["input_ids"],
+        attention_mask=rows["attention_mask"],
+        prompt_index=rows["row_prompt_index"],
+        prompt_key=rows["row_prompt_key"],
+        shuffle=rows["row_shuffle"],
+        repeat=rows["row_repeat"],
+        label=None,
+    )
+    cl = clouds.clouds_of(spec, as_run)
+    for c, cloud in enumerate(cl):
+        geo = metrics.layer_geometry(np.moveaxis(reps[cloud.rows], 0, 1)[1:], range_max=29, max_k=8)
+        np.testing.assert_allclose(got["gride_ids"][c], geo.gride_ids, rtol=1e-5)
+        np.testing.assert_array_equal(got["overlap"][c], geo.overlap)
+
+
+def test_results_load_of_a_pooled_run(pooled):
+    spec, got = pooled
+    ds = results.load(spec.output_dir)
+    assert ds["gride_ids"].dims == ("cloud", "layer", "scale")
+    assert ds["input_ids"].dims == ("row", "position") and "row_prompt_key" in ds.coords
+    np.testing.assert_array_equal(ds["gride_ids"].values, got["gride_ids"])
+    np.testing.assert_array_equal(ds["cloud_shuffle"].values, got["cloud_shuffle"])
+
+
+def test_sigkill_then_resume_equals_uninterrupted(pooled, tiny, tmp_path):
+    spec, got = pooled
+    out = tmp_path / "killed"
+    args = [
+        f"--model={tiny}",
+        "--pool=last",
+        "--windows",
+        "--max_tokens=12",
+        "--num_prompts=60",
+        "--method=permuted",
+        "--partitions=2",
+        "--batch_size=8",
+        "--checkpoint_every=1",
+        "--max_k=8",
+        "--noprogress",
+        f"--output_dir={out}",
+    ]
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    proc = subprocess.Popen(
+        [sys.executable, run_helpers.SCRIPT, *args],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    chunk = out / clouds.STORE / "c"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (chunk.is_dir() and len(os.listdir(chunk)) >= 3):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / results.RESULTS_FILE).exists()
+    again = subprocess.run(
+        [sys.executable, run_helpers.SCRIPT, *args, "--resume"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    with np.load(out / results.RESULTS_FILE) as z:
+        for k in ("gride_ids", "overlap", "cos_mean", "twonn"):
+            np.testing.assert_array_equal(z[k], got[k], err_msg=k)
+    fresh = RepresentationStore.open_or_create(
+        str(out / clouds.STORE), rows=120, layers=4, dim=16, chunk_rows=8
+    )
+    whole = RepresentationStore.open_or_create(
+        os.path.join(spec.output_dir, clouds.STORE), rows=120, layers=4, dim=16, chunk_rows=8
+    )
+    np.testing.assert_array_equal(fresh.read(slice(None)), whole.read(slice(None)))
+
+
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        (
+            dict(observables="dataset,curvature"),
+            r"--pool=last: curvature need\(s\) a prompt's token",
+        ),
+        (dict(partitions=40), r"--partitions=40 leaves 3 points per cloud"),
+        (dict(range_max=64), r"--range_max=64 with N = 30 points .*smallest cloud has 30 points"),
+        (dict(label_field="topic", windows=False), r"--label_field labels windows: add --windows"),
+        (dict(num_prompts=100000), r"--num_prompts \(windows\)"),
+    ],
+)
+def test_bad_pooled_input_refused_before_compute(tiny, tmp_path, kw, message):
+    out = tmp_path / "run"
+    with run_helpers.raises_user_error(message):
+        geom_run.run(_spec(tiny, out, **kw))
+    assert not (out / clouds.STORE).exists()
+
+
+def test_label_field_missing_from_a_record(tiny, tmp_path):
+    path = tmp_path / "docs.jsonl"
+    lines = [{"text": "alpha beta gamma delta " * 20, "topic": "a"}, {"text": "eta theta " * 30}]
+    path.write_text("\n".join(json.dumps(r) for r in lines) + "\n")
+    with run_helpers.raises_user_error(r"--label_field: record .*line 2 has no field 'topic'"):
+        geom_run.run(
+            _spec(
+                tiny,
+                tmp_path / "run",
+                dataset=str(path),
+                label_field="topic",
+                num_prompts=4,
+                partitions=1,
+            )
+        )
+
+
+def test_a_store_of_another_shape_is_refused(pooled, tiny, tmp_path):
+    spec, _ = pooled
+    out = tmp_path / "run"
+    RepresentationStore.open_or_create(
+        str(out / clouds.STORE), rows=7, layers=4, dim=16, chunk_rows=8
+    )
+    with run_helpers.raises_user_error(r"representation store .* holds \[7, 4, 16\]"):
+        geom_run.run(_spec(tiny, out, resume=True))
