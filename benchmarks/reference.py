@@ -273,3 +273,114 @@ def curvature(points, valid=None):
     v = np.diff(x, axis=0)
     v /= np.linalg.norm(v, axis=1, keepdims=True)
     return float(np.mean(np.arccos(np.clip(np.sum(v[:-1] * v[1:], 1), -1, 1))))
+
+
+# ---------------------------------------------------------------- representational similarity
+
+
+def normalise_rows(points):
+    """Rows divided by their L2 norm in float64 (torch F.normalize, eps 1e-12)."""
+    x = np.asarray(points, np.float64)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def top_k_by_similarity(sim, k):
+    """Columns of the k largest entries of each row of sim (its diagonal excluded, as a
+    -inf diagonal), in (value descending, column) order: ties to the lower column.
+
+    np.partition finds each row's k-th largest value t; the row's candidates are
+    all columns >= t (every tie at t included), sorted stably by value."""
+    s = np.array(sim, np.float64)
+    np.fill_diagonal(s, -np.inf)
+    kth = -np.partition(-s, k - 1, axis=1)[:, k - 1]
+    out = np.empty((len(s), k), np.int64)
+    for i in range(len(s)):
+        cand = np.flatnonzero(s[i] >= kth[i])
+        out[i] = cand[np.argsort(-s[i, cand], kind="stable")][:k]
+    return out
+
+
+def knn_mask(lists, n):
+    """Dense 0/1 matrix M[i, j] = 1 for j in lists[i]."""
+    m = np.zeros((n, n))
+    m[np.arange(n)[:, None], lists] = 1.0
+    return m
+
+
+def mutual_knn(x, y, k, valid=None):
+    """Mean over points of |N_k^x(i) ∩ N_k^y(i)| / k, neighbours by inner product of the
+    normalised features (platonic-rep ``mutual_knn``), ties to the lower index."""
+    x, y = normalise_rows(_valid_points(x, valid)), normalise_rows(_valid_points(y, valid))
+    n = len(x)
+    mx = knn_mask(top_k_by_similarity(x @ x.T, k), n)
+    my = knn_mask(top_k_by_similarity(y @ y.T, k), n)
+    return float(np.mean((mx * my).sum(axis=1) / k))
+
+
+def hsic_unbiased(kernel_k, kernel_l):
+    """Song et al. 2012, JMLR 13, eq. 5 (diagonals set to zero first).
+
+    sum(K~ L~) is evaluated as (1^T K~)(L~ 1), the same number without the m^3 product."""
+    kt = np.array(kernel_k, np.float64)
+    lt = np.array(kernel_l, np.float64)
+    np.fill_diagonal(kt, 0.0)
+    np.fill_diagonal(lt, 0.0)
+    m = len(kt)
+    value = (
+        np.sum(kt * lt.T)
+        + kt.sum() * lt.sum() / ((m - 1) * (m - 2))
+        - 2.0 * (kt.sum(axis=0) @ lt.sum(axis=1)) / (m - 2)
+    )
+    return value / (m * (m - 3))
+
+
+def hsic_biased(kernel_k, kernel_l):
+    """tr(K H L H) / (m - 1)^2, H = I - 11^T / m (H K H by row and column means)."""
+    k = np.asarray(kernel_k, np.float64)
+    m = len(k)
+    kc = k - k.mean(axis=0, keepdims=True) - k.mean(axis=1, keepdims=True) + k.mean()
+    return np.sum(kc * np.asarray(kernel_l, np.float64).T) / (m - 1) ** 2
+
+
+def cknna(x, y, k, valid=None):
+    """platonic-rep ``cknna`` (unbiased): HSIC_u of the kernels of the normalised
+    features masked to the shared k nearest neighbours, over sqrt of each kernel's own
+    masked HSIC_u, + 1e-6."""
+    x, y = normalise_rows(_valid_points(x, valid)), normalise_rows(_valid_points(y, valid))
+    n = len(x)
+    kk, ll = x @ x.T, y @ y.T
+    mk = knn_mask(top_k_by_similarity(kk, k), n)
+    ml = knn_mask(top_k_by_similarity(ll, k), n)
+    m = mk * ml
+    sim_kl = hsic_unbiased(m * kk, m * ll)
+    sim_kk = hsic_unbiased(mk * kk, mk * kk)
+    sim_ll = hsic_unbiased(ml * ll, ml * ll)
+    return sim_kl / (np.sqrt(sim_kk * sim_ll) + 1e-6)
+
+
+def cka(x, y, valid=None, debiased=False):
+    """Linear CKA, HSIC(K, L) / sqrt(HSIC(K, K) HSIC(L, L)), K = x x^T, L = y y^T
+    (Kornblith et al. 2019, arXiv 1905.00414), biased HSIC or Song et al.'s unbiased one."""
+    x = np.asarray(_valid_points(x, valid), np.float64)
+    y = np.asarray(_valid_points(y, valid), np.float64)
+    kk, ll = x @ x.T, y @ y.T
+    hsic = hsic_unbiased if debiased else hsic_biased
+    return hsic(kk, ll) / np.sqrt(hsic(kk, kk) * hsic(ll, ll))
+
+
+def label_overlap(points, labels, k=30, class_fraction=None, weighted=True, valid=None):
+    """Fraction of each point's k_i nearest neighbours (Euclidean, self excluded, ties
+    to the lower index) with its label; k_i = k or max(1, int(class size * fraction));
+    mean weighted by 1 / class size (normalised) or uniform (DADApy's definition)."""
+    x = _valid_points(points, valid)
+    lab = np.asarray(labels)[np.ones(len(labels), bool) if valid is None else np.asarray(valid)]
+    classes, counts = np.unique(lab, return_counts=True)
+    size = dict(zip(classes.tolist(), counts.tolist()))
+    if class_fraction is None:
+        k_i = np.full(len(x), k)
+    else:
+        k_i = np.array([max(1, int(size[c] * class_fraction)) for c in lab.tolist()])
+    lists = neighbour_lists(x, int(k_i.max()))
+    o = np.array([np.mean(lab[lists[i, : k_i[i]]] == lab[i]) for i in range(len(x))])
+    w = np.array([1.0 / size[c] for c in lab.tolist()]) if weighted else np.ones(len(x))
+    return float(np.sum(w * o) / np.sum(w))
