@@ -8,6 +8,7 @@ loop per layer and scale, Python sets for neighbourhood overlap.
 import math
 
 import numpy as np
+from scipy import sparse
 from scipy.spatial.distance import cdist
 
 BISECTION_LO = 1e-3
@@ -284,20 +285,34 @@ def normalise_rows(points):
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
-def top_k_by_similarity(sim, k):
-    """Columns of the k largest entries of each row of sim (its diagonal excluded, as a
+def top_k_by_inner_product(x, k):
+    """Columns of the k largest inner products x_i . x_j of each row (j != i, as a
     -inf diagonal), in (value descending, column) order: ties to the lower column.
 
-    np.partition finds each row's k-th largest value t; the row's candidates are
-    all columns >= t (every tie at t included), sorted stably by value."""
-    s = np.array(sim, np.float64)
-    np.fill_diagonal(s, -np.inf)
-    kth = -np.partition(-s, k - 1, axis=1)[:, k - 1]
-    out = np.empty((len(s), k), np.int64)
-    for i in range(len(s)):
-        cand = np.flatnonzero(s[i] >= kth[i])
-        out[i] = cand[np.argsort(-s[i, cand], kind="stable")][:k]
+    One row at a time (no N x N matrix): np.partition finds the row's k-th largest
+    value t, and all columns >= t (every tie at t included) are sorted stably.
+    Inner products are taken with the distinct rows and spread to their copies, so
+    that exact duplicates tie exactly (a BLAS matrix-vector product may round
+    identical rows differently)."""
+    x = np.asarray(x, np.float64)
+    distinct, copies = np.unique(x, axis=0, return_inverse=True)
+    copies = copies.reshape(-1)
+    out = np.empty((len(x), k), np.int64)
+    for i in range(len(x)):
+        s = (distinct @ x[i])[copies]
+        s[i] = -np.inf
+        t = -np.partition(-s, k - 1)[k - 1]
+        cand = np.flatnonzero(s >= t)
+        out[i] = cand[np.argsort(-s[cand], kind="stable")][:k]
     return out
+
+
+def mutual_knn(x, y, k, valid=None):
+    """Mean over points of |N_k^x(i) ∩ N_k^y(i)| / k, neighbours by inner product of the
+    normalised features (platonic-rep ``mutual_knn``), ties to the lower index."""
+    x, y = normalise_rows(_valid_points(x, valid)), normalise_rows(_valid_points(y, valid))
+    a, b = top_k_by_inner_product(x, k), top_k_by_inner_product(y, k)
+    return float(np.mean([len(set(p) & set(q)) / k for p, q in zip(a.tolist(), b.tolist())]))
 
 
 def knn_mask(lists, n):
@@ -307,54 +322,68 @@ def knn_mask(lists, n):
     return m
 
 
-def mutual_knn(x, y, k, valid=None):
-    """Mean over points of |N_k^x(i) ∩ N_k^y(i)| / k, neighbours by inner product of the
-    normalised features (platonic-rep ``mutual_knn``), ties to the lower index."""
-    x, y = normalise_rows(_valid_points(x, valid)), normalise_rows(_valid_points(y, valid))
-    n = len(x)
-    mx = knn_mask(top_k_by_similarity(x @ x.T, k), n)
-    my = knn_mask(top_k_by_similarity(y @ y.T, k), n)
-    return float(np.mean((mx * my).sum(axis=1) / k))
-
-
 def hsic_unbiased(kernel_k, kernel_l):
-    """Song et al. 2012, JMLR 13, eq. 5 (diagonals set to zero first).
+    """Song et al. 2012, JMLR 13, eq. 5 with K~, L~ the kernels with zero diagonals:
+    [tr(K~ L~) + 1^T K~ 1 1^T L~ 1 / ((m-1)(m-2)) - 2/(m-2) 1^T K~ L~ 1] / (m (m-3)).
 
-    sum(K~ L~) is evaluated as (1^T K~)(L~ 1), the same number without the m^3 product."""
-    kt = np.array(kernel_k, np.float64)
-    lt = np.array(kernel_l, np.float64)
-    np.fill_diagonal(kt, 0.0)
-    np.fill_diagonal(lt, 0.0)
-    m = len(kt)
-    value = (
-        np.sum(kt * lt.T)
-        + kt.sum() * lt.sum() / ((m - 1) * (m - 2))
-        - 2.0 * (kt.sum(axis=0) @ lt.sum(axis=1)) / (m - 2)
-    )
+    Dense (numpy) or scipy.sparse kernels; the diagonal is removed by subtraction,
+    and 1^T K~ L~ 1 is evaluated as (1^T K~)(L~ 1), the same number without the
+    m^3 product."""
+    k, l_ = kernel_k, kernel_l
+    m = k.shape[0]
+    dk, dl = np.asarray(k.diagonal(), np.float64), np.asarray(l_.diagonal(), np.float64)
+    if sparse.issparse(k):
+        trace = k.multiply(l_.T).sum() - dk @ dl
+    else:
+        trace = np.einsum("ij,ji->", k, l_) - dk @ dl
+    col_k = np.asarray(k.sum(axis=0), np.float64).ravel() - dk
+    row_l = np.asarray(l_.sum(axis=1), np.float64).ravel() - dl
+    total_k, total_l = col_k.sum(), row_l.sum()
+    value = trace + total_k * total_l / ((m - 1) * (m - 2)) - 2.0 * (col_k @ row_l) / (m - 2)
     return value / (m * (m - 3))
 
 
 def hsic_biased(kernel_k, kernel_l):
-    """tr(K H L H) / (m - 1)^2, H = I - 11^T / m (H K H by row and column means)."""
-    k = np.asarray(kernel_k, np.float64)
+    """tr(K H L H) / (m - 1)^2, H = I - 11^T / m, expanded:
+    tr(K L) - 2/m 1^T K L 1 + (1^T K 1)(1^T L 1) / m^2 (symmetric kernels)."""
+    k, l_ = np.asarray(kernel_k, np.float64), np.asarray(kernel_l, np.float64)
     m = len(k)
-    kc = k - k.mean(axis=0, keepdims=True) - k.mean(axis=1, keepdims=True) + k.mean()
-    return np.sum(kc * np.asarray(kernel_l, np.float64).T) / (m - 1) ** 2
+    rk, rl = k.sum(axis=1), l_.sum(axis=1)
+    value = np.einsum("ij,ji->", k, l_) - 2.0 / m * (rk @ rl) + rk.sum() * rl.sum() / m**2
+    return value / (m - 1) ** 2
 
 
-def cknna(x, y, k, valid=None):
-    """platonic-rep ``cknna`` (unbiased): HSIC_u of the kernels of the normalised
-    features masked to the shared k nearest neighbours, over sqrt of each kernel's own
-    masked HSIC_u, + 1e-6."""
+def _masked_kernel(x, pairs, n):
+    """Sparse [n, n] matrix with x_i . x_j at the (i, j) of pairs (a 0/1 mask)."""
+    i, j = pairs.nonzero()
+    return sparse.csr_matrix((np.einsum("nd,nd->n", x[i], x[j]), (i, j)), shape=(n, n))
+
+
+def cknna(x, y, k, valid=None, dense=True):
+    """platonic-rep ``cknna`` (unbiased): HSIC_u of the kernels K, L of the normalised
+    features masked to the shared k nearest neighbours M = M_K * M_L, over
+    sqrt(HSIC_u(K M_K, K M_K) HSIC_u(L M_L, L M_L)) + 1e-6.
+
+    dense: the N x N kernels and masks as platonic-rep builds them; otherwise the
+    same masked kernels as scipy.sparse matrices (for large N)."""
     x, y = normalise_rows(_valid_points(x, valid)), normalise_rows(_valid_points(y, valid))
     n = len(x)
-    kk, ll = x @ x.T, y @ y.T
-    mk = knn_mask(top_k_by_similarity(kk, k), n)
-    ml = knn_mask(top_k_by_similarity(ll, k), n)
-    m = mk * ml
-    sim_kl = hsic_unbiased(m * kk, m * ll)
-    sim_kk = hsic_unbiased(mk * kk, mk * kk)
-    sim_ll = hsic_unbiased(ml * ll, ml * ll)
+    lists_k, lists_l = top_k_by_inner_product(x, k), top_k_by_inner_product(y, k)
+    if dense:
+        kk, ll = x @ x.T, y @ y.T
+        mk, ml = knn_mask(lists_k, n), knn_mask(lists_l, n)
+        m = mk * ml
+        sim_kl = hsic_unbiased(m * kk, m * ll)
+        sim_kk = hsic_unbiased(mk * kk, mk * kk)
+        sim_ll = hsic_unbiased(ml * ll, ml * ll)
+    else:
+        rows = np.repeat(np.arange(n), k)
+        mk = sparse.csr_matrix((np.ones(n * k), (rows, lists_k.ravel())), shape=(n, n))
+        ml = sparse.csr_matrix((np.ones(n * k), (rows, lists_l.ravel())), shape=(n, n))
+        m = mk.multiply(ml)
+        sim_kl = hsic_unbiased(_masked_kernel(x, m, n), _masked_kernel(y, m, n))
+        a, b = _masked_kernel(x, mk, n), _masked_kernel(y, ml, n)
+        sim_kk, sim_ll = hsic_unbiased(a, a), hsic_unbiased(b, b)
     return sim_kl / (np.sqrt(sim_kk * sim_ll) + 1e-6)
 
 

@@ -13,9 +13,11 @@ from geom_jax.metrics.geometry import LayerGeometry, layer_geometry
 from geom_jax.metrics.imbalance import information_imbalance
 from geom_jax.metrics.intrinsic_dimension import gride, twonn
 from geom_jax.metrics.knn_graph import nn_similarity, reciprocity
+from geom_jax.metrics.label_overlap import label_overlap
 from geom_jax.metrics.local_id import mle_id, tle_id
 from geom_jax.metrics.neighbors import SELECTION_METHODS, knn
 from geom_jax.metrics.overlap import neighborhood_overlap
+from geom_jax.metrics.similarity import cka, cknna, layer_similarity, mutual_knn
 from geom_jax.metrics.spectrum import matrix_entropy, participation_ratio
 from geom_jax.metrics.trajectory import curvature
 from geom_jax.metrics.unique import DUPLICATE_TOLERANCE, unique_mask
@@ -26,15 +28,20 @@ __all__ = [
     "LayerGeometry",
     "SELECTION_METHODS",
     "check_sizes",
+    "cka",
+    "cknna",
     "cosine_similarity_stats",
     "curvature",
     "default_range_max",
     "gride",
     "information_imbalance",
     "knn",
+    "label_overlap",
     "layer_geometry",
+    "layer_similarity",
     "matrix_entropy",
     "mle_id",
+    "mutual_knn",
     "neighborhood_overlap",
     "nn_similarity",
     "pairwise_distances",
