@@ -26,6 +26,7 @@ lists. With A = K∘M and B = L∘M (zero diagonals, A not symmetric), eq. 5 nee
 """
 
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from geom_jax.metrics import neighbour_lists
@@ -73,35 +74,46 @@ def self_hsic(idx, kv, rec, m):
 
 
 def pair_terms(a, b, m, with_hsic):
-    """One layer a = (idx, kv, rec) [N, k] against every layer of b [Lb, N, k]:
-    (shared-neighbour count [Lb] int32, HSIC(K∘M, L∘M) [Lb] or None)."""
+    """One pair of layers a, b = (idx, kv, rec) [N, k]: (shared-neighbour count int32,
+    HSIC(K∘M, L∘M) or None)."""
     ia, ka, ra = a
     ib, kb, rb = b
-    eq = (ia[None, :, :, None] == ib[:, :, None, :]) & (ia >= 0)[None, :, :, None]
+    eq = (ia[:, :, None] == ib[:, None, :]) & (ia >= 0)[:, :, None]
     match = jnp.any(eq, axis=-1)
-    count = jnp.sum(match, axis=(-2, -1), dtype=jnp.int32)
+    count = jnp.sum(match, dtype=jnp.int32)
     if not with_hsic:
         return count, None
-    a_val = jnp.where(match, ka[None], 0.0)
-    b_val = jnp.sum(jnp.where(eq, kb[:, :, None, :], 0.0), axis=-1)
-    both = match & ra[None] & jnp.any(eq & rb[:, :, None, :], axis=-1)
-    trace = jnp.sum(jnp.where(both, a_val * b_val, 0.0), axis=(-2, -1))
+    slot = jnp.argmax(eq, axis=-1)
+    a_val = jnp.where(match, ka, 0.0)
+    b_val = jnp.where(match, jnp.take_along_axis(kb, slot, axis=-1), 0.0)
+    both = match & ra & jnp.take_along_axis(rb, slot, axis=-1)
+    trace = jnp.sum(jnp.where(both, a_val * b_val, 0.0))
     row_b = jnp.sum(b_val, axis=-1)
-    at = jnp.take(row_b, jnp.maximum(ia, 0).reshape(-1), axis=-1).reshape(b_val.shape)
-    cross = jnp.sum(a_val * at, axis=(-2, -1))
-    hsic = _hsic(trace, jnp.sum(a_val, axis=(-2, -1)), jnp.sum(row_b, axis=-1), cross, m)
-    return count, hsic
+    cross = jnp.sum(a_val * jnp.take(row_b, jnp.maximum(ia, 0)))
+    return count, _hsic(trace, jnp.sum(a_val), jnp.sum(row_b), cross, m)
+
+
+PAIR_BATCH_ELEMENTS = 2**24
+"""Match-table entries (pairs x N x k x k) per vectorised batch of layer pairs."""
 
 
 def all_pairs(lists_a, lists_b, m, with_hsic):
     """Pair terms [La, Lb] of every layer of lists_a against every layer of lists_b
-    (each (idx, kv, rec) [L, N, k]); one layer of a at a time (lax.map)."""
+    (each (idx, kv, rec) [L, N, k]): one flat loop over the La x Lb pairs, vectorised
+    over batches of them (lax.map with batch_size), so memory stays bounded as N grows."""
+    la, n, k = lists_a[0].shape
+    lb = lists_b[0].shape[0]
+    pa, pb = np.divmod(np.arange(la * lb, dtype=np.int32), lb)
+    batch = int(max(1, min(la * lb, PAIR_BATCH_ELEMENTS // max(1, n * k * k))))
 
-    def one(a):
-        count, hsic = pair_terms(a, lists_b, m, with_hsic)
+    def one(p):
+        a = tuple(x[p[0]] for x in lists_a)
+        b = tuple(x[p[1]] for x in lists_b)
+        count, hsic = pair_terms(a, b, m, with_hsic)
         return (count, hsic) if with_hsic else (count,)
 
-    out = lax.map(one, lists_a)
+    out = lax.map(one, (jnp.asarray(pa), jnp.asarray(pb)), batch_size=batch)
+    out = [o.reshape(la, lb) for o in out]
     return out[0], (out[1] if with_hsic else None)
 
 
