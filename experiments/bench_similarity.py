@@ -74,8 +74,7 @@ def main(argv):
     cost = kernel_alignment.cka_cost(FLAGS.points, FLAGS.layers, FLAGS.dim, lb, db, other is None)
     print(f"stack {stack.shape}, other {None if other is None else other.shape}, k={FLAGS.k}")
     print(
-        f"CKA route {route} (multiply-adds: features {cost['features']:.2e}, "
-        f"kernels {cost['kernels']:.2e})"
+        f"CKA route {route} (FLOPs: features {cost['features']:.2e}, kernels {cost['kernels']:.2e})"
     )
     print("before:", load_avg())
 
