@@ -14,9 +14,12 @@ leading axes; x [..., N, Dx] and y [..., N, Dy] hold the same N points):
   statistics computed once and shared by its pairs; the per-pair functions are
   this with one layer on each side.
 
-Neighbours (`neighbour_lists.neighbour_lists`): exact, by (inner product of the
-normalised features, index), so that ties, such as exact duplicate points, go to
-the lower index, where torch.topk / argsort leave their order unspecified. Only
+Neighbours (`neighbour_lists.neighbour_lists`): exact, by (squared distance between
+the normalised features, index); for unit vectors |u - v|^2 = 2 - 2 u . v, the order
+of the inner products, and ties, such as exact duplicate points (or copies scaled by
+a power of two), go to the lower index, where torch.topk / argsort leave their order
+unspecified. A valid zero vector has no direction: concrete inputs are refused,
+traced ones give NaN. Only
 points with mask True take part, as points and as neighbours; m is their number.
 """
 
