@@ -285,25 +285,28 @@ def normalise_rows(points):
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
-def top_k_by_inner_product(x, k):
+def top_k_by_inner_product(x, k, block=256):
     """Columns of the k largest inner products x_i . x_j of each row (j != i, as a
     -inf diagonal), in (value descending, column) order: ties to the lower column.
 
-    One row at a time (no N x N matrix): np.partition finds the row's k-th largest
-    value t, and all columns >= t (every tie at t included) are sorted stably.
-    Inner products are taken with the distinct rows and spread to their copies, so
-    that exact duplicates tie exactly (a BLAS matrix-vector product may round
-    identical rows differently)."""
+    Blocks of rows at a time (no N x N matrix). Inner products are taken with the
+    distinct rows and spread to their copies, so that exact duplicates tie exactly
+    (a matrix product may round identical rows differently). np.partition finds each
+    row's k-th largest value t; all columns >= t (every tie at t included) are then
+    sorted by (-value, column)."""
     x = np.asarray(x, np.float64)
+    n = len(x)
     distinct, copies = np.unique(x, axis=0, return_inverse=True)
     copies = copies.reshape(-1)
-    out = np.empty((len(x), k), np.int64)
-    for i in range(len(x)):
-        s = (distinct @ x[i])[copies]
-        s[i] = -np.inf
-        t = -np.partition(-s, k - 1)[k - 1]
-        cand = np.flatnonzero(s >= t)
-        out[i] = cand[np.argsort(-s[cand], kind="stable")][:k]
+    out = np.empty((n, k), np.int64)
+    for start in range(0, n, block):
+        rows = np.arange(start, min(start + block, n))
+        s = (x[rows] @ distinct.T)[:, copies]
+        s[np.arange(len(rows)), rows] = -np.inf
+        for row, i in zip(s, rows):
+            t = -np.partition(-row, k - 1)[k - 1]
+            cand = np.flatnonzero(row >= t)
+            out[i] = cand[np.lexsort((cand, -row[cand]))][:k]
     return out
 
 

@@ -8,6 +8,8 @@ lists; CKNNA 1e-6: its sums run over the N k listed pairs of float32 inner produ
 Dx Dy feature products.
 """
 
+import os
+
 import jax
 import numpy as np
 import pytest
@@ -80,6 +82,17 @@ def test_large_cloud_matches_float64_reference():
     mask[0, rng.choice(5000, 300, replace=False)] = False
     out = metrics.layer_similarity(x[None, None], y[None, None], mask, k=10)
     check_against_reference(out, x, y, 10, mask, dense=False)
+
+
+def test_llm_states_match_float64_reference():
+    """SmolLM2 last-token states of 2,000 windows (576 dims, 5 pairs of identical rows):
+    hidden-state layers 24 against 8 (clouds_reference.npz)."""
+    points = np.load(os.path.join(os.path.dirname(__file__), "fixtures", "clouds_reference.npz"))[
+        "smollm2_last_token/points"
+    ]
+    x, y = points[2], points[0]
+    out = metrics.layer_similarity(x[None, None], y[None, None], k=10)
+    check_against_reference(out, x, y, 10, np.ones((1, len(x)), bool), dense=False)
 
 
 def test_reference_cknna_sparse_is_dense():
