@@ -231,8 +231,10 @@ def layer_similarity(
     (the list measures: a loop over batches of layer pairs; CKA: one pass over the
     kernel blocks or the features of all layers).
 
-    Example: 31 x 31 pairs of a [31, 5000, 576] stack take about 15-45 s on a
-    2-core CPU (experiments/bench_similarity.py).
+    Cost: 31 x 31 pairs of a [31, 5000, 576] stack took 37-44 s (20-22 s of process
+    CPU) on a shared 2-core VM at load average 10-12, growing as N^2
+    (experiments/bench_similarity.py); most of it is the per-layer neighbour lists
+    and CKA kernel blocks, not the pairs.
 
     Reference: Huh et al. 2024, arXiv 2405.07987 (mutual k-NN, CKNNA); Kornblith et
     al. 2019, arXiv 1905.00414 (CKA); Song et al. 2012, JMLR 13, eq. 5 (unbiased HSIC).
