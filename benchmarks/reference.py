@@ -8,6 +8,7 @@ loop per layer and scale, Python sets for neighbourhood overlap.
 import math
 
 import numpy as np
+from scipy import sparse
 from scipy.spatial.distance import cdist
 
 BISECTION_LO = 1e-3
@@ -273,3 +274,145 @@ def curvature(points, valid=None):
     v = np.diff(x, axis=0)
     v /= np.linalg.norm(v, axis=1, keepdims=True)
     return float(np.mean(np.arccos(np.clip(np.sum(v[:-1] * v[1:], 1), -1, 1))))
+
+
+# ---------------------------------------------------------------- representational similarity
+
+
+def normalise_rows(points):
+    """Rows divided by their L2 norm in float64 (torch F.normalize, eps 1e-12)."""
+    x = np.asarray(points, np.float64)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def top_k_by_inner_product(x, k, block=256):
+    """Columns of the k largest inner products x_i . x_j of each row (j != i, as a
+    -inf diagonal), in (value descending, column) order: ties to the lower column.
+
+    Blocks of rows at a time (no N x N matrix). Inner products are taken with the
+    distinct rows and spread to their copies, so that exact duplicates tie exactly
+    (a matrix product may round identical rows differently). np.partition finds each
+    row's k-th largest value t; all columns >= t (every tie at t included) are then
+    sorted by (-value, column)."""
+    x = np.asarray(x, np.float64)
+    n = len(x)
+    distinct, copies = np.unique(x, axis=0, return_inverse=True)
+    copies = copies.reshape(-1)
+    out = np.empty((n, k), np.int64)
+    for start in range(0, n, block):
+        rows = np.arange(start, min(start + block, n))
+        s = (x[rows] @ distinct.T)[:, copies]
+        s[np.arange(len(rows)), rows] = -np.inf
+        for row, i in zip(s, rows):
+            t = -np.partition(-row, k - 1)[k - 1]
+            cand = np.flatnonzero(row >= t)
+            out[i] = cand[np.lexsort((cand, -row[cand]))][:k]
+    return out
+
+
+def mutual_knn(x, y, k, valid=None):
+    """Mean over points of |N_k^x(i) ∩ N_k^y(i)| / k, neighbours by inner product of the
+    normalised features (platonic-rep ``mutual_knn``), ties to the lower index."""
+    x, y = normalise_rows(_valid_points(x, valid)), normalise_rows(_valid_points(y, valid))
+    a, b = top_k_by_inner_product(x, k), top_k_by_inner_product(y, k)
+    return float(np.mean([len(set(p) & set(q)) / k for p, q in zip(a.tolist(), b.tolist())]))
+
+
+def knn_mask(lists, n):
+    """Dense 0/1 matrix M[i, j] = 1 for j in lists[i]."""
+    m = np.zeros((n, n))
+    m[np.arange(n)[:, None], lists] = 1.0
+    return m
+
+
+def hsic_unbiased(kernel_k, kernel_l):
+    """Song et al. 2012, JMLR 13, eq. 5 with K~, L~ the kernels with zero diagonals:
+    [tr(K~ L~) + 1^T K~ 1 1^T L~ 1 / ((m-1)(m-2)) - 2/(m-2) 1^T K~ L~ 1] / (m (m-3)).
+
+    Dense (numpy) or scipy.sparse kernels; the diagonal is removed by subtraction,
+    and 1^T K~ L~ 1 is evaluated as (1^T K~)(L~ 1), the same number without the
+    m^3 product."""
+    k, l_ = kernel_k, kernel_l
+    m = k.shape[0]
+    dk, dl = np.asarray(k.diagonal(), np.float64), np.asarray(l_.diagonal(), np.float64)
+    if sparse.issparse(k):
+        trace = k.multiply(l_.T).sum() - dk @ dl
+    else:
+        trace = np.einsum("ij,ji->", k, l_) - dk @ dl
+    col_k = np.asarray(k.sum(axis=0), np.float64).ravel() - dk
+    row_l = np.asarray(l_.sum(axis=1), np.float64).ravel() - dl
+    total_k, total_l = col_k.sum(), row_l.sum()
+    value = trace + total_k * total_l / ((m - 1) * (m - 2)) - 2.0 * (col_k @ row_l) / (m - 2)
+    return value / (m * (m - 3))
+
+
+def hsic_biased(kernel_k, kernel_l):
+    """tr(K H L H) / (m - 1)^2, H = I - 11^T / m, expanded:
+    tr(K L) - 2/m 1^T K L 1 + (1^T K 1)(1^T L 1) / m^2 (symmetric kernels)."""
+    k, l_ = np.asarray(kernel_k, np.float64), np.asarray(kernel_l, np.float64)
+    m = len(k)
+    rk, rl = k.sum(axis=1), l_.sum(axis=1)
+    value = np.einsum("ij,ji->", k, l_) - 2.0 / m * (rk @ rl) + rk.sum() * rl.sum() / m**2
+    return value / (m - 1) ** 2
+
+
+def _masked_kernel(x, pairs, n):
+    """Sparse [n, n] matrix with x_i . x_j at the (i, j) of pairs (a 0/1 mask)."""
+    i, j = pairs.nonzero()
+    return sparse.csr_matrix((np.einsum("nd,nd->n", x[i], x[j]), (i, j)), shape=(n, n))
+
+
+def cknna(x, y, k, valid=None, dense=True):
+    """platonic-rep ``cknna`` (unbiased): HSIC_u of the kernels K, L of the normalised
+    features masked to the shared k nearest neighbours M = M_K * M_L, over
+    sqrt(HSIC_u(K M_K, K M_K) HSIC_u(L M_L, L M_L)) + 1e-6.
+
+    dense: the N x N kernels and masks as platonic-rep builds them; otherwise the
+    same masked kernels as scipy.sparse matrices (for large N)."""
+    x, y = normalise_rows(_valid_points(x, valid)), normalise_rows(_valid_points(y, valid))
+    n = len(x)
+    lists_k, lists_l = top_k_by_inner_product(x, k), top_k_by_inner_product(y, k)
+    if dense:
+        kk, ll = x @ x.T, y @ y.T
+        mk, ml = knn_mask(lists_k, n), knn_mask(lists_l, n)
+        m = mk * ml
+        sim_kl = hsic_unbiased(m * kk, m * ll)
+        sim_kk = hsic_unbiased(mk * kk, mk * kk)
+        sim_ll = hsic_unbiased(ml * ll, ml * ll)
+    else:
+        rows = np.repeat(np.arange(n), k)
+        mk = sparse.csr_matrix((np.ones(n * k), (rows, lists_k.ravel())), shape=(n, n))
+        ml = sparse.csr_matrix((np.ones(n * k), (rows, lists_l.ravel())), shape=(n, n))
+        m = mk.multiply(ml)
+        sim_kl = hsic_unbiased(_masked_kernel(x, m, n), _masked_kernel(y, m, n))
+        a, b = _masked_kernel(x, mk, n), _masked_kernel(y, ml, n)
+        sim_kk, sim_ll = hsic_unbiased(a, a), hsic_unbiased(b, b)
+    return sim_kl / (np.sqrt(sim_kk * sim_ll) + 1e-6)
+
+
+def cka(x, y, valid=None, debiased=False):
+    """Linear CKA, HSIC(K, L) / sqrt(HSIC(K, K) HSIC(L, L)), K = x x^T, L = y y^T
+    (Kornblith et al. 2019, arXiv 1905.00414), biased HSIC or Song et al.'s unbiased one."""
+    x = np.asarray(_valid_points(x, valid), np.float64)
+    y = np.asarray(_valid_points(y, valid), np.float64)
+    kk, ll = x @ x.T, y @ y.T
+    hsic = hsic_unbiased if debiased else hsic_biased
+    return hsic(kk, ll) / np.sqrt(hsic(kk, kk) * hsic(ll, ll))
+
+
+def label_overlap(points, labels, k=30, class_fraction=None, weighted=True, valid=None):
+    """Fraction of each point's k_i nearest neighbours (Euclidean, self excluded, ties
+    to the lower index) with its label; k_i = k or max(1, int(class size * fraction));
+    mean weighted by 1 / class size (normalised) or uniform (DADApy's definition)."""
+    x = _valid_points(points, valid)
+    lab = np.asarray(labels)[np.ones(len(labels), bool) if valid is None else np.asarray(valid)]
+    classes, counts = np.unique(lab, return_counts=True)
+    size = dict(zip(classes.tolist(), counts.tolist()))
+    if class_fraction is None:
+        k_i = np.full(len(x), k)
+    else:
+        k_i = np.array([max(1, int(size[c] * class_fraction)) for c in lab.tolist()])
+    lists = neighbour_lists(x, int(k_i.max()))
+    o = np.array([np.mean(lab[lists[i, : k_i[i]]] == lab[i]) for i in range(len(x))])
+    w = np.array([1.0 / size[c] for c in lab.tolist()]) if weighted else np.ones(len(x))
+    return float(np.sum(w * o) / np.sum(w))

@@ -14,9 +14,11 @@ from geom_jax.metrics.host_callback import SELECTION_METHODS
 from geom_jax.metrics.imbalance import information_imbalance
 from geom_jax.metrics.intrinsic_dimension import gride, twonn
 from geom_jax.metrics.knn_graph import nn_similarity, reciprocity
+from geom_jax.metrics.label_overlap import label_overlap
 from geom_jax.metrics.local_id import mle_id, tle_id
 from geom_jax.metrics.neighbours import knn
 from geom_jax.metrics.overlap import neighbourhood_overlap
+from geom_jax.metrics.similarity import cka, cknna, layer_similarity, mutual_knn
 from geom_jax.metrics.spectrum import matrix_entropy, participation_ratio
 from geom_jax.metrics.trajectory import curvature
 from geom_jax.metrics.unique import DUPLICATE_TOLERANCE, unique_mask
@@ -30,16 +32,20 @@ __all__ = [
     "LayerGeometry",
     "SELECTION_METHODS",
     "check_sizes",
+    "cka",
+    "cknna",
     "cosine_similarity_stats",
     "curvature",
     "default_range_max",
     "gride",
     "information_imbalance",
     "knn",
+    "label_overlap",
     "layer_geometry",
-    "stack_geometry",
+    "layer_similarity",
     "matrix_entropy",
     "mle_id",
+    "mutual_knn",
     "neighborhood_overlap",
     "neighbourhood_overlap",
     "nn_similarity",
@@ -47,6 +53,7 @@ __all__ = [
     "participation_ratio",
     "reciprocity",
     "registry",
+    "stack_geometry",
     "tle_id",
     "twonn",
     "unique_mask",

@@ -13,11 +13,14 @@ every consecutive pair need no Gram matrix beyond the shared ones (plus the
 last layer's, twice).
 """
 
+import functools
+
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 from geom_jax import plotting
-from geom_jax.metrics import distances, engine, refinement, validation
+from geom_jax.metrics import distances, refinement, validation
 from geom_jax.metrics.observable import Field, Observable, ReportSection
 from geom_jax.metrics.options import SELECTION
 
@@ -69,24 +72,28 @@ def imbalance_from_ranks(ranks, valid):
     return jnp.where(count > 1, 2.0 * total / jnp.maximum(count * count, 1.0), jnp.nan)
 
 
-def _nn1(ctx):
-    return ctx.knn_idx[..., 0]
+def _nearest_and_gram(x, valid, selection):
+    gram, _ = distances.centred_gram(x, valid)
+    _, idx = refinement.exact_knn(x, gram, valid, 1, selection)
+    return idx, gram
 
 
-def _standalone(ctx):
-    """Delta(y -> x) for the first C clouds, Delta(x -> y) for the last C, ctx.x
-    holding x and y concatenated on the cloud axis: [2C, N, D]."""
-    c = ctx.x.shape[0] // 2
-    nn = _nn1(ctx)
-    swapped = jnp.concatenate([nn[c:], nn[:c]], axis=0)
-    r = ranks_of(ctx.x, ctx.valid, swapped[..., None])[..., 0]
-    return imbalance_from_ranks(r, ctx.valid)
+@functools.partial(jax.jit, static_argnames=("selection",))
+def _imbalance_pair(x, y, valid, selection):
+    """(Delta(x -> y), Delta(y -> x)) [C, 2] for clouds x [C, N, Dx], y [C, N, Dy]:
+    each representation's own Gram matrix and nearest neighbours, no padding."""
+    nn_x, gram_x = _nearest_and_gram(x, valid, selection)
+    nn_y, gram_y = _nearest_and_gram(y, valid, selection)
+    to_y = imbalance_from_ranks(ranks_from_gram(gram_y, valid, nn_x)[..., 0], valid)
+    to_x = imbalance_from_ranks(ranks_from_gram(gram_x, valid, nn_y)[..., 0], valid)
+    return jnp.stack([to_y, to_x], axis=-1)
 
 
 def information_imbalance(x, y, mask=None, *, selection=SELECTION.default):
-    """(Delta(x -> y), Delta(y -> x)) [..., 2] for clouds x [..., N, D], y [..., N, D'].
+    """(Delta(x -> y), Delta(y -> x)) [..., 2] for clouds x [..., N, Dx], y [..., N, Dy].
 
-    Reference: Glielmo et al. 2022, PNAS Nexus, eq. 1 (k = 1).
+    Dx and Dy may differ. Reference: Glielmo et al. 2022, PNAS Nexus, eq. 1
+    (k = 1); DADApy ``return_inf_imb_two_selected_coords`` with full ranks.
     """
     x = validation.as_points(x, "x")
     y = validation.as_points(y, "y")
@@ -98,19 +105,15 @@ def information_imbalance(x, y, mask=None, *, selection=SELECTION.default):
     mask = validation.as_mask(mask, x.shape[:-2], x.shape[-2])
     validation.validate_points(x, mask, "x")
     validation.validate_points(y, mask, "y")
-    if x.shape[-1] != y.shape[-1]:
-        d = max(x.shape[-1], y.shape[-1])
-        pad = lambda a: jnp.pad(a, [(0, 0)] * (a.ndim - 1) + [(0, d - a.shape[-1])])
-        x, y = pad(x), pad(y)
-    batch = x.shape[:-2]
+    batch, n = x.shape[:-2], x.shape[-2]
     valid = jnp.ones(x.shape[:-1], bool) if mask is None else mask
-    xy = jnp.concatenate([x.reshape((-1,) + x.shape[-2:]), y.reshape((-1,) + y.shape[-2:])])
-    v = jnp.broadcast_to(valid, x.shape[:-1]).reshape((-1, x.shape[-2]))
-    delta = engine.on_points(
-        _standalone, xy, jnp.concatenate([v, v]), {"selection": selection}, knn_k=1
+    delta = _imbalance_pair(
+        x.reshape((-1, n, x.shape[-1])),
+        y.reshape((-1, n, y.shape[-1])),
+        jnp.broadcast_to(valid, x.shape[:-1]).reshape((-1, n)),
+        selection,
     )
-    c = delta.shape[0] // 2
-    return jnp.stack([delta[c:], delta[:c]], axis=-1).reshape(batch + (2,))
+    return delta.reshape(batch + (2,))
 
 
 def _prepare(stack):

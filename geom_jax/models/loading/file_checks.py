@@ -66,7 +66,6 @@ def read_gguf(path: str):
     or not a GGUF file."""
     import gguf  # noqa: PLC0415  (only for .gguf files; the device images lack it)
 
-
     class CheckedReader(gguf.GGUFReader):
         def _get(self, offset, dtype, count=1, override_order=None):
             end = int(offset) + int(np.dtype(dtype).itemsize) * int(count)

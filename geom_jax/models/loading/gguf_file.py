@@ -53,7 +53,6 @@ def dequantize(tensor) -> np.ndarray:
     """float32 array in HF (row-major, [out, in]) order."""
     import gguf  # noqa: PLC0415  (only for .gguf files; the device images lack it)
 
-
     kind = tensor.tensor_type.name
     if kind not in SUPPORTED_TYPES:
         raise UnsupportedQuantizationError(

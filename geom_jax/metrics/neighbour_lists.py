@@ -1,0 +1,99 @@
+"""Exact k-nearest-neighbour index lists of many clouds, and values at the listed pairs.
+
+`neighbour_lists` is the one place where the representational-similarity and
+label-overlap measures find neighbours; today it runs the exact dense kernels
+(centred Gram matrix, selection, refinement by direct differences:
+`refinement.exact_knn`) one chunk of clouds at a time, so that a row-blocked
+path that never holds an N x N matrix can replace its body alone.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from geom_jax.metrics import distances, refinement, sharding
+
+CHUNK_GRAM_BYTES = 8 * 2**20
+"""Gram-matrix bytes per chunk of clouds (at least one cloud per chunk)."""
+
+
+def clouds_per_chunk(n_clouds, n):
+    """Clouds per chunk so that one chunk's Gram matrices take about CHUNK_GRAM_BYTES."""
+    return max(1, min(n_clouds, CHUNK_GRAM_BYTES // (n * n * 4)))
+
+
+def map_clouds(fn, chunk, *arrays):
+    """fn on chunks of `chunk` clouds of arrays [C, ...] (lax.map), outputs [C, ...].
+
+    A last partial chunk is the final `chunk` clouds, overlapping the previous
+    one, so that nothing is padded."""
+    c = arrays[0].shape[0]
+    if chunk >= c:
+        return fn(*arrays)
+    n_full, rem = divmod(c, chunk)
+    starts = [i * chunk for i in range(n_full)] + ([c - chunk] if rem else [])
+
+    def one(start):
+        return fn(*(lax.dynamic_slice_in_dim(a, start, chunk, axis=0) for a in arrays))
+
+    out = lax.map(one, jnp.asarray(starts, jnp.int32))
+
+    def clouds_of(o):
+        full = o[:n_full].reshape((n_full * chunk,) + o.shape[2:])
+        return jnp.concatenate([full, o[-1, chunk - rem :]], axis=0) if rem else full
+
+    return jax.tree.map(clouds_of, out)
+
+
+def _lists(x, valid, k, selection):
+    gram, _ = distances.centred_gram(x, valid)
+    _, idx = refinement.exact_knn(x, gram, valid, k, selection)
+    return jnp.where(valid[..., None], idx, -1)
+
+
+def neighbour_lists(x, valid, k, selection="auto"):
+    """Exact k nearest neighbours (Euclidean) of every point of clouds x [C, N, D].
+
+    Internal, no checks. Returns int32 [C, N, k]: the point itself excluded,
+    only valid columns, ordered by (exact squared distance, index) so that
+    ties (exact duplicates) go to the lower index; -1 beyond the valid
+    neighbours and in the rows of invalid points.
+    """
+    n = x.shape[-2]
+    fn = functools.partial(_lists, k=k, selection=selection)
+    return map_clouds(fn, clouds_per_chunk(x.shape[0], n), x, valid)
+
+
+def listed_inner_products(x, idx):
+    """x_i . x_j [C, N, K] for j = idx[c, i, :] (clipped to >= 0), float32 HIGHEST.
+
+    Per cloud a loop over the K slots gathers one [N, D] block and reduces it
+    with a matrix-vector product (as refinement's direct differences)."""
+    k = idx.shape[-1]
+
+    def cloud(args):
+        xc, ic = args
+        ones = jnp.ones((xc.shape[-1],), xc.dtype)
+
+        def slot(j, acc):
+            other = jnp.take(xc, jnp.maximum(ic[:, j], 0), axis=0)
+            return acc.at[j].set(jnp.dot(xc * other, ones, precision=distances.HIGHEST))
+
+        init = sharding.like(jnp.zeros((k, xc.shape[0]), xc.dtype), xc)
+        return lax.fori_loop(0, k, slot, init).T
+
+    return lax.map(cloud, (x, idx))
+
+
+def reciprocated(idx):
+    """Bool [C, N, K]: i is in the list of j = idx[c, i, s] (False where idx < 0)."""
+    n = idx.shape[-2]
+    rows = jnp.arange(n, dtype=idx.dtype)[:, None, None]
+
+    def cloud(ic):
+        back = jnp.take(ic, jnp.maximum(ic, 0), axis=0)
+        return jnp.any(back == rows, axis=-1) & (ic >= 0)
+
+    return lax.map(cloud, idx)

@@ -1,0 +1,247 @@
+"""Representational similarity (mutual k-NN, CKNNA, CKA, layer_similarity) against the
+float64 transcriptions in benchmarks/reference.py.
+
+Tolerances: mutual_knn counts shared neighbours exactly when the float32 lists equal
+the float64 ones (one neighbour is 1 / (N k) >= 2e-5 here), so 1e-6 means identical
+lists; CKNNA 1e-6: its sums run over the N k listed pairs of float32 inner products
+(relative error ~1e-7 each); CKA 1e-5: float32 sums of N^2 kernel products or
+Dx Dy feature products.
+"""
+
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from benchmarks import reference as oracle
+from geom_jax import metrics
+from geom_jax.metrics import kernel_alignment, neighbour_alignment
+
+CKA_TOL = 1e-5
+LIST_TOL = 1e-6
+
+
+def curved_pair(rng, n, dx, dy, duplicates=0):
+    """Two nonlinear views (dims dx, dy) of one 5-d latent cloud, with offsets; the
+    last `duplicates` rows copy earlier ones in both views."""
+    z = rng.standard_normal((n, 5))
+    x = np.tanh(z @ rng.standard_normal((5, dx))) + 0.1 * rng.standard_normal((n, dx)) + 3.0
+    y = np.sin(z @ rng.standard_normal((5, dy))) + 0.1 * rng.standard_normal((n, dy)) - 2.0
+    if duplicates:
+        src = rng.integers(0, n - duplicates, duplicates)
+        x[n - duplicates :] = x[src]
+        y[n - duplicates :] = y[src]
+    return x.astype(np.float32), y.astype(np.float32)
+
+
+CASES = {
+    # name: (N, Dx, Dy, duplicates, k)
+    "small_random": (50, 7, 30, 0, 5),
+    "curved_duplicates": (300, 24, 9, 25, 10),
+    "high_dim": (120, 500, 600, 0, 10),
+}
+
+
+def check_against_reference(out, x, y, k, mask, dense=True):
+    """out: dict measure -> [B, ...] (one value per batch element / mask row)."""
+    for b, m in enumerate(mask):
+        want = {
+            "mutual_knn": oracle.mutual_knn(x, y, k, m),
+            "cknna": oracle.cknna(x, y, k, m, dense=dense),
+            "cka": oracle.cka(x, y, m),
+            "cka_debiased": oracle.cka(x, y, m, debiased=True),
+        }
+        for name, value in out.items():
+            tol = LIST_TOL if name in ("mutual_knn", "cknna") else CKA_TOL
+            got = float(np.ravel(value[b])[0])
+            assert abs(got - want[name]) < tol, (name, b, got, want[name])
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_measures_match_float64_reference(case):
+    """All four measures with and without a mask (a batch of two); the automatic CKA
+    route is "features" for curved_duplicates and "kernels" for the other two."""
+    n, dx, dy, dups, k = CASES[case]
+    rng = np.random.default_rng(sorted(CASES).index(case))
+    x, y = curved_pair(rng, n, dx, dy, dups)
+    mask = np.ones((2, n), bool)
+    mask[1, rng.choice(n, n // 7, replace=False)] = False
+    out = metrics.layer_similarity(np.stack([x, x])[:, None], np.stack([y, y])[:, None], mask, k=k)
+    check_against_reference(out, x, y, k, mask)
+    route = kernel_alignment.pick_route("auto", n, 1, dx, 1, dy, False)
+    assert route == ("features" if case == "curved_duplicates" else "kernels")
+
+
+def test_large_cloud_matches_float64_reference():
+    """N = 5,000, Dx = 40, Dy = 24, duplicates and a mask (CKNNA's reference on sparse
+    matrices; the dense one is the same number, test_reference_cknna_sparse_is_dense)."""
+    rng = np.random.default_rng(50)
+    x, y = curved_pair(rng, 5000, 40, 24, duplicates=40)
+    mask = np.ones((1, 5000), bool)
+    mask[0, rng.choice(5000, 300, replace=False)] = False
+    out = metrics.layer_similarity(x[None, None], y[None, None], mask, k=10)
+    check_against_reference(out, x, y, 10, mask, dense=False)
+
+
+def test_llm_states_match_float64_reference():
+    """SmolLM2 last-token states of 2,000 windows (576 dims, 5 pairs of identical rows):
+    hidden-state layers 24 against 8 (clouds_reference.npz)."""
+    points = np.load(os.path.join(os.path.dirname(__file__), "fixtures", "clouds_reference.npz"))[
+        "smollm2_last_token/points"
+    ]
+    x, y = points[2], points[0]
+    out = metrics.layer_similarity(x[None, None], y[None, None], k=10)
+    check_against_reference(out, x, y, 10, np.ones((1, len(x)), bool), dense=False)
+
+
+def test_reference_cknna_sparse_is_dense():
+    x, y = curved_pair(np.random.default_rng(3), 200, 12, 5, duplicates=10)
+    valid = np.arange(200) % 9 != 0
+    dense = oracle.cknna(x, y, 6, valid)
+    assert abs(dense - oracle.cknna(x, y, 6, valid, dense=False)) < 1e-12
+
+
+def test_duplicates_tie_to_the_lower_index():
+    """A point with three exact copies (in raw features) lists the lowest-index copies;
+    a scaled copy has the same direction, so it ties too."""
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((40, 6)).astype(np.float32)
+    x[[11, 25, 31]] = x[3]
+    x[8] = 2.0 * x[3]
+    idx, kv, rec, zero = neighbour_alignment.layer_lists(x[None], np.ones((1, 40), bool), 3, "auto")
+    assert idx[0, 3].tolist() == [8, 11, 25]
+    assert idx[0, 31].tolist() == [3, 8, 11]
+    np.testing.assert_allclose(kv[0, 3], 1.0, atol=1e-6)
+    assert bool(rec[0, 3, 1]) and not bool(zero[0])
+
+
+@pytest.fixture(scope="module")
+def stacks():
+    rng = np.random.default_rng(11)
+    n = 160
+    base = rng.standard_normal((n, 6))
+    a = np.stack(
+        [
+            np.tanh(base @ rng.standard_normal((6, 16)) * (1 + layer))
+            + 0.1 * rng.standard_normal((n, 16))
+            for layer in range(4)
+        ]
+    ).astype(np.float32)
+    b = np.stack([np.sin(base @ rng.standard_normal((6, 9))) for _ in range(3)]).astype(np.float32)
+    mask = np.ones(n, bool)
+    mask[-25:] = False
+    a[:, -25:] = 1e3  # padding garbage
+    return a, b, mask
+
+
+PAIR_FUNCTIONS = {
+    "mutual_knn": lambda x, y, m: metrics.mutual_knn(x, y, m, k=8),
+    "cknna": lambda x, y, m: metrics.cknna(x, y, m, k=8),
+    "cka": lambda x, y, m: metrics.cka(x, y, m),
+    "cka_debiased": lambda x, y, m: metrics.cka(x, y, m, debiased=True),
+}
+
+
+def test_layer_similarity_with_itself_and_equal_to_pairs(stacks):
+    a, _, mask = stacks
+    out = metrics.layer_similarity(a, None, mask, k=8)
+    assert sorted(out) == sorted(PAIR_FUNCTIONS)
+    for name in ("mutual_knn", "cka", "cka_debiased"):
+        np.testing.assert_allclose(np.diag(out[name]), 1.0, atol=1e-6, err_msg=name)
+    for name in ("cka", "cka_debiased"):
+        v = np.asarray(out[name])
+        assert np.array_equal(v, v.T), name
+    # CKNNA's diagonal is HSIC / (HSIC + 1e-6): just below 1.
+    assert np.all(np.diag(out["cknna"]) < 1.0) and np.all(np.diag(out["cknna"]) > 0.99)
+    again = metrics.layer_similarity(a, a, mask, k=8)
+    for name, fn in PAIR_FUNCTIONS.items():
+        per = np.array([[float(fn(a[i], a[j], mask)) for j in range(4)] for i in range(4)])
+        np.testing.assert_allclose(out[name], per, atol=1e-6, rtol=0, err_msg=name)
+        np.testing.assert_allclose(again[name], per, atol=1e-6, rtol=0, err_msg=name)
+
+
+def test_layer_similarity_two_stacks_batched(stacks):
+    """Da != Db, a batch of two stacks with different masks: every pair against the
+    float64 references."""
+    a, b, mask = stacks
+    masks = np.stack([mask, np.roll(mask, 40)])
+    batch = np.stack([a, a[::-1]])
+    out = metrics.layer_similarity(batch, np.stack([b, b]), masks, k=8)
+    for name in PAIR_FUNCTIONS:
+        assert out[name].shape == (2, 4, 3)
+    for i in range(2):
+        for la in range(4):
+            for lb in range(3):
+                pair = {name: v[i : i + 1, la, lb] for name, v in out.items()}
+                check_against_reference(pair, batch[i, la], b[lb], 8, masks[i : i + 1])
+
+
+def test_kernel_blocks_equal_feature_route(monkeypatch):
+    """Several kernel blocks, the last one partial and shifted back: same S as features."""
+    monkeypatch.setattr(kernel_alignment, "KERNEL_BLOCK_BYTES", 4 * 3 * 37 * 37)
+    rng = np.random.default_rng(5)
+    xa = rng.standard_normal((2, 100, 5)).astype(np.float32)
+    xb = rng.standard_normal((1, 100, 3)).astype(np.float32)
+    assert kernel_alignment._block_size(100, 3) == 37
+    for pair in ((xa, xb), (xa, None)):
+        got = kernel_alignment.squared_norms(*pair, "kernels")
+        want = kernel_alignment.squared_norms(*pair, "features")
+        for g, w in zip(got, want):
+            np.testing.assert_allclose(g, w, rtol=1e-5)
+
+
+def test_auto_route_takes_the_cheaper():
+    assert kernel_alignment.pick_route("auto", 5000, 31, 576, 31, 576, True) == "kernels"
+    assert kernel_alignment.pick_route("auto", 5000, 1, 64, 1, 48, False) == "features"
+    assert kernel_alignment.pick_route("auto", 100, 1, 500, 1, 600, False) == "kernels"
+
+
+def test_jit_and_zero_vectors(stacks):
+    a, _, mask = stacks
+    x, y = a[0].copy(), a[1]
+    mask = mask.copy()
+    jitted = jax.jit(lambda p, q, m: metrics.cknna(p, q, m, k=8))
+    eager = float(metrics.cknna(x, y, mask, k=8))
+    assert float(jitted(x, y, mask)) == pytest.approx(eager, abs=1e-7)
+    x[4] = 0.0
+    assert np.isnan(float(jitted(x, y, mask)))
+    with pytest.raises(ValueError, match="zero vector at valid point 4"):
+        metrics.cknna(x, y, mask, k=8)
+    mask[4] = False
+    assert np.isfinite(float(metrics.cknna(x, y, mask, k=8)))
+    assert np.isfinite(float(jitted(x, y, mask)))
+
+
+BAD = {
+    "few_valid": (
+        lambda x, y: metrics.mutual_knn(x, y, np.arange(30) < 8, k=10),
+        "k=10 needs >= 11 valid points, but cloud \\(\\) has 8",
+    ),
+    "k_below_2_cknna": (lambda x, y: metrics.cknna(x, y, k=1), "k must be an integer >= 2"),
+    "unbiased_cka_n3": (
+        lambda x, y: metrics.cka(x[:3], y[:3], debiased=True),
+        "needs >= 4 points per cloud, got N = 3",
+    ),
+    "unbiased_cka_mask": (
+        lambda x, y: metrics.cka(x, y, np.arange(30) < 3, debiased=True),
+        "needs >= 4 valid points",
+    ),
+    "different_n": (lambda x, y: metrics.cka(x, y[:20]), "must hold the same N points"),
+    "mask_shape": (lambda x, y: metrics.mutual_knn(x, y, np.ones(29, bool)), "mask must have"),
+    "unknown_measure": (
+        lambda x, y: metrics.layer_similarity(x[None], y[None], measures=("svcca",)),
+        "measures must be",
+    ),
+    "stack_rank": (lambda x, y: metrics.layer_similarity(x, y), "stack_a must have rank >= 3"),
+    "route": (lambda x, y: metrics.cka(x, y, route="dense"), "route must be one of"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_input_raises_before_compute(case):
+    rng = np.random.default_rng(1)
+    x, y = curved_pair(rng, 30, 6, 4)
+    fn, message = BAD[case]
+    with pytest.raises(ValueError, match=message):
+        fn(x, y)
