@@ -154,3 +154,25 @@ def test_class_fraction_under_jit_is_refused():
         jax.jit(lambda p, q: metrics.label_overlap(p, q, class_fraction=0.3))(x, labels)
     jitted = jax.jit(lambda p, q: metrics.label_overlap(p, q, k=5))
     assert float(jitted(x, labels)) == pytest.approx(oracle.label_overlap(x, labels, 5), abs=TOL)
+
+
+def test_the_observable_equals_the_function_and_dadapy(clouds):
+    """layer_geometry's label_overlap (every k at once, from the shared neighbour lists)
+    at k = 30 is label_overlap(k=30) and DADApy's value; at smaller k, the function's."""
+    points, labels = clouds["manifold/points"][:, :1500], clouds["manifold/labels"][:1500]
+    geo = metrics.layer_geometry(
+        points[None], observables="label_overlap", inputs={"labels": labels[None]}
+    )
+    assert geo.label_overlap.shape == (1, 3, 30)
+    for k in (1, 7, 30):
+        np.testing.assert_allclose(
+            geo.label_overlap[0, :, k - 1], metrics.label_overlap(points, labels, k=k), atol=TOL
+        )
+    full = metrics.layer_geometry(
+        clouds["manifold/points"][None],
+        observables="label_overlap",
+        inputs={"labels": clouds["manifold/labels"][None]},
+    )
+    np.testing.assert_allclose(
+        full.label_overlap[0, :, 29], clouds["manifold/label_overlap_k30"], atol=TOL
+    )

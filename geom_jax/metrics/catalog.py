@@ -10,6 +10,7 @@ from geom_jax.metrics import (
     imbalance,
     intrinsic_dimension,
     knn_graph,
+    label_overlap,
     local_id,
     overlap,
     spectrum,
@@ -28,4 +29,5 @@ BUILTIN = (
     spectrum.PARTICIPATION_RATIO,
     spectrum.MATRIX_ENTROPY,
     trajectory.OBSERVABLE,
+    label_overlap.OBSERVABLE,
 )

@@ -24,8 +24,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from geom_jax import plotting
+from geom_jax.errors import ArgumentError
 from geom_jax.metrics import neighbour_lists, validation
 from geom_jax.metrics.host_callback import check_method
+from geom_jax.metrics.observable import (
+    Dim,
+    Field,
+    Observable,
+    Option,
+    ReportSection,
+    register_dim,
+)
 
 
 def _class_sizes(labels, valid):
@@ -176,3 +186,113 @@ def label_overlap(
         selection=selection,
     )
     return out.reshape(batch)
+
+
+def label_overlap_from_lists(idx, labels, valid, weighted=True):
+    """Label overlap for k = 1..K at once from sorted neighbour lists idx [C, N, K]
+    (-1 beyond the valid neighbours), labels [C, N] int (negative: unlabelled, left
+    out) -> [C, K]: the (class-size weighted) mean over points of the fraction of
+    their k nearest neighbours sharing their label."""
+    k = idx.shape[-1]
+    valid = valid & (labels >= 0)
+    neighbour = jnp.take_along_axis(labels, jnp.maximum(idx, 0).reshape(idx.shape[0], -1), -1)
+    same = (neighbour.reshape(idx.shape) == labels[..., None]) & (idx >= 0)
+    per_point = jnp.cumsum(same, axis=-1, dtype=jnp.int32).astype(jnp.float32)
+    per_point = per_point / jnp.arange(1, k + 1, dtype=jnp.float32)
+    if weighted:
+        sizes = _class_sizes(labels, valid)
+        w = jnp.where(valid, 1.0 / jnp.maximum(sizes, 1).astype(jnp.float32), 0.0)
+    else:
+        w = valid.astype(jnp.float32)
+    total = jnp.sum(w[..., None] * per_point, axis=-2)
+    return total / jnp.maximum(jnp.sum(w, axis=-1), 1e-30)[..., None]
+
+
+def _check_label_k(v):
+    if v < 1:
+        raise ArgumentError("{label_k} must be an integer >= 1, got {v!r}", "label_k", v=v)
+
+
+register_dim(
+    "label_k", Dim("K'", "neighbourhood size k of the label overlap", lambda n: np.arange(1, n + 1))
+)
+
+LABEL_K = Option(
+    "label_k",
+    int,
+    30,
+    "Largest neighbourhood size k of the label overlap (DADApy's default k = 30).",
+    check=_check_label_k,
+)
+
+
+def _compute(ctx):
+    k = ctx.options["label_k"]
+    lists = ctx.knn_idx[..., :k]
+    return {"label_overlap": label_overlap_from_lists(lists, ctx.input("labels"), ctx.valid)}
+
+
+def _plot(runs, path, **_):
+    fig, axes = plotting.figure(len(runs))
+    for ax, run in zip(axes, runs):
+        k = run.arrays["label_overlap"].shape[-1]
+        for color, s in zip(plotting.colours(len(run.levels)), run.levels):
+            v = run.arrays["label_overlap"][run.rows(s), :, k - 1]
+            x = np.arange(1, v.shape[1] + 1)
+            ax.errorbar(
+                x,
+                np.nanmean(v, 0),
+                yerr=np.nanstd(v, 0),
+                color=color,
+                capsize=2,
+                marker="o",
+                ms=3,
+                lw=1.4,
+                label=plotting.level_label(s),
+            )
+        ax.set(xlabel="layer", ylabel=f"label overlap (k={k})", title=run.label, ylim=(0, 1))
+        ax.legend(fontsize=7)
+    return plotting.save(fig, path)
+
+
+def _text(run, **_):
+    v = run.arrays["label_overlap"]
+    k = v.shape[-1]
+    lines = ["", f"Label overlap (k = {k}, class-size weighted), mean over partitions:"]
+    for i, s in enumerate(run.levels):
+        row = np.nanmean(v[run.rows(s), :, k - 1], 0)
+        table = plotting.layer_table(plotting.level_label(s), row)
+        lines += table if i == 0 else [table[-1]]
+    return lines
+
+
+OBSERVABLE = Observable(
+    name="label_overlap",
+    compute=_compute,
+    fields=(
+        Field(
+            "label_overlap",
+            ("label_k",),
+            "fraction of a point's k nearest neighbours sharing its label (class-size "
+            "weighted mean), k = index + 1.",
+        ),
+    ),
+    consumes=("points", "knn", "labels"),
+    doc=__doc__,
+    reference="DADApy 0.3.4 return_label_overlap; Doimo et al. 2024, arXiv 2409.03662",
+    reduce="mean over labelled points, weights 1 / class size",
+    options=(LABEL_K,),
+    knn_k=lambda o: o["label_k"],
+    check=lambda o, n: validation.check_max_k(n, o["label_k"], name="label_k"),
+    dataset=True,
+    in_all=False,
+    report=(
+        ReportSection(
+            "Label overlap across layers",
+            figure=_plot,
+            text=_text,
+            file="label_overlap.png",
+            kinds=("tokens", "clouds"),
+        ),
+    ),
+)

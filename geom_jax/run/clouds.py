@@ -172,6 +172,29 @@ def _window_error(e: BaseException) -> UserError:
     return checks.wrap(e)
 
 
+def for_labels(spec: run_spec.RunSpec, rows: Rows) -> run_spec.RunSpec:
+    """spec without the observables that read labels when the rows carry none (they came
+    with a set such as "dataset"); one named on its own is refused instead."""
+    if rows.label is not None:
+        return spec
+    observables = spec.observable_set
+    readers = [o.name for o in observables.observables if LABELS_INPUT in o.consumes]
+    named = [n.strip() for n in spec.observables.split(",")]
+    asked = [n for n in readers if n in named]
+    if asked:
+        raise UserError(
+            "{observables}: {names} need(s) labelled rows: {windows} of a labelled dataset "
+            "(pydoc topics, or {label_field})",
+            ("observables", "windows", "label_field"),
+            names=", ".join(asked),
+        )
+    if not readers:
+        return spec
+    logging.info("rows carry no labels: %s left out", ", ".join(readers))
+    kept = [n for n in observables.names if n not in readers]
+    return spec.replace(observables=",".join(kept))
+
+
 def clouds_of(spec: run_spec.RunSpec, rows: Rows) -> list[Cloud]:
     """Each (shuffle level, repeat)'s rows, split into ``partitions`` disjoint seeded
     random subsets (sizes differing by at most one), each in row order."""
@@ -282,12 +305,6 @@ def measure(spec: run_spec.RunSpec, reps, rows: Rows, clouds: list[Cloud], progr
     options = observables.options(spec.option_values())
     n_max = max(len(c.rows) for c in clouds)
     wants_labels = LABELS_INPUT in {c for o in observables.observables for c in o.consumes}
-    if wants_labels and rows.label is None:
-        raise UserError(
-            "{observables}: label overlap needs labelled rows ({windows} with a labelled "
-            "dataset, e.g. pydoc topics or {label_field})",
-            ("observables", "windows", "label_field"),
-        )
     written = {f.name for f in results.run_fields(observables, results.CLOUDS)}
     per_cloud = []
     geometry = jax.jit(

@@ -234,6 +234,7 @@ def _select_clouds(spec, config):
     tokenizer = _tokenizer(spec)
     source, rows, summary = clouds.select_rows(spec, tokenizer)
     checks.check_token_ids(rows.input_ids, config.vocab_size, spec.model)
+    spec = clouds.for_labels(spec, rows)
     cl = clouds.clouds_of(spec, rows)
     n = clouds.check_cloud_sizes(spec, cl)
     return source, rows, cl, summary, clouds.resolve_options(spec, n)
