@@ -11,7 +11,7 @@ from geom_jax.metrics.cosine import cosine_similarity_stats
 from geom_jax.metrics.distances import pairwise_distances
 from geom_jax.metrics.geometry import LayerGeometry, layer_geometry, stack_geometry
 from geom_jax.metrics.host_callback import SELECTION_METHODS
-from geom_jax.metrics.imbalance import information_imbalance
+from geom_jax.metrics.imbalance import imbalance_matrix, information_imbalance
 from geom_jax.metrics.intrinsic_dimension import gride, twonn
 from geom_jax.metrics.knn_graph import nn_similarity, reciprocity
 from geom_jax.metrics.label_overlap import label_overlap
@@ -38,6 +38,7 @@ __all__ = [
     "curvature",
     "default_range_max",
     "gride",
+    "imbalance_matrix",
     "information_imbalance",
     "knn",
     "label_overlap",

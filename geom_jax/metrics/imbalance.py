@@ -18,6 +18,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from geom_jax import plotting
 from geom_jax.metrics import distances, refinement, validation
@@ -227,3 +228,75 @@ OBSERVABLE = Observable(
         ),
     ),
 )
+
+
+QUERY_CHUNK = 4
+"""Queries ranked at a time in imbalance_matrix (each an [N, N] pass)."""
+
+
+@functools.partial(jax.jit, static_argnames=("selection",))
+def _imbalance_matrix(a, b, valid, selection):
+    def nearest(stack):
+        return lax.map(
+            lambda x: _nearest_and_gram(x[None], valid[None], selection)[0][0, :, 0], stack
+        )
+
+    def ranked_in(stack, queries):
+        """Delta(q -> l) [L, Q]: ranks, in each layer l of stack, of the query layers'
+        nearest neighbours queries [Q, N]."""
+        q = queries.shape[0]
+        pad = (-q) % QUERY_CHUNK
+        chunks = jnp.concatenate([queries, jnp.repeat(queries[:1], pad, 0)]).reshape(
+            -1, QUERY_CHUNK, queries.shape[1]
+        )
+
+        def layer(x):
+            gram, _ = distances.centred_gram(x[None], valid[None])
+
+            def chunk(c):
+                r = ranks_from_gram(gram, valid[None], c.T[None])[0]  # [N, QUERY_CHUNK]
+                return imbalance_from_ranks(r.T, valid[None])
+
+            return lax.map(chunk, chunks).reshape(-1)[:q]
+
+        return lax.map(layer, stack)
+
+    nn_a, nn_b = nearest(a), nearest(b)
+    a_to_b = ranked_in(b, nn_a).T  # [La, Lb]: a's neighbours ranked in b
+    b_to_a = ranked_in(a, nn_b)  # [La, Lb]: b's neighbours ranked in a
+    return jnp.stack([a_to_b, b_to_a], axis=-1)
+
+
+def imbalance_matrix(stack_a, stack_b, mask=None, *, selection=SELECTION.default):
+    """Information imbalance between every layer of two stacks of the same points.
+
+    Each layer's nearest neighbours and centred Gram matrix are computed once; a
+    layer's Gram matrix ranks the nearest neighbours of every layer of the other
+    stack (QUERY_CHUNK at a time), so La + Lb Gram matrices serve the La x Lb pairs.
+
+    Args:
+      stack_a: [La, N, Da] the points in La representations.
+      stack_b: [Lb, N, Db] the same points in Lb representations.
+      mask: bool [N] valid points (None: all).
+      selection: neighbour-selection backend ("auto", "host", "xla").
+
+    Returns:
+      [La, Lb, 2] float32: (Delta(a -> b), Delta(b -> a)) of layer a of stack_a and
+      layer b of stack_b; entry [a, b] equals information_imbalance(stack_a[a],
+      stack_b[b]).
+
+    Reference: Glielmo et al. 2022, PNAS Nexus 1(2) pgac039, eq. 1 (k = 1); Cheng et
+    al. 2025 (arXiv 2405.15471) compare layers across models with it.
+    """
+    a = validation.as_points(stack_a, "stack_a", min_rank=3)
+    b = validation.as_points(stack_b, "stack_b", min_rank=3)
+    if a.ndim != 3 or b.ndim != 3 or a.shape[1] != b.shape[1]:
+        raise ValueError(
+            f"stack_a and stack_b must be [L, N, D] stacks of the same N points, got "
+            f"{tuple(a.shape)} and {tuple(b.shape)}"
+        )
+    n = a.shape[1]
+    validation.check_max_k(n, 1, name="N")
+    mask = validation.as_mask(mask, (), n)
+    valid = jnp.ones((n,), bool) if mask is None else mask
+    return _imbalance_matrix(a, b, valid, selection)

@@ -1,0 +1,344 @@
+"""Two pooled runs compared layer by layer: mutual k-NN, CKNNA, CKA (and information
+imbalance) between every hidden state of one and every hidden state of the other.
+
+The runs' rows are matched by window key, shuffle level and repeat; runs whose rows
+do not correspond (other text, other windows, other pooling) are refused with one
+line naming the first mismatch. For each shuffle level (and repeat) the matched
+points form one cloud per hidden state, and :func:`geom_jax.metrics.layer_similarity`
+gives one [La, Lb] matrix per measure, every pair in one jitted call. Writes
+``similarity.npz`` and ``RESULTS.md``, a heat map per measure and ``report.md``:
+per hidden state of A the best-matching one of B and its score, and the diagonal
+when La = Lb (Huh et al., ICML 2024, arXiv 2405.07987; Kornblith et al., ICML 2019,
+arXiv 1905.00414; Cheng et al., ICLR 2025, arXiv 2405.15471).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import jax
+import numpy as np
+from absl import logging
+
+from geom_jax import metrics, plotting, results
+from geom_jax.io import files
+from geom_jax.io.representation_store import RepresentationStore
+from geom_jax.run import clouds
+from geom_jax.run.spec import UserError
+
+MEASURES = ("mutual_knn", "cknna", "cka", "cka_debiased", "info_imbalance")
+SIMILARITY_FILE = "similarity.npz"
+MATCHED = (
+    "pool",
+    "windows",
+    "max_tokens",
+    "dataset",
+    "text_field",
+    "split",
+    "method",
+    "max_shuffle",
+    "shuffle_repeats",
+    "seed",
+    "add_bos",
+    "num_prompts",
+)
+"""Flags two runs must share for their rows to be the same text at the same level."""
+
+
+@dataclasses.dataclass
+class PooledRun:
+    """A finished pooled run: its folder, metadata, rows (tokens.npz) and store."""
+
+    folder: str
+    metadata: dict
+    rows: dict
+    store: RepresentationStore
+
+    @property
+    def flags(self) -> dict:
+        return self.metadata.get("flags", {})
+
+    @property
+    def cutter(self) -> str:
+        """The tokenizer that cut its windows: window_tokenizer, or the model's own."""
+        return self.flags.get("window_tokenizer") or self.metadata.get("model", "")
+
+
+def open_run(folder: str, which: str) -> PooledRun:
+    """A pooled run's files (UserError naming ``runs`` when it is not one)."""
+    meta_path = os.path.join(folder, results.METADATA_FILE)
+    tokens_path = os.path.join(folder, results.TOKENS_FILE)
+    if not os.path.isfile(meta_path) or not os.path.isfile(tokens_path):
+        raise UserError(
+            "{runs}: {which} {folder!r} holds no finished run (metadata.json, tokens.npz)",
+            "runs",
+            which=which,
+            folder=folder,
+        )
+    meta = files.read_json(meta_path)
+    if meta.get("flags", {}).get("pool", "none") == "none":
+        raise UserError(
+            "{runs}: {which} {folder!r} is not a pooled run ({pool}=none: its clouds are "
+            "tokens, not one point per row); rerun it with {pool}=last or mean",
+            ("runs", "pool"),
+            which=which,
+            folder=folder,
+        )
+    with np.load(tokens_path) as z:
+        rows = {k: z[k] for k in z.files}
+    store = _open_store(os.path.join(folder, clouds.STORE), len(rows["row_prompt_key"]))
+    return PooledRun(folder, meta, rows, store)
+
+
+def _open_store(path: str, rows: int) -> RepresentationStore:
+    """The store as written (its own shape and chunking, read from its metadata)."""
+    meta = files.read_json(os.path.join(path, "zarr.json"))
+    shape = meta["shape"]
+    chunk = meta["chunk_grid"]["configuration"]["chunk_shape"][0]
+    if shape[0] != rows:
+        raise UserError(
+            "{runs}: {path} holds {have} rows, tokens.npz {want}",
+            "runs",
+            path=path,
+            have=shape[0],
+            want=rows,
+        )
+    return RepresentationStore.open_or_create(
+        path, rows=shape[0], layers=shape[1], dim=shape[2], chunk_rows=chunk
+    )
+
+
+def _keys(run: PooledRun) -> list[tuple]:
+    r = run.rows
+    return list(
+        zip(r["row_prompt_key"].tolist(), r["row_shuffle"].tolist(), r["row_repeat"].tolist())
+    )
+
+
+def match_rows(a: PooledRun, b: PooledRun) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices (ia, ib) of the same window at the same level and repeat in both
+    runs, in a's order; UserError naming the first thing that does not correspond."""
+    for flag in MATCHED:
+        va, vb = a.flags.get(flag), b.flags.get(flag)
+        if va != vb:
+            raise UserError(
+                "{runs}: the runs' rows do not correspond: {flag}={va!r} in {fa!r} but "
+                "{vb!r} in {fb!r}",
+                "runs",
+                flag=flag,
+                va=va,
+                vb=vb,
+                fa=a.folder,
+                fb=b.folder,
+            )
+    if a.flags.get("windows") and a.cutter != b.cutter:
+        raise UserError(
+            "{runs}: the runs cut their windows with other tokenizers ({ca!r}, {cb!r}): other "
+            "text; rerun one with {window_tokenizer}={ca}",
+            ("runs", "window_tokenizer"),
+            ca=a.cutter,
+            cb=b.cutter,
+        )
+    keys_b = {key: i for i, key in enumerate(_keys(b))}
+    ka = _keys(a)
+    missing = [key for key in ka if key not in keys_b]
+    if missing or len(ka) != len(keys_b):
+        first = missing[0] if missing else next(k for k in keys_b if k not in set(ka))
+        raise UserError(
+            "{runs}: the runs' rows do not correspond: window {key!r} at level {s}, repeat "
+            "{r} is in one run only",
+            "runs",
+            key=first[0],
+            s=first[1],
+            r=first[2],
+        )
+    ia = np.arange(len(ka))
+    ib = np.asarray([keys_b[key] for key in ka])
+    if a.metadata.get("model") == b.metadata.get("model"):  # one tokenizer: the same ids
+        ids_a, ids_b = a.rows["input_ids"][ia], b.rows["input_ids"][ib]
+        bad = np.flatnonzero((ids_a != ids_b).any(axis=-1))
+        if bad.size:
+            key = ka[bad[0]]
+            raise UserError(
+                "{runs}: the runs' rows do not correspond: window {key!r} at level {s} has "
+                "other tokens in the two runs (other text or another shuffle)",
+                "runs",
+                key=key[0],
+                s=key[1],
+            )
+    return ia, ib
+
+
+def compare(
+    folder_a: str,
+    folder_b: str,
+    output_dir: str,
+    *,
+    k: int = 10,
+    measures=MEASURES,
+    progress: bool = True,
+) -> dict:
+    """The similarity matrices of two pooled runs (``folder_b == folder_a``: a run
+    against itself); writes the files of the module docstring. Returns the arrays."""
+    a = open_run(folder_a, "the first run")
+    b = (
+        a
+        if os.path.abspath(folder_b) == os.path.abspath(folder_a)
+        else open_run(folder_b, "the second run")
+    )
+    unknown = [m for m in measures if m not in MEASURES]
+    if unknown:
+        raise UserError(
+            "{measures}: unknown {u}; known: {k}", "measures", u=unknown, k=", ".join(MEASURES)
+        )
+    ia, ib = match_rows(a, b)
+    levels = list(
+        dict.fromkeys(zip(a.rows["row_shuffle"][ia].tolist(), a.rows["row_repeat"][ia].tolist()))
+    )
+    os.makedirs(output_dir, exist_ok=True)
+    out = {m: [] for m in measures}
+    sim_measures = tuple(m for m in measures if m != "info_imbalance")
+    for s, r in levels:
+        sel = (a.rows["row_shuffle"][ia] == s) & (a.rows["row_repeat"][ia] == r)
+        pts_a = np.moveaxis(a.store.read(ia[sel]), 0, 1)  # [La, N, Da]
+        pts_b = pts_a if b is a else np.moveaxis(b.store.read(ib[sel]), 0, 1)
+        if len(pts_a[0]) < k + 1:
+            raise UserError(
+                "{k}={k_value} needs >= {need} points per level, got {n}",
+                "k",
+                k_value=k,
+                need=k + 1,
+                n=len(pts_a[0]),
+            )
+        logging.info(
+            "level %d repeat %d: %d points, %d x %d hidden states",
+            s,
+            r,
+            pts_a.shape[1],
+            pts_a.shape[0],
+            pts_b.shape[0],
+        )
+        got = (
+            metrics.layer_similarity(pts_a, None if b is a else pts_b, measures=sim_measures, k=k)
+            if sim_measures
+            else {}
+        )
+        for m in sim_measures:
+            out[m].append(np.asarray(jax.device_get(got[m])))
+        if "info_imbalance" in measures:
+            out["info_imbalance"].append(np.asarray(metrics.imbalance_matrix(pts_a, pts_b)))
+    arrays = {m: np.stack(v) for m, v in out.items()}
+    arrays["level_shuffle"] = np.asarray([s for s, _ in levels], np.int32)
+    arrays["level_repeat"] = np.asarray([r for _, r in levels], np.int32)
+    arrays["num_points"] = np.asarray(
+        [
+            int(((a.rows["row_shuffle"][ia] == s) & (a.rows["row_repeat"][ia] == r)).sum())
+            for s, r in levels
+        ],
+        np.int32,
+    )
+    files.atomic_write_bytes(os.path.join(output_dir, SIMILARITY_FILE), files.npz_bytes(arrays))
+    files.write_json(
+        os.path.join(output_dir, results.METADATA_FILE),
+        {
+            "runs": [a.folder, b.folder],
+            "models": [a.metadata.get("model"), b.metadata.get("model")],
+            "random_init": [a.metadata.get("random_init"), b.metadata.get("random_init")],
+            "k": k,
+            "measures": list(measures),
+        },
+    )
+    _readme(output_dir, arrays, a, b, measures)
+    report(output_dir, arrays, a, b, measures, k)
+    return arrays
+
+
+DOCS = {
+    "mutual_knn": "mean over points of |N_k^a(i) ∩ N_k^b(i)| / k, neighbours on the "
+    "L2-normalised features (Huh et al. 2024)",
+    "cknna": "CKNNA: unbiased HSIC of the kernels restricted to mutual k-NN pairs (Huh et al.)",
+    "cka": "linear CKA, biased HSIC (Kornblith et al. 2019)",
+    "cka_debiased": "linear CKA, unbiased HSIC (Song et al. 2012)",
+    "info_imbalance": "(Delta(a -> b), Delta(b -> a)), information imbalance, k = 1 (Glielmo "
+    "et al. 2022)",
+}
+
+
+def _readme(output_dir, arrays, a, b, measures) -> None:
+    la, lb = arrays[measures[0]].shape[1:3]
+    lines = [
+        "# Representational similarity of two runs",
+        "",
+        "```python",
+        "import numpy as np",
+        'r = np.load("similarity.npz")',
+        "```",
+        "",
+        f"A = `{a.folder}` ({a.metadata.get('model')}), B = `{b.folder}` "
+        f"({b.metadata.get('model')}). V levels (shuffle level x repeat), La = {la} and "
+        f"Lb = {lb} hidden states (0 = embedding output).",
+        "",
+        "| field | shape | meaning |",
+        "| --- | --- | --- |",
+    ]
+    for m in measures:
+        shape = "[V, La, Lb, 2]" if m == "info_imbalance" else "[V, La, Lb]"
+        lines.append(
+            f"| `{m}` | {shape} | {DOCS[m]}; entry [v, a, b]: hidden state a of A "
+            "against hidden state b of B |"
+        )
+    lines += [
+        "| `level_shuffle`, `level_repeat` | [V] | the level's shuffle index and repeat |",
+        "| `num_points` | [V] | the level's matched points |",
+    ]
+    files.atomic_write_bytes(
+        os.path.join(output_dir, results.README_FILE), ("\n".join(lines) + "\n").encode()
+    )
+
+
+def best_matches(matrix: np.ndarray) -> list[tuple[int, int, float]]:
+    """Per row a of a [La, Lb] similarity: (a, the best column b, its score)."""
+    return [(i, int(np.nanargmax(row)), float(np.nanmax(row))) for i, row in enumerate(matrix)]
+
+
+def report(output_dir, arrays, a, b, measures, k: int) -> str:
+    """Heat maps of the structured level and report.md with the best matches."""
+    level = 0
+    lines = [
+        "# Representational similarity",
+        "",
+        f"A = `{a.folder}` ({a.metadata.get('model')}), B = `{b.folder}` "
+        f"({b.metadata.get('model')}); level s = {int(arrays['level_shuffle'][level])}, "
+        f"{int(arrays['num_points'][level])} points, k = {k} neighbours.",
+    ]
+    for m in measures:
+        v = arrays[m][level]
+        if m == "info_imbalance":
+            v = 1.0 - v[..., 0]  # higher = A's neighbourhoods predict B's better
+            what = "1 - Delta(A -> B)"
+        else:
+            what = m
+        fig, (ax,) = plotting.figure(1, height=4.6)
+        image = ax.imshow(v, origin="lower", cmap="viridis", aspect="auto")
+        fig.colorbar(image, ax=ax)
+        ax.set(xlabel="hidden state of B", ylabel="hidden state of A", title=what)
+        png = f"similarity_{m}.png"
+        plotting.save(fig, os.path.join(output_dir, png))
+        matches = best_matches(v)
+        lines += [
+            "",
+            f"## {what}",
+            "",
+            f"![{what}]({png})",
+            "",
+            "| hidden state of A | best of B | score |",
+            "| --- | --- | --- |",
+        ]
+        lines += [f"| {i} | {j} | {score:.3f} |" for i, j, score in matches]
+        if v.shape[0] == v.shape[1]:
+            lines += ["", "Diagonal (A's hidden state l against B's l):"]
+            lines += plotting.layer_table(what, np.diagonal(v), first=0)
+    path = os.path.join(output_dir, "report.md")
+    files.atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
+    return path
