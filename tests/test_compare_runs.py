@@ -42,8 +42,7 @@ def pair(tiny, tmp_path_factory):
 
 
 def _points(folder):
-    path = os.path.join(folder, clouds.STORE)
-    store = RepresentationStore.open_or_create(path, rows=40, layers=4, dim=16, chunk_rows=32)
+    store = RepresentationStore.open_existing(os.path.join(folder, clouds.STORE))
     return np.moveaxis(store.read(slice(None)), 0, 1)
 
 

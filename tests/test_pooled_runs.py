@@ -32,6 +32,7 @@ def _spec(model, out, **kw):
         checkpoint_every=1,
         range_max=None,
         max_k=8,
+        label_k=8,
     )
     base.update(kw)
     return run_helpers.small_spec(model, out, **base)
@@ -64,9 +65,8 @@ def test_pooled_files_and_points(pooled, tiny):
     assert meta["flags"]["range_max"] == 29  # the smallest cloud (30 points) supports 29
     # The stored points are the model's hidden states at each row's last token.
     model, _ = models.load(tiny)
-    store = RepresentationStore.open_or_create(
-        os.path.join(out, clouds.STORE), rows=120, layers=layers + 1, dim=16, chunk_rows=8
-    )
+    store = RepresentationStore.open_existing(os.path.join(out, clouds.STORE))
+    assert (store.rows, store.layers, store.chunk_rows) == (120, layers + 1, 8)
     pick = np.arange(0, 120, 7)
     hidden = np.asarray(model(jnp.asarray(rows["input_ids"][pick])).hidden_states)
     np.testing.assert_allclose(store.read(pick), hidden[:, :, -1].transpose(1, 0, 2), rtol=1e-5)
@@ -139,12 +139,8 @@ def test_sigkill_then_resume_equals_uninterrupted(pooled, tiny, tmp_path):
     with np.load(out / results.RESULTS_FILE) as z:
         for k in ("gride_ids", "overlap", "cos_mean", "twonn"):
             np.testing.assert_array_equal(z[k], got[k], err_msg=k)
-    fresh = RepresentationStore.open_or_create(
-        str(out / clouds.STORE), rows=120, layers=4, dim=16, chunk_rows=8
-    )
-    whole = RepresentationStore.open_or_create(
-        os.path.join(spec.output_dir, clouds.STORE), rows=120, layers=4, dim=16, chunk_rows=8
-    )
+    fresh = RepresentationStore.open_existing(str(out / clouds.STORE))
+    whole = RepresentationStore.open_existing(os.path.join(spec.output_dir, clouds.STORE))
     np.testing.assert_array_equal(fresh.read(slice(None)), whole.read(slice(None)))
 
 
@@ -155,7 +151,7 @@ def test_sigkill_then_resume_equals_uninterrupted(pooled, tiny, tmp_path):
             dict(observables="dataset,curvature"),
             r"--pool=last: curvature need\(s\) a prompt's token",
         ),
-        (dict(partitions=40), r"--partitions=40 leaves 3 points per cloud"),
+        (dict(partitions=20), r"--partitions=20 leaves 3 points per cloud"),
         (dict(range_max=64), r"--range_max=64 with N = 30 points .*smallest cloud has 30 points"),
         (dict(label_field="topic", windows=False), r"--label_field labels windows: add --windows"),
         (dict(num_prompts=100000), r"--num_prompts \(windows\)"),

@@ -119,6 +119,21 @@ class RepresentationStore:
         array = ts.open({**_spec(path), "metadata": metadata}, create=True, open=True).result()
         return cls(path, array, chunk_rows)
 
+    @classmethod
+    def open_existing(cls, path: str) -> RepresentationStore:
+        """The store at ``path`` with the shape and chunking it was written with.
+
+        Raises:
+          FileNotFoundError: no store there.
+        """
+        meta_path = os.path.join(path, METADATA)
+        if not os.path.isfile(meta_path):
+            raise FileNotFoundError(f"{path}: no representation store here")
+        meta = files.read_json(meta_path)
+        rows, layers, dim = meta["shape"]
+        chunk = meta["chunk_grid"]["configuration"]["chunk_shape"][0]
+        return cls.open_or_create(path, rows=rows, layers=layers, dim=dim, chunk_rows=chunk)
+
     @property
     def num_chunks(self) -> int:
         return math.ceil(self.rows / self.chunk_rows)

@@ -67,11 +67,11 @@ def check_clouds_spec(spec: run_spec.RunSpec) -> None:
     token_only = [o.name for o in observables.observables if o.token_cloud]
     if token_only:
         raise UserError(
-            "{pool}={pool_value}: {names} need(s) a prompt's token cloud; remove it from "
+            "{pool}={pool_value}: {listed} need(s) a prompt's token cloud; remove it from "
             "{observables} (now {current!r})",
             ("pool", "observables"),
             pool_value=spec.pool,
-            names=", ".join(token_only),
+            listed=", ".join(token_only),
             current=spec.observables,
         )
     if spec.partitions < 1:
@@ -183,10 +183,10 @@ def for_labels(spec: run_spec.RunSpec, rows: Rows) -> run_spec.RunSpec:
     asked = [n for n in readers if n in named]
     if asked:
         raise UserError(
-            "{observables}: {names} need(s) labelled rows: {windows} of a labelled dataset "
+            "{observables}: {listed} need(s) labelled rows: {windows} of a labelled dataset "
             "(pydoc topics, or {label_field})",
             ("observables", "windows", "label_field"),
-            names=", ".join(asked),
+            listed=", ".join(asked),
         )
     if not readers:
         return spec

@@ -69,9 +69,9 @@ def open_run(folder: str, which: str) -> PooledRun:
     """A pooled run's files (UserError naming ``runs`` when it is not one)."""
     meta_path = os.path.join(folder, results.METADATA_FILE)
     tokens_path = os.path.join(folder, results.TOKENS_FILE)
-    if not os.path.isfile(meta_path) or not os.path.isfile(tokens_path):
+    if not os.path.isfile(meta_path):
         raise UserError(
-            "{runs}: {which} {folder!r} holds no finished run (metadata.json, tokens.npz)",
+            "{runs}: {which} {folder!r} holds no finished run (no metadata.json)",
             "runs",
             which=which,
             folder=folder,
@@ -85,6 +85,13 @@ def open_run(folder: str, which: str) -> PooledRun:
             which=which,
             folder=folder,
         )
+    if not os.path.isfile(tokens_path):
+        raise UserError(
+            "{runs}: {which} {folder!r} has no tokens.npz (its rows)",
+            "runs",
+            which=which,
+            folder=folder,
+        )
     with np.load(tokens_path) as z:
         rows = {k: z[k] for k in z.files}
     store = _open_store(os.path.join(folder, clouds.STORE), len(rows["row_prompt_key"]))
@@ -92,21 +99,20 @@ def open_run(folder: str, which: str) -> PooledRun:
 
 
 def _open_store(path: str, rows: int) -> RepresentationStore:
-    """The store as written (its own shape and chunking, read from its metadata)."""
-    meta = files.read_json(os.path.join(path, "zarr.json"))
-    shape = meta["shape"]
-    chunk = meta["chunk_grid"]["configuration"]["chunk_shape"][0]
-    if shape[0] != rows:
+    """The store as written, checked to hold one point per row of tokens.npz."""
+    try:
+        store = RepresentationStore.open_existing(path)
+    except FileNotFoundError as e:
+        raise UserError("{runs}: {problem}", "runs", problem=str(e)) from None
+    if store.rows != rows:
         raise UserError(
             "{runs}: {path} holds {have} rows, tokens.npz {want}",
             "runs",
             path=path,
-            have=shape[0],
+            have=store.rows,
             want=rows,
         )
-    return RepresentationStore.open_or_create(
-        path, rows=shape[0], layers=shape[1], dim=shape[2], chunk_rows=chunk
-    )
+    return store
 
 
 def _keys(run: PooledRun) -> list[tuple]:
@@ -123,10 +129,9 @@ def match_rows(a: PooledRun, b: PooledRun) -> tuple[np.ndarray, np.ndarray]:
         va, vb = a.flags.get(flag), b.flags.get(flag)
         if va != vb:
             raise UserError(
-                "{runs}: the runs' rows do not correspond: {flag}={va!r} in {fa!r} but "
-                "{vb!r} in {fb!r}",
-                "runs",
-                flag=flag,
+                "{runs}: the runs' rows do not correspond: {" + flag + "}={va!r} in {fa!r} "
+                "but {vb!r} in {fb!r}",
+                ("runs", flag),
                 va=va,
                 vb=vb,
                 fa=a.folder,
