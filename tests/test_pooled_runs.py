@@ -111,6 +111,7 @@ def test_sigkill_then_resume_equals_uninterrupted(pooled, tiny, tmp_path):
         "--batch_size=8",
         "--checkpoint_every=1",
         "--max_k=8",
+        "--label_k=8",
         "--noprogress",
         f"--output_dir={out}",
     ]
@@ -152,7 +153,7 @@ def test_sigkill_then_resume_equals_uninterrupted(pooled, tiny, tmp_path):
             r"--pool=last: curvature need\(s\) a prompt's token",
         ),
         (dict(partitions=20), r"--partitions=20 leaves 3 points per cloud"),
-        (dict(range_max=64), r"--range_max=64 with N = 30 points .*smallest cloud has 30 points"),
+        (dict(range_max=64), r"--range_max=64 needs clouds of >= 65 points, but the smallest has 30"),
         (dict(label_field="topic", windows=False), r"--label_field labels windows: add --windows"),
         (dict(num_prompts=100000), r"--num_prompts \(windows\)"),
     ],

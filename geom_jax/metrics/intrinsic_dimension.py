@@ -301,6 +301,24 @@ def _check_range_max(v):
         raise ArgumentError("{range_max} must be an integer >= 2, got {v!r}", "range_max", v=v)
 
 
+def _resolve_range_max(value, n, kind):
+    """None: the largest range n points support, capped (256 for a prompt's tokens, 2**13
+    for dataset-scale clouds); an explicit value a dataset-scale cloud of n points cannot
+    reach is refused (a prompt's range is capped by its length, as the paper's)."""
+    if value is None:
+        cap = validation.MAX_DATASET_RANGE if kind == "clouds" else validation.MAX_RANGE
+        return validation.default_range_max(n, cap)
+    if kind == "clouds" and value > n - 1:
+        raise ArgumentError(
+            "{range_max}={value} needs clouds of >= {need} points, but the smallest has {n}",
+            "range_max",
+            value=value,
+            need=value + 1,
+            n=n,
+        )
+    return value
+
+
 RANGE_MAX = Option(
     "range_max",
     int,
@@ -310,9 +328,7 @@ RANGE_MAX = Option(
     "dataset-scale clouds; the value used is recorded).",
     check=_check_range_max,
     optional=True,
-    resolve=lambda v, n, kind: validation.resolve_range_max(
-        n, v, validation.MAX_DATASET_RANGE if kind == "clouds" else validation.MAX_RANGE
-    ),
+    resolve=lambda v, n, kind: _resolve_range_max(v, n, kind),
 )
 
 TWONN_DISCARD_FRACTION = Option(
