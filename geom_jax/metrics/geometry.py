@@ -7,6 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from geom_jax.metrics import (
+    blocked_context,
+    blocked_knn,
     catalog,
     conditioning,
     host_callback,
@@ -68,8 +70,29 @@ SCALE = "__scale__"
 power-of-two scale and finiteness are measured where the chunk is read anyway."""
 
 
-@functools.partial(jax.jit, static_argnames=("names", "static_options", "layer_chunk"))
-def _layer_geometry(hidden, mask, inputs, *, names, static_options, layer_chunk):
+@functools.partial(
+    jax.jit,
+    static_argnames=(
+        "names",
+        "static_options",
+        "layer_chunk",
+        "neighbour_path",
+        "block_rows",
+        "rows",
+    ),
+)
+def _layer_geometry(
+    hidden,
+    mask,
+    inputs,
+    *,
+    names,
+    static_options,
+    layer_chunk,
+    neighbour_path="dense",
+    block_rows=None,
+    rows=blocked_knn.LOCAL,
+):
     options = dict(static_options)
     prompt_shape = hidden.shape[:-3]
     n_layers, n, d = hidden.shape[-3:]
@@ -115,7 +138,12 @@ def _layer_geometry(hidden, mask, inputs, *, names, static_options, layer_chunk)
         chunk_inputs = dict(shared)
         chunk_inputs.update({k: per_cloud(v) for k, v in per_prompt.items()})
         layer = jnp.repeat(start + jnp.arange(c, dtype=jnp.int32), b)
-        ctx = registry.LayerContext(
+        context = registry.LayerContext
+        if blocked_context.use_blocked(neighbour_path, c * b, n):
+            context = functools.partial(
+                blocked_context.BlockedContext, block_rows=block_rows, rows=rows
+            )
+        ctx = context(
             clouds, vb, options, knn_k=knn_k, ranks=ranks, inputs=chunk_inputs, layer=layer
         )
         outs, carry_out = {}, {}
@@ -275,6 +303,8 @@ def layer_geometry(
     options=None,
     validate=True,
     duplicate_tolerance=unique.DUPLICATE_TOLERANCE,
+    neighbour_path="auto",
+    block_rows=None,
 ):
     """The requested observables of every layer of a hidden-state stack.
 
@@ -314,12 +344,22 @@ def layer_geometry(
     duplicates only); GRIDE scales needing more distinct tokens than remain
     are NaN.
 
+    neighbour_path: "dense" holds each cloud's N x N centred Gram matrix;
+    "blocked" (metrics/blocked_context.py) computes the same exact neighbour
+    lists, distances and IDs from blocks of block_rows Gram rows (None: about
+    64 MiB of them), O(N (block + k + #ranks)) memory per cloud; "auto" picks
+    "blocked" when one layer chunk's Gram matrices would exceed
+    blocked_context.DENSE_GRAM_BUDGET (1 GiB: a cloud of more than 16,384
+    points). Observables that read the Gram matrix itself run dense only.
+
     Returns a LayerGeometry (dict pytree with attribute access) of float32
     arrays [..., L, ...] (pair fields [..., L-1, ...]), see each observable's
     fields, plus ``finite`` bool [..., L].
     """
     names = registry.resolve(observables)
     host_callback.check_method(selection)
+    blocked_context.check_neighbour_path(neighbour_path)
+    blocked_knn.check_block_rows(block_rows)
     validation.check_discard_fraction(twonn_discard_fraction, "twonn_discard_fraction")
     if layer_chunk is not None and (not isinstance(layer_chunk, int) or layer_chunk < 1):
         raise ValueError(f"layer_chunk must be a positive integer or None, got {layer_chunk!r}")
@@ -366,6 +406,8 @@ def layer_geometry(
         names=names,
         static_options=tuple(sorted(opts.items())),
         layer_chunk=layer_chunk,
+        neighbour_path=neighbour_path,
+        block_rows=block_rows,
     )
 
 

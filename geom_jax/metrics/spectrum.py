@@ -29,6 +29,25 @@ def participation_ratio_from_gram(gram, valid):
     return jnp.where(fro > 0, tr * tr / jnp.where(fro > 0, fro, 1.0), jnp.nan)
 
 
+def scatter_matrix(xc):
+    """Xc^T Xc [C, D, D] of centred points xc [C, N, D] (zero rows at padding): the
+    Gram matrix's nonzero spectrum without its N x N size."""
+    return jnp.einsum("...nd,...ne->...de", xc, xc, precision=distances.HIGHEST)
+
+
+def participation_ratio_from_scatter(s):
+    """(tr S)^2 / |S|_F^2 [C] from the scatter matrix S [C, D, D] (= the Gram form)."""
+    tr = jnp.trace(s, axis1=-2, axis2=-1)
+    fro = jnp.sum(s * s, axis=(-2, -1))
+    return jnp.where(fro > 0, tr * tr / jnp.where(fro > 0, fro, 1.0), jnp.nan)
+
+
+def sq_distances_from_pair_gram(g):
+    """|x_a - x_b|^2 [..., k, k] from Gram entries g [..., k, k] between k points."""
+    diag = jnp.diagonal(g, axis1=-2, axis2=-1)
+    return jnp.maximum(diag[..., :, None] + diag[..., None, :] - 2.0 * g, 0.0)
+
+
 def _unit_rows(x, valid):
     xv = jnp.where(valid[..., None], x, 0.0)
     norm2 = jnp.sum(xv * xv, axis=-1)
