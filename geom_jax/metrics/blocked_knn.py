@@ -25,6 +25,9 @@ from jax.sharding import PartitionSpec as P
 
 from geom_jax.metrics import distances, host_callback, selection, sharding, unique
 
+DATA_AXIS = "data"
+"""The mesh axis the rows are split over by default (geom_jax.sharding.DATA)."""
+
 BLOCK_BYTES = 64 * 2**20
 """Default size of one block of Gram rows (B x N float32): B = 512 at N = 32768,
 128 at N = 131072; the host selection's key copy and partition take as much again."""
@@ -87,8 +90,9 @@ LOCAL = LocalRows()
 class ShardedRows:
     """Row blocks split over the mesh axis `axis` inside shard_map.
 
-    Device k handles the rows offset_k .. offset_k + ceil(n / devices) (the last
-    device's range ends at n, overlapping its neighbour's), from points
+    Device k handles the rows offset_k .. offset_k + ceil(n / devices), offset_k =
+    min(k ceil(n / devices), n - ceil(n / devices)) (so the last ranges overlap
+    when the devices do not divide n), from points
     replicated on every device; the per-row results are all-gathered, so the
     caller sees the same [n, ...] arrays as with LOCAL.
     """
@@ -114,13 +118,11 @@ class ShardedRows:
             check_vma=False,
         )(*operands)
 
-        def rows(o):
-            o = o.reshape((devices, local) + o.shape[1:])
-            head = o[:-1].reshape(((devices - 1) * local,) + o.shape[2:])
-            tail = o[-1, devices * local - n :]
-            return jnp.concatenate([head, tail], axis=0)
-
-        return jax.tree.map(rows, outs)
+        offsets = np.minimum(np.arange(devices) * local, n - local)
+        owner = np.minimum(np.arange(n) // local, devices - 1)
+        owner = np.where(offsets[owner] > np.arange(n), owner - 1, owner)
+        where = jnp.asarray(owner * local + np.arange(n) - offsets[owner], jnp.int32)
+        return jax.tree.map(lambda o: jnp.take(o, where, axis=0), outs)
 
 
 def centred_points(x, valid):

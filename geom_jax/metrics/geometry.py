@@ -305,6 +305,7 @@ def layer_geometry(
     duplicate_tolerance=unique.DUPLICATE_TOLERANCE,
     neighbour_path="auto",
     block_rows=None,
+    mesh=None,
 ):
     """The requested observables of every layer of a hidden-state stack.
 
@@ -351,6 +352,11 @@ def layer_geometry(
     "blocked" when one layer chunk's Gram matrices would exceed
     blocked_context.DENSE_GRAM_BUDGET (1 GiB: a cloud of more than 16,384
     points). Observables that read the Gram matrix itself run dense only.
+    mesh: a jax Mesh: the row blocks are split over its "data" axis inside
+    shard_map (each device holds the points and its own blocks; the per-row
+    results are all-gathered), the row-blocked path is used whatever N, and the
+    results equal one device's; for a dataset-level cloud on several devices
+    (or hosts started with jax.distributed, the points replicated).
 
     Returns a LayerGeometry (dict pytree with attribute access) of float32
     arrays [..., L, ...] (pair fields [..., L-1, ...]), see each observable's
@@ -360,6 +366,13 @@ def layer_geometry(
     host_callback.check_method(selection)
     blocked_context.check_neighbour_path(neighbour_path)
     blocked_knn.check_block_rows(block_rows)
+    rows = blocked_knn.LOCAL
+    if mesh is not None:
+        if neighbour_path == "dense":
+            raise ValueError("neighbour_path='dense' cannot split rows over a mesh; use 'blocked'")
+        if blocked_knn.DATA_AXIS not in mesh.shape:
+            raise ValueError(f"mesh must have a {blocked_knn.DATA_AXIS!r} axis, got {mesh.shape}")
+        rows, neighbour_path = blocked_knn.ShardedRows(mesh, blocked_knn.DATA_AXIS), "blocked"
     validation.check_discard_fraction(twonn_discard_fraction, "twonn_discard_fraction")
     if layer_chunk is not None and (not isinstance(layer_chunk, int) or layer_chunk < 1):
         raise ValueError(f"layer_chunk must be a positive integer or None, got {layer_chunk!r}")
@@ -408,6 +421,7 @@ def layer_geometry(
         layer_chunk=layer_chunk,
         neighbour_path=neighbour_path,
         block_rows=block_rows,
+        rows=rows,
     )
 
 
