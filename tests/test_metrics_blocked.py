@@ -5,13 +5,22 @@ masks, exact duplicates, near-duplicates and exact ties (an integer lattice),
 both selection backends; kernels checked against their dense counterparts.
 """
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from geom_jax import metrics
-from geom_jax.metrics import blocked_context, blocked_knn, distances, imbalance, selection
+from geom_jax.metrics import (
+    blocked_context,
+    blocked_knn,
+    distances,
+    imbalance,
+    knn_graph,
+    selection,
+)
 
 N, D, BLOCK = 300, 16, 64
 
@@ -57,7 +66,8 @@ def _geometry(path, method, observables="paper", **kw):
     )
 
 
-EXACT = ("n_unique", "overlap", "finite")
+EXACT = ("n_unique", "overlap", "finite", "reciprocity")
+"""Integer counts of the exact neighbour lists: equal on both paths."""
 
 
 def _compare(dense, blocked):
@@ -67,14 +77,15 @@ def _compare(dense, blocked):
         if field in EXACT:
             np.testing.assert_array_equal(b, a, err_msg=field)
         else:
-            # float32 rounding of the Gram blocks vs the full product: ~1e-7 relative
+            # float32 rounding of the Gram blocks vs the full product, and the
+            # cosine / spread statistics from D x D products: ~1e-7
             np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-6, err_msg=field)
 
 
-@pytest.mark.parametrize("method", ["host", "xla"])
-def test_paper_fields_blocked_equal_dense(method):
-    dense = _geometry("dense", method)
-    blocked = _geometry("blocked", method)
+@pytest.mark.parametrize(("method", "observables"), [("host", "all"), ("xla", "paper")])
+def test_fields_blocked_equal_dense(method, observables):
+    dense = _geometry("dense", method, observables)
+    blocked = _geometry("blocked", method, observables)
     _compare(dense, blocked)
     # the cases are what they claim: duplicates dropped, padding excluded
     n_unique = np.asarray(dense["n_unique"])
@@ -145,3 +156,44 @@ def test_sharded_rows_map_covers_every_row_once():
     np.testing.assert_array_equal(np.asarray(out), np.arange(N))
     local = blocked_knn.LOCAL(lambda s, x: jax.lax.dynamic_slice(x, (s,), (BLOCK,)), N, BLOCK, x)
     np.testing.assert_array_equal(np.asarray(local), np.arange(N))
+
+
+CLOUDS = np.load(os.path.join(os.path.dirname(__file__), "fixtures", "clouds_reference.npz"))
+
+
+@pytest.mark.parametrize("case", ["manifold", "smollm2_last_token"])
+def test_blocked_path_matches_dadapy_on_dataset_clouds(case):
+    points = CLOUDS[f"{case}/points"]
+    geo = metrics.layer_geometry(
+        points,
+        observables="gride,overlap,info_imbalance",
+        range_max=1024,
+        max_k=30,
+        neighbour_path="blocked",
+        block_rows=384,
+    )
+    # the fixture's tolerances (README): no near-ties in these clouds, so float32
+    # exact k-NN gives DADApy's float64 neighbours
+    np.testing.assert_allclose(geo.gride_ids, CLOUDS[f"{case}/gride_ids"], rtol=1e-4)
+    np.testing.assert_allclose(geo.twonn, CLOUDS[f"{case}/twonn"], rtol=1e-4)
+    # the last-token cloud has 5 repeated windows (identical points); DADApy drops column 0
+    # of each kNN list as "self", which for such a point may be its twin, so each of
+    # those points may differ by one neighbour in each list: 2 / k each
+    _, counts = np.unique(points[0], axis=0, return_counts=True)
+    repeated = int(counts[counts > 1].sum())
+    assert repeated == {"manifold": 0, "smollm2_last_token": 10}[case]
+    limit = 1e-6 + repeated * 2.0 / (30 * points.shape[1])
+    np.testing.assert_allclose(geo.overlap[:, 29], CLOUDS[f"{case}/overlap_k30"], atol=limit)
+    np.testing.assert_allclose(geo.info_imbalance_next, CLOUDS[f"{case}/info_imbalance"], atol=1e-4)
+
+
+def test_reciprocity_gathered_positions_equal_the_table():
+    rng = np.random.default_rng(3)
+    idx = np.stack([np.argsort(rng.random((257, 257)), axis=-1)[:, :9] for _ in range(2)])
+    idx = np.where(idx == np.arange(257)[:, None], -1, idx).astype(np.int32)
+    lists = jnp.asarray(idx)
+    table = knn_graph._back_positions(lists)
+    gathered = knn_graph._back_positions_gathered(lists)
+    ok = idx >= 0
+    np.testing.assert_array_equal(np.asarray(gathered)[ok], np.asarray(table)[ok])
+    assert (np.asarray(table)[ok] < 9).any()  # some edges are reciprocated

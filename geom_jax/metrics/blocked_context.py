@@ -2,7 +2,8 @@
 
 `BlockedContext` offers what observables read from `registry.LayerContext`
 (unique, knn_idx, knn_sq_at, knn_unique, ranked, cosine_stats, and the
-higher-level methods covariance, neighbour_sq_distances, query_ranks), from
+higher-level queries rank_source / query_ranks, scatter_moments,
+neighbour_sq_distances), from
 blocks of Gram rows (metrics/blocked_knn.py) instead of the Gram matrix, so
 that a cloud of N points needs O(N (block + k + #ranks)) memory per layer.
 Neighbour lists and distances are exact and equal the dense path's (same
@@ -20,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from geom_jax.metrics import blocked_knn, cosine, refinement, spectrum, unique
+from geom_jax.metrics import blocked_knn, cosine, distances, refinement, spectrum, unique
 
 NEIGHBOUR_PATHS = ("auto", "dense", "blocked")
 
@@ -206,46 +207,62 @@ class BlockedContext:
             )
         return cache[include_diagonal]
 
-    def covariance(self):
-        """Xc^T Xc [C, D, D] of the centred valid points."""
-        if "_covariance" not in self.__dict__:
-            self._covariance = spectrum.scatter_matrix(self._centred[0])
-        return self._covariance
+    def rank_source(self):
+        """What query_ranks needs to count ranks in these clouds from a later layer:
+        the points themselves ([C, N, D], not a Gram matrix)."""
+        return {"points": self.x}
 
-    def participation_ratio(self):
-        return spectrum.participation_ratio_from_scatter(self.covariance())
-
-    def neighbour_sq_distances(self, idx):
-        """|x_a - x_b|^2 [C, N, k, k] between the neighbours idx [C, N, k] of each
-        point, from Gram entries computed on the points (no Gram matrix)."""
-        xc = self._centred[0]
-        fn = functools.partial(blocked_knn.pair_gram, block=self.block, rows=self._rows)
-        g = _per_cloud(fn, xc, idx)
-        return spectrum.sq_distances_from_pair_gram(g)
-
-    def query_ranks(self, queries, points=None):
-        """rank(i, queries[i, q]) [C, N, Q] in this context's clouds, or (points [C, N, D])
-        in other clouds of the same valid points (e.g. the previous layer's)."""
-        if points is None:
+    def query_ranks(self, queries, source=None):
+        """rank(i, queries[i, q]) [C, N, Q] in these clouds, or in the clouds of
+        ``source`` (another layer's rank_source(), same valid points), a block of
+        rows at a time (never a rank matrix)."""
+        if source is None:
             xc, _, sq = self._centred
         else:
-            xc, _, sq = blocked_knn.centred_points(points, self.valid)
+            xc, _, sq = blocked_knn.centred_points(source["points"], self.valid)
         fn = functools.partial(blocked_knn.query_ranks, block=self.block, rows=self._rows)
         return _per_cloud(fn, xc, sq, self.valid, queries)
 
+    def scatter_moments(self):
+        """(tr S, |S|_F^2) [C] of the scatter matrix S = Xc^T Xc [C, D, D]."""
+        return distances.trace_and_frobenius(spectrum.scatter_matrix(self._centred[0]))
 
-def points_exact_knn(x, valid, k, method="auto", block_rows=None, rows=blocked_knn.LOCAL):
-    """k exact nearest valid neighbours (squared distances, indices) [C, N, k] of clouds
-    x [C, N, D], row-blocked (refinement.exact_knn without the Gram matrix)."""
-    n = x.shape[-2]
-    xc, _, sq = blocked_knn.centred_points(x, valid)
-    fn = functools.partial(
-        blocked_knn.select,
-        k_near=refinement.num_candidates(k, n),
-        ranks=(),
-        block=blocked_knn.block_rows_for(n, block_rows),
-        method=method,
-        rows=rows,
-    )
-    near = _per_cloud(fn, xc, sq, valid, valid)[0]
-    return refinement.rerank_candidates(x, near, valid, k, method)
+    def neighbour_sq_distances(self, idx):
+        """|x_a - x_b|^2 [C, N, k, k] between the neighbours idx [C, N, k] of each
+        point, from Gram entries computed on the points."""
+        fn = functools.partial(blocked_knn.pair_gram, block=self.block, rows=self._rows)
+        g = _per_cloud(fn, self._centred[0], idx)
+        return distances.pair_sq_distances_from_pair_gram(g)
+
+
+class BlockedKernels:
+    """registry.StackContext's whole-cloud kernels (stack_kernels.DenseKernels'
+    interface) on the row-blocked path."""
+
+    def __init__(self, block_rows=None, rows=blocked_knn.LOCAL):
+        self.block_rows = block_rows
+        self.rows = rows
+
+    def _block(self, x):
+        return blocked_knn.block_rows_for(x.shape[-2], self.block_rows)
+
+    def exact_knn(self, x, valid, k, method):
+        """(squared distances, indices) [C, N, k] of the k nearest valid neighbours."""
+        n = x.shape[-2]
+        xc, _, sq = blocked_knn.centred_points(x, valid)
+        fn = functools.partial(
+            blocked_knn.select,
+            k_near=refinement.num_candidates(k, n),
+            ranks=(),
+            block=self._block(x),
+            method=method,
+            rows=self.rows,
+        )
+        near = _per_cloud(fn, xc, sq, valid, valid)[0]
+        return refinement.rerank_candidates(x, near, valid, k, method)
+
+    def query_ranks(self, x, valid, queries):
+        """rank(i, queries[i, q]) [C, N, Q] in clouds x [C, N, D]."""
+        xc, _, sq = blocked_knn.centred_points(x, valid)
+        fn = functools.partial(blocked_knn.query_ranks, block=self._block(x), rows=self.rows)
+        return _per_cloud(fn, xc, sq, valid, queries)

@@ -24,6 +24,7 @@ from jax import lax
 from jax.sharding import PartitionSpec as P
 
 from geom_jax.metrics import distances, host_callback, selection, sharding, unique
+from geom_jax.metrics.ranks import count_ranks
 
 DATA_AXIS = "data"
 """The mesh axis the rows are split over by default (geom_jax.sharding.DATA)."""
@@ -108,13 +109,14 @@ class ShardedRows:
         def per_device(*ops):
             k = lax.axis_index(self.axis)
             offset = jnp.minimum(k * local, n - local).astype(jnp.int32)
-            return _map_blocks(fn, local, block, offset, ops)
+            mine = _map_blocks(fn, local, block, offset, ops)
+            return jax.tree.map(lambda o: lax.all_gather(o, self.axis, tiled=True), mine)
 
         outs = jax.shard_map(
             per_device,
             mesh=self.mesh,
             in_specs=tuple(P() for _ in operands),
-            out_specs=P(self.axis),
+            out_specs=P(),
             check_vma=False,
         )(*operands)
 
@@ -255,29 +257,20 @@ def distinct_points(x, xc, sq, valid, near_keys, tolerance, *, block, rows=LOCAL
 def query_ranks(xc, sq, valid, queries, *, block, rows=LOCAL):
     """rank(i, queries[i, q]) [N, Q] int32 in this cloud, counted block by block:
     from 1, among valid points other than i, in (key, index) order with key(i, j)
-    = sq_j - 2 G_ij (imbalance.ranks_from_gram's definition and arithmetic)."""
+    = sq_j - 2 G_ij (ranks.ranks_from_gram's definition and arithmetic)."""
     from_rows = functools.partial(_ranks_in_rows, block=block)
     return rows(from_rows, xc.shape[0], block, xc, sq, valid, queries)
 
 
 def _ranks_in_rows(start, xc, sq, valid, queries, *, block):
-    step = lambda d: jnp.minimum(jnp.maximum(d, 0.0) * 2.0**126, 1.0)
-    is_zero = lambda d: 1.0 - jnp.minimum(jnp.abs(d) * 2.0**126, 1.0)
     g = gram_rows(xc, start, block)
-    b, n = g.shape
     q = jnp.maximum(lax.dynamic_slice_in_dim(queries, start, block, axis=0), 0)
     col_key = sq + jnp.where(valid, 0.0, jnp.inf)
     keys = col_key[None, :] - 2.0 * g
     kq = jnp.take_along_axis(keys, q, axis=-1)
-    d = kq[..., None] - keys[:, None, :]
-    qf = q.astype(jnp.float32)
-    cols = jnp.arange(n, dtype=jnp.float32)
-    counted = jnp.sum(step(d) + is_zero(d) * step(qf[..., None] - cols), axis=-1)
-    own = start + jnp.arange(b, dtype=jnp.int32)
-    d_self = kq - jnp.take_along_axis(keys, own[:, None], axis=-1)
-    own_f = own.astype(jnp.float32)[:, None]
-    self_counted = step(d_self) + is_zero(d_self) * step(qf - own_f)
-    return 1 + (counted - self_counted).astype(jnp.int32)
+    own = start + jnp.arange(block, dtype=jnp.int32)
+    own_key = jnp.take_along_axis(keys, own[:, None], axis=-1)[:, 0]
+    return count_ranks(keys, kq, own_key, q, own)
 
 
 def pair_gram(xc, idx, *, block, rows=LOCAL):

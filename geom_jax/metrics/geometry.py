@@ -13,6 +13,7 @@ from geom_jax.metrics import (
     conditioning,
     host_callback,
     registry,
+    stack_kernels,
     unique,
     validation,
 )
@@ -110,6 +111,13 @@ def _layer_geometry(
     knn_k, ranks = registry.needs(observables, options, n)
 
     chunk = auto_layer_chunk(n_layers, b, n) if layer_chunk is None else min(layer_chunk, n_layers)
+    blocked = blocked_context.use_blocked(neighbour_path, chunk * b, n)
+    context, kernels = registry.LayerContext, stack_kernels.DENSE
+    if blocked:
+        context = functools.partial(
+            blocked_context.BlockedContext, block_rows=block_rows, rows=rows
+        )
+        kernels = blocked_context.BlockedKernels(block_rows, rows)
     stack = registry.StackContext(
         h,
         valid,
@@ -117,6 +125,7 @@ def _layer_geometry(
         per_prompt | shared,
         chunk,
         scale=lambda: conditioning.scale_of(h, valid[:, None, :]),
+        kernels=kernels,
     )
     isolated = registry.Isolated(stack)
     prepared = {o.name: o.prepare(isolated) for o in layered if o.prepare is not None}
@@ -138,11 +147,6 @@ def _layer_geometry(
         chunk_inputs = dict(shared)
         chunk_inputs.update({k: per_cloud(v) for k, v in per_prompt.items()})
         layer = jnp.repeat(start + jnp.arange(c, dtype=jnp.int32), b)
-        context = registry.LayerContext
-        if blocked_context.use_blocked(neighbour_path, c * b, n):
-            context = functools.partial(
-                blocked_context.BlockedContext, block_rows=block_rows, rows=rows
-            )
         ctx = context(
             clouds, vb, options, knn_k=knn_k, ranks=ranks, inputs=chunk_inputs, layer=layer
         )
