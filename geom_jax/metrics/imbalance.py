@@ -6,11 +6,12 @@ A (k = 1); near 0 when A's neighbourhoods predict B's, near 1 when they
 carry no information about them (Glielmo et al. 2022, PNAS Nexus 1(2)
 pgac039, eq. 1; DADApy ``return_inf_imb_two_selected_coords`` with full
 ranks). All valid tokens take part; N is their number. Ranks are counted
-on the centred Gram matrix's keys |x_j|^2 - 2 x_i . x_j (ties to the lower
-index), nearest neighbours come from the exact lists. In layer_geometry each
-layer's Gram matrix is carried to the next layer, so both directions of
-every consecutive pair need no Gram matrix beyond the shared ones (plus the
-last layer's, twice).
+on the keys |x_j|^2 - 2 x_i . x_j of the centred points (ties to the lower
+index; ctx.query_ranks, metrics/ranks.py), nearest neighbours come from the
+exact lists. In layer_geometry each layer's rank source (its Gram matrix on
+the dense path, its points on the row-blocked one) is carried to the next
+layer, so both directions of every consecutive pair need no Gram matrix
+beyond the shared ones (plus the last layer's, twice).
 """
 
 import jax.numpy as jnp
