@@ -94,12 +94,15 @@ def test_fields_blocked_equal_dense(method, observables):
 
 
 def test_auto_path_follows_the_budget(monkeypatch):
-    assert not blocked_context.use_blocked("auto", 1, 16384)
-    assert blocked_context.use_blocked("auto", 1, 16385)
-    assert blocked_context.use_blocked("auto", 4, 8193)
+    assert not blocked_context.use_blocked("auto", 1, 4096)
+    assert blocked_context.use_blocked("auto", 1, 4097)
+    assert not blocked_context.use_blocked("auto", 64, 4096)
+    assert blocked_context.use_blocked("auto", 65, 4096)
+    assert not blocked_context.use_blocked("auto", 256, 1024)
+    assert blocked_context.use_blocked("auto", 257, 1024)
     assert blocked_context.use_blocked("blocked", 1, 10)
     assert not blocked_context.use_blocked("dense", 8, 10**6)
-    monkeypatch.setattr(blocked_context, "DENSE_GRAM_BUDGET", 0)
+    monkeypatch.setattr(blocked_context, "CLOUD_GRAM_BUDGET", 0)
     auto = metrics.layer_geometry(STACK[:1, :2], MASK[:1], range_max=32, max_k=8, block_rows=BLOCK)
     dense = metrics.layer_geometry(
         STACK[:1, :2], MASK[:1], range_max=32, max_k=8, neighbour_path="dense"
@@ -113,6 +116,17 @@ def test_bad_options_are_named():
         metrics.layer_geometry(STACK[0], neighbour_path="sparse")
     with pytest.raises(ValueError, match="block_rows must be a positive integer"):
         metrics.layer_geometry(STACK[0], block_rows=0)
+    with pytest.raises(ValueError, match="row-blocked path never builds"):
+        metrics.layer_geometry(
+            STACK[0],
+            observables="matrix_entropy",
+            include_diagonal=False,
+            neighbour_path="blocked",
+        )
+    with pytest.raises(ValueError, match="cannot split rows over a mesh"):
+        metrics.layer_geometry(
+            STACK[0], neighbour_path="dense", mesh=jax.make_mesh((1,), ("data",))
+        )
 
 
 @jax.jit

@@ -353,9 +353,10 @@ def layer_geometry(
     "blocked" (metrics/blocked_context.py) computes the same exact neighbour
     lists, distances and IDs from blocks of block_rows Gram rows (None: about
     64 MiB of them), O(N (block + k + #ranks)) memory per cloud; "auto" picks
-    "blocked" when one layer chunk's Gram matrices would exceed
-    blocked_context.DENSE_GRAM_BUDGET (1 GiB: a cloud of more than 16,384
-    points). Observables that read the Gram matrix itself run dense only.
+    "blocked" for clouds of more than 4,096 points
+    (blocked_context.CLOUD_GRAM_BUDGET) or when one layer chunk's Gram
+    matrices would exceed blocked_context.DENSE_GRAM_BUDGET (1 GiB).
+    Observables that read the Gram matrix itself run dense only.
     mesh: a jax Mesh: the row blocks are split over its "data" axis inside
     shard_map (each device holds the points and its own blocks; the per-row
     results are all-gathered), the row-blocked path is used whatever N, and the
