@@ -96,8 +96,8 @@ def test_fields_blocked_equal_dense(method, observables):
 def test_auto_path_follows_the_budget(monkeypatch):
     assert not blocked_context.use_blocked("auto", 1, 4096)
     assert blocked_context.use_blocked("auto", 1, 4097)
-    assert not blocked_context.use_blocked("auto", 64, 4096)
-    assert blocked_context.use_blocked("auto", 65, 4096)
+    assert not blocked_context.use_blocked("auto", 16, 4096)
+    assert blocked_context.use_blocked("auto", 17, 4096)
     assert not blocked_context.use_blocked("auto", 256, 1024)
     assert blocked_context.use_blocked("auto", 257, 1024)
     assert blocked_context.use_blocked("blocked", 1, 10)
