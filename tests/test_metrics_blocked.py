@@ -177,7 +177,7 @@ CLOUDS = np.load(os.path.join(os.path.dirname(__file__), "fixtures", "clouds_ref
 
 @pytest.mark.parametrize("case", ["manifold", "smollm2_last_token"])
 def test_blocked_path_matches_dadapy_on_dataset_clouds(case):
-    points = CLOUDS[f"{case}/points"]
+    points = CLOUDS[f"{case}/points"][:2]  # two layers: one consecutive pair
     geo = metrics.layer_geometry(
         points,
         observables="gride,overlap,info_imbalance",
@@ -188,8 +188,8 @@ def test_blocked_path_matches_dadapy_on_dataset_clouds(case):
     )
     # the fixture's tolerances (README): no near-ties in these clouds, so float32
     # exact k-NN gives DADApy's float64 neighbours
-    np.testing.assert_allclose(geo.gride_ids, CLOUDS[f"{case}/gride_ids"], rtol=1e-4)
-    np.testing.assert_allclose(geo.twonn, CLOUDS[f"{case}/twonn"], rtol=1e-4)
+    np.testing.assert_allclose(geo.gride_ids, CLOUDS[f"{case}/gride_ids"][:2], rtol=1e-4)
+    np.testing.assert_allclose(geo.twonn, CLOUDS[f"{case}/twonn"][:2], rtol=1e-4)
     # the last-token cloud has 5 repeated windows (identical points); DADApy drops column 0
     # of each kNN list as "self", which for such a point may be its twin, so each of
     # those points may differ by one neighbour in each list: 2 / k each
@@ -197,8 +197,12 @@ def test_blocked_path_matches_dadapy_on_dataset_clouds(case):
     repeated = int(counts[counts > 1].sum())
     assert repeated == {"manifold": 0, "smollm2_last_token": 10}[case]
     limit = 1e-6 + repeated * 2.0 / (30 * points.shape[1])
-    np.testing.assert_allclose(geo.overlap[:, 29], CLOUDS[f"{case}/overlap_k30"], atol=limit)
-    np.testing.assert_allclose(geo.info_imbalance_next, CLOUDS[f"{case}/info_imbalance"], atol=1e-4)
+    np.testing.assert_allclose(geo.overlap[:, 29], CLOUDS[f"{case}/overlap_k30"][:1], atol=limit)
+    # a rank off by one (a float32 near-tie) moves Delta by 2 / N^2, 1.25e-7 at N = 4000;
+    # 1e-5 (tighter than the README's 1e-4) still sees a wrong rank source (7e-5)
+    np.testing.assert_allclose(
+        geo.info_imbalance_next, CLOUDS[f"{case}/info_imbalance"][:1], atol=1e-5
+    )
 
 
 def test_reciprocity_gathered_positions_equal_the_table():
