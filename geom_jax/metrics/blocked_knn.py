@@ -204,9 +204,11 @@ def select(xc, sq, valid_near, valid_rank, *, k_near, ranks, block, method, rows
         near, ranked = select_rows(
             g, sq, valid_near, valid_rank, start, k_near=k_near, ranks=ranks, method=method
         )
-        keys = _row_keys(g, sq, valid_near, start)
-        near_keys = jnp.take_along_axis(keys, near, axis=-1)
-        near_sq = jnp.where(jnp.isfinite(near_keys), sq[near], 0.0)
+        # the candidates' keys as _row_keys computes them, for those [B, k_near] only
+        own = (start + jnp.arange(near.shape[0], dtype=jnp.int32))[:, None]
+        ok = valid_near[near] & (near != own)
+        near_keys = jnp.where(ok, sq[near] - 2.0 * jnp.take_along_axis(g, near, axis=-1), jnp.inf)
+        near_sq = jnp.where(ok, sq[near], 0.0)
         return near, ranked, near_keys, near_sq
 
     return rows(fn, xc.shape[0], block, xc, sq, valid_near, valid_rank)
