@@ -153,7 +153,10 @@ def test_sigkill_then_resume_equals_uninterrupted(pooled, tiny, tmp_path):
             r"--pool=last: curvature need\(s\) a prompt's token",
         ),
         (dict(partitions=20), r"--partitions=20 leaves 3 points per cloud"),
-        (dict(range_max=64), r"--range_max=64 needs clouds of >= 65 points, but the smallest has 30"),
+        (
+            dict(range_max=64),
+            r"--range_max=64 needs clouds of >= 65 points, but the smallest has 30",
+        ),
         (dict(label_field="topic", windows=False), r"--label_field labels windows: add --windows"),
         (dict(num_prompts=100000), r"--num_prompts \(windows\)"),
     ],

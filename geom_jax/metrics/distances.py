@@ -41,6 +41,28 @@ def sq_distances_from_gram(gram):
     return jnp.where((d2 > 0) & ~eye, d2, 0.0)
 
 
+def pair_sq_distances_from_pair_gram(g):
+    """|x_a - x_b|^2 [..., k, k] from Gram entries g [..., k, k] between k points."""
+    diag = jnp.diagonal(g, axis1=-2, axis2=-1)
+    return jnp.maximum(diag[..., :, None] + diag[..., None, :] - 2.0 * g, 0.0)
+
+
+def pair_sq_distances_from_gram(gram, idx):
+    """|x_a - x_b|^2 [C, N, k, k] for the neighbours a, b = idx [C, N, k] of each point,
+    from the Gram matrix (rows, then columns: on XLA:CPU about 5x faster than one flat
+    gather)."""
+    ids = jnp.maximum(idx, 0)
+    g = jax.vmap(jax.vmap(lambda g, i: g[i][:, i], in_axes=(None, 0)))(gram, ids)
+    return pair_sq_distances_from_pair_gram(g)
+
+
+def trace_and_frobenius(gram):
+    """(tr G, |G|_F^2) [...] of Gram (or scatter) matrices [..., M, M]."""
+    tr = jnp.sum(jnp.diagonal(gram, axis1=-2, axis2=-1), axis=-1)
+    fro = jnp.einsum("...ij,...ij->...", gram, gram, precision=HIGHEST)
+    return tr, fro
+
+
 @jax.jit
 def _pairwise_distances(x):
     gram, _ = centred_gram(x, jnp.ones(x.shape[:-1], dtype=bool))

@@ -20,8 +20,17 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from geom_jax.metrics import conditioning, distances, refinement, selection, unique
+from geom_jax.metrics import (
+    conditioning,
+    cosine,
+    distances,
+    refinement,
+    selection,
+    stack_kernels,
+    unique,
+)
 from geom_jax.metrics.options import DUPLICATE_TOLERANCE
+from geom_jax.metrics.ranks import ranks_from_gram
 
 
 class LayerContext:
@@ -79,6 +88,16 @@ class LayerContext:
     @property
     def centre(self):
         return self._gram[1]
+
+    def cosine_stats(self, include_diagonal=True):
+        """(mean, std) [C] of the cosine-similarity matrix of the valid points (from the
+        shared Gram matrix), computed once per context."""
+        return self.cached(
+            ("cosine_stats", include_diagonal),
+            lambda c: cosine.cosine_stats_from_gram(
+                c.x, c.valid, c.gram, c.centre, include_diagonal
+            ),
+        )
 
     @functools.cached_property
     def _selection(self):
@@ -144,6 +163,28 @@ class LayerContext:
             )
         return cache[k]
 
+    # Higher-level queries, which metrics/blocked_context.BlockedContext answers without
+    # the Gram matrix: observables that use them run on either path.
+
+    def rank_source(self):
+        """What query_ranks needs to count ranks in this layer's clouds from a later layer."""
+        return {"gram": self.gram}
+
+    def query_ranks(self, queries, source=None):
+        """rank(i, queries[i, q]) [C, N, Q] in these clouds, or in the clouds of
+        ``source`` (another layer's rank_source(), same valid points)."""
+        gram = self.gram if source is None else source["gram"]
+        return ranks_from_gram(_barrier(gram), self.valid, queries)
+
+    def scatter_moments(self):
+        """(tr S, |S|_F^2) [C] of the centred points' scatter matrix S (equal to the
+        Gram matrix's: the same nonzero spectrum)."""
+        return distances.trace_and_frobenius(_barrier(self.gram))
+
+    def neighbour_sq_distances(self, idx):
+        """|x_a - x_b|^2 [C, N, k, k] between the neighbours idx [C, N, k] of each point."""
+        return distances.pair_sq_distances_from_gram(_barrier(self.gram), idx)
+
 
 def _barrier(tree):
     return jax.tree.map(
@@ -183,14 +224,18 @@ class StackContext:
     metrics/conditioning.py; computed on first use from the raw stack and
     ``scale()`` -> (exponent, finite), zeros in non-finite clouds: lengths
     measured on it are multiplied back with ``conditioning.restore_lengths``),
-    exponent_and_finite, valid [B, N], options, input(name) ([B, ...]), and
-    map_layers(fn, *per_layer) which runs fn(x [C, N, D], valid [C, N], *args
-    [C, ...]) over chunks of layers (args given with leading [L, B]) and
+    exponent_and_finite, valid [B, N], options, input(name) ([B, ...]),
+    exact_knn / query_ranks (whole clouds, through the neighbour path's kernels),
+    and map_layers(fn, *per_layer) which runs fn(x [C, N, D], valid [C, N],
+    *args [C, ...]) over chunks of layers (args given with leading [L, B]) and
     returns its outputs stacked [L, B, ...].
     """
 
-    def __init__(self, hidden, valid, options, inputs, layer_chunk, scale=None):
+    def __init__(
+        self, hidden, valid, options, inputs, layer_chunk, scale=None, kernels=stack_kernels.DENSE
+    ):
         self._raw = hidden
+        self._kernels = kernels
         self._scale = scale
         self.valid = valid
         self.options = options
@@ -220,6 +265,15 @@ class StackContext:
                 f"layer_geometry needs inputs[{name!r}] (pass inputs={{{name!r}: ...}})"
             )
         return self._inputs[name]
+
+    def exact_knn(self, x, valid, k):
+        """(squared distances, indices) [C, N, k] of the k nearest valid neighbours
+        of clouds x [C, N, D] (dense or row-blocked, as the layers)."""
+        return self._kernels.exact_knn(x, valid, k, self.options["selection"])
+
+    def query_ranks(self, x, valid, queries):
+        """rank(i, queries[i, q]) [C, N, Q] in clouds x [C, N, D]."""
+        return self._kernels.query_ranks(x, valid, queries)
 
     def map_layers(self, fn, *per_layer):
         _, b, n, d = self.hidden.shape

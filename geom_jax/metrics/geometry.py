@@ -8,7 +8,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from geom_jax.metrics import conditioning, engine, host_callback, registry, unique, validation
+from geom_jax.metrics import (
+    blocked_context,
+    blocked_knn,
+    conditioning,
+    engine,
+    host_callback,
+    registry,
+    stack_kernels,
+    unique,
+    validation,
+)
 from geom_jax.metrics.options import SELECTION
 
 
@@ -64,9 +74,12 @@ SCALE = "__scale__"
 power-of-two scale and finiteness are measured where the chunk is read anyway."""
 
 
-@functools.partial(jax.jit, static_argnames=("observables", "static_options", "layer_chunk"))
-def _stack_geometry(hidden, mask, inputs, *, observables, static_options, layer_chunk):
-    """The observables of a layer-major stack hidden [L, B, N, D] -> fields [B, L', ...]."""
+@functools.partial(
+    jax.jit, static_argnames=("observables", "static_options", "layer_chunk", "rows")
+)
+def _stack_geometry(hidden, mask, inputs, *, observables, static_options, layer_chunk, rows):
+    """The observables of a layer-major stack hidden [L, B, N, D] -> fields [B, L', ...];
+    rows: how the blocked path's row blocks are laid out (one device, or a mesh)."""
     options = dict(static_options)
     n_layers, b, n, d = hidden.shape
     valid = jnp.ones((b, n), bool) if mask is None else mask
@@ -77,6 +90,14 @@ def _stack_geometry(hidden, mask, inputs, *, observables, static_options, layer_
     knn_k, ranks = engine.needs(observables, options, n)
 
     chunk = auto_layer_chunk(n_layers, b, n) if layer_chunk is None else min(layer_chunk, n_layers)
+    path = "blocked" if rows != blocked_knn.LOCAL else options["neighbour_path"]
+    context, kernels = engine.LayerContext, stack_kernels.DENSE
+    if blocked_context.use_blocked(path, chunk * b, n):
+        block_rows = options["block_rows"]
+        context = functools.partial(
+            blocked_context.BlockedContext, block_rows=block_rows, rows=rows
+        )
+        kernels = blocked_context.BlockedKernels(block_rows, rows)
     stack = engine.StackContext(
         hidden,
         valid,
@@ -84,6 +105,7 @@ def _stack_geometry(hidden, mask, inputs, *, observables, static_options, layer_
         per_prompt | shared,
         chunk,
         scale=lambda: conditioning.scale_of(hidden, valid[None]),
+        kernels=kernels,
     )
     isolated = engine.Isolated(stack)
     prepared = {o.name: o.prepare(isolated) for o in layered if o.prepare is not None}
@@ -105,7 +127,7 @@ def _stack_geometry(hidden, mask, inputs, *, observables, static_options, layer_
         chunk_inputs = dict(shared)
         chunk_inputs.update({k: per_cloud(v) for k, v in per_prompt.items()})
         layer = jnp.repeat(start + jnp.arange(c, dtype=jnp.int32), b)
-        ctx = engine.LayerContext(
+        ctx = context(
             clouds, vb, options, knn_k=knn_k, ranks=ranks, inputs=chunk_inputs, layer=layer
         )
         outs, carry_out = {}, {}
@@ -229,6 +251,18 @@ def _required_inputs(observables, inputs):
                 )
 
 
+def row_layout(mesh, neighbour_path):
+    """How the blocked path lays out its row blocks: one device, or split over the
+    mesh's data axis (which forces the blocked path)."""
+    if mesh is None:
+        return blocked_knn.LOCAL
+    if neighbour_path == "dense":
+        raise ValueError("neighbour_path='dense' cannot split rows over a mesh; use 'blocked'")
+    if blocked_knn.DATA_AXIS not in mesh.shape:
+        raise ValueError(f"mesh must have a {blocked_knn.DATA_AXIS!r} axis, got {mesh.shape}")
+    return blocked_knn.ShardedRows(mesh, blocked_knn.DATA_AXIS)
+
+
 def prepare(observables, n, *, layer_chunk=None, options=None, **option_values):
     """(ObservableSet, checked option values resolved for clouds of n points, as the
     static tuple the jitted engine takes) of a call, before any array is read."""
@@ -254,6 +288,7 @@ def stack_geometry(
     inputs=None,
     options=None,
     validate=True,
+    mesh=None,
     **option_values,
 ):
     """:func:`layer_geometry` of a layer-major stack hidden [L, B, N, D], mask [B, N]:
@@ -283,6 +318,7 @@ def stack_geometry(
         observables=observables,
         static_options=tuple(sorted(opts.items())),
         layer_chunk=layer_chunk,
+        rows=row_layout(mesh, opts["neighbour_path"]),
     )
 
 
@@ -295,6 +331,7 @@ def layer_geometry(
     inputs=None,
     options=None,
     validate=True,
+    mesh=None,
     **option_values,
 ):
     """The requested observables of every layer of a hidden-state stack.
@@ -326,11 +363,21 @@ def layer_geometry(
       options: a dict of option values (the same as keywords).
       validate: with concrete inputs, value checks run first; under an outer jit /
         shard_map only the static checks run.
+      mesh: a jax Mesh: the blocked path's row blocks are split over its "data" axis
+        inside shard_map (each device holds the points and its own blocks; the per-row
+        results are all-gathered), whatever N; the results equal one device's. For a
+        dataset-scale cloud on several devices (or hosts started with
+        jax.distributed, the points replicated).
       **option_values: the observables' options by name (``registry.resolve(
         observables).declared_options``): range_max (GRIDE; None is min(256, N -
         1)), max_k, twonn_discard_fraction, include_diagonal, id_k,
         entropy_alpha, duplicate_tolerance, selection ("auto": NumPy host
-        selection on CPU, lax.top_k elsewhere; "host"; "xla"), and those of
+        selection on CPU, lax.top_k elsewhere; "host"; "xla"), neighbour_path
+        ("dense" holds each cloud's N x N centred Gram matrix; "blocked",
+        metrics/blocked_context.py, computes the same exact neighbour lists,
+        distances and IDs from blocks of block_rows Gram rows, O(N (block + k +
+        #ranks)) memory per cloud; "auto" picks "blocked" above 4,096 points per
+        cloud or 1 GiB of Gram matrices per layer chunk), block_rows, and those of
         observables registered by other packages.
 
     Returns:
@@ -372,5 +419,6 @@ def layer_geometry(
         observables=observables,
         static_options=tuple(sorted(opts.items())),
         layer_chunk=layer_chunk,
+        rows=row_layout(mesh, opts["neighbour_path"]),
     )
     return LayerGeometry({k: v.reshape(prompt_shape + v.shape[1:]) for k, v in geo.items()})

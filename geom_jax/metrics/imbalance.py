@@ -6,11 +6,12 @@ A (k = 1); near 0 when A's neighbourhoods predict B's, near 1 when they
 carry no information about them (Glielmo et al. 2022, PNAS Nexus 1(2)
 pgac039, eq. 1; DADApy ``return_inf_imb_two_selected_coords`` with full
 ranks). All valid tokens take part; N is their number. Ranks are counted
-on the centred Gram matrix's keys |x_j|^2 - 2 x_i . x_j (ties to the lower
-index), nearest neighbours come from the exact lists. In layer_geometry each
-layer's Gram matrix is carried to the next layer, so both directions of
-every consecutive pair need no Gram matrix beyond the shared ones (plus the
-last layer's, twice).
+on the keys |x_j|^2 - 2 x_i . x_j of the centred points (ties to the lower
+index; ctx.query_ranks, metrics/ranks.py), nearest neighbours come from the
+exact lists. In layer_geometry each layer's rank source (its Gram matrix on
+the dense path, its points on the row-blocked one) is carried to the next
+layer, so both directions of every consecutive pair need no Gram matrix
+beyond the shared ones (plus the last layer's, twice).
 """
 
 import functools
@@ -24,41 +25,7 @@ from geom_jax import plotting
 from geom_jax.metrics import distances, refinement, validation
 from geom_jax.metrics.observable import Field, Observable, ReportSection
 from geom_jax.metrics.options import SELECTION
-
-STEP = 2.0**126
-"""step(d) = min(max(d, 0) * STEP, 1) is exactly [d > 0] for every float32 d that is
-not a denormal: plain arithmetic, which XLA:CPU vectorises where a compare-select
-reduction runs element by element (3x slower over the N x N keys)."""
-
-
-def _step(d):
-    return jnp.minimum(jnp.maximum(d, 0.0) * STEP, 1.0)
-
-
-def _is_zero(d):
-    return 1.0 - jnp.minimum(jnp.abs(d) * STEP, 1.0)
-
-
-def ranks_from_gram(gram, valid, queries):
-    """rank(i, queries[i, q]) [C, N, Q] int32 from the centred Gram matrix [C, N, N]:
-    from 1, among valid points other than i, by (key, index) order, with key(i, j)
-    = |x_j|^2 - 2 x_i . x_j. Queries must be valid points other than i (nearest
-    neighbours are); rows of invalid points hold unspecified values."""
-    n = gram.shape[-1]
-    sq = jnp.diagonal(gram, axis1=-2, axis2=-1)
-    col_key = sq + jnp.where(valid, 0.0, jnp.inf)
-    q = jnp.maximum(queries, 0)
-    flat_q = q.reshape(q.shape[:-2] + (-1,))
-    kq = jnp.take_along_axis(col_key, flat_q, axis=-1).reshape(q.shape)
-    kq = kq - 2.0 * jnp.take_along_axis(gram, q, axis=-1)
-    keys = col_key[..., None, :] - 2.0 * gram
-    d = kq[..., None] - keys[..., :, None, :]
-    qf = q.astype(jnp.float32)
-    cols = jnp.arange(n, dtype=jnp.float32)
-    counted = jnp.sum(_step(d) + _is_zero(d) * _step(qf[..., None] - cols), axis=-1)
-    d_self = kq - (col_key - 2.0 * sq)[..., None]
-    self_counted = _step(d_self) + _is_zero(d_self) * _step(qf - cols[:, None])
-    return 1 + (counted - self_counted).astype(jnp.int32)
+from geom_jax.metrics.ranks import STEP, ranks_from_gram  # noqa: F401  (re-exported)
 
 
 def ranks_of(x, valid, queries):
@@ -120,23 +87,21 @@ def information_imbalance(x, y, mask=None, *, selection=SELECTION.default):
 def _prepare(stack):
     """The last layer's nearest neighbours [B, N], needed by every layer's Delta(last -> l)."""
     x, valid = stack.hidden[-1], stack.valid
-    gram, _ = distances.centred_gram(x, valid)
-    _, idx = refinement.exact_knn(x, gram, valid, 1, stack.options["selection"])
+    _, idx = stack.exact_knn(x, valid, 1)
     return {"nn_last": idx[..., 0]}
 
 
 def _previous(ctx):
-    return {"gram": ctx.gram, "nn1": ctx.knn_idx[..., 0]}
+    return {"source": ctx.rank_source(), "nn1": ctx.knn_idx[..., 0]}
 
 
 def _compute(ctx):
-    """Per layer l, from its Gram matrix and the previous layer's (carried):
-    Delta(l-1 -> l), Delta(l -> l-1), Delta(last -> l); and nn1 for the end."""
+    """Per layer l, from its cloud and the previous layer's (carried: its Gram matrix
+    on the dense path, its points on the row-blocked one): Delta(l-1 -> l),
+    Delta(l -> l-1), Delta(last -> l); and nn1 for the end."""
     valid, prev, nn = ctx.valid, ctx.previous, ctx.knn_idx[..., 0]
-    here = ranks_from_gram(
-        ctx.gram, valid, jnp.stack([prev["nn1"], ctx.prepared["nn_last"]], axis=-1)
-    )
-    back = ranks_from_gram(prev["gram"], valid, nn[..., None])[..., 0]
+    here = ctx.query_ranks(jnp.stack([prev["nn1"], ctx.prepared["nn_last"]], axis=-1))
+    back = ctx.query_ranks(nn[..., None], prev["source"])[..., 0]
     return {
         "from_prev": imbalance_from_ranks(here[..., 0], valid),
         "to_prev": imbalance_from_ranks(back, valid),
@@ -146,10 +111,10 @@ def _compute(ctx):
 
 
 def _combine(carry, stack):
-    """Fields from the per-layer values [L, B]; Delta(l -> last) from one more Gram
-    matrix (the last layer's) with every layer's nearest neighbours as queries."""
+    """Fields from the per-layer values [L, B]; Delta(l -> last) from the last layer's
+    cloud with every layer's nearest neighbours as queries."""
     valid = stack.valid
-    to_last = ranks_of(stack.hidden[-1], valid, jnp.moveaxis(carry["nn1"], 0, -1))
+    to_last = stack.query_ranks(stack.hidden[-1], valid, jnp.moveaxis(carry["nn1"], 0, -1))
     to_last = imbalance_from_ranks(jnp.moveaxis(to_last, -1, 0), valid)  # [L, B]
     return {
         "info_imbalance_next": jnp.stack([carry["from_prev"][1:], carry["to_prev"][1:]], axis=-1),

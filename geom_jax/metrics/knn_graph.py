@@ -13,6 +13,7 @@ and where a direction is zero (a duplicate token).
 
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from geom_jax import plotting
 from geom_jax.metrics import distances, engine, validation
@@ -25,20 +26,13 @@ def reciprocity_from_lists(idx, valid):
 
     Edge (i, p) -> j = idx[i, p] is reciprocated at k iff k > max(p, q), q the
     position of i in j's list (K if absent); counts for every k at once. The
-    positions are scattered into a dense [N, N] table (pos[j, i] = q) and read
-    back once per edge: N K scatters and gathers instead of gathering j's whole
-    list for every edge (N K^2, slow as XLA:CPU gathers are).
+    positions come from a dense [N, N] table (pos[j, i] = q) for clouds up to
+    TABLE_ENTRIES, else from each neighbour's gathered list.
     """
     c, n, k = idx.shape
-    rows = jnp.arange(n, dtype=jnp.int32)[None, :, None]
-    base = (jnp.arange(c, dtype=jnp.int32) * (n * n))[:, None, None]
     ok = idx >= 0
-    slot = jnp.where(ok, base + rows * n + idx, c * n * n)
-    places = jnp.broadcast_to(jnp.arange(k, dtype=jnp.int32), idx.shape)
-    table = jnp.full((c * n * n,), k, jnp.int32)
-    table = table.at[slot.reshape(-1)].set(places.reshape(-1), mode="drop", unique_indices=True)
-    back = jnp.where(ok, base + jnp.maximum(idx, 0) * n + rows, 0)
-    q = jnp.where(ok, table[back.reshape(-1)].reshape(idx.shape), k)
+    q = _back_positions(idx) if c * n * n <= TABLE_ENTRIES else _back_positions_gathered(idx)
+    q = jnp.where(ok, q, k)
     last = jnp.maximum(jnp.arange(k), q)
     edge = (idx >= 0) & valid[..., None]
 
@@ -53,6 +47,52 @@ def reciprocity_from_lists(idx, valid):
     mutual = counts_below(last)
     edges = counts_below(jnp.broadcast_to(jnp.arange(k, dtype=jnp.int32), idx.shape))
     return jnp.where(edges > 0, mutual.astype(jnp.float32) / jnp.maximum(edges, 1), jnp.nan)
+
+
+TABLE_ENTRIES = 2**26
+"""Largest [C, N, N] position table (256 MiB of int32) reciprocity builds; larger
+clouds (the row-blocked path's) gather each neighbour's list instead."""
+
+GATHER_ROWS = 2048
+"""Points per step of the gathered form (their neighbours' lists: GATHER_ROWS K^2 ints)."""
+
+
+def _back_positions(idx):
+    """q [C, N, K]: the position of i in the list of j = idx[i, p] (K if absent), from a
+    dense [N, N] table (pos[j, i] = q): N K scatters and gathers instead of gathering
+    j's whole list for every edge (N K^2, slow as XLA:CPU gathers are)."""
+    c, n, k = idx.shape
+    rows = jnp.arange(n, dtype=jnp.int32)[None, :, None]
+    base = (jnp.arange(c, dtype=jnp.int32) * (n * n))[:, None, None]
+    ok = idx >= 0
+    slot = jnp.where(ok, base + rows * n + idx, c * n * n)
+    places = jnp.broadcast_to(jnp.arange(k, dtype=jnp.int32), idx.shape)
+    table = jnp.full((c * n * n,), k, jnp.int32)
+    table = table.at[slot.reshape(-1)].set(places.reshape(-1), mode="drop", unique_indices=True)
+    back = jnp.where(ok, base + jnp.maximum(idx, 0) * n + rows, 0)
+    return table[back.reshape(-1)].reshape(idx.shape)
+
+
+def _back_positions_gathered(idx):
+    """As _back_positions, O(N K^2) memory in steps of GATHER_ROWS points: each
+    neighbour's list is gathered and searched for the point."""
+    c, n, k = idx.shape
+    step = min(GATHER_ROWS, n)
+    starts = jnp.asarray([min(s, n - step) for s in range(0, n, step)], jnp.int32)
+
+    def per_cloud(lists):
+        def rows(start):
+            mine = lax.dynamic_slice_in_dim(lists, start, step, axis=0)
+            theirs = lists[jnp.maximum(mine, 0)]  # [step, K, K]
+            own = (start + jnp.arange(step, dtype=jnp.int32))[:, None, None]
+            return jnp.min(jnp.where(theirs == own, jnp.arange(k), k), axis=-1)
+
+        out = lax.map(rows, starts)  # [blocks, step, K]
+        where = np.minimum(np.arange(n) // step, len(starts) - 1)
+        first = np.asarray([min(s, n - step) for s in range(0, n, step)])
+        return out[where, np.arange(n) - first[where]]
+
+    return lax.map(per_cloud, idx)
 
 
 def _reciprocity(ctx):

@@ -56,5 +56,34 @@ DUPLICATE_TOLERANCE = Option(
     check=_tolerance,
 )
 
-ENGINE = (SELECTION, DUPLICATE_TOLERANCE)
+NEIGHBOUR_PATHS = ("auto", "dense", "blocked")
+
+NEIGHBOUR_PATH = Option(
+    "neighbour_path",
+    str,
+    "auto",
+    "dense: each cloud's N x N Gram matrix; blocked: the same exact neighbours from blocks of "
+    "Gram rows, O(N (block + k)) memory; auto: blocked above 4,096 points per cloud or 1 GiB "
+    "of Gram matrices per layer chunk (identical neighbours, IDs within 1e-6).",
+    choices=NEIGHBOUR_PATHS,
+    defining=False,
+)
+
+
+def _block_rows(v):
+    if v < 1:
+        raise ArgumentError("{block_rows} must be an integer >= 1, got {v!r}", "block_rows", v=v)
+
+
+BLOCK_ROWS = Option(
+    "block_rows",
+    int,
+    None,
+    "Rows per Gram block of the blocked path (default: about 64 MiB of them).",
+    check=_block_rows,
+    optional=True,
+    defining=False,
+)
+
+ENGINE = (SELECTION, DUPLICATE_TOLERANCE, NEIGHBOUR_PATH, BLOCK_ROWS)
 """Options every layer_geometry call has, whatever the observables."""

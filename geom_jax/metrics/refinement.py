@@ -230,8 +230,16 @@ def certified_knn(x, gram, near, valid, k, method="auto"):
     Returns a CertifiedKnn (idx [C, N, k] int32, -1 beyond the valid neighbours
     and in the rows of invalid points).
     """
-    c, n, d = x.shape
     keys, sq, sq_j = gram_keys(gram, near, valid)
+    return certify(x, near, keys, sq, sq_j, valid, k, method)
+
+
+def certify(x, near, keys, sq, sq_j, valid, k, method="auto"):
+    """`certified_knn` from the candidates' selection keys keys [C, N, M] (+inf at
+    excluded columns), the rows' centred squared norms sq [C, N] and the
+    candidates' sq_j [C, N, M] (0 where excluded): what a caller that never holds
+    the Gram matrix (metrics/blocked_knn.py) gathers block by block."""
+    c, n, d = x.shape
     tau = CERTIFY_FACTOR * np.sqrt(d) * 2.0**-24 * 2.0 * (sq + jnp.max(sq_j, axis=-1))
     gaps = keys[..., 1 : k + 1] - keys[..., :k]
     flagged = valid & ~jnp.all(gaps > tau[..., None], axis=-1)

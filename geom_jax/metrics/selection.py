@@ -126,6 +126,31 @@ def _host_select(gram, sq, valid_near, valid_rank, *, k_near, ranks):
     return near.reshape(batch + (n, k_near)), rank.reshape(batch + (n, len(ranks)))
 
 
+def host_select_rows(gram_rows, sq, valid_near, valid_rank, row0, *, k_near, ranks):
+    """Host selection for rows row0.. of one cloud: gram_rows [R, N] (its rows of
+    the centred Gram matrix), sq, valid_near, valid_rank [N] -> ([R, k_near],
+    [R, #ranks]) int32, threads over ROW_BLOCK rows; what the row-blocked
+    kernels (metrics/blocked_knn.py) call per block."""
+    gram_rows = np.asarray(gram_rows, np.float32)
+    r = gram_rows.shape[0]
+    row0 = int(np.asarray(row0))
+    sq, vn, vr = (np.asarray(a)[None] for a in (sq, valid_near, valid_rank))
+    workers = os.cpu_count() or 1
+    block = max(1, min(ROW_BLOCK, -(-r // workers)))
+    starts = list(range(0, r, block))
+
+    def work(a):
+        b = min(a + block, r)
+        return _host_select_block(gram_rows[None, a:b], sq, vn, vr, row0 + a, k_near, ranks)
+
+    near = np.empty((r, k_near), np.int32)
+    rank = np.empty((r, len(ranks)), np.int32)
+    for a, (nr, rk) in zip(starts, host_callback.pool().map(work, starts)):
+        near[a : a + nr.shape[1]] = nr[0]
+        rank[a : a + rk.shape[1]] = rk[0]
+    return near, rank
+
+
 def _xla_keys(gram, sq, valid_cols):
     n = gram.shape[-1]
     keys = sq[..., None, :] - 2.0 * gram

@@ -23,12 +23,21 @@ from geom_jax.metrics import cosine, distances, engine, validation
 from geom_jax.metrics.observable import Field, Observable, Option
 
 
+def participation_ratio_from_moments(tr, fro):
+    """(tr S)^2 / |S|_F^2 [C] (NaN for a cloud without spread)."""
+    return jnp.where(fro > 0, tr * tr / jnp.where(fro > 0, fro, 1.0), jnp.nan)
+
+
 def participation_ratio_from_gram(gram, valid):
     """(tr G)^2 / |G|_F^2 [C] from the centred Gram matrix [C, N, N] (zero rows at padding)."""
-    hi = distances.HIGHEST
-    tr = jnp.sum(jnp.diagonal(gram, axis1=-2, axis2=-1), axis=-1)
-    fro = jnp.einsum("...ij,...ij->...", gram, gram, precision=hi)
-    return jnp.where(fro > 0, tr * tr / jnp.where(fro > 0, fro, 1.0), jnp.nan)
+    del valid
+    return participation_ratio_from_moments(*distances.trace_and_frobenius(gram))
+
+
+def scatter_matrix(xc):
+    """Xc^T Xc [C, D, D] of centred points xc [C, N, D] (zero rows at padding): the
+    Gram matrix's nonzero spectrum without its N x N size."""
+    return jnp.einsum("...nd,...ne->...de", xc, xc, precision=distances.HIGHEST)
 
 
 def _unit_rows(x, valid):
@@ -92,7 +101,7 @@ ENTROPY_ALPHA = Option(
 
 
 def _pr(ctx):
-    return {"participation_ratio": participation_ratio_from_gram(ctx.gram, ctx.valid)}
+    return {"participation_ratio": participation_ratio_from_moments(*ctx.scatter_moments())}
 
 
 def _entropy(ctx):
@@ -137,7 +146,7 @@ PARTICIPATION_RATIO = Observable(
     name="participation_ratio",
     compute=_pr,
     fields=(Field("participation_ratio", (), "participation ratio of the covariance."),),
-    consumes=("points", "gram"),
+    consumes=("points",),
     doc=__doc__,
     reference="Gao et al. 2017, arXiv:1710.08926, eq. 2",
     reduce="covariance over valid tokens",

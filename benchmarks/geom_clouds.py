@@ -1,0 +1,79 @@
+"""The geom-jax side of ``experiments/bench_clouds.py``, in its own process (for its peak RSS).
+
+  python benchmarks/geom_clouds.py HIDDEN.npy OUT.npz --range_max=256 --k=32 --repeats=1
+
+Runs ``layer_geometry`` (the paper's observables) on HIDDEN [L, N, D] once to
+compile (``first_s``: compilation and the first run), then ``repeats`` timed
+runs (``seconds``: the fastest). OUT also holds gride_ids / gride_errs /
+gride_scales [L, S], overlap [L-1] (chi_k at k), ``cpu_s`` of the timed runs
+and ``peak_rss`` (bytes, this process's maximum resident set).
+"""
+
+import argparse
+import os
+import resource
+import sys
+import time
+
+import jax
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from geom_jax import metrics  # noqa: E402
+from geom_jax.metrics import blocked_context, geometry  # noqa: E402
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("hidden")
+    parser.add_argument("out")
+    parser.add_argument("--range_max", type=int, default=256)
+    parser.add_argument("--k", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--neighbour_path", default="auto")
+    parser.add_argument("--block_rows", type=int, default=None)
+    args = parser.parse_args()
+    hidden = jax.device_put(np.load(args.hidden))
+
+    def run():
+        geo = metrics.layer_geometry(
+            hidden,
+            range_max=args.range_max,
+            max_k=args.k,
+            neighbour_path=args.neighbour_path,
+            block_rows=args.block_rows,
+            validate=False,
+        )
+        return jax.block_until_ready(geo)
+
+    t = time.perf_counter()
+    geo = run()
+    first = time.perf_counter() - t
+    runs, cpu = [], time.process_time()
+    for _ in range(args.repeats):
+        t = time.perf_counter()
+        geo = run()
+        runs.append(time.perf_counter() - t)
+    cpu = time.process_time() - cpu
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    n_layers, n = hidden.shape[0], hidden.shape[1]
+    chunk = geometry.auto_layer_chunk(n_layers, 1, n)
+    blocked = blocked_context.use_blocked(args.neighbour_path, chunk, n)
+    np.savez(
+        args.out,
+        path="blocked" if blocked else "dense",
+        first_s=first,
+        seconds=min(runs),
+        runs=np.asarray(runs),
+        cpu_s=cpu,
+        peak_rss=peak,
+        gride_ids=np.asarray(geo.gride_ids),
+        gride_errs=np.asarray(geo.gride_errs),
+        gride_scales=np.asarray(geo.gride_scales),
+        overlap=np.asarray(geo.overlap)[:, args.k - 1],
+    )
+
+
+if __name__ == "__main__":
+    main()

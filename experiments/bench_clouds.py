@@ -1,0 +1,144 @@
+"""Benchmark layer_geometry on dataset-scale clouds against DADApy, in the same run.
+
+One point per prompt at every layer (Cheng et al. ICLR 2025, Valeriani et
+al. NeurIPS 2023, Doimo et al. 2024): L clouds of N points in D dims
+(benchmarks/clouds.py documents the synthetic kinds). Two subprocesses, so
+that each side's peak RSS is its own: geom-jax (benchmarks/geom_clouds.py:
+``layer_geometry`` with the paper's observables, timed after a first,
+compiling call) and the peer (benchmarks/peer_clouds.py, in the ``make
+bench-env`` environment: DADApy 0.3.4 ``compute_distances(maxk=range_max)``,
+``return_id_scaling_gride(range_max)`` per layer, ``return_data_overlap(k)``
+between consecutive layers). Prints both, their agreement (GRIDE IDs
+relative, chi_k absolute), the load average, and as the last line the
+speed-up and both peak RSS.
+
+  python experiments/bench_clouds.py --points=32768 --layers=2 --dim=576
+"""
+
+import os
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+from absl import app, flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks import benchmarking, clouds  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_integer("points", 8192, "Points N per cloud (one per prompt).")
+flags.DEFINE_integer("layers", 4, "Layers L (clouds of the same points).")
+flags.DEFINE_integer("dim", 576, "Dimension D.")
+flags.DEFINE_enum("cloud", "manifold", list(clouds.KINDS), "Synthetic cloud kind.")
+flags.DEFINE_integer("latent_dim", 9, "Intrinsic dimension of the manifold cloud.")
+flags.DEFINE_integer("range_max", 256, "GRIDE range_max (both sides).")
+flags.DEFINE_integer("k", 32, "Neighbourhood size of the overlap between layers (both sides).")
+flags.DEFINE_integer("repeats", 1, "Timed geom-jax runs after the first (compiling) call.")
+flags.DEFINE_enum(
+    "neighbour_path", "auto", ["auto", "dense", "blocked"], "layer_geometry's neighbour_path."
+)
+flags.DEFINE_integer("block_rows", None, "layer_geometry's block_rows (default: automatic).")
+flags.DEFINE_bool("peer", True, "Run the peer (needs `make bench-env`).")
+flags.DEFINE_integer("seed", 0, "Seed of the synthetic clouds.")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GEOM_SCRIPT = os.path.join(ROOT, "benchmarks", "geom_clouds.py")
+PEER_SCRIPT = os.path.join(ROOT, "benchmarks", "peer_clouds.py")
+
+LIMITS = {"gride_ids (rel)": 1e-4, "overlap (max abs)": 1e-6}
+"""The issue's agreement: float32 exact k-NN against DADApy's float64-accumulated one."""
+
+
+def _child(python, script, src, out, args, env=None):
+    proc = subprocess.run(
+        [python, script, src, out, *args], capture_output=True, text=True, env=env
+    )
+    if proc.returncode:
+        raise RuntimeError(f"{os.path.basename(script)} failed:\n{proc.stderr[-4000:]}")
+    with np.load(out) as f:
+        return {k: f[k] for k in f.files}
+
+
+def _gib(n_bytes):
+    return float(n_bytes) / 2**30
+
+
+def load_avg():
+    return "load average {:.2f}, {:.2f}, {:.2f}".format(*os.getloadavg())
+
+
+def main(argv):
+    del argv
+    hidden = clouds.make(
+        FLAGS.cloud, FLAGS.layers, FLAGS.points, FLAGS.dim, FLAGS.latent_dim, FLAGS.seed
+    )
+    print(
+        f"clouds: {FLAGS.cloud} [L={FLAGS.layers}, N={FLAGS.points}, D={FLAGS.dim}]"
+        + (f" (latent dimension {FLAGS.latent_dim})" if FLAGS.cloud == "manifold" else "")
+        + f", range_max {FLAGS.range_max}, k {FLAGS.k}; {load_avg()}",
+        flush=True,
+    )
+    common = [f"--range_max={FLAGS.range_max}", f"--k={FLAGS.k}"]
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "hidden.npy")
+        np.save(src, hidden)
+        del hidden
+        args = common + [f"--repeats={FLAGS.repeats}", f"--neighbour_path={FLAGS.neighbour_path}"]
+        if FLAGS.block_rows:
+            args.append(f"--block_rows={FLAGS.block_rows}")
+        env = dict(os.environ, PYTHONPATH=ROOT)
+        geo = _child(sys.executable, GEOM_SCRIPT, src, os.path.join(tmp, "geo.npz"), args, env)
+        print(
+            f"geom-jax ({str(geo['path'])} path): first call (compilation + run) "
+            f"{float(geo['first_s']):.2f} s; min of {FLAGS.repeats} run(s) "
+            f"{float(geo['seconds']):.2f} s (process CPU {float(geo['cpu_s']):.2f} s over them); "
+            f"peak RSS {_gib(geo['peak_rss']):.2f} GiB; {load_avg()}",
+            flush=True,
+        )
+        if not FLAGS.peer:
+            return
+        benchmarking.check_peer_env()
+        peer_env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "JAX_"))}
+        peer = _child(
+            benchmarking.PEER_PYTHON,
+            PEER_SCRIPT,
+            src,
+            os.path.join(tmp, "peer.npz"),
+            common,
+            peer_env,
+        )
+    print(
+        f"peer (DADApy 0.3.4): {float(peer['seconds']):.2f} s (process CPU "
+        f"{float(peer['cpu_s']):.2f} s); peak RSS {_gib(peer['peak_rss']):.2f} GiB; {load_avg()}"
+    )
+    ids, ref = np.asarray(geo["gride_ids"], np.float64), np.asarray(peer["gride_ids"], np.float64)
+    dev = {
+        "gride_ids (rel)": float(np.max(np.abs(ids - ref) / np.abs(ref))),
+        "overlap (max abs)": float(np.max(np.abs(geo["overlap"] - peer["overlap"]))),
+    }
+    errs = np.abs(geo["gride_errs"] - peer["gride_errs"]) / np.abs(peer["gride_errs"])
+    scales = np.abs(geo["gride_scales"] - peer["gride_scales"]) / np.abs(peer["gride_scales"])
+    ok = all(dev[k] <= LIMITS[k] for k in LIMITS)
+    print(
+        "agreement with the peer: "
+        + ("OK" if ok else "FAILED")
+        + " ("
+        + ", ".join(f"{k} {v:.1e} (limit {LIMITS[k]:.0e})" for k, v in dev.items())
+        + f"; gride_errs {float(np.max(errs)):.1e} rel, "
+        + f"gride_scales {float(np.max(scales)):.1e} rel)"
+    )
+    print(f"  GRIDE ids, layer 0: {np.array2string(ids[0], precision=3)}")
+    chi = np.array2string(geo["overlap"], precision=4)
+    print(f"  chi_{FLAGS.k} between consecutive layers: {chi}")
+    ratio = float(peer["seconds"]) / float(geo["seconds"])
+    print(
+        f"speed-up vs peer: {ratio:.1f}x ({float(peer['seconds']):.1f} s / "
+        f"{float(geo['seconds']):.1f} s); peak RSS geom-jax {_gib(geo['peak_rss']):.2f} GiB, "
+        f"peer {_gib(peer['peak_rss']):.2f} GiB"
+    )
+
+
+if __name__ == "__main__":
+    app.run(main)

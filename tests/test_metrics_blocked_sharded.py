@@ -1,0 +1,64 @@
+"""Row blocks split over 8 simulated CPU devices give what one device gives."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+SCRIPT = r"""
+import json, sys
+import jax, numpy as np
+from geom_jax import metrics, sharding
+from geom_jax.metrics import blocked_knn
+assert jax.device_count() == 8 and blocked_knn.DATA_AXIS == sharding.DATA
+rng = np.random.default_rng(0)
+n, d = 603, 12  # not a multiple of 8: the last devices' row ranges overlap
+z = rng.standard_normal((n, 3))
+h = np.stack([np.tanh(z @ rng.standard_normal((3, d))) + 0.05 * rng.standard_normal((n, d))
+              for _ in range(3)]).astype(np.float32)
+h[1, 17] = h[1, 4]  # an exact duplicate: the second selection pass runs sharded too
+mask = np.ones(n, bool)
+mask[590:] = False
+kw = dict(range_max=128, max_k=10, block_rows=32, observables="paper")
+one = metrics.layer_geometry(h, mask, neighbour_path="blocked", **kw)
+report = {}
+for shape in [(8, 1), (4, 2)]:
+    mesh = sharding.make_mesh(shape)
+    many = metrics.layer_geometry(h, mask, mesh=mesh, **kw)
+    report[str(shape)] = {k: [np.asarray(one[k]).tolist(), np.asarray(many[k]).tolist()]
+                          for k in one}
+print("REPORT " + json.dumps(report))
+"""
+
+
+def test_eight_devices_equal_one_device():
+    env = dict(
+        os.environ,
+        JAX_PLATFORMS="cpu",
+        # 8 simulated devices share this machine's cores, each running its host
+        # selection between two all-gathers: a device can lag the others by more than
+        # XLA's default 40 s rendezvous timeout on a loaded machine
+        XLA_FLAGS="--xla_force_host_platform_device_count=8 "
+        "--xla_cpu_collective_call_terminate_timeout_seconds=900",
+        PYTHONPATH=ROOT,
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    report = json.loads(proc.stdout.split("REPORT ", 1)[1])
+    for shape, fields in report.items():
+        for field, (one, many) in fields.items():
+            one, many = np.asarray(one, float), np.asarray(many, float)
+            if field in ("gride_ids", "gride_errs", "gride_scales", "twonn", "twonn_ml"):
+                np.testing.assert_allclose(many, one, rtol=1e-5, err_msg=f"{shape} {field}")
+            elif field in ("cos_mean", "cos_std"):
+                np.testing.assert_allclose(many, one, atol=1e-6, err_msg=f"{shape} {field}")
+            else:
+                np.testing.assert_array_equal(many, one, err_msg=f"{shape} {field}")
+    assert set(report) == {"(8, 1)", "(4, 2)"}
+    assert report["(8, 1)"]["n_unique"][0] == [590, 589, 590]
