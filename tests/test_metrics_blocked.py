@@ -116,13 +116,12 @@ def test_bad_options_are_named():
         metrics.layer_geometry(STACK[0], neighbour_path="sparse")
     with pytest.raises(ValueError, match="block_rows must be a positive integer"):
         metrics.layer_geometry(STACK[0], block_rows=0)
-    with pytest.raises(ValueError, match="row-blocked path never builds"):
-        metrics.layer_geometry(
-            STACK[0],
-            observables="matrix_entropy",
-            include_diagonal=False,
-            neighbour_path="blocked",
-        )
+    # The matrix entropy at alpha = 2 reads the cosine statistics, not the Gram matrix:
+    # it runs on the blocked path too, whatever include_diagonal says.
+    kw = dict(observables="matrix_entropy,cosine", include_diagonal=False)
+    blocked = metrics.layer_geometry(STACK[0], neighbour_path="blocked", **kw)
+    dense = metrics.layer_geometry(STACK[0], neighbour_path="dense", **kw)
+    np.testing.assert_allclose(blocked.matrix_entropy, dense.matrix_entropy, rtol=1e-5)
     with pytest.raises(ValueError, match="cannot split rows over a mesh"):
         metrics.layer_geometry(
             STACK[0], neighbour_path="dense", mesh=jax.make_mesh((1,), ("data",))

@@ -193,3 +193,45 @@ def test_a_store_of_another_shape_is_refused(pooled, tiny, tmp_path):
     )
     with run_helpers.raises_user_error(r"representation store .* holds \[7, 4, 16\]"):
         geom_run.run(_spec(tiny, out, resume=True))
+
+
+def test_eight_devices_equal_one(pooled, tiny, tmp_path):
+    """A pooled run on 8 simulated CPU devices (--mesh_shape=8,1: the forward's batch and
+    each cloud's row blocks split over them) equals the one-device run."""
+    spec, got = pooled
+    out = tmp_path / "mesh"
+    args = [
+        f"--model={tiny}",
+        "--pool=last",
+        "--windows",
+        "--max_tokens=12",
+        "--num_prompts=60",
+        "--method=permuted",
+        "--partitions=2",
+        "--batch_size=8",
+        "--checkpoint_every=1",
+        "--max_k=8",
+        "--label_k=8",
+        "--mesh_shape=8,1",
+        "--noprogress",
+        f"--output_dir={out}",
+    ]
+    env = dict(
+        os.environ,
+        JAX_PLATFORMS="cpu",
+        XLA_FLAGS="--xla_force_host_platform_device_count=8 "
+        "--xla_cpu_collective_call_terminate_timeout_seconds=900",
+    )
+    proc = subprocess.run(
+        [sys.executable, run_helpers.SCRIPT, *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with np.load(out / results.RESULTS_FILE) as z:
+        np.testing.assert_allclose(z["gride_ids"], got["gride_ids"], rtol=1e-5)
+        np.testing.assert_allclose(z["twonn"], got["twonn"], rtol=1e-5)
+        np.testing.assert_array_equal(z["overlap"], got["overlap"])
+        np.testing.assert_array_equal(z["label_overlap"], got["label_overlap"])

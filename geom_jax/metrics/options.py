@@ -72,7 +72,9 @@ NEIGHBOUR_PATH = Option(
 
 def _block_rows(v):
     if v < 1:
-        raise ArgumentError("{block_rows} must be an integer >= 1, got {v!r}", "block_rows", v=v)
+        raise ArgumentError(
+            "{block_rows} must be a positive integer or None, got {v!r}", "block_rows", v=v
+        )
 
 
 BLOCK_ROWS = Option(

@@ -145,7 +145,7 @@ def host_select_rows(gram_rows, sq, valid_near, valid_rank, row0, *, k_near, ran
 
     near = np.empty((r, k_near), np.int32)
     rank = np.empty((r, len(ranks)), np.int32)
-    for a, (nr, rk) in zip(starts, host_callback.pool().map(work, starts)):
+    for a, (nr, rk) in zip(starts, host_callback.thread_map(work, starts)):
         near[a : a + nr.shape[1]] = nr[0]
         rank[a : a + rk.shape[1]] = rk[0]
     return near, rank

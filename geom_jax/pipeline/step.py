@@ -45,11 +45,13 @@ def cloud_geometry(
     layer_chunk: int | None = None,
     options: dict | None = None,
     validate: bool = False,
+    mesh=None,
 ) -> dict:
     """The observables of clouds hidden [L+1, B, N, D] (embedding output first), mask
     [B, N]: every observable on the L layers after the first, and those declared with
-    ``embedding=True`` on the first too (their fields get the "L+1" axis). Returns the
-    saved fields, ``finite`` and ``status`` [B, L]."""
+    ``embedding=True`` on the first too (their fields get the "L+1" axis). With ``mesh``,
+    the row-blocked path splits each cloud's rows over its data axis. Returns the saved
+    fields, ``finite`` and ``status`` [B, L]."""
     observables = registry.resolve(observables)
     geo = metrics.stack_geometry(
         hidden[1:],
@@ -59,6 +61,7 @@ def cloud_geometry(
         inputs=inputs,
         options=options,
         validate=validate,
+        mesh=mesh,
     )
     out = {f.name: geo[f.name] for f in observables.fields(saved_only=True) if f.name in geo}
     embedding = [o for o in observables.observables if o.embedding]
@@ -69,6 +72,7 @@ def cloud_geometry(
             observables=[o.name for o in embedding],
             options=options,
             validate=False,
+            mesh=mesh,
         )
         for obs in embedding:
             for f in obs.saved_fields():

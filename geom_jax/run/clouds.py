@@ -298,9 +298,13 @@ def pooled_sweep(pipe, rows: Rows, reps, losses, *, batch_size: int, progress: b
         bar.close()
 
 
-def measure(spec: run_spec.RunSpec, reps, rows: Rows, clouds: list[Cloud], progress: bool):
+def measure(
+    spec: run_spec.RunSpec, reps, rows: Rows, clouds: list[Cloud], progress: bool, mesh=None
+):
     """Each cloud's observables per layer, on its points read from the store: fields
-    [C, L', ...] plus finite and status [C, L]."""
+    [C, L', ...] plus finite and status [C, L]. On a mesh of several devices, each cloud's
+    rows are split over its data axis (the row-blocked path)."""
+    mesh = mesh if mesh is not None and mesh.size > 1 else None
     observables = spec.observable_set
     options = observables.options(spec.option_values())
     n_max = max(len(c.rows) for c in clouds)
@@ -309,7 +313,13 @@ def measure(spec: run_spec.RunSpec, reps, rows: Rows, clouds: list[Cloud], progr
     per_cloud = []
     geometry = jax.jit(
         lambda h, m, i: pipeline.cloud_geometry(
-            h, m, i, observables=observables, layer_chunk=spec.layer_chunk, options=options
+            h,
+            m,
+            i,
+            observables=observables,
+            layer_chunk=spec.layer_chunk,
+            options=options,
+            mesh=mesh,
         )
     )
     for cloud in tqdm(clouds, unit="cloud", disable=not progress, desc="cloud geometry"):

@@ -262,7 +262,7 @@ def _run_clouds(spec, mesh, t_start: float, space, selected) -> dict:
     clouds.pooled_sweep(
         pipe, rows, reps, losses, batch_size=spec.batch_size, progress=spec.progress
     )
-    geo = clouds.measure(spec, reps, rows, cl, spec.progress)
+    geo = clouds.measure(spec, reps, rows, cl, spec.progress, mesh)
     compute_time = time.time() - t_compute
     arrays = results.as_saved(
         {**clouds.cloud_arrays(cl), **geo, **clouds.row_arrays(rows, losses)},
