@@ -62,7 +62,7 @@ from benchmarks import benchmarking  # noqa: E402
 
 REPORT_JSON = "device_report.json"
 REPORT_MD = "device_report.md"
-STAGES = ("correctness", "forward", "metrics", "fused", "projection")
+STAGES = ("correctness", "forward", "metrics", "clouds", "fused", "projection")
 COMPUTE_STAGES = STAGES[:-1]
 
 # The paper's sweep (Sec. 3): 2,244 Pile-10K prompts of 1024 tokens, each also
@@ -146,6 +146,10 @@ class Settings:
     metric_dim: int = 4096
     # (batch, layer_chunk) runs of the metric kernels; None: the library's choice
     metric_runs: tuple[tuple[int, int | None], ...] = ((1, None), (4, None), (4, 33))
+    # One layer of a dataset-scale cloud (one point per prompt) on the row-blocked path.
+    cloud_points: int = 100_000
+    cloud_dim: int = 4096
+    cloud_range_max: int = 256
     fused_models: tuple[str, ...] = PAPER_MODELS  # measured; the projection scales the rest
     repeats: int = 2
     # Seconds a stage needs at least: it is skipped when less of the budget is
@@ -154,6 +158,7 @@ class Settings:
         ("correctness", 60.0),
         ("forward", 90.0),
         ("metrics", 30.0),
+        ("clouds", 60.0),
         ("fused", 100.0),
     )
 
@@ -176,8 +181,17 @@ def make_settings(quick: bool, max_batch: int = 256) -> Settings:
         metric_layers=5,
         metric_dim=64,
         metric_runs=((2, None),),
+        cloud_points=5000,
+        cloud_dim=64,
+        cloud_range_max=64,
         repeats=2,
-        estimates=(("correctness", 5.0), ("forward", 5.0), ("metrics", 2.0), ("fused", 5.0)),
+        estimates=(
+            ("correctness", 5.0),
+            ("forward", 5.0),
+            ("metrics", 2.0),
+            ("clouds", 3.0),
+            ("fused", 5.0),
+        ),
     )
 
 
@@ -658,6 +672,45 @@ class DeviceCheck:
             "note": note,
         }
 
+    # ------------------------------------------------------------------ clouds
+
+    def clouds(self) -> dict:
+        """One layer of a dataset-scale cloud (cloud_points x cloud_dim, the paper's set,
+        GRIDE range cloud_range_max) through layer_geometry's row-blocked path: time and
+        the device's peak memory."""
+        s = self.s
+        n, d = s.cloud_points, s.cloud_dim
+        with jax.default_device(self.accel):
+            x = jax.block_until_ready(synthetic_stack(jax.random.key(self.seed + 5), (1, 1, n, d)))
+        fn = jax.jit(
+            functools.partial(
+                metrics.layer_geometry,
+                range_max=s.cloud_range_max,
+                max_k=s.max_k,
+                neighbour_path="blocked",
+            )
+        )
+        t = time.perf_counter()
+        compiled = fn.lower(x).compile()
+        compile_s = time.perf_counter() - t
+        step, _ = time_runs(functools.partial(compiled, x), s.repeats)
+        stats = self.accel.memory_stats() if hasattr(self.accel, "memory_stats") else None
+        peak = (stats or {}).get("peak_bytes_in_use")
+        self.log(f"clouds: {n} x {d}, one layer: {step:.3f} s")
+        del x
+        return {
+            "points": n,
+            "dim": d,
+            "range_max": s.cloud_range_max,
+            "max_k": s.max_k,
+            "path": "blocked",
+            "compile_s": round(compile_s, 2),
+            "step_s": step,
+            "gram_tflops_per_s": 2.0 * n * n * d / step / 1e12,
+            "peak_bytes": peak,
+            "note": "" if peak else "the device reports no memory statistics",
+        }
+
     # ------------------------------------------------------------------ fused
 
     def fused_for(self, name: str, first: int | None, deadline) -> dict:
@@ -749,6 +802,41 @@ class DeviceCheck:
 
     # ------------------------------------------------------------------ projection
 
+    def cheng_projection(self) -> dict:
+        """Cheng et al.'s protocol on Llama-3-8B: 10,000 points per partition, 5
+        partitions, structured and shuffled, the last token of 20-token windows at 33
+        hidden states: the forward of every row from the forward stage's tokens/s (at its
+        sequence length), the geometry from the clouds stage's layer scaled by N^2 (its
+        Gram FLOPs; the dimension is the model's, 4096)."""
+        points, partitions, levels, layers, window = 10_000, 5, 2, 33, 20
+        clouds = self.report.get("clouds", {})
+        forward = self.report.get("forward", {})
+        out = {
+            "points_per_partition": points,
+            "partitions": partitions,
+            "levels": levels,
+            "layers": layers,
+            "window_tokens": window,
+        }
+        if not clouds.get("step_s") or not forward.get("tokens_per_s"):
+            out["note"] = "the clouds or forward stage did not run: no projection"
+            return out
+        scale = (points / clouds["points"]) ** 2 * (4096 / clouds["dim"])
+        geometry_s = clouds["step_s"] * scale * layers * partitions * levels
+        forward_s = points * partitions * levels * window / forward["tokens_per_s"]
+        out.update(
+            geometry_minutes=geometry_s / 60,
+            forward_minutes=forward_s / 60,
+            total_minutes=(geometry_s + forward_s) / 60,
+            note=(
+                "--quick: toy shapes, so these minutes say nothing about the real protocol"
+                if self.s.quick
+                else "forward at the forward stage's sequence length (short windows run "
+                "below its tokens/s)"
+            ),
+        )
+        return out
+
     def projection(self) -> dict:
         """Minutes for the paper's sweep on one device, per model: from its own
         measured fused step, else Llama-3-8B's scaled by forward FLOPs, else the
@@ -791,7 +879,9 @@ class DeviceCheck:
         total = (
             sum(r["minutes_shuffled"] for r in known) if len(known) == len(rows) and rows else None
         )
+        cheng = self.cheng_projection()
         return {
+            "cheng_protocol": cheng,
             "prompts": PAPER_PROMPTS,
             "shuffle_levels": PAPER_SHUFFLE_LEVELS,
             "devices": 1,
@@ -918,6 +1008,18 @@ def markdown(report: dict) -> str:
                 f"{_fmt(t['seconds_per_prompt'], '.4f')} | {_fmt(t['gram_tflops_per_s'])} |"
             )
         lines.extend(["", r.get("note", ""), ""] if r.get("note") else [""])
+    r = head("clouds")
+    if r:
+        lines.extend(
+            [
+                f"layer_geometry on one layer of {r['points']:,} points x {r['dim']} dims "
+                f"(paper set, range_max {r['range_max']}, {r['path']} path): "
+                f"{_fmt(r['step_s'])} s (compile {r['compile_s']} s), Gram "
+                f"{_fmt(r['gram_tflops_per_s'])} TFLOP/s, peak device memory "
+                f"{_fmt((r['peak_bytes'] or 0) / 2**30)} GiB.",
+                "",
+            ]
+        )
     r = head("fused")
     if r:
         lines.extend(["| model | batch | step s | prompts/s |", "|---|---|---|---|"])
@@ -958,6 +1060,19 @@ def markdown(report: dict) -> str:
                 "",
             ]
         )
+        c = r.get("cheng_protocol") or {}
+        if c:
+            lines.extend(
+                [
+                    f"Cheng et al.'s protocol on Llama-3-8B ({c['partitions']} x "
+                    f"{c['points_per_partition']:,} points, {c['levels']} levels, "
+                    f"{c['layers']} hidden states, windows of {c['window_tokens']} tokens): "
+                    f"{_fmt(c.get('total_minutes'), '.1f')} min on one device (geometry "
+                    f"{_fmt(c.get('geometry_minutes'), '.1f')} min, forward "
+                    f"{_fmt(c.get('forward_minutes'), '.1f')} min). {c.get('note', '')}",
+                    "",
+                ]
+            )
     return "\n".join(lines)
 
 

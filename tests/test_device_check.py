@@ -12,7 +12,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "experiments", "device_check.py")
-STAGE_KEYS = ("correctness", "forward", "metrics", "fused", "projection")
+STAGE_KEYS = ("correctness", "forward", "metrics", "clouds", "fused", "projection")
 TOP_KEYS = ("platform", "device_kind") + STAGE_KEYS
 
 # Packages the device image lacks (gguf, datasets) or the check must not need
@@ -88,6 +88,12 @@ def test_quick_run_end_to_end(tmp_path):
     assert [t["batch"] for t in fwd["batch_search"]["tries"]] == [1, 2]
     assert fwd["mfu"] is None and "peak" in fwd["note"]  # CPU: no peak known
     assert report["metrics"]["seconds_per_prompt"] > 0
+    clouds = report["clouds"]
+    assert clouds["points"] == 5000 and clouds["path"] == "blocked" and clouds["step_s"] > 0
+    cheng = report["projection"]["cheng_protocol"]
+    want = clouds["step_s"] * (10_000 / 5000) ** 2 * (4096 / 64) * 33 * 5 * 2 / 60
+    assert cheng["geometry_minutes"] == pytest.approx(want)
+    assert "Cheng et al.'s protocol on Llama-3-8B" in md
     fused = report["fused"]["models"]
     assert set(fused) == {"llama-3-8b", "pythia-6.9b"}  # --quick measures two families
     assert fused["pythia-6.9b"]["batch"] == fused["llama-3-8b"]["batch"] == 2
@@ -114,12 +120,13 @@ def test_zero_budget_skips_every_stage_with_a_note(tmp_path):
     report, md = _read_report(out)
     for key in TOP_KEYS:
         assert key in report, key
-    for stage in ("correctness", "forward", "metrics", "fused"):
+    for stage in ("correctness", "forward", "metrics", "clouds", "fused"):
         assert report[stage]["skipped"] is True
         assert "budget" in report[stage]["note"]
     assert report["correctness"]["ok"] is False
     assert report["projection"]["total_minutes_shuffled"] is None
-    assert md.count("skipped: 0 s of the 0 s budget left") == 4
+    assert "no projection" in report["projection"]["cheng_protocol"]["note"]
+    assert md.count("skipped: 0 s of the 0 s budget left") == 5
 
 
 @pytest.mark.slow
@@ -134,13 +141,13 @@ def test_too_small_budget_skips_later_stages_with_a_note(tmp_path):
     for key in TOP_KEYS:
         assert key in report, key
     assert report["correctness"]["ok"] is True and "skipped" not in report["correctness"]
-    for stage in ("forward", "metrics", "fused"):
+    for stage in ("forward", "metrics", "clouds", "fused"):
         assert report[stage]["skipped"] is True
         assert "of the 8 s budget left" in report[stage]["note"]
     proj = report["projection"]
     assert all(m["seconds_per_prompt"] is None for m in proj["models"].values())
     assert proj["total_minutes_shuffled"] is None and "skipped" in proj["note"]
-    assert md.count("of the 8 s budget left") == 3 and "**OK**" in md
+    assert md.count("of the 8 s budget left") == 4 and "**OK**" in md
     assert "forward: skipped: 0 s of the 8 s budget left" in proc.stdout
 
 
@@ -312,7 +319,7 @@ def test_stage_selection_runs_only_the_chosen_stages(tmp_path):
         assert report[stage]["note"] == "skipped: not among --stages"
     assert report["projection"]["models"]["llama-3-8b"]["source"] is None
     data, md = _read_report(str(tmp_path))
-    assert data["correctness"]["ok"] is False and md.count("not among --stages") == 4
+    assert data["correctness"]["ok"] is False and md.count("not among --stages") == 5
     with pytest.raises(ValueError, match="unknown \\['speed'\\]"):
         dc.run(str(tmp_path), quick=True, stages=("speed",))
 
