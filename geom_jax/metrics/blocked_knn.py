@@ -103,8 +103,10 @@ class ShardedRows:
 
     def __call__(self, fn, n, block, *operands):
         devices = self.mesh.shape[self.axis]
-        local = -(-n // devices)
-        block = min(block, local)
+        # fn computes `block` rows per call: a device's range is at least one block
+        # (ranges overlap when the devices times the block exceed n).
+        block = min(block, n)
+        local = min(n, max(-(-n // devices), block))
 
         def per_device(*ops):
             k = lax.axis_index(self.axis)
