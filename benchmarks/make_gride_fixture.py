@@ -30,7 +30,7 @@ def points(seed=8192, n=20000, latent=5, dim=16):
 
 
 def main():
-    from dadapy import Data  # pylint: disable=g-import-not-at-top
+    from dadapy import Data
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out")

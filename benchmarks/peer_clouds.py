@@ -26,7 +26,7 @@ import numpy as np
 
 
 def peer_clouds(hidden, range_max=256, k=32):
-    from dadapy import Data  # pylint: disable=g-import-not-at-top
+    from dadapy import Data
 
     ids, errs, scales, data = [], [], [], []
     for x in hidden:
@@ -56,7 +56,7 @@ def main():
     parser.add_argument("--k", type=int, default=32)
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
-    import dadapy  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+    import dadapy  # noqa: F401
 
     hidden = np.load(args.hidden)
     cpu, wall = time.process_time(), time.perf_counter()

@@ -17,8 +17,10 @@ def test_baseline_matches_oracle_and_jax():
     hidden = np.stack(layers).astype(np.float32)
     hidden[0, 20] = hidden[0, 7]  # a duplicate for the ID estimators to drop
     out = paper.paper_layer_geometry(hidden, range_max=32, max_k=8)
-    # Every stage is timed (the benchmark reports them; their values are not asserted).
+    # Every stage's timer ran (the benchmark reports them); how long they took is not
+    # asserted: no speed claim in a unit test.
     assert set(out["times"]) == set(paper.STAGES)
+    assert all(t > 0 for t in out["times"].values()), out["times"]
     for layer in range(3):
         ids, errs, scales = oracle.gride(hidden[layer], 32)
         np.testing.assert_allclose(out["gride_ids"][layer], ids, rtol=1e-5)
