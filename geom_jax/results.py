@@ -380,7 +380,12 @@ def _readme(arrays, docs: Mapping[str, str], observables, kind: str = TOKENS) ->
         f"{rows}, L transformer layers, S GRIDE scales,",
         "K neighbourhood sizes, T tokens. `metadata.json` records the model,",
         "its checkpoint, the flags, package versions, git commit, device and wall time.",
-        f"Per-token fields are in `{TOKENS_FILE}` (float16): `np.load` it the same way.",
+        (
+            f"Every row is in `{TOKENS_FILE}` (its ids as run, what it is, its loss) and its "
+            "pooled hidden states in `representations.zarr` [R, L+1, D] (Zarr v3, float32)."
+            if kind == CLOUDS
+            else f"Per-token fields are in `{TOKENS_FILE}` (float16): `np.load` it the same way."
+        ),
         "",
         "| field | shape here | meaning |",
         "| --- | --- | --- |",
