@@ -1,0 +1,149 @@
+"""Tolerances the tests state once: golden outputs across processors, and the
+float64 oracle of the matrix entropy.
+
+Golden outputs (tests/fixtures/*.npz) were written on one machine. XLA:CPU's
+float32 reductions keep one partial sum per vector lane, so their order, and
+the last bits of every reduced quantity, follow the processor's instruction
+set (4 float32 lanes with SSE4.2, 8 with AVX2, 16 with AVX-512) and its
+matmul kernels. A golden is therefore compared field by field at the
+tolerance below; two code paths in one process (chunked or not, the paper's
+set alone or inside ``all``, host or XLA selection, resumed or not) still
+compare with ``np.testing.assert_array_equal``.
+
+Float32 fields: REORDER_RTOL, from the rounding of a reordered float32 sum.
+Summing n terms rounds ~sqrt(n) times u = eps / 2 relative in the typical
+(random-walk) case; lane-parallel sums run n / W terms per lane, W >= 4. Two
+orders of the longest pinned reductions (n <= 300 points, W = 4) then differ
+by ~sqrt(2 n / W) u = 7e-7, times the field's amplification a (written per
+field; a <= 2). 2e-6 (17 eps) covers a = 2 at n = 300 with 1.4x to spare.
+On this project's inputs every float32 field is within 3.4e-7 of its float64
+evaluation (benchmarks/reference.py) under each of XLA's default (AVX-512),
+AVX2, AVX and SSE4.2 code generations on an AMD EPYC (Zen 5), and the
+instruction sets differ from each other and from the goldens (written on an
+Intel Xeon) by at most 4.4e-7 (6 ULP): BUILD_NOTES section 14.
+Integer counts, fields that are exact functions of integer counts, and NaN
+positions compare exactly.
+"""
+
+import dataclasses
+
+import numpy as np
+
+EPS32 = float(np.finfo(np.float32).eps)
+REORDER_RTOL = 2e-6
+
+
+@dataclasses.dataclass(frozen=True)
+class Tolerance:
+    rtol: float  # 0.0: bit for bit
+    reason: str
+
+
+def _reordered(what):
+    return Tolerance(REORDER_RTOL, what)
+
+
+def _exact(what):
+    return Tolerance(0.0, what)
+
+
+GOLDEN = {
+    "gride_ids": _reordered(
+        "root of the GRIDE score, a float32 sum over the n kept ratios of one scale, found "
+        "by bisection to float32 resolution: the root moves by a <= 2 times the sum's "
+        "relative rounding (sum |terms| / |d score'(d)| <= 2.00 at the root, float64, on "
+        "every pinned cloud); the ratios come from distances (D-term sums, a = 1/2 by the "
+        "sqrt). Measured: 2.9e-7 from float64, 4.0e-7 between instruction sets"
+    ),
+    "gride_errs": _reordered(
+        "1 / sqrt(Fisher information) at the root: the id's rounding (a = 2, through d^2, "
+        "halved by the sqrt) plus a sum of n positive terms (halved): a <= 1.5. Measured: "
+        "3.4e-7 from float64, 4.4e-7 between instruction sets"
+    ),
+    "gride_scales": _reordered(
+        "mean over n points of (r_n1 + r_n2) / 2, positive terms, each r the sqrt of a D-term "
+        "sum of squares: a = 1. Measured: 2.0e-7 from float64, 1.8e-7 between sets"
+    ),
+    "twonn": _reordered(
+        "slope sum(x y) / sum(x x) over the sorted log ratios kept: two sums of positive "
+        "terms, a = sqrt(2). Measured: 3.0e-7 from float64, 3.6e-7 between sets"
+    ),
+    "twonn_ml": _reordered(
+        "(n - 1) / sum log(r2 / r1): one sum of positive terms, a = 1. Measured: 2.5e-7 "
+        "from float64, 2.7e-7 between sets"
+    ),
+    "cos_mean": _reordered(
+        "|sum_i u_i|^2 / N^2, u_i the unit rows: D sums over N points, squared and summed "
+        "(a = 2 on the component sums, which carry the mean). Measured: 2.9e-7 from "
+        "float64, 3.7e-7 between sets"
+    ),
+    "cos_std": _reordered(
+        "sqrt of the mean squared deviation over N^2 pairs (a matrix-vector product and a "
+        "sum, halved by the sqrt): a = 1/2 per sum. Measured: 1.3e-7 from float64, 1.2e-7 "
+        "between sets"
+    ),
+    "loss": _reordered("mean of the T - 1 token NLLs: one sum, a = 1. Measured: bit-identical"),
+    "n_unique": _exact("an integer count of distinct points"),
+    "overlap": _exact(
+        "integer counts of shared neighbours over exact (certified) neighbour lists, divided "
+        "once by N k: a correctly rounded division on any IEEE processor"
+    ),
+    "token_nll": _exact("the input NLL times the 0/1 target mask"),
+}
+
+
+def assert_matches_golden(got, want, field, where=""):
+    """got against the golden want at the stated tolerance of field (a KeyError
+    for a field without one): same shape and dtype, NaN at the same places,
+    the rest within GOLDEN[field].rtol (0: bit for bit)."""
+    tol = GOLDEN[field]
+    got, want = np.asarray(got), np.asarray(want)
+    msg = f"{where}{field} (tolerance: {tol.reason})"
+    assert got.shape == want.shape and got.dtype == want.dtype, (
+        msg,
+        got.shape,
+        got.dtype,
+        want.shape,
+        want.dtype,
+    )
+    if want.dtype.kind == "f":
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(want), err_msg=msg + ": NaN")
+    if tol.rtol == 0.0 or want.dtype.kind != "f":
+        np.testing.assert_array_equal(got, want, err_msg=msg)
+    else:
+        np.testing.assert_allclose(got, want, rtol=tol.rtol, atol=0.0, err_msg=msg)
+
+
+# ------------------------------------------------------------------ matrix entropy
+
+SINGULAR_VALUE_EPS = 4
+"""Absolute error of the float32 singular values of the unit rows U, in units of
+eps sigma_max: the rows' own rounding (eps per entry) and LAPACK's backward-stable
+SVD. Measured at most 2.1 eps sigma_max over the oracle batch, the observables
+fixtures and clouds at offsets 0 to 300 (BUILD_NOTES section 14); twice that."""
+
+
+def matrix_entropy_rtol(p, alpha):
+    """Relative tolerance of the float32 matrix entropy of order alpha against
+    float64, from its conditioning on the float64 spectrum p (eigenvalues of
+    rho = C / N, largest first).
+
+    geom_jax takes the eigenvalues from the singular values of U, the largest
+    from the trace: first order, |dS| <= sum_{i>0} |dS/dp_i| |dp_i| with
+    |dp_i| <= 2 sqrt(p_i p_0) delta, delta = SINGULAR_VALUE_EPS eps, and
+    dS/dp_i = alpha / (1 - alpha) (p_i^(alpha-1) - p_0^(alpha-1)) / sum p^alpha
+    (log(p_0 / p_i) at alpha = 1); plus 8 eps for the final logs and sums. A
+    cloud far from the origin (p_0 near 1, S ~ 1e-2) has a large
+    sum |dS/dp_i| sqrt(p_i p_0) / S, hence a larger tolerance.
+    """
+    p = np.asarray(p, np.float64)
+    top, rest = p[0], p[1:][p[1:] > 0]
+    if alpha == 1.0:
+        entropy = -np.sum(p[p > 0] * np.log(p[p > 0]))
+        slope = np.log(top / rest)
+    else:
+        power = np.sum(p[p > 0] ** alpha)
+        entropy = np.log(power) / (1.0 - alpha)
+        slope = alpha / (1.0 - alpha) * (rest ** (alpha - 1) - top ** (alpha - 1)) / power
+    delta = SINGULAR_VALUE_EPS * EPS32
+    return 8 * EPS32 + np.sum(np.abs(slope) * 2 * np.sqrt(rest * top) * delta) / abs(entropy)
