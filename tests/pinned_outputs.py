@@ -10,11 +10,13 @@ goldens' keys (``FILE:KEY``) plus the matrix entropies of
   layer_geometry on four clouds regenerated from fixed seeds.
 """
 
+import functools
 import os
 import sys
 
 import jax.numpy as jnp
 import numpy as np
+import tolerances
 
 from geom_jax import metrics, pipeline
 
@@ -147,6 +149,22 @@ def goldens():
                 {f"{DEGENERATE_FILE}:{name}/{f}": z[f"{name}/{f}"] for f in DEGENERATE_FIELDS}
             )
     return out
+
+
+@functools.cache
+def _overlap_atols():
+    pin = tolerances.overlap_atol(PIN["hidden"], PIN["mask"], 8)
+    out = {f"{PIN_FILE}:{tag}/overlap": pin for tag in ("auto", "c2")}
+    out[f"{PIN_FILE}:pipeline/overlap"] = pin[:, 1:]  # the pipeline drops the embedding
+    for name, (x, mask, kw) in ordinary_cases().items():
+        out[f"{DEGENERATE_FILE}:{name}/overlap"] = tolerances.overlap_atol(x, mask, kw["max_k"])
+    return out
+
+
+def golden_atol(key):
+    """The atol assert_matches_golden needs for the golden FILE:KEY: overlap_atol
+    of its clouds for an overlap, else 0."""
+    return _overlap_atols().get(key, 0.0)
 
 
 def entropies():
