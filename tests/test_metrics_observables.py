@@ -62,8 +62,14 @@ def test_spectral_observables_match_reference(case):
 @pytest.mark.parametrize("case", GRAPH_CASES)
 def test_graph_observables_match_reference(case):
     points = ref(case, "points")
-    np.testing.assert_allclose(
-        metrics.reciprocity(points, max_k=32), ref(case, "reciprocity"), rtol=0, atol=1e-6
+    # One rounding of a ratio of counts, plus the edges a swap of two neighbours that
+    # float32 cannot order may change (tolerances.reciprocity_atol; llm: 576 coordinates).
+    atol = 1e-6 + tolerances.reciprocity_atol(points, 32)
+    np.testing.assert_array_less(
+        np.abs(
+            np.asarray(metrics.reciprocity(points, max_k=32), np.float64) - ref(case, "reciprocity")
+        ),
+        atol + 1e-12,
     )
     sim = np.asarray(metrics.nn_similarity(points))
     np.testing.assert_allclose(sim, ref(case, "nn_similarity"), rtol=0, atol=1e-4)
@@ -79,7 +85,10 @@ def test_layer_geometry_matches_reference(case):
     geo = metrics.layer_geometry(points, observables="all", range_max=64, max_k=32)
     assert rel(geo.mle_id, ref(case, "mle")) < 1e-3
     assert rel(geo.tle_id, ref(case, "tle")) < 1e-3
-    np.testing.assert_allclose(geo.reciprocity, ref(case, "reciprocity"), atol=1e-6, rtol=0)
+    atol = 1e-6 + tolerances.reciprocity_atol(points, 32)
+    np.testing.assert_array_less(
+        np.abs(np.asarray(geo.reciprocity, np.float64) - ref(case, "reciprocity")), atol + 1e-12
+    )
     np.testing.assert_allclose(geo.info_imbalance_next, ref(case, "info_imbalance"), atol=1e-4)
     np.testing.assert_allclose(geo.nn_similarity, ref(case, "nn_similarity_mean"), atol=1e-4)
     np.testing.assert_allclose(geo.matrix_entropy, ref(case, "matrix_entropy_2"), rtol=1e-3)

@@ -176,6 +176,16 @@ def overlap_atol(x, mask, max_k):
     return out
 
 
+def reciprocity_atol(points, max_k):
+    """Absolute tolerance [L, max_k] of the k-NN reciprocity of each cloud of
+    points [L, N, D]: a swap in point i's list (j out, j' in) changes the
+    reciprocation of at most the four edges i-j, j-i, i-j', j'-i, of N k."""
+    points = np.asarray(points)
+    n = points.shape[1]
+    swaps = np.stack([neighbour_swaps(p, max_k).sum(0) for p in points])
+    return 4 * swaps / (n * np.arange(1, max_k + 1))
+
+
 # ------------------------------------------------------------------ matrix entropy
 
 SINGULAR_VALUE_EPS = 4
