@@ -1,4 +1,5 @@
 """geom-jax: the geometry of token representations inside LLMs, in JAX."""
+
 from setuptools import find_packages, setup
 
 # Ranges, not pins: they hold on Python 3.11 with jax 0.10 (CPU) and on

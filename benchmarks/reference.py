@@ -259,10 +259,15 @@ def participation_ratio(points, valid=None):
     return lam.sum() ** 2 / np.sum(lam**2)
 
 
-def matrix_entropy(points, alpha=1.0, valid=None):
+def cosine_spectrum(points, valid=None):
+    """Eigenvalues of rho = C / N (C the cosine-similarity matrix), largest first."""
     x = _valid_points(points, valid)
     u = x / np.linalg.norm(x, axis=1, keepdims=True)
-    lam = np.clip(np.linalg.eigvalsh(u @ u.T / len(x)), 0, None)
+    return np.clip(np.linalg.eigvalsh(u @ u.T / len(x)), 0, None)[::-1]
+
+
+def matrix_entropy(points, alpha=1.0, valid=None):
+    lam = cosine_spectrum(points, valid)
     if alpha == 1.0:
         lam = lam[lam > 0]
         return float(-np.sum(lam * np.log(lam)))

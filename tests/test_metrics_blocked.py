@@ -123,9 +123,7 @@ def test_bad_options_are_named():
     dense = metrics.layer_geometry(STACK[0], neighbour_path="dense", **kw)
     # -log(sum cos^2 / N^2) near 0 (an almost collinear layer): the float32 error of the
     # sum (~1e-7 relative) is an absolute error of the entropy, so atol, not rtol.
-    np.testing.assert_allclose(
-        blocked.matrix_entropy, dense.matrix_entropy, rtol=1e-5, atol=1e-6
-    )
+    np.testing.assert_allclose(blocked.matrix_entropy, dense.matrix_entropy, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="cannot split rows over a mesh"):
         metrics.layer_geometry(
             STACK[0], neighbour_path="dense", mesh=jax.make_mesh((1,), ("data",))

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import tolerances
 
 from benchmarks import reference as oracle
 from geom_jax import metrics
@@ -231,6 +232,8 @@ def test_layer_geometry_matches_oracle_per_layer():
     hidden, mask = _stack_and_mask()
     geo = metrics.layer_geometry(hidden, mask, range_max=RANGE_MAX, max_k=MAX_K)
     assert geo.gride_ids.shape == (2, 5, 6) and geo.overlap.shape == (2, 4, MAX_K)
+    # counts: one step per neighbour pair float32 cannot order (one near-tie here)
+    chi_atol = 1e-6 + tolerances.overlap_atol(hidden, mask, MAX_K)
     for b in range(2):
         for layer in range(5):
             xb = hidden[b, layer]
@@ -245,7 +248,8 @@ def test_layer_geometry_matches_oracle_per_layer():
             )
             if layer < 4:
                 chi = oracle.overlap(xb, hidden[b, layer + 1], MAX_K, mask[b])
-                np.testing.assert_allclose(geo.overlap[b, layer], chi, atol=1e-6)
+                off = np.abs(np.asarray(geo.overlap[b, layer], np.float64) - chi)
+                assert np.all(off <= chi_atol[b, layer]), (b, layer, off, chi_atol[b, layer])
     # Prompt 1 reverses the tokens: the copy at 127 is padding, so 79 (= 130 - 1 - 50) stays.
     assert geo.n_unique[0, 0] == 129 and geo.n_unique[1, 0] == 100 and geo.n_unique[0, 1] == 130
 

@@ -9,9 +9,16 @@
   valid points: S_alpha = log(sum lambda^alpha) / (1 - alpha); alpha = 2 from
   the Frobenius norm of C, read off the shared centred Gram matrix in one
   N x N pass (layer_geometry's default: no eigendecomposition), alpha = 1
-  (von Neumann, -sum lambda log lambda) and other alpha from the eigenvalues
-  of the smaller of U U^T / N and U^T U / N (U the unit-normalised points),
-  which share the nonzero spectrum.
+  (von Neumann, -sum lambda log lambda) and other alpha from the singular
+  values of U (the unit-normalised points): lambda_i = sigma_i^2 / N, the
+  nonzero spectrum of both U U^T / N and U^T U / N. A float32 eigensolver on
+  the Gram matrix leaves every eigenvalue an absolute error ~eps lambda_max,
+  a relative eps lambda_max / lambda_i on the small ones; the singular values
+  of U bring that to ~eps sqrt(lambda_max / lambda_i). The largest
+  eigenvalue's term comes from the trace, lambda_max = t - s with s the sum of
+  the others and t the exact trace (the fraction of valid points that are not
+  zero vectors), so that its own rounding (~eps, against an entropy that can
+  be ~1e-4 for clouds far from the origin) does not enter.
 All valid points take part, duplicates included.
 """
 
@@ -44,7 +51,7 @@ def _unit_rows(x, valid):
     xv = jnp.where(valid[..., None], x, 0.0)
     norm2 = jnp.sum(xv * xv, axis=-1)
     inv = jnp.where(norm2 > 0, lax.rsqrt(jnp.where(norm2 > 0, norm2, 1.0)), 0.0)
-    return xv * inv[..., None]
+    return xv * inv[..., None], norm2 > 0
 
 
 def cosine_frobenius_from_gram(x, valid, gram, centre):
@@ -62,27 +69,33 @@ def cosine_frobenius_from_gram(x, valid, gram, centre):
     return jnp.einsum("...ij,...ij->...", cos, cos, precision=hi)
 
 
+def _spectrum_entropy(u, nonzero, count, alpha):
+    """Renyi entropy [C] of order alpha of U^T U / count, U [C, N, D] unit rows
+    (zero rows where nonzero [C, N] is False), from the singular values of U."""
+    sigma = jnp.linalg.svd(u, compute_uv=False)  # descending
+    w = sigma * sigma
+    trace = jnp.sum(nonzero, axis=-1).astype(jnp.float32) / count
+    total = jnp.sum(w, axis=-1)
+    rest = (w[..., 1:] / jnp.where(total > 0, total, 1.0)[..., None]) * trace[..., None]
+    s = jnp.sum(rest, axis=-1)
+    top = trace - s
+    log_top = jnp.log(trace) + jnp.log1p(-s / jnp.where(trace > 0, trace, 1.0))
+    if alpha == 1.0:
+        pos = rest > 0
+        tail = -jnp.sum(jnp.where(pos, rest * jnp.log(jnp.where(pos, rest, 1.0)), 0.0), axis=-1)
+        return tail - jnp.where(top > 0, top * log_top, 0.0)
+    ratio = jnp.where(top[..., None] > 0, rest / jnp.where(top > 0, top, 1.0)[..., None], 0.0)
+    return (alpha * log_top + jnp.log1p(jnp.sum(ratio**alpha, axis=-1))) / (1.0 - alpha)
+
+
 def matrix_entropy_of(x, valid, alpha, gram=None, centre=None):
     """Matrix-based Renyi entropy [C] of the cosine matrix / N of x [C, N, D]
     (alpha = 2 from the centred Gram matrix and centre when given)."""
-    hi = distances.HIGHEST
     count = jnp.sum(valid, axis=-1).astype(jnp.float32)
     if alpha == 2.0 and gram is not None:
         return -jnp.log(cosine_frobenius_from_gram(x, valid, gram, centre) / (count * count))
-    u = _unit_rows(x, valid)
-    n, d = x.shape[-2:]
-    if d <= n:
-        small = jnp.einsum("...nd,...ne->...de", u, u, precision=hi)
-    else:
-        small = jnp.einsum("...nd,...md->...nm", u, u, precision=hi)
-    small = small / count[..., None, None]
-    if alpha == 2.0:
-        return -jnp.log(jnp.einsum("...ij,...ij->...", small, small, precision=hi))
-    lam = jnp.maximum(jnp.linalg.eigvalsh(small), 0.0)
-    if alpha == 1.0:
-        pos = lam > 0
-        return -jnp.sum(jnp.where(pos, lam * jnp.log(jnp.where(pos, lam, 1.0)), 0.0), axis=-1)
-    return jnp.log(jnp.sum(lam**alpha, axis=-1)) / (1.0 - alpha)
+    u, nonzero = _unit_rows(x, valid)
+    return _spectrum_entropy(u, nonzero, count, alpha)
 
 
 def check_alpha(alpha, name="alpha"):

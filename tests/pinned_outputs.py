@@ -1,0 +1,180 @@
+"""The computations whose outputs tests/fixtures pins, shared by the pin tests
+and by test_metrics_isa.py, which runs them under another XLA:CPU instruction
+set: ``python tests/pinned_outputs.py OUT.npz`` writes pinned() under the
+goldens' keys (``FILE:KEY``) plus the matrix entropies of
+``oracle_batch`` (``entropy:alpha=A``).
+
+* paper_pin.npz (tests/test_metrics_paper_pin.py): layer_geometry and the
+  pipeline on the stored stack `hidden`.
+* layer_geometry_pre_issue13.npz (tests/test_metrics_degenerate.py):
+  layer_geometry on four clouds regenerated from fixed seeds.
+"""
+
+import functools
+import os
+import sys
+
+import jax.numpy as jnp
+import numpy as np
+import tolerances
+
+from geom_jax import metrics, pipeline
+
+FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
+PIN_FILE = "paper_pin.npz"
+DEGENERATE_FILE = "layer_geometry_pre_issue13.npz"
+PIN = np.load(os.path.join(FIXTURES, PIN_FILE))
+
+PAPER_FIELDS = (
+    "gride_ids",
+    "gride_errs",
+    "gride_scales",
+    "twonn",
+    "twonn_ml",
+    "overlap",
+    "cos_mean",
+    "cos_std",
+    "n_unique",
+)
+PIPELINE_FIELDS = (
+    "gride_ids",
+    "gride_errs",
+    "gride_scales",
+    "twonn",
+    "overlap",
+    "cos_mean",
+    "cos_std",
+    "loss",
+    "token_nll",
+)
+DEGENERATE_FIELDS = PAPER_FIELDS
+ENTROPY_ALPHAS = (1.0, 3.0)
+
+
+def paper_pin(observables=None, chunk=None):
+    """layer_geometry(range_max=32, max_k=8) of the pin's stack: {field: array}."""
+    kw = {} if observables is None else {"observables": observables}
+    geo = metrics.layer_geometry(
+        PIN["hidden"], PIN["mask"], range_max=32, max_k=8, layer_chunk=chunk, **kw
+    )
+    return {f: np.asarray(geo[f]) for f in PAPER_FIELDS}
+
+
+def pipeline_pin():
+    """geometry_from_hidden(range_max=16, max_k=8) of the stack read as [L+1, B, T, D]."""
+    hid = jnp.asarray(np.moveaxis(PIN["hidden"], 1, 0))
+    mask = jnp.asarray(PIN["mask"].astype(np.int32))
+    pg = pipeline.geometry_from_hidden(
+        hid, jnp.asarray(PIN["token_nll_in"]), mask, range_max=16, max_k=8
+    )
+    return {f: np.asarray(pg[f]) for f in PIPELINE_FIELDS}
+
+
+def ordinary_cases():
+    """Inputs of the pre-issue-13 goldens (regenerated here from fixed seeds)."""
+    rng = np.random.default_rng(0)
+    h = rng.standard_normal((2, 4, 64, 16)).astype(np.float32)
+    mask = np.ones((2, 64), bool)
+    mask[0, 50:] = False
+    t = rng.uniform(size=(1, 3, 300, 1)).astype(np.float32)
+    curve = np.concatenate([np.cos(6 * t), np.sin(6 * t), t, 0 * t], -1).astype(np.float32)
+    big = (rng.standard_normal((1, 3, 256, 64)) * 30 + 5).astype(np.float32)
+    big[..., 3] *= 100  # a massive-activation dimension, as LLM hidden states have
+    return {
+        "gauss": (h, None, dict(range_max=32, max_k=8)),
+        "masked": (h, mask, dict(range_max=16, max_k=8)),
+        "curve": (curve, None, dict(range_max=64, max_k=16)),
+        "massive": (big, None, dict(range_max=128, max_k=32, layer_chunk=2)),
+    }
+
+
+def ordinary_geometry(name, x, mask, kw):
+    """layer_geometry of one ordinary case as the goldens were made: the dense
+    curve holds a genuine pair closer than the default duplicate tolerance, so
+    it runs with the test off."""
+    tol = 0.0 if name == "curve" else metrics.DUPLICATE_TOLERANCE
+    return metrics.layer_geometry(x, mask, duplicate_tolerance=tol, **kw)
+
+
+def cloud(rng, n, d_int, d, offset=0.0):
+    z = rng.standard_normal((n, d_int))
+    x = np.tanh(z @ rng.standard_normal((d_int, d))) + 0.3 * np.sin(
+        z @ rng.standard_normal((d_int, d))
+    )
+    return (x + 0.01 * rng.standard_normal((n, d)) + offset).astype(np.float32)
+
+
+def oracle_batch():
+    """Clouds [2, 120, 10] with a large offset; the second padded after 90 tokens."""
+    rng = np.random.default_rng(3)
+    x = np.stack([cloud(rng, 120, 3, 10, 20.0), cloud(rng, 120, 4, 10, -5.0)])
+    mask = np.ones((2, 120), bool)
+    mask[1, 90:] = False
+    x[1, 90:] = rng.standard_normal((30, 10)) * 100  # padding garbage
+    return x, mask
+
+
+CROSS_ISA_CASES = ("curve", "massive")
+"""The ordinary cases pinned() runs: the longest reductions (300 and 256 points, 64
+coordinates, layer chunks); gauss and masked (64 points, 16 coordinates, a mask) add
+nothing the paper pin (80 points, 16 coordinates, a mask) does not cover, at ~6 s of
+compilation each."""
+
+
+def pinned():
+    """The pinned outputs test_metrics_isa.py compares across instruction sets,
+    keyed as goldens() is: every field of every golden file, the paper pin's
+    `auto` and `pipeline` tags and the CROSS_ISA_CASES. The pin's `c2` goldens
+    (2-layer chunks) equal its `auto` ones bit for bit and chunks do not change
+    the result in one process (both asserted in test_metrics_paper_pin.py)."""
+    out = {f"{PIN_FILE}:auto/{f}": v for f, v in paper_pin().items()}
+    for f, v in pipeline_pin().items():
+        out[f"{PIN_FILE}:pipeline/{f}"] = v
+    cases = ordinary_cases()
+    for name in CROSS_ISA_CASES:
+        x, mask, kw = cases[name]
+        geo = ordinary_geometry(name, x, mask, kw)
+        for f in DEGENERATE_FIELDS:
+            out[f"{DEGENERATE_FILE}:{name}/{f}"] = np.asarray(getattr(geo, f))
+    return out
+
+
+def goldens():
+    """The stored goldens pinned() reproduces, keyed FILE:KEY."""
+    out = {f"{PIN_FILE}:auto/{f}": PIN[f"auto/{f}"] for f in PAPER_FIELDS}
+    out.update({f"{PIN_FILE}:pipeline/{f}": PIN[f"pipeline/{f}"] for f in PIPELINE_FIELDS})
+    with np.load(os.path.join(FIXTURES, DEGENERATE_FILE)) as z:
+        for name in CROSS_ISA_CASES:
+            out.update(
+                {f"{DEGENERATE_FILE}:{name}/{f}": z[f"{name}/{f}"] for f in DEGENERATE_FIELDS}
+            )
+    return out
+
+
+@functools.cache
+def _overlap_atols():
+    pin = tolerances.overlap_atol(PIN["hidden"], PIN["mask"], 8)
+    out = {f"{PIN_FILE}:{tag}/overlap": pin for tag in ("auto", "c2")}
+    out[f"{PIN_FILE}:pipeline/overlap"] = pin[:, 1:]  # the pipeline drops the embedding
+    for name, (x, mask, kw) in ordinary_cases().items():
+        out[f"{DEGENERATE_FILE}:{name}/overlap"] = tolerances.overlap_atol(x, mask, kw["max_k"])
+    return out
+
+
+def golden_atol(key):
+    """The atol assert_matches_golden needs for the golden FILE:KEY: overlap_atol
+    of its clouds for an overlap, else 0."""
+    return _overlap_atols().get(key, 0.0)
+
+
+def entropies():
+    """matrix_entropy of oracle_batch() at ENTROPY_ALPHAS, keyed entropy:alpha=A."""
+    x, mask = oracle_batch()
+    return {
+        f"entropy:alpha={a}": np.asarray(metrics.matrix_entropy(x, mask, alpha=a))
+        for a in ENTROPY_ALPHAS
+    }
+
+
+if __name__ == "__main__":
+    np.savez(sys.argv[1], **pinned(), **entropies())
