@@ -65,7 +65,7 @@ def pipeline_pin():
     hid = jnp.asarray(np.moveaxis(PIN["hidden"], 1, 0))
     mask = jnp.asarray(PIN["mask"].astype(np.int32))
     pg = pipeline.geometry_from_hidden(
-        hid, jnp.asarray(PIN["token_nll_in"]), mask, range_max=16, max_k=8
+        hid, jnp.asarray(PIN["token_nll_in"]), mask, options=dict(range_max=16, max_k=8)
     )
     return {f: np.asarray(pg[f]) for f in PIPELINE_FIELDS}
 

@@ -393,7 +393,7 @@ def test_bad_input_raises_before_compute():
     rng = np.random.default_rng(2)
     hidden = rng.standard_normal((2, 3, 40, 6)).astype(np.float32)
     with pytest.raises(
-        ValueError, match=r"unknown observable 'reciprocty'; known: paper, all, gride"
+        ValueError, match=r"unknown observable 'reciprocty'; known: paper, dataset, all, gride"
     ):
         metrics.layer_geometry(hidden, observables="paper,reciprocty")
     with pytest.raises(ValueError, match=r"id_k=40 needs N >= 41"):
