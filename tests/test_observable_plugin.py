@@ -103,7 +103,10 @@ def test_a_run_with_the_plugin_writes_its_field_option_section_and_dims(plugin, 
     proc = _run(args, plugin)
     assert proc.returncode == 0, proc.stderr[-3000:]
     meta = json.loads((out / results.METADATA_FILE).read_text())
-    assert meta["flags"]["norm_power"] == 3.0 and meta["flags"]["observables"] == "paper,toy_norm"
+    assert (
+        meta["flags"]["norm_power"] == 3.0
+        and meta["flags"]["observables"] == "gride,cosine,overlap,toy_norm"
+    )
     with np.load(out / results.RESULTS_FILE) as z:
         got = z["toy_norm"]
     # The same prompts through the model here, the p-norm computed with NumPy.
@@ -120,6 +123,7 @@ def test_a_run_with_the_plugin_writes_its_field_option_section_and_dims(plugin, 
     table = " | ".join(f"{v:.4f}" for v in got.mean(0))
     assert "## Toy p-norm" in text and "Toy mean p-norm per layer:" in text and table in text
     assert (rep / "toy.png").read_bytes()[:4] == b"\x89PNG"
+    registry.discover()  # geom-jax's own first, so the block below adds only the plugin
     sys.path.insert(0, plugin)
     try:
         with registry.registered():

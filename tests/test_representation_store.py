@@ -127,9 +127,9 @@ def test_damaged_chunk_is_named_and_recomputed(tmp_path, caplog, damage):
         os.unlink(chunk)
     else:  # written, hash never recorded: drop its record
         manifest = os.path.join(str(path), rs.MANIFEST)
-        record = rs.results.read_json(manifest)
+        record = rs.files.read_json(manifest)
         del record["chunks"]["1"]
-        rs.results.write_json(manifest, record)
+        rs.files.write_json(manifest, record)
     store = _open(path)
     with caplog.at_level(logging.WARNING):
         done = store.done_chunks()

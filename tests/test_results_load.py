@@ -50,7 +50,7 @@ def test_variables_equal_the_files_with_named_dims(run_dir):
     np.testing.assert_array_equal(ds["k"].values, np.arange(1, 9))
     assert list(ds["direction"].values) == ["forward", "backward"]
     assert ds.attrs["model"].endswith("tiny-llama")
-    assert '"observables": "paper,mle_id,info_imbalance"' in ds.attrs["flags"]
+    assert '"observables": "gride,cosine,overlap,info_imbalance,mle_id"' in ds.attrs["flags"]
 
 
 def test_to_dataframe_is_the_tidy_table(run_dir):

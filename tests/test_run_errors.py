@@ -200,7 +200,7 @@ def test_second_run_into_the_folder_is_refused_naming_the_first(tiny, tmp_path):
         [
             sys.executable,
             "-c",
-            "import sys, time; from geom_jax import run_lock; "
+            "import sys, time; from geom_jax.run import lock as run_lock; "
             f"run_lock.RunLock({str(out)!r}).acquire(); print('held', flush=True); time.sleep(60)",
         ],
         env=dict(os.environ, PYTHONPATH=ROOT),
@@ -306,7 +306,7 @@ def test_help_lists_the_tools_own_flags():
     assert proc.returncode in (0, 1)  # absl's --help exits with 1
     for flag in ("--max_tokens", "--num_prompts", "--resume", "--output_dir", "--layer_chunk"):
         assert flag in out, flag
-    assert "--jax_" not in out and "--logtostderr" not in out and len(out.splitlines()) < 150
+    assert "--jax_" not in out and "--logtostderr" not in out and len(out.splitlines()) < 200
 
 
 @pytest.mark.slow

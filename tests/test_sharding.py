@@ -58,6 +58,7 @@ import json, os, sys
 from flax import nnx
 from geom_jax import pipeline
 from geom_jax import run as geom_run
+from geom_jax.run import flags
 model, root = sys.argv[1], sys.argv[2]
 common = json.loads(sys.argv[3])
 report = {}
@@ -80,7 +81,7 @@ for shape, name in [("2,4", "smollm2-135m"), ("4,4", model), ("8,1", model)]:
                                           model=name, mesh_shape=shape, progress=False, **kw))
         report["error " + shape] = None
     except geom_run.UserError as e:
-        report["error " + shape] = str(e)
+        report["error " + shape] = flags.message(e)
 print("REPORT " + json.dumps(report))
 """
 
@@ -119,7 +120,7 @@ def test_parse_mesh_shape():
     assert sharding.parse_mesh_shape("4,2") == (4, 2)
     assert sharding.parse_mesh_shape("2x4") == (2, 4)
     assert sharding.parse_mesh_shape("") is None
-    with pytest.raises(ValueError, match="expected two integers"):
+    with pytest.raises(ValueError, match="is not two integers"):
         sharding.parse_mesh_shape("a,b")
     with pytest.raises(ValueError, match="two positive integers"):
         sharding.parse_mesh_shape("8")

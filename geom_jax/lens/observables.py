@@ -44,7 +44,7 @@ def parse_lens(spec: str) -> str | None:
     raise ArgumentError("{lens} must be 'logit' or 'tuned:DIR', got {spec!r}", "lens", spec=spec)
 
 
-def _check_lens(spec: str) -> None:
+def _check_lens_folder(spec: str) -> None:
     """A tuned lens folder must hold a trained lens (read before any compute)."""
     folder = parse_lens(spec)
     if folder is not None:
@@ -59,7 +59,8 @@ LENS_OPTION = Option(
     str,
     LOGIT_LENS,
     "Lens of the lens observable: 'logit' or 'tuned:DIR' (experiments/train_tuned_lens.py).",
-    check=_check_lens,
+    check=parse_lens,
+    check_inputs=_check_lens_folder,
 )
 
 LOGIT_RANGE_MAX = Option(

@@ -74,6 +74,9 @@ class Option:
       doc: one line, shown by ``--help`` and in the docs.
       choices: allowed values (a flag with choices is an enum).
       check: ``check(value)`` raises ValueError naming the option.
+      check_inputs: ``check_inputs(value)`` raises ValueError naming the option when
+        the files or folders the value names are missing or wrong; run only where
+        an observable reads the option (a run checks every option's form first).
       optional: None is a value (e.g. range_max None: resolved from the cloud).
       defining: the value changes results (``--resume`` refuses a change).
       flag: exposed on the command line.
@@ -88,13 +91,15 @@ class Option:
     doc: str
     choices: tuple | None = None
     check: Callable[[Any], None] | None = None
+    check_inputs: Callable[[Any], None] | None = None
     optional: bool = False
     defining: bool = True
     flag: bool = True
     resolve: Callable[[Any, int, str], Any] | None = None
 
-    def value(self, given: Any = None, *, present: bool = False) -> Any:
-        """The checked value of the option: ``given`` when present, else the default."""
+    def value(self, given: Any = None, *, present: bool = False, inputs: bool = True) -> Any:
+        """The checked value of the option: ``given`` when present, else the default
+        (with ``inputs``, also the files it names: ``check_inputs``)."""
         v = given if present else self.default
         if v is None:
             if self.optional:
@@ -110,6 +115,8 @@ class Option:
             )
         if self.check is not None:
             self.check(v)
+        if inputs and self.check_inputs is not None:
+            self.check_inputs(v)
         return v
 
 

@@ -41,7 +41,7 @@ def check_types(spec: run_spec.RunSpec) -> None:
             continue
         if isinstance(field, Option):
             try:
-                field.value(value, present=True)
+                field.value(value, present=True, inputs=False)
             except ValueError as e:
                 raise wrap(e) from None
             continue
@@ -73,8 +73,11 @@ def check_options_apply(spec: run_spec.RunSpec, observables: registry.Observable
             continue
         owners = [o.name for o in registry.REGISTRY.values() if opt in o.options]
         raise UserError(
-            "{" + name + "}={value} applies to the {owners} observable(s); add {first} to "
-            "{observables} (now {current!r})",
+            "{"
+            + name
+            + "}={value} applies to the {owners} observable"
+            + ("" if len(owners) == 1 else "s")
+            + "; add {first} to {observables} (now {current!r})",
             (name, "observables"),
             value=getattr(spec, name),
             owners=", ".join(owners),
