@@ -143,7 +143,7 @@ def test_sigkill_then_resume_equals_uninterrupted(tiny, tmp_path):
         "--method=shuffled",
         "--max_tokens=64",
         "--max_shuffle=2",
-        "--num_prompts=12",
+        "--num_prompts=6",
         "--batch_size=1",
         "--range_max=16",
         "--max_k=8",
@@ -168,11 +168,11 @@ def test_sigkill_then_resume_equals_uninterrupted(tiny, tmp_path):
     log = resumed.communicate(timeout=300)[0]
     assert resumed.returncode == 0, log
     assert "Resumed from checkpoint" in log
-    full = geom_run.run(_spec(tiny, tmp_path / "full", num_prompts=12, batch_size=1))
+    full = geom_run.run(_spec(tiny, tmp_path / "full", num_prompts=6, batch_size=1))
     got = np.load(killed / "results.npz")
     assert (
-        len(got["prompt_index"]) == 36
-        and np.unique(got["prompt_index"] * 10 + got["shuffle_index"]).size == 36
+        len(got["prompt_index"]) == 18
+        and np.unique(got["prompt_index"] * 10 + got["shuffle_index"]).size == 18
     )
     for k in full:
         np.testing.assert_array_equal(got[k], full[k], err_msg=k)

@@ -209,7 +209,7 @@ def test_information_imbalance_ranks_count_ties_and_masks_exactly():
 # ------------------------------------------------------------------ acceptance 2
 
 
-@pytest.mark.slow  # ~20 compilations (each function at two lengths): about a minute
+@pytest.mark.slow  # ~10 compilations of the functions, one of layer_geometry
 def test_layer_geometry_all_equals_each_function_on_unpadded_prompts():
     rng = np.random.default_rng(8)
     lengths, n_max, layers = [100, 73], 100, 3
@@ -229,7 +229,8 @@ def test_layer_geometry_all_equals_each_function_on_unpadded_prompts():
     assert geo.info_imbalance_next.shape == (2, layers - 1, 2)
     assert geo.info_imbalance_last.shape == (2, layers, 2)
     close = dict(rtol=2e-5, atol=1e-6)
-    for b, h in enumerate(prompts):
+    # The padded prompt (73 of 100 points valid) against each function on its points alone.
+    for b, h in list(enumerate(prompts))[1:]:
         n = lengths[b]
         np.testing.assert_array_equal(geo.reciprocity[b], metrics.reciprocity(h, max_k=8))
         sim = np.asarray(metrics.nn_similarity(h))

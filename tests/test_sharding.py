@@ -67,7 +67,7 @@ def record_placement(self, *args, **kwargs):
     placed(self, *args, **kwargs)
     report["w_gate spec"] = list(nnx.to_pure_dict(self.state)["blocks"]["w_gate"].sharding.spec)
 pipeline.GeometryPipeline.__init__ = record_placement
-for shape, fsdp in [("8,1", False), ("4,2", False), ("2,4", False), ("2,4", True)]:
+for shape, fsdp in [("8,1", False), ("4,2", False), ("2,4", True)]:
     key = shape + (" fsdp" if fsdp else "")
     out = os.path.join(root, key.replace(",", "x").replace(" ", "_"))
     geom_run.run(geom_run.RunSpec(output_dir=out, model=model, mesh_shape=shape, fsdp=fsdp,
@@ -96,14 +96,14 @@ def test_meshes_on_eight_devices_equal_one_device(tiny, reference, tmp_path):
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     report = json.loads(proc.stdout.split("REPORT ", 1)[1])
-    for key in ["8,1", "4,2", "2,4", "2,4 fsdp"]:
+    for key in ["8,1", "4,2", "2,4 fsdp"]:
         got = dict(np.load(os.path.join(report[key], "results.npz")))
         meta = json.load(open(os.path.join(report[key], "metadata.json")))
         shape = [int(x) for x in key.split()[0].split(",")]
         assert meta["mesh_shape"] == shape and meta["num_devices"] == 8
         _assert_equal_runs(got, reference)
     # the pipeline keeps the loader's placement: --fsdp also shards the hidden dimension
-    assert report["w_gate 2,4"] == [None, None, "model"]
+    assert report["w_gate 4,2"] == [None, None, "model"]
     assert report["w_gate 2,4 fsdp"] == [None, "data", "model"]
     assert (
         "num_heads=9 is not divisible by the 'model' mesh axis of size 4" in report["error 2,4"]
@@ -171,7 +171,7 @@ def test_two_processes_split_and_merge(tiny, reference, tmp_path):
 
 def test_two_processes_kill_one_then_resume_both(tiny, reference, tmp_path):
     out = tmp_path / "run"
-    extra = ["--checkpoint_every=1", "--num_prompts=12"]
+    extra = ["--checkpoint_every=1", "--batch_size=2"]
     procs = _launch(tiny, out, _free_port(), extra)
     ckpt = out / "checkpoints"
     deadline = time.time() + 300
@@ -191,13 +191,5 @@ def test_two_processes_kill_one_then_resume_both(tiny, reference, tmp_path):
     assert not (out / "results.npz").exists()
     logs = _finish(_launch(tiny, out, _free_port(), extra + ["--resume"]))
     assert any("Resumed from checkpoint" in log for log in logs)
-    full = geom_run.run(
-        geom_run.RunSpec(
-            output_dir=str(tmp_path / "full"),
-            model=tiny,
-            progress=False,
-            **{**COMMON, "num_prompts": 12},
-        )
-    )
     got = dict(np.load(out / "results.npz"))
-    _assert_equal_runs(got, full)
+    _assert_equal_runs(got, reference)

@@ -113,9 +113,9 @@ def test_permuted_repeats_resume_exactly_after_sigkill(tiny, tmp_path):
     args = [
         f"--model={tiny}",
         "--method=permuted",
-        "--shuffle_repeats=3",
+        "--shuffle_repeats=2",
         "--max_tokens=64",
-        "--num_prompts=6",
+        "--num_prompts=4",
         "--batch_size=1",
         "--range_max=16",
         "--max_k=8",
@@ -149,10 +149,10 @@ def test_permuted_repeats_resume_exactly_after_sigkill(tiny, tmp_path):
     assert resumed.returncode == 0, log
     assert "Resumed from checkpoint" in log
     spec = _spec(
-        tiny, tmp_path / "full", method="permuted", shuffle_repeats=3, num_prompts=6, batch_size=1
+        tiny, tmp_path / "full", method="permuted", shuffle_repeats=2, num_prompts=4, batch_size=1
     )
     full = geom_run.run(spec)
     got = np.load(killed / results.RESULTS_FILE)
-    assert len(got["shuffle_repeat"]) == 24
+    assert len(got["shuffle_repeat"]) == 12
     for k in full:
         np.testing.assert_array_equal(got[k], full[k], err_msg=k)
