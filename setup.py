@@ -21,6 +21,8 @@ INSTALL_REQUIRES = [
     "tqdm>=4.66",
     "matplotlib>=3.8",
     "xarray>=2024.1",
+    # representations.zarr (geom_jax.io.representation_store); orbax brings it too.
+    "tensorstore>=0.1.60",
 ]
 
 # torch is used only by tests and the PyTorch baseline, never by geom_jax
@@ -46,6 +48,7 @@ setup(
     },
     extras_require={
         "baseline": BASELINE,
-        "test": BASELINE + ["pytest>=8", "pytest-xdist>=3.5", "networkx>=3"],
+        # zarr-python: the independent reader of representations.zarr in the tests.
+        "test": BASELINE + ["pytest>=8", "pytest-xdist>=3.5", "networkx>=3", "zarr>=3"],
     },
 )
