@@ -149,7 +149,7 @@ def test_damaged_chunk_is_named_and_recomputed(tmp_path, caplog, damage):
 
 
 WRITER = """
-import sys
+import sys, time
 sys.path.insert(0, {repo!r})
 import numpy as np
 from geom_jax.io import representation_store as rs
@@ -163,6 +163,7 @@ for c in range(store.num_chunks):
         v = np.random.default_rng(c).standard_normal((b - a, 5, 64)).astype(np.float32)
         store.write_rows(a, v)
         print(c, flush=True)
+        time.sleep(0.05)  # the killer reads each line before the writer runs far ahead
 print("finished", flush=True)
 """
 
@@ -178,7 +179,7 @@ def _writer(path, rows):
 
 
 def test_kill_9_at_random_moments_then_resume_is_byte_identical(tmp_path):
-    rows = 41  # 21 chunks, the last one short
+    rows = 61  # 31 chunks, the last one short
     reference = str(tmp_path / "reference.zarr")
     store = rs.RepresentationStore.open_or_create(
         reference, rows=rows, layers=5, dim=64, chunk_rows=2
@@ -197,7 +198,7 @@ def test_kill_9_at_random_moments_then_resume_is_byte_identical(tmp_path):
         # A random moment within a random chunk's write (or between two writes).
         for _ in range(rng.randint(0, 4)):
             proc.stdout.readline()
-        time.sleep(rng.uniform(0.0, 0.02))
+        time.sleep(rng.uniform(0.0, 0.06))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         killed = rs.RepresentationStore.open_or_create(
