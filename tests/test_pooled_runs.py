@@ -13,8 +13,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import run_helpers
+from test_plots import _fake_run
 
-from geom_jax import metrics, models, results
+from geom_jax import metrics, models, report, results
 from geom_jax import run as geom_run
 from geom_jax.io.representation_store import RepresentationStore
 from geom_jax.run import clouds
@@ -235,3 +236,36 @@ def test_eight_devices_equal_one(pooled, tiny, tmp_path):
         np.testing.assert_allclose(z["twonn"], got["twonn"], rtol=1e-5)
         np.testing.assert_array_equal(z["overlap"], got["overlap"])
         np.testing.assert_array_equal(z["label_overlap"], got["label_overlap"])
+
+
+def test_report_of_a_pooled_run_states_its_numbers(pooled, tmp_path):
+    """The report's pooled sections: the peak layer and ID per level at the first scale
+    (mean and std over partitions, from results.npz here), the structured minus permuted
+    difference at the structured peak, and the overlap, imbalance and label sections,
+    beside a per-prompt run of the paper's set (as `make run` reports both)."""
+    spec, got = pooled
+    _fake_run(tmp_path / "prompts", levels=[0, 1])
+    folders = [str(tmp_path / "prompts"), spec.output_dir]
+    text = open(report.make_report(folders, str(tmp_path / "rep"))).read()
+    ids = got["gride_ids"][:, :, 0]  # [clouds, L]
+    peak = {}
+    for s, name in ((0, "structured (s=0)"), (-1, "permuted")):
+        level = ids[got["cloud_shuffle"] == s]
+        mean = level.mean(0)
+        peak[s] = int(np.argmax(mean))
+        row = (
+            f"| {name} | {peak[s] + 1} | {mean[peak[s]]:.2f} | {level[:, peak[s]].std():.2f} | 2 |"
+        )
+        assert row in text, row
+    at = peak[0]
+    s0, s1 = (ids[got["cloud_shuffle"] == s][:, at].mean() for s in (0, -1))
+    assert f"(structured minus permuted: {s0 - s1:+.2f})" in text
+    for title in (
+        "Intrinsic dimension of dataset-scale clouds",
+        "Neighbourhood overlap across layers",
+        "Information imbalance",
+        "Label overlap across layers",
+    ):
+        assert f"## {title}" in text, title
+        png = tmp_path / "rep" / text.split(f"## {title}\n\n![{title}](", 1)[1].split(")", 1)[0]
+        assert png.read_bytes()[:4] == b"\x89PNG"

@@ -624,14 +624,15 @@ def _clouds_text(run, **_):
         n1 = int(run.arrays["gride_n1"][scale])
         lines += [
             "",
-            f"| shuffle level s | peak layer | peak GRIDE ID (n1={n1}, {what}) | std over "
+            f"| level | peak layer | peak GRIDE ID (n1={n1}, {what}) | std over "
             "partitions | partitions |",
             "| --- | --- | --- | --- | --- |",
         ]
         for s in run.levels:
             v = h[s]
             lines.append(
-                f"| {s} | {v['peak_layer']} | {v['peak_id']:.2f} | {v['peak_std']:.2f} "
+                f"| {plotting.level_label(s)} | {v['peak_layer']} | {v['peak_id']:.2f} "
+                f"| {v['peak_std']:.2f} "
                 f"| {v['partitions']} |"
             )
         if len(run.levels) > 1 and 0 in h:
@@ -642,8 +643,8 @@ def _clouds_text(run, **_):
             lines += [
                 "",
                 f"At the structured peak (layer {layer + 1}, n1={n1}) the ID is "
-                f"{structured:.2f} structured and {shuffled:.2f} at s={top} "
-                f"(difference {structured - shuffled:+.2f}).",
+                f"{structured:.2f} structured and {shuffled:.2f} {plotting.level_label(top)} "
+                f"(structured minus {plotting.level_label(top)}: {structured - shuffled:+.2f}).",
             ]
     return lines
 

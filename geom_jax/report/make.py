@@ -1,7 +1,7 @@
 """``report.md`` and its figures: the sections the measured observables declare.
 
 Nothing here names an observable: each declares its ``ReportSection``s (a
-figure and the numbers it states), and a section is drawn when every run holds
+figure and the numbers it states), and a section is drawn for the runs that hold
 the fields it needs (by default any saved field of its observable), once
 however many observables share it.
 """
@@ -18,28 +18,25 @@ from geom_jax.plotting import Run, has
 from geom_jax.report.runs import load_runs
 
 
-def _applies(section: ReportSection, saved: Sequence[str], runs: Sequence[Run]) -> bool:
+def _holds(section: ReportSection, saved: Sequence[str], run: Run) -> bool:
     if section.needs:
-        return has(runs, *section.needs)
-    return all(any(f in run.arrays for f in saved) for run in runs)
+        return has([run], *section.needs)
+    return any(f in run.arrays for f in saved)
 
 
-def runs_of(section: ReportSection, runs: Sequence[Run]) -> list[Run]:
-    """The runs of the kinds the section is drawn for."""
-    return [run for run in runs if run.kind in section.kinds]
-
-
-def sections_for(runs: Sequence[Run]) -> list[ReportSection]:
-    """The sections of the observables whose fields the runs (of the sections' kinds)
-    hold, in registry order."""
+def sections_for(runs: Sequence[Run]) -> dict[ReportSection, list[Run]]:
+    """The sections of the observables whose fields some runs (of the sections' kinds)
+    hold, in registry order, each with those runs (per-prompt and pooled runs of one
+    report measure different sets)."""
     registry.discover()
-    out: list[ReportSection] = []
+    out: dict[ReportSection, list[Run]] = {}
     for obs in registry.REGISTRY.values():
         saved = [f.name for f in obs.saved_fields()]
         for section in obs.report:
-            mine = runs_of(section, runs)
-            if section not in out and mine and _applies(section, saved, mine):
-                out.append(section)
+            mine = [r for r in runs if r.kind in section.kinds and _holds(section, saved, r)]
+            if mine:
+                out.setdefault(section, [])
+                out[section] += [r for r in mine if all(r is not o for o in out[section])]
     return out
 
 
@@ -55,16 +52,16 @@ def make_report(folders: Sequence[str], output_dir: str, scale: int = 0) -> str:
     os.makedirs(output_dir, exist_ok=True)
     sections = sections_for(runs)
     figures = {}
-    for section in sections:
+    for section, mine in sections.items():
         if section.figure is not None:
             path = os.path.join(output_dir, section.png())
-            figures[section.title] = section.figure(runs_of(section, runs), path, scale=scale)
+            figures[section.title] = section.figure(mine, path, scale=scale)
     lines = ["# Geometry of tokens: report", "", "Result folders:", ""]
     lines += [f"- `{f}`" for f in folders]
     for run in runs:
         lines += ["", f"## {run.label}", ""]
-        for section in sections:
-            if section.text is not None and run.kind in section.kinds:
+        for section, mine in sections.items():
+            if section.text is not None and any(run is r for r in mine):
                 lines += section.text(run, scale=scale)
     lines += [""]
     for title, path in figures.items():
