@@ -17,6 +17,7 @@ from geom_jax.errors import ArgumentError
 from geom_jax.metrics import (
     distances,
     host_callback,
+    local_id,
     refinement,
     sharding,
     unique,
@@ -610,6 +611,7 @@ def _clouds_text(run, **_):
     plateau = plateau_scale(run)
     n_points = run.arrays.get("n_points")
     lines = [
+        "",
         f"{len(run.arrays['shuffle_index'])} clouds"
         + (
             f" of {int(np.min(n_points))}-{int(np.max(n_points))} points"
@@ -710,6 +712,7 @@ OBSERVABLE = Observable(
             needs=("gride_ids", "loss"),
             file="id_loss.png",
         ),
+        local_id.ESTIMATORS,  # GRIDE and TwoNN are two estimators already
         ReportSection(
             "Intrinsic dimension of dataset-scale clouds",
             figure=_plot_clouds,
