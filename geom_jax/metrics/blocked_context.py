@@ -19,10 +19,10 @@ DENSE_GRAM_BUDGET; "blocked" / "dense" force a path.
 import functools
 
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 
 from geom_jax.metrics import blocked_knn, cosine, distances, options, refinement, spectrum, unique
+from geom_jax.metrics.context_base import ContextBase
 
 NEIGHBOUR_PATHS = options.NEIGHBOUR_PATHS
 
@@ -55,7 +55,7 @@ def _per_cloud(fn, *arrays):
     return lax.map(lambda a: fn(*a), arrays)
 
 
-class BlockedContext:
+class BlockedContext(ContextBase):
     """Shared intermediates of clouds x [C, N, D] from blocks of Gram rows.
 
     The interface of engine.LayerContext (see there) except ``gram``, which
@@ -85,13 +85,6 @@ class BlockedContext:
         self._inputs = inputs
         self.block = blocked_knn.block_rows_for(x.shape[-2], block_rows)
         self._rows = rows
-
-    def input(self, name):
-        if name not in self._inputs:
-            raise ValueError(
-                f"layer_geometry needs inputs[{name!r}] (pass inputs={{{name!r}: ...}})"
-            )
-        return self._inputs[name]
 
     @property
     def gram(self):
@@ -167,28 +160,6 @@ class BlockedContext:
             self.x, near, keys, sq, near_sq, self.valid, self.knn_k, self.method
         )
 
-    def knn_sq_at(self, positions, also=None):
-        """As engine.LayerContext.knn_sq_at."""
-        positions = tuple(int(p) for p in positions)
-        if also is not None:
-            return self._knn.sq_at(positions, also)
-        cache = self.__dict__.setdefault("_knn_sq_at", {})
-        for done, sq in cache.items():
-            if positions == done:
-                return sq
-            if set(positions) <= set(done):
-                return sq[..., np.array([done.index(p) for p in positions])]
-        cache[positions] = self._knn.sq_at(positions)
-        return cache[positions]
-
-    @property
-    def knn_sq(self):
-        return self.knn_sq_at(range(self.knn_k))
-
-    @property
-    def knn_idx(self):
-        return self._knn.idx
-
     def knn_unique(self, k):
         """As engine.LayerContext.knn_unique."""
         if k > self.knn_k:
@@ -204,13 +175,6 @@ class BlockedContext:
                 lambda: refinement.rerank_candidates(self.x, near_u[..., :m], keep, k, self.method),
             )
         return cache[k]
-
-    def cached(self, key, fn):
-        """fn(self), computed once per context for ``key`` (hashable)."""
-        cache = self.__dict__.setdefault("_cached", {})
-        if key not in cache:
-            cache[key] = fn(self)
-        return cache[key]
 
     def cosine_stats(self, include_diagonal=True):
         """(mean, std) [C] of the cosine-similarity matrix of the valid points."""

@@ -17,7 +17,6 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 
 from geom_jax.metrics import (
@@ -29,11 +28,12 @@ from geom_jax.metrics import (
     stack_kernels,
     unique,
 )
+from geom_jax.metrics.context_base import ContextBase
 from geom_jax.metrics.options import DUPLICATE_TOLERANCE
 from geom_jax.metrics.ranks import ranks_from_gram
 
 
-class LayerContext:
+class LayerContext(ContextBase):
     """Shared intermediates of one chunk of clouds x [C, N, D], computed on first use.
 
     x [C, N, D] (each cloud divided by a power of two near its largest
@@ -57,20 +57,6 @@ class LayerContext:
         self.ranks = tuple(ranks)
         self.layer = layer
         self._inputs = inputs
-        self._cache = {}
-
-    def input(self, name):
-        if name not in self._inputs:
-            raise ValueError(
-                f"layer_geometry needs inputs[{name!r}] (pass inputs={{{name!r}: ...}})"
-            )
-        return self._inputs[name]
-
-    def cached(self, key, fn):
-        """fn(self), computed once per context for ``key`` (hashable)."""
-        if key not in self._cache:
-            self._cache[key] = fn(self)
-        return self._cache[key]
 
     @functools.cached_property
     def unique(self):
@@ -121,31 +107,6 @@ class LayerContext:
         return refinement.certified_knn(
             self.x, self.gram, self._selection[0], self.valid, self.knn_k, self.options["selection"]
         )
-
-    def knn_sq_at(self, positions, also=None):
-        """Exact squared distances [C, N, len(positions)] at 0-based positions of the
-        lists (only those pairs are refined; a request inside an earlier one reads
-        it); with ``also`` [C, N, J], the exact squared distances of those pairs
-        too, from the same pass (unmasked)."""
-        positions = tuple(int(p) for p in positions)
-        if also is not None:
-            return self._knn.sq_at(positions, also)
-        cache = self.__dict__.setdefault("_knn_sq_at", {})
-        for done, sq in cache.items():
-            if positions == done:
-                return sq
-            if set(positions) <= set(done):
-                return sq[..., np.array([done.index(p) for p in positions])]
-        cache[positions] = self._knn.sq_at(positions)
-        return cache[positions]
-
-    @property
-    def knn_sq(self):
-        return self.knn_sq_at(range(self.knn_k))
-
-    @property
-    def knn_idx(self):
-        return self._knn.idx
 
     def knn_unique(self, k):
         """(squared distances, indices) [C, N, k] of the k nearest distinct valid points;
