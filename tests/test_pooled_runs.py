@@ -220,7 +220,8 @@ def test_eight_devices_equal_one(pooled, tiny, tmp_path):
     env = dict(
         os.environ,
         JAX_PLATFORMS="cpu",
-        XLA_FLAGS="--xla_force_host_platform_device_count=8 "
+        # the suite's own code generation (e.g. --xla_cpu_max_isa) on both sides
+        XLA_FLAGS=os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8 "
         "--xla_cpu_collective_call_terminate_timeout_seconds=900",
     )
     proc = subprocess.run(
@@ -235,7 +236,8 @@ def test_eight_devices_equal_one(pooled, tiny, tmp_path):
         np.testing.assert_allclose(z["gride_ids"], got["gride_ids"], rtol=1e-5)
         np.testing.assert_allclose(z["twonn"], got["twonn"], rtol=1e-5)
         np.testing.assert_array_equal(z["overlap"], got["overlap"])
-        np.testing.assert_array_equal(z["label_overlap"], got["label_overlap"])
+        # a class-size weighted mean of fractions: float32 sums, ~1 ulp between code paths
+        np.testing.assert_allclose(z["label_overlap"], got["label_overlap"], rtol=1e-6)
 
 
 def test_report_of_a_pooled_run_states_its_numbers(pooled, tmp_path):
