@@ -20,23 +20,29 @@ from geom_jax import run as geom_run
 from geom_jax.io.representation_store import RepresentationStore
 from geom_jax.run import clouds
 
+POOLED = dict(
+    pool="last",
+    windows=True,
+    max_tokens=12,
+    num_prompts=60,
+    method="permuted",
+    partitions=2,
+    batch_size=8,
+    checkpoint_every=1,
+    max_k=8,
+    label_k=8,
+)
+"""The pooled runs of this file (range_max automatic)."""
+
 
 def _spec(model, out, **kw):
-    base = dict(
-        pool="last",
-        windows=True,
-        max_tokens=12,
-        num_prompts=60,
-        method="permuted",
-        partitions=2,
-        batch_size=8,
-        checkpoint_every=1,
-        range_max=None,
-        max_k=8,
-        label_k=8,
-    )
-    base.update(kw)
-    return run_helpers.small_spec(model, out, **base)
+    return run_helpers.small_spec(model, out, **{**POOLED, "range_max": None, **kw})
+
+
+def _flags(model, out, *extra):
+    """The command line of the same run as :func:`_spec` (no progress bar)."""
+    flags = [f"--{k}" if v is True else f"--{k}={v}" for k, v in POOLED.items()]
+    return [f"--model={model}", *flags, *extra, "--noprogress", f"--output_dir={out}"]
 
 
 @pytest.fixture(scope="module")
@@ -101,21 +107,7 @@ def test_results_load_of_a_pooled_run(pooled):
 def test_sigkill_then_resume_equals_uninterrupted(pooled, tiny, tmp_path):
     spec, got = pooled
     out = tmp_path / "killed"
-    args = [
-        f"--model={tiny}",
-        "--pool=last",
-        "--windows",
-        "--max_tokens=12",
-        "--num_prompts=60",
-        "--method=permuted",
-        "--partitions=2",
-        "--batch_size=8",
-        "--checkpoint_every=1",
-        "--max_k=8",
-        "--label_k=8",
-        "--noprogress",
-        f"--output_dir={out}",
-    ]
+    args = _flags(tiny, out)
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     proc = subprocess.Popen(
         [sys.executable, run_helpers.SCRIPT, *args],
@@ -201,22 +193,7 @@ def test_eight_devices_equal_one(pooled, tiny, tmp_path):
     each cloud's row blocks split over them) equals the one-device run."""
     spec, got = pooled
     out = tmp_path / "mesh"
-    args = [
-        f"--model={tiny}",
-        "--pool=last",
-        "--windows",
-        "--max_tokens=12",
-        "--num_prompts=60",
-        "--method=permuted",
-        "--partitions=2",
-        "--batch_size=8",
-        "--checkpoint_every=1",
-        "--max_k=8",
-        "--label_k=8",
-        "--mesh_shape=8,1",
-        "--noprogress",
-        f"--output_dir={out}",
-    ]
+    args = _flags(tiny, out, "--mesh_shape=8,1")
     env = dict(
         os.environ,
         JAX_PLATFORMS="cpu",
