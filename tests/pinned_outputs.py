@@ -151,20 +151,34 @@ def goldens():
     return out
 
 
+def _n_unique_atol(x, mask, tolerance=metrics.DUPLICATE_TOLERANCE):
+    """[B, L] n_unique_atol of every cloud of x [B, L, N, D] (mask [B, N] or None)."""
+    masks = [None] * len(x) if mask is None else mask
+    return np.array(
+        [[tolerances.n_unique_atol(layer, m, tolerance) for layer in h] for h, m in zip(x, masks)]
+    )
+
+
 @functools.cache
-def _overlap_atols():
+def _rank_atols():
+    """The rank rules' tolerances (tests/tolerances.py) of the goldens' rank-derived
+    fields, keyed FILE:KEY: overlap_atol and n_unique_atol of their clouds."""
     pin = tolerances.overlap_atol(PIN["hidden"], PIN["mask"], 8)
     out = {f"{PIN_FILE}:{tag}/overlap": pin for tag in ("auto", "c2")}
     out[f"{PIN_FILE}:pipeline/overlap"] = pin[:, 1:]  # the pipeline drops the embedding
+    unique = _n_unique_atol(PIN["hidden"], PIN["mask"])
+    out.update({f"{PIN_FILE}:{tag}/n_unique": unique for tag in ("auto", "c2")})
     for name, (x, mask, kw) in ordinary_cases().items():
         out[f"{DEGENERATE_FILE}:{name}/overlap"] = tolerances.overlap_atol(x, mask, kw["max_k"])
+        tol = 0.0 if name == "curve" else metrics.DUPLICATE_TOLERANCE  # ordinary_geometry's
+        out[f"{DEGENERATE_FILE}:{name}/n_unique"] = _n_unique_atol(x, mask, tol)
     return out
 
 
 def golden_atol(key):
-    """The atol assert_matches_golden needs for the golden FILE:KEY: overlap_atol
-    of its clouds for an overlap, else 0."""
-    return _overlap_atols().get(key, 0.0)
+    """The atol assert_matches_golden needs for the golden FILE:KEY: the rank rule
+    of its clouds (overlap_atol, n_unique_atol) for a rank-derived field, else 0."""
+    return _rank_atols().get(key, 0.0)
 
 
 def entropies():

@@ -1,18 +1,20 @@
 """information_imbalance against DADApy 0.3.4 (stored fixtures; full ranks, so DADApy is
 exact), between representations of different dimensions and on dataset-size clouds.
 
-Tolerance 1e-4 (the fixtures' README): a rank off by one from a float32 Gram rounding
-moves Delta by 2 / N^2.
+Tolerance: the rank rule (tests/tolerances.py, information_imbalance_atol), from the
+inputs: a point whose nearest neighbour float32 cannot single out, or whose rank float32
+cannot count exactly on the Gram keys, moves Delta by 2 / N^2 per rank it may be off;
+DADApy's float64 ranks lie inside the same window. The rest is one rounding.
 """
 
 import os
 
 import numpy as np
 import pytest
+import tolerances
 
 from geom_jax import metrics
 
-TOL = 1e-4
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 
 
@@ -26,17 +28,22 @@ def clouds():
     return np.load(os.path.join(FIXTURES, "clouds_reference.npz"))
 
 
+def _check(x, y, want, mask=None, where=""):
+    """Delta(x -> y), Delta(y -> x) against DADApy's want at the rule's tolerance."""
+    got = metrics.information_imbalance(x, y, mask)
+    atol = tolerances.information_imbalance_atol(x, y, mask)
+    tolerances.assert_rank_field(got, want, "info_imbalance", atol, where)
+    return atol
+
+
 def test_different_dimensions_match_dadapy(dadapy, clouds):
     x, y = dadapy["curved/x"], dadapy["curved/y"]
     assert x.shape[-1] != y.shape[-1]
-    got = metrics.information_imbalance(x, y)
-    np.testing.assert_allclose(got, dadapy["curved/info_imbalance"], atol=TOL, rtol=0)
-    got = metrics.information_imbalance(y, x)
-    np.testing.assert_allclose(got, dadapy["curved/info_imbalance"][::-1], atol=TOL, rtol=0)
+    _check(x, y, dadapy["curved/info_imbalance"], where="curved: ")
+    _check(y, x, dadapy["curved/info_imbalance"][::-1], where="curved, reversed: ")
     rows = dadapy["smollm2/rows"]
     x = clouds["smollm2_last_token/points"][2, rows]
-    got = metrics.information_imbalance(x, dadapy["smollm2/y"])
-    np.testing.assert_allclose(got, dadapy["smollm2/info_imbalance"], atol=TOL, rtol=0)
+    _check(x, dadapy["smollm2/y"], dadapy["smollm2/info_imbalance"], where="smollm2: ")
 
 
 def test_masked_points_are_left_out(dadapy):
@@ -45,12 +52,10 @@ def test_masked_points_are_left_out(dadapy):
     rng = np.random.default_rng(0)
     x[~mask] = 1e3 * rng.standard_normal(x[~mask].shape)
     y[~mask] = x[~mask][:, : y.shape[1]]
-    got = metrics.information_imbalance(x, y, mask)
-    np.testing.assert_allclose(got, dadapy["curved_masked/info_imbalance"], atol=TOL, rtol=0)
+    _check(x, y, dadapy["curved_masked/info_imbalance"], mask, "masked: ")
 
 
 @pytest.mark.parametrize("case", ["manifold", "smollm2_last_token"])
 def test_consecutive_layers_of_dataset_clouds_match_dadapy(clouds, case):
     points = clouds[f"{case}/points"]
-    got = metrics.information_imbalance(points[:-1], points[1:])
-    np.testing.assert_allclose(got, clouds[f"{case}/info_imbalance"], atol=TOL, rtol=0)
+    _check(points[:-1], points[1:], clouds[f"{case}/info_imbalance"], where=f"{case}: ")

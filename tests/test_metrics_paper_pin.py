@@ -52,6 +52,8 @@ def default_run():
 @pytest.mark.parametrize("chunk", [None, 2])
 def test_layer_geometry_paper_fields_match_the_pin(default_run, observables, chunk):
     got = paper_pin(observables, chunk)
+    # one computation on the same float32 values (set alone, in `all`, in chunks):
+    # bit for bit, rank-derived fields included
     for field in PAPER_FIELDS:
         np.testing.assert_array_equal(got[field], default_run[field], err_msg=field)
     _check("auto" if chunk is None else "c2", got, PAPER_FIELDS)

@@ -8,11 +8,14 @@ import subprocess
 import sys
 import time
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
+import tolerances
 
+from geom_jax import models, sharding
 from geom_jax import run as geom_run
-from geom_jax import sharding
+from geom_jax.run import plan, runner
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "experiments", "token_geometry.py")
@@ -34,8 +37,25 @@ def _flags(model, out, **kw):
 
 @pytest.fixture(scope="module")
 def reference(tiny, tmp_path_factory):
+    """The one-device run, and the overlap's tolerance on its clouds (the model's hidden
+    states of layers 1..L at each row's valid tokens)."""
     out = tmp_path_factory.mktemp("ref") / "run"
-    return geom_run.run(geom_run.RunSpec(output_dir=str(out), model=tiny, progress=False, **COMMON))
+    spec = geom_run.RunSpec(output_dir=str(out), model=tiny, progress=False, **COMMON)
+    got = geom_run.run(spec)
+    _, selection = runner.select(spec, models.load_tokenizer(tiny))
+    rows, _ = plan.build_plan(spec, selection)
+    ids, valid = rows.make_batch(np.arange(len(got["prompt_index"])))
+    model, _ = models.load(tiny)
+    clouds = np.moveaxis(np.asarray(model(jnp.asarray(ids)).hidden_states)[1:], 0, 1)
+    valid = valid.astype(bool)
+    # Another mesh reorders the forward's float32 sums, so the points themselves move:
+    # the runs' distances agree within DISTANCE_RTOL (the gride_scales bound below), which
+    # widens the window of neighbours that may swap (tests/tolerances.py).
+    atol = tolerances.overlap_atol(clouds, valid, COMMON["max_k"], DISTANCE_RTOL)
+    return {**got, "overlap_atol": atol}
+
+
+DISTANCE_RTOL = 1e-4
 
 
 def _env(**extra):
@@ -47,10 +67,13 @@ def _env(**extra):
 def _assert_equal_runs(got, ref):
     np.testing.assert_array_equal(got["prompt_index"], ref["prompt_index"])
     np.testing.assert_array_equal(got["shuffle_index"], ref["shuffle_index"])
-    for k in ["gride_ids", "gride_scales", "twonn", "cos_mean", "cos_std", "loss"]:
+    for k in ["gride_ids", "twonn", "cos_mean", "cos_std", "loss"]:
         np.testing.assert_allclose(got[k], ref[k], rtol=1e-4, atol=1e-6, err_msg=k)
+    np.testing.assert_allclose(got["gride_scales"], ref["gride_scales"], rtol=DISTANCE_RTOL)
     np.testing.assert_allclose(got["token_nll"], ref["token_nll"], rtol=1e-4, atol=1e-5)
-    assert np.mean(np.abs(got["overlap"] - ref["overlap"])) <= 1e-3
+    tolerances.assert_rank_field(
+        got["overlap"], ref["overlap"], "overlap", ref["overlap_atol"], "another mesh: "
+    )
 
 
 MESH_SCRIPT = r"""
