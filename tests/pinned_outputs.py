@@ -70,8 +70,34 @@ def pipeline_pin():
     return {f: np.asarray(pg[f]) for f in PIPELINE_FIELDS}
 
 
-def ordinary_cases():
-    """Inputs of the pre-issue-13 goldens (regenerated here from fixed seeds)."""
+SHIPPED = {}
+"""Inputs read from the file the calling test wrote (``python pinned_outputs.py OUT
+INPUTS``). NumPy's float32 sin, cos and tanh follow its SIMD dispatch level to the
+last ulp (the curve's pair closer than 1e-5 R then moves its GRIDE ID by 2e-5), so a
+run under a lowered NPY_DISABLE_CPU_FEATURES computes on the caller's inputs rather
+than regenerating its own."""
+
+
+def _inputs(name, make):
+    """make()'s arrays, or those SHIPPED under name."""
+    if f"{name}/0" not in SHIPPED:
+        return make()
+    count = sum(k.startswith(f"{name}/") for k in SHIPPED)
+    return tuple(SHIPPED[f"{name}/{i}"] for i in range(count))
+
+
+def write_inputs(path):
+    """Every generated input of this module (and of the blocked comparison) into path."""
+    import test_metrics_blocked as blocked  # noqa: PLC0415
+
+    makers = {"ordinary": _ordinary_arrays, "oracle": _oracle_arrays}
+    arrays = {f"{n}/{i}": a for n, make in makers.items() for i, a in enumerate(make())}
+    arrays.update({"blocked/0": blocked.STACK, "blocked/1": blocked.MASK})
+    np.savez(path, **arrays)
+
+
+def _ordinary_arrays():
+    """(h, mask, curve, big) of ordinary_cases, from fixed seeds."""
     rng = np.random.default_rng(0)
     h = rng.standard_normal((2, 4, 64, 16)).astype(np.float32)
     mask = np.ones((2, 64), bool)
@@ -80,6 +106,12 @@ def ordinary_cases():
     curve = np.concatenate([np.cos(6 * t), np.sin(6 * t), t, 0 * t], -1).astype(np.float32)
     big = (rng.standard_normal((1, 3, 256, 64)) * 30 + 5).astype(np.float32)
     big[..., 3] *= 100  # a massive-activation dimension, as LLM hidden states have
+    return h, mask, curve, big
+
+
+def ordinary_cases():
+    """Inputs of the pre-issue-13 goldens (regenerated here from fixed seeds)."""
+    h, mask, curve, big = _inputs("ordinary", _ordinary_arrays)
     return {
         "gauss": (h, None, dict(range_max=32, max_k=8)),
         "masked": (h, mask, dict(range_max=16, max_k=8)),
@@ -106,6 +138,11 @@ def cloud(rng, n, d_int, d, offset=0.0):
 
 def oracle_batch():
     """Clouds [2, 120, 10] with a large offset; the second padded after 90 tokens."""
+    return _inputs("oracle", _oracle_arrays)
+
+
+def _oracle_arrays():
+    """(x, mask) of oracle_batch, from a fixed seed."""
     rng = np.random.default_rng(3)
     x = np.stack([cloud(rng, 120, 3, 10, 20.0), cloud(rng, 120, 4, 10, -5.0)])
     mask = np.ones((2, 120), bool)
@@ -190,5 +227,22 @@ def entropies():
     }
 
 
+def blocked_and_dense():
+    """tests/test_metrics_blocked.py's host-all comparison: both neighbour paths on its
+    stack (ties, duplicates, near-duplicates, padding, partial blocks), keyed
+    blocked/FIELD and dense/FIELD."""
+    import test_metrics_blocked as blocked  # noqa: PLC0415  (its stack and options)
+
+    stack = (SHIPPED["blocked/0"], SHIPPED["blocked/1"]) if "blocked/0" in SHIPPED else None
+    out = {}
+    for path in ("dense", "blocked"):
+        geo = blocked._geometry(path, "host", "all", stack=stack)
+        out.update({f"{path}/{f}": np.asarray(geo[f]) for f in geo})
+    return out
+
+
 if __name__ == "__main__":
-    np.savez(sys.argv[1], **pinned(), **entropies())
+    if len(sys.argv) > 2:
+        with np.load(sys.argv[2]) as z:
+            SHIPPED.update(z)
+    np.savez(sys.argv[1], **pinned(), **entropies(), **blocked_and_dense())

@@ -53,10 +53,12 @@ def _stack(seed=0):
 STACK, MASK = _stack()
 
 
-def _geometry(path, method, observables="paper", **kw):
+def _geometry(path, method, observables="paper", stack=None, **kw):
+    """layer_geometry of STACK, MASK (or stack = (points, mask)) on one path."""
+    points, mask = (STACK, MASK) if stack is None else stack
     return metrics.layer_geometry(
-        STACK,
-        MASK,
+        points,
+        mask,
         observables=observables,
         range_max=64,
         max_k=8,
