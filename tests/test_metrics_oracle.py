@@ -13,7 +13,7 @@ import tolerances
 
 from benchmarks import reference as oracle
 from geom_jax import metrics
-from geom_jax.metrics import geometry
+from geom_jax.metrics import geometry, host_callback
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RANGE_MAX = 64
@@ -366,3 +366,26 @@ def test_shard_map_on_two_devices():
         timeout=300,
     )
     assert proc.returncode == 0 and "SHARDED OK" in proc.stdout, proc.stderr[-4000:]
+
+
+def test_auto_selection_is_xla_below_the_host_threshold():
+    """"auto" means the host backend on CPU from AUTO_HOST_MIN_POINTS points per cloud
+    and XLA's below (identical results, test_selection_paths_identical): the small
+    cloud's program then holds no host callback, so JAX's persistent compilation cache
+    can keep it for the next process."""
+    small = host_callback.AUTO_HOST_MIN_POINTS - 1
+    assert host_callback.for_cloud("auto", small) == "xla"
+    assert host_callback.for_cloud("auto", small + 1) == "auto"
+    assert host_callback.for_cloud("host", 3) == "host"
+    _, opts = geometry.prepare("paper", small, range_max=8, max_k=4)
+    assert opts["selection"] == "xla"
+    _, opts = geometry.prepare("paper", small + 1, range_max=8, max_k=4)
+    assert opts["selection"] == "auto"
+
+    def program(n):
+        x = np.random.default_rng(0).standard_normal((1, 2, n, 6)).astype(np.float32)
+        fn = jax.jit(lambda x: metrics.layer_geometry(x, range_max=8, max_k=4, validate=False))
+        return fn.lower(x).as_text()
+
+    assert "callback" not in program(small)
+    assert "callback" in program(small + 1)

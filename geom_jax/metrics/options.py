@@ -8,7 +8,7 @@ functions' keywords, the command-line flags) comes from these declarations.
 from __future__ import annotations
 
 from geom_jax.errors import ArgumentError
-from geom_jax.metrics.host_callback import SELECTION_METHODS
+from geom_jax.metrics.host_callback import SELECTION_METHODS, for_cloud
 from geom_jax.metrics.observable import Option
 
 
@@ -40,11 +40,12 @@ SELECTION = Option(
     "selection",
     str,
     "auto",
-    "Neighbour selection backend: auto (NumPy host selection on CPU, lax.top_k elsewhere), "
-    "host or xla (identical results).",
+    "Neighbour selection backend: auto (NumPy host selection on CPU for clouds of 49 points "
+    "or more, lax.top_k otherwise), host or xla (identical results).",
     choices=SELECTION_METHODS,
     defining=False,
     flag=False,
+    resolve=lambda v, n, kind: for_cloud(v, n),
 )
 
 DUPLICATE_TOLERANCE = Option(
