@@ -34,7 +34,22 @@ def pydoc_prompt(tokenizer, n_tokens=128):
     return np.asarray([ids], np.int32)
 
 
-def test_smollm2_gguf_matches_hf():
+def _parse_gguf_once(monkeypatch):
+    """transformers parses the GGUF file anew for the tokenizer, the config and
+    the weights, and rebuilds gguf's tensor-name map for every tensor: both are
+    pure functions of their arguments, memoised here so the reference is read
+    once (the same numbers, a fraction of the time)."""
+    import functools
+
+    import gguf
+
+    reader = functools.lru_cache(maxsize=None)(gguf.GGUFReader)
+    names = functools.lru_cache(maxsize=None)(gguf.get_tensor_name_map)
+    monkeypatch.setattr(gguf, "GGUFReader", lambda path, mode="r": reader(str(path), mode))
+    monkeypatch.setattr(gguf, "get_tensor_name_map", names)
+
+
+def test_smollm2_gguf_matches_hf(monkeypatch):
     model, tok = gm.load("smollm2-135m")
     cfg = model.config
     assert (
@@ -58,6 +73,7 @@ def test_smollm2_gguf_matches_hf():
     assert 0.5 < ours < 0.5 * np.log(cfg.vocab_size), ours
     assert float(model(np.ascontiguousarray(ids[:, ::-1])).loss) > ours + 2.0
     folder = os.path.dirname(smollm2_gguf_path())
+    _parse_gguf_once(monkeypatch)  # from here on only transformers reads the file
     hf_tok = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=GGUF_NAME)
     np.testing.assert_array_equal(pydoc_prompt(hf_tok), ids)
     hf = transformers.AutoModelForCausalLM.from_pretrained(
