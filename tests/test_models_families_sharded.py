@@ -14,7 +14,7 @@ from tiny_model import write_tiny_llama
 
 COMMON = dict(
     method="shuffled",
-    max_tokens=64,
+    max_tokens=32,
     max_shuffle=1,
     num_prompts=4,
     batch_size=8,
