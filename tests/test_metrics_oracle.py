@@ -369,7 +369,7 @@ def test_shard_map_on_two_devices():
 
 
 def test_auto_selection_is_xla_below_the_host_threshold():
-    """"auto" means the host backend on CPU from AUTO_HOST_MIN_POINTS points per cloud
+    """ "auto" means the host backend on CPU from AUTO_HOST_MIN_POINTS points per cloud
     and XLA's below (identical results, test_selection_paths_identical): the small
     cloud's program then holds no host callback, so JAX's persistent compilation cache
     can keep it for the next process."""

@@ -132,6 +132,10 @@ def test_results_load_of_a_pooled_run(pooled):
 
 
 def test_sigkill_then_resume_equals_uninterrupted(pooled, tiny, tmp_path):
+    """The command line (the fixture's settings, so it loads the fixture's compiled steps
+    from the suite's cache) killed with SIGKILL once 3 of the store's 15 chunks are
+    written, then resumed (the same settings as a RunSpec, in this process): the results
+    and the stored points equal the uninterrupted run's."""
     spec, got = pooled
     out = tmp_path / "killed"
     args = _flags(tiny, out)
@@ -145,18 +149,12 @@ def test_sigkill_then_resume_equals_uninterrupted(pooled, tiny, tmp_path):
     chunk = out / clouds.STORE / "c"
     deadline = time.time() + 300
     while time.time() < deadline and not (chunk.is_dir() and len(os.listdir(chunk)) >= 3):
+        assert proc.poll() is None, "the run ended before it could be killed"
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (out / results.RESULTS_FILE).exists()
-    again = subprocess.run(
-        [sys.executable, run_helpers.SCRIPT, *args, "--resume"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert again.returncode == 0, again.stderr[-3000:]
+    geom_run.run(spec.replace(output_dir=str(out), resume=True))
     with np.load(out / results.RESULTS_FILE) as z:
         for k in ("gride_ids", "overlap", "cos_mean", "twonn"):
             np.testing.assert_array_equal(z[k], got[k], err_msg=k)
@@ -217,10 +215,13 @@ def test_a_store_of_another_shape_is_refused(pooled, tiny, tmp_path):
 
 def test_eight_devices_equal_one(pooled, tiny, tmp_path):
     """A pooled run on 8 simulated CPU devices (--mesh_shape=8,1: the forward's batch and
-    each cloud's row blocks split over them) equals the one-device run."""
+    each cloud's row blocks split over them) equals the one-device run (default blocks)."""
     spec, got = pooled
     out = tmp_path / "mesh"
-    args = _flags(tiny, out, "--mesh_shape=8,1")
+    # Blocks of 8 rows (the default block, at least 64 rows, would hold each 30-point
+    # cloud whole, so every device would compute every row): the devices split each
+    # cloud's rows, and a split that lost a row would show here.
+    args = _flags(tiny, out, "--mesh_shape=8,1", "--block_rows=8")
     env = dict(
         os.environ,
         JAX_PLATFORMS="cpu",

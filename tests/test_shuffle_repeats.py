@@ -12,11 +12,13 @@ import time
 import numpy as np
 import pytest
 import run_helpers
+from absl import flags as absl_flags
 from tiny_model import write_tiny_llama
 
 from geom_jax import data, models, results
 from geom_jax import run as geom_run
 from geom_jax.lens import tuned
+from geom_jax.run import flags as run_flags
 
 ROOT, SCRIPT = run_helpers.ROOT, run_helpers.SCRIPT
 _spec = functools.partial(
@@ -47,7 +49,7 @@ def test_permuted_rows_are_full_permutations(tiny, tmp_path):
     np.testing.assert_array_equal(got["shuffle_index"], np.tile([0, -1, -1, -1], 2))
     np.testing.assert_array_equal(got["shuffle_repeat"], np.tile([0, 0, 1, 2], 2))
     model, tok = models.load(tiny)
-    sel = data.select_prompts(data.open_source(data.PYDOC), [tok], max_tokens=64, num_prompts=2)
+    sel = data.select_prompts(data.open_source(data.PYDOC), [tok], max_tokens=32, num_prompts=2)
     ids = sel.token_ids[0]
     perms = [
         data.shuffle_tokens(ids, -1, seed=0, prompt_index=int(sel.indices[0]), repeat=r)
@@ -108,13 +110,23 @@ def test_tuned_lens_of_another_model_is_refused(tiny, tmp_path):
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
-@pytest.mark.slow  # two runs of the CLI, killed and resumed, plus the reference
-def test_permuted_repeats_resume_exactly_after_sigkill(tiny, tmp_path):
+@pytest.mark.slow  # a run of the CLI, killed, resumed, plus the reference
+def test_permuted_repeats_resume_exactly_after_sigkill(tiny, tmp_path, caplog):
+    """The command line killed with SIGKILL after its third checkpoint (of 12 batches),
+    then resumed (the same flags with --resume, parsed and run in this process): the rows equal an
+    uninterrupted run's, which goes first so that the command line loads its compiled
+    steps from the suite's cache."""
+    import logging
+
+    spec = _spec(
+        tiny, tmp_path / "full", method="permuted", shuffle_repeats=2, num_prompts=4, batch_size=1
+    )
+    full = geom_run.run(spec)
     args = [
         f"--model={tiny}",
         "--method=permuted",
         "--shuffle_repeats=2",
-        "--max_tokens=64",
+        "--max_tokens=32",
         "--num_prompts=4",
         "--batch_size=1",
         "--range_max=16",
@@ -124,14 +136,13 @@ def test_permuted_repeats_resume_exactly_after_sigkill(tiny, tmp_path):
     ]
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
     killed = tmp_path / "killed"
-    cli = lambda extra: subprocess.Popen(  # noqa: E731
-        [sys.executable, SCRIPT, *args, *extra],
+    proc = subprocess.Popen(
+        [sys.executable, SCRIPT, *args, f"--output_dir={killed}"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
-    proc = cli([f"--output_dir={killed}"])
     ckpt = killed / "checkpoints"
     deadline = time.time() + 240
     while time.time() < deadline:
@@ -144,14 +155,13 @@ def test_permuted_repeats_resume_exactly_after_sigkill(tiny, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (killed / results.RESULTS_FILE).exists(), "the run was not killed mid-way"
-    resumed = cli([f"--output_dir={killed}", "--resume"])
-    log = resumed.communicate(timeout=300)[0]
-    assert resumed.returncode == 0, log
-    assert "Resumed from checkpoint" in log
-    spec = _spec(
-        tiny, tmp_path / "full", method="permuted", shuffle_repeats=2, num_prompts=4, batch_size=1
-    )
-    full = geom_run.run(spec)
+    fv = absl_flags.FlagValues()
+    run_flags.define_flags(fv)
+    fv(["prog", *args, f"--output_dir={killed}", "--resume"])
+    with caplog.at_level(logging.INFO):
+        geom_run.run(run_flags.spec_from_flags(fv))
+    log = "\n".join(r.getMessage() for r in caplog.records)
+    assert "Resumed from checkpoint" in log and "of 12 rows done" in log, log
     got = np.load(killed / results.RESULTS_FILE)
     assert len(got["shuffle_repeat"]) == 12
     for k in full:
