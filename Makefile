@@ -7,7 +7,9 @@ PIP := $(PY) -m pip
 PYTEST_ARGS ?=
 # The suite runs on TEST_WORKERS pytest-xdist processes (tests are independent;
 # tests/conftest.py gives the run one XLA compilation cache that its workers and
-# the command-line subprocesses share). TEST_WORKERS=0 runs it in one process.
+# the command-line subprocesses share), a file at a time per worker so that a
+# module's fixtures (a run of the tiny model, a reference run) are built once.
+# TEST_WORKERS=0 runs it in one process.
 TEST_WORKERS ?= 2
 RESULTS ?= results
 
@@ -29,7 +31,7 @@ install: $(VENV)/.stamp-base
 install-test: $(VENV)/.stamp-test
 
 test: $(VENV)/.stamp-test
-	$(PY) -m pytest tests -n $(TEST_WORKERS) $(PYTEST_ARGS)
+	$(PY) -m pytest tests -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # The benchmarks' `peer` column (benchmarks/peer.py): DADApy 0.3.x and
 # scikit-learn in their own environment (DADApy pins jax 0.4.30, which cannot
