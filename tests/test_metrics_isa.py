@@ -146,6 +146,14 @@ def test_every_lower_instruction_set_within_the_stated_tolerances(tmp_path):
     assert not [k for k in exact if not np.any(pinned_outputs.golden_atol(k))], exact
 
 
+def test_the_stored_curve_is_numpys_within_one_ulp():
+    """The curve's stored points (pinned_outputs.stored_curve) are what NumPy's float32
+    cos and sin give from its seed at this process's SIMD level, within one ulp."""
+    np.testing.assert_array_max_ulp(
+        pinned_outputs.regenerated_curve(), pinned_outputs.stored_curve(), maxulp=1
+    )
+
+
 def test_instruction_sets_of_this_machine():
     """Which code generations the test above runs, from the processor's flags."""
     top = machine_isa()
