@@ -79,26 +79,15 @@ def test_pooled_files_and_points(pooled, tiny):
     hidden = np.asarray(model(jnp.asarray(rows["input_ids"][pick])).hidden_states)
     np.testing.assert_allclose(store.read(pick), hidden[:, :, -1].transpose(1, 0, 2), rtol=1e-5)
     # Each cloud's geometry is layer_geometry of its points (rows of the level and partition).
-    reps = store.read(slice(None))
-    as_run = clouds.Rows(
-        input_ids=rows["input_ids"],
-        attention_mask=rows["attention_mask"],
-        prompt_index=rows["row_prompt_index"],
-        prompt_key=rows["row_prompt_key"],
-        shuffle=rows["row_shuffle"],
-        repeat=rows["row_repeat"],
-        label=None,
-    )
-    cl = clouds.clouds_of(spec, as_run)
+    _, reps, cl = _stored_clouds(spec)
     for c, cloud in enumerate(cl):
         geo = metrics.layer_geometry(np.moveaxis(reps[cloud.rows], 0, 1)[1:], range_max=29, max_k=8)
         np.testing.assert_allclose(got["gride_ids"][c], geo.gride_ids, rtol=1e-5)
         np.testing.assert_array_equal(got["overlap"][c], geo.overlap)
 
 
-def _label_atol(spec):
-    """label_overlap_curve_atol of each cloud of a pooled run [clouds, L, label_k]: its
-    stored points (layers 1..L) and row labels."""
+def _stored_clouds(spec):
+    """(row fields of tokens.npz, the stored points [rows, L+1, D], the run's clouds)."""
     out = spec.output_dir
     with np.load(os.path.join(out, results.TOKENS_FILE)) as z:
         rows = {k: z[k] for k in z.files}
@@ -110,14 +99,21 @@ def _label_atol(spec):
         prompt_key=rows["row_prompt_key"],
         shuffle=rows["row_shuffle"],
         repeat=rows["row_repeat"],
-        label=rows["row_label"],
+        label=rows.get("row_label"),
     )
+    return rows, reps, clouds.clouds_of(spec, as_run)
+
+
+def _label_atol(spec):
+    """label_overlap_curve_atol of each cloud of a pooled run [clouds, L, label_k]: its
+    stored points (layers 1..L) and row labels."""
+    rows, reps, cl = _stored_clouds(spec)
     return np.stack(
         [
             tolerances.label_overlap_curve_atol(
                 np.moveaxis(reps[c.rows], 0, 1)[1:], rows["row_label"][c.rows], spec.label_k
             )
-            for c in clouds.clouds_of(spec, as_run)
+            for c in cl
         ]
     )
 
