@@ -33,6 +33,7 @@ def for_cloud(method: str, n: int) -> str:
     AUTO_HOST_MIN_POINTS (identical results either way), else unchanged."""
     return "xla" if method == "auto" and n < AUTO_HOST_MIN_POINTS else method
 
+
 _LOW32 = np.uint64(0xFFFFFFFF)
 
 
