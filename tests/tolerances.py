@@ -310,17 +310,40 @@ def info_imbalance_last_atol(x, mask=None):
     return _layers_imbalance(x, mask, [((i, last), (last, i)) for i in range(last + 1)])
 
 
-def overlap_atol(x, mask, max_k, distance_rtol=0.0):
+def copy_swaps(points, max_k):
+    """[N, max_k]: 1 where point i's top-k list (float64 order) holds some but not all
+    copies of an identical vector. geom-jax orders such exact ties by index; an
+    implementation whose sort is not stable (np.argsort's default, whose tie order
+    follows NumPy's SIMD level) may exchange them."""
+    x = np.asarray(points, np.float64)
+    n = len(x)
+    group = np.unique(x, axis=0, return_inverse=True)[1].reshape(-1)
+    order = np.argsort(_sq_distances(x), axis=1, kind="stable")[:, : max(n - 1, 0)]
+    groups = group[order]
+    sizes = np.bincount(group, minlength=n)
+    out = np.zeros((n, max_k), np.int64)
+    for k in range(1, min(max_k, n - 1) + 1):
+        top = groups[:, :k]
+        for i in range(n):
+            g, c = np.unique(top[i], return_counts=True)
+            out[i, k - 1] = int(np.any(c < sizes[g] - (g == group[i])))
+    return out
+
+
+def overlap_atol(x, mask, max_k, distance_rtol=0.0, index_ties=True):
     """[B, L-1, max_k] for chi_k between layers l and l + 1 of x [B, L, N, D] (mask
     [B, N] or None): a swap in either list moves the shared count of one point by
-    at most one (distance_rtol: neighbour_swaps')."""
+    at most one (distance_rtol: neighbour_swaps'; index_ties=False for an
+    implementation that breaks exact ties in any order: copy_swaps too)."""
     x = np.asarray(x)
     b_count, layers, n = x.shape[:3]
     out = np.zeros((b_count, layers - 1, max_k))
     for b in range(b_count):
         valid = np.ones(n, bool) if mask is None else np.asarray(mask[b], bool)
         swaps = [
-            neighbour_swaps(x[b, layer][valid], max_k, distance_rtol) for layer in range(layers)
+            neighbour_swaps(x[b, layer][valid], max_k, distance_rtol)
+            + (0 if index_ties else copy_swaps(x[b, layer][valid], max_k))
+            for layer in range(layers)
         ]
         for layer in range(layers - 1):
             counts = (swaps[layer] + swaps[layer + 1]).sum(0)
