@@ -203,8 +203,7 @@ def neighbour_swaps(points, max_k, distance_rtol=0.0):
 def inner_product_swaps(points, max_k):
     """As neighbour_swaps for lists by the inner product of the unit rows (mutual
     k-NN, CKNNA: platonic-rep's normalised features)."""
-    x = np.asarray(points, np.float64)
-    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-300)
+    x = _unit_rows(points)
     score = -(x @ x.T)
     np.fill_diagonal(score, np.inf)
     return _window_swaps(score, max_k, 0.0, (x.shape[1] + 4) * EPS32)
