@@ -6,6 +6,16 @@ import shutil
 import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# The suite's code generation: XLA:CPU with LLVM at -O0, which compiles a third
+# faster than the default -O3 (compilation is most of the suite's time) and differs
+# from it only in the last bits of float32 reductions, as another instruction set
+# does. XLA's default code generation is checked where it matters, in
+# test_metrics_isa.py's subprocesses: every instruction set at the default level,
+# against the goldens, bit for bit where a claim is (chunks change nothing).
+# XLA_FLAGS naming a level (e.g. =3, XLA's default) runs the suite at that level.
+OPT_FLAG = "--xla_backend_optimization_level"
+if OPT_FLAG not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {OPT_FLAG}=0".strip()
 # One XLA compilation cache for the run, shared through the environment by the
 # xdist workers and the command-line subprocesses (they compile the same steps);
 # a size limit turns on jax's file lock, so no worker reads a half-written entry.

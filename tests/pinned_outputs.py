@@ -1,8 +1,9 @@
 """The computations whose outputs tests/fixtures pins, shared by the pin tests
 and by test_metrics_isa.py, which runs them under another XLA:CPU instruction
 set: ``python tests/pinned_outputs.py OUT.npz`` writes pinned() under the
-goldens' keys (``FILE:KEY``) plus the matrix entropies of
-``oracle_batch`` (``entropy:alpha=A``).
+goldens' keys (``FILE:KEY``) plus the paper pin in 2-layer chunks
+(``chunk2/FIELD``) and the matrix entropies of ``oracle_batch``
+(``entropy:alpha=A``).
 
 * paper_pin.npz (tests/test_metrics_paper_pin.py): layer_geometry and the
   pipeline on the stored stack `hidden`.
@@ -270,4 +271,5 @@ if __name__ == "__main__":
     if len(sys.argv) > 2:
         with np.load(sys.argv[2]) as z:
             SHIPPED.update(z)
-    np.savez(sys.argv[1], **pinned(), **entropies(), **blocked_and_dense())
+    chunked = {f"chunk2/{f}": v for f, v in paper_pin(chunk=2).items()}
+    np.savez(sys.argv[1], **pinned(), **chunked, **entropies(), **blocked_and_dense())

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import subprocess_env
 import tolerances
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -50,13 +51,11 @@ print("REPORT " + json.dumps(report))
 
 
 def test_eight_devices_equal_one_device():
-    env = dict(
-        os.environ,
-        JAX_PLATFORMS="cpu",
-        # 8 simulated devices share this machine's cores, each running its host
-        # selection between two all-gathers: a device can lag the others by more than
-        # XLA's default 40 s rendezvous timeout on a loaded machine
-        XLA_FLAGS="--xla_force_host_platform_device_count=8 "
+    # 8 simulated devices share this machine's cores, each running its host
+    # selection between two all-gathers: a device can lag the others by more than
+    # XLA's default 40 s rendezvous timeout on a loaded machine
+    env = subprocess_env.cpu_env(
+        "--xla_force_host_platform_device_count=8",
         "--xla_cpu_collective_call_terminate_timeout_seconds=900",
         PYTHONPATH=os.pathsep.join([ROOT, HERE]),
     )

@@ -10,6 +10,11 @@ outputs must agree with this process's and with the goldens at the tolerances
 of tests/tolerances.py, so a golden compared bit for bit, or a rank-derived
 field compared beyond what float32 can order, fails on the developers'
 machine before it reaches a user.
+
+The subprocesses run XLA's default optimisation level, the code generation users
+get; the suite itself runs LLVM -O0 (tests/conftest.py), so the processor's own
+instruction set at the default level is one of the subprocesses then. Each also
+checks that layer chunks change nothing, bit for bit, at its code generation.
 """
 
 import os
@@ -20,6 +25,7 @@ import sys
 import numpy as np
 import pinned_outputs
 import pytest
+import subprocess_env
 import tolerances
 from test_metrics_blocked import _compare as compare_paths
 
@@ -60,15 +66,18 @@ def suite_isa(flags):
 
 
 def other_isas(flags):
-    """Every ISA of ISA_LEVELS the machine runs, except the suite's own."""
+    """Every ISA of ISA_LEVELS the machine runs, except the suite's own when the
+    suite runs at XLA's default optimisation level (the subprocesses' level)."""
     top = ISA_LEVELS.index(machine_isa())
-    return [isa for isa in ISA_LEVELS[: top + 1] if isa != suite_isa(flags)]
+    own = suite_isa(flags) if subprocess_env.at_default_opt_level(flags) else None
+    return [isa for isa in ISA_LEVELS[: top + 1] if isa != own]
 
 
 def _env(flags, isa):
+    rest = " ".join(subprocess_env.OPT_FLAG.sub("", ISA_FLAG.sub("", flags)).split())
     env = dict(
         os.environ,
-        XLA_FLAGS=f"{ISA_FLAG.sub('', flags).strip()} --xla_cpu_max_isa={isa}".strip(),
+        XLA_FLAGS=f"{rest} --xla_cpu_max_isa={isa}".strip(),
         JAX_PLATFORMS="cpu",
         PYTHONPATH=os.pathsep.join([ROOT, HERE, os.environ.get("PYTHONPATH", "")]),
     )
@@ -124,6 +133,10 @@ def test_every_lower_instruction_set_within_the_stated_tolerances(tmp_path):
             tolerances.assert_matches_golden(other[key], here[key], field, where + "vs this ", atol)
             if not np.array_equal(other[key], here[key]):
                 moved.add(key)
+        for f in pinned_outputs.PAPER_FIELDS:  # chunks change nothing at this code generation
+            np.testing.assert_array_equal(
+                other[f"chunk2/{f}"], other[f"{pinned_outputs.PIN_FILE}:auto/{f}"], err_msg=isa
+            )
         compare_paths(
             *(
                 {k[len(p) :]: v for k, v in other.items() if k.startswith(p)}
@@ -163,6 +176,13 @@ def test_instruction_sets_of_this_machine():
     assert other_isas("--foo --xla_cpu_max_isa=SSE4_2") == [
         isa for isa in ISA_LEVELS[: ISA_LEVELS.index(top) + 1] if isa != "SSE4_2"
     ]
+    # a suite at LLVM -O0 (tests/conftest.py) adds its own instruction set at the default level
+    o0 = "--xla_backend_optimization_level=0"
+    assert other_isas(o0) == list(ISA_LEVELS[: ISA_LEVELS.index(top) + 1])
+    assert top not in other_isas("--xla_backend_optimization_level=3")
+    assert _env(f"--foo {o0} --xla_cpu_max_isa=AVX2", "AVX")["XLA_FLAGS"] == (
+        "--foo --xla_cpu_max_isa=AVX"
+    )
     env = _env("--foo --xla_cpu_max_isa=AVX512", "AVX")
     assert env["XLA_FLAGS"] == "--foo --xla_cpu_max_isa=AVX"
     assert env["NPY_DISABLE_CPU_FEATURES"] == "X86_V3 X86_V4"

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import subprocess_env
 import tolerances
 
 from benchmarks import reference as oracle
@@ -352,10 +353,8 @@ print("SHARDED OK")
 
 def test_shard_map_on_two_devices():
     """One prompt per device on 2 simulated CPU devices equals the unsharded call."""
-    env = dict(
-        os.environ,
-        JAX_PLATFORMS="cpu",
-        XLA_FLAGS="--xla_force_host_platform_device_count=2",
+    env = subprocess_env.cpu_env(
+        "--xla_force_host_platform_device_count=2",
         PYTHONPATH=os.pathsep.join([HERE, os.path.dirname(HERE), os.environ.get("PYTHONPATH", "")]),
     )
     proc = subprocess.run(

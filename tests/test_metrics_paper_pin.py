@@ -8,11 +8,13 @@ layer_geometry(range_max=32, max_k=8) with automatic and 2-layer chunks,
 stack read as [L+1, B, T, D] with `token_nll_in`. The goldens come from
 another processor, so they compare at the tolerances of tests/tolerances.py;
 the paper's set alone, inside `all` and in layer chunks are one computation
-and compare bit for bit in this process.
+and compare bit for bit in this process (chunks at XLA's default optimisation
+level; see the test).
 """
 
 import numpy as np
 import pytest
+import subprocess_env
 import tolerances
 from pinned_outputs import (
     PAPER_FIELDS,
@@ -53,9 +55,17 @@ def default_run():
 def test_layer_geometry_paper_fields_match_the_pin(default_run, observables, chunk):
     got = paper_pin(observables, chunk)
     # one computation on the same float32 values (set alone, in `all`, in chunks):
-    # bit for bit, rank-derived fields included
+    # bit for bit, rank-derived fields included. At LLVM -O0 (the suite's level,
+    # tests/conftest.py) a chunk's loops round a reduction's last bit differently,
+    # as another code generation does: chunks then compare at the goldens'
+    # tolerances here, and bit for bit at every default-level code generation in
+    # test_metrics_isa.py.
     for field in PAPER_FIELDS:
-        np.testing.assert_array_equal(got[field], default_run[field], err_msg=field)
+        if chunk is None or subprocess_env.at_default_opt_level():
+            np.testing.assert_array_equal(got[field], default_run[field], err_msg=field)
+        else:
+            atol = golden_atol(f"{PIN_FILE}:c2/{field}")
+            tolerances.assert_matches_golden(got[field], default_run[field], field, "c2/", atol)
     _check("auto" if chunk is None else "c2", got, PAPER_FIELDS)
 
 

@@ -10,6 +10,7 @@ import sys
 
 import numpy as np
 import pytest
+import subprocess_env
 from tiny_model import write_tiny_llama
 
 COMMON = dict(
@@ -153,9 +154,7 @@ print("REPORT " + json.dumps(report))
 def test_qwen3_on_a_4x2_fsdp_mesh_equals_one_device(qwen3, reference, tmp_path):
     """Also: Phi-3, Gemma 3, GPT-2 and OPT checkpoints loaded shard by shard
     onto the same mesh equal their unsharded loads."""
-    env = dict(
-        os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=8"
-    )
+    env = subprocess_env.cpu_env("--xla_force_host_platform_device_count=8")
     others = _hf_checkpoints(tmp_path)
     proc = subprocess.run(
         [

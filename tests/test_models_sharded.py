@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import subprocess_env
 from flax import nnx
 from jax.sharding import AbstractMesh, AxisType
 from tiny_model import write_tiny_llama
@@ -146,9 +147,7 @@ def test_params_checkpoint_refuses_another_model(tiny, tmp_path):
 
 def test_eight_simulated_devices(tmp_path):
     """tests/multidevice_models_sharded.py on meshes (8, 1), (4, 2), (2, 4)."""
-    env = dict(
-        os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=8"
-    )
+    env = subprocess_env.cpu_env("--xla_force_host_platform_device_count=8")
     suite = os.path.join(HERE, "multidevice_models_sharded.py")
     report = tmp_path / "junit.xml"
     proc = subprocess.run(

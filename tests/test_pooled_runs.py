@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import run_helpers
+import subprocess_env
 import tolerances
 from test_plots import _fake_run
 
@@ -218,11 +219,8 @@ def test_eight_devices_equal_one(pooled, tiny, tmp_path):
     # cloud whole, so every device would compute every row): the devices split each
     # cloud's rows, and a split that lost a row would show here.
     args = _flags(tiny, out, "--mesh_shape=8,1", "--block_rows=8")
-    env = dict(
-        os.environ,
-        JAX_PLATFORMS="cpu",
-        # the suite's own code generation (e.g. --xla_cpu_max_isa) on both sides
-        XLA_FLAGS=os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8 "
+    env = subprocess_env.cpu_env(
+        "--xla_force_host_platform_device_count=8",
         "--xla_cpu_collective_call_terminate_timeout_seconds=900",
     )
     proc = subprocess.run(

@@ -11,6 +11,7 @@ import time
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import subprocess_env
 import tolerances
 
 from geom_jax import models, sharding
@@ -117,7 +118,7 @@ print("REPORT " + json.dumps(report))
 def test_meshes_on_eight_devices_equal_one_device(tiny, reference, tmp_path):
     proc = subprocess.run(
         [sys.executable, "-c", MESH_SCRIPT, tiny, str(tmp_path), json.dumps(MESH_COMMON)],
-        env=_env(XLA_FLAGS="--xla_force_host_platform_device_count=8"),
+        env=_env(XLA_FLAGS=subprocess_env.xla_flags("--xla_force_host_platform_device_count=8")),
         capture_output=True,
         text=True,
         timeout=900,
