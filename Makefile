@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 TEST_WORKERS ?= 2
 RESULTS ?= results
 
-.PHONY: run test install install-test bench-env clean
+.PHONY: run test install install-test bytecode bench-env clean
 
 $(VENV)/.stamp-base: setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,7 +30,13 @@ install: $(VENV)/.stamp-base
 
 install-test: $(VENV)/.stamp-test
 
-test: $(VENV)/.stamp-test
+# Bytecode for the project's own modules: where PYTHONDONTWRITEBYTECODE is set (as on
+# the build machines) Python would otherwise compile them again in every process (about
+# a second each), and the suite starts dozens. pip compiles what it installs itself.
+bytecode: $(VENV)/.stamp-base
+	$(PY) -m compileall -q geom_jax experiments benchmarks tests
+
+test: $(VENV)/.stamp-test bytecode
 	$(PY) -m pytest tests -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # The benchmarks' `peer` column (benchmarks/peer.py): DADApy 0.3.x and
@@ -64,7 +70,7 @@ POOLED_FLAGS = --model=$(MODEL) --dataset=$(DATASET) --pool=last --windows --max
 	--num_prompts=$(POOLED_WINDOWS) --method=permuted --partitions=5 --batch_size=64 --resume
 RUN_DIR = $(RESULTS)/$(MODEL)_$(DATASET)
 
-run: $(VENV)/.stamp-base
+run: $(VENV)/.stamp-base bytecode
 	$(PY) experiments/token_geometry.py $(RUN_FLAGS) --method=structured \
 		--num_prompts=$(STRUCTURED_PROMPTS) --output_dir=$(RUN_DIR)/structured
 	$(PY) experiments/token_geometry.py $(RUN_FLAGS) --method=shuffled --max_shuffle=5 \
