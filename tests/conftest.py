@@ -5,6 +5,8 @@ import os
 import shutil
 import tempfile
 
+import subprocess_env
+
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # The suite's code generation: XLA:CPU with LLVM at -O0, which compiles a third
 # faster than the default -O3 (compilation is most of the suite's time) and differs
@@ -13,9 +15,8 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # test_metrics_isa.py's subprocesses: every instruction set at the default level,
 # against the goldens, bit for bit where a claim is (chunks change nothing).
 # XLA_FLAGS naming a level (e.g. =3, XLA's default) runs the suite at that level.
-OPT_FLAG = "--xla_backend_optimization_level"
-if OPT_FLAG not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {OPT_FLAG}=0".strip()
+if not subprocess_env.OPT_FLAG.search(os.environ.get("XLA_FLAGS", "")):
+    os.environ["XLA_FLAGS"] = subprocess_env.xla_flags(f"{subprocess_env.OPT}=0")
 # One XLA compilation cache for the run, shared through the environment by the
 # xdist workers and the command-line subprocesses (they compile the same steps);
 # a size limit turns on jax's file lock, so no worker reads a half-written entry.

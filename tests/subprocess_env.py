@@ -5,7 +5,8 @@
 import os
 import re
 
-OPT_FLAG = re.compile(r"--xla_backend_optimization_level=(\S+)")
+OPT = "--xla_backend_optimization_level"
+OPT_FLAG = re.compile(rf"{OPT}=(\S+)")
 DEFAULT_OPT_LEVEL = "3"
 """XLA's own default for --xla_backend_optimization_level."""
 
