@@ -8,15 +8,16 @@ import tempfile
 import subprocess_env
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-# The suite's code generation: XLA:CPU with LLVM at -O0, which compiles a third
-# faster than the default -O3 (compilation is most of the suite's time) and differs
-# from it only in the last bits of float32 reductions, as another instruction set
-# does. XLA's default code generation is checked where it matters, in
-# test_metrics_isa.py's subprocesses: every instruction set at the default level,
-# against the goldens, bit for bit where a claim is (chunks change nothing).
-# XLA_FLAGS naming a level (e.g. =3, XLA's default) runs the suite at that level.
-if not subprocess_env.OPT_FLAG.search(os.environ.get("XLA_FLAGS", "")):
-    os.environ["XLA_FLAGS"] = subprocess_env.xla_flags(f"{subprocess_env.OPT}=0")
+# The suite's code generation (subprocess_env.SUITE_CODEGEN): LLVM at -O0 and
+# XLA:CPU's loop emitters, which compile 2-3x faster than XLA's defaults
+# (compilation is most of the suite's time) and differ from them only in the last
+# bits of float32 reductions, as another instruction set does. XLA's default code
+# generation is checked where it matters, in test_metrics_isa.py's subprocesses:
+# every instruction set at the defaults, against the goldens, bit for bit where a
+# claim is (chunks change nothing). XLA_FLAGS naming either flag (e.g.
+# --xla_backend_optimization_level=3) leave the code generation to them.
+if not subprocess_env.codegen_named():
+    os.environ["XLA_FLAGS"] = subprocess_env.xla_flags(*subprocess_env.SUITE_CODEGEN)
 # One XLA compilation cache for the run, shared through the environment by the
 # xdist workers and the command-line subprocesses (they compile the same steps);
 # a size limit turns on jax's file lock, so no worker reads a half-written entry.

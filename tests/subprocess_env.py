@@ -1,20 +1,34 @@
-"""Environments for the suite's subprocesses: this process's XLA code generation
-(tests/conftest.py's optimisation level and whatever the user set, such as
+"""The suite's XLA code generation, and environments for its subprocesses: this
+process's code generation (SUITE_CODEGEN and whatever the user set, such as
 --xla_cpu_max_isa) with a test's own flags added, never replaced."""
 
 import os
 import re
 
 OPT = "--xla_backend_optimization_level"
-OPT_FLAG = re.compile(rf"{OPT}=(\S+)")
-DEFAULT_OPT_LEVEL = "3"
-"""XLA's own default for --xla_backend_optimization_level."""
+FUSION_EMITTERS = "--xla_cpu_use_fusion_emitters"
+SUITE_CODEGEN = (f"{OPT}=0", f"{FUSION_EMITTERS}=false")
+"""What tests/conftest.py adds to XLA_FLAGS unless they name either flag: LLVM at -O0
+and XLA:CPU's loop emitters instead of its fusion emitters, which compile the suite's
+programs 2-3x faster than XLA's defaults (BUILD_NOTES 18)."""
+XLA_DEFAULTS = {OPT: "3", FUSION_EMITTERS: "true"}
+CODEGEN_FLAG = re.compile(rf"({OPT}|{FUSION_EMITTERS})=(\S+)")
 
 
-def at_default_opt_level(flags: str | None = None) -> bool:
-    """Whether ``flags`` (this process's XLA_FLAGS) compile at XLA's default level."""
-    m = OPT_FLAG.search(os.environ.get("XLA_FLAGS", "") if flags is None else flags)
-    return m is None or m.group(1) == DEFAULT_OPT_LEVEL
+def codegen_named(flags: str | None = None) -> bool:
+    """Whether ``flags`` (default: this process's XLA_FLAGS) name a SUITE_CODEGEN flag."""
+    return CODEGEN_FLAG.search(_flags(flags)) is not None
+
+
+def at_xla_defaults(flags: str | None = None) -> bool:
+    """Whether ``flags`` (default: this process's XLA_FLAGS) compile as XLA's defaults
+    do, the code generation users get, in every flag SUITE_CODEGEN sets."""
+    return all(XLA_DEFAULTS[m.group(1)] == m.group(2) for m in CODEGEN_FLAG.finditer(_flags(flags)))
+
+
+def without_codegen(flags: str) -> str:
+    """``flags`` less any SUITE_CODEGEN flag: XLA's default code generation."""
+    return " ".join(CODEGEN_FLAG.sub("", flags).split())
 
 
 def xla_flags(*extra: str) -> str:
@@ -25,3 +39,7 @@ def xla_flags(*extra: str) -> str:
 def cpu_env(*flags: str, **extra: str) -> dict:
     """os.environ on the CPU platform, with ``flags`` added to XLA_FLAGS and ``extra`` set."""
     return dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=xla_flags(*flags), **extra)
+
+
+def _flags(flags):
+    return os.environ.get("XLA_FLAGS", "") if flags is None else flags

@@ -4,6 +4,7 @@ import importlib.util
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -148,7 +149,8 @@ def test_too_small_budget_skips_later_stages_with_a_note(tmp_path):
     assert all(m["seconds_per_prompt"] is None for m in proj["models"].values())
     assert proj["total_minutes_shuffled"] is None and "skipped" in proj["note"]
     assert md.count("of the 8 s budget left") == 4 and "**OK**" in md
-    assert "forward: skipped: 0 s of the 8 s budget left" in proc.stdout
+    # what is left after correctness depends on the machine's speed
+    assert re.search(r"forward: skipped: \d+ s of the 8 s budget left", proc.stdout), proc.stdout
 
 
 def test_stages_after_the_budget_are_skipped_and_errors_recorded():

@@ -4,16 +4,16 @@ The goldens in tests/fixtures were written on one processor; a user's differs
 in vector width and matmul kernels, so the last bits of every float32
 reduction move. Running the pinned computations and the blocked-vs-dense
 comparison in subprocesses with ``--xla_cpu_max_isa`` at each instruction set
-the processor has besides the suite's own (SSE4_2, AVX, AVX2, AVX512), NumPy's
+the processor has besides the suite's own (SSE4_2, AVX2, AVX512; see checked_isas), NumPy's
 SIMD dispatch limited alike, stands in for those other processors here: their
 outputs must agree with this process's and with the goldens at the tolerances
 of tests/tolerances.py, so a golden compared bit for bit, or a rank-derived
 field compared beyond what float32 can order, fails on the developers'
 machine before it reaches a user.
 
-The subprocesses run XLA's default optimisation level, the code generation users
-get; the suite itself runs LLVM -O0 (tests/conftest.py), so the processor's own
-instruction set at the default level is one of the subprocesses then. Each also
+The subprocesses run XLA's default code generation, the one users get; the suite
+itself runs a faster-compiling one (subprocess_env.SUITE_CODEGEN), so the
+processor's own instruction set at XLA's defaults is one of the subprocesses then. Each also
 checks that layer chunks change nothing, bit for bit, at its code generation.
 """
 
@@ -65,16 +65,25 @@ def suite_isa(flags):
     return ISA_LEVELS[min(cap, machine)]
 
 
+def checked_isas():
+    """The ISAs of ISA_LEVELS the subprocesses stand in for other processors with:
+    every one the machine runs but AVX where it is not the machine's highest. AVX
+    (8 lanes without FMA; Intel up to Ivy Bridge, 2013) lies between SSE4_2 (4
+    lanes, no FMA) and AVX2 (8 lanes, FMA), which are run, at a subprocess's cost
+    (~75 s of CPU at XLA's defaults)."""
+    top = machine_isa()
+    return [isa for isa in ISA_LEVELS[: ISA_LEVELS.index(top) + 1] if isa != "AVX" or isa == top]
+
+
 def other_isas(flags):
-    """Every ISA of ISA_LEVELS the machine runs, except the suite's own when the
-    suite runs at XLA's default optimisation level (the subprocesses' level)."""
-    top = ISA_LEVELS.index(machine_isa())
-    own = suite_isa(flags) if subprocess_env.at_default_opt_level(flags) else None
-    return [isa for isa in ISA_LEVELS[: top + 1] if isa != own]
+    """checked_isas() less the suite's own when the suite runs at XLA's default code
+    generation (the subprocesses')."""
+    own = suite_isa(flags) if subprocess_env.at_xla_defaults(flags) else None
+    return [isa for isa in checked_isas() if isa != own]
 
 
 def _env(flags, isa):
-    rest = " ".join(subprocess_env.OPT_FLAG.sub("", ISA_FLAG.sub("", flags)).split())
+    rest = subprocess_env.without_codegen(ISA_FLAG.sub("", flags))
     env = dict(
         os.environ,
         XLA_FLAGS=f"{rest} --xla_cpu_max_isa={isa}".strip(),
@@ -173,14 +182,21 @@ def test_instruction_sets_of_this_machine():
     assert suite_isa("") == top
     assert suite_isa("--xla_cpu_max_isa=SSE4_2") == "SSE4_2"
     assert suite_isa("--xla_cpu_max_isa=AMX") == top  # a cap above the machine's
-    assert other_isas("--foo --xla_cpu_max_isa=SSE4_2") == [
-        isa for isa in ISA_LEVELS[: ISA_LEVELS.index(top) + 1] if isa != "SSE4_2"
-    ]
-    # a suite at LLVM -O0 (tests/conftest.py) adds its own instruction set at the default level
-    o0 = "--xla_backend_optimization_level=0"
-    assert other_isas(o0) == list(ISA_LEVELS[: ISA_LEVELS.index(top) + 1])
+    every = checked_isas()
+    assert every[0] == "SSE4_2" and every[-1] == top
+    assert "AVX" not in every or top == "AVX"
+    assert set(every) >= {"AVX2", "AVX512"} & set(ISA_LEVELS[: ISA_LEVELS.index(top) + 1])
+    assert other_isas("--foo --xla_cpu_max_isa=SSE4_2") == [i for i in every if i != "SSE4_2"]
+    # a suite at its own code generation (tests/conftest.py), or any other than XLA's
+    # defaults, adds its own instruction set at the defaults
+    fast = " ".join(subprocess_env.SUITE_CODEGEN)
+    assert other_isas(fast) == every
+    assert other_isas("--xla_cpu_use_fusion_emitters=false") == every
     assert top not in other_isas("--xla_backend_optimization_level=3")
-    assert _env(f"--foo {o0} --xla_cpu_max_isa=AVX2", "AVX")["XLA_FLAGS"] == (
+    assert top not in other_isas(
+        "--xla_cpu_use_fusion_emitters=true --xla_backend_optimization_level=3"
+    )
+    assert _env(f"--foo {fast} --xla_cpu_max_isa=AVX2", "AVX")["XLA_FLAGS"] == (
         "--foo --xla_cpu_max_isa=AVX"
     )
     env = _env("--foo --xla_cpu_max_isa=AVX512", "AVX")

@@ -55,13 +55,13 @@ def default_run():
 def test_layer_geometry_paper_fields_match_the_pin(default_run, observables, chunk):
     got = paper_pin(observables, chunk)
     # one computation on the same float32 values (set alone, in `all`, in chunks):
-    # bit for bit, rank-derived fields included. At LLVM -O0 (the suite's level,
-    # tests/conftest.py) a chunk's loops round a reduction's last bit differently,
+    # bit for bit, rank-derived fields included. At the suite's code generation
+    # (tests/conftest.py) a chunk's loops may round a reduction's last bit differently,
     # as another code generation does: chunks then compare at the goldens'
     # tolerances here, and bit for bit at every default-level code generation in
     # test_metrics_isa.py.
     for field in PAPER_FIELDS:
-        if chunk is None or subprocess_env.at_default_opt_level():
+        if chunk is None or subprocess_env.at_xla_defaults():
             np.testing.assert_array_equal(got[field], default_run[field], err_msg=field)
         else:
             atol = golden_atol(f"{PIN_FILE}:c2/{field}")
