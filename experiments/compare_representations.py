@@ -50,4 +50,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    cli.without_torch()
     app.run(main)

@@ -29,4 +29,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    cli.without_torch()
     app.run(main)

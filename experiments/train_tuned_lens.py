@@ -134,4 +134,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    from geom_jax import cli
+
+    cli.without_torch()
     app.run(main)

@@ -10,9 +10,22 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 
 
 def quiet_startup() -> None:
     """Call before jax or transformers initialise (top of a script)."""
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
+
+
+def without_torch() -> None:
+    """Run as an install without torch does, whether or not torch is installed.
+
+    transformers, which geom-jax uses for tokenizers only, imports torch at import
+    time when it finds it (1.8 s and 0.2 GB per process on the development
+    machine); torch then looks absent to it, as in a `make run` install. For a
+    tool's ``__main__`` only: a later ``import torch`` in this process fails.
+    """
+    if "torch" not in sys.modules:
+        sys.modules["torch"] = None

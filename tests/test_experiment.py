@@ -251,12 +251,13 @@ def test_cli_reports_errors_without_traceback(tiny, tmp_path):
 def test_cli_default_range_max_and_quiet_startup(tiny, tmp_path):
     """No --range_max: the largest range 64 tokens support (63, S = 5) is used and
     recorded; neither XLA's TPU probe nor transformers' "PyTorch was not found"
-    (torch hidden here, as in a `make run` install) reaches the terminal."""
+    reaches the terminal; torch, installed here, is never imported (cli.without_torch)."""
     out = tmp_path / "run"
     args = [f"--model={tiny}", "--max_tokens=64", "--num_prompts=1", "--max_k=8"]
     args += [f"--output_dir={out}", "--noprogress"]
     wrapper = (
-        "import runpy, sys; sys.modules['torch'] = None; "
+        "import atexit, runpy, sys; "
+        "atexit.register(lambda: print('TORCH', sys.modules.get('torch'))); "
         f"sys.argv = {[SCRIPT, *args]!r}; runpy.run_path(sys.argv[0], run_name='__main__')"
     )
     env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
@@ -264,6 +265,7 @@ def test_cli_default_range_max_and_quiet_startup(tiny, tmp_path):
         [sys.executable, "-c", wrapper], env=env, capture_output=True, text=True, timeout=300
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "TORCH None" in proc.stdout
     for noise in ["Unable to initialize backend", "PyTorch was not found", "libtpu"]:
         assert noise not in proc.stderr + proc.stdout, noise
     meta = files.read_json(str(out / "metadata.json"))
