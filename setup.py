@@ -42,7 +42,7 @@ setup(
     packages=find_packages(include=["geom_jax", "geom_jax.*"]),
     install_requires=INSTALL_REQUIRES,
     # Observables outside geom_jax.metrics register through this group, as another
-    # package's would (geom_jax.metrics.registry.discover).
+    # package's would (geom_jax.metrics.declare.registry.discover).
     entry_points={
         "geom_jax.observables": ["lens = geom_jax.lens.observables:OBSERVABLES"],
     },

@@ -21,7 +21,8 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from geom_jax import metrics  # noqa: E402
-from geom_jax.metrics import blocked_context, geometry  # noqa: E402
+from geom_jax.metrics import geometry  # noqa: E402
+from geom_jax.metrics.backends import blocked_context
 
 
 def main():

@@ -126,16 +126,10 @@ def jax_stage_times(hidden, range_max, max_k, selection, repeats):
     import jax
     import jax.numpy as jnp
 
-    from geom_jax.metrics import (
-        cosine,
-        distances,
-        intrinsic_dimension,
-        overlap,
-        refinement,
-        unique,
-        validation,
-    )
-    from geom_jax.metrics import selection as select
+    from geom_jax.metrics import validation
+    from geom_jax.metrics.measures import cosine, intrinsic_dimension, overlap
+    from geom_jax.metrics.neighbours import distances, duplicates, refinement
+    from geom_jax.metrics.neighbours import selection as select
 
     x = jnp.asarray(hidden)
     valid = jnp.ones(x.shape[:-1], bool)
@@ -156,7 +150,7 @@ def jax_stage_times(hidden, range_max, max_k, selection, repeats):
         return out
 
     gram, _ = run("centred Gram + cosine", gram_cos, x, valid)
-    keep = run("duplicates (Gram pre-filter)", unique.distinct_points, x, valid, gram)
+    keep = run("duplicates (Gram pre-filter)", duplicates.distinct_points, x, valid, gram)
     near, ranked = run(
         f"selection ({selection})",
         lambda g, v, k: select.select_neighbours(

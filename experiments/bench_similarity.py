@@ -60,7 +60,7 @@ def main(argv):
     del argv
     import jax
 
-    from geom_jax.metrics import kernel_alignment, similarity
+    from geom_jax.metrics.similarity import cka_hsic, layer_pairs
 
     stack = synthetic_stack(FLAGS.layers, FLAGS.points, FLAGS.dim, FLAGS.seed)
     other = None
@@ -68,10 +68,10 @@ def main(argv):
         d2 = FLAGS.other_dim or FLAGS.dim
         other = synthetic_stack(FLAGS.other_layers, FLAGS.points, d2, FLAGS.seed + 1)
     lb, db = (stack.shape[0], stack.shape[2]) if other is None else other.shape[0::2]
-    route = kernel_alignment.pick_route(
+    route = cka_hsic.pick_route(
         FLAGS.cka_route, FLAGS.points, FLAGS.layers, FLAGS.dim, lb, db, other is None
     )
-    cost = kernel_alignment.cka_cost(FLAGS.points, FLAGS.layers, FLAGS.dim, lb, db, other is None)
+    cost = cka_hsic.cka_cost(FLAGS.points, FLAGS.layers, FLAGS.dim, lb, db, other is None)
     print(f"stack {stack.shape}, other {None if other is None else other.shape}, k={FLAGS.k}")
     print(
         f"CKA route {route} (FLOPs: features {cost['features']:.2e}, kernels {cost['kernels']:.2e})"
@@ -79,7 +79,7 @@ def main(argv):
     print("before:", load_avg())
 
     def run():
-        out = similarity.layer_similarity(
+        out = layer_pairs.layer_similarity(
             stack, other, measures=tuple(FLAGS.measures), k=FLAGS.k, cka_route=FLAGS.cka_route
         )
         return jax.block_until_ready(out)

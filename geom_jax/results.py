@@ -21,8 +21,8 @@ import numpy as np
 import xarray as xr
 
 from geom_jax.io import files, integrity
-from geom_jax.metrics import registry
-from geom_jax.metrics.observable import DIMS, LAYER_AXES, Field, layer_coords
+from geom_jax.metrics.declare import registry
+from geom_jax.metrics.declare.observable import DIMS, LAYER_AXES, Field, layer_coords
 from geom_jax.pipeline import schema
 
 RESULTS_FILE = "results.npz"

@@ -19,7 +19,7 @@ def small_spec(model, out, **kw):
     progress bar); ``kw`` sets or overrides any field.
 
     Clouds of 32 tokens take the XLA selection path (fewer than
-    metrics.host_callback.AUTO_HOST_MIN_POINTS points), whose steps the suite's
+    metrics.neighbours.host_selection.AUTO_HOST_MIN_POINTS points), whose steps the suite's
     persistent compilation cache holds: a later run of the same shapes, in this
     process or a command-line subprocess, loads them instead of compiling."""
     base = dict(

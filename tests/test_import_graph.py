@@ -87,8 +87,8 @@ def import_graph(root=ROOT) -> dict[str, set[str]]:
 
 def test_no_import_cycle():
     graph = import_graph()
-    assert len(graph) > 50 and "geom_jax.metrics.registry" in graph
-    assert "geom_jax.metrics.catalog" in graph["geom_jax.metrics.registry"]
+    assert len(graph) > 50 and "geom_jax.metrics.declare.registry" in graph
+    assert "geom_jax.metrics.declare.builtin" in graph["geom_jax.metrics.declare.registry"]
     assert cycles(graph) == []
 
 
@@ -104,6 +104,20 @@ def test_the_checker_finds_a_cycle_through_a_function_level_import(tmp_path):
     graph = import_graph(str(tmp_path))
     assert graph["geom_jax.sub.b"] == {"geom_jax.a"}
     assert cycles(graph) == [["geom_jax.a", "geom_jax.sub.b"]]
+
+
+def test_measures_reach_the_backends_only_through_their_protocol():
+    """measures/ and similarity/ import from backends/ its package (on_points) and
+    its protocol, never a context's internals."""
+    allowed = {f"{PACKAGE}.metrics.backends", f"{PACKAGE}.metrics.backends.protocol"}
+    graph = import_graph()
+    checked = 0
+    for module, deps in graph.items():
+        if module.startswith((f"{PACKAGE}.metrics.measures", f"{PACKAGE}.metrics.similarity")):
+            checked += 1
+            reached = {d for d in deps if d.startswith(f"{PACKAGE}.metrics.backends")}
+            assert reached <= allowed, (module, sorted(reached - allowed))
+    assert checked >= 12
 
 
 @pytest.mark.parametrize("layer", ["metrics", "models", "data", "io"])

@@ -14,14 +14,9 @@ import pytest
 import tolerances
 
 from geom_jax import metrics
-from geom_jax.metrics import (
-    blocked_context,
-    blocked_knn,
-    distances,
-    imbalance,
-    knn_graph,
-    selection,
-)
+from geom_jax.metrics.backends import blocked_context
+from geom_jax.metrics.measures import imbalance, knn_graph
+from geom_jax.metrics.neighbours import blocked_rows, distances, selection
 
 N, D, BLOCK = 300, 16, 64
 
@@ -142,16 +137,16 @@ def test_bad_options_are_named():
 
 @jax.jit
 def _kernels(x, valid):
-    xc, _, sq = blocked_knn.centred_points(x, valid)
+    xc, _, sq = blocked_rows.centred_points(x, valid)
     gram, _ = distances.centred_gram(x, valid)
-    near, ranked, keys, _ = blocked_knn.select(
+    near, ranked, keys, _ = blocked_rows.select(
         xc, sq, valid, valid, k_near=12, ranks=(16, 64), block=BLOCK, method="host"
     )
     ref_near, ref_ranked = selection.select_neighbours(
         gram, valid, k_near=12, ranks=(16, 64), method="host"
     )
     queries = jnp.stack([near[:, 0], ranked[:, 1]], axis=-1)
-    ranks = blocked_knn.query_ranks(xc, sq, valid, queries, block=BLOCK)
+    ranks = blocked_rows.query_ranks(xc, sq, valid, queries, block=BLOCK)
     ref_ranks = imbalance.ranks_from_gram(gram, valid, queries)
     return near, ranked, keys, ref_near, ref_ranked, ranks, ref_ranks
 
@@ -173,13 +168,13 @@ def test_kernels_equal_their_dense_counterparts():
 
 def test_sharded_rows_map_covers_every_row_once():
     mesh = jax.make_mesh((1,), ("data",))
-    rows = blocked_knn.ShardedRows(mesh, "data")
+    rows = blocked_rows.ShardedRows(mesh, "data")
     x = jnp.arange(N, dtype=jnp.int32)
     out = jax.jit(
         lambda x: rows(lambda s, x: jax.lax.dynamic_slice(x, (s,), (BLOCK,)), N, BLOCK, x)
     )(x)
     np.testing.assert_array_equal(np.asarray(out), np.arange(N))
-    local = blocked_knn.LOCAL(lambda s, x: jax.lax.dynamic_slice(x, (s,), (BLOCK,)), N, BLOCK, x)
+    local = blocked_rows.LOCAL(lambda s, x: jax.lax.dynamic_slice(x, (s,), (BLOCK,)), N, BLOCK, x)
     np.testing.assert_array_equal(np.asarray(local), np.arange(N))
 
 

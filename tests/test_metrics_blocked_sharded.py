@@ -34,9 +34,9 @@ SCRIPT = r"""
 import json, sys
 import jax, numpy as np
 from geom_jax import metrics, sharding
-from geom_jax.metrics import blocked_knn
+from geom_jax.metrics.neighbours import blocked_rows
 from test_metrics_blocked_sharded import data
-assert jax.device_count() == 8 and blocked_knn.DATA_AXIS == sharding.DATA
+assert jax.device_count() == 8 and blocked_rows.DATA_AXIS == sharding.DATA
 h, mask = data()
 kw = dict(range_max=128, max_k=10, block_rows=32, observables="paper")
 one = metrics.layer_geometry(h, mask, neighbour_path="blocked", **kw)

@@ -5,7 +5,7 @@ import jax
 import numpy as np
 import pytest
 
-from geom_jax.metrics import distances, refinement, selection
+from geom_jax.metrics.neighbours import distances, refinement, selection
 
 K = 8
 M = K + refinement.REFINE_MARGIN

@@ -14,7 +14,7 @@ import pytest
 import tolerances
 
 from geom_jax import metrics, pipeline
-from geom_jax.metrics import intrinsic_dimension
+from geom_jax.metrics.measures import intrinsic_dimension
 
 FIELDS = pinned_outputs.DEGENERATE_FIELDS
 FLOAT_FIELDS = FIELDS[:-1]
@@ -171,7 +171,7 @@ def test_near_duplicate_prefilter_keeps_the_same_points(offset):
     """The Gram-bound pre-filter of near_duplicates (distinct=...) skips the
     arg-min search only where it cannot flag a distinct point: planted copies
     at relative distances around the 1e-5 tolerance keep the same points."""
-    from geom_jax.metrics import distances, unique
+    from geom_jax.metrics.neighbours import distances, duplicates
 
     rng = np.random.default_rng(3)
     x = (rng.standard_normal((3, 80, 24)) * 4 + 7).astype(np.float32)
@@ -183,9 +183,9 @@ def test_near_duplicate_prefilter_keeps_the_same_points(offset):
     valid = np.ones((3, 80), bool)
     valid[0, 70:] = False
     gram, _ = distances.centred_gram(x, valid)
-    keep = unique.first_occurrence(x, valid)
-    searched = keep & ~unique.near_duplicates(x, valid, gram)
-    filtered = keep & ~unique.near_duplicates(x, valid, gram, distinct=keep)
+    keep = duplicates.first_occurrence(x, valid)
+    searched = keep & ~duplicates.near_duplicates(x, valid, gram)
+    filtered = keep & ~duplicates.near_duplicates(x, valid, gram, distinct=keep)
     np.testing.assert_array_equal(filtered, searched)
     # the planted pair is near the tolerance, but not where float32 could decide it
     assert tolerances.n_unique_atol(x[1], valid[1]) == 0
@@ -193,9 +193,9 @@ def test_near_duplicate_prefilter_keeps_the_same_points(offset):
     assert not searched[2, 60]
     # distinct_points skips hashing and search per batch when no two valid points can
     # be that close: clouds 1 and 2 need them, cloud 0 alone does not
-    np.testing.assert_array_equal(unique.distinct_points(x, valid, gram), searched)
-    alone = unique.distinct_points(x[:1], valid[:1], gram[:1])
+    np.testing.assert_array_equal(duplicates.distinct_points(x, valid, gram), searched)
+    alone = duplicates.distinct_points(x[:1], valid[:1], gram[:1])
     np.testing.assert_array_equal(alone, valid[:1])
-    exact_only = unique.distinct_points(x, valid, gram, tolerance=0.0)
+    exact_only = duplicates.distinct_points(x, valid, gram, tolerance=0.0)
     np.testing.assert_array_equal(exact_only, keep)
     assert bool(exact_only[1, 50]) == (offset > 0)

@@ -14,7 +14,8 @@ import tolerances
 
 from benchmarks import reference as oracle
 from geom_jax import metrics
-from geom_jax.metrics import geometry, host_callback
+from geom_jax.metrics import compute
+from geom_jax.metrics.neighbours import host_selection
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RANGE_MAX = 64
@@ -230,10 +231,8 @@ def test_layer_chunk_equals_unchunked():
     full = metrics.layer_geometry(hidden, mask, range_max=RANGE_MAX, max_k=MAX_K, layer_chunk=5)
     chunked = metrics.layer_geometry(hidden, mask, range_max=RANGE_MAX, max_k=MAX_K, layer_chunk=2)
     _assert_close(chunked, full)
-    assert (
-        geometry.auto_layer_chunk(31, 1, 1024) == 2 and geometry.auto_layer_chunk(33, 1, 4096) == 1
-    )
-    assert geometry.auto_layer_chunk(5, 2, 130) == 5
+    assert compute.auto_layer_chunk(31, 1, 1024) == 2 and compute.auto_layer_chunk(33, 1, 4096) == 1
+    assert compute.auto_layer_chunk(5, 2, 130) == 5
 
 
 def test_layer_geometry_matches_oracle_per_layer():
@@ -372,13 +371,13 @@ def test_auto_selection_is_xla_below_the_host_threshold():
     and XLA's below (identical results, test_selection_paths_identical): the small
     cloud's program then holds no host callback, so JAX's persistent compilation cache
     can keep it for the next process."""
-    small = host_callback.AUTO_HOST_MIN_POINTS - 1
-    assert host_callback.for_cloud("auto", small) == "xla"
-    assert host_callback.for_cloud("auto", small + 1) == "auto"
-    assert host_callback.for_cloud("host", 3) == "host"
-    _, opts = geometry.prepare("paper", small, range_max=8, max_k=4)
+    small = host_selection.AUTO_HOST_MIN_POINTS - 1
+    assert host_selection.for_cloud("auto", small) == "xla"
+    assert host_selection.for_cloud("auto", small + 1) == "auto"
+    assert host_selection.for_cloud("host", 3) == "host"
+    _, opts = compute.prepare("paper", small, range_max=8, max_k=4)
     assert opts["selection"] == "xla"
-    _, opts = geometry.prepare("paper", small + 1, range_max=8, max_k=4)
+    _, opts = compute.prepare("paper", small + 1, range_max=8, max_k=4)
     assert opts["selection"] == "auto"
 
     def program(n):

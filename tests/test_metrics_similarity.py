@@ -20,7 +20,7 @@ import tolerances
 
 from benchmarks import reference as oracle
 from geom_jax import metrics
-from geom_jax.metrics import kernel_alignment, neighbour_alignment
+from geom_jax.metrics.similarity import cka_hsic, knn_alignment
 
 CKA_TOL = 1e-5
 RANK_RULES = {"mutual_knn": tolerances.mutual_knn_atol, "cknna": tolerances.cknna_atol}
@@ -76,7 +76,7 @@ def test_measures_match_float64_reference(case):
     mask[1, rng.choice(n, n // 7, replace=False)] = False
     out = metrics.layer_similarity(np.stack([x, x])[:, None], np.stack([y, y])[:, None], mask, k=k)
     check_against_reference(out, x, y, k, mask)
-    route = kernel_alignment.pick_route("auto", n, 1, dx, 1, dy, False)
+    route = cka_hsic.pick_route("auto", n, 1, dx, 1, dy, False)
     assert route == ("features" if case == "curved_duplicates" else "kernels")
 
 
@@ -118,7 +118,7 @@ def test_duplicates_tie_to_the_lower_index():
     x = rng.standard_normal((40, 6)).astype(np.float32)
     x[[11, 25, 31]] = x[3]
     x[8] = 2.0 * x[3]
-    idx, kv, rec, zero = neighbour_alignment.layer_lists(x[None], np.ones((1, 40), bool), 3, "auto")
+    idx, kv, rec, zero = knn_alignment.layer_lists(x[None], np.ones((1, 40), bool), 3, "auto")
     assert idx[0, 3].tolist() == [8, 11, 25]
     assert idx[0, 31].tolist() == [3, 8, 11]
     np.testing.assert_allclose(kv[0, 3], 1.0, atol=1e-6)
@@ -200,22 +200,22 @@ def test_layer_similarity_two_stacks_batched(stacks):
 
 def test_kernel_blocks_equal_feature_route(monkeypatch):
     """Several kernel blocks, the last one partial and shifted back: same S as features."""
-    monkeypatch.setattr(kernel_alignment, "KERNEL_BLOCK_BYTES", 4 * 3 * 37 * 37)
+    monkeypatch.setattr(cka_hsic, "KERNEL_BLOCK_BYTES", 4 * 3 * 37 * 37)
     rng = np.random.default_rng(5)
     xa = rng.standard_normal((2, 100, 5)).astype(np.float32)
     xb = rng.standard_normal((1, 100, 3)).astype(np.float32)
-    assert kernel_alignment._block_size(100, 3) == 37
+    assert cka_hsic._block_size(100, 3) == 37
     for pair in ((xa, xb), (xa, None)):
-        got = kernel_alignment.squared_norms(*pair, "kernels")
-        want = kernel_alignment.squared_norms(*pair, "features")
+        got = cka_hsic.squared_norms(*pair, "kernels")
+        want = cka_hsic.squared_norms(*pair, "features")
         for g, w in zip(got, want):
             np.testing.assert_allclose(g, w, rtol=1e-5)
 
 
 def test_auto_route_takes_the_cheaper():
-    assert kernel_alignment.pick_route("auto", 5000, 31, 576, 31, 576, True) == "kernels"
-    assert kernel_alignment.pick_route("auto", 5000, 1, 64, 1, 48, False) == "features"
-    assert kernel_alignment.pick_route("auto", 100, 1, 500, 1, 600, False) == "kernels"
+    assert cka_hsic.pick_route("auto", 5000, 31, 576, 31, 576, True) == "kernels"
+    assert cka_hsic.pick_route("auto", 5000, 1, 64, 1, 48, False) == "features"
+    assert cka_hsic.pick_route("auto", 100, 1, 500, 1, 600, False) == "kernels"
 
 
 def test_jit_and_zero_vectors(stacks):

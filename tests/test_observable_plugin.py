@@ -14,7 +14,7 @@ import pytest
 import run_helpers
 
 from geom_jax import data, models, results
-from geom_jax.metrics import registry
+from geom_jax.metrics.declare import registry
 
 PLUGIN = textwrap.dedent(
     '''
@@ -23,7 +23,7 @@ PLUGIN = textwrap.dedent(
     import numpy as np
 
     from geom_jax import plotting
-    from geom_jax.metrics.observable import Field, Observable, Option, ReportSection
+    from geom_jax.metrics.declare.observable import Field, Observable, Option, ReportSection
 
     NORM_POWER = Option("norm_power", float, 2.0, "Power p of the toy mean p-norm.")
 
@@ -135,3 +135,17 @@ def test_a_run_with_the_plugin_writes_its_field_option_section_and_dims(plugin, 
     np.testing.assert_array_equal(ds["toy_norm"].values, got)
     np.testing.assert_array_equal(ds["layer"].values, [1, 2, 3])
     assert "toy_norm" not in registry.REGISTRY
+
+
+def test_the_declaration_modules_keep_their_former_paths():
+    """Plugins written against geom_jax.metrics.observable / .options / .registry
+    (before metrics/ was split by job) import the same modules."""
+    import geom_jax.metrics.observable as former_observable
+    from geom_jax.metrics.registry import resolve
+
+    from geom_jax.metrics import declare
+    from geom_jax.metrics import options as former_options
+
+    assert former_observable is declare.observable
+    assert former_options is declare.options
+    assert resolve is declare.registry.resolve

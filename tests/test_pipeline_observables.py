@@ -9,7 +9,7 @@ import tolerances
 
 from geom_jax import metrics, models, pipeline, results
 from geom_jax import run as geom_run
-from geom_jax.metrics import observable, registry
+from geom_jax.metrics.declare import observable, registry
 from geom_jax.run import sweep
 
 

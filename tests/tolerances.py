@@ -142,7 +142,7 @@ def assert_matches_golden(got, want, field, where="", atol=0.0):
 # is within (D + 2) u of the exact one (u = eps / 2): two candidates can be ordered
 # either way only when their float64 squared distances are within (D + 2) eps of
 # each other, relative. A rank counted on Gram keys |c_m|^2 - 2 c_i . c_m of the
-# centred points c (metrics/ranks.py) errs by <= (D + 3) u (|c_m|^2 + 2 |c_i| |c_m|)
+# centred points c (metrics/neighbours/ranks.py) errs by <= (D + 3) u (|c_m|^2 + 2 |c_i| |c_m|)
 # per key (D u from the sums, 2 u from the centring, u from the subtraction), so
 # keys m and j can be counted in either order when they lie within the sum of
 # their two bounds, absolute (per pair: the norms of m and j, not the cloud's

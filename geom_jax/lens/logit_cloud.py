@@ -21,7 +21,9 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from geom_jax.metrics import distances, host_callback, intrinsic_dimension, unique, validation
+from geom_jax.metrics import validation
+from geom_jax.metrics.measures import intrinsic_dimension
+from geom_jax.metrics.neighbours import distances, duplicates, host_selection
 
 DEFAULT_RANGE_MAX = 64
 
@@ -70,7 +72,7 @@ def cloud_id(x, y, valid, *, n_scales, discard_fraction, method) -> LogitID:
     of the final hidden states x [..., N, D]); duplicates are found on x
     (identical h <=> identical logits for a full-rank W_U), first kept."""
     valid = distances.valid_or_all(y, valid)
-    keep = unique.first_occurrence(x, valid)
+    keep = duplicates.first_occurrence(x, valid)
     gram, _ = distances.centred_gram(y, keep)
     ranks = intrinsic_dimension.gride_ranks(n_scales)
     r = intrinsic_dimension.unique_neighbour_distances(y, gram, keep, ranks, method)
@@ -123,7 +125,7 @@ def logit_id(
       LogitID with gride_* [..., S'], S' = floor(log2(min(N, range_max))),
       and twonn [...].
     """
-    host_callback.check_method(selection)
+    host_selection.check_method(selection)
     validation.check_discard_fraction(discard_fraction)
     x = validation.as_points(x, "x")
     validation.check_range_max(x.shape[-2], range_max)

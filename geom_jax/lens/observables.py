@@ -24,8 +24,8 @@ from geom_jax.errors import ArgumentError
 from geom_jax.lens import logit_cloud, report, tuned, uncertainty
 from geom_jax.lens.unembedding import readout as model_readout
 from geom_jax.metrics import validation
-from geom_jax.metrics.intrinsic_dimension import TWONN_DISCARD_FRACTION
-from geom_jax.metrics.observable import Field, ModelInput, Observable, Option
+from geom_jax.metrics.declare.observable import Field, ModelInput, Observable, Option
+from geom_jax.metrics.measures.intrinsic_dimension import TWONN_DISCARD_FRACTION
 
 LOGIT_LENS = "logit"
 TUNED_PREFIX = "tuned:"

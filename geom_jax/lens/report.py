@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 
 from geom_jax import plotting
-from geom_jax.metrics.intrinsic_dimension import id_loss_spearman
-from geom_jax.metrics.observable import ReportSection
+from geom_jax.metrics.declare.observable import ReportSection
+from geom_jax.metrics.measures.intrinsic_dimension import id_loss_spearman
 
 LENS_FIELDS = (
     ("lens_entropy", "entropy H (nats)"),

@@ -6,26 +6,38 @@ Each observable is also a named unit of `registry` computed by
 `layer_geometry(hidden, mask, observables=...)`.
 """
 
-from geom_jax.metrics import registry
-from geom_jax.metrics.cosine import cosine_similarity_stats
-from geom_jax.metrics.distances import pairwise_distances
-from geom_jax.metrics.geometry import LayerGeometry, layer_geometry, stack_geometry
-from geom_jax.metrics.host_callback import SELECTION_METHODS
-from geom_jax.metrics.imbalance import imbalance_matrix, information_imbalance
-from geom_jax.metrics.intrinsic_dimension import gride, twonn
-from geom_jax.metrics.knn_graph import nn_similarity, reciprocity
-from geom_jax.metrics.label_overlap import label_overlap
-from geom_jax.metrics.local_id import mle_id, tle_id
-from geom_jax.metrics.neighbours import knn
-from geom_jax.metrics.overlap import neighbourhood_overlap
-from geom_jax.metrics.similarity import cka, cknna, layer_similarity, mutual_knn
-from geom_jax.metrics.spectrum import matrix_entropy, participation_ratio
-from geom_jax.metrics.trajectory import curvature
-from geom_jax.metrics.unique import DUPLICATE_TOLERANCE, unique_mask
+import sys
+
+from geom_jax.metrics.compute import LayerGeometry, layer_geometry, stack_geometry
+from geom_jax.metrics.declare import observable, options, registry
+from geom_jax.metrics.measures.cosine import cosine_similarity_stats
+from geom_jax.metrics.measures.imbalance import imbalance_matrix, information_imbalance
+from geom_jax.metrics.measures.intrinsic_dimension import gride, twonn
+from geom_jax.metrics.measures.knn_graph import nn_similarity, reciprocity
+from geom_jax.metrics.measures.label_overlap import label_overlap
+from geom_jax.metrics.measures.local_id import mle_id, tle_id
+from geom_jax.metrics.measures.overlap import neighbourhood_overlap
+from geom_jax.metrics.measures.spectrum import matrix_entropy, participation_ratio
+from geom_jax.metrics.measures.trajectory import curvature
+from geom_jax.metrics.neighbours.distances import pairwise_distances
+from geom_jax.metrics.neighbours.duplicates import DUPLICATE_TOLERANCE, unique_mask
+from geom_jax.metrics.neighbours.host_selection import SELECTION_METHODS
+from geom_jax.metrics.neighbours.search import knn
+from geom_jax.metrics.similarity.layer_pairs import cka, cknna, layer_similarity, mutual_knn
 from geom_jax.metrics.validation import check_sizes, default_range_max, validate_hidden
 
 neighborhood_overlap = neighbourhood_overlap
 """Former spelling of :func:`neighbourhood_overlap`."""
+
+# Module paths from before metrics/ was split by job, still importable (deprecated):
+# observable packages declared through geom_jax.metrics.observable.
+for _old, _module in {
+    "observable": observable,
+    "options": options,
+    "registry": registry,
+}.items():
+    sys.modules.setdefault(f"{__name__}.{_old}", _module)
+del _old, _module
 
 __all__ = [
     "DUPLICATE_TOLERANCE",

@@ -12,7 +12,7 @@ from jax.sharding import Mesh
 
 from geom_jax import models, sharding
 from geom_jax.errors import ArgumentError
-from geom_jax.metrics import registry
+from geom_jax.metrics.declare import registry
 from geom_jax.pipeline import schema
 from geom_jax.pipeline.step import PromptGeometry, geometry_step
 
@@ -70,7 +70,7 @@ class GeometryPipeline:
       rows = pipe.to_host(geo)       # this process's rows as NumPy arrays
 
     ``observables``: "paper" (default), "all", a comma list or a sequence of
-    names (see :mod:`geom_jax.metrics.registry`); their options by keyword
+    names (see :mod:`geom_jax.metrics.declare.registry`); their options by keyword
     (``range_max``, ``max_k``, ``id_k``, ``lens``: "logit" or "tuned:DIR",
     ...) or as ``options={...}``. What the observables consume from the model
     (their declared model inputs) is prepared here, once.

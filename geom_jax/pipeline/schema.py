@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from geom_jax.metrics import registry
-from geom_jax.metrics.observable import Field
+from geom_jax.metrics.declare import registry
+from geom_jax.metrics.declare.observable import Field
 
 MODEL_FIELDS = (
     Field("loss", (), "mean next-token negative log-likelihood (nats).", ""),

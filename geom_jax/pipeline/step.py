@@ -19,7 +19,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from geom_jax import metrics, models, sharding
-from geom_jax.metrics import registry
+from geom_jax.metrics.declare import registry
 from geom_jax.pipeline import schema
 
 

@@ -12,8 +12,8 @@ import os
 from collections.abc import Sequence
 
 from geom_jax.io import files
-from geom_jax.metrics import registry
-from geom_jax.metrics.observable import ReportSection
+from geom_jax.metrics.declare import registry
+from geom_jax.metrics.declare.observable import ReportSection
 from geom_jax.plotting import Run, has
 from geom_jax.report.runs import load_runs
 

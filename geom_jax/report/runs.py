@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from geom_jax import results
-from geom_jax.metrics.observable import DIMS
+from geom_jax.metrics.declare.observable import DIMS
 from geom_jax.plotting import Run
 
 COORDINATES = tuple(d.coord_name for d in DIMS.values() if d.coord_name)

@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 
 from geom_jax import data, metrics, models, pipeline
-from geom_jax.metrics import registry
-from geom_jax.metrics.observable import Option
+from geom_jax.metrics.declare import registry
+from geom_jax.metrics.declare.observable import Option
 from geom_jax.run import spec as run_spec
 from geom_jax.run.spec import UserError
 
@@ -110,7 +110,7 @@ def check_spec(spec: run_spec.RunSpec) -> None:
         if spec.kind == run_spec.TOKENS:
             n = num_tokens(spec)
             options = observables.options(spec.option_values(), n=n)
-            metrics.geometry.check_observables(observables, options, n)
+            metrics.compute.check_observables(observables, options, n)
         else:  # the clouds' size is known once the rows are (run.clouds.check_cloud_sizes)
             observables.options(spec.option_values())
     except ValueError as e:

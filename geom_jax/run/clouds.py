@@ -224,7 +224,7 @@ def check_cloud_sizes(spec: run_spec.RunSpec, clouds: list[Cloud]) -> int:
         )
     try:
         options = observables.options(spec.option_values(), n=n, kind=run_spec.CLOUDS)
-        metrics.geometry.check_observables(observables, options, n)
+        metrics.compute.check_observables(observables, options, n)
     except ValueError as e:
         raise UserError(
             "{problem} (the smallest cloud has {n} points: {num_prompts} rows per level over "

@@ -12,7 +12,7 @@ from __future__ import annotations
 from absl import flags
 
 from geom_jax import errors
-from geom_jax.metrics.observable import Option
+from geom_jax.metrics.declare.observable import Option
 from geom_jax.run import spec as run_spec
 
 PREFIX = "--"

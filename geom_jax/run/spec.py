@@ -2,7 +2,7 @@
 
 :data:`FIELDS` declares every field of a run (name, type, default, doc,
 whether it changes the results); the registered observables' options
-(:func:`geom_jax.metrics.registry.all_options`) join them. From these
+(:func:`geom_jax.metrics.declare.registry.all_options`) join them. From these
 declarations come :class:`RunSpec`, the command-line flags
 (:mod:`geom_jax.run.flags`), ``run_config.json`` and the ``--resume`` check,
 and the ``flags`` entry of ``metadata.json``: no field or default is written
@@ -19,8 +19,8 @@ import jax
 
 from geom_jax import data
 from geom_jax.errors import ArgumentError
-from geom_jax.metrics import registry
-from geom_jax.metrics.observable import Option
+from geom_jax.metrics.declare import registry
+from geom_jax.metrics.declare.observable import Option
 
 METHODS = ("structured", "shuffled", "permuted")
 DTYPES = ("float32", "bfloat16")

@@ -4,7 +4,7 @@
 (unique, knn_idx, knn_sq_at, knn_unique, ranked, cosine_stats, and the
 higher-level queries rank_source / query_ranks, scatter_moments,
 neighbour_sq_distances), from
-blocks of Gram rows (metrics/blocked_knn.py) instead of the Gram matrix, so
+blocks of Gram rows (metrics/neighbours/blocked_rows.py) instead of the Gram matrix, so
 that a cloud of N points needs O(N (block + k + #ranks)) memory per layer.
 Neighbour lists and distances are exact and equal the dense path's (same
 keys, the same certification and exact re-ranking); GRIDE's Gram-ranked
@@ -21,8 +21,10 @@ import functools
 import jax.numpy as jnp
 from jax import lax
 
-from geom_jax.metrics import blocked_knn, cosine, distances, options, refinement, spectrum, unique
-from geom_jax.metrics.context_base import ContextBase
+from geom_jax.metrics.backends.protocol import ContextBase
+from geom_jax.metrics.declare import options
+from geom_jax.metrics.measures import cosine, spectrum
+from geom_jax.metrics.neighbours import blocked_rows, distances, duplicates, refinement
 
 NEIGHBOUR_PATHS = options.NEIGHBOUR_PATHS
 
@@ -74,7 +76,7 @@ class BlockedContext(ContextBase):
         inputs,
         layer,
         block_rows=None,
-        rows=blocked_knn.LOCAL,
+        rows=blocked_rows.LOCAL,
     ):
         self.x = x
         self.valid = valid
@@ -83,7 +85,7 @@ class BlockedContext(ContextBase):
         self.ranks = tuple(ranks)
         self.layer = layer
         self._inputs = inputs
-        self.block = blocked_knn.block_rows_for(x.shape[-2], block_rows)
+        self.block = blocked_rows.block_rows_for(x.shape[-2], block_rows)
         self._rows = rows
 
     @property
@@ -99,7 +101,7 @@ class BlockedContext(ContextBase):
 
     @functools.cached_property
     def _centred(self):
-        return blocked_knn.centred_points(self.x, self.valid)
+        return blocked_rows.centred_points(self.x, self.valid)
 
     @property
     def centre(self):
@@ -108,7 +110,7 @@ class BlockedContext(ContextBase):
     def _select(self, valid_near, valid_rank, k_near, ranks):
         xc, _, sq = self._centred
         fn = functools.partial(
-            blocked_knn.select,
+            blocked_rows.select,
             k_near=k_near,
             ranks=ranks,
             block=self.block,
@@ -128,11 +130,11 @@ class BlockedContext(ContextBase):
 
     @functools.cached_property
     def unique(self):
-        tolerance = self.options.get("duplicate_tolerance", unique.DUPLICATE_TOLERANCE)
+        tolerance = self.options.get("duplicate_tolerance", duplicates.DUPLICATE_TOLERANCE)
         xc, _, sq = self._centred
         near_keys = self._selection[2]
         fn = functools.partial(
-            blocked_knn.distinct_points, tolerance=tolerance, block=self.block, rows=self._rows
+            blocked_rows.distinct_points, tolerance=tolerance, block=self.block, rows=self._rows
         )
         return _per_cloud(fn, self.x, xc, sq, self.valid, near_keys)
 
@@ -197,8 +199,8 @@ class BlockedContext(ContextBase):
         if source is None:
             xc, _, sq = self._centred
         else:
-            xc, _, sq = blocked_knn.centred_points(source["points"], self.valid)
-        fn = functools.partial(blocked_knn.query_ranks, block=self.block, rows=self._rows)
+            xc, _, sq = blocked_rows.centred_points(source["points"], self.valid)
+        fn = functools.partial(blocked_rows.query_ranks, block=self.block, rows=self._rows)
         return _per_cloud(fn, xc, sq, self.valid, queries)
 
     def scatter_moments(self):
@@ -208,7 +210,7 @@ class BlockedContext(ContextBase):
     def neighbour_sq_distances(self, idx):
         """|x_a - x_b|^2 [C, N, k, k] between the neighbours idx [C, N, k] of each
         point, from Gram entries computed on the points."""
-        fn = functools.partial(blocked_knn.pair_gram, block=self.block, rows=self._rows)
+        fn = functools.partial(blocked_rows.pair_gram, block=self.block, rows=self._rows)
         g = _per_cloud(fn, self._centred[0], idx)
         return distances.pair_sq_distances_from_pair_gram(g)
 
@@ -217,19 +219,19 @@ class BlockedKernels:
     """engine.StackContext's whole-cloud kernels (stack_kernels.DenseKernels'
     interface) on the row-blocked path."""
 
-    def __init__(self, block_rows=None, rows=blocked_knn.LOCAL):
+    def __init__(self, block_rows=None, rows=blocked_rows.LOCAL):
         self.block_rows = block_rows
         self.rows = rows
 
     def _block(self, x):
-        return blocked_knn.block_rows_for(x.shape[-2], self.block_rows)
+        return blocked_rows.block_rows_for(x.shape[-2], self.block_rows)
 
     def exact_knn(self, x, valid, k, method):
         """(squared distances, indices) [C, N, k] of the k nearest valid neighbours."""
         n = x.shape[-2]
-        xc, _, sq = blocked_knn.centred_points(x, valid)
+        xc, _, sq = blocked_rows.centred_points(x, valid)
         fn = functools.partial(
-            blocked_knn.select,
+            blocked_rows.select,
             k_near=refinement.num_candidates(k, n),
             ranks=(),
             block=self._block(x),
@@ -241,6 +243,6 @@ class BlockedKernels:
 
     def query_ranks(self, x, valid, queries):
         """rank(i, queries[i, q]) [C, N, Q] in clouds x [C, N, D]."""
-        xc, _, sq = blocked_knn.centred_points(x, valid)
-        fn = functools.partial(blocked_knn.query_ranks, block=self._block(x), rows=self.rows)
+        xc, _, sq = blocked_rows.centred_points(x, valid)
+        fn = functools.partial(blocked_rows.query_ranks, block=self._block(x), rows=self.rows)
         return _per_cloud(fn, xc, sq, valid, queries)

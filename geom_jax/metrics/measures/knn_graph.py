@@ -16,9 +16,10 @@ import numpy as np
 from jax import lax
 
 from geom_jax import plotting
-from geom_jax.metrics import distances, engine, validation
-from geom_jax.metrics.observable import Field, Observable, ReportSection
-from geom_jax.metrics.options import MAX_K, SELECTION
+from geom_jax.metrics import backends, validation
+from geom_jax.metrics.declare.observable import Field, Observable, ReportSection
+from geom_jax.metrics.declare.options import MAX_K, SELECTION
+from geom_jax.metrics.neighbours import distances
 
 
 def reciprocity_from_lists(idx, valid):
@@ -112,7 +113,7 @@ def reciprocity(x, mask=None, *, max_k=MAX_K.default, selection=SELECTION.defaul
     mask = validation.as_mask(mask, x.shape[:-2], x.shape[-2])
     validation.validate_points(x, mask, max_k=max_k)
     valid = jnp.ones(x.shape[:-1], bool) if mask is None else mask
-    out = engine.on_points(
+    out = backends.on_points(
         _reciprocity, x, valid, {"max_k": int(max_k), "selection": selection}, knn_k=max_k
     )
     return out["reciprocity"]
@@ -213,7 +214,7 @@ def nn_similarity(x, mask=None, *, selection=SELECTION.default):
     mask = validation.as_mask(mask, x.shape[:-2], x.shape[-2])
     validation.validate_points(x, mask)
     valid = jnp.ones(x.shape[:-1], bool) if mask is None else mask
-    return engine.on_points(_per_token, x, valid, {"selection": selection}, knn_k=2)
+    return backends.on_points(_per_token, x, valid, {"selection": selection}, knn_k=2)
 
 
 NN_SIMILARITY = Observable(

@@ -8,18 +8,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from geom_jax.metrics import (
-    blocked_context,
-    blocked_knn,
-    conditioning,
-    engine,
-    host_callback,
-    registry,
-    stack_kernels,
-    unique,
-    validation,
-)
-from geom_jax.metrics.options import SELECTION
+from geom_jax.metrics import validation
+from geom_jax.metrics.backends import blocked_context, conditioning, dense_context
+from geom_jax.metrics.declare import registry
+from geom_jax.metrics.declare.options import SELECTION
+from geom_jax.metrics.neighbours import blocked_rows, duplicates, host_selection
 
 
 @jax.tree_util.register_pytree_node_class
@@ -87,18 +80,18 @@ def _stack_geometry(hidden, mask, inputs, *, observables, static_options, layer_
     shared = {k: v for k, v in inputs.items() if not registry.INPUTS.get(k, (False,))[0]}
     observables = observables.observables
     layered = [o for o in observables if o.scope in ("layer", "pair")]
-    knn_k, ranks = engine.needs(observables, options, n)
+    knn_k, ranks = dense_context.needs(observables, options, n)
 
     chunk = auto_layer_chunk(n_layers, b, n) if layer_chunk is None else min(layer_chunk, n_layers)
-    path = "blocked" if rows != blocked_knn.LOCAL else options["neighbour_path"]
-    context, kernels = engine.LayerContext, stack_kernels.DENSE
+    path = "blocked" if rows != blocked_rows.LOCAL else options["neighbour_path"]
+    context, kernels = dense_context.LayerContext, dense_context.DENSE
     if blocked_context.use_blocked(path, chunk * b, n):
         block_rows = options["block_rows"]
         context = functools.partial(
             blocked_context.BlockedContext, block_rows=block_rows, rows=rows
         )
         kernels = blocked_context.BlockedKernels(block_rows, rows)
-    stack = engine.StackContext(
+    stack = dense_context.StackContext(
         hidden,
         valid,
         options,
@@ -107,7 +100,7 @@ def _stack_geometry(hidden, mask, inputs, *, observables, static_options, layer_
         scale=lambda: conditioning.scale_of(hidden, valid[None]),
         kernels=kernels,
     )
-    isolated = engine.Isolated(stack)
+    isolated = dense_context.Isolated(stack)
     prepared = {o.name: o.prepare(isolated) for o in layered if o.prepare is not None}
     carried = [o for o in layered if o.previous is not None]
 
@@ -141,7 +134,7 @@ def _stack_geometry(hidden, mask, inputs, *, observables, static_options, layer_
             if o.previous is not None:
                 mine = jax.tree.map(
                     lambda a: a.reshape((c, b) + a.shape[1:]),
-                    o.previous(engine.Isolated(ctx, **own)),
+                    o.previous(dense_context.Isolated(ctx, **own)),
                 )
                 before = jax.tree.map(lambda a: jnp.zeros_like(a[0]), mine)
                 if carry_in is not None:
@@ -152,14 +145,14 @@ def _stack_geometry(hidden, mask, inputs, *, observables, static_options, layer_
                     mine,
                 )
                 carry_out[o.name] = jax.tree.map(lambda a: a[-1], mine)
-            outs[o.name] = o.compute(engine.Isolated(ctx, **own))
+            outs[o.name] = o.compute(dense_context.Isolated(ctx, **own))
         outs[SCALE] = (e, ok)
         outs = jax.tree.map(lambda a: a.reshape((c, b) + a.shape[1:]), outs)
         return (outs, carry_out) if carried else outs
 
     per_layer = {}
     if layered:
-        per_layer = engine.map_chunks(chunk_fn, hidden, [], chunk, carry=bool(carried))
+        per_layer = dense_context.map_chunks(chunk_fn, hidden, [], chunk, carry=bool(carried))
         exponent, finite = per_layer[SCALE]
     else:
         exponent, finite = stack.exponent_and_finite
@@ -231,7 +224,7 @@ def check_observables(observables, options, n, hidden=None, mask=None, layer_axi
             )
     need_unique = max((n_u, arg) for _, n_u, arg in needs)
     if need_unique[0]:
-        keep = np.asarray(unique.unique_mask(h, valid[..., None, :]))
+        keep = np.asarray(duplicates.unique_mask(h, valid[..., None, :]))
         distinct = keep.sum(-1)  # [..., L]
         if distinct.min() < need_unique[0]:
             pos = np.unravel_index(int(np.argmin(distinct)), distinct.shape)
@@ -255,12 +248,12 @@ def row_layout(mesh, neighbour_path):
     """How the blocked path lays out its row blocks: one device, or split over the
     mesh's data axis (which forces the blocked path)."""
     if mesh is None:
-        return blocked_knn.LOCAL
+        return blocked_rows.LOCAL
     if neighbour_path == "dense":
         raise ValueError("neighbour_path='dense' cannot split rows over a mesh; use 'blocked'")
-    if blocked_knn.DATA_AXIS not in mesh.shape:
-        raise ValueError(f"mesh must have a {blocked_knn.DATA_AXIS!r} axis, got {mesh.shape}")
-    return blocked_knn.ShardedRows(mesh, blocked_knn.DATA_AXIS)
+    if blocked_rows.DATA_AXIS not in mesh.shape:
+        raise ValueError(f"mesh must have a {blocked_rows.DATA_AXIS!r} axis, got {mesh.shape}")
+    return blocked_rows.ShardedRows(mesh, blocked_rows.DATA_AXIS)
 
 
 def prepare(observables, n, *, layer_chunk=None, options=None, **option_values):
@@ -274,7 +267,7 @@ def prepare(observables, n, *, layer_chunk=None, options=None, **option_values):
         if k in values:
             raise ValueError(f"{k} is given both as a keyword and in options=")
         values[k] = v
-    host_callback.check_method(values.get(SELECTION.name, SELECTION.default))
+    host_selection.check_method(values.get(SELECTION.name, SELECTION.default))
     opts = observables.options(values, n=n)
     return observables, opts
 
@@ -343,12 +336,12 @@ def layer_geometry(
     cosine all valid tokens.
 
     Each cloud is rescaled by an exact power of two before any square is taken
-    (metrics/conditioning.py), so the results do not depend on its scale (1e20 or
+    (metrics/backends/conditioning.py), so the results do not depend on its scale (1e20 or
     1e-30 times a cloud gives the same IDs). A cloud with a NaN or inf at a valid
     token gets NaN for every output that reads it (``finite`` False), also under
     jit. Tokens closer than ``duplicate_tolerance`` times the cloud's RMS norm to
     an earlier one count as duplicates for the ID estimators
-    (unique.near_duplicates; 0 keeps exact duplicates only); GRIDE scales needing
+    (duplicates.near_duplicates; 0 keeps exact duplicates only); GRIDE scales needing
     more distinct tokens than remain are NaN.
 
     Args:
@@ -374,7 +367,7 @@ def layer_geometry(
         entropy_alpha, duplicate_tolerance, selection ("auto": NumPy host
         selection on CPU, lax.top_k elsewhere; "host"; "xla"), neighbour_path
         ("dense" holds each cloud's N x N centred Gram matrix; "blocked",
-        metrics/blocked_context.py, computes the same exact neighbour lists,
+        metrics/backends/blocked_context.py, computes the same exact neighbour lists,
         distances and IDs from blocks of block_rows Gram rows, O(N (block + k +
         #ranks)) memory per cloud; "auto" picks "blocked" above 4,096 points per
         cloud or 1 GiB of Gram matrices per layer chunk), block_rows, and those of

@@ -20,9 +20,10 @@ import numpy as np
 
 from geom_jax import plotting
 from geom_jax.errors import ArgumentError
-from geom_jax.metrics import engine, unique, validation
-from geom_jax.metrics.observable import Field, Observable, Option, ReportSection
-from geom_jax.metrics.options import SELECTION
+from geom_jax.metrics import backends, validation
+from geom_jax.metrics.declare.observable import Field, Observable, Option, ReportSection
+from geom_jax.metrics.declare.options import SELECTION
+from geom_jax.metrics.neighbours import duplicates
 
 TLE_EPSILON = 1e-4
 
@@ -148,7 +149,7 @@ def check_distinct(x, mask, k, name="k"):
     """Raise if a cloud of concrete x [..., N, D] has fewer than k + 1 distinct valid points."""
     if not validation.is_concrete(x, mask):
         return
-    keep = np.asarray(unique.unique_mask(x, mask))
+    keep = np.asarray(duplicates.unique_mask(x, mask))
     counts = keep.sum(-1)
     if counts.size and counts.min() < k + 1:
         pos = np.unravel_index(int(np.argmin(counts)), counts.shape)
@@ -176,7 +177,7 @@ def mle_id(x, mask=None, *, k=None, selection=SELECTION.default):
     averaging of inverses; scikit-dimension 0.5 ``MLE``.
     """
     x, valid, opts = _prepare(x, mask, k, selection)
-    return engine.on_points(_mle, x, valid, opts, knn_k=k)
+    return backends.on_points(_mle, x, valid, opts, knn_k=k)
 
 
 def tle_id(x, mask=None, *, k=None, selection=SELECTION.default):
@@ -185,7 +186,7 @@ def tle_id(x, mask=None, *, k=None, selection=SELECTION.default):
     Reference: Amsaleg et al. 2019 (SDM), scikit-dimension 0.5 ``TLE``.
     """
     x, valid, opts = _prepare(x, mask, k, selection)
-    return engine.on_points(_tle, x, valid, opts, knn_k=k)
+    return backends.on_points(_tle, x, valid, opts, knn_k=k)
 
 
 def _min_points(options):

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from geom_jax.metrics import distances, refinement, sharding
+from geom_jax.metrics.neighbours import distances, manual_axes, refinement
 
 CHUNK_GRAM_BYTES = 8 * 2**20
 """Gram-matrix bytes per chunk of clouds (at least one cloud per chunk)."""
@@ -81,7 +81,7 @@ def listed_inner_products(x, idx):
             other = jnp.take(xc, jnp.maximum(ic[:, j], 0), axis=0)
             return acc.at[j].set(jnp.dot(xc * other, ones, precision=distances.HIGHEST))
 
-        init = sharding.like(jnp.zeros((k, xc.shape[0]), xc.dtype), xc)
+        init = manual_axes.like(jnp.zeros((k, xc.shape[0]), xc.dtype), xc)
         return lax.fori_loop(0, k, slot, init).T
 
     return lax.map(cloud, (x, idx))

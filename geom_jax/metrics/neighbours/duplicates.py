@@ -15,7 +15,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from geom_jax.metrics import distances, options, validation
+from geom_jax.metrics import validation
+from geom_jax.metrics.declare import options
+from geom_jax.metrics.neighbours import distances
 
 _SALT_SEED = 0x5EED
 

@@ -7,6 +7,7 @@ computed once however many observables consume it. :class:`StackContext`
 is what pair and prompt observables see: the whole hidden stack, layer-major
 [L, B, N, D] as the decoder returns it. :class:`Isolated` keeps the
 observables outside the paper's set from changing the paper's numbers.
+:class:`DenseKernels` holds the whole-cloud kernels of StackContext;
 :func:`map_chunks` runs a function over layer chunks; :func:`on_points` runs
 one observable's compute on single clouds (what the public functions use).
 """
@@ -19,25 +20,19 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from geom_jax.metrics import (
-    conditioning,
-    cosine,
-    distances,
-    refinement,
-    selection,
-    stack_kernels,
-    unique,
-)
-from geom_jax.metrics.context_base import ContextBase
-from geom_jax.metrics.options import DUPLICATE_TOLERANCE
-from geom_jax.metrics.ranks import ranks_from_gram
+from geom_jax.metrics.backends import conditioning
+from geom_jax.metrics.backends.protocol import ContextBase
+from geom_jax.metrics.declare.options import DUPLICATE_TOLERANCE
+from geom_jax.metrics.measures import cosine
+from geom_jax.metrics.neighbours import distances, duplicates, refinement, selection
+from geom_jax.metrics.neighbours.ranks import ranks_from_gram
 
 
 class LayerContext(ContextBase):
     """Shared intermediates of one chunk of clouds x [C, N, D], computed on first use.
 
     x [C, N, D] (each cloud divided by a power of two near its largest
-    coordinate, metrics/conditioning.py: a field measured in units of length
+    coordinate, metrics/backends/conditioning.py: a field measured in units of length
     declares ``Field(length=True)`` and is multiplied back), valid [C, N],
     options (dict), layer [C] int32 (index of each cloud's layer in the
     stack), input(name). Properties: unique, gram, centre, knn_sq / knn_idx
@@ -61,7 +56,7 @@ class LayerContext(ContextBase):
     @functools.cached_property
     def unique(self):
         tolerance = self.options.get(DUPLICATE_TOLERANCE.name, DUPLICATE_TOLERANCE.default)
-        return unique.distinct_points(self.x, self.valid, self.gram, tolerance)
+        return duplicates.distinct_points(self.x, self.valid, self.gram, tolerance)
 
     @functools.cached_property
     def _gram(self):
@@ -177,12 +172,31 @@ class Isolated:
         return _barrier(value)
 
 
+class DenseKernels:
+    """Whole-cloud neighbour kernels of pair / prompt observables (information
+    imbalance's Delta(l -> last) needs exact neighbours and query ranks outside the
+    layer loop), through the centred Gram matrix of each cloud [C, N, N];
+    blocked_context.BlockedKernels answers the same through blocks of Gram rows."""
+
+    def exact_knn(self, x, valid, k, method):
+        """(squared distances, indices) [C, N, k] of the k nearest valid neighbours."""
+        gram, _ = distances.centred_gram(x, valid)
+        return refinement.exact_knn(x, gram, valid, k, method)
+
+    def query_ranks(self, x, valid, queries):
+        """rank(i, queries[i, q]) [C, N, Q] (ranks.ranks_from_gram)."""
+        return ranks_from_gram(distances.centred_gram(x, valid)[0], valid, queries)
+
+
+DENSE = DenseKernels()
+
+
 class StackContext:
     """What pair / prompt observables see: the whole stack of a batch.
 
     hidden [L, B, N, D] layer-major (float32, each cloud divided by
     2**exponent [L, B] as the layer observables see it,
-    metrics/conditioning.py; computed on first use from the raw stack and
+    metrics/backends/conditioning.py; computed on first use from the raw stack and
     ``scale()`` -> (exponent, finite), zeros in non-finite clouds: lengths
     measured on it are multiplied back with ``conditioning.restore_lengths``),
     exponent_and_finite, valid [B, N], options, input(name) ([B, ...]),
@@ -192,9 +206,7 @@ class StackContext:
     returns its outputs stacked [L, B, ...].
     """
 
-    def __init__(
-        self, hidden, valid, options, inputs, layer_chunk, scale=None, kernels=stack_kernels.DENSE
-    ):
+    def __init__(self, hidden, valid, options, inputs, layer_chunk, scale=None, kernels=DENSE):
         self._raw = hidden
         self._kernels = kernels
         self._scale = scale

@@ -11,9 +11,10 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from geom_jax.metrics import distances, host_callback, validation
-from geom_jax.metrics.options import MAX_K, SELECTION
-from geom_jax.metrics.refinement import exact_knn
+from geom_jax.metrics import validation
+from geom_jax.metrics.declare.options import MAX_K, SELECTION
+from geom_jax.metrics.neighbours import distances, host_selection
+from geom_jax.metrics.neighbours.refinement import exact_knn
 
 
 @functools.partial(jax.jit, static_argnames=("k", "method"))
@@ -40,7 +41,7 @@ def knn(x, mask=None, *, k=MAX_K.default, selection=SELECTION.default):
       (dists, idx) [..., N, k]: float32 distances and int32 indices, the point
       itself excluded, ordered by (distance, index) so ties go to the lower index.
     """
-    host_callback.check_method(selection)
+    host_selection.check_method(selection)
     x = validation.as_points(x, "x")
     validation.check_max_k(x.shape[-2], k, name="k")
     mask = validation.as_mask(mask, x.shape[:-2], x.shape[-2])

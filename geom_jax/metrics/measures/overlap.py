@@ -12,9 +12,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from geom_jax import plotting
-from geom_jax.metrics import distances, host_callback, refinement, validation
-from geom_jax.metrics.observable import Field, Observable, ReportSection
-from geom_jax.metrics.options import MAX_K, SELECTION
+from geom_jax.metrics import validation
+from geom_jax.metrics.declare.observable import Field, Observable, ReportSection
+from geom_jax.metrics.declare.options import MAX_K, SELECTION
+from geom_jax.metrics.neighbours import distances, host_selection, refinement
 
 
 def overlap_from_lists(a, b, valid):
@@ -71,7 +72,7 @@ def neighbourhood_overlap(x, y, mask=None, *, max_k=MAX_K.default, selection=SEL
 
     Reference: Doimo et al. 2020 (NeurIPS), the paper's section on neighbourhood overlap.
     """
-    host_callback.check_method(selection)
+    host_selection.check_method(selection)
     x = validation.as_points(x, "x")
     y = validation.as_points(y, "y")
     if x.shape[:-1] != y.shape[:-1]:

@@ -1,7 +1,7 @@
 """The registry of observables: registration, discovery and resolved observable sets.
 
-Observables are declared with :mod:`geom_jax.metrics.observable` and
-registered by name: the library's own by :mod:`geom_jax.metrics.catalog`
+Observables are declared with :mod:`geom_jax.metrics.declare.observable` and
+registered by name: the library's own by :mod:`geom_jax.metrics.declare.builtin`
 (one line each), others through the ``geom_jax.observables`` entry-point
 group, found on first use (a package declares, in its metadata,
 ``name = "package.module:OBSERVABLE"``; the object may be an Observable, a
@@ -18,9 +18,15 @@ import functools
 from collections.abc import Iterable, Iterator, Mapping
 from importlib import metadata
 
-from geom_jax.metrics import catalog
-from geom_jax.metrics import options as shared_options
-from geom_jax.metrics.observable import INTERMEDIATES, Field, Observable, Option, merge_options
+from geom_jax.metrics.declare import builtin
+from geom_jax.metrics.declare import options as shared_options
+from geom_jax.metrics.declare.observable import (
+    INTERMEDIATES,
+    Field,
+    Observable,
+    Option,
+    merge_options,
+)
 
 ENTRY_POINT_GROUP = "geom_jax.observables"
 
@@ -116,7 +122,7 @@ def discover(*, refresh: bool = False) -> None:
     if _discovered and not refresh:
         return
     _discovered = True
-    for obs in catalog.BUILTIN:
+    for obs in builtin.BUILTIN:
         if REGISTRY.get(obs.name) is not obs:
             register(obs)
     for ep in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):

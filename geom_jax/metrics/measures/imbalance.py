@@ -7,7 +7,7 @@ carry no information about them (Glielmo et al. 2022, PNAS Nexus 1(2)
 pgac039, eq. 1; DADApy ``return_inf_imb_two_selected_coords`` with full
 ranks). All valid tokens take part; N is their number. Ranks are counted
 on the keys |x_j|^2 - 2 x_i . x_j of the centred points (ties to the lower
-index; ctx.query_ranks, metrics/ranks.py), nearest neighbours come from the
+index; ctx.query_ranks, metrics/neighbours/ranks.py), nearest neighbours come from the
 exact lists. In layer_geometry each layer's rank source (its Gram matrix on
 the dense path, its points on the row-blocked one) is carried to the next
 layer, so both directions of every consecutive pair need no Gram matrix
@@ -22,10 +22,11 @@ import numpy as np
 from jax import lax
 
 from geom_jax import plotting
-from geom_jax.metrics import distances, refinement, validation
-from geom_jax.metrics.observable import Field, Observable, ReportSection
-from geom_jax.metrics.options import SELECTION
-from geom_jax.metrics.ranks import STEP, ranks_from_gram  # noqa: F401  (re-exported)
+from geom_jax.metrics import validation
+from geom_jax.metrics.declare.observable import Field, Observable, ReportSection
+from geom_jax.metrics.declare.options import SELECTION
+from geom_jax.metrics.neighbours import distances, refinement
+from geom_jax.metrics.neighbours.ranks import STEP, ranks_from_gram  # noqa: F401  (re-exported)
 
 
 def ranks_of(x, valid, queries):

@@ -8,8 +8,9 @@ import numpy as np
 from jax import lax
 
 from geom_jax import plotting
-from geom_jax.metrics import distances, validation
-from geom_jax.metrics.observable import Field, Observable, Option, ReportSection
+from geom_jax.metrics import validation
+from geom_jax.metrics.declare.observable import Field, Observable, Option, ReportSection
+from geom_jax.metrics.neighbours import distances
 
 
 def cosine_stats_from_gram(x, valid, gram, centre, include_diagonal=True):
@@ -62,7 +63,7 @@ def cosine_stats_from_points(x, valid, include_diagonal=True):
     terms vanish because sum_i v_i = 0), so the spread needs one D x D product
     and no difference of large sums. Without the diagonal the mean and the
     spread are corrected by the N diagonal terms. What the row-blocked path
-    (metrics/blocked_context.py) uses; float32 error ~1e-7 on both.
+    (metrics/backends/blocked_context.py) uses; float32 error ~1e-7 on both.
     """
     hi = distances.HIGHEST
     w = valid.astype(x.dtype)

@@ -20,7 +20,7 @@ observable:
 Declaring one (a new module and one registration line, or an entry point
 of the ``geom_jax.observables`` group in another package)::
 
-    from geom_jax.metrics import observable
+    from geom_jax.metrics.declare import observable
 
     SCALE = observable.Option("norm_power", float, 2.0, "power of the norm")
 

@@ -14,18 +14,18 @@ from jax import lax
 
 from geom_jax import plotting
 from geom_jax.errors import ArgumentError
-from geom_jax.metrics import (
+from geom_jax.metrics import validation
+from geom_jax.metrics.declare.observable import Field, Observable, Option, ReportSection
+from geom_jax.metrics.declare.options import MAX_K, SELECTION
+from geom_jax.metrics.measures import local_id
+from geom_jax.metrics.neighbours import (
     distances,
-    host_callback,
-    local_id,
+    duplicates,
+    host_selection,
+    manual_axes,
     refinement,
-    sharding,
-    unique,
-    validation,
 )
-from geom_jax.metrics.observable import Field, Observable, Option, ReportSection
-from geom_jax.metrics.options import MAX_K, SELECTION
-from geom_jax.metrics.selection import select_neighbours
+from geom_jax.metrics.neighbours.selection import select_neighbours
 
 BISECTION_LO = 1e-3
 BISECTION_HI = 1e3
@@ -47,8 +47,8 @@ def kth_smallest(values, valid, k):
     32 counting passes instead of a sort.
     """
     bits = lax.bitcast_convert_type(jnp.where(valid, values, jnp.inf), jnp.int32)
-    lo = sharding.like(jnp.zeros(k.shape, jnp.int32), bits)
-    hi = sharding.like(jnp.full(k.shape, 0x7F800000, jnp.int32), bits)
+    lo = manual_axes.like(jnp.zeros(k.shape, jnp.int32), bits)
+    hi = manual_axes.like(jnp.full(k.shape, 0x7F800000, jnp.int32), bits)
 
     def body(_, bounds):
         lo, hi = bounds
@@ -100,8 +100,8 @@ def gride_from_ratios(mu, valid, n1):
     kept = valid & (mu < cut[..., None])
     n_kept = jnp.sum(kept, axis=-1).astype(jnp.float32)
 
-    lo = sharding.like(jnp.full(n_kept.shape, BISECTION_LO, jnp.float32), log_mu)
-    hi = sharding.like(jnp.full(n_kept.shape, BISECTION_HI, jnp.float32), log_mu)
+    lo = manual_axes.like(jnp.full(n_kept.shape, BISECTION_LO, jnp.float32), log_mu)
+    hi = manual_axes.like(jnp.full(n_kept.shape, BISECTION_HI, jnp.float32), log_mu)
     s_hi = _neg_score(hi, log_mu, kept, n1, n2, n_kept)
 
     def step(_, bounds):
@@ -196,7 +196,7 @@ def unique_neighbour_distances(x, gram, keep, ranks, method):
 
 def _prepare(x, mask):
     valid = distances.valid_or_all(x, mask)
-    keep = unique.first_occurrence(x, valid)
+    keep = duplicates.first_occurrence(x, valid)
     gram, _ = distances.centred_gram(x, keep)
     return keep, gram
 
@@ -223,7 +223,7 @@ def gride(x, mask=None, *, range_max=None, selection=SELECTION.default):
     supports. Returns (ids, errs, scales) [..., S] float32; NaN where the
     unique valid points cannot support a scale (n2 > n_unique - 1).
     """
-    host_callback.check_method(selection)
+    host_selection.check_method(selection)
     x = validation.as_points(x, "x")
     range_max = validation.resolve_range_max(x.shape[-2], range_max)
     validation.check_range_max(x.shape[-2], range_max)
@@ -238,7 +238,7 @@ def twonn(x, mask=None, *, discard_fraction=None, selection=SELECTION.default):
     discard_fraction=0.1: linear fit through the origin on the 90% smallest
     ratios (DADApy's default); 0.0: the maximum-likelihood form.
     """
-    host_callback.check_method(selection)
+    host_selection.check_method(selection)
     if discard_fraction is None:
         discard_fraction = TWONN_DISCARD_FRACTION.default
     validation.check_discard_fraction(discard_fraction)

@@ -8,8 +8,8 @@ functions' keywords, the command-line flags) comes from these declarations.
 from __future__ import annotations
 
 from geom_jax.errors import ArgumentError
-from geom_jax.metrics.host_callback import SELECTION_METHODS, for_cloud
-from geom_jax.metrics.observable import Option
+from geom_jax.metrics.declare.observable import Option
+from geom_jax.metrics.neighbours.host_selection import SELECTION_METHODS, for_cloud
 
 
 def _positive_int(name):

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from geom_jax.metrics import neighbour_lists
+from geom_jax.metrics.neighbours import neighbour_lists
 
 CKNNA_EPS = 1e-6
 """Added to the CKNNA denominator, as platonic-rep's ``cknna`` does."""

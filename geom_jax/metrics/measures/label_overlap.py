@@ -26,9 +26,8 @@ import numpy as np
 
 from geom_jax import plotting
 from geom_jax.errors import ArgumentError
-from geom_jax.metrics import neighbour_lists, validation
-from geom_jax.metrics.host_callback import check_method
-from geom_jax.metrics.observable import (
+from geom_jax.metrics import validation
+from geom_jax.metrics.declare.observable import (
     Dim,
     Field,
     Observable,
@@ -36,6 +35,8 @@ from geom_jax.metrics.observable import (
     ReportSection,
     register_dim,
 )
+from geom_jax.metrics.neighbours import neighbour_lists
+from geom_jax.metrics.neighbours.host_selection import check_method
 
 
 def _class_sizes(labels, valid):

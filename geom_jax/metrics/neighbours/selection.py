@@ -20,8 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from geom_jax.metrics import host_callback, sharding
-from geom_jax.metrics.packing import low_int32, pack
+from geom_jax.metrics.neighbours import host_selection, manual_axes
+from geom_jax.metrics.neighbours.packing import low_int32, pack
 
 
 def _smallest_sorted(keys, m):
@@ -120,7 +120,7 @@ def _host_select(gram, sq, valid_near, valid_rank, *, k_near, ranks):
 
     near = np.empty((slabs, n, k_near), np.int32)
     rank = np.empty((slabs, n, len(ranks)), np.int32)
-    for (i, a, b), (nr, rk) in zip(items, host_callback.thread_map(work, items)):
+    for (i, a, b), (nr, rk) in zip(items, host_selection.thread_map(work, items)):
         near[i, a:b] = nr[0]
         rank[i, a:b] = rk[0]
     return near.reshape(batch + (n, k_near)), rank.reshape(batch + (n, len(ranks)))
@@ -130,7 +130,7 @@ def host_select_rows(gram_rows, sq, valid_near, valid_rank, row0, *, k_near, ran
     """Host selection for rows row0.. of one cloud: gram_rows [R, N] (its rows of
     the centred Gram matrix), sq, valid_near, valid_rank [N] -> ([R, k_near],
     [R, #ranks]) int32, threads over ROW_BLOCK rows; what the row-blocked
-    kernels (metrics/blocked_knn.py) call per block."""
+    kernels (metrics/neighbours/blocked_rows.py) call per block."""
     gram_rows = np.asarray(gram_rows, np.float32)
     r = gram_rows.shape[0]
     row0 = int(np.asarray(row0))
@@ -145,7 +145,7 @@ def host_select_rows(gram_rows, sq, valid_near, valid_rank, row0, *, k_near, ran
 
     near = np.empty((r, k_near), np.int32)
     rank = np.empty((r, len(ranks)), np.int32)
-    for a, (nr, rk) in zip(starts, host_callback.thread_map(work, starts)):
+    for a, (nr, rk) in zip(starts, host_selection.thread_map(work, starts)):
         near[a : a + nr.shape[1]] = nr[0]
         rank[a : a + rk.shape[1]] = rk[0]
     return near, rank
@@ -176,8 +176,8 @@ def _host_callback_select(gram, sq, valid_near, valid_rank, *, k_near, ranks):
         jax.ShapeDtypeStruct(batch + (n, len(ranks)), jnp.int32),
     )
     fn = functools.partial(_host_select, k_near=k_near, ranks=ranks)
-    near, rank = host_callback.host_call(fn, out, gram, sq, valid_near, valid_rank)
-    return sharding.like(near, gram), sharding.like(rank, gram)
+    near, rank = host_selection.host_call(fn, out, gram, sq, valid_near, valid_rank)
+    return manual_axes.like(near, gram), manual_axes.like(rank, gram)
 
 
 def select_neighbours(gram, valid_near, valid_rank=None, *, k_near, ranks=(), method="auto"):
@@ -190,7 +190,7 @@ def select_neighbours(gram, valid_near, valid_rank=None, *, k_near, ranks=(), me
     by (sq_j - 2 G_ij, index). Rows short of valid columns continue with
     excluded columns in index order (callers mask them).
     """
-    host_callback.check_method(method)
+    host_selection.check_method(method)
     ranks = tuple(int(r) for r in ranks)
     n = gram.shape[-1]
     if k_near > n or (ranks and max(ranks) > n):
@@ -202,4 +202,4 @@ def select_neighbours(gram, valid_near, valid_rank=None, *, k_near, ranks=(), me
     valid_rank = jnp.broadcast_to(valid_rank, sq.shape)
     xla = functools.partial(_xla_select, k_near=k_near, ranks=ranks)
     host = functools.partial(_host_callback_select, k_near=k_near, ranks=ranks)
-    return host_callback.dispatch(method, host, xla, gram, sq, valid_near, valid_rank)
+    return host_selection.dispatch(method, host, xla, gram, sq, valid_near, valid_rank)

@@ -3,7 +3,7 @@
 A cloud's rows are processed B at a time: the block's rows of the centred Gram
 matrix (one [B, D] x [D, N] HIGHEST-precision product), the selection of each
 row's nearest valid columns and of its columns at fixed ranks from the same
-keys sq_j - 2 G_ij as the dense path (metrics/selection.py: NumPy host
+keys sq_j - 2 G_ij as the dense path (metrics/neighbours/selection.py: NumPy host
 selection on CPU, lax.top_k elsewhere), and the selection keys of the chosen
 candidates, which `refinement.certify` needs to certify the Gram order or
 re-rank by direct differences. Memory per cloud is O(N (B + k + #ranks)).
@@ -23,8 +23,14 @@ import numpy as np
 from jax import lax
 from jax.sharding import PartitionSpec as P
 
-from geom_jax.metrics import distances, host_callback, selection, sharding, unique
-from geom_jax.metrics.ranks import count_ranks
+from geom_jax.metrics.neighbours import (
+    distances,
+    duplicates,
+    host_selection,
+    manual_axes,
+    selection,
+)
+from geom_jax.metrics.neighbours.ranks import count_ranks
 
 DATA_AXIS = "data"
 """The mesh axis the rows are split over by default (geom_jax.sharding.DATA)."""
@@ -172,8 +178,8 @@ def _host_select_rows(g, sq, valid_near, valid_rank, start, *, k_near, ranks):
         jax.ShapeDtypeStruct((b, len(ranks)), jnp.int32),
     )
     fn = functools.partial(selection.host_select_rows, k_near=k_near, ranks=ranks)
-    near, rank = host_callback.host_call(fn, out, g, sq, valid_near, valid_rank, start)
-    return sharding.like(near, g), sharding.like(rank, g)
+    near, rank = host_selection.host_call(fn, out, g, sq, valid_near, valid_rank, start)
+    return manual_axes.like(near, g), manual_axes.like(rank, g)
 
 
 def select_rows(g, sq, valid_near, valid_rank, start, *, k_near, ranks, method):
@@ -181,7 +187,7 @@ def select_rows(g, sq, valid_near, valid_rank, start, *, k_near, ranks, method):
     on those rows of the full matrix): (near [B, k_near], ranked [B, #ranks])."""
     xla = functools.partial(_xla_select_rows, k_near=k_near, ranks=ranks)
     host = functools.partial(_host_select_rows, k_near=k_near, ranks=ranks)
-    return host_callback.dispatch(method, host, xla, g, sq, valid_near, valid_rank, start)
+    return host_selection.dispatch(method, host, xla, g, sq, valid_near, valid_rank, start)
 
 
 def select(xc, sq, valid_near, valid_rank, *, k_near, ranks, block, method, rows=LOCAL):
@@ -219,7 +225,7 @@ def select(xc, sq, valid_near, valid_rank, *, k_near, ranks, block, method, rows
 def nearest_earlier(xc, sq, valid, *, block, rows=LOCAL):
     """Per row i, the valid j < i of smallest key sq_j - 2 G_ij (lowest index on
     ties; 0 where there is none) and whether one exists: [N] int32, bool [N]
-    (unique.near_duplicates' search, block by block)."""
+    (duplicates.near_duplicates' search, block by block)."""
 
     def fn(start, xc, sq, valid):
         g = gram_rows(xc, start, block)
@@ -233,22 +239,22 @@ def nearest_earlier(xc, sq, valid, *, block, rows=LOCAL):
 
 
 def distinct_points(x, xc, sq, valid, near_keys, tolerance, *, block, rows=LOCAL):
-    """Bool [N]: unique.distinct_points without the Gram matrix.
+    """Bool [N]: duplicates.distinct_points without the Gram matrix.
 
     The pre-filter reads each row's nearest valid key (near_keys[:, 0] from
     `select`): when no row is within tolerance * R plus the Gram error bound of
     its nearest point, no two points can be (near-)duplicates and the result is
-    `valid`; otherwise exact duplicates are hashed (unique.first_occurrence) and
+    `valid`; otherwise exact duplicates are hashed (duplicates.first_occurrence) and
     near-duplicates found by `nearest_earlier` and an exact distance.
     """
     d = x.shape[-1]
-    limit = (tolerance**2) * unique._sq_radius(x, valid)
+    limit = (tolerance**2) * duplicates._sq_radius(x, valid)
     top = jnp.max(jnp.where(valid, sq, 0.0))
     nearest = sq + near_keys[:, 0]
-    close = valid & (nearest <= limit + d * unique.GRAM_ERROR * (sq + top))
+    close = valid & (nearest <= limit + d * duplicates.GRAM_ERROR * (sq + top))
 
     def full():
-        keep = unique.first_occurrence(x, valid)
+        keep = duplicates.first_occurrence(x, valid)
         if tolerance > 0:
             j, has = nearest_earlier(xc, sq, valid, block=block, rows=rows)
             d2 = jnp.sum(jnp.square(x - x[j]), axis=-1)

@@ -11,8 +11,8 @@ fewer than 3 valid tokens.
 import jax.numpy as jnp
 from jax import lax
 
-from geom_jax.metrics import engine, validation
-from geom_jax.metrics.observable import Field, Observable
+from geom_jax.metrics import backends, validation
+from geom_jax.metrics.declare.observable import Field, Observable
 
 
 def curvature_of(x, valid):
@@ -55,7 +55,7 @@ def curvature(x, mask=None):
     mask = validation.as_mask(mask, x.shape[:-2], x.shape[-2])
     validation.validate_points(x, mask)
     valid = jnp.ones(x.shape[:-1], bool) if mask is None else mask
-    return engine.on_points(_compute, x, valid, {})["curvature"]
+    return backends.on_points(_compute, x, valid, {})["curvature"]
 
 
 OBSERVABLE = Observable(

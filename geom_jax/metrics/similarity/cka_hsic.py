@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from geom_jax.metrics import distances
+from geom_jax.metrics.neighbours import distances
 
 ROUTES = ("auto", "features", "kernels")
 

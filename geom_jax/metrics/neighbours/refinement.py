@@ -13,9 +13,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from geom_jax.metrics import distances, host_callback, sharding
-from geom_jax.metrics.packing import low_int32, pack, unpack_values
-from geom_jax.metrics.selection import select_neighbours
+from geom_jax.metrics.neighbours import distances, host_selection, manual_axes
+from geom_jax.metrics.neighbours.packing import low_int32, pack, unpack_values
+from geom_jax.metrics.neighbours.selection import select_neighbours
 
 REFINE_MARGIN = 4
 """Extra Gram-ranked candidates refined beyond k, so that float32 Gram errors
@@ -55,7 +55,7 @@ def _slot_distances(table, own, cols):
         diff = jnp.take(table, cols[:, j], axis=0, mode="clip") - own
         return acc.at[j].set(jnp.dot(diff * diff, ones, precision=distances.HIGHEST))
 
-    init = sharding.like(jnp.zeros((m, own.shape[0]), table.dtype), own)
+    init = manual_axes.like(jnp.zeros((m, own.shape[0]), table.dtype), own)
     return lax.fori_loop(0, m, slot, init).T
 
 
@@ -114,8 +114,8 @@ def _xla_sort(d2, idx, *, k):
 def _host_callback_sort(d2, idx, *, k):
     shape = d2.shape[:-1] + (k,)
     out = (jax.ShapeDtypeStruct(shape, d2.dtype), jax.ShapeDtypeStruct(shape, jnp.int32))
-    vals, order = host_callback.host_call(functools.partial(_host_sort, k=k), out, d2, idx)
-    return sharding.like(vals, d2), sharding.like(order, d2)
+    vals, order = host_selection.host_call(functools.partial(_host_sort, k=k), out, d2, idx)
+    return manual_axes.like(vals, d2), manual_axes.like(order, d2)
 
 
 def sort_candidates(d2, idx, k, method="xla"):
@@ -125,12 +125,12 @@ def sort_candidates(d2, idx, k, method="xla"):
     backend sorts packed (d2 bits, index) keys in NumPy; the XLA one ranks
     by counting. Both give the same result.
     """
-    host_callback.check_method(method)
+    host_selection.check_method(method)
     if k > d2.shape[-1]:
         raise ValueError(f"cannot keep {k} of {d2.shape[-1]} candidates")
     host = functools.partial(_host_callback_sort, k=k)
     xla = functools.partial(_xla_sort, k=k)
-    return host_callback.dispatch(method, host, xla, d2, idx)
+    return host_selection.dispatch(method, host, xla, d2, idx)
 
 
 def refine_candidates(x, idx, valid):
@@ -238,7 +238,7 @@ def certify(x, near, keys, sq, sq_j, valid, k, method="auto"):
     """`certified_knn` from the candidates' selection keys keys [C, N, M] (+inf at
     excluded columns), the rows' centred squared norms sq [C, N] and the
     candidates' sq_j [C, N, M] (0 where excluded): what a caller that never holds
-    the Gram matrix (metrics/blocked_knn.py) gathers block by block."""
+    the Gram matrix (metrics/neighbours/blocked_rows.py) gathers block by block."""
     c, n, d = x.shape
     tau = CERTIFY_FACTOR * np.sqrt(d) * 2.0**-24 * 2.0 * (sq + jnp.max(sq_j, axis=-1))
     gaps = keys[..., 1 : k + 1] - keys[..., :k]
@@ -266,9 +266,9 @@ def certify(x, near, keys, sq, sq_j, valid, k, method="auto"):
         return r + 1, idx_f, sq_f.at[rows].set(s, mode="drop")
 
     state = (
-        sharding.like(jnp.int32(0), rounds),
+        manual_axes.like(jnp.int32(0), rounds),
         idx.reshape(total, k),
-        sharding.like(jnp.full((total, k), jnp.inf, x.dtype), x),
+        manual_axes.like(jnp.full((total, k), jnp.inf, x.dtype), x),
     )
     _, idx_f, sq_f = lax.while_loop(lambda s: s[0] < rounds, body, state)
     return CertifiedKnn(x, idx_f.reshape(c, n, k), flagged, sq_f.reshape(c, n, k))

@@ -1,11 +1,11 @@
 """The library's observables: one line each (order = results order).
 
 Observables of other packages register through the ``geom_jax.observables``
-entry-point group instead (:func:`geom_jax.metrics.registry.discover`); the
+entry-point group instead (:func:`geom_jax.metrics.declare.registry.discover`); the
 lens observables of :mod:`geom_jax.lens` are declared that way in setup.py.
 """
 
-from geom_jax.metrics import (
+from geom_jax.metrics.measures import (
     cosine,
     imbalance,
     intrinsic_dimension,

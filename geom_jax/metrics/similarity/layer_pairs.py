@@ -29,8 +29,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from geom_jax.metrics import kernel_alignment, neighbour_alignment, validation
-from geom_jax.metrics.host_callback import check_method
+from geom_jax.metrics import validation
+from geom_jax.metrics.neighbours.host_selection import check_method
+from geom_jax.metrics.similarity import cka_hsic, knn_alignment
 
 MEASURES = ("mutual_knn", "cknna", "cka", "cka_debiased")
 LIST_MEASURES = ("mutual_knn", "cknna")
@@ -116,7 +117,7 @@ def _lists(x, valid, k, selection):
     """Per-layer list statistics of stacks x [B, L, N, D] -> each [B, L, ...]."""
     b, n_layers, n, d = x.shape
     vf = jnp.broadcast_to(valid[:, None, :], (b, n_layers, n)).reshape(b * n_layers, n)
-    out = neighbour_alignment.layer_lists(x.reshape(b * n_layers, n, d), vf, k, selection)
+    out = knn_alignment.layer_lists(x.reshape(b * n_layers, n, d), vf, k, selection)
     return jax.tree.map(lambda o: o.reshape((b, n_layers) + o.shape[1:]), out)
 
 
@@ -128,27 +129,25 @@ def _one_batch(xa, xb, valid, lists_a, lists_b, *, measures, k, route):
         ia, ka, ra, za = lists_a
         ib, kb, rb, zb = lists_a if lists_b is None else lists_b
         want = "cknna" in measures
-        count, hsic = neighbour_alignment.all_pairs((ia, ka, ra), (ib, kb, rb), m, want)
+        count, hsic = knn_alignment.all_pairs((ia, ka, ra), (ib, kb, rb), m, want)
         bad = za[:, None] | zb[None, :]
         if "mutual_knn" in measures:
-            mk = neighbour_alignment.mutual_knn_from_counts(count, m, k)
+            mk = knn_alignment.mutual_knn_from_counts(count, m, k)
             out["mutual_knn"] = jnp.where(bad, jnp.nan, mk)
         if want:
-            ha = neighbour_alignment.self_hsic(ia, ka, ra, m)
-            hb = ha if lists_b is None else neighbour_alignment.self_hsic(ib, kb, rb, m)
-            out["cknna"] = jnp.where(
-                bad, jnp.nan, neighbour_alignment.cknna_from_hsic(hsic, ha, hb)
-            )
+            ha = knn_alignment.self_hsic(ia, ka, ra, m)
+            hb = ha if lists_b is None else knn_alignment.self_hsic(ib, kb, rb, m)
+            out["cknna"] = jnp.where(bad, jnp.nan, knn_alignment.cknna_from_hsic(hsic, ha, hb))
     if "cka" in measures or "cka_debiased" in measures:
-        ca = kernel_alignment.centred(xa, valid)
-        cb = None if xb is None else kernel_alignment.centred(xb, valid)
-        s, s_a, s_b = kernel_alignment.squared_norms(ca, cb, route)
+        ca = cka_hsic.centred(xa, valid)
+        cb = None if xb is None else cka_hsic.centred(xb, valid)
+        s, s_a, s_b = cka_hsic.squared_norms(ca, cb, route)
         if "cka" in measures:
-            out["cka"] = kernel_alignment.cka_biased(s, s_a, s_b)
+            out["cka"] = cka_hsic.cka_biased(s, s_a, s_b)
         if "cka_debiased" in measures:
-            ta = kernel_alignment.layer_terms(ca)
-            tb = ta if cb is None else kernel_alignment.layer_terms(cb)
-            out["cka_debiased"] = kernel_alignment.cka_unbiased(s, s_a, s_b, ta, tb, m)
+            ta = cka_hsic.layer_terms(ca)
+            tb = ta if cb is None else cka_hsic.layer_terms(cb)
+            out["cka_debiased"] = cka_hsic.cka_unbiased(s, s_a, s_b, ta, tb, m)
     return out
 
 
@@ -160,14 +159,14 @@ def _similarity(xa, xb, valid, *, measures, k, selection, route):
     lists_b = _lists(xb, valid, k, selection) if lists and xb is not None else None
     _, la, n, da = xa.shape
     lb, db = (la, da) if xb is None else xb.shape[1::2]
-    chosen = kernel_alignment.pick_route(route, n, la, da, lb, db, xb is None)
+    chosen = cka_hsic.pick_route(route, n, la, da, lb, db, xb is None)
     fn = functools.partial(_one_batch, measures=measures, k=k, route=chosen)
     return jax.lax.map(lambda args: fn(*args), (xa, xb, valid, lists_a, lists_b))
 
 
 def _run(a, b, mask, measures, k, selection, route, names, layout_rank):
     check_method(selection)
-    kernel_alignment.check_route(route)
+    cka_hsic.check_route(route)
     measures = _check_measures(measures)
     same = b is None or b is a
     a, b, mask = _check_inputs(a, None if same else b, mask, measures, k, names, layout_rank)
@@ -212,7 +211,7 @@ def layer_similarity(
       selection: "auto", "host" or "xla", the neighbour-selection backend.
       cka_route: "auto", "features" or "kernels": how sum_ij K_a,ij K_b,ij =
         ||X_a^T X_b||_F^2 is computed (`kernel_alignment`). "auto" takes whichever
-        needs fewer FLOPs (`kernel_alignment.cka_cost`): 2 N Da Db per pair for
+        needs fewer FLOPs (`cka_hsic.cka_cost`): 2 N Da Db per pair for
         features, against N^2 D per layer (the upper-triangle blocks of its kernel)
         plus N^2 per pair for the kernels. At N = 5,000, D = 576 and 31 x 31 layers
         of one stack that is 3.2e12 against 0.47e12 FLOPs: kernels; for a single

@@ -26,8 +26,10 @@ import jax.numpy as jnp
 from jax import lax
 
 from geom_jax.errors import ArgumentError
-from geom_jax.metrics import cosine, distances, engine, validation
-from geom_jax.metrics.observable import Field, Observable, Option
+from geom_jax.metrics import backends, validation
+from geom_jax.metrics.declare.observable import Field, Observable, Option
+from geom_jax.metrics.measures import cosine
+from geom_jax.metrics.neighbours import distances
 
 
 def participation_ratio_from_moments(tr, fro):
@@ -141,7 +143,7 @@ def participation_ratio(x, mask=None):
     Gao et al. 2017 (arXiv:1710.08926), eq. 2; Recanatesi et al. 2022.
     """
     x, valid = _points(x, mask)
-    return engine.on_points(_pr, x, valid, {})["participation_ratio"]
+    return backends.on_points(_pr, x, valid, {})["participation_ratio"]
 
 
 def matrix_entropy(x, mask=None, *, alpha=ENTROPY_ALPHA.default):
@@ -152,7 +154,7 @@ def matrix_entropy(x, mask=None, *, alpha=ENTROPY_ALPHA.default):
     """
     check_alpha(alpha)
     x, valid = _points(x, mask)
-    return engine.on_points(_entropy, x, valid, {"entropy_alpha": float(alpha)})["matrix_entropy"]
+    return backends.on_points(_entropy, x, valid, {"entropy_alpha": float(alpha)})["matrix_entropy"]
 
 
 PARTICIPATION_RATIO = Observable(
