@@ -21,7 +21,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from geom_jax import metrics  # noqa: E402
-from geom_jax.metrics import geometry  # noqa: E402
+from geom_jax.metrics import compute  # noqa: E402
 from geom_jax.metrics.backends import blocked_context
 
 
@@ -59,7 +59,7 @@ def main():
     cpu = time.process_time() - cpu
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     n_layers, n = hidden.shape[0], hidden.shape[1]
-    chunk = geometry.auto_layer_chunk(n_layers, 1, n)
+    chunk = compute.auto_layer_chunk(n_layers, 1, n)
     blocked = blocked_context.use_blocked(args.neighbour_path, chunk, n)
     np.savez(
         args.out,

@@ -25,7 +25,9 @@ from geom_jax.run import flags as run_flags  # noqa: E402
 
 _RUNS = flags.DEFINE_list("runs", None, "One or two pooled run folders (output_dir of runs).")
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Folder for similarity.npz and report.")
-_K = flags.DEFINE_integer("k", 10, "Neighbours per point of mutual k-NN and CKNNA.")
+_K = flags.DEFINE_integer(
+    compare.SIMILARITY_K.name, compare.SIMILARITY_K.default, compare.SIMILARITY_K.doc
+)
 _MEASURES = flags.DEFINE_list(
     "measures", list(compare.MEASURES), f"Measures, of {', '.join(compare.MEASURES)}."
 )

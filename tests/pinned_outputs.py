@@ -245,7 +245,7 @@ def entropies():
     """matrix_entropy of oracle_batch() at ENTROPY_ALPHAS, keyed entropy:alpha=A."""
     x, mask = oracle_batch()
     return {
-        f"entropy:alpha={a}": np.asarray(metrics.matrix_entropy(x, mask, alpha=a))
+        f"entropy:alpha={a}": np.asarray(metrics.matrix_entropy(x, mask, entropy_alpha=a))
         for a in ENTROPY_ALPHAS
     }
 

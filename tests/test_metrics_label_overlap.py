@@ -18,6 +18,11 @@ from benchmarks import reference as oracle
 from geom_jax import metrics
 
 
+def _keywords(kwargs):
+    """The oracle's and tolerances' keywords as label_overlap's (k is label_k there)."""
+    return {("label_k" if name == "k" else name): v for name, v in kwargs.items()}
+
+
 def fixture(name):
     return os.path.join(os.path.dirname(__file__), "fixtures", name)
 
@@ -37,7 +42,7 @@ def test_every_layer_matches_dadapy_on_the_manifold(clouds):
     points, labels = clouds["manifold/points"], clouds["manifold/labels"]
     for kwargs, field in (({"k": 30}, "k30"), ({"class_fraction": 0.3}, "cf03")):
         tolerances.assert_rank_field(
-            metrics.label_overlap(points, labels, **kwargs),
+            metrics.label_overlap(points, labels, **_keywords(kwargs)),
             clouds[f"manifold/label_overlap_{field}"],
             "label_overlap",
             tolerances.label_overlap_atol(points, labels, **kwargs),
@@ -52,7 +57,7 @@ def test_masked_llm_clouds_match_dadapy_on_their_distinct_points(clouds, dadapy)
     mask = dadapy["smollm2_distinct/mask"]
     for kwargs, field in (({"k": 30}, "k30"), ({"class_fraction": 0.3}, "cf03")):
         tolerances.assert_rank_field(
-            metrics.label_overlap(points, labels, mask, **kwargs),
+            metrics.label_overlap(points, labels, mask, **_keywords(kwargs)),
             dadapy[f"smollm2_distinct/label_overlap_{field}"],
             "label_overlap",
             tolerances.label_overlap_atol(points, labels, mask=mask, **kwargs),
@@ -69,7 +74,7 @@ def test_duplicates_with_different_labels_follow_the_definition(clouds):
     point itself is excluded, copies are ordinary neighbours: the float64 reference."""
     points, labels = clouds["smollm2_last_token/points"][0], clouds["smollm2_last_token/labels"]
     for kwargs in ({"k": 30}, {"class_fraction": 0.3}):
-        got = float(metrics.label_overlap(points, labels, **kwargs))
+        got = float(metrics.label_overlap(points, labels, **_keywords(kwargs)))
         want = oracle.label_overlap(points, labels, **kwargs)
         atol = tolerances.label_overlap_atol(points, labels, **kwargs)
         tolerances.assert_rank_field(got, want, "label_overlap", atol, f"{kwargs}: ")
@@ -99,7 +104,7 @@ def test_matches_reference_with_masks_duplicates_and_a_batch(weighted):
         masks.append(mask)
     x, labels, mask = np.stack(clouds_), np.stack(labels_), np.stack(masks)
     for kwargs in ({"k": 7}, {"class_fraction": 0.29}, {"class_fraction": 1.0 / 3.0}):
-        got = metrics.label_overlap(x, labels, mask, weighted=weighted, **kwargs)
+        got = metrics.label_overlap(x, labels, mask, weighted=weighted, **_keywords(kwargs))
         for b in range(2):
             want = oracle.label_overlap(x[b], labels[b], valid=mask[b], weighted=weighted, **kwargs)
             atol = tolerances.label_overlap_atol(
@@ -118,7 +123,7 @@ def test_class_fraction_k_per_point_is_dadapys_floor():
     atol = tolerances.label_overlap_atol(x, labels, class_fraction=0.3)
     tolerances.assert_rank_field(got, want, "label_overlap", atol)
     # With k = 2 everywhere the value changes: the k per point matters.
-    assert abs(float(metrics.label_overlap(x.astype(np.float32), labels, k=2)) - want) > 0.01
+    assert abs(float(metrics.label_overlap(x.astype(np.float32), labels, label_k=2)) - want) > 0.01
 
 
 BAD = {
@@ -127,9 +132,12 @@ BAD = {
         "labels must be an integer",
     ),
     "labels_shape": (lambda x, lab: metrics.label_overlap(x, lab[:-1]), "labels"),
-    "k_too_large": (lambda x, lab: metrics.label_overlap(x, lab, k=150), "k=150 needs N >= 151"),
+    "k_too_large": (
+        lambda x, lab: metrics.label_overlap(x, lab, label_k=150),
+        "label_k=150 needs N >= 151",
+    ),
     "few_valid": (
-        lambda x, lab: metrics.label_overlap(x, lab, np.arange(150) < 20, k=30),
+        lambda x, lab: metrics.label_overlap(x, lab, np.arange(150) < 20, label_k=30),
         "k=30 needs >= 31 valid points",
     ),
     "fraction_range": (
@@ -155,7 +163,7 @@ def test_class_fraction_under_jit_is_refused():
     x, labels = small_cloud(np.random.default_rng(0))
     with pytest.raises(ValueError, match="class_fraction needs concrete labels"):
         jax.jit(lambda p, q: metrics.label_overlap(p, q, class_fraction=0.3))(x, labels)
-    jitted = jax.jit(lambda p, q: metrics.label_overlap(p, q, k=5))
+    jitted = jax.jit(lambda p, q: metrics.label_overlap(p, q, label_k=5))
     want = oracle.label_overlap(x, labels, 5)
     atol = tolerances.label_overlap_atol(x, labels, k=5)
     tolerances.assert_rank_field(float(jitted(x, labels)), want, "label_overlap", atol, "jit: ")
@@ -173,7 +181,7 @@ def test_the_observable_equals_the_function_and_dadapy(clouds):
     for k in (1, 7, 30):
         tolerances.assert_rank_field(
             geo.label_overlap[0, :, k - 1],
-            metrics.label_overlap(points, labels, k=k),
+            metrics.label_overlap(points, labels, label_k=k),
             "label_overlap_curve",
             curve_atol[:, k - 1],
             f"k={k}: ",

@@ -2,6 +2,7 @@
 layer_geometry(observables=...) against each function, registration, bad input."""
 
 import os
+import re
 
 import jax.numpy as jnp
 import numpy as np
@@ -39,7 +40,7 @@ def rel(got, want):
 def test_id_estimators_match_scikit_dimension(case):
     points = ref(case, "points")
     for name, fn in (("mle", metrics.mle_id), ("tle", metrics.tle_id)):
-        glob, pw = (np.asarray(a) for a in fn(points, k=20))
+        glob, pw = (np.asarray(a) for a in fn(points, id_k=20))
         assert rel(glob, ref(case, name)) < 1e-3, name
         for layer in range(points.shape[0]):
             got = pw[layer][~np.isnan(pw[layer])]  # NaN exactly at the duplicates
@@ -54,7 +55,7 @@ def test_spectral_observables_match_reference(case):
     points = ref(case, "points")
     assert rel(metrics.participation_ratio(points), ref(case, "participation_ratio")) < 1e-4
     for alpha in (1, 2):
-        got = metrics.matrix_entropy(points, alpha=float(alpha))
+        got = metrics.matrix_entropy(points, entropy_alpha=float(alpha))
         np.testing.assert_allclose(got, ref(case, f"matrix_entropy_{alpha}"), rtol=1e-3)
 
 
@@ -118,10 +119,10 @@ def test_new_functions_match_float64_oracle(batch):
     rec = np.asarray(metrics.reciprocity(x, mask, max_k=10))
     sim = np.asarray(metrics.nn_similarity(x, mask))
     ii = np.asarray(metrics.information_imbalance(x, y, mask))
-    mle_g, mle_p = (np.asarray(a) for a in metrics.mle_id(x, mask, k=10))
-    tle_g, tle_p = (np.asarray(a) for a in metrics.tle_id(x, mask, k=10))
+    mle_g, mle_p = (np.asarray(a) for a in metrics.mle_id(x, mask, id_k=10))
+    tle_g, tle_p = (np.asarray(a) for a in metrics.tle_id(x, mask, id_k=10))
     pr = np.asarray(metrics.participation_ratio(x, mask))
-    ent = {a: np.asarray(metrics.matrix_entropy(x, mask, alpha=a)) for a in (1.0, 3.0)}
+    ent = {a: np.asarray(metrics.matrix_entropy(x, mask, entropy_alpha=a)) for a in (1.0, 3.0)}
     curv = np.asarray(metrics.curvature(x, mask))
     for b in range(2):
         m = mask[b]
@@ -187,7 +188,7 @@ def test_duplicates_are_nan_pointwise_and_kept_by_graph_observables():
     rng = np.random.default_rng(9)
     x = cloud(rng, 80, 3, 8)
     x[40] = x[5]
-    _, pw = metrics.mle_id(x, k=8)
+    _, pw = metrics.mle_id(x, id_k=8)
     assert np.isnan(pw[40]) and not np.isnan(pw[5])
     g, p = oracle.mle(x, 8)
     assert rel(np.asarray(pw)[~np.isnan(pw)], p) < 1e-4
@@ -266,16 +267,16 @@ def test_layer_geometry_all_equals_each_function_on_unpadded_prompts():
             round_atol=close["atol"],
             rtol=close["rtol"],
         )
-        g, p = metrics.mle_id(h, k=6)
+        g, p = metrics.mle_id(h, id_k=6)
         np.testing.assert_allclose(geo.mle_id[b], g, **close)
         np.testing.assert_allclose(geo.local_id[b, :, :n], p, **close)
         assert np.all(np.isnan(geo.local_id[b, :, n:]))
-        np.testing.assert_allclose(geo.tle_id[b], metrics.tle_id(h, k=6)[0], **close)
+        np.testing.assert_allclose(geo.tle_id[b], metrics.tle_id(h, id_k=6)[0], **close)
         np.testing.assert_allclose(
             geo.participation_ratio[b], metrics.participation_ratio(h), **close
         )
         np.testing.assert_allclose(
-            geo.matrix_entropy[b], metrics.matrix_entropy(h, alpha=1.0), **close
+            geo.matrix_entropy[b], metrics.matrix_entropy(h, entropy_alpha=1.0), **close
         )
         np.testing.assert_allclose(geo.curvature[b], metrics.curvature(h), **close)
         last = np.broadcast_to(h[-1:], h.shape)
@@ -431,8 +432,8 @@ def test_bad_input_raises_before_compute():
         metrics.layer_geometry(hidden, observables="mle_id", id_k=40)
     with pytest.raises(ValueError, match=r"entropy_alpha must be a number > 0, got 0"):
         metrics.layer_geometry(hidden, observables="matrix_entropy", entropy_alpha=0)
-    with pytest.raises(ValueError, match=r"alpha must be a number > 0, got -1"):
-        metrics.matrix_entropy(hidden[0, 0], alpha=-1.0)
+    with pytest.raises(ValueError, match=r"entropy_alpha must be a number > 0, got -1"):
+        metrics.matrix_entropy(hidden[0, 0], entropy_alpha=-1.0)
     mask = np.ones((2, 40), bool)
     mask[1, 15:] = False
     with pytest.raises(
@@ -447,15 +448,15 @@ def test_bad_input_raises_before_compute():
     ):
         metrics.layer_geometry(dup, observables="mle_id", id_k=21)
     with pytest.raises(
-        ValueError, match=r"k=21 needs >= 22 distinct valid points, but cloud \(2,\) has 21"
+        ValueError, match=r"id_k=21 needs >= 22 distinct valid points, but cloud \(2,\) has 21"
     ):
-        metrics.mle_id(dup[0], k=21)
+        metrics.mle_id(dup[0], id_k=21)
     with pytest.raises(
         ValueError, match=r"mask: max_k=20 needs >= 21 valid points, but cloud \(1,\) has 15"
     ):
         metrics.reciprocity(hidden[:, 0], mask, max_k=20)
-    with pytest.raises(ValueError, match=r"k=50 needs N >= 51"):
-        metrics.tle_id(hidden[0, 0], k=50)
+    with pytest.raises(ValueError, match=r"id_k=50 needs N >= 51"):
+        metrics.tle_id(hidden[0, 0], id_k=50)
 
 
 def test_carried_observables_chunked_equal_unchunked():
@@ -516,3 +517,31 @@ def test_prompt_scope_and_map_layers():
         np.testing.assert_allclose(geo.norm_sum, want, rtol=1e-5)
         np.testing.assert_array_equal(geo.last_first, hidden[:, -1, 0, 0])
         assert registry.get("stack_toy").fields[0].shape() == "[P]"
+
+
+def test_former_keywords_still_work_with_a_warning():
+    """mle_id / tle_id(k=), matrix_entropy(alpha=) and label_overlap(k=), the names
+    before the keywords took their options' names, give the same values."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((50, 6)).astype(np.float32)
+    labels = np.arange(50) % 4
+    pairs = [
+        (lambda: metrics.mle_id(x, id_k=7)[0], lambda: metrics.mle_id(x, k=7)[0], "mle_id(k="),
+        (lambda: metrics.tle_id(x, id_k=7)[0], lambda: metrics.tle_id(x, k=7)[0], "tle_id(k="),
+        (
+            lambda: metrics.matrix_entropy(x, entropy_alpha=1.0),
+            lambda: metrics.matrix_entropy(x, alpha=1.0),
+            "matrix_entropy(alpha=",
+        ),
+        (
+            lambda: metrics.label_overlap(x, labels, label_k=5),
+            lambda: metrics.label_overlap(x, labels, k=5),
+            "label_overlap(k=",
+        ),
+    ]
+    for current, former, name in pairs:
+        with pytest.warns(DeprecationWarning, match=re.escape(name)):
+            old = np.asarray(former())
+        np.testing.assert_array_equal(old, np.asarray(current()))
+    with pytest.raises(TypeError, match="former name of id_k"):
+        metrics.mle_id(x, k=7, id_k=7)

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from geom_jax.metrics import validation
+from geom_jax.metrics import chunking, validation
 from geom_jax.metrics.backends import blocked_context, conditioning, dense_context
 from geom_jax.metrics.declare import registry
 from geom_jax.metrics.declare.options import SELECTION
@@ -48,16 +48,11 @@ class LayerGeometry(dict):
         return cls(zip(keys, values))
 
 
-CHUNK_GRAM_BYTES = 8 * 2**20
-"""Default Gram-matrix size per layer chunk: small enough for the allocator to
-reuse buffers between chunks (larger ones are fresh mmaps, page-faulted on
-every call) and to bound memory, large enough to amortise per-chunk overhead."""
-
-
 def auto_layer_chunk(n_layers, n_prompts, n_tokens):
-    """Layers per chunk so that one chunk's Gram matrices take about CHUNK_GRAM_BYTES."""
+    """Layers per chunk so that one chunk's Gram matrices take about
+    chunking.CHUNK_GRAM_BYTES."""
     per_layer = n_prompts * n_tokens * n_tokens * 4
-    widest = max(1, min(n_layers, CHUNK_GRAM_BYTES // per_layer))
+    widest = max(1, min(n_layers, chunking.CHUNK_GRAM_BYTES // per_layer))
     n_chunks = -(-n_layers // widest)
     return -(-n_layers // n_chunks)
 
@@ -272,6 +267,49 @@ def prepare(observables, n, *, layer_chunk=None, options=None, **option_values):
     return observables, opts
 
 
+def _checked(
+    hidden,
+    prompt_major,
+    mask,
+    observables,
+    layer_chunk,
+    inputs,
+    options,
+    validate,
+    option_values,
+    *,
+    layer_axis,
+):
+    """What stack_geometry and layer_geometry check before any compute: (observable
+    set, option values, inputs). prompt_major: hidden (or its shape) as [..., L, N, D]."""
+    n = hidden.shape[-2]
+    observables, opts = prepare(
+        observables, n, layer_chunk=layer_chunk, options=options, **option_values
+    )
+    inputs = dict(inputs or {})
+    _required_inputs(observables, inputs)
+    if validate:
+        validation.validate_hidden(
+            prompt_major, mask, allow_non_finite=True, max_k=None, gride=False
+        )
+    check_observables(
+        observables, opts, n, hidden if validate else None, mask, layer_axis=layer_axis
+    )
+    return observables, opts, inputs
+
+
+def _call(stack, mask, inputs, observables, opts, layer_chunk, mesh):
+    return _stack_geometry(
+        stack,
+        mask,
+        jax.tree.map(jnp.asarray, inputs),
+        observables=observables,
+        static_options=tuple(sorted(opts.items())),
+        layer_chunk=layer_chunk,
+        rows=row_layout(mesh, opts["neighbour_path"]),
+    )
+
+
 def stack_geometry(
     hidden,
     mask=None,
@@ -288,31 +326,24 @@ def stack_geometry(
     the decoder's layout (``DecoderOutput.hidden_states``), so the fused step passes
     its hidden states without a transpose. Returns fields [B, L', ...]."""
     validation.check_points(hidden, "hidden", 4, "[L, B, N, D]")
-    n = hidden.shape[-2]
-    observables, opts = prepare(
-        observables, n, layer_chunk=layer_chunk, options=options, **option_values
+    n_layers, b = hidden.shape[:2]
+    prompt_major = jax.ShapeDtypeStruct((b, n_layers) + tuple(hidden.shape[2:]), hidden.dtype)
+    observables, opts, inputs = _checked(
+        hidden,
+        prompt_major,
+        mask,
+        observables,
+        layer_chunk,
+        inputs,
+        options,
+        validate,
+        option_values,
+        layer_axis=0,
     )
-    inputs = dict(inputs or {})
-    _required_inputs(observables, inputs)
-    if validate:
-        n_layers, b = hidden.shape[:2]
-        prompt_major = jax.ShapeDtypeStruct((b, n_layers) + tuple(hidden.shape[2:]), hidden.dtype)
-        validation.validate_hidden(
-            prompt_major, mask, allow_non_finite=True, max_k=None, gride=False
-        )
-    check_observables(observables, opts, n, hidden if validate else None, mask, layer_axis=0)
     hidden = validation.as_points(hidden, "hidden", min_rank=4)
     if mask is not None:
         mask = jnp.asarray(mask, bool)
-    return _stack_geometry(
-        hidden,
-        mask,
-        jax.tree.map(jnp.asarray, inputs),
-        observables=observables,
-        static_options=tuple(sorted(opts.items())),
-        layer_chunk=layer_chunk,
-        rows=row_layout(mesh, opts["neighbour_path"]),
-    )
+    return _call(hidden, mask, inputs, observables, opts, layer_chunk, mesh)
 
 
 def layer_geometry(
@@ -384,14 +415,18 @@ def layer_geometry(
     hidden = validation.check_points(hidden, "hidden", 3, "[..., L, N, D]")
     n = hidden.shape[-2]
     prompt_shape = tuple(hidden.shape[:-3])
-    observables, opts = prepare(
-        observables, n, layer_chunk=layer_chunk, options=options, **option_values
+    observables, opts, inputs = _checked(
+        hidden,
+        hidden,
+        mask,
+        observables,
+        layer_chunk,
+        inputs,
+        options,
+        validate,
+        option_values,
+        layer_axis=-3,
     )
-    inputs = dict(inputs or {})
-    _required_inputs(observables, inputs)
-    if validate:
-        validation.validate_hidden(hidden, mask, allow_non_finite=True, max_k=None, gride=False)
-    check_observables(observables, opts, n, hidden if validate else None, mask)
     hidden = validation.as_points(hidden, "hidden", min_rank=3)
     b = int(np.prod(prompt_shape, dtype=np.int64))
     stack = jnp.moveaxis(hidden.reshape((b,) + hidden.shape[-3:]), 1, 0)
@@ -405,13 +440,5 @@ def layer_geometry(
     shared = {
         k: jnp.asarray(v) for k, v in inputs.items() if not registry.INPUTS.get(k, (False,))[0]
     }
-    geo = _stack_geometry(
-        stack,
-        mask,
-        per_prompt | shared,
-        observables=observables,
-        static_options=tuple(sorted(opts.items())),
-        layer_chunk=layer_chunk,
-        rows=row_layout(mesh, opts["neighbour_path"]),
-    )
+    geo = _call(stack, mask, per_prompt | shared, observables, opts, layer_chunk, mesh)
     return LayerGeometry({k: v.reshape(prompt_shape + v.shape[1:]) for k, v in geo.items()})

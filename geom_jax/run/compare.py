@@ -24,6 +24,7 @@ from absl import logging
 from geom_jax import metrics, plotting, results
 from geom_jax.io import files
 from geom_jax.io.representation_store import RepresentationStore
+from geom_jax.metrics.similarity.layer_pairs import SIMILARITY_K
 from geom_jax.run import clouds
 from geom_jax.run.spec import UserError
 
@@ -180,7 +181,7 @@ def compare(
     folder_b: str,
     output_dir: str,
     *,
-    k: int = 10,
+    k: int = SIMILARITY_K.default,
     measures=MEASURES,
     progress: bool = True,
 ) -> dict:

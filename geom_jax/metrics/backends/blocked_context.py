@@ -24,7 +24,7 @@ from jax import lax
 from geom_jax.metrics.backends.protocol import ContextBase
 from geom_jax.metrics.declare import options
 from geom_jax.metrics.measures import cosine, spectrum
-from geom_jax.metrics.neighbours import blocked_rows, distances, duplicates, refinement
+from geom_jax.metrics.neighbours import blocked_rows, distances, refinement
 
 NEIGHBOUR_PATHS = options.NEIGHBOUR_PATHS
 
@@ -130,7 +130,7 @@ class BlockedContext(ContextBase):
 
     @functools.cached_property
     def unique(self):
-        tolerance = self.options.get("duplicate_tolerance", duplicates.DUPLICATE_TOLERANCE)
+        tolerance = self.duplicate_tolerance
         xc, _, sq = self._centred
         near_keys = self._selection[2]
         fn = functools.partial(
@@ -162,30 +162,14 @@ class BlockedContext(ContextBase):
             self.x, near, keys, sq, near_sq, self.valid, self.knn_k, self.method
         )
 
-    def knn_unique(self, k):
-        """As engine.LayerContext.knn_unique."""
-        if k > self.knn_k:
-            raise ValueError(f"knn_unique({k}) needs knn_k >= {k} (declare knn_unique_k)")
-        cache = self.__dict__.setdefault("_knn_unique", {})
-        if k not in cache:
-            sq, idx, keep = self.knn_sq_at(range(k)), self.knn_idx, self.unique
-            near_u = self._distinct_selection[1]
-            m = refinement.num_candidates(k, self.x.shape[-2])
-            cache[k] = lax.cond(
-                jnp.all(keep == self.valid),
-                lambda: (sq, idx[..., :k]),
-                lambda: refinement.rerank_candidates(self.x, near_u[..., :m], keep, k, self.method),
-            )
-        return cache[k]
+    def _knn_among_distinct(self, k):
+        near_u = self._distinct_selection[1]
+        m = refinement.num_candidates(k, self.x.shape[-2])
+        x, keep, method = self.x, self.unique, self.method
+        return lambda: refinement.rerank_candidates(x, near_u[..., :m], keep, k, method)
 
-    def cosine_stats(self, include_diagonal=True):
-        """(mean, std) [C] of the cosine-similarity matrix of the valid points."""
-        cache = self.__dict__.setdefault("_cosine_stats", {})
-        if include_diagonal not in cache:
-            cache[include_diagonal] = cosine.cosine_stats_from_points(
-                self.x, self.valid, include_diagonal
-            )
-        return cache[include_diagonal]
+    def _cosine_stats(self, include_diagonal):
+        return cosine.cosine_stats_from_points(self.x, self.valid, include_diagonal)
 
     def rank_source(self):
         """What query_ranks needs to count ranks in these clouds from a later layer:

@@ -20,9 +20,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from geom_jax.metrics import chunking
 from geom_jax.metrics.backends import conditioning
 from geom_jax.metrics.backends.protocol import ContextBase
-from geom_jax.metrics.declare.options import DUPLICATE_TOLERANCE
 from geom_jax.metrics.measures import cosine
 from geom_jax.metrics.neighbours import distances, duplicates, refinement, selection
 from geom_jax.metrics.neighbours.ranks import ranks_from_gram
@@ -55,8 +55,7 @@ class LayerContext(ContextBase):
 
     @functools.cached_property
     def unique(self):
-        tolerance = self.options.get(DUPLICATE_TOLERANCE.name, DUPLICATE_TOLERANCE.default)
-        return duplicates.distinct_points(self.x, self.valid, self.gram, tolerance)
+        return duplicates.distinct_points(self.x, self.valid, self.gram, self.duplicate_tolerance)
 
     @functools.cached_property
     def _gram(self):
@@ -70,14 +69,9 @@ class LayerContext(ContextBase):
     def centre(self):
         return self._gram[1]
 
-    def cosine_stats(self, include_diagonal=True):
-        """(mean, std) [C] of the cosine-similarity matrix of the valid points (from the
-        shared Gram matrix), computed once per context."""
-        return self.cached(
-            ("cosine_stats", include_diagonal),
-            lambda c: cosine.cosine_stats_from_gram(
-                c.x, c.valid, c.gram, c.centre, include_diagonal
-            ),
+    def _cosine_stats(self, include_diagonal):
+        return cosine.cosine_stats_from_gram(
+            self.x, self.valid, self.gram, self.centre, include_diagonal
         )
 
     @functools.cached_property
@@ -103,21 +97,9 @@ class LayerContext(ContextBase):
             self.x, self.gram, self._selection[0], self.valid, self.knn_k, self.options["selection"]
         )
 
-    def knn_unique(self, k):
-        """(squared distances, indices) [C, N, k] of the k nearest distinct valid points;
-        from the shared lists when the chunk has no duplicates."""
-        if k > self.knn_k:
-            raise ValueError(f"knn_unique({k}) needs knn_k >= {k} (declare knn_unique_k)")
-        cache = self.__dict__.setdefault("_knn_unique", {})
-        if k not in cache:
-            method = self.options["selection"]
-            sq, idx, gram, keep = self.knn_sq_at(range(k)), self.knn_idx, self.gram, self.unique
-            cache[k] = lax.cond(
-                jnp.all(keep == self.valid),
-                lambda: (sq, idx[..., :k]),
-                lambda: refinement.exact_knn(self.x, gram, keep, k, method),
-            )
-        return cache[k]
+    def _knn_among_distinct(self, k):
+        x, gram, keep, method = self.x, self.gram, self.unique, self.options["selection"]
+        return lambda: refinement.exact_knn(x, gram, keep, k, method)
 
     # Higher-level queries, which metrics/blocked_context.BlockedContext answers without
     # the Gram matrix: observables that use them run on either path.
@@ -321,8 +303,7 @@ def map_chunks(chunk_fn, h, per_layer, chunk, carry=False):
         if carry:
             return chunk_fn(jnp.int32(0), h, list(per_layer), None)[0]
         return chunk_fn(jnp.int32(0), h, list(per_layer))
-    n_full, rem = divmod(n_layers, chunk)
-    starts = [i * chunk for i in range(n_full)] + ([n_layers - chunk] if rem else [])
+    starts = chunking.starts(n_layers, chunk)
 
     def sliced(start):
         return (
@@ -342,8 +323,4 @@ def map_chunks(chunk_fn, h, per_layer, chunk, carry=False):
     else:
         outs = lax.map(lambda start: chunk_fn(*sliced(start)), jnp.asarray(starts, jnp.int32))
 
-    def layers_of(o):
-        full = o[:n_full].reshape((n_full * chunk,) + o.shape[2:])
-        return jnp.concatenate([full, o[-1, chunk - rem :]], axis=0) if rem else full
-
-    return jax.tree.map(layers_of, outs)
+    return chunking.assemble(outs, n_layers, chunk)

@@ -1,12 +1,26 @@
-"""What both execution contexts (engine.LayerContext, blocked_context.BlockedContext)
-answer the same way: the caller's inputs, per-context caching, and the exact squared
-distances along the shared neighbour lists (``self._knn``: a refinement.CertifiedKnn)."""
+"""What both execution contexts (dense_context.LayerContext,
+blocked_context.BlockedContext) answer the same way: the caller's inputs, the duplicate
+tolerance, per-context caching, the exact squared distances along the shared
+neighbour lists (``self._knn``: a refinement.CertifiedKnn), the lists among distinct
+points and the cosine statistics. A context supplies its kernels for the last two
+(``_knn_among_distinct``, ``_cosine_stats``)."""
 
+import jax.numpy as jnp
 import numpy as np
+from jax import lax
+
+from geom_jax.metrics.declare.options import DUPLICATE_TOLERANCE
 
 
 class ContextBase:
-    """Mixin of the layer contexts; subclasses set ``_inputs``, ``knn_k`` and ``_knn``."""
+    """Mixin of the layer contexts; subclasses set ``x``, ``valid``, ``options``,
+    ``_inputs``, ``knn_k``, ``_knn`` and ``unique``, and define
+    ``_knn_among_distinct(k)`` (reads what it needs, returns the function that
+    computes the lists among distinct points) and ``_cosine_stats(include_diagonal)``."""
+
+    @property
+    def duplicate_tolerance(self):
+        return self.options.get(DUPLICATE_TOLERANCE.name, DUPLICATE_TOLERANCE.default)
 
     def input(self, name):
         if name not in self._inputs:
@@ -46,3 +60,26 @@ class ContextBase:
     @property
     def knn_idx(self):
         return self._knn.idx
+
+    def knn_unique(self, k):
+        """(squared distances, indices) [C, N, k] of the k nearest distinct valid points;
+        the shared lists' first k when no cloud of the chunk has duplicates."""
+        if k > self.knn_k:
+            raise ValueError(f"knn_unique({k}) needs knn_k >= {k} (declare knn_unique_k)")
+
+        def compute(c):
+            # everything cached is read here, outside the branches of the cond
+            sq, idx = c.knn_sq_at(range(k)), c.knn_idx
+            among_distinct = c._knn_among_distinct(k)
+            return lax.cond(
+                jnp.all(c.unique == c.valid), lambda: (sq, idx[..., :k]), among_distinct
+            )
+
+        return self.cached(("knn_unique", k), compute)
+
+    def cosine_stats(self, include_diagonal=True):
+        """(mean, std) [C] of the cosine-similarity matrix of the valid points, computed
+        once per context."""
+        return self.cached(
+            ("cosine_stats", include_diagonal), lambda c: c._cosine_stats(include_diagonal)
+        )

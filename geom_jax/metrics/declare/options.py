@@ -7,9 +7,37 @@ functions' keywords, the command-line flags) comes from these declarations.
 
 from __future__ import annotations
 
+import functools
+import warnings
+
 from geom_jax.errors import ArgumentError
 from geom_jax.metrics.declare.observable import Option
 from geom_jax.metrics.neighbours.host_selection import SELECTION_METHODS, for_cloud
+
+
+def renamed_keywords(**former):
+    """Decorator of a public function whose keywords were renamed to its options'
+    names: ``former="current"`` pairs, each former keyword still accepted with a
+    DeprecationWarning (both at once is a TypeError)."""
+
+    def wrap(fn):
+        @functools.wraps(fn)
+        def accepting_former(*args, **kwargs):
+            for old, new in former.items():
+                if old in kwargs:
+                    if new in kwargs:
+                        raise TypeError(f"{fn.__name__}: {old}= is the former name of {new}=")
+                    warnings.warn(
+                        f"{fn.__name__}({old}=...) is deprecated; use {new}=",
+                        DeprecationWarning,
+                        stacklevel=2,
+                    )
+                    kwargs[new] = kwargs.pop(old)
+            return fn(*args, **kwargs)
+
+        return accepting_former
+
+    return wrap
 
 
 def _positive_int(name):

@@ -35,6 +35,7 @@ from geom_jax.metrics.declare.observable import (
     ReportSection,
     register_dim,
 )
+from geom_jax.metrics.declare.options import renamed_keywords
 from geom_jax.metrics.neighbours import neighbour_lists
 from geom_jax.metrics.neighbours.host_selection import check_method
 
@@ -121,8 +122,34 @@ def _as_labels(labels, shape):
     return labels
 
 
+def _check_label_k(v):
+    if v < 1:
+        raise ArgumentError("{label_k} must be an integer >= 1, got {v!r}", "label_k", v=v)
+
+
+register_dim(
+    "label_k", Dim("K'", "neighbourhood size k of the label overlap", lambda n: np.arange(1, n + 1))
+)
+
+LABEL_K = Option(
+    "label_k",
+    int,
+    30,
+    "Largest neighbourhood size k of the label overlap (DADApy's default k = 30).",
+    check=_check_label_k,
+)
+
+
+@renamed_keywords(k="label_k")
 def label_overlap(
-    x, labels, mask=None, *, k=30, class_fraction=None, weighted=True, selection="auto"
+    x,
+    labels,
+    mask=None,
+    *,
+    label_k=LABEL_K.default,
+    class_fraction=None,
+    weighted=True,
+    selection="auto",
 ):
     """Fraction of each point's nearest neighbours that share its label, averaged.
 
@@ -133,7 +160,8 @@ def label_overlap(
         the int32 range.
       mask: bool [..., N] valid points (None: all): only they are points,
         neighbours and class members.
-      k: neighbours per point (ignored with class_fraction).
+      label_k: neighbours per point (ignored with class_fraction); ``k=`` is its
+        deprecated former name.
       class_fraction: None, or f in (0, 1]: point i uses
         k_i = max(1, floor(n_{c_i} f)) neighbours (Doimo et al. 2024). The k_i and
         their maximum (the static list length) are computed on the host, so labels
@@ -153,8 +181,8 @@ def label_overlap(
     mask = validation.as_mask(mask, batch, n)
     valid = jnp.ones(batch + (n,), bool) if mask is None else mask
     if class_fraction is None:
-        validation.check_max_k(n, k, name="k")
-        max_k = int(k)
+        validation.check_max_k(n, label_k, name="label_k")
+        max_k = int(label_k)
         k_per_point = jnp.full(batch + (n,), max_k, jnp.int32)
     else:
         if isinstance(class_fraction, bool) or not 0.0 < float(class_fraction) <= 1.0:
@@ -162,7 +190,7 @@ def label_overlap(
         if not validation.is_concrete(labels, mask):
             raise ValueError(
                 "class_fraction needs concrete labels and mask (the largest k per point sets a "
-                "static shape): call label_overlap outside jit, or pass k instead"
+                "static shape): call label_overlap outside jit, or pass label_k instead"
             )
         lab = np.broadcast_to(np.asarray(labels), batch + (n,)).reshape(-1, n)
         val = np.broadcast_to(np.asarray(valid), batch + (n,)).reshape(-1, n)
@@ -207,24 +235,6 @@ def label_overlap_from_lists(idx, labels, valid, weighted=True):
         w = valid.astype(jnp.float32)
     total = jnp.sum(w[..., None] * per_point, axis=-2)
     return total / jnp.maximum(jnp.sum(w, axis=-1), 1e-30)[..., None]
-
-
-def _check_label_k(v):
-    if v < 1:
-        raise ArgumentError("{label_k} must be an integer >= 1, got {v!r}", "label_k", v=v)
-
-
-register_dim(
-    "label_k", Dim("K'", "neighbourhood size k of the label overlap", lambda n: np.arange(1, n + 1))
-)
-
-LABEL_K = Option(
-    "label_k",
-    int,
-    30,
-    "Largest neighbourhood size k of the label overlap (DADApy's default k = 30).",
-    check=_check_label_k,
-)
 
 
 def _compute(ctx):

@@ -22,7 +22,7 @@ from geom_jax import plotting
 from geom_jax.errors import ArgumentError
 from geom_jax.metrics import backends, validation
 from geom_jax.metrics.declare.observable import Field, Observable, Option, ReportSection
-from geom_jax.metrics.declare.options import SELECTION
+from geom_jax.metrics.declare.options import SELECTION, renamed_keywords
 from geom_jax.metrics.neighbours import duplicates
 
 TLE_EPSILON = 1e-4
@@ -162,31 +162,33 @@ def check_distinct(x, mask, k, name="k"):
 def _prepare(x, mask, k, selection):
     k = ID_K.default if k is None else k
     x = validation.as_points(x, "x")
-    check_k({"id_k": k}, x.shape[-2], "k")
+    check_k({"id_k": k}, x.shape[-2], "id_k")
     mask = validation.as_mask(mask, x.shape[:-2], x.shape[-2])
     validation.validate_points(x, mask, max_k=k)
-    check_distinct(x, mask, k)
+    check_distinct(x, mask, k, "id_k")
     valid = jnp.ones(x.shape[:-1], bool) if mask is None else mask
     return x, valid, {"id_k": int(k), "selection": selection}
 
 
-def mle_id(x, mask=None, *, k=None, selection=SELECTION.default):
+@renamed_keywords(k="id_k")
+def mle_id(x, mask=None, *, id_k=ID_K.default, selection=SELECTION.default):
     """Levina-Bickel MLE of each cloud x [..., N, D] -> (global [...], pointwise [..., N]).
 
     Reference: Levina & Bickel 2005, NeurIPS, eq. 8; MacKay & Ghahramani's
     averaging of inverses; scikit-dimension 0.5 ``MLE``.
     """
-    x, valid, opts = _prepare(x, mask, k, selection)
-    return backends.on_points(_mle, x, valid, opts, knn_k=k)
+    x, valid, opts = _prepare(x, mask, id_k, selection)
+    return backends.on_points(_mle, x, valid, opts, knn_k=opts["id_k"])
 
 
-def tle_id(x, mask=None, *, k=None, selection=SELECTION.default):
+@renamed_keywords(k="id_k")
+def tle_id(x, mask=None, *, id_k=ID_K.default, selection=SELECTION.default):
     """Tight-locality estimator of each cloud x [..., N, D] -> (global [...], pointwise [..., N]).
 
     Reference: Amsaleg et al. 2019 (SDM), scikit-dimension 0.5 ``TLE``.
     """
-    x, valid, opts = _prepare(x, mask, k, selection)
-    return backends.on_points(_tle, x, valid, opts, knn_k=k)
+    x, valid, opts = _prepare(x, mask, id_k, selection)
+    return backends.on_points(_tle, x, valid, opts, knn_k=opts["id_k"])
 
 
 def _min_points(options):

@@ -28,6 +28,7 @@ from jax import lax
 from geom_jax.errors import ArgumentError
 from geom_jax.metrics import backends, validation
 from geom_jax.metrics.declare.observable import Field, Observable, Option
+from geom_jax.metrics.declare.options import renamed_keywords
 from geom_jax.metrics.measures import cosine
 from geom_jax.metrics.neighbours import distances
 
@@ -146,15 +147,18 @@ def participation_ratio(x, mask=None):
     return backends.on_points(_pr, x, valid, {})["participation_ratio"]
 
 
-def matrix_entropy(x, mask=None, *, alpha=ENTROPY_ALPHA.default):
+@renamed_keywords(alpha="entropy_alpha")
+def matrix_entropy(x, mask=None, *, entropy_alpha=ENTROPY_ALPHA.default):
     """Matrix-based Renyi entropy of order alpha of each cloud x [..., N, D] -> [...].
 
     rho = C / N with C the cosine-similarity matrix of the valid points.
     Reference: Giraldo et al. 2014, eq. 9; Skean et al. 2025 (prompt entropy).
     """
-    check_alpha(alpha)
+    check_alpha(entropy_alpha, "entropy_alpha")
     x, valid = _points(x, mask)
-    return backends.on_points(_entropy, x, valid, {"entropy_alpha": float(alpha)})["matrix_entropy"]
+    return backends.on_points(_entropy, x, valid, {"entropy_alpha": float(entropy_alpha)})[
+        "matrix_entropy"
+    ]
 
 
 PARTICIPATION_RATIO = Observable(

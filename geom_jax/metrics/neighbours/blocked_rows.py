@@ -23,6 +23,7 @@ import numpy as np
 from jax import lax
 from jax.sharding import PartitionSpec as P
 
+from geom_jax.metrics import chunking
 from geom_jax.metrics.neighbours import (
     distances,
     duplicates,
@@ -57,28 +58,9 @@ def check_block_rows(block_rows):
         raise ValueError(f"block_rows must be a positive integer or None, got {block_rows!r}")
 
 
-def _block_starts(n, block):
-    """Starts of the blocks of `block` rows covering 0..n; a partial last block is
-    the final `block` rows (overlapping the previous one)."""
-    n_full, rem = divmod(n, block)
-    return [i * block for i in range(n_full)] + ([n - block] if rem else [])
-
-
-def _assemble(outs, n, block):
-    """Per-block outputs [n_blocks, block, ...] -> [n, ...] (the overlapping last block
-    contributes its final rows only)."""
-    n_full, rem = divmod(n, block)
-
-    def rows(o):
-        full = o[:n_full].reshape((n_full * block,) + o.shape[2:])
-        return jnp.concatenate([full, o[-1, block - rem :]], axis=0) if rem else full
-
-    return jax.tree.map(rows, outs)
-
-
 def _map_blocks(fn, n, block, offset, operands):
-    starts = jnp.asarray(_block_starts(n, block), jnp.int32)
-    return _assemble(lax.map(lambda s: fn(offset + s, *operands), starts), n, block)
+    starts = jnp.asarray(chunking.starts(n, block), jnp.int32)
+    return chunking.assemble(lax.map(lambda s: fn(offset + s, *operands), starts), n, block)
 
 
 class LocalRows:

@@ -9,19 +9,17 @@ path that never holds an N x N matrix can replace its body alone.
 
 import functools
 
-import jax
 import jax.numpy as jnp
 from jax import lax
 
+from geom_jax.metrics import chunking
 from geom_jax.metrics.neighbours import distances, manual_axes, refinement
-
-CHUNK_GRAM_BYTES = 8 * 2**20
-"""Gram-matrix bytes per chunk of clouds (at least one cloud per chunk)."""
 
 
 def clouds_per_chunk(n_clouds, n):
-    """Clouds per chunk so that one chunk's Gram matrices take about CHUNK_GRAM_BYTES."""
-    return max(1, min(n_clouds, CHUNK_GRAM_BYTES // (n * n * 4)))
+    """Clouds per chunk so that one chunk's Gram matrices take about chunking.CHUNK_GRAM_BYTES
+    (at least one cloud per chunk)."""
+    return max(1, min(n_clouds, chunking.CHUNK_GRAM_BYTES // (n * n * 4)))
 
 
 def map_clouds(fn, chunk, *arrays):
@@ -32,19 +30,12 @@ def map_clouds(fn, chunk, *arrays):
     c = arrays[0].shape[0]
     if chunk >= c:
         return fn(*arrays)
-    n_full, rem = divmod(c, chunk)
-    starts = [i * chunk for i in range(n_full)] + ([c - chunk] if rem else [])
 
     def one(start):
         return fn(*(lax.dynamic_slice_in_dim(a, start, chunk, axis=0) for a in arrays))
 
-    out = lax.map(one, jnp.asarray(starts, jnp.int32))
-
-    def clouds_of(o):
-        full = o[:n_full].reshape((n_full * chunk,) + o.shape[2:])
-        return jnp.concatenate([full, o[-1, chunk - rem :]], axis=0) if rem else full
-
-    return jax.tree.map(clouds_of, out)
+    out = lax.map(one, jnp.asarray(chunking.starts(c, chunk), jnp.int32))
+    return chunking.assemble(out, c, chunk)
 
 
 def _lists(x, valid, k, selection):

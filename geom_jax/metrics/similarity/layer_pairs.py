@@ -30,10 +30,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from geom_jax.metrics import validation
+from geom_jax.metrics.declare.observable import Option
 from geom_jax.metrics.neighbours.host_selection import check_method
 from geom_jax.metrics.similarity import cka_hsic, knn_alignment
 
 MEASURES = ("mutual_knn", "cknna", "cka", "cka_debiased")
+SIMILARITY_K = Option("k", int, 10, "Neighbours per point of mutual k-NN and CKNNA.")
+"""The neighbourhood size of the list measures: the keyword of every public function
+here, of run.compare and the --k flag of compare_representations.py."""
 LIST_MEASURES = ("mutual_knn", "cknna")
 
 
@@ -193,7 +197,7 @@ def layer_similarity(
     mask=None,
     *,
     measures=MEASURES,
-    k=10,
+    k=SIMILARITY_K.default,
     selection="auto",
     cka_route="auto",
 ):
@@ -243,7 +247,7 @@ def layer_similarity(
     )
 
 
-def mutual_knn(x, y, mask=None, *, k=10, selection="auto"):
+def mutual_knn(x, y, mask=None, *, k=SIMILARITY_K.default, selection="auto"):
     """Mutual k-NN alignment of two representations x [..., N, Dx], y [..., N, Dy].
 
     mean over valid points i of |N_k^x(i) ∩ N_k^y(i)| / k, neighbours by inner
@@ -267,7 +271,7 @@ def mutual_knn(x, y, mask=None, *, k=10, selection="auto"):
     return out["mutual_knn"][..., 0, 0]
 
 
-def cknna(x, y, mask=None, *, k=10, selection="auto"):
+def cknna(x, y, mask=None, *, k=SIMILARITY_K.default, selection="auto"):
     """CKNNA (centred kernel nearest-neighbour alignment) of x [..., N, Dx], y [..., N, Dy].
 
     On the L2-normalised features, K = X X^T, L = Y Y^T, M_x, M_y the 0/1 masks
