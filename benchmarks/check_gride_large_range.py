@@ -1,6 +1,6 @@
 """Row-blocked GRIDE at a large range against tests/fixtures/gride_large_range.npz (DADApy).
 
-  python benchmarks/check_gride_large_range.py --points=20000 --range_max=8192
+  python -m benchmarks.check_gride_large_range --points=20000 --range_max=8192
 
 Prints the largest relative deviation of gride_ids / gride_errs / gride_scales over the
 scales, the time and the peak RSS; exits 1 beyond 1e-4 (the issue's limit).
@@ -14,10 +14,9 @@ import time
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from geom_jax import metrics
 
-from geom_jax import metrics  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 FIXTURE = os.path.join(ROOT, "tests", "fixtures", "gride_large_range.npz")
 

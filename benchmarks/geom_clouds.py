@@ -1,6 +1,6 @@
-"""The geom-jax side of ``experiments/bench_clouds.py``, in its own process (for its peak RSS).
+"""The geom-jax side of ``benchmarks/bench_clouds.py``, in its own process (for its peak RSS).
 
-  python benchmarks/geom_clouds.py HIDDEN.npy OUT.npz --range_max=256 --k=32 --repeats=1
+  python -m benchmarks.geom_clouds HIDDEN.npy OUT.npz --range_max=256 --k=32 --repeats=1
 
 Runs ``layer_geometry`` (the paper's observables) on HIDDEN [L, N, D] once to
 compile (``first_s``: compilation and the first run), then ``repeats`` timed
@@ -10,18 +10,14 @@ and ``peak_rss`` (bytes, this process's maximum resident set).
 """
 
 import argparse
-import os
 import resource
-import sys
 import time
 
 import jax
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from geom_jax import metrics  # noqa: E402
-from geom_jax.metrics import compute  # noqa: E402
+from geom_jax import metrics
+from geom_jax.metrics import compute
 from geom_jax.metrics.backends import blocked_context
 
 

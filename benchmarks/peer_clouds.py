@@ -1,4 +1,4 @@
-"""The peer of ``experiments/bench_clouds.py``: DADApy 0.3.4 on dataset-scale clouds.
+"""The peer of ``benchmarks/bench_clouds.py``: DADApy 0.3.4 on dataset-scale clouds.
 
 What the papers that measure one point per prompt at every layer run (Cheng
 et al. ICLR 2025, Valeriani et al. NeurIPS 2023, Doimo et al. 2024): per layer

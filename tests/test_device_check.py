@@ -1,4 +1,4 @@
-"""experiments/device_check.py: the prepared accelerator check, proven on CPU."""
+"""benchmarks/device_check.py: the prepared accelerator check, proven on CPU."""
 
 import importlib.util
 import json
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPT = os.path.join(ROOT, "experiments", "device_check.py")
+SCRIPT = os.path.join(ROOT, "benchmarks", "device_check.py")
 STAGE_KEYS = ("correctness", "forward", "metrics", "clouds", "fused", "projection")
 TOP_KEYS = ("platform", "device_kind") + STAGE_KEYS
 

@@ -58,7 +58,8 @@ def test_benchmark_refuses_sizes_before_loading_anything():
     proc = subprocess.run(
         [
             sys.executable,
-            os.path.join(root, "experiments", "benchmark_torch.py"),
+            "-m",
+            "benchmarks.benchmark_torch",
             "--max_tokens=256",
             "--range_max=256",
         ],
@@ -66,6 +67,7 @@ def test_benchmark_refuses_sizes_before_loading_anything():
         text=True,
         timeout=120,
         env=dict(os.environ, JAX_PLATFORMS="cpu"),
+        cwd=root,
     )
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1].startswith("error: range_max=256 with N = 256")

@@ -66,7 +66,7 @@ def _hf_checkpoints(root):
     fused rows, GPT-2's Conv1D, OPT's positions, Gemma 3's local layers),
     sized to divide a (4, 2) mesh with --fsdp."""
     transformers = pytest.importorskip("transformers")
-    from test_models_families import _save
+    from models_helpers import save_random_hf
 
     common = dict(vocab_size=256, attn_implementation="eager")
     configs = {
@@ -106,7 +106,7 @@ def _hf_checkpoints(root):
     out = {}
     for i, (name, config) in enumerate(configs.items()):
         out[name] = str(root / name)
-        _save(config, out[name], seed=i)
+        save_random_hf(config, out[name], seed=i)
     return out
 
 

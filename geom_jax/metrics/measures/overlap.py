@@ -43,7 +43,7 @@ def overlap_from_lists(a, b, valid):
     return total.astype(jnp.float32) / norm
 
 
-def neighbour_lists(x, valid, max_k, method):
+def _knn_lists(x, valid, max_k, method):
     """Exact max_k-nearest-neighbour index lists [..., N, max_k] (internal)."""
     gram, _ = distances.centred_gram(x, valid)
     _, idx = refinement.exact_knn(x, gram, valid, max_k, method)
@@ -52,8 +52,8 @@ def neighbour_lists(x, valid, max_k, method):
 
 @functools.partial(jax.jit, static_argnames=("max_k", "method"))
 def _neighbourhood_overlap(x, y, valid, max_k, method):
-    a = neighbour_lists(x, valid, max_k, method)
-    b = neighbour_lists(y, valid, max_k, method)
+    a = _knn_lists(x, valid, max_k, method)
+    b = _knn_lists(y, valid, max_k, method)
     return overlap_from_lists(a, b, valid)
 
 

@@ -236,7 +236,7 @@ def layer_similarity(
 
     Cost: 31 x 31 pairs of a [31, 5000, 576] stack took 37-44 s (20-22 s of process
     CPU) on a shared 2-core VM at load average 10-12, growing as N^2
-    (experiments/bench_similarity.py); most of it is the per-layer neighbour lists
+    (benchmarks/bench_similarity.py); most of it is the per-layer neighbour lists
     and CKA kernel blocks, not the pairs.
 
     Reference: Huh et al. 2024, arXiv 2405.07987 (mutual k-NN, CKNNA); Kornblith et

@@ -12,7 +12,7 @@ between consecutive layers). Prints both, their agreement (GRIDE IDs
 relative, chi_k absolute), the load average, and as the last line the
 speed-up and both peak RSS.
 
-  python experiments/bench_clouds.py --points=32768 --layers=2 --dim=576
+  python -m benchmarks.bench_clouds --points=32768 --layers=2 --dim=576
 """
 
 import os
@@ -23,9 +23,7 @@ import tempfile
 import numpy as np
 from absl import app, flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from benchmarks import benchmarking, clouds  # noqa: E402
+from benchmarks import benchmarking, clouds
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("points", 8192, "Points N per cloud (one per prompt).")

@@ -18,9 +18,9 @@ A stage whose estimated cost no longer fits the budget is skipped with a note;
 stage, so a run cut short still leaves a report. Exit status 1 when a stage
 failed or a correctness check that ran did not pass.
 
-  python experiments/device_check.py --quick --output_dir=/tmp/device_check  # any CPU, 1-3 min
-  python experiments/device_check.py --output_dir=$OUT                        # the accelerator
-  python experiments/device_check.py --output_dir=$OUT --stages=correctness   # rerun one stage
+  python -m benchmarks.device_check --quick --output_dir=/tmp/device_check  # any CPU, 1-3 min
+  python -m benchmarks.device_check --output_dir=$OUT                        # the accelerator
+  python -m benchmarks.device_check --output_dir=$OUT --stages=correctness   # rerun one stage
 
 BUILD_NOTES.md (section 6, "Device check") has the exact command for a lent
 device machine and what each stage measures.
@@ -36,29 +36,27 @@ import os
 # Before jax starts: let a GPU's allocator take 92% of the card (default 75%).
 os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.92")
 
-import dataclasses  # noqa: E402
-import datetime  # noqa: E402
-import functools  # noqa: E402
-import gc  # noqa: E402
-import json  # noqa: E402
-import math  # noqa: E402
-import statistics  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-import traceback  # noqa: E402
-from collections.abc import Callable  # noqa: E402
+import dataclasses
+import datetime
+import functools
+import gc
+import json
+import math
+import statistics
+import sys
+import time
+import traceback
+from collections.abc import Callable
 
-import flax  # noqa: E402
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-from absl import app, flags  # noqa: E402
-from flax import nnx  # noqa: E402
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+from flax import nnx
 
-from geom_jax import metrics, models, pipeline, sharding  # noqa: E402
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks import benchmarking  # noqa: E402
+from benchmarks import benchmarking
+from geom_jax import metrics, models, pipeline, sharding
 
 REPORT_JSON = "device_report.json"
 REPORT_MD = "device_report.md"

@@ -1,7 +1,7 @@
 r"""Added cost of the lens and logit_id observables per prompt, measured in one
 process against the paper's set on the same prompts (issue 15, acceptance 5).
 
-  python experiments/bench_lens.py --model=smollm2-135m --max_tokens=256 --repeats=3
+  python -m benchmarks.bench_lens --model=smollm2-135m --max_tokens=256 --repeats=3
 
 Both pipelines are compiled first; then each prompt runs through both,
 alternating, and the median seconds per prompt are printed.

@@ -1,17 +1,20 @@
-"""The families added in issue 11 against Hugging Face PyTorch (CPU, float32,
-eager attention) on small random checkpoints written with
-save_pretrained(safe_serialization=True) and read back through
-geom_jax.models.load: every hidden state within 1e-4 of the layer's max,
-token NLL within 1e-4, loss within 1e-5 relative; a right-padded batch equals
-each prompt alone."""
+"""Every model family against Hugging Face PyTorch (CPU, float32, eager attention) on
+small random checkpoints written with save_pretrained(safe_serialization=True) and read
+back through geom_jax.models.load: every hidden state within 1e-4 of the layer's max,
+token NLL within 1e-4, loss within 1e-5 relative, logits within 1e-4 of their max; a
+right-padded batch equals each prompt alone; configuration fields, sharded
+checkpoints, bfloat16 parameters and the attention block size."""
 
+import json
+
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 transformers = pytest.importorskip("transformers")
 torch = pytest.importorskip("torch")
 
-from models_helpers import hf_reference, layer_rel_err, randomize_  # noqa: E402
+from models_helpers import hf_reference, layer_rel_err, save_random_hf  # noqa: E402
 
 import geom_jax.models as gm  # noqa: E402
 
@@ -20,7 +23,38 @@ SMALL = dict(vocab_size=V, hidden_size=64, intermediate_size=96, num_hidden_laye
 T = 37  # several attention blocks of 8, plus a ragged last block
 EAGER = dict(attn_implementation="eager")
 
-CONFIGS = {
+LLAMA_LIKE = {
+    "llama_gqa_untied": lambda: transformers.LlamaConfig(
+        **SMALL, num_attention_heads=8, num_key_value_heads=2, tie_word_embeddings=False
+    ),
+    "llama_tied": lambda: transformers.LlamaConfig(
+        **SMALL, num_attention_heads=4, num_key_value_heads=4, tie_word_embeddings=True
+    ),
+    "llama3_rope_scaling": lambda: transformers.LlamaConfig(
+        **SMALL,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        rope_theta=500000.0,
+        rope_scaling=dict(
+            rope_type="llama3",
+            factor=8.0,
+            low_freq_factor=1.0,
+            high_freq_factor=4.0,
+            original_max_position_embeddings=16,
+        ),
+    ),
+    "mistral_sliding_window": lambda: transformers.MistralConfig(
+        **SMALL, num_attention_heads=8, num_key_value_heads=2, sliding_window=11
+    ),
+    "neox_parallel_residual": lambda: transformers.GPTNeoXConfig(
+        **SMALL, num_attention_heads=4, rotary_pct=0.25, use_parallel_residual=True
+    ),
+    "neox_sequential_residual": lambda: transformers.GPTNeoXConfig(
+        **SMALL, num_attention_heads=4, rotary_pct=0.5, use_parallel_residual=False
+    ),
+}
+
+ADDED_FAMILIES = {
     "qwen2_gqa_untied": lambda: transformers.Qwen2Config(
         **SMALL, num_attention_heads=8, num_key_value_heads=2, tie_word_embeddings=False, **EAGER
     ),
@@ -155,29 +189,38 @@ CONFIGS = {
     ),
 }
 
-FAMILY_OF_CASE = {name: name.split("_")[0] for name in CONFIGS}
-
-
-def _save(config, path, seed):
-    torch.manual_seed(seed)
-    model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    model = randomize_(model.eval(), seed)
-    model.save_pretrained(path, safe_serialization=True)
-    return model
+CONFIGS = LLAMA_LIKE | ADDED_FAMILIES
+SEEDS = {name: i for i, name in enumerate(LLAMA_LIKE)} | {
+    name: 10 + i for i, name in enumerate(ADDED_FAMILIES)
+}
+FAMILY_OF_CASE = {name: name.split("_")[0] for name in CONFIGS} | {
+    "llama3_rope_scaling": "llama",
+    "neox_parallel_residual": "gpt_neox",
+    "neox_sequential_residual": "gpt_neox",
+}
 
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
     root = tmp_path_factory.mktemp("hf")
     out = {}
-    for i, (name, make) in enumerate(CONFIGS.items()):
+    for name, make in CONFIGS.items():
         path = str(root / name)
-        out[name] = (path, _save(make(), path, seed=10 + i))
+        out[name] = (path, save_random_hf(make(), path, seed=SEEDS[name]))
     return out
 
 
 def _ids(seed, shape):
     return np.random.default_rng(seed).integers(0, V, shape).astype(np.int32)
+
+
+def _check(out, ref, hidden_tol=1e-4):
+    hs, nll, loss, _ = ref
+    assert out.hidden_states.shape == hs.shape
+    err = layer_rel_err(out.hidden_states, hs)
+    assert err.max() < hidden_tol, err
+    np.testing.assert_allclose(np.asarray(out.token_nll), nll, atol=1e-4, rtol=0)
+    assert abs(float(out.loss) - loss) <= 1e-5 * abs(loss)
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
@@ -187,16 +230,13 @@ def test_matches_hf(checkpoints, name):
     assert tok is None and model.config.family == FAMILY_OF_CASE[name]
     ids = _ids(1, (2, T))
     out = model(ids, return_logits=True)
-    hs, nll, loss, logits = hf_reference(hf, ids)
-    assert out.hidden_states.shape == hs.shape
-    err = layer_rel_err(out.hidden_states, hs)
-    assert err.max() < 1e-4, err
-    np.testing.assert_allclose(np.asarray(out.token_nll), nll, atol=1e-4, rtol=0)
-    assert abs(float(out.loss) - loss) <= 1e-5 * abs(loss)
-    np.testing.assert_allclose(np.asarray(out.logits), logits, atol=1e-4 * np.abs(logits).max())
+    ref = hf_reference(hf, ids)
+    _check(out, ref)
+    np.testing.assert_allclose(np.asarray(out.logits), ref[3], atol=1e-4 * np.abs(ref[3]).max())
 
 
-PADDED = ["qwen2_gqa_untied", "qwen3_gqa_untied", "gemma2_tied", "gemma3_tied"]
+PADDED = ["llama_gqa_untied", "mistral_sliding_window", "neox_parallel_residual"]
+PADDED += ["qwen2_gqa_untied", "qwen3_gqa_untied", "gemma2_tied", "gemma3_tied"]
 PADDED += ["olmo2_gqa_untied", "phi3_gqa_window", "gpt2_tied", "opt_tied"]
 
 
@@ -204,13 +244,14 @@ PADDED += ["olmo2_gqa_untied", "phi3_gqa_window", "gpt2_tied", "opt_tied"]
 def test_right_padded_batch_equals_each_prompt_alone(checkpoints, name):
     path, hf = checkpoints[name]
     model, _ = gm.load(path, attn_block=8)
-    lengths = [T, 13]
+    lengths = [T, 23, 9, 2] if name in LLAMA_LIKE else [T, 13]
     ids = _ids(5, (len(lengths), T))
     mask = (np.arange(T)[None] < np.asarray(lengths)[:, None]).astype(np.int32)
     ids = np.where(mask > 0, ids, 0).astype(np.int32)
     batch = model(ids, mask)
     hs_b, nll_b = np.asarray(batch.hidden_states), np.asarray(batch.token_nll)
     assert np.isfinite(hs_b).all()
+    total = 0.0
     for b, n in enumerate(lengths):
         alone = model(ids[b : b + 1, :n])
         # relative to each layer's max: Gemma's scaled embeddings are ~10x larger
@@ -219,10 +260,59 @@ def test_right_padded_batch_equals_each_prompt_alone(checkpoints, name):
             nll_b[b, : n - 1], np.asarray(alone.token_nll)[0], atol=2e-5, rtol=0
         )
         assert (nll_b[b, n - 1 :] == 0).all()
+        total += float(np.sum(np.asarray(alone.token_nll)))
+    assert abs(float(batch.loss) - total / sum(n - 1 for n in lengths)) < 1e-5
     hs, nll, _, _ = hf_reference(hf, ids, mask)
     for b, n in enumerate(lengths):
         assert layer_rel_err(hs_b[:, b, :n], hs[:, b, :n]).max() < 1e-4
         np.testing.assert_allclose(nll_b[b, : n - 1], nll[b, : n - 1], atol=1e-4)
+
+
+def test_config_fields(checkpoints):
+    cfg = gm.load(checkpoints["mistral_sliding_window"][0])[0].config
+    assert (cfg.family, cfg.sliding_window, cfg.num_kv_heads, cfg.head_dim) == ("mistral", 11, 2, 8)
+    neox = gm.load(checkpoints["neox_parallel_residual"][0])[0].config
+    assert (neox.rotary_dim, neox.parallel_residual, neox.norm, neox.tie_word_embeddings) == (
+        4,
+        True,
+        "layer",
+        False,
+    )
+    scaled = gm.load(checkpoints["llama3_rope_scaling"][0])[0].config
+    assert scaled.rope_scaling.rope_type == "llama3" and scaled.rope_scaling.factor == 8.0
+    assert "sha256" in cfg.checkpoint_id and cfg.name == "mistral_sliding_window"
+
+
+def test_sharded_checkpoint(tmp_path):
+    cfg = transformers.LlamaConfig(**SMALL, num_attention_heads=4, num_key_value_heads=2)
+    hf = save_random_hf(cfg, str(tmp_path), seed=7, max_shard_size="60KB")
+    index = json.loads((tmp_path / "model.safetensors.index.json").read_text())
+    assert len(set(index["weight_map"].values())) > 2
+    model, _ = gm.load(str(tmp_path))
+    ids = _ids(3, (1, T))
+    _check(model(ids), hf_reference(hf, ids))
+
+
+def test_bfloat16_params_float32_activations(checkpoints):
+    path, hf = checkpoints["llama_gqa_untied"]
+    model, _ = gm.load(path, param_dtype=jnp.bfloat16)
+    assert model.blocks.wq[...].dtype == jnp.bfloat16
+    rounded = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    with torch.no_grad():
+        for p in rounded.parameters():
+            p.copy_(p.to(torch.bfloat16).to(torch.float32))
+    ids = _ids(2, (1, T))
+    out = model(ids)
+    assert out.hidden_states.dtype == jnp.float32
+    _check(out, hf_reference(rounded, ids))
+
+
+def test_attention_block_size_does_not_change_results(checkpoints):
+    path, _ = checkpoints["mistral_sliding_window"]
+    ids = _ids(4, (2, T))
+    a = gm.load(path, attn_block=5)[0](ids)
+    b = gm.load(path, attn_block=1024)[0](ids)
+    np.testing.assert_allclose(np.asarray(a.hidden_states), np.asarray(b.hidden_states), atol=1e-5)
 
 
 @pytest.mark.parametrize("name,prefix", [("gpt2_tied", "transformer."), ("opt_untied", "model.")])

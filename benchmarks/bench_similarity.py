@@ -7,21 +7,18 @@ L x L pairs, or L x L' against a second stack with --other_layers. Prints the
 compile time, the min / median of the timed runs, process CPU, peak RSS and
 the load average before and after.
 
-  python experiments/bench_similarity.py --layers=31 --points=5000 --dim=576
+  python -m benchmarks.bench_similarity --layers=31 --points=5000 --dim=576
 """
 
 import os
 import resource
 import statistics
-import sys
 import time
 
 import numpy as np
 from absl import app, flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from geom_jax import cli  # noqa: E402
+from geom_jax import cli
 
 cli.quiet_startup()
 

@@ -2,8 +2,8 @@
 against Hugging Face PyTorch `output_hidden_states=True` on the same model
 and token ids, in the same run. The last line is the JAX/PyTorch ratio.
 
-  python experiments/bench_forward.py --model=smollm2-135m --batch_size=1 --tokens=1024
-  python experiments/bench_forward.py --model=llama-3-8b --random_weights \
+  python -m benchmarks.bench_forward --model=smollm2-135m --batch_size=1 --tokens=1024
+  python -m benchmarks.bench_forward --model=llama-3-8b --random_weights \
       --dtype=bfloat16 --param_dtype=bfloat16 --tokens=1024 --torch=false
 """
 
@@ -11,14 +11,11 @@ from __future__ import annotations
 
 import os
 import statistics
-import sys
 import time
 
 from absl import app, flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from geom_jax import cli  # noqa: E402
+from geom_jax import cli
 
 cli.quiet_startup()
 

@@ -10,8 +10,8 @@ between geom-jax and the PyTorch forward so both meet the same machine load.
 Prints per-stage times, agreement, and as the last line the end-to-end
 speed-up against the peer.
 
-  python experiments/benchmark_torch.py --model=smollm2-135m --num_prompts=8 --max_tokens=1024
-  python experiments/benchmark_torch.py --model=llama-3-8b --random_weights \
+  python -m benchmarks.benchmark_torch --model=smollm2-135m --num_prompts=8 --max_tokens=1024
+  python -m benchmarks.benchmark_torch --model=llama-3-8b --random_weights \
       --dtype=bfloat16 --batch_size=8 --torch_prompts=1 --nopaper   # on an accelerator
 """
 
@@ -25,9 +25,7 @@ import time
 import numpy as np
 from absl import app, flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from geom_jax import cli  # noqa: E402
+from geom_jax import cli
 
 cli.quiet_startup()
 

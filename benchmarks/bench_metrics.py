@@ -9,8 +9,8 @@ after compilation). Also the time of the Gram matmuls alone (the floor on
 CPU). Prints per-stage times, agreement, and as the last line the speed-up
 against the peer.
 
-  python experiments/bench_metrics.py --layers=31 --tokens=1024 --dim=576
-  python experiments/bench_metrics.py --input=hidden.npy   # a saved [L, N, D] stack
+  python -m benchmarks.bench_metrics --layers=31 --tokens=1024 --dim=576
+  python -m benchmarks.bench_metrics --input=hidden.npy   # a saved [L, N, D] stack
 """
 
 import os
@@ -22,9 +22,7 @@ import time
 import numpy as np
 from absl import app, flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from geom_jax import cli  # noqa: E402
+from geom_jax import cli
 
 cli.quiet_startup()
 
@@ -193,7 +191,9 @@ def jax_stage_times(hidden, range_max, max_k, selection, repeats):
         "GRIDE + TwoNN",
         lambda r, k: (
             intrinsic_dimension.gride_from_neighbours(r, k),
-            intrinsic_dimension.twonn_from_neighbours(r[..., 0], r[..., 1], k),
+            intrinsic_dimension.twonn_from_neighbours(
+                r[..., 0], r[..., 1], k, intrinsic_dimension.TWONN_DISCARD_FRACTION.default
+            ),
         ),
         r,
         keep,
