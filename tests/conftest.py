@@ -5,7 +5,7 @@ import os
 import shutil
 import tempfile
 
-import subprocess_env
+from helpers import subprocess_env
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # The suite's code generation (subprocess_env.SUITE_CODEGEN): LLVM at -O0 and
@@ -29,7 +29,7 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.1")
 
 import pytest  # noqa: E402
-from tiny_model import write_tiny_llama  # noqa: E402
+from helpers.tiny_model import write_tiny_llama  # noqa: E402
 
 
 @pytest.fixture(scope="module")

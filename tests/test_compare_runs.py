@@ -7,8 +7,7 @@ import sys
 
 import numpy as np
 import pytest
-import run_helpers
-import tolerances
+from helpers import run_helpers, tolerances
 
 from geom_jax import metrics
 from geom_jax import run as geom_run

@@ -10,7 +10,7 @@ import time
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import run_helpers
+from helpers import run_helpers
 
 from geom_jax import data, metrics, models, results
 from geom_jax import run as geom_run

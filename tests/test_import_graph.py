@@ -129,3 +129,18 @@ def test_ground_floor_imports_nothing_above_it(layer):
     for module, deps in graph.items():
         if module.startswith(f"{PACKAGE}.{layer}"):
             assert not {d for d in deps if d.startswith(above)}, module
+
+
+def test_the_public_surface_is_the_measures_and_the_entry_points():
+    """geom_jax.metrics.__all__ (issue 28, acceptance 1): every name is a function or the
+    registry, none is a module of the machinery, and each exists."""
+    import types
+
+    import geom_jax.metrics as m
+
+    for name in m.__all__:
+        obj = getattr(m, name)
+        assert callable(obj) or name == "registry", name
+        assert not isinstance(obj, types.ModuleType) or name == "registry", name
+    assert {"layer_geometry", "stack_geometry", "layer_similarity", "gride"} <= set(m.__all__)
+    assert not {"check_sizes", "validate_hidden", "SELECTION_METHODS"} & set(m.__all__)

@@ -12,7 +12,7 @@ import pytest
 transformers = pytest.importorskip("transformers")
 torch = pytest.importorskip("torch")
 
-from models_helpers import save_random_hf  # noqa: E402
+from helpers.models_helpers import save_random_hf  # noqa: E402
 
 import geom_jax.models as gm  # noqa: E402
 from benchmarks import reference as oracle  # noqa: E402

@@ -5,7 +5,7 @@ import pytest
 
 from geom_jax import plotting
 from geom_jax.lens import report
-from geom_jax.metrics.measures import intrinsic_dimension
+from geom_jax.metrics.measures.sections import intrinsic_dimension
 from geom_jax.report import make
 
 scipy_stats = pytest.importorskip("scipy.stats")

@@ -1,7 +1,7 @@
 """The paper column (benchmarks/paper.py) agrees with the float64 reference and JAX."""
 
 import numpy as np
-import tolerances
+from helpers import tolerances
 
 from benchmarks import paper
 from benchmarks import reference as oracle

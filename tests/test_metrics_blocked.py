@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import tolerances
+from helpers import tolerances
 
 from geom_jax import metrics
 from geom_jax.metrics.backends import blocked_context
@@ -65,7 +65,7 @@ def _geometry(path, method, observables="paper", stack=None, **kw):
 
 
 RANK_ATOLS = tolerances.layer_geometry_atols(STACK, MASK, max_k=8)
-"""The rank-derived fields' tolerances on STACK (tests/tolerances.py): nonzero only
+"""The rank-derived fields' tolerances on STACK (tests/helpers/tolerances.py): nonzero only
 where the near-duplicate pair (points 40 and 150) or the lattice's float32 keys leave
 two candidates unorderable."""
 

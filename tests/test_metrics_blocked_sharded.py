@@ -6,8 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
-import subprocess_env
-import tolerances
+from helpers import subprocess_env, tolerances
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)

@@ -9,9 +9,8 @@ import os
 
 import jax
 import numpy as np
-import pinned_outputs
 import pytest
-import tolerances
+from helpers import pinned_outputs, tolerances
 
 from geom_jax import metrics, pipeline
 from geom_jax.metrics.measures import intrinsic_dimension
@@ -23,7 +22,7 @@ FLOAT_FIELDS = FIELDS[:-1]
 def test_ordinary_clouds_match_the_code_before_the_guards():
     """Golden outputs of the code before the rescale / finiteness / near-duplicate
     guards (tests/fixtures/README.md), written on another processor: the stated
-    tolerance per field (tests/tolerances.py). The dense 1-D curve has a genuine
+    tolerance per field (tests/helpers/tolerances.py). The dense 1-D curve has a genuine
     pair closer than the default tolerance, so it is compared with the test off."""
     with np.load(os.path.join(pinned_outputs.FIXTURES, pinned_outputs.DEGENERATE_FILE)) as z:
         golden = dict(z)

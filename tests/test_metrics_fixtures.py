@@ -4,7 +4,7 @@ import os
 
 import numpy as np
 import pytest
-import tolerances
+from helpers import tolerances
 
 from geom_jax import metrics
 

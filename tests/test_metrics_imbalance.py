@@ -1,7 +1,7 @@
 """information_imbalance against DADApy 0.3.4 (stored fixtures; full ranks, so DADApy is
 exact), between representations of different dimensions and on dataset-size clouds.
 
-Tolerance: the rank rule (tests/tolerances.py, information_imbalance_atol), from the
+Tolerance: the rank rule (tests/helpers/tolerances.py, information_imbalance_atol), from the
 inputs: a point whose nearest neighbour float32 cannot single out, or whose rank float32
 cannot count exactly on the Gram keys, moves Delta by 2 / N^2 per rank it may be off;
 DADApy's float64 ranks lie inside the same window. The rest is one rounding.
@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 import pytest
-import tolerances
+from helpers import tolerances
 
 from geom_jax import metrics
 

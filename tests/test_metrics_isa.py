@@ -7,7 +7,7 @@ comparison in subprocesses with ``--xla_cpu_max_isa`` at each instruction set
 the processor has besides the suite's own (SSE4_2, AVX2, AVX512; see checked_isas), NumPy's
 SIMD dispatch limited alike, stands in for those other processors here: their
 outputs must agree with this process's and with the goldens at the tolerances
-of tests/tolerances.py, so a golden compared bit for bit, or a rank-derived
+of tests/helpers/tolerances.py, so a golden compared bit for bit, or a rank-derived
 field compared beyond what float32 can order, fails on the developers'
 machine before it reaches a user.
 
@@ -23,10 +23,8 @@ import subprocess
 import sys
 
 import numpy as np
-import pinned_outputs
 import pytest
-import subprocess_env
-import tolerances
+from helpers import pinned_outputs, subprocess_env, tolerances
 from test_metrics_blocked import _compare as compare_paths
 
 from benchmarks import reference as oracle
@@ -114,7 +112,12 @@ def test_every_lower_instruction_set_within_the_stated_tolerances(tmp_path):
     procs = {}
     for isa in isas:
         log = open(tmp_path / f"{isa}.log", "w")
-        cmd = [sys.executable, os.path.join(HERE, "pinned_outputs.py"), str(tmp_path / isa), inputs]
+        cmd = [
+            sys.executable,
+            os.path.join(HERE, "helpers", "pinned_outputs.py"),
+            str(tmp_path / isa),
+            inputs,
+        ]
         procs[isa] = (subprocess.Popen(cmd, env=_env(flags, isa), stdout=log, stderr=log), log)
     try:
         here = pinned_outputs.pinned()

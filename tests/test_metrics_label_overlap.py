@@ -2,7 +2,7 @@
 
 Label overlaps are ratios of exact neighbour counts: with the same neighbour lists
 float32 and float64 agree to a float32 weighted mean's rounding. Neighbours float32
-cannot order may trade places: the tolerance is the rank rule (tests/tolerances.py,
+cannot order may trade places: the tolerance is the rank rule (tests/helpers/tolerances.py,
 label_overlap_atol: 1 / k_i per swap in point i's list, weighted), from each test's
 points; 0 where they have no near-ties, and then the comparison is exact up to rounding.
 """
@@ -12,7 +12,7 @@ import os
 import jax
 import numpy as np
 import pytest
-import tolerances
+from helpers import tolerances
 
 from benchmarks import reference as oracle
 from geom_jax import metrics

@@ -7,8 +7,8 @@ import re
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import tolerances
-from pinned_outputs import cloud, oracle_batch
+from helpers import tolerances
+from helpers.pinned_outputs import cloud, oracle_batch
 
 from benchmarks import reference as oracle
 from geom_jax import metrics, pipeline, results
@@ -62,7 +62,7 @@ def test_spectral_observables_match_reference(case):
 @pytest.mark.parametrize("case", GRAPH_CASES)
 def test_graph_observables_match_reference(case):
     points = ref(case, "points")
-    # Rank-derived fields: the rank rules of tests/tolerances.py from the points (the
+    # Rank-derived fields: the rank rules of tests/helpers/tolerances.py from the points (the
     # changes swaps of neighbours float32 cannot order can cause; llm: 576
     # coordinates), plus each field's rounding.
     tolerances.assert_rank_field(
@@ -161,7 +161,7 @@ def test_new_functions_match_float64_oracle(batch):
         assert rel(pr[b], oracle.participation_ratio(x[b], m)) < 1e-4
         # From the singular values of the unit rows, the largest eigenvalue from the
         # trace: the tolerance follows the entropy's conditioning on the spectrum
-        # (tests/tolerances.py; ~6e-5 here, where the offset clouds make S ~ 1e-2).
+        # (tests/helpers/tolerances.py; ~6e-5 here, where the offset clouds make S ~ 1e-2).
         spectrum = oracle.cosine_spectrum(x[b], m)
         for alpha, got in ent.items():
             np.testing.assert_allclose(
@@ -250,7 +250,7 @@ def test_layer_geometry_all_equals_each_function_on_unpadded_prompts():
     assert geo.info_imbalance_last.shape == (2, layers, 2)
     close = dict(rtol=2e-5, atol=1e-6)
     # The padded prompt (73 of 100 points valid) against each function on its points
-    # alone: rank-derived fields at their rank rules (tests/tolerances.py), the rest
+    # alone: rank-derived fields at their rank rules (tests/helpers/tolerances.py), the rest
     # (and the rank fields' rounding, two float32 paths) at `close`.
     for b, h in list(enumerate(prompts))[1:]:
         n = lengths[b]

@@ -9,8 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import subprocess_env
-import tolerances
+from helpers import subprocess_env, tolerances
 
 from benchmarks import reference as oracle
 from geom_jax import metrics
@@ -307,7 +306,7 @@ def test_batching_with_padding_equals_unpadded_prompts():
 
 @functools.cache
 def _atols():
-    """The rank rules' tolerances (tests/tolerances.py) on _stack_and_mask()."""
+    """The rank rules' tolerances (tests/helpers/tolerances.py) on _stack_and_mask()."""
     return tolerances.layer_geometry_atols(*_stack_and_mask(), max_k=MAX_K)
 
 

@@ -6,7 +6,7 @@ prompt 0, layer 1; prompt 1 padded from token 61): `auto/*` and `c2/*` are
 layer_geometry(range_max=32, max_k=8) with automatic and 2-layer chunks,
 `pipeline/*` is geometry_from_hidden(range_max=16, max_k=8) on the same
 stack read as [L+1, B, T, D] with `token_nll_in`. The goldens come from
-another processor, so they compare at the tolerances of tests/tolerances.py;
+another processor, so they compare at the tolerances of tests/helpers/tolerances.py;
 the paper's set alone, inside `all` and in layer chunks are one computation
 and compare bit for bit in this process (chunks at XLA's default optimisation
 level; see the test).
@@ -14,9 +14,8 @@ level; see the test).
 
 import numpy as np
 import pytest
-import subprocess_env
-import tolerances
-from pinned_outputs import (
+from helpers import subprocess_env, tolerances
+from helpers.pinned_outputs import (
     PAPER_FIELDS,
     PIN,
     PIN_FILE,

@@ -2,7 +2,7 @@
 float64 transcriptions in benchmarks/reference.py.
 
 Tolerances: mutual_knn and CKNNA follow the neighbour lists, so they compare at the
-rank rules of tests/tolerances.py (mutual_knn_atol: one shared neighbour, 1 / (N k),
+rank rules of tests/helpers/tolerances.py (mutual_knn_atol: one shared neighbour, 1 / (N k),
 per swap of list members float32 cannot order by inner product; cknna_atol: the
 bound on the kernel sums such swaps can move), from each test's points: 0 where the
 lists have no near-ties, and then the comparison is exact up to the rounding of the
@@ -16,7 +16,7 @@ import os
 import jax
 import numpy as np
 import pytest
-import tolerances
+from helpers import tolerances
 
 from benchmarks import reference as oracle
 from geom_jax import metrics

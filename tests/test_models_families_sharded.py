@@ -10,8 +10,8 @@ import sys
 
 import numpy as np
 import pytest
-import subprocess_env
-from tiny_model import write_tiny_llama
+from helpers import subprocess_env
+from helpers.tiny_model import write_tiny_llama
 
 COMMON = dict(
     method="shuffled",
@@ -66,7 +66,7 @@ def _hf_checkpoints(root):
     fused rows, GPT-2's Conv1D, OPT's positions, Gemma 3's local layers),
     sized to divide a (4, 2) mesh with --fsdp."""
     transformers = pytest.importorskip("transformers")
-    from models_helpers import save_random_hf
+    from helpers.models_helpers import save_random_hf
 
     common = dict(vocab_size=256, attn_implementation="eager")
     configs = {

@@ -200,7 +200,7 @@ def _llama_gguf_from_hf(hf, path, kind_of=lambda name: Q.F32):
 def tiny_llama(tmp_path_factory):
     transformers = pytest.importorskip("transformers")
     pytest.importorskip("torch")
-    from models_helpers import save_random_hf
+    from helpers.models_helpers import save_random_hf
 
     path = tmp_path_factory.mktemp("gguf") / "hf"
     cfg = transformers.LlamaConfig(
@@ -216,7 +216,7 @@ def tiny_llama(tmp_path_factory):
 
 
 def test_gguf_llama_matches_hf(tiny_llama, tmp_path):
-    from models_helpers import hf_reference, layer_rel_err
+    from helpers.models_helpers import hf_reference, layer_rel_err
 
     _, hf = tiny_llama
     path = tmp_path / "tiny.gguf"

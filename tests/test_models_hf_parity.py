@@ -14,7 +14,7 @@ import pytest
 transformers = pytest.importorskip("transformers")
 torch = pytest.importorskip("torch")
 
-from models_helpers import hf_reference, layer_rel_err, save_random_hf  # noqa: E402
+from helpers.models_helpers import hf_reference, layer_rel_err, save_random_hf  # noqa: E402
 
 import geom_jax.models as gm  # noqa: E402
 

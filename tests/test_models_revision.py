@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from tiny_model import write_tiny_llama
+from helpers.tiny_model import write_tiny_llama
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "experiments", "token_geometry.py")

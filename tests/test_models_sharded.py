@@ -14,10 +14,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import subprocess_env
 from flax import nnx
+from helpers import subprocess_env
+from helpers.tiny_model import write_tiny_llama
 from jax.sharding import AbstractMesh, AxisType
-from tiny_model import write_tiny_llama
 
 import geom_jax.models as gm
 from geom_jax.models.loading import gguf_file, params_checkpoint, safetensors_dir

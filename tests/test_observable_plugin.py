@@ -11,7 +11,7 @@ import textwrap
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import run_helpers
+from helpers import run_helpers
 
 from geom_jax import data, models, results
 from geom_jax.metrics.declare import registry

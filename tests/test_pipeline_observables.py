@@ -4,8 +4,7 @@ import json
 
 import jax.numpy as jnp
 import numpy as np
-import run_helpers
-import tolerances
+from helpers import run_helpers, tolerances
 
 from geom_jax import metrics, models, pipeline, results
 from geom_jax import run as geom_run

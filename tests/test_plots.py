@@ -7,7 +7,7 @@ import pytest
 
 from geom_jax import report, results
 from geom_jax.io import files
-from geom_jax.metrics.measures import intrinsic_dimension, local_id
+from geom_jax.metrics.measures.sections import intrinsic_dimension, local_id
 
 
 def _fake_run(folder, *, levels, num_prompts=6, layers=5, scales=4, k=8, t=16, seed=0):

@@ -12,9 +12,7 @@ import time
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import run_helpers
-import subprocess_env
-import tolerances
+from helpers import run_helpers, subprocess_env, tolerances
 from test_plots import _fake_run
 
 from geom_jax import metrics, models, report, results

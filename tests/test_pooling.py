@@ -10,7 +10,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from models_helpers import hf_reference, layer_rel_err  # noqa: E402
+from helpers.models_helpers import hf_reference, layer_rel_err  # noqa: E402
 
 import geom_jax.models as gm  # noqa: E402
 

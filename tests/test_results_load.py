@@ -3,7 +3,7 @@ acceptance 3)."""
 
 import numpy as np
 import pytest
-import run_helpers
+from helpers import run_helpers
 
 from geom_jax import results
 from geom_jax import run as geom_run

@@ -14,8 +14,8 @@ import time
 
 import numpy as np
 import pytest
-import run_helpers
 from absl import flags as absl_flags
+from helpers import run_helpers
 
 from geom_jax import data, results
 from geom_jax import run as geom_run

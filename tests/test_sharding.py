@@ -11,8 +11,7 @@ import time
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import subprocess_env
-import tolerances
+from helpers import subprocess_env, tolerances
 
 from geom_jax import models, sharding
 from geom_jax import run as geom_run
@@ -56,7 +55,7 @@ def reference(tiny, tmp_path_factory):
     valid = valid.astype(bool)
     # Another mesh reorders the forward's float32 sums, so the points themselves move:
     # the runs' distances agree within DISTANCE_RTOL (the gride_scales bound below), which
-    # widens the window of neighbours that may swap (tests/tolerances.py).
+    # widens the window of neighbours that may swap (tests/helpers/tolerances.py).
     atol = tolerances.overlap_atol(clouds, valid, COMMON["max_k"], DISTANCE_RTOL)
     return {**got, "overlap_atol": atol}
 

@@ -11,9 +11,9 @@ import time
 
 import numpy as np
 import pytest
-import run_helpers
 from absl import flags as absl_flags
-from tiny_model import write_tiny_llama
+from helpers import run_helpers
+from helpers.tiny_model import write_tiny_llama
 
 from geom_jax import data, models, results
 from geom_jax import run as geom_run

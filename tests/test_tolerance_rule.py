@@ -1,4 +1,4 @@
-"""The rank rules of tests/tolerances.py: every comparison of a rank-derived field goes
+"""The rank rules of tests/helpers/tolerances.py: every comparison of a rank-derived field goes
 through them (a scan of the test files), and each rule gives what it claims on small
 hand-made clouds (0 without near-ties, one step per swap float32 cannot order, a bound
 that contains the true spread), so that a broken rule fails here."""
@@ -9,7 +9,7 @@ import re
 
 import numpy as np
 import pytest
-import tolerances
+from helpers import tolerances
 
 from benchmarks import reference as oracle
 
@@ -107,11 +107,12 @@ def fixed_tolerance_violations(source, filename="<source>"):
 
 
 def _test_sources():
-    own = {"tolerances.py", os.path.basename(__file__)}
-    for name in sorted(os.listdir(HERE)):
-        if name.endswith(".py") and name not in own:
-            with open(os.path.join(HERE, name), encoding="utf-8") as f:
-                yield f"tests/{name}", f.read()
+    own = {"helpers/tolerances.py", os.path.basename(__file__)}
+    for folder in ("", "helpers/"):
+        for name in sorted(os.listdir(os.path.join(HERE, folder))):
+            if name.endswith(".py") and folder + name not in own:
+                with open(os.path.join(HERE, folder, name), encoding="utf-8") as f:
+                    yield f"tests/{folder}{name}", f.read()
 
 
 def test_no_rank_field_is_compared_at_a_fixed_tolerance():

@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 import pytest
-from tiny_model import write_tiny_llama
+from helpers.tiny_model import write_tiny_llama
 
 from geom_jax import data, lens, models
 from geom_jax.lens import tuned

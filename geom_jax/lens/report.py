@@ -10,7 +10,7 @@ import numpy as np
 
 from geom_jax import plotting
 from geom_jax.metrics.declare.observable import ReportSection
-from geom_jax.metrics.measures.intrinsic_dimension import id_loss_spearman
+from geom_jax.metrics.measures.sections.intrinsic_dimension import id_loss_spearman
 
 LENS_FIELDS = (
     ("lens_entropy", "entropy H (nats)"),

@@ -20,11 +20,14 @@ from geom_jax.metrics.measures.overlap import neighbourhood_overlap
 from geom_jax.metrics.measures.spectrum import matrix_entropy, participation_ratio
 from geom_jax.metrics.measures.trajectory import curvature
 from geom_jax.metrics.neighbours.distances import pairwise_distances
-from geom_jax.metrics.neighbours.duplicates import DUPLICATE_TOLERANCE, unique_mask
-from geom_jax.metrics.neighbours.host_selection import SELECTION_METHODS
+from geom_jax.metrics.neighbours.duplicates import DUPLICATE_TOLERANCE as DUPLICATE_TOLERANCE
+from geom_jax.metrics.neighbours.duplicates import unique_mask
+from geom_jax.metrics.neighbours.host_selection import SELECTION_METHODS as SELECTION_METHODS
 from geom_jax.metrics.neighbours.search import knn
 from geom_jax.metrics.similarity.layer_pairs import cka, cknna, layer_similarity, mutual_knn
-from geom_jax.metrics.validation import check_sizes, default_range_max, validate_hidden
+from geom_jax.metrics.validation import check_sizes as check_sizes
+from geom_jax.metrics.validation import default_range_max as default_range_max
+from geom_jax.metrics.validation import validate_hidden as validate_hidden
 
 neighborhood_overlap = neighbourhood_overlap
 """Former spelling of :func:`neighbourhood_overlap`."""
@@ -40,35 +43,34 @@ for _old, _module in {
 del _old, _module
 
 __all__ = [
-    "DUPLICATE_TOLERANCE",
-    "LayerGeometry",
-    "SELECTION_METHODS",
-    "check_sizes",
+    # the measures, each f(x, mask=None, *, options)
     "cka",
     "cknna",
     "cosine_similarity_stats",
     "curvature",
-    "default_range_max",
     "gride",
     "imbalance_matrix",
     "information_imbalance",
     "knn",
     "label_overlap",
-    "layer_geometry",
-    "layer_similarity",
     "matrix_entropy",
     "mle_id",
     "mutual_knn",
-    "neighborhood_overlap",
     "neighbourhood_overlap",
     "nn_similarity",
     "pairwise_distances",
     "participation_ratio",
     "reciprocity",
-    "registry",
-    "stack_geometry",
     "tle_id",
     "twonn",
     "unique_mask",
-    "validate_hidden",
+    # the entry points: every observable of a stack, every pair of layers, the registry
+    "LayerGeometry",
+    "layer_geometry",
+    "layer_similarity",
+    "registry",
+    "stack_geometry",
 ]
+# Also importable, not part of the curated surface: DUPLICATE_TOLERANCE, SELECTION_METHODS,
+# check_sizes, default_range_max, validate_hidden (checks the engine and the run share),
+# neighborhood_overlap (the former spelling).

@@ -4,12 +4,11 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 
-from geom_jax import plotting
 from geom_jax.metrics import validation
 from geom_jax.metrics.declare.observable import Field, Observable, Option, ReportSection
+from geom_jax.metrics.measures.sections import cosine as sections
 from geom_jax.metrics.neighbours import distances
 
 
@@ -143,17 +142,6 @@ def _cosine_observable(ctx):
     return {"cos_mean": mean, "cos_std": std}
 
 
-def _plot(runs, path, **_):
-    fig, axes = plotting.figure(len(runs))
-    for ax, run in zip(axes, runs):
-        for color, s in zip(plotting.colours(len(run.levels)), run.levels):
-            cos = run.arrays["cos_mean"][run.rows(s)]
-            plotting.band(ax, np.arange(cos.shape[1]), cos, plotting.level_label(s), color)
-        ax.set(xlabel="layer (0 = embedding)", ylabel="mean cosine similarity", title=run.label)
-        ax.legend(fontsize=7)
-    return plotting.save(fig, path)
-
-
 OBSERVABLE = Observable(
     name="cosine",
     compute=_cosine_observable,
@@ -174,7 +162,7 @@ OBSERVABLE = Observable(
     report=(
         ReportSection(
             "Cosine similarity across layers",
-            figure=_plot,
+            figure=sections.plot,
             needs=("cos_mean",),
             file="cosine_vs_layer.png",
             kinds=("tokens", "clouds"),

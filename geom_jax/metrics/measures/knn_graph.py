@@ -15,10 +15,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from geom_jax import plotting
 from geom_jax.metrics import backends, validation
 from geom_jax.metrics.declare.observable import Field, Observable, ReportSection
 from geom_jax.metrics.declare.options import MAX_K, SELECTION
+from geom_jax.metrics.measures.sections import knn_graph as sections
 from geom_jax.metrics.neighbours import distances
 
 
@@ -119,31 +119,6 @@ def reciprocity(x, mask=None, *, max_k=MAX_K.default, selection=SELECTION.defaul
     return out["reciprocity"]
 
 
-RECIPROCITY_KS = (1, 4, 16)
-
-
-def _plot_reciprocity(runs, path, **_):
-    fig, axes = plotting.figure(len(runs))
-    for ax, run in zip(axes, runs):
-        rec = run.arrays["reciprocity"]
-        for s in run.extremes:
-            for k in [k for k in RECIPROCITY_KS if k <= rec.shape[-1]]:
-                mean = np.nanmean(rec[run.rows(s), :, k - 1], 0)
-                style = "-" if s == 0 else "--"
-                label = f"k={k}, {plotting.level_label(s)}"
-                ax.plot(np.arange(1, len(mean) + 1), mean, style, label=label)
-        ax.set(xlabel="layer", ylabel="kNN-graph reciprocity", title=run.label, ylim=(0, 1))
-        ax.legend(fontsize=7)
-    return plotting.save(fig, path)
-
-
-def _reciprocity_text(run, **_):
-    rec = np.nanmean(run.arrays["reciprocity"][run.rows(0)], 0)
-    k = min(RECIPROCITY_KS[-1], rec.shape[-1])
-    lines = ["", f"kNN-graph reciprocity (k = {k}), mean over the structured prompts:"]
-    return lines + plotting.layer_table(f"k={k}", rec[:, k - 1])
-
-
 RECIPROCITY = Observable(
     name="reciprocity",
     compute=_reciprocity,
@@ -160,8 +135,8 @@ RECIPROCITY = Observable(
     report=(
         ReportSection(
             "kNN-graph reciprocity across layers",
-            figure=_plot_reciprocity,
-            text=_reciprocity_text,
+            figure=sections.plot_reciprocity,
+            text=sections.reciprocity_text,
             file="reciprocity.png",
         ),
     ),

@@ -24,7 +24,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from geom_jax import plotting
 from geom_jax.errors import ArgumentError
 from geom_jax.metrics import validation
 from geom_jax.metrics.declare.observable import (
@@ -36,6 +35,7 @@ from geom_jax.metrics.declare.observable import (
     register_dim,
 )
 from geom_jax.metrics.declare.options import renamed_keywords
+from geom_jax.metrics.measures.sections import label_overlap as sections
 from geom_jax.metrics.neighbours import neighbour_lists
 from geom_jax.metrics.neighbours.host_selection import check_method
 
@@ -243,40 +243,6 @@ def _compute(ctx):
     return {"label_overlap": label_overlap_from_lists(lists, ctx.input("labels"), ctx.valid)}
 
 
-def _plot(runs, path, **_):
-    fig, axes = plotting.figure(len(runs))
-    for ax, run in zip(axes, runs):
-        k = run.arrays["label_overlap"].shape[-1]
-        for color, s in zip(plotting.colours(len(run.levels)), run.levels):
-            v = run.arrays["label_overlap"][run.rows(s), :, k - 1]
-            x = np.arange(1, v.shape[1] + 1)
-            ax.errorbar(
-                x,
-                np.nanmean(v, 0),
-                yerr=np.nanstd(v, 0),
-                color=color,
-                capsize=2,
-                marker="o",
-                ms=3,
-                lw=1.4,
-                label=plotting.level_label(s),
-            )
-        ax.set(xlabel="layer", ylabel=f"label overlap (k={k})", title=run.label, ylim=(0, 1))
-        ax.legend(fontsize=7)
-    return plotting.save(fig, path)
-
-
-def _text(run, **_):
-    v = run.arrays["label_overlap"]
-    k = v.shape[-1]
-    lines = ["", f"Label overlap (k = {k}, class-size weighted), mean over partitions:"]
-    for i, s in enumerate(run.levels):
-        row = np.nanmean(v[run.rows(s), :, k - 1], 0)
-        table = plotting.layer_table(plotting.level_label(s), row)
-        lines += table if i == 0 else [table[-1]]
-    return lines
-
-
 OBSERVABLE = Observable(
     name="label_overlap",
     compute=_compute,
@@ -300,8 +266,8 @@ OBSERVABLE = Observable(
     report=(
         ReportSection(
             "Label overlap across layers",
-            figure=_plot,
-            text=_text,
+            figure=sections.plot,
+            text=sections.text,
             file="label_overlap.png",
             kinds=("tokens", "clouds"),
         ),

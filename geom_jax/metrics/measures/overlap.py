@@ -9,12 +9,11 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from geom_jax import plotting
 from geom_jax.metrics import validation
 from geom_jax.metrics.declare.observable import Field, Observable, ReportSection
 from geom_jax.metrics.declare.options import MAX_K, SELECTION
+from geom_jax.metrics.measures.sections import overlap as sections
 from geom_jax.metrics.neighbours import distances, host_selection, refinement
 
 
@@ -95,25 +94,6 @@ def _overlap_combine(carry, stack):
     return {"overlap": overlap_from_lists(lists[:-1], lists[1:], stack.valid)}
 
 
-OVERLAP_KS = (1, 2, 4)
-
-
-def _plot(runs, path, **_):
-    fig, axes = plotting.figure(len(runs))
-    for ax, run in zip(axes, runs):
-        for s in run.extremes:
-            for k in OVERLAP_KS:
-                ov = run.arrays["overlap"][run.rows(s), :, k - 1]
-                style = "-" if s == 0 else "--"
-                x = np.arange(1, ov.shape[1] + 1) + 0.5
-                ax.plot(x, np.nanmean(ov, 0), style, label=f"k={k}, {plotting.level_label(s)}")
-        ax.set(
-            xlabel="layer l (overlap of l and l+1)", ylabel="chi_k", title=run.label, ylim=(0, 1)
-        )
-        ax.legend(fontsize=7)
-    return plotting.save(fig, path)
-
-
 OBSERVABLE = Observable(
     name="overlap",
     scope="pair",
@@ -137,7 +117,7 @@ OBSERVABLE = Observable(
     report=(
         ReportSection(
             "Neighbourhood overlap across layers",
-            figure=_plot,
+            figure=sections.plot,
             needs=("overlap",),
             file="overlap_vs_layer.png",
             kinds=("tokens", "clouds"),

@@ -9,7 +9,7 @@ import pytest
 from geom_jax import run as geom_run
 from geom_jax.run import flags as run_flags
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPT = os.path.join(ROOT, "experiments", "token_geometry.py")
 PLOT_SCRIPT = os.path.join(ROOT, "experiments", "plot_geometry.py")
 

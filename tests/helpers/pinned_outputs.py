@@ -1,7 +1,7 @@
 """The computations whose outputs tests/fixtures pins, shared by the pin tests
 and by test_metrics_isa.py, which runs them under another XLA:CPU instruction
-set: ``python tests/pinned_outputs.py OUT.npz`` writes pinned() under the
-goldens' keys (``FILE:KEY``) plus the paper pin in 2-layer chunks
+set: ``PYTHONPATH=.:tests python tests/helpers/pinned_outputs.py OUT.npz`` writes
+pinned() under the goldens' keys (``FILE:KEY``) plus the paper pin in 2-layer chunks
 (``chunk2/FIELD``) and the matrix entropies of ``oracle_batch``
 (``entropy:alpha=A``).
 
@@ -17,11 +17,11 @@ import sys
 
 import jax.numpy as jnp
 import numpy as np
-import tolerances
 
 from geom_jax import metrics, pipeline
+from helpers import tolerances
 
-FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
+FIXTURES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fixtures")
 PIN_FILE = "paper_pin.npz"
 DEGENERATE_FILE = "layer_geometry_pre_issue13.npz"
 PIN = np.load(os.path.join(FIXTURES, PIN_FILE))
@@ -113,8 +113,9 @@ def regenerated_curve():
 
 def stored_curve():
     """regenerated_curve() as NumPy 2.4's X86_V3 (AVX2) dispatch made it
-    (tests/fixtures/curve_points.npz, written by ``python tests/pinned_outputs.py
-    --write-curve``): the same points on every processor and NumPy level."""
+    (tests/fixtures/curve_points.npz, written by ``PYTHONPATH=.:tests python
+    tests/helpers/pinned_outputs.py --write-curve``): the same points on every processor
+    and NumPy level."""
     with np.load(os.path.join(FIXTURES, CURVE_FILE)) as z:
         return z["curve"]
 
@@ -221,7 +222,7 @@ def _n_unique_atol(x, mask, tolerance=metrics.DUPLICATE_TOLERANCE):
 
 @functools.cache
 def _rank_atols():
-    """The rank rules' tolerances (tests/tolerances.py) of the goldens' rank-derived
+    """The rank rules' tolerances (tests/helpers/tolerances.py) of the goldens' rank-derived
     fields, keyed FILE:KEY: overlap_atol and n_unique_atol of their clouds."""
     pin = tolerances.overlap_atol(PIN["hidden"], PIN["mask"], 8)
     out = {f"{PIN_FILE}:{tag}/overlap": pin for tag in ("auto", "c2")}
