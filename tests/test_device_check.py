@@ -1,6 +1,6 @@
-"""benchmarks/device_check.py: the prepared accelerator check, proven on CPU."""
+"""benchmarks/device_check/: the prepared accelerator check, proven on CPU."""
 
-import importlib.util
+import importlib
 import json
 import math
 import os
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPT = os.path.join(ROOT, "benchmarks", "device_check.py")
+MODULE = "benchmarks.device_check"
 STAGE_KEYS = ("correctness", "forward", "metrics", "clouds", "fused", "projection")
 TOP_KEYS = ("platform", "device_kind") + STAGE_KEYS
 
@@ -27,38 +27,26 @@ class Block:
         if name.split(".")[0] in BLOCKED:
             raise ImportError(f"device_check must not import {{name}}")
 sys.meta_path.insert(0, Block())
-sys.argv = [{SCRIPT!r}] + sys.argv[1:]
-runpy.run_path({SCRIPT!r}, run_name="__main__")
+sys.argv = [{MODULE!r}] + sys.argv[1:]
+runpy.run_module({MODULE!r}, run_name="__main__", alter_sys=True)
 """
 # The same, with every stage after correctness estimated at LATER_ESTIMATE_S, so
 # that whether they fit a small budget does not depend on the machine's speed.
 LATER_ESTIMATE_S = 1000.0
 RUNNER_SLOW_LATER = RUNNER.replace(
-    f'runpy.run_path({SCRIPT!r}, run_name="__main__")',
+    f"runpy.run_module({MODULE!r}",
     f"""import dataclasses
-from absl import app, flags
-g = runpy.run_path({SCRIPT!r}, run_name="device_check")
-make_settings = g["make_settings"]
+import benchmarks.device_check.runner as runner
+make_settings = runner.make_settings
 def slow_later(*args, **kwargs):
     s = make_settings(*args, **kwargs)
     est = tuple((n, e if n == "correctness" else {LATER_ESTIMATE_S!r}) for n, e in s.estimates)
     return dataclasses.replace(s, estimates=est)
-g["run"].__globals__["make_settings"] = slow_later  # run_path returned a copy
-g["define_flags"]()
-flags.mark_flag_as_required("output_dir")
-app.run(g["main"])""",
+runner.make_settings = slow_later
+runpy.run_module({MODULE!r}""",
 )
 
-
-def _load_module():
-    spec = importlib.util.spec_from_file_location("device_check", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-dc = _load_module()
+dc = importlib.import_module(MODULE)
 
 
 def _run_script(*args, runner=RUNNER):
