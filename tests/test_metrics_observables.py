@@ -153,7 +153,7 @@ def test_new_functions_match_float64_oracle(batch):
         # V^2 + D_j^2) / |D_i^2 + V^2 - D_j^2| per neighbour pair, without bound as a
         # triangle degenerates, so there is no fixed float32 bound; these are the
         # scikit-dimension fixtures' tolerances, which that cancellation on the llm case
-        # needs even with the rationalised forms (BUILD_NOTES section 8).
+        # needs even with the rationalised forms (docs/history.md section 8).
         g, p = oracle.tle(x[b], 10, m)
         assert rel(tle_g[b], g) < 1e-3 and rel(tle_p[b, m], p) < 2e-3
         # tr(G)^2 / |G|_F^2: Gram entries off by <= D u |x_i| |x_j| (centred points) give

@@ -22,7 +22,7 @@ failed or a correctness check that ran did not pass.
   python -m benchmarks.device_check --output_dir=$OUT                        # the accelerator
   python -m benchmarks.device_check --output_dir=$OUT --stages=correctness   # rerun one stage
 
-BUILD_NOTES.md (section 6, "Device check") has the exact command for a lent
+docs/history.md (section 6, "Device check") has the exact command for a lent
 device machine and what each stage measures. Modules: ``settings`` (stages, full and
 --quick settings, tolerances), ``budget``, ``measure`` (comparisons, timing, batch
 search, synthetic inputs), ``stages`` (DeviceCheck), ``report``, ``runner`` (run) and

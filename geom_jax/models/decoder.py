@@ -237,7 +237,7 @@ def token_nll(h, vocab_rows, input_ids, attention_mask, logit_cap: float | None 
     matmul + logsumexp, combined by a logsumexp over pieces.
     XLA:CPU runs the logsumexp reduction on one thread; as separate pieces it
     overlaps the next piece's matmul and reads cache-sized logits
-    (SmolLM2, T=1024: 0.44 -> 0.31 s; BUILD_NOTES section 4). `logit_cap`
+    (SmolLM2, T=1024: 0.44 -> 0.31 s; docs/history.md section 4). `logit_cap`
     soft-caps the logits first (Gemma 2's final_logit_softcapping)."""
     V = vocab_rows.shape[0]
     w = vocab_rows.astype(h.dtype)

@@ -10,7 +10,7 @@ FUSION_EMITTERS = "--xla_cpu_use_fusion_emitters"
 SUITE_CODEGEN = (f"{OPT}=0", f"{FUSION_EMITTERS}=false")
 """What tests/conftest.py adds to XLA_FLAGS unless they name either flag: LLVM at -O0
 and XLA:CPU's loop emitters instead of its fusion emitters, which compile the suite's
-programs 2-3x faster than XLA's defaults (BUILD_NOTES 18)."""
+programs 2-3x faster than XLA's defaults (docs/history.md section 18)."""
 XLA_DEFAULTS = {OPT: "3", FUSION_EMITTERS: "true"}
 CODEGEN_FLAG = re.compile(rf"({OPT}|{FUSION_EMITTERS})=(\S+)")
 

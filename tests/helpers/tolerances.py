@@ -20,7 +20,7 @@ On this project's inputs every float32 field is within 3.4e-7 of its float64
 evaluation (benchmarks/reference.py) under each of XLA's default (AVX-512),
 AVX2, AVX and SSE4.2 code generations on an AMD EPYC (Zen 5), and the
 instruction sets differ from each other and from the goldens (made on another
-machine) by at most 4.4e-7 (6 ULP): BUILD_NOTES section 14.
+machine) by at most 4.4e-7 (6 ULP): docs/history.md section 14.
 Integer counts, fields that are exact functions of integer counts, and NaN
 positions compare exactly; neighbour counts allow one step per pair of
 neighbours that float32 cannot order on every processor (overlap_atol).
@@ -682,7 +682,7 @@ SINGULAR_VALUE_EPS = 4
 """Absolute error of the float32 singular values of the unit rows U, in units of
 eps sigma_max: the rows' own rounding (eps per entry) and LAPACK's backward-stable
 SVD. Measured at most 2.1 eps sigma_max over the oracle batch, the observables
-fixtures and clouds at offsets 0 to 300 (BUILD_NOTES section 14); twice that."""
+fixtures and clouds at offsets 0 to 300 (docs/history.md section 14); twice that."""
 
 
 def matrix_entropy_rtol(p, alpha):

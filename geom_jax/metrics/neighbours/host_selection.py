@@ -23,9 +23,9 @@ SELECTION_METHODS = ("auto", "host", "xla")
 AUTO_HOST_MIN_POINTS = 49
 """Smallest cloud for which "auto" takes the host backend on CPU. Below it XLA's top_k
 is as fast (steady state, paper set, AVX2 EPYC: 3-11 ms against 13-16 ms per call at
-24-32 points, even at 48, 2.6x slower at 64 and beyond; BUILD_NOTES), and a step without
-a host callback is a program JAX's persistent compilation cache can keep, so another
-process with the same shapes loads it instead of compiling it again."""
+24-32 points, even at 48, 2.6x slower at 64 and beyond; docs/history.md section 18), and a
+step without a host callback is a program JAX's persistent compilation cache can keep, so
+another process with the same shapes loads it instead of compiling it again."""
 
 
 def for_cloud(method: str, n: int) -> str:
