@@ -78,13 +78,7 @@ class BlockedContext(ContextBase):
         block_rows=None,
         rows=blocked_rows.LOCAL,
     ):
-        self.x = x
-        self.valid = valid
-        self.options = options
-        self.knn_k = int(knn_k)
-        self.ranks = tuple(ranks)
-        self.layer = layer
-        self._inputs = inputs
+        super().__init__(x, valid, options, knn_k=knn_k, ranks=ranks, inputs=inputs, layer=layer)
         self.block = blocked_rows.block_rows_for(x.shape[-2], block_rows)
         self._rows = rows
 

@@ -44,15 +44,6 @@ class LayerContext(ContextBase):
     observables share, computed once).
     """
 
-    def __init__(self, x, valid, options, *, knn_k, ranks, inputs, layer):
-        self.x = x
-        self.valid = valid
-        self.options = options
-        self.knn_k = int(knn_k)
-        self.ranks = tuple(ranks)
-        self.layer = layer
-        self._inputs = inputs
-
     @functools.cached_property
     def unique(self):
         return duplicates.distinct_points(self.x, self.valid, self.gram, self.duplicate_tolerance)

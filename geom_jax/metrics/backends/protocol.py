@@ -13,10 +13,20 @@ from geom_jax.metrics.declare.options import DUPLICATE_TOLERANCE
 
 
 class ContextBase:
-    """Mixin of the layer contexts; subclasses set ``x``, ``valid``, ``options``,
-    ``_inputs``, ``knn_k``, ``_knn`` and ``unique``, and define
+    """Base of the layer contexts: clouds x [C, N, D], valid [C, N], the option values,
+    the shared list length knn_k, the ranks to select, the caller's inputs and each
+    cloud's layer. Subclasses provide ``_knn`` and ``unique``, and define
     ``_knn_among_distinct(k)`` (reads what it needs, returns the function that
     computes the lists among distinct points) and ``_cosine_stats(include_diagonal)``."""
+
+    def __init__(self, x, valid, options, *, knn_k, ranks, inputs, layer):
+        self.x = x
+        self.valid = valid
+        self.options = options
+        self.knn_k = int(knn_k)
+        self.ranks = tuple(ranks)
+        self.layer = layer
+        self._inputs = inputs
 
     @property
     def duplicate_tolerance(self):
