@@ -1,6 +1,6 @@
 """The row-blocked execution context: a layer chunk's intermediates without N x N arrays.
 
-`BlockedContext` offers what observables read from `engine.LayerContext`
+`BlockedContext` offers what observables read from `dense_context.LayerContext`
 (unique, knn_idx, knn_sq_at, knn_unique, ranked, cosine_stats, and the
 higher-level queries rank_source / query_ranks, scatter_moments,
 neighbour_sq_distances), from
@@ -60,9 +60,9 @@ def _per_cloud(fn, *arrays):
 class BlockedContext(ContextBase):
     """Shared intermediates of clouds x [C, N, D] from blocks of Gram rows.
 
-    The interface of engine.LayerContext (see there) except ``gram``, which
+    The interface of dense_context.LayerContext (see there) except ``gram``, which
     this path never builds; block_rows: rows per block (None: BLOCK_BYTES'
-    worth); rows: a blocked_knn RowMap (LOCAL, or ShardedRows over a mesh).
+    worth); rows: a blocked_rows row map (LOCAL, or ShardedRows over a mesh).
     """
 
     def __init__(
@@ -194,7 +194,7 @@ class BlockedContext(ContextBase):
 
 
 class BlockedKernels:
-    """engine.StackContext's whole-cloud kernels (stack_kernels.DenseKernels'
+    """dense_context.StackContext's whole-cloud kernels (dense_context.DenseKernels'
     interface) on the row-blocked path."""
 
     def __init__(self, block_rows=None, rows=blocked_rows.LOCAL):

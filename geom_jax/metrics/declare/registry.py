@@ -116,8 +116,9 @@ def _as_observables(obj, where: str) -> list[Observable]:
 
 
 def discover(*, refresh: bool = False) -> None:
-    """Registers the catalog and every ``geom_jax.observables`` entry point (once; with
-    refresh, entry points installed since are registered too)."""
+    """Registers the built-in observables (``builtin``) and every
+    ``geom_jax.observables`` entry point (once; with refresh, entry points installed
+    since are registered too)."""
     global _discovered
     if _discovered and not refresh:
         return

@@ -1,6 +1,6 @@
 """Exact k nearest neighbours of point clouds (the public ``knn``).
 
-The kernels live in one module per job: ``host_callback`` (NumPy on the XLA
+The kernels live in one module per job: ``host_selection`` (NumPy on the XLA
 buffers, host / XLA backend choice), ``packing`` ((value, index) uint64 sort
 keys), ``selection`` (neighbour indices from the centred Gram matrix) and
 ``refinement`` (exact distances of the selected pairs and re-ranking).

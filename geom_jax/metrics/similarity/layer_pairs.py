@@ -214,7 +214,7 @@ def layer_similarity(
       k: neighbours per point for mutual_knn and cknna (k >= 2 for cknna).
       selection: "auto", "host" or "xla", the neighbour-selection backend.
       cka_route: "auto", "features" or "kernels": how sum_ij K_a,ij K_b,ij =
-        ||X_a^T X_b||_F^2 is computed (`kernel_alignment`). "auto" takes whichever
+        ||X_a^T X_b||_F^2 is computed (`cka_hsic`). "auto" takes whichever
         needs fewer FLOPs (`cka_hsic.cka_cost`): 2 N Da Db per pair for
         features, against N^2 D per layer (the upper-triangle blocks of its kernel)
         plus N^2 per pair for the kernels. At N = 5,000, D = 576 and 31 x 31 layers
@@ -282,7 +282,7 @@ def cknna(x, y, mask=None, *, k=SIMILARITY_K.default, selection="auto"):
 
     with HSIC_u the unbiased estimator (Song et al. 2012, JMLR 13, eq. 5) over
     the m valid points, computed from the neighbour lists without any N x N
-    matrix (`neighbour_alignment`).
+    matrix (`knn_alignment`).
 
     Args:
       x, y: float [..., N, Dx] and [..., N, Dy], the same points.
