@@ -48,8 +48,9 @@ BENCH_PY := $(BENCH_VENV)/bin/python
 $(BENCH_VENV)/.stamp: Makefile
 	test -x $(BENCH_PY) || $(PYTHON) -m venv $(BENCH_VENV)
 	$(BENCH_PY) -m pip install -q --upgrade pip
-	$(BENCH_PY) -m pip install -q "dadapy>=0.3.4,<0.4" "scikit-learn>=1.4"
-	$(BENCH_PY) -c "import dadapy, sklearn; from dadapy import Data"
+	$(BENCH_PY) -m pip install -q "dadapy>=0.3.4,<0.4" "scikit-learn>=1.4" \
+		"scikit-dimension==0.5.0" "networkx>=3"
+	$(BENCH_PY) -c "import dadapy, sklearn, skdim, networkx; from dadapy import Data"
 	touch $@
 
 bench-env: $(BENCH_VENV)/.stamp

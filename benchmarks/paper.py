@@ -4,7 +4,7 @@ Per layer: scikit-learn ``euclidean_distances`` and ``cosine_similarity``
 (float32 N x N matrices); duplicate tokens removed with ``np.unique`` (first
 occurrence kept); GRIDE as DADApy 0.3.4 computes it from the row-sorted
 distance matrix of the unique points (bisection per scale in float64, the
-scalar steps of ``benchmarks.reference``); TwoNN from the same sorted rows.
+scalar steps of ``tests.reference.oracle``); TwoNN from the same sorted rows.
 Neighbourhood overlap as the paper's code runs it: one ``argsort`` of each
 layer's distance matrix, then for every token a boolean flag array per layer
 grown one neighbour at a time for k = 1..max_k, counting the neighbours
@@ -18,7 +18,7 @@ import time
 import numpy as np
 from sklearn.metrics.pairwise import cosine_similarity, euclidean_distances
 
-from benchmarks import reference
+from tests.reference import oracle
 
 STAGES = ("distances", "cosine", "gride", "twonn", "overlap")
 
@@ -31,7 +31,7 @@ def first_occurrences(points):
 def gride_layer(dist, range_max=256):
     """GRIDE (ids, errs, scales) and the row-sorted distances of unique points' distance matrix."""
     sorted_d = np.sort(dist, axis=1)
-    ids, errs, scales = reference.gride_from_sorted(sorted_d[:, 1:], range_max)
+    ids, errs, scales = oracle.gride_from_sorted(sorted_d[:, 1:], range_max)
     return ids, errs, scales, sorted_d
 
 

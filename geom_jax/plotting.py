@@ -31,15 +31,15 @@ class Run:
     """The rows of one model, pooled over its result folders.
 
     arrays: field -> [rows, ...] (row fields prompt_index, shuffle_index, ...
-    included); label: the model's name; kind: "tokens" (a row per prompt and shuffle
-    level) or "clouds" (a row per measured cloud of a pooled run: shuffle_index is its
-    level, prompt_index its partition, so that a band over rows is the spread over
-    partitions).
+    included); label: the model's name; kind: the name of its kind of run
+    (:mod:`geom_jax.run.kinds`), whose report sections it gets; a pooled run's rows are
+    its measured clouds (shuffle_index their level, prompt_index their partition, so
+    that a band over rows is the spread over partitions).
     """
 
     label: str
     arrays: dict[str, np.ndarray]
-    kind: str = "tokens"
+    kind: str
 
     def rows(self, shuffle_index: int, prompts: np.ndarray | None = None) -> np.ndarray:
         """Row indices at ``shuffle_index``; only those of ``prompts`` if given."""

@@ -24,103 +24,26 @@ from geom_jax.io import files, integrity
 from geom_jax.metrics.declare import registry
 from geom_jax.metrics.declare.observable import DIMS, LAYER_AXES, Field, layer_coords
 from geom_jax.pipeline import schema
+from geom_jax.run import file_names, run_kind
+from geom_jax.run.kinds import PER_PROMPT_RUN
 
-RESULTS_FILE = "results.npz"
-METADATA_FILE = "metadata.json"
-RUN_CONFIG_FILE = "run_config.json"
-README_FILE = "RESULTS.md"
-TOKENS_FILE = "tokens.npz"
+RESULTS_FILE = file_names.RESULTS_FILE
+METADATA_FILE = file_names.METADATA_FILE
+RUN_CONFIG_FILE = file_names.RUN_CONFIG_FILE
+README_FILE = file_names.README_FILE
+TOKENS_FILE = file_names.TOKENS_FILE
 
-ROW_DIM = "row"
-CLOUD_DIM = "cloud"
-TOKENS, CLOUDS = "tokens", "clouds"
-"""The two kinds of run (geom_jax.run.spec): each prompt's tokens a cloud, or one
-point per row and the rows of each shuffle level (and partition) a cloud."""
-
-ROW_FIELDS = (
-    Field(
-        "prompt_index",
-        (),
-        "index of the row's prompt in the dataset (see prompt_key).",
-        "",
-        "int64",
-    ),
-    Field(
-        "prompt_key",
-        (),
-        "stable id of the prompt (pydoc topic, file name, line or row).",
-        "",
-        "str",
-    ),
-    Field(
-        "shuffle_index",
-        (),
-        "shuffle level s: 4**s blocks permuted (0 = structured prompt; -1 = every token "
-        "permuted, method=permuted).",
-        "",
-        "int32",
-    ),
-    Field(
-        "shuffle_repeat",
-        (),
-        "repeat r = 0..R-1 of the row's shuffle (shuffle_repeats=R; 0 for the structured prompt).",
-        "",
-        "int32",
-    ),
-)
-"""What each row of a per-prompt run is: coordinates along the row dim."""
-
-CLOUD_FIELDS = (
-    Field(
-        "cloud_shuffle",
-        (),
-        "shuffle level s of the cloud's rows (-1: every token permuted).",
-        "",
-        "int32",
-    ),
-    Field(
-        "cloud_repeat", (), "repeat r of their shuffle (0 for the structured rows).", "", "int32"
-    ),
-    Field(
-        "cloud_partition",
-        (),
-        "partition p = 0..P-1 of the level's rows (partitions=P).",
-        "",
-        "int32",
-    ),
-    Field("n_points", (), "points of the cloud (its rows).", "", "int32"),
-)
-"""What each row of a pooled run's results is (one measured cloud): coordinates along cloud."""
-
-POINT_FIELDS = (
-    Field("input_ids", ("position",), "the row's token ids as run (after shuffling).", "", "int32"),
-    Field("attention_mask", ("position",), "1 on the row's tokens (0: padding).", "", "int32"),
-    Field(
-        "row_prompt_index", (), "index of the row's window (or prompt) in the dataset.", "", "int64"
-    ),
-    Field("row_prompt_key", (), "stable id of the window: '<document key>:w<j>'.", "", "str"),
-    Field("row_shuffle", (), "shuffle level s of the row.", "", "int32"),
-    Field("row_repeat", (), "repeat r of the row's shuffle.", "", "int32"),
-    Field("row_label", (), "class id of the row (its document, or label_field).", "", "int32"),
-    Field(
-        "row_loss", (), "mean next-token negative log-likelihood of the row (nats).", "", "float32"
-    ),
-)
-"""Every row of a pooled run, in tokens.npz (rows in representations.zarr's order)."""
+ROW_DIM = run_kind.ROW_DIM
 
 
-def run_fields(observables="paper", kind: str = TOKENS) -> list[Field]:
-    """Every array of results.npz of a run measuring ``observables``, in file order
-    (row fields first; per-point fields are not written for pooled runs)."""
-    if kind == CLOUDS:
-        obs = registry.resolve(observables)
-        fields = [f for f in obs.fields(saved_only=True) if not f.tokens]
-        return list(CLOUD_FIELDS) + fields + list(schema.health_fields(obs))
-    return list(ROW_FIELDS) + schema.result_fields(observables)
+def _kind(kind: run_kind.RunKind | None) -> run_kind.RunKind:
+    return kind if kind is not None else PER_PROMPT_RUN
 
 
-def row_axis(kind: str) -> str:
-    return "C" if kind == CLOUDS else "P"
+def run_fields(observables="paper", kind: run_kind.RunKind | None = None) -> list[Field]:
+    """Every array of results.npz of a run of ``kind`` (per-prompt by default) measuring
+    ``observables``, in file order (row fields first)."""
+    return _kind(kind).fields(observables)
 
 
 def coordinate_fields(fields: Sequence[Field]) -> dict[str, str]:
@@ -134,18 +57,19 @@ def coordinate_fields(fields: Sequence[Field]) -> dict[str, str]:
     return out
 
 
-def field_docs(observables="paper", kind: str = TOKENS) -> dict[str, str]:
-    """Field name -> "[shape] meaning" of a run measuring ``observables``, derived from
-    the declarations (per-token fields live in tokens.npz; a pooled run's rows too)."""
-    fields = run_fields(observables, kind)
+def field_docs(observables="paper", kind: run_kind.RunKind | None = None) -> dict[str, str]:
+    """Field name -> "[shape] meaning" of a run of ``kind`` (per-prompt by default)
+    measuring ``observables``, derived from the declarations (per-token fields live in
+    tokens.npz; a pooled run's rows too)."""
+    kind = _kind(kind)
+    fields = kind.fields(observables)
     docs = {}
     for f in fields:
         where = f" ({TOKENS_FILE}, float16)" if f.tokens else ""
-        docs[f.name] = f"{f.shape(row_axis(kind))} {f.doc}{where}"
+        docs[f.name] = f"{f.shape(kind.row_symbol)} {f.doc}{where}"
     docs.update(coordinate_fields(fields))
-    if kind == CLOUDS:
-        for f in POINT_FIELDS:
-            docs[f.name] = f"{f.shape('R')} {f.doc} ({TOKENS_FILE})"
+    for f in kind.point_fields:
+        docs[f.name] = f"{f.shape('R')} {f.doc} ({TOKENS_FILE})"
     return docs
 
 
@@ -184,11 +108,11 @@ def coordinates(arrays: Mapping[str, np.ndarray], fields: Sequence[Field]) -> di
     return out
 
 
-def as_saved(arrays: Mapping[str, np.ndarray], observables="paper", kind: str = TOKENS):
+def as_saved(arrays: Mapping[str, np.ndarray], observables="paper", kind=None):
     """``arrays`` as the files hold them: each field in its declared dtype (per-token
     fields float32 here, float16 in tokens.npz), plus the coordinates its dims store."""
-    declared = run_fields(observables, kind) + (list(POINT_FIELDS) if kind == CLOUDS else [])
-    fields = {f.name: f for f in declared}
+    kind = _kind(kind)
+    fields = {f.name: f for f in kind.fields(observables) + list(kind.point_fields)}
     out = {}
     for name, value in arrays.items():
         f = fields.get(name)
@@ -201,24 +125,24 @@ def as_saved(arrays: Mapping[str, np.ndarray], observables="paper", kind: str = 
 
 
 def save_results(
-    output_dir: str, arrays: Mapping[str, np.ndarray], observables="paper", kind: str = TOKENS
+    output_dir: str, arrays: Mapping[str, np.ndarray], observables="paper", kind=None
 ) -> str:
     """Writes ``results.npz`` (uncompressed, one array per field, each in its declared
     dtype, with the coordinates its dims store), ``tokens.npz`` (the per-token fields as
     float16; a pooled run's per-row fields) and ``RESULTS.md``, each atomically; each npz
-    is followed by its SHA-256 (``results.npz.sha256``)."""
+    is followed by its SHA-256 (``results.npz.sha256``). ``kind``: the run's
+    (:mod:`geom_jax.run.kinds`; per-prompt by default)."""
+    kind = _kind(kind)
     arrays = as_saved(arrays, observables, kind)
     docs = field_docs(observables, kind)
     unknown = set(arrays) - set(docs)
     if unknown:
         raise ValueError(f"save_results: undocumented fields {sorted(unknown)}")
-    if kind == CLOUDS:
-        to_tokens = {f.name for f in POINT_FIELDS}
-    else:
-        to_tokens = {f.name for f in run_fields(observables, kind) if f.tokens}
+    to_tokens = kind.tokens_fields(observables)
+    per_token = {f.name for f in kind.fields(observables) if f.tokens}
     main = {k: v for k, v in arrays.items() if k not in to_tokens}
     tokens = {
-        k: v if kind == CLOUDS else np.asarray(v, np.float16)
+        k: np.asarray(v, np.float16) if k in per_token else v
         for k, v in arrays.items()
         if k in to_tokens
     }
@@ -282,7 +206,7 @@ def load_results(output_dir: str) -> dict[str, np.ndarray]:
 
 def declared_fields() -> dict[str, Field]:
     """Every field any registered observable, the model or the health checks declare."""
-    out = {f.name: f for f in ROW_FIELDS + CLOUD_FIELDS + POINT_FIELDS}
+    out = {f.name: f for kind in run_kind.kinds() for f in kind.row_fields + kind.point_fields}
     for f in schema.result_fields("all"):
         out[f.name] = f
     for obs in registry.REGISTRY.values():
@@ -319,12 +243,10 @@ def load(output_dir: str) -> xr.Dataset:
     registry.discover()
     arrays = load_results(output_dir)
     meta = arrays.pop("metadata")
-    kind = CLOUDS if "cloud_shuffle" in arrays else TOKENS
+    kind = run_kind.of_metadata(meta)
     declared = declared_fields()
-    points = {f.name for f in POINT_FIELDS}
-    row_coords = {f.name for f in (CLOUD_FIELDS if kind == CLOUDS else ROW_FIELDS)} | (
-        {"row_prompt_index", "row_prompt_key", "row_shuffle", "row_repeat", "row_label"}
-    )
+    points = {f.name for f in kind.point_fields}
+    row_coords = {f.name for f in kind.row_fields} | set(kind.point_coordinates)
     coord_names = {d.coord_name: name for name, d in DIMS.items() if d.coord_name}
     data_vars, coords = {}, {}
     sizes: dict[str, int] = {}
@@ -333,7 +255,7 @@ def load(output_dir: str) -> xr.Dataset:
             coords[name] = (coord_names[name], value)
             continue
         f = declared.get(name)
-        first = ROW_DIM if (kind == TOKENS or name in points) else CLOUD_DIM
+        first = ROW_DIM if name in points else kind.row_dim
         dims = (
             f.dim_names(first)
             if f is not None and len(f.dim_names(first)) == value.ndim
@@ -360,13 +282,9 @@ def load(output_dir: str) -> xr.Dataset:
     return ds
 
 
-def _readme(arrays, docs: Mapping[str, str], observables, kind: str = TOKENS) -> str:
+def _readme(arrays, docs: Mapping[str, str], observables, kind: run_kind.RunKind) -> str:
     observables = registry.resolve(observables)
-    rows = (
-        "C clouds (shuffle level x repeat x partition), R rows (one point each; tokens.npz)"
-        if kind == CLOUDS
-        else "P rows (prompt x shuffle level)"
-    )
+    rows = kind.rows_doc
     lines = [
         "# Results of a geom-jax run",
         "",
@@ -380,12 +298,7 @@ def _readme(arrays, docs: Mapping[str, str], observables, kind: str = TOKENS) ->
         f"{rows}, L transformer layers, S GRIDE scales,",
         "K neighbourhood sizes, T tokens. `metadata.json` records the model,",
         "its checkpoint, the flags, package versions, git commit, device and wall time.",
-        (
-            f"Every row is in `{TOKENS_FILE}` (its ids as run, what it is, its loss) and its "
-            "pooled hidden states in `representations.zarr` [R, L+1, D] (Zarr v3, float32)."
-            if kind == CLOUDS
-            else f"Per-token fields are in `{TOKENS_FILE}` (float16): `np.load` it the same way."
-        ),
+        kind.files_doc,
         "",
         "| field | shape here | meaning |",
         "| --- | --- | --- |",

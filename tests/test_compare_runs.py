@@ -12,7 +12,8 @@ from helpers import run_helpers, tolerances
 from geom_jax import metrics
 from geom_jax import run as geom_run
 from geom_jax.io.representation_store import RepresentationStore
-from geom_jax.run import clouds, compare
+from geom_jax.run import compare
+from geom_jax.run.kinds import pooled_sweep
 
 COMPARE = os.path.join(run_helpers.ROOT, "experiments", "compare_representations.py")
 
@@ -42,7 +43,7 @@ def pair(tiny, tmp_path_factory):
 
 
 def _points(folder):
-    store = RepresentationStore.open_existing(os.path.join(folder, clouds.STORE))
+    store = RepresentationStore.open_existing(os.path.join(folder, pooled_sweep.STORE))
     return np.moveaxis(store.read(slice(None)), 0, 1)
 
 

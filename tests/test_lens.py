@@ -13,9 +13,9 @@ transformers = pytest.importorskip("transformers")
 torch = pytest.importorskip("torch")
 
 from helpers.models_helpers import save_random_hf  # noqa: E402
+from reference import oracle  # noqa: E402
 
 import geom_jax.models as gm  # noqa: E402
-from benchmarks import reference as oracle  # noqa: E402
 from geom_jax import lens  # noqa: E402
 from geom_jax.models import decoder  # noqa: E402
 

@@ -5,6 +5,7 @@ import pytest
 
 from geom_jax import plotting
 from geom_jax.lens import report
+from geom_jax.metrics.declare.observable import PER_PROMPT
 from geom_jax.metrics.measures.sections import intrinsic_dimension
 from geom_jax.report import make
 
@@ -33,7 +34,7 @@ def _run(num_prompts=12, num_layers=4, seed=0):
         "lens_energy": rng.uniform(0, 3, (p, num_layers + 1)),
         "logit_gride_ids": logit_ids,
     }
-    return plotting.Run("toy", arrays)
+    return plotting.Run("toy", arrays, PER_PROMPT)
 
 
 def test_spearman_numbers_match_scipy():
@@ -55,7 +56,9 @@ def test_figures_and_text(tmp_path, monkeypatch):
     titles = [s.title for s in make.sections_for([run])]
     assert "Lens entropy, free energy and energy across layers" in titles
     assert "Intrinsic dimension and uncertainty" in titles
-    without = plotting.Run("toy", {k: v for k, v in run.arrays.items() if "lens" not in k})
+    without = plotting.Run(
+        "toy", {k: v for k, v in run.arrays.items() if "lens" not in k}, PER_PROMPT
+    )
     assert "Lens entropy, free energy and energy across layers" not in [
         s.title for s in make.sections_for([without])
     ]

@@ -2,9 +2,9 @@
 
 import numpy as np
 from helpers import tolerances
+from reference import oracle
 
 from benchmarks import paper
-from benchmarks import reference as oracle
 from geom_jax import metrics
 
 

@@ -231,7 +231,7 @@ GRIDE_LARGE = np.load(os.path.join(os.path.dirname(__file__), "fixtures", "gride
 
 
 def test_blocked_gride_at_large_ranges_matches_dadapy():
-    """GRIDE up to rank 2048 of 5,000 points (benchmarks/make_gride_fixture.py; the
+    """GRIDE up to rank 2048 of 5,000 points (tests/reference/gride_large_range.py; the
     20,000-point, range 8192 case of the same file takes ~20 s and is shown by a
     command in docs/history.md section 15)."""
     n = 5000

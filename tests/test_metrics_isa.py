@@ -25,9 +25,8 @@ import sys
 import numpy as np
 import pytest
 from helpers import pinned_outputs, subprocess_env, tolerances
+from reference import oracle
 from test_metrics_blocked import _compare as compare_paths
-
-from benchmarks import reference as oracle
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)

@@ -13,8 +13,8 @@ import jax
 import numpy as np
 import pytest
 from helpers import tolerances
+from reference import oracle
 
-from benchmarks import reference as oracle
 from geom_jax import metrics
 
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from helpers import tolerances
 from helpers.pinned_outputs import cloud, oracle_batch
+from reference import oracle
 
-from benchmarks import reference as oracle
 from geom_jax import metrics, pipeline, results
 from geom_jax.metrics.backends import conditioning
 from geom_jax.metrics.declare import builtin, observable, registry
@@ -306,7 +306,9 @@ def test_observable_sets_resolve():
     declared = {o.name for o in builtin.BUILTIN}
     # every built-in is in "all" but label_overlap, which needs the rows' labels (pooled runs)
     assert declared - in_all == {"label_overlap"}
-    assert "label_overlap" in registry.resolve("dataset")
+    assert "label_overlap" in registry.resolve("pooled")
+    with pytest.warns(DeprecationWarning, match="'dataset' is deprecated; use 'pooled'"):
+        assert registry.resolve("dataset,mle_id") == registry.resolve("pooled")
     # lens comes from the geom_jax.observables entry point (setup.py), not the catalog,
     # and is model-level: asked for by name only.
     assert "lens" in registry.REGISTRY and "lens" not in {o.name for o in builtin.BUILTIN}
@@ -425,7 +427,7 @@ def test_bad_input_raises_before_compute():
     rng = np.random.default_rng(2)
     hidden = rng.standard_normal((2, 3, 40, 6)).astype(np.float32)
     with pytest.raises(
-        ValueError, match=r"unknown observable 'reciprocty'; known: paper, dataset, all, gride"
+        ValueError, match=r"unknown observable 'reciprocty'; known: paper, pooled, all, gride"
     ):
         metrics.layer_geometry(hidden, observables="paper,reciprocty")
     with pytest.raises(ValueError, match=r"id_k=40 needs N >= 41"):

@@ -10,8 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from helpers import subprocess_env, tolerances
+from reference import oracle
 
-from benchmarks import reference as oracle
 from geom_jax import metrics
 from geom_jax.metrics import compute
 from geom_jax.metrics.neighbours import host_selection

@@ -1,5 +1,5 @@
 """Representational similarity (mutual k-NN, CKNNA, CKA, layer_similarity) against the
-float64 transcriptions in benchmarks/reference.py.
+float64 transcriptions in tests/reference/oracle.py.
 
 Tolerances: mutual_knn and CKNNA follow the neighbour lists, so they compare at the
 rank rules of tests/helpers/tolerances.py (mutual_knn_atol: one shared neighbour, 1 / (N k),
@@ -17,8 +17,8 @@ import jax
 import numpy as np
 import pytest
 from helpers import tolerances
+from reference import oracle
 
-from benchmarks import reference as oracle
 from geom_jax import metrics
 from geom_jax.metrics.similarity import cka_hsic, knn_alignment
 

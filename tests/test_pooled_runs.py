@@ -18,7 +18,7 @@ from test_plots import _fake_run
 from geom_jax import metrics, models, report, results
 from geom_jax import run as geom_run
 from geom_jax.io.representation_store import RepresentationStore
-from geom_jax.run import clouds
+from geom_jax.run.kinds import pooled_rows, pooled_sweep
 
 POOLED = dict(
     pool="last",
@@ -72,7 +72,7 @@ def test_pooled_files_and_points(pooled, tiny):
     assert meta["flags"]["range_max"] == 29  # the smallest cloud (30 points) supports 29
     # The stored points are the model's hidden states at each row's last token.
     model, _ = models.load(tiny)
-    store = RepresentationStore.open_existing(os.path.join(out, clouds.STORE))
+    store = RepresentationStore.open_existing(os.path.join(out, pooled_sweep.STORE))
     assert (store.rows, store.layers, store.chunk_rows) == (120, layers + 1, 8)
     pick = np.arange(0, 120, 7)
     hidden = np.asarray(model(jnp.asarray(rows["input_ids"][pick])).hidden_states)
@@ -90,8 +90,9 @@ def _stored_clouds(spec):
     out = spec.output_dir
     with np.load(os.path.join(out, results.TOKENS_FILE)) as z:
         rows = {k: z[k] for k in z.files}
-    reps = RepresentationStore.open_existing(os.path.join(out, clouds.STORE)).read(slice(None))
-    as_run = clouds.Rows(
+    store = RepresentationStore.open_existing(os.path.join(out, pooled_sweep.STORE))
+    reps = store.read(slice(None))
+    as_run = pooled_rows.Rows(
         input_ids=rows["input_ids"],
         attention_mask=rows["attention_mask"],
         prompt_index=rows["row_prompt_index"],
@@ -100,7 +101,7 @@ def _stored_clouds(spec):
         repeat=rows["row_repeat"],
         label=rows.get("row_label"),
     )
-    return rows, reps, clouds.clouds_of(spec, as_run)
+    return rows, reps, pooled_rows.clouds_of(spec, as_run)
 
 
 def _label_atol(spec):
@@ -141,7 +142,7 @@ def test_sigkill_then_resume_equals_uninterrupted(pooled, tiny, tmp_path):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    chunk = out / clouds.STORE / "c"
+    chunk = out / pooled_sweep.STORE / "c"
     deadline = time.time() + 300
     while time.time() < deadline and not (chunk.is_dir() and len(os.listdir(chunk)) >= 3):
         assert proc.poll() is None, "the run ended before it could be killed"
@@ -153,8 +154,8 @@ def test_sigkill_then_resume_equals_uninterrupted(pooled, tiny, tmp_path):
     with np.load(out / results.RESULTS_FILE) as z:
         for k in ("gride_ids", "overlap", "cos_mean", "twonn"):
             np.testing.assert_array_equal(z[k], got[k], err_msg=k)
-    fresh = RepresentationStore.open_existing(str(out / clouds.STORE))
-    whole = RepresentationStore.open_existing(os.path.join(spec.output_dir, clouds.STORE))
+    fresh = RepresentationStore.open_existing(str(out / pooled_sweep.STORE))
+    whole = RepresentationStore.open_existing(os.path.join(spec.output_dir, pooled_sweep.STORE))
     np.testing.assert_array_equal(fresh.read(slice(None)), whole.read(slice(None)))
 
 
@@ -178,7 +179,7 @@ def test_bad_pooled_input_refused_before_compute(tiny, tmp_path, kw, message):
     out = tmp_path / "run"
     with run_helpers.raises_user_error(message):
         geom_run.run(_spec(tiny, out, **kw))
-    assert not (out / clouds.STORE).exists()
+    assert not (out / pooled_sweep.STORE).exists()
 
 
 def test_label_field_missing_from_a_record(tiny, tmp_path):
@@ -202,7 +203,7 @@ def test_a_store_of_another_shape_is_refused(pooled, tiny, tmp_path):
     spec, _ = pooled
     out = tmp_path / "run"
     RepresentationStore.open_or_create(
-        str(out / clouds.STORE), rows=7, layers=4, dim=16, chunk_rows=8
+        str(out / pooled_sweep.STORE), rows=7, layers=4, dim=16, chunk_rows=8
     )
     with run_helpers.raises_user_error(r"representation store .* holds \[7, 4, 16\]"):
         geom_run.run(_spec(tiny, out, resume=True))

@@ -10,8 +10,7 @@ import re
 import numpy as np
 import pytest
 from helpers import tolerances
-
-from benchmarks import reference as oracle
+from reference import oracle
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

@@ -4,7 +4,7 @@ For dataset-scale clouds (Cheng et al., ICLR 2025, arXiv 2405.15471; Valeriani e
 al., NeurIPS 2023, arXiv 2302.00294) the jitted step returns, per row, the [L+1, D]
 hidden states of its last valid token or their mean over its valid tokens
 (embedding output first) and the row's loss; the geometry of the accumulated
-clouds is computed once every row is in (:mod:`geom_jax.run.clouds`).
+clouds is computed once every row is in (:mod:`geom_jax.run.kinds.pooled`).
 """
 
 from __future__ import annotations

@@ -9,44 +9,25 @@ import numpy as np
 from geom_jax import results
 from geom_jax.metrics.declare.observable import DIMS
 from geom_jax.plotting import Run
+from geom_jax.run import run_kind
 
 COORDINATES = tuple(d.coord_name for d in DIMS.values() if d.coord_name)
 """Stored coordinates (e.g. gride_n1): not per row, taken from the first folder."""
 
 
-CLOUD_ROWS = {"shuffle_index": "cloud_shuffle", "prompt_index": "cloud_partition"}
-"""A pooled run's cloud fields under the names the sections read."""
-
-
-def _as_rows(r: dict) -> tuple[str, dict]:
-    """(kind, arrays) of a loaded folder; a pooled run's clouds become its rows."""
-    if "cloud_shuffle" not in r:
-        return results.TOKENS, r
-    arrays = dict(r)
-    for name, cloud in CLOUD_ROWS.items():
-        arrays[name] = r[cloud]
-    arrays["shuffle_repeat"] = r["cloud_repeat"]
-    return results.CLOUDS, arrays
-
-
-def _label(meta: dict, folder: str, kind: str) -> str:
-    model = meta.get("model", folder)
-    if kind == results.CLOUDS:
-        pool = meta.get("flags", {}).get("pool", "")
-        return f"{model} (one point per window, {pool} token)"
-    return model
-
-
 def load_runs(folders: Sequence[str]) -> list[Run]:
-    """Loads result folders and pools them per model and kind of run.
+    """Loads result folders and pools them per model and kind of run (each kind says how
+    the report reads its rows: :meth:`geom_jax.run.run_kind.RunKind.report_arrays`).
 
     Structured rows that also occur in a shuffled run of the same model (same prompt,
     s = 0) are kept once.
     """
     by_model: dict[tuple[str, str], list[dict]] = {}
     for folder in folders:
-        kind, r = _as_rows(results.load_results(folder))
-        by_model.setdefault((_label(r["metadata"], folder, kind), kind), []).append(r)
+        r = results.load_results(folder)
+        kind = run_kind.of_metadata(r["metadata"])
+        label = kind.report_label(r["metadata"], folder)
+        by_model.setdefault((label, kind.name), []).append(kind.report_arrays(r))
     runs = []
     for (label, kind), parts in by_model.items():
         keys = [

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from geom_jax import data, metrics, models, pipeline
+from geom_jax import data, models, pipeline
 from geom_jax.metrics.declare import registry
 from geom_jax.metrics.declare.observable import Option
 from geom_jax.run import spec as run_spec
@@ -107,12 +107,7 @@ def check_spec(spec: run_spec.RunSpec) -> None:
         raise UserError("{text_field} must not be empty", "text_field")
     observables = spec.observable_set
     try:
-        if spec.kind == run_spec.TOKENS:
-            n = num_tokens(spec)
-            options = observables.options(spec.option_values(), n=n)
-            metrics.compute.check_observables(observables, options, n)
-        else:  # the clouds' size is known once the rows are (run.clouds.check_cloud_sizes)
-            observables.options(spec.option_values())
+        spec.kind.check_options(spec, observables)
     except ValueError as e:
         raise wrap(e) from None
     check_options_apply(spec, observables)
@@ -130,14 +125,14 @@ def check_spec(spec: run_spec.RunSpec) -> None:
             raise wrap(e, "{method}=shuffled: {problem}", "method") from None
 
 
-def resolved(spec: run_spec.RunSpec) -> run_spec.RunSpec:
+def resolved(spec: run_spec.RunSpec, n: int) -> run_spec.RunSpec:
     """spec with each option that the cloud size resolves (range_max None: the largest
-    range the prompts support) replaced by its value, as recorded in metadata.json."""
-    n = num_tokens(spec)
+    range clouds of ``n`` points support in this kind of run) replaced by its value, as
+    recorded in metadata.json."""
     changes = {}
     for name, opt in spec.observable_set.declared_options.items():
         if opt.resolve is not None:
-            changes[name] = opt.resolve(getattr(spec, name), n, spec.kind)
+            changes[name] = opt.resolve(getattr(spec, name), n, spec.kind.name)
     return spec.replace(**changes)
 
 

@@ -25,7 +25,8 @@ from geom_jax import metrics, plotting, results
 from geom_jax.io import files
 from geom_jax.io.representation_store import RepresentationStore
 from geom_jax.metrics.similarity.layer_pairs import SIMILARITY_K
-from geom_jax.run import clouds
+from geom_jax.run import run_kind
+from geom_jax.run.kinds import POOLED_RUN, pooled_sweep
 from geom_jax.run.spec import UserError
 
 MEASURES = ("mutual_knn", "cknna", "cka", "cka_debiased", "info_imbalance")
@@ -78,7 +79,7 @@ def open_run(folder: str, which: str) -> PooledRun:
             folder=folder,
         )
     meta = files.read_json(meta_path)
-    if meta.get("flags", {}).get("pool", "none") == "none":
+    if run_kind.of_metadata(meta) is not POOLED_RUN:
         raise UserError(
             "{runs}: {which} {folder!r} is not a pooled run ({pool}=none: its clouds are "
             "tokens, not one point per row); rerun it with {pool}=last or mean",
@@ -95,7 +96,7 @@ def open_run(folder: str, which: str) -> PooledRun:
         )
     with np.load(tokens_path) as z:
         rows = {k: z[k] for k in z.files}
-    store = _open_store(os.path.join(folder, clouds.STORE), len(rows["row_prompt_key"]))
+    store = _open_store(os.path.join(folder, pooled_sweep.STORE), len(rows["row_prompt_key"]))
     return PooledRun(folder, meta, rows, store)
 
 

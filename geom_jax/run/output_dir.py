@@ -7,12 +7,12 @@ import os
 
 import numpy as np
 
-from geom_jax import results
 from geom_jax.errors import ArgumentError
 from geom_jax.io import files
 from geom_jax.run import disk_space, lock
 from geom_jax.run import spec as run_spec
 from geom_jax.run.checks import UserError
+from geom_jax.run.file_names import RUN_CONFIG_FILE
 from geom_jax.run.sweep import CHECKPOINT_DIR
 
 PROBE_PREFIX = ".write-test-"
@@ -24,7 +24,7 @@ def holds_a_run(out: str) -> bool:
     reusable by a fresh run."""
     for name in os.listdir(out):
         path = os.path.join(out, name)
-        if name.startswith(PROBE_PREFIX) or name in (lock.LOCK_FILE, results.RUN_CONFIG_FILE):
+        if name.startswith(PROBE_PREFIX) or name in (lock.LOCK_FILE, RUN_CONFIG_FILE):
             continue
         if name == CHECKPOINT_DIR and os.path.isdir(path):
             if not any(n.isdigit() for n in os.listdir(path)):
@@ -42,7 +42,7 @@ def check_output_dir(spec: run_spec.RunSpec) -> None:
     out = spec.output_dir
     if not out:
         raise UserError("{output_dir} is required", "output_dir")
-    config_path = os.path.join(out, results.RUN_CONFIG_FILE)
+    config_path = os.path.join(out, RUN_CONFIG_FILE)
     if os.path.exists(out) and not os.path.isdir(out):
         raise UserError("{output_dir}={out!r} exists and is not a folder", "output_dir", out=out)
     existing = os.path.isdir(out) and holds_a_run(out)
@@ -88,7 +88,7 @@ def check_output_dir(spec: run_spec.RunSpec) -> None:
 
 def record_run_config(spec: run_spec.RunSpec) -> None:
     """Writes run_config.json (on resume of a started run it already matches)."""
-    files.write_json(os.path.join(spec.output_dir, results.RUN_CONFIG_FILE), spec.defining())
+    files.write_json(os.path.join(spec.output_dir, RUN_CONFIG_FILE), spec.defining())
 
 
 @dataclasses.dataclass

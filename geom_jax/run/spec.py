@@ -21,15 +21,11 @@ from geom_jax import data
 from geom_jax.errors import ArgumentError
 from geom_jax.metrics.declare import registry
 from geom_jax.metrics.declare.observable import Option
+from geom_jax.run import run_kind
 
 METHODS = ("structured", "shuffled", "permuted")
 DTYPES = ("float32", "bfloat16")
 POOLS = ("none", "last", "mean")
-TOKENS, CLOUDS = "tokens", "clouds"
-"""The two kinds of run: each prompt's tokens a cloud (pool none), or one point per
-row, the rows of each shuffle level (and partition) a cloud (pool last / mean)."""
-DEFAULT_SETS = {TOKENS: "paper", CLOUDS: "dataset"}
-"""The observables a run measures when none are asked for."""
 
 
 class UserError(ArgumentError):
@@ -111,9 +107,9 @@ FIELDS: tuple[RunField, ...] = (
         "observables",
         str,
         None,
-        "'paper' (GRIDE/TwoNN, cosine, overlap; the default of per-prompt runs), 'dataset' "
-        "(the default of pooled runs), 'all', or a comma list of names (may include a set, "
-        "e.g. paper,reciprocity).",
+        "'paper' (GRIDE/TwoNN, cosine, overlap; the default of per-prompt runs), 'pooled' "
+        "(the default of pooled runs; 'dataset' is its former name), 'all', or a comma "
+        "list of names (may include a set, e.g. paper,reciprocity).",
         before="paper",
     ),
     RunField(
@@ -235,7 +231,8 @@ class RunSpec:
             for name, f in fields.items()
         }
         if spec["observables"] is None:
-            spec["observables"] = DEFAULT_SETS[kind_of(spec["pool"])]
+            kind = run_kind.of_pool(spec["pool"], default=run_kind.kinds()[0])
+            spec["observables"] = kind.default_observables
         try:
             spec["observables"] = registry.resolve(spec["observables"]).canonical
         except ValueError:
@@ -262,9 +259,13 @@ class RunSpec:
         return "RunSpec(" + ", ".join(f"{k}={v!r}" for k, v in given.items()) + ")"
 
     @property
-    def kind(self) -> str:
-        """TOKENS (each prompt's tokens a cloud) or CLOUDS (one point per row)."""
-        return kind_of(self.pool)
+    def kind(self) -> run_kind.RunKind:
+        """The kind of run ``pool`` selects (:mod:`geom_jax.run.kinds`): per-prompt, each
+        prompt's tokens a cloud, or pooled, one point per row."""
+        try:
+            return run_kind.of_pool(self.pool)
+        except ValueError as e:
+            raise UserError("{pool}: {problem}", "pool", problem=e) from None
 
     def values(self) -> dict[str, Any]:
         return dict(self._values)
@@ -297,10 +298,6 @@ class RunSpec:
         out["filter_models"] = list(out["filter_models"])
         out["num_processes"] = jax.process_count()
         return out
-
-
-def kind_of(pool: str | None) -> str:
-    return TOKENS if pool in (None, "none") else CLOUDS
 
 
 def saved_value(name: str, saved: Mapping):

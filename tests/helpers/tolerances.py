@@ -17,7 +17,7 @@ orders of the longest pinned reductions (n <= 300 points, W = 4) then differ
 by ~sqrt(2 n / W) u = 7e-7, times the field's amplification a (written per
 field; a <= 2). 2e-6 (17 eps) covers a = 2 at n = 300 with 1.4x to spare.
 On this project's inputs every float32 field is within 3.4e-7 of its float64
-evaluation (benchmarks/reference.py) under each of XLA's default (AVX-512),
+evaluation (tests/reference/oracle.py) under each of XLA's default (AVX-512),
 AVX2, AVX and SSE4.2 code generations on an AMD EPYC (Zen 5), and the
 instruction sets differ from each other and from the goldens (made on another
 machine) by at most 4.4e-7 (6 ULP): docs/history.md section 14.

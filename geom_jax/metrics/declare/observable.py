@@ -40,6 +40,7 @@ of the ``geom_jax.observables`` group in another package)::
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -48,6 +49,10 @@ import numpy as np
 from geom_jax.errors import ArgumentError
 
 SCOPES = ("layer", "pair", "prompt")
+
+PER_PROMPT, POOLED = "per_prompt", "pooled"
+"""The names of the two kinds of run (:mod:`geom_jax.run.kinds`), as declarations use them:
+each prompt's tokens a cloud, or one pooled point per row and the rows of a level a cloud."""
 
 INTERMEDIATES = {
     "points": "the cloud x [C, N, D] and its valid mask [C, N]",
@@ -81,8 +86,8 @@ class Option:
       defining: the value changes results (``--resume`` refuses a change).
       flag: exposed on the command line.
       resolve: ``resolve(value, n, kind)`` -> the value for clouds of n points of a
-        kind of run ("tokens": a prompt's tokens, "clouds": one point per prompt;
-        e.g. range_max None -> the largest range n points support, capped).
+        kind of run (PER_PROMPT: a prompt's tokens, POOLED: one point per row; e.g.
+        range_max None -> the largest range n points support, capped).
     """
 
     name: str
@@ -276,9 +281,9 @@ class ReportSection:
     needs: tuple[str, ...] = ()
     file: str = ""
     """Name of the PNG (default: from the title)."""
-    kinds: tuple[str, ...] = ("tokens",)
-    """The kinds of run it is drawn for: "tokens" (per-prompt token clouds), "clouds"
-    (pooled runs, a row per cloud)."""
+    kinds: tuple[str, ...] = (PER_PROMPT,)
+    """The kinds of run it is drawn for: PER_PROMPT (a row per prompt and shuffle level),
+    POOLED (a row per measured cloud of a pooled run)."""
 
     def png(self) -> str:
         if self.file:
@@ -343,15 +348,23 @@ class Observable:
     prepare: Callable | None = None
     previous: Callable | None = None
     paper: bool = False
-    dataset: bool = False
+    pooled: bool = False
     token_cloud: bool = False
     in_all: bool = True
     model_inputs: tuple[ModelInput, ...] = ()
     report: tuple[ReportSection, ...] = ()
     status: Callable | None = None
     status_flags: Mapping[int, str] = dataclasses.field(default_factory=dict)
+    dataset: dataclasses.InitVar[bool | None] = None
 
-    def __post_init__(self):
+    def __post_init__(self, dataset):
+        if dataset is not None:
+            warnings.warn(
+                f"observable {self.name!r}: dataset= is deprecated; use pooled=",
+                DeprecationWarning,
+                stacklevel=3,
+            )
+            object.__setattr__(self, "pooled", self.pooled or bool(dataset))
         if self.scope not in SCOPES:
             raise ValueError(f"observable {self.name!r}: scope must be one of {SCOPES}")
         if self.scope == "layer" and self.compute is None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from importlib import metadata
 
@@ -40,15 +41,18 @@ INPUTS: dict[str, tuple[bool, str]] = {
 """Inputs a caller may pass to layer_geometry: name -> (per_prompt, doc); the observables'
 model inputs are added when they register."""
 
-SETS = ("paper", "dataset", "all")
-"""Named sets: the paper's observables, those of dataset-scale clouds, and all."""
+SETS = ("paper", "pooled", "all")
+"""Named sets: the paper's observables, the default of pooled runs, and all."""
+
+FORMER_SETS = {"dataset": "pooled"}
+"""Former set names, still accepted with a DeprecationWarning."""
 
 _discovered = False
 
 
 def register(obs: Observable, *, replace: bool = False) -> Observable:
     """Adds an observable (ValueError on a clash of names, fields or option declarations)."""
-    if obs.name in SETS:
+    if obs.name in SETS or obs.name in FORMER_SETS:
         raise ValueError(f"{obs.name!r} is reserved for observable sets")
     if obs.name in REGISTRY and not replace:
         raise ValueError(f"observable {obs.name!r} is already registered")
@@ -148,8 +152,8 @@ def _paper() -> list[str]:
     return [n for n, o in REGISTRY.items() if o.paper]
 
 
-def _dataset() -> list[str]:
-    return [n for n, o in REGISTRY.items() if o.dataset]
+def _pooled() -> list[str]:
+    return [n for n, o in REGISTRY.items() if o.pooled]
 
 
 def _all() -> list[str]:
@@ -157,7 +161,7 @@ def _all() -> list[str]:
 
 
 def _set(name: str) -> list[str]:
-    return {"paper": _paper, "dataset": _dataset, "all": _all}[name]()
+    return {"paper": _paper, "pooled": _pooled, "all": _all}[name]()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -234,9 +238,9 @@ class ObservableSet:
 
 
 def resolve(spec: str | Iterable[str] | ObservableSet | None = "paper") -> ObservableSet:
-    """The ObservableSet of ``spec``: a set's name ("paper", "dataset", "all"), a comma list
-    or a sequence of names (which may include a set's name), in registry order, without
-    repeats.
+    """The ObservableSet of ``spec``: a set's name ("paper", "pooled", "all"; "dataset" is
+    the former "pooled"), a comma list or a sequence of names (which may include a set's
+    name), in registry order, without repeats.
 
     Raises:
       ValueError: an empty spec or an unknown name (naming the known ones).
@@ -252,6 +256,13 @@ def resolve(spec: str | Iterable[str] | ObservableSet | None = "paper") -> Obser
         raise ValueError(f"observables is empty; known: {', '.join(known())}")
     wanted = set()
     for item in items:
+        if item in FORMER_SETS:
+            warnings.warn(
+                f"observables={item!r} is deprecated; use {FORMER_SETS[item]!r}",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            item = FORMER_SETS[item]
         if item in SETS:
             wanted.update(_set(item))
         elif item in REGISTRY:

@@ -7,7 +7,14 @@ import jax.numpy as jnp
 from jax import lax
 
 from geom_jax.metrics import validation
-from geom_jax.metrics.declare.observable import Field, Observable, Option, ReportSection
+from geom_jax.metrics.declare.observable import (
+    PER_PROMPT,
+    POOLED,
+    Field,
+    Observable,
+    Option,
+    ReportSection,
+)
 from geom_jax.metrics.measures.sections import cosine as sections
 from geom_jax.metrics.neighbours import distances
 
@@ -158,14 +165,14 @@ OBSERVABLE = Observable(
     options=(INCLUDE_DIAGONAL,),
     embedding=True,
     paper=True,
-    dataset=True,
+    pooled=True,
     report=(
         ReportSection(
             "Cosine similarity across layers",
             figure=sections.plot,
             needs=("cos_mean",),
             file="cosine_vs_layer.png",
-            kinds=("tokens", "clouds"),
+            kinds=(PER_PROMPT, POOLED),
         ),
     ),
 )

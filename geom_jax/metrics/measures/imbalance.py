@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from geom_jax.metrics import validation
-from geom_jax.metrics.declare.observable import Field, Observable, ReportSection
+from geom_jax.metrics.declare.observable import PER_PROMPT, POOLED, Field, Observable, ReportSection
 from geom_jax.metrics.declare.options import SELECTION
 from geom_jax.metrics.measures.sections import imbalance as sections
 from geom_jax.metrics.neighbours import distances, refinement
@@ -147,14 +147,14 @@ OBSERVABLE = Observable(
     reference="Glielmo et al. 2022, PNAS Nexus 1(2) pgac039, eq. 1; DADApy",
     reduce="2 / N^2 sum over valid tokens of the rank",
     knn_k=lambda o: 1,
-    dataset=True,
+    pooled=True,
     report=(
         ReportSection(
             "Information imbalance",
             figure=sections.plot,
             text=sections.text,
             file="info_imbalance.png",
-            kinds=("tokens", "clouds"),
+            kinds=(PER_PROMPT, POOLED),
         ),
     ),
 )

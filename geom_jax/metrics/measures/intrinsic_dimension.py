@@ -14,7 +14,13 @@ from jax import lax
 
 from geom_jax.errors import ArgumentError
 from geom_jax.metrics import validation
-from geom_jax.metrics.declare.observable import Field, Observable, Option, ReportSection
+from geom_jax.metrics.declare.observable import (
+    POOLED,
+    Field,
+    Observable,
+    Option,
+    ReportSection,
+)
 from geom_jax.metrics.declare.options import MAX_K, SELECTION
 from geom_jax.metrics.measures import local_id
 from geom_jax.metrics.measures.sections import intrinsic_dimension as sections
@@ -307,9 +313,9 @@ def _resolve_range_max(value, n, kind):
     for dataset-scale clouds); an explicit value a dataset-scale cloud of n points cannot
     reach is refused (a prompt's range is capped by its length, as the paper's)."""
     if value is None:
-        cap = validation.MAX_DATASET_RANGE if kind == "clouds" else validation.MAX_RANGE
+        cap = validation.MAX_DATASET_RANGE if kind == POOLED else validation.MAX_RANGE
         return validation.default_range_max(n, cap)
-    if kind == "clouds" and value > n - 1:
+    if kind == POOLED and value > n - 1:
         raise ArgumentError(
             "{range_max}={value} needs clouds of >= {need} points, but the smallest has {n}",
             "range_max",
@@ -401,7 +407,7 @@ OBSERVABLE = Observable(
     ranks=lambda o, n: gride_ranks(validation.n_scales(n, o["range_max"])),
     check=_check_gride,
     paper=True,
-    dataset=True,
+    pooled=True,
     status=_status,
     status_flags=STATUS_FLAGS,
     report=(
@@ -431,7 +437,7 @@ OBSERVABLE = Observable(
             text=sections.clouds_text,
             needs=("gride_ids",),
             file="clouds_id.png",
-            kinds=("clouds",),
+            kinds=(POOLED,),
         ),
     ),
 )

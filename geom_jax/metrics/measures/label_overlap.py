@@ -27,6 +27,8 @@ import numpy as np
 from geom_jax.errors import ArgumentError
 from geom_jax.metrics import validation
 from geom_jax.metrics.declare.observable import (
+    PER_PROMPT,
+    POOLED,
     Dim,
     Field,
     Observable,
@@ -261,7 +263,7 @@ OBSERVABLE = Observable(
     options=(LABEL_K,),
     knn_k=lambda o: o["label_k"],
     check=lambda o, n: validation.check_max_k(n, o["label_k"], name="label_k"),
-    dataset=True,
+    pooled=True,
     in_all=False,
     report=(
         ReportSection(
@@ -269,7 +271,7 @@ OBSERVABLE = Observable(
             figure=sections.plot,
             text=sections.text,
             file="label_overlap.png",
-            kinds=("tokens", "clouds"),
+            kinds=(PER_PROMPT, POOLED),
         ),
     ),
 )

@@ -20,7 +20,14 @@ import numpy as np
 
 from geom_jax.errors import ArgumentError
 from geom_jax.metrics import backends, validation
-from geom_jax.metrics.declare.observable import Field, Observable, Option, ReportSection
+from geom_jax.metrics.declare.observable import (
+    PER_PROMPT,
+    POOLED,
+    Field,
+    Observable,
+    Option,
+    ReportSection,
+)
 from geom_jax.metrics.declare.options import SELECTION, renamed_keywords
 from geom_jax.metrics.measures.sections import local_id as sections
 from geom_jax.metrics.neighbours import duplicates
@@ -201,7 +208,7 @@ ESTIMATORS = ReportSection(
     figure=sections.plot_estimators,
     text=sections.estimators_text,
     file="id_estimators.png",
-    kinds=("tokens", "clouds"),
+    kinds=(PER_PROMPT, POOLED),
 )
 
 MLE = Observable(
@@ -224,7 +231,7 @@ MLE = Observable(
     knn_unique_k=lambda o: o["id_k"],
     check=check_k,
     min_points=_min_points,
-    dataset=True,
+    pooled=True,
     report=(
         ESTIMATORS,
         ReportSection(
@@ -249,6 +256,6 @@ TLE = Observable(
     knn_unique_k=lambda o: o["id_k"],
     check=check_k,
     min_points=_min_points,
-    dataset=True,
+    pooled=True,
     report=(ESTIMATORS,),
 )

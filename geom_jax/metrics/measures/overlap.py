@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from geom_jax.metrics import validation
-from geom_jax.metrics.declare.observable import Field, Observable, ReportSection
+from geom_jax.metrics.declare.observable import PER_PROMPT, POOLED, Field, Observable, ReportSection
 from geom_jax.metrics.declare.options import MAX_K, SELECTION
 from geom_jax.metrics.measures.sections import overlap as sections
 from geom_jax.metrics.neighbours import distances, host_selection, refinement
@@ -113,14 +113,14 @@ OBSERVABLE = Observable(
     check=lambda o, n: validation.check_max_k(n, o["max_k"]),
     min_points=lambda o: (o["max_k"] + 1, 0, f"max_k={o['max_k']}"),
     paper=True,
-    dataset=True,
+    pooled=True,
     report=(
         ReportSection(
             "Neighbourhood overlap across layers",
             figure=sections.plot,
             needs=("overlap",),
             file="overlap_vs_layer.png",
-            kinds=("tokens", "clouds"),
+            kinds=(PER_PROMPT, POOLED),
         ),
     ),
 )

@@ -169,7 +169,7 @@ PARTICIPATION_RATIO = Observable(
     doc=__doc__,
     reference="Gao et al. 2017, arXiv:1710.08926, eq. 2",
     reduce="covariance over valid tokens",
-    dataset=True,
+    pooled=True,
 )
 
 MATRIX_ENTROPY = Observable(

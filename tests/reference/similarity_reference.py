@@ -2,7 +2,7 @@
 
 Runs in the ``make bench-env`` environment (DADApy), never imports geom_jax:
 
-  .bench-venv/bin/python benchmarks/similarity_fixture.py \
+  .bench-venv/bin/python tests/reference/similarity_reference.py \
       tests/fixtures/clouds_reference.npz tests/fixtures/similarity_reference.npz
 
 Keys ``CASE/FIELD``:

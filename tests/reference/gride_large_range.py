@@ -2,7 +2,7 @@
 
 Run once in the ``make bench-env`` environment (never imports geom_jax):
 
-  .bench-venv/bin/python benchmarks/make_gride_fixture.py tests/fixtures/gride_large_range.npz
+  .bench-venv/bin/python tests/reference/gride_large_range.py tests/fixtures/gride_large_range.npz
 
 The points (stored in the file, float32 [20000, 16]) are a curved 5-d manifold
 with noise: latent z ~ N(0, I_5) (seed 8192), 2 tanh(z W1 / sqrt(5)) W2 into
