@@ -14,10 +14,11 @@ OUT gets the same keys in the same order: the inputs copied, the values recomput
 With ``--check`` every recomputed field is compared with FIXTURE's: the maximum absolute
 and relative deviation per key is printed, and the exit status is 1 when one exceeds its
 limit (``LIMITS``). What a case holds decides which definitions apply: ``twonn_base``
-marks a case of metrics_reference (the paper's four observables, Acevedo et al. 2025,
-"The geometry of tokens in internal representations of large language models"),
-``mle`` one of observables_reference, ``twonn`` one of clouds_reference (the
-dataset-scale clouds of Cheng et al. ICLR 2025 and Doimo et al. 2024).
+marks a case of metrics_reference (the observables of Viswanathan, Gardinazzi, Panerai,
+Cazzaniga & Biagetti 2025, "The Geometry of Tokens in Internal Representations of Large
+Language Models"), ``mle`` one of observables_reference, ``twonn`` one of
+clouds_reference (the dataset-scale clouds of Cheng et al., ICLR 2025, arXiv 2405.15471,
+and Doimo et al. 2024, arXiv 2409.03662).
 
 Duplicates: the ID estimators see the distinct rows of a layer, the first occurrence of
 each kept in index order; everything else sees all N points.
@@ -62,8 +63,10 @@ LIMITS = {
 }
 """Per field: ("rel" | "abs", limit). GRIDE's bisection stops at a 1e-7 bracket in d
 (DADApy's ``eps``) and TwoNN's slope is a ``scipy.optimize.curve_fit``, so those two get
-1e-7 relative; counts (overlaps, ranks, reciprocity) must be exact; every other field is
-a closed float64 formula, reproducible to rounding."""
+1e-7 relative (GRIDE's scales are plain means: 1e-12). Counts (overlaps, ranks,
+reciprocity) must be exact: 1e-12 absolute is far below one count (1 / (k N)). Every
+other field is a closed float64 formula, reproducible to rounding: 1e-10, and 1e-9 for
+TLE, whose reflections subtract nearly equal squares of scikit-learn's distances."""
 
 
 def versions():
@@ -140,7 +143,7 @@ def twonn_on_distances(d, mu_fraction):
 
 def neighbourhood_overlap(d_a, d_b, max_k=32):
     """[max_k]: element k (1 <= k < max_k) the mean over points of
-    |kNN_a(i) & kNN_b(i)| / k (Acevedo et al. 2025, after Doimo et al. 2020), the point
+    |kNN_a(i) & kNN_b(i)| / k (Viswanathan et al. 2025, after Doimo et al. 2020), the point
     itself excluded, ties to the lower index; element 0 is 0."""
     lists_a, lists_b = neighbour_lists(d_a, max_k), neighbour_lists(d_b, max_k)
     out = np.zeros(max_k)
@@ -186,9 +189,9 @@ def metrics_case(case):
 
 
 def mle_skdim(x, k=20):
-    """(global, pointwise) Levina & Bickel 2004 MLE: scikit-dimension
+    """(global, pointwise) Levina & Bickel 2005 (NeurIPS, eq. 8) MLE: scikit-dimension
     ``MLE().fit(X, n_neighbors=k)``: ``dimension_``, ``dimension_pw_``; pointwise
-    m_i = (k - 1) / sum_j log(T_k / T_j), global 1 / mean(1 / m_i)."""
+    m_i = (k - 1) / sum_{j<k} log(T_k / T_j), global 1 / mean(1 / m_i)."""
     from skdim.id import MLE
 
     est = MLE().fit(np.asarray(x, np.float64), n_neighbors=k)
@@ -196,9 +199,10 @@ def mle_skdim(x, k=20):
 
 
 def tle_skdim(x, k=20):
-    """(global, pointwise) tight-locality estimator (Amsaleg et al. 2019, Data Min. Knowl.
-    Disc. 33, 1768): scikit-dimension ``TLE().fit(X, n_neighbors=k)`` (epsilon 1e-4),
-    the global value the mean of the pointwise ones."""
+    """(global, pointwise) tight-locality estimator (Amsaleg et al. 2019, SDM, "Intrinsic
+    dimensionality estimation within tight localities"): scikit-dimension
+    ``TLE().fit(X, n_neighbors=k)`` (epsilon 1e-4), the global value the mean of the
+    pointwise ones."""
     from skdim.id import TLE
 
     est = TLE().fit(np.asarray(x, np.float64), n_neighbors=k)
@@ -207,15 +211,17 @@ def tle_skdim(x, k=20):
 
 def participation_ratio(x):
     """(sum lambda)^2 / sum lambda^2, lambda the eigenvalues of the covariance of the
-    points centred at their mean (Gao et al. 2017; Recanatesi et al. 2022)."""
+    points centred at their mean (Gao et al. 2017, arXiv 1710.08926, eq. 2; Recanatesi et
+    al. 2022)."""
     lam = np.linalg.eigvalsh(np.cov(np.asarray(x, np.float64).T, bias=True))
     return float(lam.sum() ** 2 / np.sum(lam**2))
 
 
 def matrix_entropies(x):
-    """(alpha = 1, alpha = 2) matrix-based Renyi entropy (Giraldo et al. 2015; Skean et
-    al. 2025) of rho = C / N, C the cosine-similarity matrix: -sum lambda log lambda
-    and -log sum lambda^2, lambda its eigenvalues (negative rounding clipped to 0)."""
+    """(alpha = 1, alpha = 2) matrix-based Renyi entropy (Giraldo et al. 2014, IEEE Trans.
+    Inf. Theory 61(1), eq. 9; Skean et al. 2025, arXiv 2502.02013) of rho = C / N, C the
+    cosine-similarity matrix: -sum lambda log lambda and -log sum lambda^2, lambda its
+    eigenvalues (negative rounding clipped to 0)."""
     lam = np.clip(np.linalg.eigvalsh(cosine_matrix(x) / len(x)), 0.0, None)
     pos = lam[lam > 0]
     return float(-np.sum(pos * np.log(pos))), float(-np.log(np.sum(lam**2)))
@@ -247,7 +253,8 @@ def nn_similarity(x, d):
 
 def curvature(x):
     """Mean over t of arccos(v_t . v_{t+1}), v_t = (x_{t+1} - x_t) / |x_{t+1} - x_t|, the
-    tokens in their order (Hosseini & Fedorenko 2023, NeurIPS)."""
+    tokens in their order (Hosseini & Fedorenko 2023, NeurIPS, "Large language models
+    implicitly learn to straighten neural sentence trajectories")."""
     v = np.diff(np.asarray(x, np.float64), axis=0)
     v /= np.linalg.norm(v, axis=1, keepdims=True)
     return float(np.mean(np.arccos(np.clip(np.sum(v[:-1] * v[1:], axis=1), -1.0, 1.0))))
@@ -256,7 +263,7 @@ def curvature(x):
 def information_imbalance(d_a, d_b):
     """(Delta(a -> b), Delta(b -> a)), Delta(A -> B) = 2 / N^2 sum_i rank_B(i, nn_A(i)),
     k = 1, ranks from 1 with the point itself excluded and ties to the lower index
-    (Glielmo et al. 2022, PNAS Nexus 1, pgac039)."""
+    (Glielmo et al. 2022, PNAS Nexus 1(2), pgac039, eq. 1)."""
     n = len(d_a)
 
     def delta(p, q):
@@ -283,7 +290,8 @@ def inf_imb_dadapy(x, y):
 
 
 def observables_case(case):
-    """The fields of an observables_reference case (its README's second table)."""
+    """The fields of an observables_reference case (its README's second table); the graph
+    and trajectory fields only where the case holds them (cube_dups does not)."""
     points = case["points"]
     out = {}
     fields = {
@@ -300,7 +308,7 @@ def observables_case(case):
         fields["matrix_entropy_1"].append(e1)
         fields["matrix_entropy_2"].append(e2)
     out |= {f: np.array(v) for f, v in fields.items()}
-    if "reciprocity" in case or "info_imbalance" in case or "nn_similarity" in case:
+    if "reciprocity" in case:
         dists = [distance_matrix(x) for x in points]
         out["reciprocity"] = np.stack([reciprocity(d) for d in dists])
         out["nn_similarity"] = np.stack([nn_similarity(x, d) for x, d in zip(points, dists)])
@@ -325,25 +333,43 @@ def observables_cross_checks(case):
 
 
 def clouds_case(case):
-    """The fields of a clouds_reference case (its README's third table), DADApy 0.3.4
-    with the distances it computes itself (scikit-learn, float64 coordinates)."""
-    from dadapy import Data, MetricComparisons
+    """The fields of a clouds_reference case (its README's third table), DADApy 0.3.4 with
+    the distances it computes itself (scikit-learn's exact k-NN on the float64 coordinates).
+
+    Per layer, on the distinct rows (first occurrence kept): ``Data(X_unique)
+    .return_id_scaling_gride(range_max=1024)`` ids (Denti et al. 2022) and, on the same
+    object, ``compute_id_2NN(mu_fraction=0.9)`` (Facco et al. 2017). On all N rows:
+    ``Data(X).compute_distances()`` (DADApy's default maxk, min(100, N - 1)) and
+    ``return_label_overlap(labels, k=30)`` / ``(labels, class_fraction=0.3)`` (Doimo et
+    al. 2020, NeurIPS, "Hierarchical nucleation in deep neural networks"; the class
+    fraction as in Doimo et al. 2024, arXiv 2409.03662; weighted inversely to the class
+    size); ``Data(X_l).return_data_overlap(dist_indices=<Data(X_{l+1})
+    .compute_distances(maxk=30)>, k=30)`` (chi_30); information imbalance as
+    ``inf_imb_dadapy``.
+
+    Where a cloud holds exact copies (smollm2_last_token: 5 pairs), DADApy takes column 0
+    of a k-NN list as the point itself, and which copy scikit-learn lists first depends on
+    how many neighbours it was asked for: the fixture's label overlaps come from 101
+    neighbours (maxk 100) and its chi_30 from 31 (maxk 30); other counts give other values
+    (up to 2.6e-3 at class_fraction 0.3)."""
+    from dadapy import Data
 
     points, labels = case["points"], case["labels"]
-    ids, twonn, label_k30, label_cf03, knn = [], [], [], [], []
+    ids, twonn, label_k30, label_cf03, knn30 = [], [], [], [], []
     for x in points:
-        data = Data(coordinates=x[first_occurrence(x)], verbose=False)
-        ids.append(data.return_id_scaling_gride(range_max=1024)[0])
-        twonn.append(float(quiet(data.compute_id_2NN, mu_fraction=0.9)[0]))
+        distinct = Data(coordinates=x[first_occurrence(x)], verbose=False)
+        ids.append(distinct.return_id_scaling_gride(range_max=1024)[0])
+        twonn.append(float(quiet(distinct.compute_id_2NN, mu_fraction=0.9)[0]))
         full = Data(coordinates=x, verbose=False)
-        full.compute_distances(maxk=30)
-        knn.append(full)
-        mc = MetricComparisons(coordinates=x, verbose=False)
-        label_k30.append(mc.return_label_overlap(labels, k=30))
-        label_cf03.append(mc.return_label_overlap(labels, class_fraction=0.3))
+        full.compute_distances()
+        label_k30.append(full.return_label_overlap(labels, k=30))
+        label_cf03.append(full.return_label_overlap(labels, class_fraction=0.3))
+        neighbours = Data(coordinates=x, verbose=False)
+        neighbours.compute_distances(maxk=30)
+        knn30.append(neighbours.dist_indices)
     overlap = [
-        Data(coordinates=a, verbose=False).return_data_overlap(dist_indices=b.dist_indices, k=30)
-        for a, b in zip(points[:-1], knn[1:])
+        Data(coordinates=x, verbose=False).return_data_overlap(dist_indices=nn, k=30)
+        for x, nn in zip(points[:-1], knn30[1:])
     ]
     return {
         "gride_ids": np.stack(ids),
