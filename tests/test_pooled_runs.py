@@ -163,7 +163,7 @@ def test_sigkill_then_resume_equals_uninterrupted(pooled, tiny, tmp_path):
     "kw, message",
     [
         (
-            dict(observables="dataset,curvature"),
+            dict(observables="pooled,curvature"),
             r"--pool=last: curvature need\(s\) a prompt's token",
         ),
         (dict(partitions=20), r"--partitions=20 leaves 3 points per cloud"),
