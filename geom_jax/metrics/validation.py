@@ -116,12 +116,18 @@ def check_max_k(n, max_k, name="max_k"):
         raise ArgumentError(
             "{" + name + "} must be an integer >= 1, got {value!r}", name, value=max_k
         )
-    if max_k > n - 1:
+    check_neighbours_fit(n, max_k, name)
+
+
+def check_neighbours_fit(n, k, name):
+    """k neighbours of each point need clouds of at least k + 1 points (ArgumentError
+    naming ``name``)."""
+    if k > n - 1:
         raise ArgumentError(
             "{" + name + "}={value} needs N >= {need} points per cloud, got N = {n}",
             name,
-            value=max_k,
-            need=max_k + 1,
+            value=k,
+            need=k + 1,
             n=n,
         )
 

@@ -142,14 +142,7 @@ ID_K = Option(
 def check_k(options, n, name="id_k"):
     k = options["id_k"]
     _check_id_k(k, name)
-    if k > n - 1:
-        raise ArgumentError(
-            "{" + name + "}={value} needs N >= {need} points per cloud, got N = {n}",
-            name,
-            value=k,
-            need=k + 1,
-            n=n,
-        )
+    validation.check_neighbours_fit(n, k, name)
 
 
 def check_distinct(x, mask, k, name="k"):
