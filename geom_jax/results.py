@@ -40,12 +40,6 @@ def _kind(kind: run_kind.RunKind | None) -> run_kind.RunKind:
     return kind if kind is not None else PER_PROMPT_RUN
 
 
-def run_fields(observables="paper", kind: run_kind.RunKind | None = None) -> list[Field]:
-    """Every array of results.npz of a run of ``kind`` (per-prompt by default) measuring
-    ``observables``, in file order (row fields first)."""
-    return _kind(kind).fields(observables)
-
-
 def coordinate_fields(fields: Sequence[Field]) -> dict[str, str]:
     """Coordinates stored beside the fields (e.g. gride_n1 of the scale dim): name -> doc."""
     out = {}

@@ -155,13 +155,6 @@ def kinds() -> tuple[RunKind, ...]:
     return tuple(_KINDS.values())
 
 
-def named(name: str) -> RunKind:
-    for kind in kinds():
-        if kind.name == name:
-            return kind
-    raise ValueError(f"no kind of run is named {name!r}; known: {', '.join(_KINDS)}")
-
-
 def of_pool(pool: str | None, default: RunKind | None = None) -> RunKind:
     """The kind a run's ``pool`` selects (ValueError naming ``pool`` when none does, unless
     a default is given)."""
