@@ -49,8 +49,9 @@ $(BENCH_VENV)/.stamp: Makefile
 	test -x $(BENCH_PY) || $(PYTHON) -m venv $(BENCH_VENV)
 	$(BENCH_PY) -m pip install -q --upgrade pip
 	$(BENCH_PY) -m pip install -q "dadapy>=0.3.4,<0.4" "scikit-learn>=1.4" \
-		"scikit-dimension==0.5.0" "networkx>=3"
-	$(BENCH_PY) -c "import dadapy, sklearn, skdim, networkx; from dadapy import Data"
+		"scikit-dimension==0.5.0" "networkx>=3" "rsatoolbox==0.3.2" \
+		"torch>=2.4,<=2.13.0" "calibrated-similarity==0.1.1"
+	$(BENCH_PY) -c "import dadapy, sklearn, skdim, networkx, rsatoolbox, calibrated_similarity"
 	touch $@
 
 bench-env: $(BENCH_VENV)/.stamp
