@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -194,8 +195,10 @@ def valid_permutations(valid, permutations, seed):
     layer of the permuted stack (Gröger et al. 2026, Algorithm 2)."""
     valid = np.asarray(valid, bool)
     rng = np.random.default_rng(seed)
-    out = np.broadcast_to(np.arange(valid.shape[-1], dtype=np.int32), valid.shape[:-1] + (
-        permutations, valid.shape[-1])).copy()
+    out = np.broadcast_to(
+        np.arange(valid.shape[-1], dtype=np.int32),
+        valid.shape[:-1] + (permutations, valid.shape[-1]),
+    ).copy()
     for b in range(valid.shape[0]):
         where = np.flatnonzero(valid[b])
         for p in range(permutations):
