@@ -253,8 +253,8 @@ BAD = {
     "different_n": (lambda x, y: metrics.cka(x, y[:20]), "must hold the same N points"),
     "mask_shape": (lambda x, y: metrics.mutual_knn(x, y, np.ones(29, bool)), "mask must have"),
     "unknown_measure": (
-        lambda x, y: metrics.layer_similarity(x[None], y[None], measures=("svcca",)),
-        "measures must be",
+        lambda x, y: metrics.layer_similarity(x[None], y[None], measures=("procrustez",)),
+        "measures: unknown measure 'procrustez'; known: mutual_knn, cknna",
     ),
     "stack_rank": (lambda x, y: metrics.layer_similarity(x, y), "stack_a must have rank >= 3"),
     "route": (lambda x, y: metrics.cka(x, y, route="dense"), "route must be one of"),

@@ -36,7 +36,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from geom_jax.metrics.declare.observable import Option
 from geom_jax.metrics.neighbours import distances
+from geom_jax.metrics.similarity.measure import SimilarityMeasure
 
 ROUTES = ("auto", "features", "kernels")
 
@@ -215,3 +217,56 @@ def cka_unbiased(s, s_a, s_b, terms_a, terms_b, m):
 def check_route(route):
     if route not in ROUTES:
         raise ValueError(f"route must be one of {ROUTES}, got {route!r}")
+
+
+ROUTE = Option(
+    "route",
+    str,
+    "auto",
+    "How CKA's sum_ij K_ij L_ij is computed: auto (fewer FLOPs), features or kernels.",
+    choices=ROUTES,
+    defining=False,
+    flag=False,
+)
+
+
+def cka_stats(x, valid, **_):
+    """Each layer of x [L, N, D] centred on its valid points (zeros elsewhere)."""
+    return centred(x, valid)
+
+
+def permute_rows(stats, perm, valid, **_):
+    """Per-layer statistics [L, N, ...] with their rows reordered by perm."""
+    return jnp.take(stats, perm, axis=1)
+
+
+def _cka_pairs(sa, sb, valid, route, debiased):
+    la, n, da = sa.shape
+    lb, db = (la, da) if sb is None else (sb.shape[0], sb.shape[2])
+    s, s_a, s_b = squared_norms(sa, sb, pick_route(route, n, la, da, lb, db, sb is None))
+    if not debiased:
+        return cka_biased(s, s_a, s_b)
+    ta = layer_terms(sa)
+    tb = ta if sb is None else layer_terms(sb)
+    return cka_unbiased(s, s_a, s_b, ta, tb, jnp.sum(valid).astype(sa.dtype))
+
+
+CKA = SimilarityMeasure(
+    name="cka",
+    doc="linear CKA, biased HSIC",
+    reference="Kornblith et al. 2019, arXiv 1905.00414, eq. 2-3",
+    layer_stats=cka_stats,
+    pair_scores=lambda sa, sb, valid, *, route: _cka_pairs(sa, sb, valid, route, False),
+    options=(ROUTE,),
+    permute=permute_rows,
+)
+CKA_DEBIASED = SimilarityMeasure(
+    name="cka_debiased",
+    doc="linear CKA, unbiased HSIC",
+    reference="Kornblith et al. 2019, arXiv 1905.00414; Song et al. 2012, JMLR 13, eq. 5",
+    layer_stats=cka_stats,
+    pair_scores=lambda sa, sb, valid, *, route: _cka_pairs(sa, sb, valid, route, True),
+    options=(ROUTE,),
+    permute=permute_rows,
+    min_points=lambda o: (4, "the unbiased HSIC needs"),
+)

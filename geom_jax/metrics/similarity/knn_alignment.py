@@ -29,7 +29,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from geom_jax.errors import ArgumentError
+from geom_jax.metrics.declare.observable import Option
 from geom_jax.metrics.neighbours import neighbour_lists
+from geom_jax.metrics.neighbours.host_selection import SELECTION_METHODS
+from geom_jax.metrics.similarity.measure import SimilarityMeasure
 
 CKNNA_EPS = 1e-6
 """Added to the CKNNA denominator, as platonic-rep's ``cknna`` does."""
@@ -125,3 +129,114 @@ def mutual_knn_from_counts(count, m, k):
 def cknna_from_hsic(hsic_ab, hsic_a, hsic_b):
     """[La, Lb] CKNNA from the pair HSIC and each layer's own."""
     return hsic_ab / (jnp.sqrt(hsic_a[:, None] * hsic_b[None, :]) + CKNNA_EPS)
+
+
+def _check_k(v):
+    if v < 1:
+        raise ArgumentError("{k} must be an integer >= 1, got {v!r}", "k", v=v)
+
+
+K = Option(
+    "k",
+    int,
+    10,
+    "Neighbours per point of the k-NN measures (mutual_knn, cknna, cycle_knn, lcs_knn, "
+    "edit_distance_knn).",
+    check=_check_k,
+)
+SELECTION = Option(
+    "selection",
+    str,
+    "auto",
+    "Neighbour selection backend: auto, host or xla (identical results).",
+    choices=SELECTION_METHODS,
+    defining=False,
+    flag=False,
+)
+
+
+def list_stats(x, valid, *, k, selection, **_):
+    """Neighbour lists of each layer of x [L, N, D] on its normalised features:
+    (idx, kv, rec [L, N, k], zero [L]) as `layer_lists`."""
+    return layer_lists(x, jnp.broadcast_to(valid, x.shape[:2]), k, selection)
+
+
+def relabelled(idx, perm):
+    """Neighbour lists idx [L, N, k] of points reordered as points[perm]: row i is
+    the list of perm[i], each neighbour j renamed inv[j] (inv = perm^-1); -1 stays."""
+    inv = jnp.zeros_like(perm).at[perm].set(jnp.arange(perm.shape[0], dtype=perm.dtype))
+    rows = jnp.take(idx, perm, axis=1)
+    return jnp.where(rows >= 0, jnp.take(inv, jnp.maximum(rows, 0)), -1)
+
+
+def permute_lists(stats, perm, valid, **_):
+    """`list_stats` of the points reordered by perm, without a new neighbour search."""
+    idx, kv, rec, zero = stats
+    return relabelled(idx, perm), jnp.take(kv, perm, axis=1), jnp.take(rec, perm, axis=1), zero
+
+
+def _pair_lists(sa, sb):
+    ia, ka, ra, za = sa
+    ib, kb, rb, zb = sa if sb is None else sb
+    return (ia, ka, ra), (ib, kb, rb), za[:, None] | zb[None, :]
+
+
+def mutual_knn_pairs(sa, sb, valid, *, k, **_):
+    """[La, Lb] mutual k-NN of every pair of layers from their lists."""
+    a, b, bad = _pair_lists(sa, sb)
+    m = jnp.sum(valid).astype(jnp.float32)
+    count, _ = all_pairs(a, b, m, False)
+    return jnp.where(bad, jnp.nan, mutual_knn_from_counts(count, m, k))
+
+
+def cknna_pairs(sa, sb, valid, **_):
+    """[La, Lb] CKNNA of every pair of layers from their lists."""
+    a, b, bad = _pair_lists(sa, sb)
+    m = jnp.sum(valid).astype(jnp.float32)
+    _, hsic = all_pairs(a, b, m, True)
+    ha = self_hsic(*a, m)
+    hb = ha if sb is None else self_hsic(*b, m)
+    return jnp.where(bad, jnp.nan, cknna_from_hsic(hsic, ha, hb))
+
+
+def check_directions(points, valid, name, options):
+    """A valid zero vector has no direction, which the normalised lists compare."""
+    zero = ~np.any(points != 0, axis=-1) & valid
+    if zero.any():
+        at = tuple(int(i) for i in np.argwhere(zero)[0])
+        raise ValueError(
+            f"{name} has a zero vector at valid point {at[-1]} (cloud {at[:-1]}): its "
+            "direction, which the k-NN measures compare, is undefined; mask it out"
+        )
+
+
+def _cknna_k(options):
+    if options["k"] < 2:
+        raise ArgumentError(
+            "{k} must be an integer >= 2 for cknna (got {v!r})", "k", v=options["k"]
+        )
+
+
+MUTUAL_KNN = SimilarityMeasure(
+    name="mutual_knn",
+    doc="mean fraction of shared k nearest neighbours (cosine), self excluded",
+    reference="Huh et al. 2024, arXiv 2405.07987; platonic-rep AlignmentMetrics.mutual_knn",
+    layer_stats=list_stats,
+    pair_scores=mutual_knn_pairs,
+    options=(K, SELECTION),
+    permute=permute_lists,
+    min_points=lambda o: (o["k"] + 1, f"k={o['k']} needs"),
+    check_values=check_directions,
+)
+CKNNA = SimilarityMeasure(
+    name="cknna",
+    doc="centred kernel alignment restricted to mutual k-NN pairs (unbiased HSIC)",
+    reference="Huh et al. 2024, arXiv 2405.07987; platonic-rep AlignmentMetrics.cknna",
+    layer_stats=list_stats,
+    pair_scores=cknna_pairs,
+    options=(K, SELECTION),
+    permute=permute_lists,
+    min_points=lambda o: max((o["k"] + 1, f"k={o['k']} needs"), (4, "the unbiased HSIC needs")),
+    check=_cknna_k,
+    check_values=check_directions,
+)

@@ -23,172 +23,47 @@ traced ones give NaN. Only
 points with mask True take part, as points and as neighbours; m is their number.
 """
 
-import functools
-
-import jax
 import jax.numpy as jnp
 import numpy as np
 
-from geom_jax.metrics import validation
-from geom_jax.metrics.declare.observable import Option
-from geom_jax.metrics.neighbours.host_selection import check_method
-from geom_jax.metrics.similarity import cka_hsic, knn_alignment
+from geom_jax.metrics.similarity import cka_hsic, knn_alignment, measure, nulls, registry
 
-MEASURES = ("mutual_knn", "cknna", "cka", "cka_debiased")
-SIMILARITY_K = Option("k", int, 10, "Neighbours per point of mutual k-NN and CKNNA.")
-"""The neighbourhood size of the list measures: the keyword of every public function
-here, of run.compare and the --k flag of compare_representations.py."""
-LIST_MEASURES = ("mutual_knn", "cknna")
+MEASURES = registry.DEFAULT
+"""The measures computed when none are named (every registered one: `measure.names()`)."""
+SIMILARITY_K = knn_alignment.K
+"""The neighbourhood size of the k-NN measures: the keyword of their public functions,
+of run.compare and the --k flag of compare_representations.py."""
 
 
-def _check_measures(measures):
-    if isinstance(measures, str):
-        measures = (measures,)
-    measures = tuple(measures)
-    unknown = [m for m in measures if m not in MEASURES]
-    if unknown or not measures:
-        raise ValueError(f"measures must be a non-empty subset of {MEASURES}, got {measures!r}")
-    return tuple(m for m in MEASURES if m in measures)
-
-
-def _min_valid(measures, k):
-    """Fewest valid points the measures are defined on, and why."""
-    need = [(2, "cka needs")]
-    if any(m in LIST_MEASURES for m in measures):
-        need.append((k + 1, f"k={k} needs"))
-    if "cknna" in measures or "cka_debiased" in measures:
-        need.append((4, "the unbiased HSIC (cknna, cka_debiased) needs"))
-    return max(need)
-
-
-def _check_k(measures, k):
-    if not any(m in LIST_MEASURES for m in measures):
-        return
-    low = 2 if "cknna" in measures else 1
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < low:
-        what = "for cknna " if low == 2 else ""
-        raise ValueError(f"k must be an integer >= {low} {what}(got {k!r})")
-
-
-def _check_inputs(a, b, mask, measures, k, names, layout_rank):
-    """Shapes, k, point counts (static and, for a concrete mask, per cloud),
-    finite values and, for the neighbour measures, no zero vector at a valid point.
-    Returns (a, b, mask) as float32 / bool arrays."""
-    a = validation.as_points(a, names[0], layout_rank)
-    if b is not None:
-        b = validation.as_points(b, names[1], layout_rank)
-        if a.shape[-2] != b.shape[-2] or a.shape[:-layout_rank] != b.shape[:-layout_rank]:
-            raise ValueError(
-                f"{names[0]} and {names[1]} must hold the same N points (and leading axes): "
-                f"shapes {tuple(a.shape)} and {tuple(b.shape)}"
-            )
-    batch, n = a.shape[: a.ndim - layout_rank], a.shape[-2]
-    mask = validation.as_mask(mask, batch, n)
-    _check_k(measures, k)
-    least, why = _min_valid(measures, k)
-    if n < least:
-        raise ValueError(f"{why} >= {least} points per cloud, got N = {n}")
-    if mask is not None and validation.is_concrete(mask):
-        counts = np.asarray(mask).reshape(-1, n).sum(-1)
-        if counts.size and counts.min() < least:
-            where = np.unravel_index(int(np.argmin(counts)), batch) if batch else ()
-            raise ValueError(
-                f"mask: {why} >= {least} valid points, but cloud {tuple(int(i) for i in where)} "
-                f"has {int(counts.min())}"
-            )
-    lists = any(m in LIST_MEASURES for m in measures)
-    for name, arr in zip(names, (a, b)):
-        if arr is None or not validation.is_concrete(arr, mask):
-            continue
-        pts = np.asarray(arr)
-        valid = np.ones(batch + (n,), bool) if mask is None else np.asarray(mask)
-        valid = np.broadcast_to(
-            valid.reshape(batch + (1,) * (layout_rank - 2) + (n,)), pts.shape[:-1]
-        )
-        validation.check_finite(pts, valid, name)
-        if lists:
-            zero = ~np.any(pts != 0, axis=-1) & valid
-            if zero.any():
-                at = tuple(int(i) for i in np.argwhere(zero)[0])
-                raise ValueError(
-                    f"{name} has a zero vector at valid point {at[-1]} (cloud {at[:-1]}): its "
-                    "direction, which mutual_knn and cknna compare, is undefined; mask it out"
-                )
-    return a, b, mask
-
-
-def _lists(x, valid, k, selection):
-    """Per-layer list statistics of stacks x [B, L, N, D] -> each [B, L, ...]."""
-    b, n_layers, n, d = x.shape
-    vf = jnp.broadcast_to(valid[:, None, :], (b, n_layers, n)).reshape(b * n_layers, n)
-    out = knn_alignment.layer_lists(x.reshape(b * n_layers, n, d), vf, k, selection)
-    return jax.tree.map(lambda o: o.reshape((b, n_layers) + o.shape[1:]), out)
-
-
-def _one_batch(xa, xb, valid, lists_a, lists_b, *, measures, k, route):
-    """All measures [La, Lb] for one batch element (xb, lists_b None: xa itself)."""
-    m = jnp.sum(valid).astype(jnp.float32)
-    out = {}
-    if lists_a is not None:
-        ia, ka, ra, za = lists_a
-        ib, kb, rb, zb = lists_a if lists_b is None else lists_b
-        want = "cknna" in measures
-        count, hsic = knn_alignment.all_pairs((ia, ka, ra), (ib, kb, rb), m, want)
-        bad = za[:, None] | zb[None, :]
-        if "mutual_knn" in measures:
-            mk = knn_alignment.mutual_knn_from_counts(count, m, k)
-            out["mutual_knn"] = jnp.where(bad, jnp.nan, mk)
-        if want:
-            ha = knn_alignment.self_hsic(ia, ka, ra, m)
-            hb = ha if lists_b is None else knn_alignment.self_hsic(ib, kb, rb, m)
-            out["cknna"] = jnp.where(bad, jnp.nan, knn_alignment.cknna_from_hsic(hsic, ha, hb))
-    if "cka" in measures or "cka_debiased" in measures:
-        ca = cka_hsic.centred(xa, valid)
-        cb = None if xb is None else cka_hsic.centred(xb, valid)
-        s, s_a, s_b = cka_hsic.squared_norms(ca, cb, route)
-        if "cka" in measures:
-            out["cka"] = cka_hsic.cka_biased(s, s_a, s_b)
-        if "cka_debiased" in measures:
-            ta = cka_hsic.layer_terms(ca)
-            tb = ta if cb is None else cka_hsic.layer_terms(cb)
-            out["cka_debiased"] = cka_hsic.cka_unbiased(s, s_a, s_b, ta, tb, m)
-    return out
-
-
-@functools.partial(jax.jit, static_argnames=("measures", "k", "selection", "route"))
-def _similarity(xa, xb, valid, *, measures, k, selection, route):
-    """xa [B, La, N, Da], xb [B, Lb, N, Db] or None (xa itself), valid [B, N]."""
-    lists = any(m in LIST_MEASURES for m in measures)
-    lists_a = _lists(xa, valid, k, selection) if lists else None
-    lists_b = _lists(xb, valid, k, selection) if lists and xb is not None else None
-    _, la, n, da = xa.shape
-    lb, db = (la, da) if xb is None else xb.shape[1::2]
-    chosen = cka_hsic.pick_route(route, n, la, da, lb, db, xb is None)
-    fn = functools.partial(_one_batch, measures=measures, k=k, route=chosen)
-    return jax.lax.map(lambda args: fn(*args), (xa, xb, valid, lists_a, lists_b))
-
-
-def _run(a, b, mask, measures, k, selection, route, names, layout_rank):
-    check_method(selection)
-    cka_hsic.check_route(route)
-    measures = _check_measures(measures)
+def _run(a, b, mask, measures, given, per_measure, names, layout_rank, nulls_at=None):
+    """Checks, then every measure for every pair of layers: {name: [..., La, Lb]} and,
+    with nulls_at = (permutations, seed, alpha), the null fields ``name/field``."""
+    resolved = measure.resolve_all(measures, given, per_measure)
+    permutations, seed, alpha = nulls_at or (0, 0, 0.05)
+    nulls.check_permutations(permutations)
+    nulls.check_alpha(alpha)
     same = b is None or b is a
-    a, b, mask = _check_inputs(a, None if same else b, mask, measures, k, names, layout_rank)
+    a, b, mask = measure.check_inputs(a, None if same else b, mask, resolved, names, layout_rank)
     if layout_rank == 2:
         a, b = a[..., None, :, :], None if b is None else b[..., None, :, :]
     batch, n = a.shape[:-3], a.shape[-2]
-    valid = jnp.ones(batch + (n,), bool) if mask is None else mask
+    valid = (jnp.ones(batch + (n,), bool) if mask is None else mask).reshape((-1, n))
     flat = lambda s: None if s is None else s.reshape((-1,) + s.shape[-3:])
-    out = _similarity(
-        flat(a),
-        flat(b),
-        valid.reshape((-1, n)),
-        measures=measures,
-        k=int(k) if any(m in LIST_MEASURES for m in measures) else 0,
-        selection=selection,
-        route=route,
+    perms = (
+        measure.valid_permutations(np.asarray(valid), permutations, seed) if permutations else None
     )
-    return {name: v.reshape(batch + v.shape[1:]) for name, v in out.items()}
+    raw, null = measure.stack_scores(resolved, flat(a), flat(b), valid, perms)
+    out = {}
+    for m in resolved:
+        out[m.name] = raw[m.name].reshape(batch + raw[m.name].shape[1:])
+        if null is None:
+            continue
+        fields = nulls.calibrate(
+            raw[m.name], null[m.name], similarity=m.similarity, best=m.best, alpha=alpha
+        )
+        for field, v in fields.items():
+            out[f"{m.name}/{field}"] = v.reshape(batch + v.shape[1:])
+    return out
 
 
 def layer_similarity(
@@ -197,42 +72,52 @@ def layer_similarity(
     mask=None,
     *,
     measures=MEASURES,
-    k=SIMILARITY_K.default,
-    selection="auto",
-    cka_route="auto",
+    k=None,
+    selection=None,
+    cka_route=None,
+    options=None,
+    null_permutations=0,
+    null_seed=0,
+    null_alpha=0.05,
+    **measure_options,
 ):
-    """Similarity of every layer of stack_a with every layer of stack_b.
+    """Similarity of every layer of stack_a with every layer of stack_b, optionally
+    with a permutation null.
 
     Args:
       stack_a: float [..., La, N, Da], La representations of the same N points.
       stack_b: float [..., Lb, N, Db], or None (or stack_a itself): stack_a
         against itself, each layer's statistics computed once.
       mask: bool [..., N] of valid points, shared by all layers (None: all).
-      measures: names from MEASURES: "mutual_knn", "cknna" (k nearest neighbours on
-        the normalised features), "cka", "cka_debiased" (linear CKA, biased and
-        unbiased HSIC).
-      k: neighbours per point for mutual_knn and cknna (k >= 2 for cknna).
-      selection: "auto", "host" or "xla", the neighbour-selection backend.
-      cka_route: "auto", "features" or "kernels": how sum_ij K_a,ij K_b,ij =
-        ||X_a^T X_b||_F^2 is computed (`cka_hsic`). "auto" takes whichever
-        needs fewer FLOPs (`cka_hsic.cka_cost`): 2 N Da Db per pair for
-        features, against N^2 D per layer (the upper-triangle blocks of its kernel)
-        plus N^2 per pair for the kernels. At N = 5,000, D = 576 and 31 x 31 layers
-        of one stack that is 3.2e12 against 0.47e12 FLOPs: kernels; for a single
-        pair the kernels win only when N is below about the feature dimensions.
+      measures: registered measure names (`measure.names()`): "mutual_knn",
+        "cknna" (k nearest neighbours on the normalised features), "cka",
+        "cka_debiased" (linear CKA, biased and unbiased HSIC) and the others
+        registered in `registry`.
+      k, selection, cka_route (the CKA measures' ``route``) and measure_options:
+        option values, each given to every chosen measure that declares an
+        option of that name; None leaves each measure its own default (k = 10
+        for the k-NN alignment measures).
+      options: {measure name: {option: value}} for one measure only, over the
+        keywords.
+      null_permutations: P permutations of the rows of stack_b (0: no null;
+        otherwise P >= 20), the same permutation for every layer and measure.
+      null_seed: seed of the permutations.
+      null_alpha: level of the calibration's critical score tau.
 
     Returns:
       dict measure -> float32 [..., La, Lb]; entry [a, b] compares layer a of
-      stack_a with layer b of stack_b and equals the per-pair function
-      (`mutual_knn`, `cknna`, `cka`) of those two layers. NaN for a CKA of a
-      constant layer; mutual_knn and cknna are NaN where a valid point is the zero
-      vector (only under jit: concrete inputs raise instead).
+      stack_a with layer b of stack_b and equals the per-pair function of those
+      two layers. NaN for a CKA of a constant layer; the k-NN measures are NaN
+      where a valid point is the zero vector (only under jit: concrete inputs
+      raise instead). With a null, also ``measure/field`` for each field of
+      `nulls.FIELDS` (per pair [..., La, Lb], best_match_p_value [..., La],
+      max_p_value and max_calibrated [...]).
 
-    Every pair is computed inside one jitted call with no host loop over pairs:
-    the neighbour lists, kernel values at listed pairs, reciprocity and CKA
-    statistics are per-layer arrays; the La x Lb outputs are functions of them
-    (the list measures: a loop over batches of layer pairs; CKA: one pass over the
-    kernel blocks or the features of all layers).
+    Every pair is computed inside one jitted call per cloud with no host loop over
+    pairs: each measure's per-layer statistics (neighbour lists, centred features,
+    dissimilarity vectors) are computed once per layer and shared by the measures
+    that need the same ones; the null relabels the second stack's statistics for
+    each permutation (`measure.SimilarityMeasure.permute`) and scores all pairs again.
 
     Cost: 31 x 31 pairs of a [31, 5000, 576] stack took 37-44 s (20-22 s of process
     CPU) on a shared 2-core VM at load average 10-12, growing as N^2
@@ -240,11 +125,54 @@ def layer_similarity(
     and CKA kernel blocks, not the pairs.
 
     Reference: Huh et al. 2024, arXiv 2405.07987 (mutual k-NN, CKNNA); Kornblith et
-    al. 2019, arXiv 1905.00414 (CKA); Song et al. 2012, JMLR 13, eq. 5 (unbiased HSIC).
+    al. 2019, arXiv 1905.00414 (CKA); Song et al. 2012, JMLR 13, eq. 5 (unbiased
+    HSIC); Gröger, Wen, Brbić 2026, arXiv 2602.14486 (the null and its calibration).
     """
+    given = dict(measure_options, k=k, selection=selection, route=cka_route)
     return _run(
-        stack_a, stack_b, mask, measures, k, selection, cka_route, ("stack_a", "stack_b"), 3
+        stack_a,
+        stack_b,
+        mask,
+        measures,
+        given,
+        options,
+        ("stack_a", "stack_b"),
+        3,
+        (null_permutations, null_seed, null_alpha),
     )
+
+
+def similarity_null(
+    x, y, mask=None, *, measure, permutations=100, seed=0, null_alpha=0.05, **options
+):
+    """One measure of x [..., N, Dx] and y [..., N, Dy] with its permutation null.
+
+    Args:
+      x, y: float [..., N, Dx] and [..., N, Dy], the same points.
+      mask: bool [..., N] valid points (None: all).
+      measure: a registered measure name.
+      permutations: P >= 20 seeded permutations of y's valid rows.
+      seed: the permutations' seed.
+      null_alpha: level of the critical score tau.
+      options: the measure's options.
+
+    Returns:
+      dict of float [...]: raw (the score), null_mean, null_std, p_value, tau and
+      calibrated (`nulls.calibrate`).
+
+    Reference: Gröger, Wen, Brbić 2026, arXiv 2602.14486, Algorithm 1
+    (calibrated-similarity ``calibrate``: p-value (1 + #{null >= s}) / (P + 1),
+    calibrated clip((s - tau) / (s_max - tau), 0, 1)).
+    """
+    if permutations == 0:
+        nulls.check_permutations(-1, "permutations")
+    nulls.check_permutations(permutations, "permutations")
+    out = _run(
+        x, y, mask, (measure,), options, None, ("x", "y"), 2, (permutations, seed, null_alpha)
+    )
+    name = next(iter(out))
+    fields = ("null_mean", "null_std", "p_value", "tau", "calibrated")
+    return {"raw": out[name][..., 0, 0], **{f: out[f"{name}/{f}"][..., 0, 0] for f in fields}}
 
 
 def mutual_knn(x, y, mask=None, *, k=SIMILARITY_K.default, selection="auto"):
@@ -267,8 +195,7 @@ def mutual_knn(x, y, mask=None, *, k=SIMILARITY_K.default, selection="auto"):
     difference: ties are broken by the lower index, where torch's argsort leaves
     them unspecified.
     """
-    out = _run(x, y, mask, ("mutual_knn",), k, selection, "auto", ("x", "y"), 2)
-    return out["mutual_knn"][..., 0, 0]
+    return measure.evaluate(knn_alignment.MUTUAL_KNN, x, y, mask, k=k, selection=selection)
 
 
 def cknna(x, y, mask=None, *, k=SIMILARITY_K.default, selection="auto"):
@@ -299,8 +226,7 @@ def cknna(x, y, mask=None, *, k=SIMILARITY_K.default, selection="auto"):
     the ``distance_agnostic`` branch is not offered (there it returns the mask
     itself, and ``.item()`` of an N x N tensor fails), nor ``unbiased=False``.
     """
-    out = _run(x, y, mask, ("cknna",), k, selection, "auto", ("x", "y"), 2)
-    return out["cknna"][..., 0, 0]
+    return measure.evaluate(knn_alignment.CKNNA, x, y, mask, k=k, selection=selection)
 
 
 def cka(x, y, mask=None, *, debiased=False, route="auto"):
@@ -328,6 +254,5 @@ def cka(x, y, mask=None, *, debiased=False, route="auto"):
     Unlike platonic-rep's ``cka`` no 1e-6 is added to the denominator (it would
     make CKA depend on the scale of the features).
     """
-    measures = ("cka_debiased",) if debiased else ("cka",)
-    out = _run(x, y, mask, measures, 0, "auto", route, ("x", "y"), 2)
-    return out[measures[0]][..., 0, 0]
+    chosen = cka_hsic.CKA_DEBIASED if debiased else cka_hsic.CKA
+    return measure.evaluate(chosen, x, y, mask, route=route)

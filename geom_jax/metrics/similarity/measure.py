@@ -66,6 +66,10 @@ class SimilarityMeasure:
         defined on, the reason's words, e.g. "k=10 needs").
       check: ``check(options)`` raises ArgumentError for values no single option
         check can judge (combinations).
+      check_values: ``check_values(points, valid, name, options)`` on concrete inputs
+        (NumPy [..., N, D] and bool [..., N]) raises ValueError naming ``name`` for
+        values the measure is undefined on (e.g. a zero vector, which has no
+        direction); finiteness is checked for every measure.
     """
 
     name: str
@@ -79,6 +83,7 @@ class SimilarityMeasure:
     best: float | None = 1.0
     min_points: Callable[[dict], tuple[int, str]] = _two_points
     check: Callable[[dict], None] | None = None
+    check_values: Callable[..., None] | None = None
 
     def resolve(self, given: dict) -> dict:
         """The measure's option values: ``given`` (only its own names), defaults
@@ -120,15 +125,64 @@ def get(name: str) -> SimilarityMeasure:
     return _MEASURES[name]
 
 
+def as_measure(measure: str | SimilarityMeasure) -> SimilarityMeasure:
+    """A declaration, or the registered one of that name."""
+    return measure if isinstance(measure, SimilarityMeasure) else get(measure)
+
+
 def names() -> tuple[str, ...]:
     """Registered measures, in registration order."""
     return tuple(_MEASURES)
 
 
-def check_inputs(a, b, mask, least, why, names=("x", "y"), layout_rank=2):
+def resolve_all(measures, given: dict, per_measure: dict | None = None) -> dict:
+    """{measure: resolved options} for measures (declarations or names): each takes the keywords of
+    ``given`` that it declares (None values left to its default) and, over them,
+    ``per_measure[name]``."""
+    if isinstance(measures, str):
+        measures = (measures,)
+    measures = tuple(dict.fromkeys(measures))
+    if not measures:
+        raise ArgumentError("{measures} must name at least one measure", "measures")
+    per_measure = dict(per_measure or {})
+    unknown = sorted(set(per_measure) - set(measures))
+    if unknown:
+        raise ArgumentError(
+            "{options}: {unknown} not among the measures {measures}",
+            ("options", "measures"),
+            unknown=", ".join(unknown),
+        )
+    declared = {o.name for m in measures for o in as_measure(m).options}
+    stray = sorted(k for k, v in given.items() if v is not None and k not in declared)
+    if stray:
+        raise ArgumentError(
+            "{measures}: no measure of {chosen} takes {stray}",
+            "measures",
+            chosen=", ".join(measures),
+            stray=", ".join(stray),
+        )
+    out = {}
+    for m in measures:
+        measure = as_measure(m)
+        name = measure.name
+        own = {o.name for o in measure.options}
+        mine = {k: v for k, v in given.items() if k in own and v is not None}
+        mine.update(per_measure.get(name, {}))
+        out[measure] = measure.resolve(mine)
+    return out
+
+
+def least_points(measures: dict) -> tuple[int, str]:
+    """The fewest valid points all the measures ({name: options}) are defined on."""
+    return max(as_measure(m).min_points(opts) for m, opts in measures.items())
+
+
+def check_inputs(a, b, mask, measures, names=("x", "y"), layout_rank=2):
     """Shapes, same N and leading axes, point counts (static and, for a concrete mask,
-    per cloud) and finite values at valid points. Returns (a, b, mask) as float32 /
-    bool arrays (b None: a against itself)."""
+    per cloud), finite values at valid points and each measure's ``check_values``.
+    measures: {name: resolved options}. Returns (a, b, mask) as float32 / bool
+    arrays (b None: a against itself)."""
+    least, why = least_points(measures)
     a = validation.as_points(a, names[0], layout_rank)
     if b is not None:
         b = validation.as_points(b, names[1], layout_rank)
@@ -158,33 +212,71 @@ def check_inputs(a, b, mask, least, why, names=("x", "y"), layout_rank=2):
             valid.reshape(batch + (1,) * (layout_rank - 2) + (n,)), pts.shape[:-1]
         )
         validation.check_finite(pts, valid, name)
+        for measure_name, opts in measures.items():
+            check = as_measure(measure_name).check_values
+            if check is not None:
+                check(pts, valid, name, opts)
     return a, b, mask
 
 
-def permuted_stats(measure: SimilarityMeasure, stats, points, perm, valid, options):
-    """Statistics of ``points[:, perm]`` (points [L, N, D], perm [N])."""
-    if measure.permute is not None:
-        return measure.permute(stats, perm, valid, **options)
-    return measure.layer_stats(jnp.take(points, perm, axis=1), valid, **options)
+def _frozen(options: dict) -> tuple:
+    return tuple(sorted(options.items()))
 
 
-@functools.partial(jax.jit, static_argnames=("name", "options"))
-def _scores(xa, xb, valid, perms, *, name, options):
-    """One batch element: scores [La, Lb] and, for perms [P, N] (P may be 0), the
-    null scores [P, La, Lb] of xa against xb with its rows permuted."""
-    measure = get(name)
-    opts = dict(options)
-    stats_a = measure.layer_stats(xa, valid, **opts)
-    stats_b = None if xb is None else measure.layer_stats(xb, valid, **opts)
-    raw = measure.pair_scores(stats_a, stats_b, valid, **opts)
+def _shared(specs, xa, xb, valid):
+    """Per-layer statistics of both stacks, computed once for all the measures whose
+    ``layer_stats`` and options are the same (mutual k-NN and CKNNA share their
+    neighbour lists). Returns {key: (stats_a, stats_b or None)} and each spec's key."""
+    groups, keys = {}, []
+    for measure, frozen in specs:
+        key = (measure.layer_stats, frozen)
+        if key not in groups:
+            opts = dict(frozen)
+            groups[key] = (
+                measure.layer_stats(xa, valid, **opts),
+                None if xb is None else measure.layer_stats(xb, valid, **opts),
+            )
+        keys.append(key)
+    return groups, keys
+
+
+def _permuted(specs, keys, groups, points_b, perm, valid):
+    """The second stack's statistics with its rows permuted, once per group."""
+    out = {}
+    for (measure, frozen), key in zip(specs, keys):
+        if key in out:
+            continue
+        stats_a, stats_b = groups[key]
+        base = stats_a if stats_b is None else stats_b
+        opts = dict(frozen)
+        if measure.permute is not None:
+            out[key] = measure.permute(base, perm, valid, **opts)
+        else:
+            out[key] = measure.layer_stats(jnp.take(points_b, perm, axis=1), valid, **opts)
+    return out
+
+
+@functools.partial(jax.jit, static_argnames=("specs",))
+def _scores(xa, xb, valid, perms, *, specs):
+    """One cloud: {name: scores [La, Lb]} for every measure of specs ((measure, frozen
+    options), ...) and, for perms [P, N] (P may be 0), {name: null scores [P, La, Lb]}
+    of xa against xb (None: xa) with its rows permuted by each perm, the same
+    permutation for every layer and measure."""
+    groups, keys = _shared(specs, xa, xb, valid)
+    raw = {}
+    for (measure, frozen), key in zip(specs, keys):
+        stats_a, stats_b = groups[key]
+        raw[measure.name] = measure.pair_scores(stats_a, stats_b, valid, **dict(frozen))
     if perms.shape[0] == 0:
-        return raw, jnp.zeros((0,) + raw.shape, raw.dtype)
+        return raw, {name: jnp.zeros((0,) + v.shape, v.dtype) for name, v in raw.items()}
     points_b = xa if xb is None else xb
-    base_b = stats_a if xb is None else stats_b
 
     def one(perm):
-        permuted = permuted_stats(measure, base_b, points_b, perm, valid, opts)
-        return measure.pair_scores(stats_a, permuted, valid, **opts)
+        permuted = _permuted(specs, keys, groups, points_b, perm, valid)
+        return {
+            measure.name: measure.pair_scores(groups[key][0], permuted[key], valid, **dict(frozen))
+            for (measure, frozen), key in zip(specs, keys)
+        }
 
     return raw, jax.lax.map(one, perms)
 
@@ -195,10 +287,8 @@ def valid_permutations(valid, permutations, seed):
     layer of the permuted stack (Gröger et al. 2026, Algorithm 2)."""
     valid = np.asarray(valid, bool)
     rng = np.random.default_rng(seed)
-    out = np.broadcast_to(
-        np.arange(valid.shape[-1], dtype=np.int32),
-        valid.shape[:-1] + (permutations, valid.shape[-1]),
-    ).copy()
+    n = valid.shape[-1]
+    out = np.broadcast_to(np.arange(n, dtype=np.int32), (valid.shape[0], permutations, n)).copy()
     for b in range(valid.shape[0]):
         where = np.flatnonzero(valid[b])
         for p in range(permutations):
@@ -206,34 +296,37 @@ def valid_permutations(valid, permutations, seed):
     return out
 
 
-def stack_scores(name, a, b, valid, options, perms=None):
-    """Scores of measure ``name`` for stacks a [B, La, N, Da], b [B, Lb, N, Db] or None
-    (a against itself), valid [B, N], resolved options: float32 [B, La, Lb], and with
-    perms [B, P, N] the null scores [B, P, La, Lb]. One jitted call per cloud."""
-    frozen = tuple(sorted(options.items()))
+def stack_scores(measures, a, b, valid, perms=None):
+    """Scores of several measures for stacks a [B, La, N, Da], b [B, Lb, N, Db] or None
+    (a against itself), valid [B, N]. measures: {name: resolved options}. Returns
+    {name: float32 [B, La, Lb]} and, with perms [B, P, N], {name: [B, P, La, Lb]}
+    (else None). One jitted call per cloud, each layer's statistics computed once."""
+    specs = tuple((as_measure(name), _frozen(opts)) for name, opts in measures.items())
     n = a.shape[-2]
     raws, nulls = [], []
     for i in range(a.shape[0]):
         p = np.zeros((0, n), np.int32) if perms is None else perms[i]
         raw, null = _scores(
-            a[i], None if b is None else b[i], valid[i], jnp.asarray(p), name=name, options=frozen
+            a[i], None if b is None else b[i], valid[i], jnp.asarray(p), specs=specs
         )
         raws.append(raw)
         nulls.append(null)
-    return jnp.stack(raws), (None if perms is None else jnp.stack(nulls))
+    stack = lambda parts: {m.name: jnp.stack([p[m.name] for p in parts]) for m, _ in specs}
+    return stack(raws), (None if perms is None else stack(nulls))
 
 
-def evaluate(name, x, y, mask=None, **given):
-    """The public per-pair function of a registered measure: x [..., N, Dx] and
-    y [..., N, Dy] (y None: x against itself) -> float32 [...]."""
-    measure = get(name)
-    options = measure.resolve(given)
-    least, why = measure.min_points(options)
+def evaluate(measure, x, y, mask=None, **given):
+    """The public per-pair function of a measure (its declaration or a registered
+    name): x [..., N, Dx] and y [..., N, Dy] (y None: x against itself) -> float32
+    [...]."""
+    measure = as_measure(measure)
+    name = measure.name
+    measures = {measure: measure.resolve(given)}
     same = y is None or y is x
-    x, y, mask = check_inputs(x, None if same else y, mask, least, why)
+    x, y, mask = check_inputs(x, None if same else y, mask, measures)
     batch, n = x.shape[:-2], x.shape[-2]
     valid = jnp.ones(batch + (n,), bool) if mask is None else mask
     a = x.reshape((-1, 1) + x.shape[-2:])
     b = None if same else y.reshape((-1, 1) + y.shape[-2:])
-    raw, _ = stack_scores(name, a, b, valid.reshape(-1, n), options)
-    return raw[:, 0, 0].reshape(batch)
+    raw, _ = stack_scores(measures, a, b, valid.reshape(-1, n))
+    return raw[name][:, 0, 0].reshape(batch)
