@@ -24,7 +24,13 @@ from geom_jax.metrics.neighbours.duplicates import DUPLICATE_TOLERANCE as DUPLIC
 from geom_jax.metrics.neighbours.duplicates import unique_mask
 from geom_jax.metrics.neighbours.host_selection import SELECTION_METHODS as SELECTION_METHODS
 from geom_jax.metrics.neighbours.search import knn
-from geom_jax.metrics.similarity.layer_pairs import cka, cknna, layer_similarity, mutual_knn
+from geom_jax.metrics.similarity.layer_pairs import (
+    cka,
+    cknna,
+    layer_similarity,
+    mutual_knn,
+    similarity_null,
+)
 from geom_jax.metrics.validation import check_sizes as check_sizes
 from geom_jax.metrics.validation import default_range_max as default_range_max
 from geom_jax.metrics.validation import validate_hidden as validate_hidden
@@ -61,6 +67,7 @@ __all__ = [
     "pairwise_distances",
     "participation_ratio",
     "reciprocity",
+    "similarity_null",
     "tle_id",
     "twonn",
     "unique_mask",
