@@ -77,7 +77,13 @@ def test_trained_against_random_init(pair, tmp_path):
 def test_a_run_against_itself_has_a_unit_diagonal(pair, tmp_path):
     trained, _ = pair
     proc = subprocess.run(
-        [sys.executable, COMPARE, f"--runs={trained}", f"--output_dir={tmp_path / 'self'}"],
+        [
+            sys.executable,
+            COMPARE,
+            f"--runs={trained}",
+            f"--output_dir={tmp_path / 'self'}",
+            "--null_permutations=20",
+        ],
         env=dict(os.environ, JAX_PLATFORMS="cpu"),
         capture_output=True,
         text=True,
@@ -89,6 +95,17 @@ def test_a_run_against_itself_has_a_unit_diagonal(pair, tmp_path):
         tolerances.assert_rank_field(np.diagonal(z["mutual_knn"][0]), np.ones(4), "mutual_knn", 0.0)
         np.testing.assert_allclose(np.diagonal(z["cka"][0]), 1.0, atol=1e-6)
         np.testing.assert_array_equal(z["cka"][0], z["cka"][0].T)
+        # a layer against itself beats all 20 permutations: the smallest p-value, 1 / 21
+        np.testing.assert_allclose(np.diagonal(z["cka/p_value"][0]), 1 / 21)
+        assert z["mutual_knn/best_match_p_value"].shape == (1, 4)
+        assert z["cknna/max_p_value"].shape == (1,)
+        assert np.all(np.diagonal(z["cka/calibrated"][0]) == 1.0)
+    report = (tmp_path / "self" / "report.md").read_text()
+    assert "| hidden state of A | best of B | score | calibrated | p (best of row) |" in report
+    assert "Null: 20 permutations of B's rows" in report
+    assert "| `MEASURE/p_value` | [V, La, Lb] |" in (tmp_path / "self" / "RESULTS.md").read_text()
+    with run_helpers.raises_user_error(r"--null_permutations=5 is too few for a p-value"):
+        compare.compare(trained, trained, str(tmp_path / "bad"), null_permutations=5)
 
 
 def test_rows_that_do_not_correspond_are_refused(pair, tiny, tmp_path):

@@ -22,14 +22,37 @@ import numpy as np
 from absl import logging
 
 from geom_jax import metrics, plotting, results
+from geom_jax.errors import ArgumentError
 from geom_jax.io import files
 from geom_jax.io.representation_store import RepresentationStore
-from geom_jax.metrics.similarity.layer_pairs import SIMILARITY_K
+from geom_jax.metrics.similarity import measure as similarity_measure
+from geom_jax.metrics.similarity import nulls, registry
+from geom_jax.metrics.similarity.layer_pairs import SIMILARITY_K as SIMILARITY_K
 from geom_jax.run import run_kind
 from geom_jax.run.kinds import POOLED_RUN, pooled_sweep
 from geom_jax.run.spec import UserError
 
-MEASURES = ("mutual_knn", "cknna", "cka", "cka_debiased", "info_imbalance")
+IMBALANCE = "info_imbalance"
+MEASURES = registry.DEFAULT + (IMBALANCE,)
+"""The measures compared when none are named."""
+
+
+def known_measures() -> tuple[str, ...]:
+    """Every registered similarity measure, and the information imbalance."""
+    return similarity_measure.names() + (IMBALANCE,)
+
+
+def measure_options() -> dict:
+    """{option name: Option} of every registered measure's options shown as flags (the
+    first declaration of a name gives its type and doc; defaults stay each measure's)."""
+    out = {}
+    for name in similarity_measure.names():
+        for option in similarity_measure.get(name).options:
+            if option.flag:
+                out.setdefault(option.name, option)
+    return out
+
+
 SIMILARITY_FILE = "similarity.npz"
 MATCHED = (
     "pool",
@@ -182,59 +205,87 @@ def compare(
     folder_b: str,
     output_dir: str,
     *,
-    k: int = SIMILARITY_K.default,
+    k: int | None = None,
     measures=MEASURES,
+    null_permutations: int = 0,
+    null_seed: int = 0,
+    null_alpha: float = 0.05,
     progress: bool = True,
+    **options,
 ) -> dict:
     """The similarity matrices of two pooled runs (``folder_b == folder_a``: a run
-    against itself); writes the files of the module docstring. Returns the arrays."""
+    against itself); writes the files of the module docstring. Returns the arrays.
+
+    k and options: values of the measures' options (None: each measure's default);
+    null_permutations (P >= 20, or 0 for none), null_seed and null_alpha: the
+    permutation null of every similarity measure (`metrics.similarity.nulls`)."""
     a = open_run(folder_a, "the first run")
     b = (
         a
         if os.path.abspath(folder_b) == os.path.abspath(folder_a)
         else open_run(folder_b, "the second run")
     )
-    unknown = [m for m in measures if m not in MEASURES]
-    if unknown:
+    measures = tuple(measures)
+    unknown = [m for m in measures if m not in known_measures()]
+    if unknown or not measures:
         raise UserError(
-            "{measures}: unknown {u}; known: {k}", "measures", u=unknown, k=", ".join(MEASURES)
+            "{measures}: unknown {u}; known: {k}",
+            "measures",
+            u=unknown,
+            k=", ".join(known_measures()),
         )
+    sim_measures = tuple(m for m in measures if m != IMBALANCE)
+    given = dict(options, k=k)
+    try:
+        nulls.check_permutations(null_permutations)
+        nulls.check_alpha(null_alpha)
+        resolved = similarity_measure.resolve_all(sim_measures, given) if sim_measures else {}
+    except ArgumentError as e:
+        raise UserError(e.template, e.names, **e.values) from None
+    least, why = similarity_measure.least_points(resolved) if resolved else (2, "needs")
     ia, ib = match_rows(a, b)
     levels = list(
         dict.fromkeys(zip(a.rows["row_shuffle"][ia].tolist(), a.rows["row_repeat"][ia].tolist()))
     )
     os.makedirs(output_dir, exist_ok=True)
-    out = {m: [] for m in measures}
-    sim_measures = tuple(m for m in measures if m != "info_imbalance")
+    out = {}
     for s, r in levels:
         sel = (a.rows["row_shuffle"][ia] == s) & (a.rows["row_repeat"][ia] == r)
         pts_a = np.moveaxis(a.store.read(ia[sel]), 0, 1)  # [La, N, Da]
         pts_b = pts_a if b is a else np.moveaxis(b.store.read(ib[sel]), 0, 1)
-        if len(pts_a[0]) < k + 1:
+        if len(pts_a[0]) < least:
             raise UserError(
-                "{k}={k_value} needs >= {need} points per level, got {n}",
-                "k",
-                k_value=k,
-                need=k + 1,
+                "{measures}: " + why + " >= {need} points per level, got {n}",
+                "measures",
+                need=least,
                 n=len(pts_a[0]),
             )
         logging.info(
-            "level %d repeat %d: %d points, %d x %d hidden states",
+            "level %d repeat %d: %d points, %d x %d hidden states%s",
             s,
             r,
             pts_a.shape[1],
             pts_a.shape[0],
             pts_b.shape[0],
+            f", {null_permutations} permutations" if null_permutations else "",
         )
         got = (
-            metrics.layer_similarity(pts_a, None if b is a else pts_b, measures=sim_measures, k=k)
+            metrics.layer_similarity(
+                pts_a,
+                None if b is a else pts_b,
+                measures=sim_measures,
+                null_permutations=null_permutations,
+                null_seed=null_seed,
+                null_alpha=null_alpha,
+                **{o: v for o, v in given.items() if v is not None},
+            )
             if sim_measures
             else {}
         )
-        for m in sim_measures:
-            out[m].append(np.asarray(jax.device_get(got[m])))
-        if "info_imbalance" in measures:
-            out["info_imbalance"].append(np.asarray(metrics.imbalance_matrix(pts_a, pts_b)))
+        for name, v in got.items():
+            out.setdefault(name, []).append(np.asarray(jax.device_get(v)))
+        if IMBALANCE in measures:
+            out.setdefault(IMBALANCE, []).append(np.asarray(metrics.imbalance_matrix(pts_a, pts_b)))
     arrays = {m: np.stack(v) for m, v in out.items()}
     arrays["level_shuffle"] = np.asarray([s for s, _ in levels], np.int32)
     arrays["level_repeat"] = np.asarray([r for _, r in levels], np.int32)
@@ -252,27 +303,28 @@ def compare(
             "runs": [a.folder, b.folder],
             "models": [a.metadata.get("model"), b.metadata.get("model")],
             "random_init": [a.metadata.get("random_init"), b.metadata.get("random_init")],
-            "k": k,
             "measures": list(measures),
+            "options": {m.name: opts for m, opts in resolved.items()},
+            "null": {"permutations": null_permutations, "seed": null_seed, "alpha": null_alpha},
         },
     )
-    _readme(output_dir, arrays, a, b, measures)
-    report(output_dir, arrays, a, b, measures, k)
+    _readme(output_dir, arrays, a, b, measures, null_permutations)
+    report(output_dir, arrays, a, b, measures, resolved, null_permutations)
     return arrays
 
 
-DOCS = {
-    "mutual_knn": "mean over points of |N_k^a(i) ∩ N_k^b(i)| / k, neighbours on the "
-    "L2-normalised features (Huh et al. 2024)",
-    "cknna": "CKNNA: unbiased HSIC of the kernels restricted to mutual k-NN pairs (Huh et al.)",
-    "cka": "linear CKA, biased HSIC (Kornblith et al. 2019)",
-    "cka_debiased": "linear CKA, unbiased HSIC (Song et al. 2012)",
-    "info_imbalance": "(Delta(a -> b), Delta(b -> a)), information imbalance, k = 1 (Glielmo "
-    "et al. 2022)",
-}
+IMBALANCE_DOC = "(Delta(a -> b), Delta(b -> a)), information imbalance, k = 1 (Glielmo et al. 2022)"
 
 
-def _readme(output_dir, arrays, a, b, measures) -> None:
+def _doc(name: str) -> str:
+    if name == IMBALANCE:
+        return IMBALANCE_DOC
+    m = similarity_measure.get(name)
+    kind = "" if m.similarity else " (a distance: smaller is more similar)"
+    return f"{m.doc}{kind} ({m.reference})"
+
+
+def _readme(output_dir, arrays, a, b, measures, permutations) -> None:
     la, lb = arrays[measures[0]].shape[1:3]
     lines = [
         "# Representational similarity of two runs",
@@ -290,11 +342,19 @@ def _readme(output_dir, arrays, a, b, measures) -> None:
         "| --- | --- | --- |",
     ]
     for m in measures:
-        shape = "[V, La, Lb, 2]" if m == "info_imbalance" else "[V, La, Lb]"
+        shape = "[V, La, Lb, 2]" if m == IMBALANCE else "[V, La, Lb]"
         lines.append(
-            f"| `{m}` | {shape} | {DOCS[m]}; entry [v, a, b]: hidden state a of A "
+            f"| `{m}` | {shape} | {_doc(m)}; entry [v, a, b]: hidden state a of A "
             "against hidden state b of B |"
         )
+    if permutations:
+        shapes = {"best_match_p_value": "[V, La]", "max_p_value": "[V]", "max_calibrated": "[V]"}
+        named = ", ".join(f"`{m}`" for m in measures if m != IMBALANCE)
+        for field, what in nulls.FIELDS.items():
+            lines.append(
+                f"| `MEASURE/{field}` | {shapes.get(field, '[V, La, Lb]')} | {what}; for "
+                f"MEASURE in {named}, {permutations} permutations of B's rows |"
+            )
     lines += [
         "| `level_shuffle`, `level_repeat` | [V] | the level's shuffle index and repeat |",
         "| `num_points` | [V] | the level's matched points |",
@@ -304,48 +364,87 @@ def _readme(output_dir, arrays, a, b, measures) -> None:
     )
 
 
-def best_matches(matrix: np.ndarray) -> list[tuple[int, int, float]]:
-    """Per row a of a [La, Lb] similarity: (a, the best column b, its score)."""
-    return [(i, int(np.nanargmax(row)), float(np.nanmax(row))) for i, row in enumerate(matrix)]
+def best_matches(matrix: np.ndarray, similarity: bool = True) -> list[tuple[int, int, float]]:
+    """Per row a of a [La, Lb] score matrix: (a, the best column b, its score); the
+    best is the largest similarity or the smallest distance."""
+    pick = (np.nanargmax, np.nanmax) if similarity else (np.nanargmin, np.nanmin)
+    return [(i, int(pick[0](row)), float(pick[1](row))) for i, row in enumerate(matrix)]
 
 
-def report(output_dir, arrays, a, b, measures, k: int) -> str:
-    """Heat maps of the structured level and report.md with the best matches."""
+def _options_text(resolved) -> str:
+    shown = [
+        f"{m.name}: " + ", ".join(f"{k}={v}" for k, v in opts.items() if k != "selection")
+        for m, opts in resolved.items()
+        if any(k != "selection" for k in opts)
+    ]
+    return ("; ".join(shown) + ".") if shown else ""
+
+
+def report(output_dir, arrays, a, b, measures, resolved, permutations=0) -> str:
+    """Heat maps of the structured level and report.md with the best matches (and,
+    with a null, their calibrated scores and p-values)."""
     level = 0
     lines = [
         "# Representational similarity",
         "",
         f"A = `{a.folder}` ({a.metadata.get('model')}), B = `{b.folder}` "
         f"({b.metadata.get('model')}); level s = {int(arrays['level_shuffle'][level])}, "
-        f"{int(arrays['num_points'][level])} points, k = {k} neighbours.",
+        f"{int(arrays['num_points'][level])} points. {_options_text(resolved)}",
     ]
+    if permutations:
+        lines += [
+            "",
+            f"Null: {permutations} permutations of B's rows (the same for every hidden "
+            "state), calibrated as Gröger, Wen, Brbić 2026 (arXiv 2602.14486): "
+            "calibrated = clip((s - tau) / (s_max - tau), 0, 1), tau the 95% critical score; "
+            "p = (1 + #{null at least as similar}) / (P + 1), smallest 1 / (P + 1).",
+        ]
     for m in measures:
         v = arrays[m][level]
-        if m == "info_imbalance":
+        similarity = True
+        if m == IMBALANCE:
             v = 1.0 - v[..., 0]  # higher = A's neighbourhoods predict B's better
             what = "1 - Delta(A -> B)"
         else:
             what = m
+            similarity = similarity_measure.get(m).similarity
         fig, (ax,) = plotting.figure(1, height=4.6)
         image = ax.imshow(v, origin="lower", cmap="viridis", aspect="auto")
         fig.colorbar(image, ax=ax)
         ax.set(xlabel="hidden state of B", ylabel="hidden state of A", title=what)
         png = f"similarity_{m}.png"
         plotting.save(fig, os.path.join(output_dir, png))
-        matches = best_matches(v)
-        lines += [
-            "",
-            f"## {what}",
-            "",
-            f"![{what}]({png})",
-            "",
-            "| hidden state of A | best of B | score |",
-            "| --- | --- | --- |",
-        ]
-        lines += [f"| {i} | {j} | {score:.3f} |" for i, j, score in matches]
+        matches = best_matches(v, similarity)
+        has_null = f"{m}/p_value" in arrays
+        lines += ["", f"## {what}", "", f"![{what}]({png})", ""]
+        if not similarity:
+            lines += ["A distance: the best match is the smallest.", ""]
+        if has_null:
+            cal = arrays[f"{m}/calibrated"][level]
+            p_best = arrays[f"{m}/best_match_p_value"][level]
+            lines += [
+                f"Largest over all pairs: p = {float(arrays[f'{m}/max_p_value'][level]):.3g}, "
+                f"calibrated {float(arrays[f'{m}/max_calibrated'][level]):.3f}.",
+                "",
+                "| hidden state of A | best of B | score | calibrated | p (best of row) |",
+                "| --- | --- | --- | --- | --- |",
+            ]
+            lines += [
+                f"| {i} | {j} | {score:.3f} | {cal[i, j]:.3f} | {p_best[i]:.3g} |"
+                for i, j, score in matches
+            ]
+        else:
+            lines += ["| hidden state of A | best of B | score |", "| --- | --- | --- |"]
+            lines += [f"| {i} | {j} | {score:.3f} |" for i, j, score in matches]
         if v.shape[0] == v.shape[1]:
             lines += ["", "Diagonal (A's hidden state l against B's l):"]
             lines += plotting.layer_table(what, np.diagonal(v), first=0)
+            if has_null:
+                diag_p = np.diagonal(arrays[f"{m}/p_value"][level])
+                diag_cal = np.diagonal(arrays[f"{m}/calibrated"][level])
+                lines += ["", "Diagonal, calibrated and p-value:"]
+                lines += plotting.layer_table(f"{m} calibrated", diag_cal, first=0)
+                lines += plotting.layer_table(f"{m} p-value", diag_p, "{:.3g}", first=0)
     path = os.path.join(output_dir, "report.md")
     files.atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
     return path
