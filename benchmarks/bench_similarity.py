@@ -2,12 +2,14 @@
 
 A synthetic stack [L, N, D] of N inputs (not tokens of one prompt: a dataset-level
 cloud) that drift through the layers by residual updates, with a growing common
-offset; every measure (mutual k-NN, CKNNA, CKA biased and debiased) for all
-L x L pairs, or L x L' against a second stack with --other_layers. Prints the
-compile time, the min / median of the timed runs, process CPU, peak RSS and
-the load average before and after.
+offset; the chosen measures (default: every registered one) for all L x L pairs, or
+L x L' against a second stack with --other_layers, with --null_permutations a
+permutation null of each. Prints, per measure and for all together, the compile
+time and the min / median of the timed runs with process CPU, then peak RSS and the
+load average before and after.
 
-  python -m benchmarks.bench_similarity --layers=31 --points=5000 --dim=576
+  python -m benchmarks.bench_similarity --layers=31 --points=5000 --dim=576 \
+      --null_permutations=100
 """
 
 import os
@@ -29,9 +31,11 @@ flags.DEFINE_integer("dim", 576, "Feature dimension D.")
 flags.DEFINE_integer("other_layers", 0, "Layers of a second stack (0: the stack with itself).")
 flags.DEFINE_integer("other_dim", 0, "Feature dimension of the second stack (0: --dim).")
 flags.DEFINE_integer("k", 10, "Neighbours for mutual_knn and cknna.")
-flags.DEFINE_list("measures", "mutual_knn,cknna,cka,cka_debiased", "Measures to compute.")
+flags.DEFINE_list("measures", None, "Measures to compute (default: every registered one).")
+flags.DEFINE_integer("null_permutations", 0, "Permutations of the null (0: none).")
+flags.DEFINE_boolean("each", True, "Also time each measure alone (before all together).")
 flags.DEFINE_enum("cka_route", "auto", ["auto", "features", "kernels"], "CKA route.")
-flags.DEFINE_integer("repeats", 2, "Timed runs after the first (compiling) one.")
+flags.DEFINE_integer("repeats", 1, "Timed runs after the first (compiling) one.")
 flags.DEFINE_integer("seed", 0, "Seed of the synthetic stack.")
 
 
@@ -75,31 +79,56 @@ def main(argv):
     )
     print("before:", load_avg())
 
-    def run():
+    from geom_jax.metrics.similarity import measure
+
+    names = tuple(FLAGS.measures or measure.names())
+
+    def run(chosen):
+        k = FLAGS.k if any(o.name == "k" for m in chosen for o in measure.get(m).options) else None
+        route = FLAGS.cka_route if any(m.startswith("cka") for m in chosen) else None
         out = layer_pairs.layer_similarity(
-            stack, other, measures=tuple(FLAGS.measures), k=FLAGS.k, cka_route=FLAGS.cka_route
+            stack,
+            other,
+            measures=chosen,
+            k=k,
+            cka_route=route,
+            null_permutations=FLAGS.null_permutations,
         )
         return jax.block_until_ready(out)
 
-    t = time.perf_counter()
-    out = run()
-    print(f"compile + first run: {time.perf_counter() - t:.2f} s")
-    walls, cpus = [], []
-    for _ in range(FLAGS.repeats):
-        w, c = time.perf_counter(), time.process_time()
-        run()
-        walls.append(time.perf_counter() - w)
-        cpus.append(time.process_time() - c)
-    if walls:
-        print(
-            f"layer_similarity {lb if other is not None else FLAGS.layers} x {FLAGS.layers} "
-            f"pairs: min {min(walls):.2f} s, median {statistics.median(walls):.2f} s over "
+    def timed(chosen, label):
+        t = time.perf_counter()
+        out = run(chosen)
+        first = time.perf_counter() - t
+        walls, cpus = [], []
+        for _ in range(FLAGS.repeats):
+            w, c = time.perf_counter(), time.process_time()
+            run(chosen)
+            walls.append(time.perf_counter() - w)
+            cpus.append(time.process_time() - c)
+        steady = (
+            f"; min {min(walls):.2f} s, median {statistics.median(walls):.2f} s over "
             f"{len(walls)} runs (process CPU min {min(cpus):.2f} s)"
+            if walls
+            else ""
         )
+        print(f"{label}: compile + first run {first:.2f} s{steady}", flush=True)
+        return out
+
+    pairs = f"{FLAGS.layers} x {lb if other is not None else FLAGS.layers} pairs"
+    nulls = f", {FLAGS.null_permutations} permutations" if FLAGS.null_permutations else ""
+    if FLAGS.each and len(names) > 1:
+        for name in names:
+            timed((name,), f"{name} ({pairs}{nulls})")
+    out = timed(names, f"all {len(names)} measures ({pairs}{nulls})")
     print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
     print("after:", load_avg())
     for name, v in out.items():
         v = np.asarray(v)
+        if "/" in name:
+            if name.endswith("/max_p_value"):
+                print(f"{name}: {float(v):.4f}")
+            continue
         print(
             f"{name}: diagonal mean {np.mean(np.diag(v)) if other is None else float('nan'):.6f}, "
             f"[0, -1] {v[0, -1]:.6f}, min {v.min():.6f}"
