@@ -8,12 +8,16 @@ measure.SimilarityMeasure` with ``measure.register`` (or through the entry-point
 
 from importlib import metadata
 
-from geom_jax.metrics.similarity import cka_hsic, knn_alignment, measure
+from geom_jax.metrics.similarity import cca, cka_hsic, knn_alignment, measure, shape_metrics
 
 measure.register(knn_alignment.MUTUAL_KNN)
 measure.register(knn_alignment.CKNNA)
 measure.register(cka_hsic.CKA)
 measure.register(cka_hsic.CKA_DEBIASED)
+measure.register(shape_metrics.PROCRUSTES)
+measure.register(shape_metrics.SHAPE_METRIC)
+measure.register(cca.SVCCA)
+measure.register(cca.PWCCA)
 
 DEFAULT = ("mutual_knn", "cknna", "cka", "cka_debiased")
 """The measures ``layer_similarity`` computes when none are named."""
