@@ -8,7 +8,15 @@ measure.SimilarityMeasure` with ``measure.register`` (or through the entry-point
 
 from importlib import metadata
 
-from geom_jax.metrics.similarity import cca, cka_hsic, knn_alignment, measure, shape_metrics
+from geom_jax.metrics.similarity import (
+    cca,
+    cka_hsic,
+    knn_alignment,
+    linear_predictivity,
+    measure,
+    rsa,
+    shape_metrics,
+)
 
 measure.register(knn_alignment.MUTUAL_KNN)
 measure.register(knn_alignment.CKNNA)
@@ -18,6 +26,8 @@ measure.register(shape_metrics.PROCRUSTES)
 measure.register(shape_metrics.SHAPE_METRIC)
 measure.register(cca.SVCCA)
 measure.register(cca.PWCCA)
+measure.register(rsa.RSA)
+measure.register(linear_predictivity.LINEAR_PREDICTIVITY)
 
 DEFAULT = ("mutual_knn", "cknna", "cka", "cka_debiased")
 """The measures ``layer_similarity`` computes when none are named."""
