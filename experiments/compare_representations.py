@@ -7,7 +7,8 @@ r"""Representational similarity of two pooled runs, every hidden state against e
 CKA). Writes ``similarity.npz`` (one [levels, La, Lb] matrix per measure, documented in
 ``RESULTS.md``), a heat map per measure and ``report.md`` (per hidden state of A the
 best-matching one of B). Runs whose rows do not correspond are refused, naming the
-first mismatch.
+first mismatch. An imported run (``import_representations.py``) is matched by key: A's
+structured rows, in A's order, with B's rows of the same key.
 """
 
 from __future__ import annotations
@@ -23,7 +24,11 @@ cli.quiet_startup()
 from geom_jax.run import compare  # noqa: E402
 from geom_jax.run import flags as run_flags  # noqa: E402
 
-_RUNS = flags.DEFINE_list("runs", None, "One or two pooled run folders (output_dir of runs).")
+_RUNS = flags.DEFINE_list(
+    "runs",
+    None,
+    "One or two pooled run folders (output_dir of runs, or of import_representations.py).",
+)
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Folder for similarity.npz and report.")
 _K = flags.DEFINE_integer(
     compare.SIMILARITY_K.name, compare.SIMILARITY_K.default, compare.SIMILARITY_K.doc
