@@ -9,8 +9,10 @@ CKA). Writes ``similarity.npz`` (one [levels, La, Lb] matrix per measure, docume
 best-matching one of B). ``--null_permutations=P`` adds a permutation null of every
 measure: per pair the null mean and spread, the calibrated score and a p-value, and the
 p-value of each best match and of the largest score over all pairs. Runs whose rows do
-not correspond are refused, naming the first mismatch. The measures' option flags come
-from their declarations; left unset, each measure keeps its own default.
+not correspond are refused, naming the first mismatch. An imported run
+(``import_representations.py``) is matched by key: A's structured rows, in A's order, with
+B's rows of the same key. The measures' option flags come from their declarations; left
+unset, each measure keeps its own default.
 """
 
 from __future__ import annotations
@@ -26,7 +28,11 @@ cli.quiet_startup()
 from geom_jax.run import compare  # noqa: E402
 from geom_jax.run import flags as run_flags  # noqa: E402
 
-_RUNS = flags.DEFINE_list("runs", None, "One or two pooled run folders (output_dir of runs).")
+_RUNS = flags.DEFINE_list(
+    "runs",
+    None,
+    "One or two pooled run folders (output_dir of runs, or of import_representations.py).",
+)
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Folder for similarity.npz and report.")
 _MEASURES = flags.DEFINE_list(
     "measures", list(compare.MEASURES), f"Measures, of {', '.join(compare.known_measures())}."

@@ -300,6 +300,6 @@ def _readme(arrays, docs: Mapping[str, str], observables, kind: run_kind.RunKind
     for name, doc in docs.items():
         if name in arrays:
             lines.append(f"| `{name}` | {list(np.shape(arrays[name]))} | {doc} |")
-    lines += ["", f"Observables measured: `{observables.canonical}`.", ""]
+    lines += ["", f"Observables measured: `{observables.canonical or 'none'}`.", ""]
     lines.append(registry.describe(observables.names))
     return "\n".join(lines) + "\n"

@@ -132,3 +132,27 @@ def test_non_boolean_mask_values_are_refused():
         unmasked = jax.tree.leaves(fn(np.ones(64, np.int32)))
         assert all(np.array_equal(a, b) for a, b in zip(got, want))
         assert not all(np.array_equal(a, b) for a, b in zip(got, unmasked))
+
+
+def test_torch_tensors_are_read_through_dlpack_without_a_copy():
+    """A torch CPU tensor (any object with __dlpack__ on JAX's default device) is shared
+    with JAX, not copied; one DLPack refuses (requires grad) is refused naming it; the
+    measures give the NumPy array's numbers."""
+    torch = pytest.importorskip("torch")
+    from geom_jax.metrics import validation
+
+    x = torch.tensor(hidden((64, 8)))  # torch-allocated: aligned as XLA needs
+    points = validation.as_points(x, "x")
+    assert isinstance(points, jax.Array)
+    assert points.unsafe_buffer_pointer() == x.data_ptr()  # the tensor's own memory
+    mask = torch.ones(64, dtype=torch.bool)
+    mask[5] = False
+    assert metrics.twonn(x, mask) == metrics.twonn(x.numpy(), mask.numpy())
+    np.testing.assert_array_equal(
+        metrics.cka(x, x * 2 + 1), metrics.cka(x.numpy(), x.numpy() * 2 + 1)
+    )
+    assert validation.as_points(x.to(torch.bfloat16), "x").dtype == np.float32
+    with pytest.raises(ValueError, match=r"^x cannot be read as an array: .*requires grad"):
+        metrics.twonn(x.clone().requires_grad_())
+    with pytest.raises(ValueError, match="x must be a floating-point array"):
+        metrics.twonn(torch.ones(64, 8, dtype=torch.int32))

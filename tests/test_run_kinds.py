@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 
 from geom_jax import results
+from geom_jax import run as geom_run
 from geom_jax.metrics.declare import registry
-from geom_jax.metrics.declare.observable import PER_PROMPT, POOLED, Field, Observable
+from geom_jax.metrics.declare.observable import IMPORTED, PER_PROMPT, POOLED, Field, Observable
 from geom_jax.run import RunSpec, run_kind
-from geom_jax.run.kinds import PER_PROMPT_RUN, POOLED_RUN
+from geom_jax.run.kinds import IMPORTED_RUN, PER_PROMPT_RUN, POOLED_RUN
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -39,7 +40,7 @@ def test_files_and_report_hold_no_kind_branch_or_field_sniffing():
 
 
 def test_the_pool_chooses_the_kind_and_its_default_observables():
-    assert [k.name for k in run_kind.kinds()] == [PER_PROMPT, POOLED]
+    assert [k.name for k in run_kind.kinds()] == [PER_PROMPT, POOLED, IMPORTED]
     assert RunSpec(output_dir="o").kind is PER_PROMPT_RUN
     for pool in ("last", "mean"):
         spec = RunSpec(output_dir="o", pool=pool)
@@ -48,6 +49,7 @@ def test_the_pool_chooses_the_kind_and_its_default_observables():
     assert RunSpec(output_dir="o").observables == "paper"
     assert run_kind.of_metadata({}) is PER_PROMPT_RUN
     assert run_kind.of_metadata({"flags": {"pool": "mean"}}) is POOLED_RUN
+    assert run_kind.of_metadata({"flags": {"pool": "imported"}}) is IMPORTED_RUN
     with pytest.raises(ValueError, match="pool must be one of"):
         run_kind.of_pool("max")
 
@@ -58,7 +60,20 @@ def test_a_kind_whose_name_or_pool_is_taken_is_refused():
 
     with pytest.raises(ValueError, match="clashes with <run kind pooled>"):
         run_kind.register(Twin())
-    assert [k.name for k in run_kind.kinds()] == [PER_PROMPT, POOLED]
+    assert [k.name for k in run_kind.kinds()] == [PER_PROMPT, POOLED, IMPORTED]
+
+
+def test_an_imported_run_reads_as_pooled_but_is_not_run():
+    """Imported runs (experiments/import_representations.py) have the pooled files but no
+    measured fields, and no run makes one."""
+    assert isinstance(IMPORTED_RUN, type(POOLED_RUN)) and IMPORTED_RUN.keys_only
+    assert not POOLED_RUN.keys_only
+    assert IMPORTED_RUN.fields("pooled") == list(POOLED_RUN.row_fields)
+    assert "input_ids" not in IMPORTED_RUN.tokens_fields("pooled")
+    with pytest.raises(geom_run.UserError, match="import_representations.py"):
+        IMPORTED_RUN.check(RunSpec(output_dir="o"))
+    with pytest.raises(geom_run.UserError, match="pool must be one of"):
+        geom_run.run(RunSpec(output_dir="o", pool="imported"))
 
 
 def test_declarations_name_only_registered_kinds():

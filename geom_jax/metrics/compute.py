@@ -325,7 +325,7 @@ def stack_geometry(
     """:func:`layer_geometry` of a layer-major stack hidden [L, B, N, D], mask [B, N]:
     the decoder's layout (``DecoderOutput.hidden_states``), so the fused step passes
     its hidden states without a transpose. Returns fields [B, L', ...]."""
-    validation.check_points(hidden, "hidden", 4, "[L, B, N, D]")
+    hidden = validation.check_points(hidden, "hidden", 4, "[L, B, N, D]")
     n_layers, b = hidden.shape[:2]
     prompt_major = jax.ShapeDtypeStruct((b, n_layers) + tuple(hidden.shape[2:]), hidden.dtype)
     observables, opts, inputs = _checked(

@@ -20,11 +20,49 @@ def is_concrete(*arrays):
     return not any(isinstance(a, jax.core.Tracer) for a in arrays if a is not None)
 
 
+_DLPACK_PLATFORMS = {1: "cpu", 2: "gpu", 10: "gpu"}
+"""DLPack device types (kDLCPU, kDLCUDA, kDLROCM) -> the jax platform that shares them."""
+
+
+def as_array(x, name):
+    """``x`` as NumPy or JAX reads it, without a copy where its memory allows.
+
+    An array object with ``__dlpack__`` other than NumPy's and JAX's (a torch tensor, a
+    CuPy array) on JAX's default device goes through :func:`jax.dlpack.from_dlpack`,
+    which shares its memory (jax copies only a buffer it cannot alias, e.g. one not
+    aligned as XLA needs); one on another device, or one DLPack refuses (a torch tensor
+    that requires grad), through ``np.asarray`` (``__array__``), as is anything without a
+    shape (nested lists). Everything else (NumPy and JAX arrays, tracers, shape
+    descriptions such as ``jax.ShapeDtypeStruct``) is returned as it is.
+
+    Raises:
+      ValueError: naming ``name`` when the object cannot be read as an array.
+    """
+    if isinstance(x, (np.ndarray, jax.Array, jax.core.Tracer)):
+        return x
+    if hasattr(x, "__dlpack__") and hasattr(x, "__dlpack_device__"):
+        try:
+            kind, index = x.__dlpack_device__()
+            device = jax.devices()[0]
+            platform = _DLPACK_PLATFORMS.get(int(kind))
+            if platform == device.platform and (
+                platform == "cpu" or int(index) == device.local_hardware_id
+            ):
+                return jax.dlpack.from_dlpack(x)
+        except (BufferError, TypeError, ValueError, RuntimeError):
+            pass
+    elif hasattr(x, "shape"):
+        return x
+    try:
+        return np.asarray(x)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise ValueError(f"{name} cannot be read as an array: {e}") from None
+
+
 def check_points(x, name, min_rank=2, layout="[..., N, D] point clouds"):
     """Rejects wrong rank and non-float dtypes without moving x to a device;
-    returns x (a NumPy array if it had no shape)."""
-    if not hasattr(x, "shape"):
-        x = np.asarray(x)
+    returns x (read by :func:`as_array` when it is neither a NumPy nor a JAX array)."""
+    x = as_array(x, name)
     if len(x.shape) < min_rank:
         raise ValueError(
             f"{name} must have rank >= {min_rank} ({layout}), got shape {tuple(x.shape)}"
@@ -48,8 +86,7 @@ def as_mask(mask, batch_shape, n, name="mask"):
             f"{name} must be a boolean array [..., N], got the number {mask!r} (options such as "
             "k, max_k, range_max are keyword-only: f(x, mask=None, *, ...))"
         )
-    if not hasattr(mask, "shape"):
-        mask = np.asarray(mask)
+    mask = as_array(mask, name)
     if len(mask.shape) == 0 or mask.shape[-1] != n:
         raise ValueError(f"{name} must have shape [..., N] with N = {n}, got {tuple(mask.shape)}")
     try:

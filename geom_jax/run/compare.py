@@ -3,8 +3,12 @@ imbalance) between every hidden state of one and every hidden state of the other
 
 The runs' rows are matched by window key, shuffle level and repeat; runs whose rows
 do not correspond (other text, other windows, other pooling) are refused with one
-line naming the first mismatch. For each shuffle level (and repeat) the matched
-points form one cloud per hidden state, and :func:`geom_jax.metrics.layer_similarity`
+line naming the first mismatch. When either run is imported (representations from
+outside geom-jax, :mod:`geom_jax.run.kinds.imported`), rows are matched by key alone:
+A's structured rows (shuffle level 0, repeat 0; every row of an imported run), in A's
+order, each with B's structured row of the same key. For each shuffle level (and
+repeat) the matched points form one cloud per hidden state, and
+:func:`geom_jax.metrics.layer_similarity`
 gives one [La, Lb] matrix per measure, every pair in one jitted call. Writes
 ``similarity.npz`` and ``RESULTS.md``, a heat map per measure and ``report.md``:
 per hidden state of A the best-matching one of B and its score, and the diagonal
@@ -30,6 +34,7 @@ from geom_jax.metrics.similarity import nulls, registry
 from geom_jax.metrics.similarity.layer_pairs import SIMILARITY_K as SIMILARITY_K
 from geom_jax.run import run_kind
 from geom_jax.run.kinds import POOLED_RUN, pooled_sweep
+from geom_jax.run.kinds.pooled import Pooled
 from geom_jax.run.spec import UserError
 
 IMBALANCE = "info_imbalance"
@@ -73,12 +78,14 @@ MATCHED = (
 
 @dataclasses.dataclass
 class PooledRun:
-    """A finished pooled run: its folder, metadata, rows (tokens.npz) and store."""
+    """A finished pooled (or imported) run: its folder, metadata, rows (tokens.npz), store
+    and kind."""
 
     folder: str
     metadata: dict
     rows: dict
     store: RepresentationStore
+    kind: Pooled = POOLED_RUN
 
     @property
     def flags(self) -> dict:
@@ -91,7 +98,7 @@ class PooledRun:
 
 
 def open_run(folder: str, which: str) -> PooledRun:
-    """A pooled run's files (UserError naming ``runs`` when it is not one)."""
+    """A pooled or imported run's files (UserError naming ``runs`` when it is neither)."""
     meta_path = os.path.join(folder, results.METADATA_FILE)
     tokens_path = os.path.join(folder, results.TOKENS_FILE)
     if not os.path.isfile(meta_path):
@@ -102,7 +109,8 @@ def open_run(folder: str, which: str) -> PooledRun:
             folder=folder,
         )
     meta = files.read_json(meta_path)
-    if run_kind.of_metadata(meta) is not POOLED_RUN:
+    kind = run_kind.of_metadata(meta)
+    if not isinstance(kind, Pooled):
         raise UserError(
             "{runs}: {which} {folder!r} is not a pooled run ({pool}=none: its clouds are "
             "tokens, not one point per row); rerun it with {pool}=last or mean",
@@ -120,7 +128,7 @@ def open_run(folder: str, which: str) -> PooledRun:
     with np.load(tokens_path) as z:
         rows = {k: z[k] for k in z.files}
     store = _open_store(os.path.join(folder, pooled_sweep.STORE), len(rows["row_prompt_key"]))
-    return PooledRun(folder, meta, rows, store)
+    return PooledRun(folder, meta, rows, store, kind)
 
 
 def _open_store(path: str, rows: int) -> RepresentationStore:
@@ -149,7 +157,10 @@ def _keys(run: PooledRun) -> list[tuple]:
 
 def match_rows(a: PooledRun, b: PooledRun) -> tuple[np.ndarray, np.ndarray]:
     """Row indices (ia, ib) of the same window at the same level and repeat in both
-    runs, in a's order; UserError naming the first thing that does not correspond."""
+    runs, in a's order; UserError naming the first thing that does not correspond.
+    With an imported run on either side, by key alone (:func:`match_keys`)."""
+    if a.kind.keys_only or b.kind.keys_only:
+        return match_keys(a, b)
     for flag in MATCHED:
         va, vb = a.flags.get(flag), b.flags.get(flag)
         if va != vb:
@@ -198,6 +209,33 @@ def match_rows(a: PooledRun, b: PooledRun) -> tuple[np.ndarray, np.ndarray]:
                 s=key[1],
             )
     return ia, ib
+
+
+def _structured(run: PooledRun) -> np.ndarray:
+    """The rows matched by key: shuffle level 0, repeat 0 (all of an imported run's)."""
+    return np.flatnonzero((run.rows["row_shuffle"] == 0) & (run.rows["row_repeat"] == 0))
+
+
+def match_keys(a: PooledRun, b: PooledRun) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices (ia, ib): a's structured rows in a's order, each with b's structured
+    row of the same ``row_prompt_key`` (b may hold more); UserError naming the first key
+    of a that b lacks."""
+    ia, rows_b = _structured(a), _structured(b)
+    keys_b = {}
+    for i, key in zip(rows_b.tolist(), b.rows["row_prompt_key"][rows_b].tolist()):
+        keys_b.setdefault(key, i)
+    keys_a = a.rows["row_prompt_key"][ia].tolist()
+    missing = next((key for key in keys_a if key not in keys_b), None)
+    if missing is not None:
+        raise UserError(
+            "{runs}: the runs' rows do not correspond: key {key!r} of {fa!r} is not a row of "
+            "{fb!r} (with an imported run, rows are matched by key)",
+            "runs",
+            key=missing,
+            fa=a.folder,
+            fb=b.folder,
+        )
+    return ia, np.asarray([keys_b[key] for key in keys_a], np.int64)
 
 
 def compare(

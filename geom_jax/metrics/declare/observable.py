@@ -54,6 +54,10 @@ PER_PROMPT, POOLED = "per_prompt", "pooled"
 """The names of the two kinds of run (:mod:`geom_jax.run.kinds`), as declarations use them:
 each prompt's tokens a cloud, or one pooled point per row and the rows of a level a cloud."""
 
+IMPORTED = "imported"
+"""The kind of a run imported from arrays held outside geom-jax (one point per row, as
+pooled, measured by nothing at import: ``experiments/import_representations.py``)."""
+
 INTERMEDIATES = {
     "points": "the cloud x [C, N, D] and its valid mask [C, N]",
     "unique": "first occurrences among valid points [C, N] (the ID estimators' points)",

@@ -97,6 +97,9 @@ class Pooled(RunKind):
     """The report reads a cloud as a row: its level, and its partition as the prompt (so
     that a band over rows is the spread over partitions)."""
     rows_doc = "C clouds (shuffle level x repeat x partition), R rows (one point each; tokens.npz)"
+    keys_only = False
+    """Whether comparisons match this kind's rows by key alone (rows from outside geom-jax,
+    with no text or flags to check; :func:`geom_jax.run.compare.match_rows`)."""
     files_doc = (
         f"Every row is in `{TOKENS_FILE}` (its ids as run, what it is, its loss) and its "
         f"pooled hidden states in `{pooled_sweep.STORE}` [R, L+1, D] (Zarr v3, float32)."
