@@ -11,9 +11,12 @@ from importlib import metadata
 from geom_jax.metrics.similarity import (
     cca,
     cka_hsic,
+    data_overlap,
     knn_alignment,
+    knn_sequences,
     linear_predictivity,
     measure,
+    rbf_cka,
     rsa,
     shape_metrics,
 )
@@ -22,6 +25,11 @@ measure.register(knn_alignment.MUTUAL_KNN)
 measure.register(knn_alignment.CKNNA)
 measure.register(cka_hsic.CKA)
 measure.register(cka_hsic.CKA_DEBIASED)
+measure.register(rbf_cka.CKA_RBF)
+measure.register(knn_sequences.CYCLE_KNN)
+measure.register(knn_sequences.LCS_KNN)
+measure.register(knn_sequences.EDIT_DISTANCE_KNN)
+measure.register(data_overlap.DATA_OVERLAP)
 measure.register(shape_metrics.PROCRUSTES)
 measure.register(shape_metrics.SHAPE_METRIC)
 measure.register(cca.SVCCA)
@@ -36,3 +44,18 @@ ENTRY_POINTS = "geom_jax.similarity_measures"
 
 for _entry in metadata.entry_points(group=ENTRY_POINTS):
     measure.register(_entry.load())
+
+
+def readme_table() -> str:
+    """The README's table of the registered measures, from their declarations."""
+    lines = [
+        "| measure | options (defaults) | score | reference |",
+        "| --- | --- | --- | --- |",
+    ]
+    for name in measure.names():
+        m = measure.get(name)
+        opts = ", ".join(f"`{o.name}={o.default!r}`" for o in m.options if o.flag) or "none"
+        kind = "similarity" if m.similarity else "distance"
+        best = "" if m.best is None else f", identical: {m.best:g}"
+        lines.append(f"| `{name}` | {opts} | {m.doc.rstrip('.')} ({kind}{best}) | {m.reference} |")
+    return "\n".join(lines)
