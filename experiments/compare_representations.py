@@ -42,6 +42,9 @@ _NULL = flags.DEFINE_integer(
 )
 _NULL_SEED = flags.DEFINE_integer("null_seed", 0, "Seed of the permutations.")
 _NULL_ALPHA = flags.DEFINE_float("null_alpha", 0.05, "Level of the calibration's critical score.")
+_CLAMP = flags.DEFINE_float(
+    "clamp", None, "Clamp each hidden state at this quantile first (platonic-rep: 0.95)."
+)
 _DEFINE = {
     int: flags.DEFINE_integer,
     float: flags.DEFINE_float,
@@ -71,6 +74,7 @@ def main(argv):
             null_permutations=_NULL.value,
             null_seed=_NULL_SEED.value,
             null_alpha=_NULL_ALPHA.value,
+            clamp=_CLAMP.value,
             **{name: f.value for name, f in _OPTIONS.items()},
         )
     except compare.UserError as e:

@@ -258,6 +258,11 @@ BAD = {
     ),
     "stack_rank": (lambda x, y: metrics.layer_similarity(x, y), "stack_a must have rank >= 3"),
     "route": (lambda x, y: metrics.cka(x, y, route="dense"), "route must be one of"),
+    "kernel": (lambda x, y: metrics.cka(x, y, kernel="poly"), "kernel must be 'linear' or 'rbf'"),
+    "clamp": (
+        lambda x, y: metrics.layer_similarity(x[None], y[None], clamp=1.5),
+        "clamp must be a number in \\(0, 1\\], got 1.5",
+    ),
 }
 
 
@@ -268,3 +273,20 @@ def test_bad_input_raises_before_compute(case):
     fn, message = BAD[case]
     with pytest.raises(ValueError, match=message):
         fn(x, y)
+
+
+def test_rbf_kernel_and_clamp_are_the_measures_they_name():
+    rng = np.random.default_rng(3)
+    x, y = curved_pair(rng, 40, 6, 4)
+    x[5, 2] = 40.0  # an outlier coordinate, which the clamp bounds
+    got = float(metrics.cka(x, y, kernel="rbf", sigma=0.5, debiased=True))
+    assert got == float(
+        metrics.layer_similarity(x[None], y[None], measures=("cka_rbf",), sigma=0.5, debiased=True)[
+            "cka_rbf"
+        ][0, 0]
+    )
+    assert got != float(metrics.cka(x, y, debiased=True))
+    clamped = metrics.layer_similarity(x[None], y[None], measures=("cka",), clamp=0.9)["cka"]
+    want = metrics.cka(metrics.clamp_outliers(x, q=0.9), metrics.clamp_outliers(y, q=0.9))
+    np.testing.assert_allclose(clamped[0, 0], want, atol=1e-6)
+    assert abs(float(clamped[0, 0]) - float(metrics.cka(x, y))) > 1e-3

@@ -24,6 +24,9 @@ from geom_jax.metrics.neighbours.duplicates import DUPLICATE_TOLERANCE as DUPLIC
 from geom_jax.metrics.neighbours.duplicates import unique_mask
 from geom_jax.metrics.neighbours.host_selection import SELECTION_METHODS as SELECTION_METHODS
 from geom_jax.metrics.neighbours.search import knn
+from geom_jax.metrics.similarity.cca import pwcca, svcca
+from geom_jax.metrics.similarity.data_overlap import data_overlap
+from geom_jax.metrics.similarity.knn_sequences import cycle_knn, edit_distance_knn, lcs_knn
 from geom_jax.metrics.similarity.layer_pairs import (
     cka,
     cknna,
@@ -31,6 +34,10 @@ from geom_jax.metrics.similarity.layer_pairs import (
     mutual_knn,
     similarity_null,
 )
+from geom_jax.metrics.similarity.linear_predictivity import linear_predictivity
+from geom_jax.metrics.similarity.outlier_clamp import clamp_outliers
+from geom_jax.metrics.similarity.rsa import rsa
+from geom_jax.metrics.similarity.shape_metrics import procrustes, shape_metric
 from geom_jax.metrics.validation import check_sizes as check_sizes
 from geom_jax.metrics.validation import default_range_max as default_range_max
 from geom_jax.metrics.validation import validate_hidden as validate_hidden
@@ -49,16 +56,22 @@ for _old, _module in {
 del _old, _module
 
 __all__ = [
-    # the measures, each f(x, mask=None, *, options)
+    # the measures, each f(x, mask=None, *, options) or f(x, y, mask=None, *, options)
     "cka",
     "cknna",
+    "clamp_outliers",
     "cosine_similarity_stats",
     "curvature",
+    "cycle_knn",
+    "data_overlap",
+    "edit_distance_knn",
     "gride",
     "imbalance_matrix",
     "information_imbalance",
     "knn",
     "label_overlap",
+    "lcs_knn",
+    "linear_predictivity",
     "matrix_entropy",
     "mle_id",
     "mutual_knn",
@@ -66,8 +79,13 @@ __all__ = [
     "nn_similarity",
     "pairwise_distances",
     "participation_ratio",
+    "procrustes",
+    "pwcca",
     "reciprocity",
+    "rsa",
+    "shape_metric",
     "similarity_null",
+    "svcca",
     "tle_id",
     "twonn",
     "unique_mask",

@@ -30,7 +30,7 @@ from geom_jax.errors import ArgumentError
 from geom_jax.io import files
 from geom_jax.io.representation_store import RepresentationStore
 from geom_jax.metrics.similarity import measure as similarity_measure
-from geom_jax.metrics.similarity import nulls, registry
+from geom_jax.metrics.similarity import nulls, outlier_clamp, registry
 from geom_jax.metrics.similarity.layer_pairs import SIMILARITY_K as SIMILARITY_K
 from geom_jax.run import run_kind
 from geom_jax.run.kinds import POOLED_RUN, pooled_sweep
@@ -248,6 +248,7 @@ def compare(
     null_permutations: int = 0,
     null_seed: int = 0,
     null_alpha: float = 0.05,
+    clamp: float | None = None,
     progress: bool = True,
     **options,
 ) -> dict:
@@ -256,7 +257,9 @@ def compare(
 
     k and options: values of the measures' options (None: each measure's default);
     null_permutations (P >= 20, or 0 for none), null_seed and null_alpha: the
-    permutation null of every similarity measure (`metrics.similarity.nulls`)."""
+    permutation null of every similarity measure (`metrics.similarity.nulls`); clamp:
+    None, or the quantile q of platonic-rep's outlier clamp applied to every hidden
+    state first (`metrics.clamp_outliers`)."""
     a = open_run(folder_a, "the first run")
     b = (
         a
@@ -277,6 +280,8 @@ def compare(
     try:
         nulls.check_permutations(null_permutations)
         nulls.check_alpha(null_alpha)
+        if clamp is not None:
+            outlier_clamp.check_q(clamp, "clamp")
         resolved = similarity_measure.resolve_all(sim_measures, given) if sim_measures else {}
     except ArgumentError as e:
         raise UserError(e.template, e.names, **e.values) from None
@@ -315,6 +320,7 @@ def compare(
                 null_permutations=null_permutations,
                 null_seed=null_seed,
                 null_alpha=null_alpha,
+                clamp=clamp,
                 **{o: v for o, v in given.items() if v is not None},
             )
             if sim_measures
@@ -344,6 +350,7 @@ def compare(
             "measures": list(measures),
             "options": {m.name: opts for m, opts in resolved.items()},
             "null": {"permutations": null_permutations, "seed": null_seed, "alpha": null_alpha},
+            "clamp": clamp,
         },
     )
     _readme(output_dir, arrays, a, b, measures, null_permutations)

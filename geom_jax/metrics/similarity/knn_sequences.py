@@ -39,8 +39,6 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from geom_jax.errors import ArgumentError
-from geom_jax.metrics.declare.observable import Option
 from geom_jax.metrics.neighbours import neighbour_lists
 from geom_jax.metrics.similarity import knn_alignment, measure
 
@@ -55,8 +53,8 @@ REFERENCE = (
 
 
 def check_k(k):
-    if k < 1:
-        raise ArgumentError("{k} must be an integer >= 1, got {v!r}", "k", v=k)
+    """k >= 1 (the option's check, shared with data_overlap)."""
+    knn_alignment.K.check(k)
 
 
 def k_points(options):
@@ -78,14 +76,10 @@ def unit_lists(x, valid, k):
 
 
 def relabel(idx, perm, valid=None, **options):
-    """The lists [L, N, k] of the points reordered as points[:, perm]: row i is the list
-    of point perm[i], each neighbour j renamed inv[j] (inv the inverse permutation); -1
-    stays. Equal to a new search except where exact ties (duplicate points) are ordered:
-    the relabelled lists keep their former order."""
-    n = perm.shape[0]
-    inv = jnp.zeros((n,), perm.dtype).at[perm].set(jnp.arange(n, dtype=perm.dtype))
-    moved = jnp.take(idx, perm, axis=1)
-    return jnp.where(moved >= 0, jnp.take(inv, jnp.maximum(moved, 0)), -1)
+    """The lists [L, N, k] of the points reordered as points[:, perm]
+    (`knn_alignment.relabelled`). Equal to a new search except where exact ties
+    (duplicate points) are ordered: the relabelled lists keep their former order."""
+    return knn_alignment.relabelled(idx, perm)
 
 
 def all_pairs(fn, idx_a, idx_b, valid, symmetric):
@@ -184,14 +178,8 @@ def _edit_scores(idx_a, idx_b, valid, *, k):
     return 1.0 - total.astype(jnp.float32) / (_count(valid) * k)
 
 
-LIST_K = Option(
-    "k",
-    int,
-    10,
-    "Neighbours per point (inner product of the unit rows) of cycle_knn, lcs_knn and "
-    "edit_distance_knn (platonic-rep's topk).",
-    check=check_k,
-)
+LIST_K = knn_alignment.K
+"""k of the k-NN measures (inner product of the unit rows; platonic-rep's topk)."""
 
 CYCLE_KNN = measure.SimilarityMeasure(
     name="cycle_knn",

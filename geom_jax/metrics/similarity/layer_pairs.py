@@ -26,7 +26,16 @@ points with mask True take part, as points and as neighbours; m is their number.
 import jax.numpy as jnp
 import numpy as np
 
-from geom_jax.metrics.similarity import cka_hsic, knn_alignment, measure, nulls, registry
+from geom_jax.errors import ArgumentError
+from geom_jax.metrics.similarity import (
+    cka_hsic,
+    knn_alignment,
+    measure,
+    nulls,
+    outlier_clamp,
+    rbf_cka,
+    registry,
+)
 
 MEASURES = registry.DEFAULT
 """The measures computed when none are named (every registered one: `measure.names()`)."""
@@ -66,6 +75,11 @@ def _run(a, b, mask, measures, given, per_measure, names, layout_rank, nulls_at=
     return out
 
 
+def _layer_mask(mask):
+    """A mask [..., N] shared by all layers, as a mask of stacks [..., L, N, D]."""
+    return None if mask is None else jnp.asarray(mask)[..., None, :]
+
+
 def layer_similarity(
     stack_a,
     stack_b=None,
@@ -79,6 +93,7 @@ def layer_similarity(
     null_permutations=0,
     null_seed=0,
     null_alpha=0.05,
+    clamp=None,
     **measure_options,
 ):
     """Similarity of every layer of stack_a with every layer of stack_b, optionally
@@ -103,6 +118,10 @@ def layer_similarity(
         otherwise P >= 20), the same permutation for every layer and measure.
       null_seed: seed of the permutations.
       null_alpha: level of the calibration's critical score tau.
+      clamp: None, or q in (0, 1]: every layer of both stacks first clamped to
+        [-t, t], t the mean over its valid points of the q-quantile of |x_i|
+        (`outlier_clamp.clamp_outliers`; platonic-rep's 0.95 clamp, there over all
+        layers of a model at once, here per layer).
 
     Returns:
       dict measure -> float32 [..., La, Lb]; entry [a, b] compares layer a of
@@ -129,6 +148,11 @@ def layer_similarity(
     HSIC); Gröger, Wen, Brbić 2026, arXiv 2602.14486 (the null and its calibration).
     """
     given = dict(measure_options, k=k, selection=selection, route=cka_route)
+    if clamp is not None:
+        outlier_clamp.check_q(clamp, "clamp")
+        stack_a = outlier_clamp.clamp_outliers(stack_a, _layer_mask(mask), q=clamp)
+        if stack_b is not None and stack_b is not stack_a:
+            stack_b = outlier_clamp.clamp_outliers(stack_b, _layer_mask(mask), q=clamp)
     return _run(
         stack_a,
         stack_b,
@@ -229,30 +253,43 @@ def cknna(x, y, mask=None, *, k=SIMILARITY_K.default, selection="auto"):
     return measure.evaluate(knn_alignment.CKNNA, x, y, mask, k=k, selection=selection)
 
 
-def cka(x, y, mask=None, *, debiased=False, route="auto"):
-    """Linear CKA of x [..., N, Dx] and y [..., N, Dy].
+def cka(
+    x, y, mask=None, *, kernel="linear", debiased=False, route="auto", sigma=rbf_cka.SIGMA.default
+):
+    """CKA of x [..., N, Dx] and y [..., N, Dy], with linear or RBF kernels.
 
-    HSIC(K, L) / sqrt(HSIC(K, K) HSIC(L, L)), K = x x^T, L = y y^T over the m
-    valid points; HSIC biased (tr(K H L H) / (m - 1)^2) or, when debiased, the
-    unbiased estimator of Song et al. 2012 (JMLR 13, eq. 5; needs m >= 4).
+    HSIC(K, L) / sqrt(HSIC(K, K) HSIC(L, L)) over the m valid points; HSIC biased
+    (tr(K H L H) / (m - 1)^2) or, when debiased, the unbiased estimator of Song et
+    al. 2012 (JMLR 13, eq. 5; needs m >= 4). kernel "linear": K = x x^T on the raw
+    features (the measures ``cka``, ``cka_debiased``); "rbf": K_ij = exp(-|u_i -
+    u_j|^2 / (2 sigma^2)) on the L2-normalised rows u, as platonic-rep (the measure
+    ``cka_rbf``, `rbf_cka.cka_rbf`).
 
     Args:
-      x, y: float [..., N, Dx] and [..., N, Dy], the same points (raw features:
-        CKA is invariant to translation, to isotropic scaling and to orthogonal
-        maps of either; platonic-rep normalises rows first, which this does not).
+      x, y: float [..., N, Dx] and [..., N, Dy], the same points (linear: raw
+        features; CKA is invariant to translation, to isotropic scaling and to
+        orthogonal maps of either; platonic-rep normalises rows first, which the
+        linear kernel here does not).
       mask: bool [..., N] valid points (None: all).
+      kernel: "linear" or "rbf".
       debiased: the unbiased HSIC instead of the biased one.
-      route: "auto", "features" (||x_c^T y_c||_F^2, no N x N matrix) or "kernels"
-        (the N x N kernels in blocks); "auto" picks the one with fewer FLOPs, the
-        kernels when N (Dx + Dy) < 2 (Dx Dy + Dx^2 + Dy^2) roughly.
+      route: linear kernel only: "auto", "features" (||x_c^T y_c||_F^2, no N x N
+        matrix) or "kernels" (the N x N kernels in blocks); "auto" picks the one with
+        fewer FLOPs, the kernels when N (Dx + Dy) < 2 (Dx Dy + Dx^2 + Dy^2) roughly.
+      sigma: rbf kernel only: its bandwidth on unit rows (> 0).
 
     Returns:
       float32 [...]; NaN when x or y is constant over the valid points.
 
     Reference: Kornblith et al. 2019, Similarity of Neural Network Representations
-    Revisited, ICML, arXiv 1905.00414, eq. 2-3 (biased); Song et al. 2012, eq. 5.
-    Unlike platonic-rep's ``cka`` no 1e-6 is added to the denominator (it would
-    make CKA depend on the scale of the features).
+    Revisited, ICML, arXiv 1905.00414, eq. 2-3 (biased); Song et al. 2012, eq. 5;
+    platonic-rep ``AlignmentMetrics.cka`` (Huh et al. 2024, arXiv 2405.07987) for the
+    RBF kernel. Unlike platonic-rep's ``cka`` no 1e-6 is added to the denominator (it
+    would make CKA depend on the scale of the features).
     """
+    if kernel == "rbf":
+        return rbf_cka.cka_rbf(x, y, mask, sigma=sigma, debiased=debiased)
+    if kernel != "linear":
+        raise ArgumentError("{kernel} must be 'linear' or 'rbf', got {v!r}", "kernel", v=kernel)
     chosen = cka_hsic.CKA_DEBIASED if debiased else cka_hsic.CKA
     return measure.evaluate(chosen, x, y, mask, route=route)

@@ -60,8 +60,10 @@ class SimilarityMeasure:
         permuted points.
       similarity: True when a larger score means more similar (CKA, overlaps),
         False for distances (Procrustes, the angular shape metric).
-      best: the score of two identical representations (the calibration's s_max,
-        Gröger et al.; for a distance its smallest value); None when unbounded.
+      best: the most similar score the measure can give (the calibration's s_max,
+        Gröger et al.): that of two identical representations for all but cycle_knn
+        (whose identical inputs score the fraction of points with a reciprocated
+        neighbour); for a distance its smallest value; None when unbounded.
       min_points: ``min_points(options)`` -> (the fewest valid points the measure is
         defined on, the reason's words, e.g. "k=10 needs").
       check: ``check(options)`` raises ArgumentError for values no single option

@@ -25,9 +25,10 @@ from geom_jax.errors import ArgumentError
 from geom_jax.metrics import validation
 
 
-def _check_q(q):
+def check_q(q, name="q"):
+    """q, the clamp's quantile, in (0, 1] (ArgumentError naming ``name``)."""
     if isinstance(q, bool) or not isinstance(q, (int, float, np.number)) or not 0 < q <= 1:
-        raise ArgumentError("{q} must be a number in (0, 1], got {v!r}", "q", v=q)
+        raise ArgumentError("{" + name + "} must be a number in (0, 1], got {v!r}", name, v=q)
 
 
 def threshold(x, valid, q):
@@ -70,7 +71,7 @@ def clamp_outliers(x, mask=None, *, q=0.95):
     arXiv 2405.07987; platonic-rep ``metrics.remove_outliers(feats, q, exact=False)``
     as ``measure_alignment.prepare_features`` calls it (q = 0.95).
     """
-    _check_q(q)
+    check_q(q)
     x = validation.as_points(x, "x")
     batch, n = x.shape[:-2], x.shape[-2]
     mask = validation.as_mask(mask, batch, n)
