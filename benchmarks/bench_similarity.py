@@ -84,8 +84,9 @@ def main(argv):
     names = tuple(FLAGS.measures or measure.names())
 
     def run(chosen):
-        k = FLAGS.k if any(o.name == "k" for m in chosen for o in measure.get(m).options) else None
-        route = FLAGS.cka_route if any(m.startswith("cka") for m in chosen) else None
+        declared = {o.name for m in chosen for o in measure.get(m).options}
+        k = FLAGS.k if "k" in declared else None
+        route = FLAGS.cka_route if "route" in declared else None
         out = layer_pairs.layer_similarity(
             stack,
             other,

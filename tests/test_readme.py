@@ -19,6 +19,14 @@ def test_readme_field_tables_are_generated_from_the_declarations():
     assert "| `gride_ids` | [P, L, S] |" in paper and "| `label_overlap` |" in beyond
 
 
+def test_readme_measure_table_is_generated_from_the_declarations():
+    from geom_jax.metrics.similarity import registry
+
+    text = open(README, encoding="utf-8").read()
+    assert registry.readme_table() in text
+    assert "| `procrustes` | none |" in registry.readme_table()
+
+
 def test_readme_shows_the_one_call_load():
     text = open(README, encoding="utf-8").read()
     assert "geom_jax.results.load(" in text and ".to_dataframe()" in text

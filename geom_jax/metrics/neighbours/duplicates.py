@@ -22,7 +22,7 @@ from geom_jax.metrics.neighbours import distances
 _SALT_SEED = 0x5EED
 
 
-def _fmix32(h):
+def fmix32(h):
     """MurmurHash3 finaliser: a bijective avalanche on uint32."""
     h = h ^ (h >> 16)
     h = h * jnp.uint32(0x85EBCA6B)
@@ -42,10 +42,10 @@ def _row_hashes(x):
     salt = jnp.asarray(rng.integers(0, 2**32, d, dtype=np.uint64).astype(np.uint32))
     mult = jnp.asarray((rng.integers(0, 2**31, d, dtype=np.uint64) * 2 + 1).astype(np.uint32))
     bits = lax.bitcast_convert_type(jnp.where(x == 0, jnp.zeros_like(x), x), jnp.uint32)
-    mixed = _fmix32(bits ^ salt)
+    mixed = fmix32(bits ^ salt)
     h1 = jnp.sum(mixed, axis=-1, dtype=jnp.uint32)
     h2 = jnp.sum(mixed * mult, axis=-1, dtype=jnp.uint32)
-    return _fmix32(h1), _fmix32(h2 ^ jnp.uint32(0x9E3779B9))
+    return fmix32(h1), fmix32(h2 ^ jnp.uint32(0x9E3779B9))
 
 
 def first_occurrence(x, valid):

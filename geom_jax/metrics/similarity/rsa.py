@@ -71,6 +71,7 @@ from jax import lax
 
 from geom_jax.errors import ArgumentError
 from geom_jax.metrics.declare.observable import Option
+from geom_jax.metrics.neighbours.duplicates import fmix32
 from geom_jax.metrics.similarity import cka_hsic, measure
 
 HIGHEST = lax.Precision.HIGHEST
@@ -132,15 +133,6 @@ SEED = Option(
 )
 
 
-def _fmix32(h):
-    """MurmurHash3's 32-bit finaliser on uint32 (a bijection)."""
-    h = h ^ (h >> 16)
-    h = h * jnp.uint32(0x85EBCA6B)
-    h = h ^ (h >> 13)
-    h = h * jnp.uint32(0xC2B2AE35)
-    return h ^ (h >> 16)
-
-
 def subsample(valid, max_points, seed):
     """int32 [P], P = min(N, max_points): the points an RSA uses, in index order.
 
@@ -156,7 +148,7 @@ def subsample(valid, max_points, seed):
     if n <= max_points:
         return jnp.arange(n, dtype=jnp.int32)
     index = jnp.arange(n, dtype=jnp.uint32)
-    prio = _fmix32(index ^ _fmix32(jnp.uint32(seed)))
+    prio = fmix32(index ^ fmix32(jnp.uint32(seed)))
     _, _, order = lax.sort(((~valid).astype(jnp.uint32), prio, index.astype(jnp.int32)), num_keys=2)
     return jnp.sort(order[:max_points])
 
