@@ -56,6 +56,6 @@ def readme_table() -> str:
         m = measure.get(name)
         opts = ", ".join(f"`{o.name}={o.default!r}`" for o in m.options if o.flag) or "none"
         kind = "similarity" if m.similarity else "distance"
-        best = "" if m.best is None else f", identical: {m.best:g}"
+        best = "" if m.best is None else f", best {m.best:g}"
         lines.append(f"| `{name}` | {opts} | {m.doc.rstrip('.')} ({kind}{best}) | {m.reference} |")
     return "\n".join(lines)
