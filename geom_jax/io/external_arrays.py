@@ -428,10 +428,7 @@ def _per_token(layers, path: str, mask: np.ndarray | None, mask_path: str | None
 def _read_token_mask(path: str) -> np.ndarray:
     if not os.path.isfile(path):
         raise about("token_mask", f"{path} does not exist")
-    try:
-        mask = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as e:
-        raise about("token_mask", f"{path} is not a readable .npy array ({e})") from None
+    mask = _load_npy(path, "token_mask")
     if mask.ndim != 2 or not (mask.dtype == bool or np.issubdtype(mask.dtype, np.integer)):
         raise about(
             "token_mask",
@@ -539,15 +536,20 @@ def select_layers(stack: Stack, layers: str | None) -> tuple[np.ndarray, list[in
     return values, picked
 
 
+def _load_npy(path: str, name: str) -> np.ndarray:
+    """A side file's .npy array (no pickles); ArgumentError naming ``name`` if unreadable."""
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as e:
+        raise about(name, f"{path} is not a readable .npy array ({e})") from None
+
+
 def read_labels(path: str, n: int) -> np.ndarray:
     """One integer class id per row (``.npy`` [N] or ``.txt``, one per line): [N] int32."""
     if not os.path.isfile(path):
         raise about("labels", f"{path} does not exist")
     if path.endswith(".npy"):
-        try:
-            labels = np.load(path, allow_pickle=False)
-        except (ValueError, OSError) as e:
-            raise about("labels", f"{path} is not a readable .npy array ({e})") from None
+        labels = _load_npy(path, "labels")
         if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
             raise about(
                 "labels",
@@ -572,10 +574,7 @@ def read_keys(path: str, n: int) -> np.ndarray:
     if not os.path.isfile(path):
         raise about("keys", f"{path} does not exist")
     if path.endswith(".npy"):
-        try:
-            keys = np.load(path, allow_pickle=False)
-        except (ValueError, OSError) as e:
-            raise about("keys", f"{path} is not a readable .npy array ({e})") from None
+        keys = _load_npy(path, "keys")
         if keys.ndim != 1:
             raise about("keys", f"{path} must be [N], got {list(keys.shape)}")
         keys = [k.decode() if isinstance(k, bytes) else str(k) for k in keys.tolist()]

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from geom_jax.errors import value_error
 from geom_jax.metrics.declare.observable import Option
 from geom_jax.metrics.neighbours import distances
-from geom_jax.metrics.similarity import layer_bases, measure
+from geom_jax.metrics.similarity import cka_hsic, layer_bases, measure
 
 
 def _check_keep(keep):
@@ -53,7 +53,7 @@ def _svcca_stats(x, valid, keep=KEEP.default):
 
 
 def _svcca_permute(stats, perm, valid, **options):
-    return {"u": layer_bases.permute_rows(stats["u"], perm), "k": stats["k"]}
+    return {"u": cka_hsic.permute_rows(stats["u"], perm), "k": stats["k"]}
 
 
 def mean_correlation(ua, ub, ka, kb):
@@ -77,7 +77,7 @@ def _pwcca_stats(x, valid):
 
 
 def _pwcca_permute(stats, perm, valid, **options):
-    return dict(stats, u=layer_bases.permute_rows(stats["u"], perm))
+    return dict(stats, u=cka_hsic.permute_rows(stats["u"], perm))
 
 
 def projection_weighted(sigma, vecs, side):

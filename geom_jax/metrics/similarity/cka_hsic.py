@@ -108,10 +108,17 @@ def _self_features(x):
     return lax.map(one, x)
 
 
-def _block_size(n, layers):
+def block_size(n, layers):
     """Rows R of a kernel block: R x R entries of every layer take KERNEL_BLOCK_BYTES."""
     rows = int(np.sqrt(KERNEL_BLOCK_BYTES / (4.0 * max(1, layers))))
     return max(1, min(n, rows))
+
+
+def block_pairs(n, rows):
+    """Block index pairs (I, J >= I) covering the upper triangle of N x N in R x R
+    blocks, int32 [P, 2]."""
+    count = -(-n // rows)
+    return np.array([(i, j) for i in range(count) for j in range(i, count)], np.int32)
 
 
 def _squared_norms_kernels(xa, xb):
@@ -121,9 +128,8 @@ def _squared_norms_kernels(xa, xb):
     same stack (S_aa, S_bb not computed)."""
     la, n, _ = xa.shape
     lb = 0 if xb is None else xb.shape[0]
-    rows = _block_size(n, la + lb)
-    n_blocks = -(-n // rows)
-    pairs = np.array([(i, j) for i in range(n_blocks) for j in range(i, n_blocks)], np.int32)
+    rows = block_size(n, la + lb)
+    pairs = block_pairs(n, rows)
     h = distances.HIGHEST
 
     def block(x, i, j):
@@ -235,8 +241,8 @@ def cka_stats(x, valid, **_):
     return centred(x, valid)
 
 
-def permute_rows(stats, perm, valid, **_):
-    """Per-layer statistics [L, N, ...] with their rows reordered by perm."""
+def permute_rows(stats, perm, valid=None, **_):
+    """Per-layer statistics [L, N, ...] with their rows reordered as stats[:, perm]."""
     return jnp.take(stats, perm, axis=1)
 
 

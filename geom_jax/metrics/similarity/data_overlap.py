@@ -17,7 +17,7 @@ against itself computes the pairs a <= b); a permutation relabels the lists.
 import jax.numpy as jnp
 
 from geom_jax.metrics.declare.observable import Option
-from geom_jax.metrics.similarity import knn_sequences, measure
+from geom_jax.metrics.similarity import knn_alignment, knn_sequences, measure
 
 
 def shared_neighbours(ia, ib, valid):
@@ -57,7 +57,7 @@ DATA_OVERLAP = measure.SimilarityMeasure(
     permute=knn_sequences.relabel,
     similarity=True,
     best=1.0,
-    min_points=knn_sequences.k_points,
+    min_points=knn_alignment.k_points,
 )
 
 

@@ -210,6 +210,11 @@ def check_directions(points, valid, name, options):
         )
 
 
+def k_points(options):
+    """k neighbours need k + 1 valid points."""
+    return options["k"] + 1, f"k={options['k']} needs"
+
+
 def _cknna_k(options):
     if options["k"] < 2:
         raise ArgumentError(
@@ -225,7 +230,7 @@ MUTUAL_KNN = SimilarityMeasure(
     pair_scores=mutual_knn_pairs,
     options=(K, SELECTION),
     permute=permute_lists,
-    min_points=lambda o: (o["k"] + 1, f"k={o['k']} needs"),
+    min_points=k_points,
     check_values=check_directions,
 )
 CKNNA = SimilarityMeasure(
@@ -236,7 +241,7 @@ CKNNA = SimilarityMeasure(
     pair_scores=cknna_pairs,
     options=(K, SELECTION),
     permute=permute_lists,
-    min_points=lambda o: max((o["k"] + 1, f"k={o['k']} needs"), (4, "the unbiased HSIC needs")),
+    min_points=lambda o: max(k_points(o), (4, "the unbiased HSIC needs")),
     check=_cknna_k,
     check_values=check_directions,
 )

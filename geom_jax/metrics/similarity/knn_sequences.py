@@ -57,11 +57,6 @@ def check_k(k):
     knn_alignment.K.check(k)
 
 
-def k_points(options):
-    """k neighbours need k + 1 valid points."""
-    return options["k"] + 1, f"k={options['k']} needs"
-
-
 def lists(x, valid, k):
     """Exact Euclidean lists idx [L, N, k] of every layer of x [L, N, D] (valid [N])."""
     vf = jnp.broadcast_to(valid, x.shape[:2])
@@ -191,7 +186,7 @@ CYCLE_KNN = measure.SimilarityMeasure(
     permute=relabel,
     similarity=True,
     best=1.0,
-    min_points=k_points,
+    min_points=knn_alignment.k_points,
 )
 
 LCS_KNN = measure.SimilarityMeasure(
@@ -204,7 +199,7 @@ LCS_KNN = measure.SimilarityMeasure(
     permute=relabel,
     similarity=True,
     best=1.0,
-    min_points=k_points,
+    min_points=knn_alignment.k_points,
 )
 
 EDIT_DISTANCE_KNN = measure.SimilarityMeasure(
@@ -217,7 +212,7 @@ EDIT_DISTANCE_KNN = measure.SimilarityMeasure(
     permute=relabel,
     similarity=True,
     best=1.0,
-    min_points=k_points,
+    min_points=knn_alignment.k_points,
 )
 
 

@@ -11,7 +11,7 @@ measure here is then a function of the K_a x K_b matrix U_a^T U_b, weighted per
 direction, of the two layers of a pair (2 N K_a K_b FLOPs to form), which
 ``pair_matrix`` computes for every pair (the upper triangle only when a stack meets
 itself). Reordering the points reorders the rows of U only: a permutation null
-permutes U (``permute_rows``) instead of factoring again.
+permutes U (``cka_hsic.permute_rows``) instead of factoring again.
 """
 
 import jax
@@ -42,11 +42,6 @@ def bases(x, valid):
         return u, jnp.where(rank, s, 0.0), vt, rank
 
     return lax.map(one, xc)
-
-
-def permute_rows(rows, perm):
-    """rows [L, N, ...] with its points reordered as rows[:, perm]."""
-    return jnp.take(rows, perm, axis=1)
 
 
 def cross(a, b):

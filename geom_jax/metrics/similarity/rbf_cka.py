@@ -55,17 +55,6 @@ KERNEL_BLOCK_BYTES = cka_hsic.KERNEL_BLOCK_BYTES
 HIGHEST = distances.HIGHEST
 
 
-def _block_rows(n, layers):
-    rows = int(np.sqrt(KERNEL_BLOCK_BYTES / (4.0 * max(1, layers))))
-    return max(1, min(n, rows))
-
-
-def _block_pairs(n, rows):
-    """Block index pairs (I, J >= I) covering the upper triangle, int32 [P, 2]."""
-    count = -(-n // rows)
-    return np.array([(i, j) for i in range(count) for j in range(i, count)], np.int32)
-
-
 def _rows(b, rows, n, valid):
     """Start of block b (the last one shifted back to fit) and which of its rows are
     valid and not held by an earlier block."""
@@ -124,8 +113,8 @@ def _units(x, valid):
 def _over_blocks(n, layers, valid, body, init):
     """fori_loop of body(i, j, part_i, part_j, rows, acc) over the upper-triangle block
     pairs (I, J >= I) of rows sized for `layers` layers."""
-    rows = _block_rows(n, layers)
-    pairs = jnp.asarray(_block_pairs(n, rows))
+    rows = cka_hsic.block_size(n, layers)
+    pairs = jnp.asarray(cka_hsic.block_pairs(n, rows))
 
     def step(p, acc):
         i, j = pairs[p, 0], pairs[p, 1]
@@ -179,7 +168,7 @@ def _stats(x, valid, *, sigma, debiased):
 def _permute(stats, perm, valid, **options):
     """The statistics of the points reordered as points[:, perm] (row means included)."""
     u, r, mu, levels = stats
-    return (*(jnp.take(a, perm, axis=1) for a in (u, r, mu)), levels)
+    return (*(cka_hsic.permute_rows(a, perm) for a in (u, r, mu)), levels)
 
 
 def _centred_sums(stats_a, stats_b, valid, sigma, debiased):

@@ -75,7 +75,7 @@ def aligned_stats(x, valid, alpha=1.0):
 
 
 def _permute(stats, perm, valid, **options):
-    return {"a": layer_bases.permute_rows(stats["a"], perm), "ok": stats["ok"]}
+    return {"a": cka_hsic.permute_rows(stats["a"], perm), "ok": stats["ok"]}
 
 
 def alignment_cosine(a, b):
