@@ -279,7 +279,7 @@ def compare(
     given = dict(options, k=k)
     try:
         nulls.check_permutations(null_permutations)
-        nulls.check_alpha(null_alpha)
+        nulls.check_alpha(null_alpha, "null_alpha")
         if clamp is not None:
             outlier_clamp.check_q(clamp, "clamp")
         resolved = similarity_measure.resolve_all(sim_measures, given) if sim_measures else {}

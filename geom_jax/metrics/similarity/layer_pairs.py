@@ -49,8 +49,7 @@ def _run(a, b, mask, measures, given, per_measure, names, layout_rank, nulls_at=
     with nulls_at = (permutations, seed, alpha), the null fields ``name/field``."""
     resolved = measure.resolve_all(measures, given, per_measure)
     permutations, seed, alpha = nulls_at or (0, 0, 0.05)
-    nulls.check_permutations(permutations)
-    nulls.check_alpha(alpha)
+    nulls.check_alpha(alpha, "null_alpha")
     same = b is None or b is a
     a, b, mask = measure.check_inputs(a, None if same else b, mask, resolved, names, layout_rank)
     if layout_rank == 2:
@@ -147,6 +146,7 @@ def layer_similarity(
     al. 2019, arXiv 1905.00414 (CKA); Song et al. 2012, JMLR 13, eq. 5 (unbiased
     HSIC); Gröger, Wen, Brbić 2026, arXiv 2602.14486 (the null and its calibration).
     """
+    nulls.check_permutations(null_permutations)
     given = dict(measure_options, k=k, selection=selection, route=cka_route)
     if clamp is not None:
         outlier_clamp.check_q(clamp, "clamp")
@@ -188,9 +188,7 @@ def similarity_null(
     (calibrated-similarity ``calibrate``: p-value (1 + #{null >= s}) / (P + 1),
     calibrated clip((s - tau) / (s_max - tau), 0, 1)).
     """
-    if permutations == 0:
-        nulls.check_permutations(-1, "permutations")
-    nulls.check_permutations(permutations, "permutations")
+    nulls.check_permutations(permutations, "permutations", none=False)
     out = _run(
         x, y, mask, (measure,), options, None, ("x", "y"), 2, (permutations, seed, null_alpha)
     )

@@ -47,23 +47,23 @@ FIELDS = {
 """The null fields of every measure, as ``layer_similarity`` names them ``measure/field``."""
 
 
-def check_permutations(permutations, name="null_permutations"):
-    """P = 0 (no null) or P >= MIN_PERMUTATIONS."""
+def check_permutations(permutations, name="null_permutations", none=True):
+    """P >= MIN_PERMUTATIONS, or P = 0 (no null) where ``none`` allows it."""
     if isinstance(permutations, bool) or not isinstance(permutations, (int, np.integer)):
         raise ArgumentError("{" + name + "} must be an integer, got {v!r}", name, v=permutations)
-    if permutations != 0 and permutations < MIN_PERMUTATIONS:
+    if (permutations != 0 or not none) and permutations < MIN_PERMUTATIONS:
         raise ArgumentError(
             "{" + name + "}={v} is too few for a p-value: the smallest is 1 / (P + 1); "
-            "use P >= {least} (or 0 for no null)",
+            "use P >= {least}" + (" (or 0 for no null)" if none else ""),
             name,
             v=int(permutations),
             least=MIN_PERMUTATIONS,
         )
 
 
-def check_alpha(alpha):
+def check_alpha(alpha, name="alpha"):
     if not 0.0 < float(alpha) < 1.0:
-        raise ArgumentError("{alpha} must be in (0, 1), got {v!r}", "alpha", v=alpha)
+        raise ArgumentError("{" + name + "} must be in (0, 1), got {v!r}", name, v=alpha)
 
 
 def _critical(observed, null, alpha):
