@@ -290,3 +290,16 @@ def test_rbf_kernel_and_clamp_are_the_measures_they_name():
     want = metrics.cka(metrics.clamp_outliers(x, q=0.9), metrics.clamp_outliers(y, q=0.9))
     np.testing.assert_allclose(clamped[0, 0], want, atol=1e-6)
     assert abs(float(clamped[0, 0]) - float(metrics.cka(x, y))) > 1e-3
+
+
+def test_both_cka_estimators_share_one_kernel_pass(monkeypatch):
+    """cka and cka_debiased declare the same pair_stats: S is computed once for both."""
+    calls = []
+    original = cka_hsic.squared_norms
+    monkeypatch.setattr(
+        cka_hsic, "squared_norms", lambda *a, **k: calls.append(1) or original(*a, **k)
+    )
+    x = np.random.default_rng(5).normal(size=(3, 40, 6)).astype(np.float32)
+    out = metrics.layer_similarity(x, measures=("cka", "cka_debiased"))
+    assert len(calls) == 1
+    np.testing.assert_allclose(out["cka"], metrics.layer_similarity(x, measures=("cka",))["cka"])

@@ -246,15 +246,18 @@ def permute_rows(stats, perm, valid=None, **_):
     return jnp.take(stats, perm, axis=1)
 
 
-def _cka_pairs(sa, sb, valid, route, debiased):
+def pair_norms(sa, sb, valid, *, route):
+    """(S [La, Lb], S_aa [La], S_bb [Lb]) of centred stacks, by the cheaper route: what
+    both CKA estimators share."""
     la, n, da = sa.shape
     lb, db = (la, da) if sb is None else (sb.shape[0], sb.shape[2])
-    s, s_a, s_b = squared_norms(sa, sb, pick_route(route, n, la, da, lb, db, sb is None))
-    if not debiased:
-        return cka_biased(s, s_a, s_b)
+    return squared_norms(sa, sb, pick_route(route, n, la, da, lb, db, sb is None))
+
+
+def _cka_unbiased_pairs(norms, sa, sb, valid, **_):
     ta = layer_terms(sa)
     tb = ta if sb is None else layer_terms(sb)
-    return cka_unbiased(s, s_a, s_b, ta, tb, jnp.sum(valid).astype(sa.dtype))
+    return cka_unbiased(*norms, ta, tb, jnp.sum(valid).astype(sa.dtype))
 
 
 CKA = SimilarityMeasure(
@@ -262,8 +265,9 @@ CKA = SimilarityMeasure(
     doc="linear CKA, biased HSIC",
     reference="Kornblith et al. 2019, arXiv 1905.00414, eq. 2-3",
     layer_stats=cka_stats,
-    pair_scores=lambda sa, sb, valid, *, route: _cka_pairs(sa, sb, valid, route, False),
+    pair_scores=lambda norms, sa, sb, valid, **_: cka_biased(*norms),
     options=(ROUTE,),
+    pair_stats=pair_norms,
     permute=permute_rows,
 )
 CKA_DEBIASED = SimilarityMeasure(
@@ -271,8 +275,9 @@ CKA_DEBIASED = SimilarityMeasure(
     doc="linear CKA, unbiased HSIC",
     reference="Kornblith et al. 2019, arXiv 1905.00414; Song et al. 2012, JMLR 13, eq. 5",
     layer_stats=cka_stats,
-    pair_scores=lambda sa, sb, valid, *, route: _cka_pairs(sa, sb, valid, route, True),
+    pair_scores=_cka_unbiased_pairs,
     options=(ROUTE,),
+    pair_stats=pair_norms,
     permute=permute_rows,
     min_points=lambda o: (4, "the unbiased HSIC needs"),
 )

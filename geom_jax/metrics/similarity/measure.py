@@ -51,7 +51,12 @@ class SimilarityMeasure:
         its pairs. Jittable; options are static.
       pair_scores: ``pair_scores(stats_a, stats_b, valid, **options)`` -> float32
         [La, Lb]; ``stats_b`` None means stack a against itself (a measure may use
-        the symmetry). Jittable.
+        the symmetry). Jittable. With ``pair_stats``: ``pair_scores(shared, stats_a,
+        stats_b, valid, **options)``.
+      pair_stats: ``pair_stats(stats_a, stats_b, valid, **options)`` -> what the pairs
+        of several measures share (CKA's sum_ij K_ij L_ij for both HSIC estimators),
+        computed once for the measures whose ``pair_stats``, statistics and options
+        are the same; None: nothing shared.
       options: the measure's :class:`Option` declarations (name, type, default, doc,
         check).
       permute: ``permute(stats, perm [N] int32, valid, **options)`` -> the statistics
@@ -80,6 +85,7 @@ class SimilarityMeasure:
     layer_stats: Callable[..., Any]
     pair_scores: Callable[..., Any]
     options: tuple[Option, ...] = ()
+    pair_stats: Callable[..., Any] | None = None
     permute: Callable[..., Any] | None = None
     similarity: bool = True
     best: float | None = 1.0
@@ -242,6 +248,23 @@ def _shared(specs, xa, xb, valid):
     return groups, keys
 
 
+def _pair_scores(specs, keys, sides, valid):
+    """{name: [La, Lb]} of every measure, given each group's (stats_a, stats_b); what
+    measures share through ``pair_stats`` is computed once."""
+    shared, out = {}, {}
+    for (measure, frozen), key in zip(specs, keys):
+        stats_a, stats_b = sides[key]
+        opts = dict(frozen)
+        if measure.pair_stats is None:
+            out[measure.name] = measure.pair_scores(stats_a, stats_b, valid, **opts)
+            continue
+        at = (measure.pair_stats, key)
+        if at not in shared:
+            shared[at] = measure.pair_stats(stats_a, stats_b, valid, **opts)
+        out[measure.name] = measure.pair_scores(shared[at], stats_a, stats_b, valid, **opts)
+    return out
+
+
 def _permuted(specs, keys, groups, points_b, perm, valid):
     """The second stack's statistics with its rows permuted, once per group."""
     out = {}
@@ -265,20 +288,15 @@ def _scores(xa, xb, valid, perms, *, specs):
     of xa against xb (None: xa) with its rows permuted by each perm, the same
     permutation for every layer and measure."""
     groups, keys = _shared(specs, xa, xb, valid)
-    raw = {}
-    for (measure, frozen), key in zip(specs, keys):
-        stats_a, stats_b = groups[key]
-        raw[measure.name] = measure.pair_scores(stats_a, stats_b, valid, **dict(frozen))
+    raw = _pair_scores(specs, keys, groups, valid)
     if perms.shape[0] == 0:
         return raw, {name: jnp.zeros((0,) + v.shape, v.dtype) for name, v in raw.items()}
     points_b = xa if xb is None else xb
 
     def one(perm):
         permuted = _permuted(specs, keys, groups, points_b, perm, valid)
-        return {
-            measure.name: measure.pair_scores(groups[key][0], permuted[key], valid, **dict(frozen))
-            for (measure, frozen), key in zip(specs, keys)
-        }
+        sides = {key: (groups[key][0], permuted[key]) for key in permuted}
+        return _pair_scores(specs, keys, sides, valid)
 
     return raw, jax.lax.map(one, perms)
 
