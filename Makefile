@@ -50,8 +50,8 @@ $(BENCH_VENV)/.stamp: Makefile
 	$(BENCH_PY) -m pip install -q --upgrade pip
 	$(BENCH_PY) -m pip install -q "dadapy>=0.3.4,<0.4" "scikit-learn>=1.4" \
 		"scikit-dimension==0.5.0" "networkx>=3" "rsatoolbox==0.3.2" \
-		"torch>=2.4,<=2.13.0" "calibrated-similarity==0.1.1"
-	$(BENCH_PY) -c "import dadapy, sklearn, skdim, networkx, rsatoolbox, calibrated_similarity"
+		"torch>=2.4,<=2.13.0" "calibrated-similarity==0.1.1" "faiss-cpu==1.15.1"
+	$(BENCH_PY) -c "import dadapy, sklearn, skdim, networkx, rsatoolbox, calibrated_similarity, faiss"
 	touch $@
 
 bench-env: $(BENCH_VENV)/.stamp

@@ -1,16 +1,18 @@
-"""Benchmark layer_geometry on dataset-scale clouds against DADApy, in the same run.
+"""Benchmark layer_geometry on dataset-scale clouds against FAISS + DADApy and DADApy, in one run.
 
 One point per prompt at every layer (Cheng et al. ICLR 2025, Valeriani et
 al. NeurIPS 2023, Doimo et al. 2024): L clouds of N points in D dims
-(benchmarks/clouds.py documents the synthetic kinds). Two subprocesses, so
+(benchmarks/clouds.py documents the synthetic kinds). Three subprocesses, so
 that each side's peak RSS is its own: geom-jax (benchmarks/geom_clouds.py:
 ``layer_geometry`` with the paper's observables, timed after a first,
-compiling call) and the peer (benchmarks/peer_clouds.py, in the ``make
-bench-env`` environment: DADApy 0.3.4 ``compute_distances(maxk=range_max)``,
-``return_id_scaling_gride(range_max)`` per layer, ``return_data_overlap(k)``
-between consecutive layers). Prints both, their agreement (GRIDE IDs
-relative, chi_k absolute), the load average, and as the last line the
-speed-up and both peak RSS.
+compiling call, and the symmetric floor: the float32 products of the half-band
+Gram tiles alone) and two peers (benchmarks/peer_clouds.py, in the ``make
+bench-env`` environment): FAISS's exact ``IndexFlatL2`` search feeding DADApy
+0.3.4's ``return_id_scaling_gride(range_max)`` and ``return_data_overlap(k)``,
+and DADApy alone (``compute_distances(maxk=range_max)``). Prints each, the
+agreement of geom-jax with both (GRIDE IDs relative, chi_k absolute), the load
+average, and as the last line the ratios to DADApy, to the faster peer (steady
+and counting compilation) and to the floor, with every peak RSS.
 
   python -m benchmarks.bench_clouds --points=32768 --layers=2 --dim=576
 """
@@ -44,6 +46,11 @@ flags.DEFINE_integer("seed", 0, "Seed of the synthetic clouds.")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GEOM_SCRIPT = os.path.join(ROOT, "benchmarks", "geom_clouds.py")
 PEER_SCRIPT = os.path.join(ROOT, "benchmarks", "peer_clouds.py")
+
+PEERS = {
+    "faiss": "FAISS IndexFlatL2 + DADApy 0.3.4 (its GRIDE and overlap on FAISS's lists)",
+    "dadapy": "DADApy 0.3.4 alone",
+}
 
 LIMITS = {"gride_ids (rel)": 1e-4, "overlap (max abs)": 1e-6}
 """The issue's agreement: float32 exact k-NN against DADApy's float64-accumulated one."""
@@ -95,22 +102,47 @@ def main(argv):
             f"peak RSS {_gib(geo['peak_rss']):.2f} GiB; {load_avg()}",
             flush=True,
         )
+        print(
+            f"symmetric floor (the half-band Gram tiles' float32 products alone): "
+            f"{float(geo['floor_s']):.2f} s",
+            flush=True,
+        )
         if not FLAGS.peer:
             return
         benchmarking.check_peer_env()
         peer_env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "JAX_"))}
-        peer = _child(
-            benchmarking.PEER_PYTHON,
-            PEER_SCRIPT,
-            src,
-            os.path.join(tmp, "peer.npz"),
-            common,
-            peer_env,
-        )
+        peers = {}
+        for knn in ("faiss", "dadapy"):
+            out = os.path.join(tmp, f"peer_{knn}.npz")
+            peers[knn] = _child(
+                benchmarking.PEER_PYTHON, PEER_SCRIPT, src, out, common + [f"--knn={knn}"], peer_env
+            )
+            p = peers[knn]
+            print(
+                f"{PEERS[knn]}: {float(p['seconds']):.2f} s (k-NN {float(p['knn_s']):.2f} s; "
+                f"process CPU {float(p['cpu_s']):.2f} s); peak RSS {_gib(p['peak_rss']):.2f} GiB; "
+                f"{load_avg()}",
+                flush=True,
+            )
+    for knn, peer in peers.items():
+        _agreement(geo, peer, PEERS[knn])
+    ids = np.asarray(geo["gride_ids"], np.float64)
+    print(f"  GRIDE ids, layer 0: {np.array2string(ids[0], precision=3)}")
+    chi = np.array2string(geo["overlap"], precision=4)
+    print(f"  chi_{FLAGS.k} between consecutive layers: {chi}")
+    steady, first = float(geo["seconds"]), float(geo["first_s"])
+    fastest = min(peers, key=lambda k: float(peers[k]["seconds"]))
+    best = float(peers[fastest]["seconds"])
     print(
-        f"peer (DADApy 0.3.4): {float(peer['seconds']):.2f} s (process CPU "
-        f"{float(peer['cpu_s']):.2f} s); peak RSS {_gib(peer['peak_rss']):.2f} GiB; {load_avg()}"
+        f"vs DADApy alone {float(peers['dadapy']['seconds']) / steady:.2f}x; vs the faster peer "
+        f"({PEERS[fastest]}) {best / steady:.2f}x steady, {best / first:.2f}x with compilation; "
+        f"geom-jax / symmetric floor {steady / float(geo['floor_s']):.2f}; peak RSS geom-jax "
+        f"{_gib(geo['peak_rss']):.2f} GiB, FAISS + DADApy {_gib(peers['faiss']['peak_rss']):.2f} "
+        f"GiB, DADApy {_gib(peers['dadapy']['peak_rss']):.2f} GiB"
     )
+
+
+def _agreement(geo, peer, name):
     ids, ref = np.asarray(geo["gride_ids"], np.float64), np.asarray(peer["gride_ids"], np.float64)
     dev = {
         "gride_ids (rel)": float(np.max(np.abs(ids - ref) / np.abs(ref))),
@@ -120,21 +152,12 @@ def main(argv):
     scales = np.abs(geo["gride_scales"] - peer["gride_scales"]) / np.abs(peer["gride_scales"])
     ok = all(dev[k] <= LIMITS[k] for k in LIMITS)
     print(
-        "agreement with the peer: "
+        f"agreement with {name}: "
         + ("OK" if ok else "FAILED")
         + " ("
         + ", ".join(f"{k} {v:.1e} (limit {LIMITS[k]:.0e})" for k, v in dev.items())
         + f"; gride_errs {float(np.max(errs)):.1e} rel, "
         + f"gride_scales {float(np.max(scales)):.1e} rel)"
-    )
-    print(f"  GRIDE ids, layer 0: {np.array2string(ids[0], precision=3)}")
-    chi = np.array2string(geo["overlap"], precision=4)
-    print(f"  chi_{FLAGS.k} between consecutive layers: {chi}")
-    ratio = float(peer["seconds"]) / float(geo["seconds"])
-    print(
-        f"speed-up vs peer: {ratio:.1f}x ({float(peer['seconds']):.1f} s / "
-        f"{float(geo['seconds']):.1f} s); peak RSS geom-jax {_gib(geo['peak_rss']):.2f} GiB, "
-        f"peer {_gib(peer['peak_rss']):.2f} GiB"
     )
 
 

@@ -5,8 +5,10 @@
 Runs ``layer_geometry`` (the paper's observables) on HIDDEN [L, N, D] once to
 compile (``first_s``: compilation and the first run), then ``repeats`` timed
 runs (``seconds``: the fastest). OUT also holds gride_ids / gride_errs /
-gride_scales [L, S], overlap [L-1] (chi_k at k), ``cpu_s`` of the timed runs
-and ``peak_rss`` (bytes, this process's maximum resident set).
+gride_scales [L, S], overlap [L-1] (chi_k at k), ``cpu_s`` of the timed runs,
+``peak_rss`` (bytes, this process's maximum resident set, measured before the floor)
+and ``floor_s``: the float32 products of the symmetric path's half-band Gram tiles
+alone, timed the same way (`symmetric_floor`).
 """
 
 import argparse
@@ -14,11 +16,39 @@ import resource
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from geom_jax import metrics
 from geom_jax.metrics import compute
 from geom_jax.metrics.backends import blocked_context
+from geom_jax.metrics.neighbours import blocked_rows, symmetric_rows
+
+
+def symmetric_floor(hidden, block, repeats):
+    """Seconds (min of repeats, after a compiling call) of the float32 Gram products the
+    streaming path computes, alone: every layer's half-band tiles
+    (symmetric_rows.tile), each reduced to one number so that none is skipped."""
+    n = hidden.shape[1]
+    nb, _, width = symmetric_rows.tiling(n, block)
+
+    @jax.jit
+    def products(h):
+        def layer(x):
+            rows, cols = symmetric_rows.tile_operands(x, block)
+            body = lambda i, acc: acc + jnp.sum(symmetric_rows.tile(rows, cols, i, block, width))
+            return lax.fori_loop(0, nb, body, jnp.float32(0))
+
+        return lax.map(layer, h)
+
+    jax.block_until_ready(products(hidden))
+    times = []
+    for _ in range(max(repeats, 1)):
+        t = time.perf_counter()
+        jax.block_until_ready(products(hidden))
+        times.append(time.perf_counter() - t)
+    return min(times)
 
 
 def main():
@@ -57,8 +87,11 @@ def main():
     n_layers, n = hidden.shape[0], hidden.shape[1]
     chunk = compute.auto_layer_chunk(n_layers, 1, n)
     blocked = blocked_context.use_blocked(args.neighbour_path, chunk, n)
+    block = symmetric_rows.block_for(n, blocked_rows.block_rows_for(n, args.block_rows))
+    floor = symmetric_floor(hidden, block, args.repeats)
     np.savez(
         args.out,
+        floor_s=floor,
         path="blocked" if blocked else "dense",
         first_s=first,
         seconds=min(runs),

@@ -16,7 +16,7 @@ from helpers import tolerances
 from geom_jax import metrics
 from geom_jax.metrics.backends import blocked_context
 from geom_jax.metrics.measures import imbalance, knn_graph
-from geom_jax.metrics.neighbours import blocked_rows, distances, selection
+from geom_jax.metrics.neighbours import blocked_rows, distances, native_kernels, selection
 
 N, D, BLOCK = 300, 16, 64
 
@@ -59,8 +59,7 @@ def _geometry(path, method, observables="paper", stack=None, **kw):
         max_k=8,
         selection=method,
         neighbour_path=path,
-        block_rows=BLOCK,
-        **kw,
+        **{"block_rows": BLOCK, **kw},
     )
 
 
@@ -248,3 +247,34 @@ def test_blocked_gride_at_large_ranges_matches_dadapy():
             np.asarray(geo[field])[0], GRIDE_LARGE[f"{field}_{n}"], rtol=1e-5, err_msg=field
         )
     assert np.asarray(geo.gride_ids).shape == (1, 11)
+
+
+@pytest.mark.parametrize("block", [64, 50, 40])
+def test_symmetric_streaming_equals_the_row_blocks(block):
+    """The CPU path over half of the Gram matrix (symmetric_rows: 5, 6 and 8 blocks of
+    the 300 points, partial last blocks, odd and even counts) gives every field of the
+    row-blocked XLA path (each block of rows against all columns), on the lattice's
+    exact ties, the duplicates and near-duplicates and the padded prompt."""
+    if not native_kernels.available():
+        pytest.skip("no C++ compiler: the streaming path is not built")
+    kw = dict(observables="all", block_rows=block)
+    rows = _geometry("blocked", "xla", **kw)
+    streamed = _geometry("blocked", "host", **kw)
+    _compare(rows, streamed)
+    np.testing.assert_array_equal(np.asarray(streamed["n_unique"]), np.asarray(rows["n_unique"]))
+
+
+def test_blocked_cpu_program_is_cacheable():
+    """On CPU the blocked selection is compiled custom calls (streaming update and
+    finish), no Python host callback: JAX's persistent cache can keep the program."""
+    if not native_kernels.available():
+        pytest.skip("no C++ compiler: the streaming path is not built")
+    x = np.random.default_rng(0).standard_normal((2, 256, 8)).astype(np.float32)
+    fn = jax.jit(
+        lambda x: metrics.layer_geometry(
+            x, range_max=16, max_k=4, neighbour_path="blocked", block_rows=64, validate=False
+        )
+    )
+    text = fn.lower(x).as_text()
+    assert "geom_jax_stream_update" in text and "geom_jax_stream_finish" in text
+    assert "callback" not in text

@@ -111,6 +111,8 @@ class BlockedContext(ContextBase):
             method=self.method,
             rows=self._rows,
         )
+        if valid_rank is valid_near:
+            return _per_cloud(lambda *a: fn(*a, None), xc, sq, valid_near)
         return _per_cloud(fn, xc, sq, valid_near, valid_rank)
 
     @property
@@ -216,7 +218,7 @@ class BlockedKernels:
             method=method,
             rows=self.rows,
         )
-        near = _per_cloud(fn, xc, sq, valid, valid)[0]
+        near = _per_cloud(lambda *a: fn(*a, None), xc, sq, valid)[0]
         return refinement.rerank_candidates(x, near, valid, k, method)
 
     def query_ranks(self, x, valid, queries):

@@ -29,7 +29,9 @@ from geom_jax.metrics.neighbours import (
     duplicates,
     host_selection,
     manual_axes,
+    native_kernels,
     selection,
+    symmetric_rows,
 )
 from geom_jax.metrics.neighbours.ranks import count_ranks
 
@@ -159,8 +161,13 @@ def _host_select_rows(g, sq, valid_near, valid_rank, start, *, k_near, ranks):
         jax.ShapeDtypeStruct((b, k_near), jnp.int32),
         jax.ShapeDtypeStruct((b, len(ranks)), jnp.int32),
     )
-    fn = functools.partial(selection.host_select_rows, k_near=k_near, ranks=ranks)
-    near, rank = host_selection.host_call(fn, out, g, sq, valid_near, valid_rank, start)
+    if native_kernels.selects_faster(g.shape[-1], max((k_near,) + ranks)):
+        near, rank = native_kernels.select_rows(
+            g, sq, valid_near, valid_rank, start, k_near=k_near, ranks=ranks
+        )
+    else:
+        fn = functools.partial(selection.host_select_rows, k_near=k_near, ranks=ranks)
+        near, rank = host_selection.host_call(fn, out, g, sq, valid_near, valid_rank, start)
     return manual_axes.like(near, g), manual_axes.like(rank, g)
 
 
@@ -177,7 +184,8 @@ def select(xc, sq, valid_near, valid_rank, *, k_near, ranks, block, method, rows
 
     Args:
       xc: [N, D] centred points (`centred_points`), sq [N] their squared norms.
-      valid_near, valid_rank: bool [N] columns allowed in the near list / at the ranks.
+      valid_near, valid_rank: bool [N] columns allowed in the near list / at the ranks;
+        valid_rank None: the same as valid_near.
       k_near: nearest columns per row; ranks: 1-based ranks among valid_rank columns.
       block: rows per block; method: "auto", "host" or "xla"; rows: a RowMap.
 
@@ -186,8 +194,37 @@ def select(xc, sq, valid_near, valid_rank, *, k_near, ranks, block, method, rows
       near_keys [N, k_near] (sq_j - 2 G_ij of the near candidates, +inf where
       excluded) and near_sq [N, k_near] (their sq_j, 0 where excluded): what
       `refinement.certify` reads.
+
+    With one mask, on one device, on CPU (method "auto" or "host") and where the
+    compiled kernels are available, the selection streams over half of the Gram
+    matrix (metrics/neighbours/symmetric_rows.py); the results are the same.
     """
     ranks = tuple(int(r) for r in ranks)
+    n = xc.shape[0]
+    same = valid_rank is None
+    if same:
+        valid_rank = valid_near
+    blocks = functools.partial(
+        _select_blocks, k_near=k_near, ranks=ranks, block=block, rows=rows
+    )
+    if same and rows is LOCAL and method != "xla" and symmetric_rows.usable(n, symmetric_rows.block_for(n, block), k_near, ranks):
+        stream = functools.partial(
+            symmetric_rows.select,
+            k_near=k_near,
+            ranks=ranks,
+            block=symmetric_rows.block_for(n, block),
+        )
+        xla = lambda xc, sq, valid: blocks(xc, sq, valid, valid, method="xla")
+        near, ranked, near_keys = host_selection.dispatch(method, stream, xla, xc, sq, valid_near)
+    else:
+        near, ranked, near_keys = blocks(xc, sq, valid_near, valid_rank, method=method)
+    own = jnp.arange(n, dtype=jnp.int32)[:, None]
+    ok = valid_near[near] & (near != own)
+    return near, ranked, near_keys, jnp.where(ok, sq[near], 0.0)
+
+
+def _select_blocks(xc, sq, valid_near, valid_rank, *, k_near, ranks, block, method, rows):
+    """select's row-blocked pass: every block of rows against all columns."""
 
     def fn(start, xc, sq, valid_near, valid_rank):
         g = gram_rows(xc, start, block)
@@ -198,8 +235,7 @@ def select(xc, sq, valid_near, valid_rank, *, k_near, ranks, block, method, rows
         own = (start + jnp.arange(near.shape[0], dtype=jnp.int32))[:, None]
         ok = valid_near[near] & (near != own)
         near_keys = jnp.where(ok, sq[near] - 2.0 * jnp.take_along_axis(g, near, axis=-1), jnp.inf)
-        near_sq = jnp.where(ok, sq[near], 0.0)
-        return near, ranked, near_keys, near_sq
+        return near, ranked, near_keys
 
     return rows(fn, xc.shape[0], block, xc, sq, valid_near, valid_rank)
 

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from geom_jax.metrics.neighbours import distances, host_selection, manual_axes
+from geom_jax.metrics.neighbours import distances, host_selection, manual_axes, native_kernels
 from geom_jax.metrics.neighbours.packing import low_int32, pack, unpack_values
 from geom_jax.metrics.neighbours.selection import select_neighbours
 
@@ -114,7 +114,10 @@ def _xla_sort(d2, idx, *, k):
 def _host_callback_sort(d2, idx, *, k):
     shape = d2.shape[:-1] + (k,)
     out = (jax.ShapeDtypeStruct(shape, d2.dtype), jax.ShapeDtypeStruct(shape, jnp.int32))
-    vals, order = host_selection.host_call(functools.partial(_host_sort, k=k), out, d2, idx)
+    if native_kernels.available():
+        vals, order = native_kernels.sort_rows(d2, idx, k=k)
+    else:
+        vals, order = host_selection.host_call(functools.partial(_host_sort, k=k), out, d2, idx)
     return manual_axes.like(vals, d2), manual_axes.like(order, d2)
 
 

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from geom_jax.metrics.neighbours import host_selection, manual_axes
+from geom_jax.metrics.neighbours import host_selection, manual_axes, native_kernels
 from geom_jax.metrics.neighbours.packing import low_int32, pack
 
 
@@ -175,8 +175,13 @@ def _host_callback_select(gram, sq, valid_near, valid_rank, *, k_near, ranks):
         jax.ShapeDtypeStruct(batch + (n, k_near), jnp.int32),
         jax.ShapeDtypeStruct(batch + (n, len(ranks)), jnp.int32),
     )
-    fn = functools.partial(_host_select, k_near=k_near, ranks=ranks)
-    near, rank = host_selection.host_call(fn, out, gram, sq, valid_near, valid_rank)
+    if native_kernels.selects_faster(gram.shape[-1], max((k_near,) + ranks)):
+        near, rank = native_kernels.select_rows(
+            gram, sq, valid_near, valid_rank, 0, k_near=k_near, ranks=ranks
+        )
+    else:
+        fn = functools.partial(_host_select, k_near=k_near, ranks=ranks)
+        near, rank = host_selection.host_call(fn, out, gram, sq, valid_near, valid_rank)
     return manual_axes.like(near, gram), manual_axes.like(rank, gram)
 
 
