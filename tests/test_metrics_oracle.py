@@ -14,7 +14,7 @@ from reference import oracle
 
 from geom_jax import metrics
 from geom_jax.metrics import compute
-from geom_jax.metrics.neighbours import host_selection
+from geom_jax.metrics.neighbours import host_selection, native_kernels
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RANGE_MAX = 64
@@ -385,4 +385,10 @@ def test_auto_selection_is_xla_below_the_host_threshold():
         return fn.lower(x).as_text()
 
     assert "callback" not in program(small)
-    assert "callback" in program(small + 1)
+    assert "geom_jax_select_rows" not in program(small)
+    if native_kernels.available():
+        # the compiled selection: a custom call, still no host callback
+        assert "callback" not in program(small + 1)
+        assert "geom_jax_select_rows" in program(small + 1)
+    else:
+        assert "callback" in program(small + 1)

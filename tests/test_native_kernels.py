@@ -47,9 +47,9 @@ def test_select_rows_equals_numpy(n, k_near, ranks, integer):
     valid_rank = valid_near.copy()
     valid_rank[2, 1::3] = False  # slab 2: different masks for the list and the ranks
     want = selection._host_select(g, sq, valid_near, valid_rank, k_near=k_near, ranks=ranks)
-    got = jax.jit(
-        lambda *a: native_kernels.select_rows(*a, 0, k_near=k_near, ranks=ranks)
-    )(g, sq, valid_near, valid_rank)
+    got = jax.jit(lambda *a: native_kernels.select_rows(*a, 0, k_near=k_near, ranks=ranks))(
+        g, sq, valid_near, valid_rank
+    )
     for w, h in zip(want, got):
         np.testing.assert_array_equal(np.asarray(h), w)
 

@@ -16,7 +16,7 @@ import jax
 from absl import logging
 
 from geom_jax import models, results, sharding
-from geom_jax.run import checks, distributed, health, lock, output_dir
+from geom_jax.run import checks, compilation, distributed, health, lock, output_dir
 from geom_jax.run import metadata as run_metadata
 from geom_jax.run import spec as run_spec
 from geom_jax.run.checks import UserError
@@ -35,6 +35,8 @@ def run(spec: run_spec.RunSpec) -> dict:
       UserError: a bad input, before any compute, naming the fields.
     """
     t_start = time.time()
+    compilation.enable(spec.compilation_cache)
+    clock = compilation.CompileClock()
     checks.check_spec(spec)
     kind = spec.kind
     spec = kind.check(spec)
@@ -62,7 +64,7 @@ def run(spec: run_spec.RunSpec) -> dict:
         if spec.resume and _complete(spec.output_dir):
             return results.load_results(spec.output_dir)
         computed = kind.compute(prepared, mesh, space)
-        return _write(spec, kind, computed, mesh, t_start)
+        return _write(spec, kind, computed, mesh, t_start, clock)
     except Exception as e:
         if is_disk_full(e):
             raise checks.wrap(full_disk_error(spec.output_dir, space.bytes)) from None
@@ -87,7 +89,7 @@ def _complete(out: str) -> bool:
     return False
 
 
-def _write(spec, kind, computed, mesh, t_start: float) -> dict:
+def _write(spec, kind, computed, mesh, t_start: float, clock) -> dict:
     """The run's files, written by process 0 (``results.npz``, ``tokens.npz``,
     ``RESULTS.md``, then ``metadata.json``); returns the arrays as saved."""
     observables = spec.observable_set
@@ -104,6 +106,8 @@ def _write(spec, kind, computed, mesh, t_start: float) -> dict:
             wall_s=time.time() - t_start,
             compute_s=computed.compute_s,
         )
+        meta["compilation"] = clock.totals()
+        logging.info("%s", clock.summary())
         if computed.random_init is not None:
             meta["random_init"] = computed.random_init
         meta.update(computed.metadata)

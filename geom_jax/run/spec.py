@@ -177,6 +177,14 @@ FIELDS: tuple[RunField, ...] = (
         "fsdp", bool, False, "Also shard parameters' embed axis over data (FSDP).", defining=False
     ),
     RunField(
+        "compilation_cache",
+        str,
+        "~/.cache/geom_jax/xla",
+        "Folder of JAX's persistent compilation cache ('' = off; JAX_COMPILATION_CACHE_DIR "
+        "wins): a later run of the same shapes loads its compiled steps from it.",
+        defining=False,
+    ),
+    RunField(
         "params_checkpoint",
         str,
         "",

@@ -161,7 +161,7 @@ def _host_select_rows(g, sq, valid_near, valid_rank, start, *, k_near, ranks):
         jax.ShapeDtypeStruct((b, k_near), jnp.int32),
         jax.ShapeDtypeStruct((b, len(ranks)), jnp.int32),
     )
-    if native_kernels.selects_faster(g.shape[-1], max((k_near,) + ranks)):
+    if native_kernels.available():
         near, rank = native_kernels.select_rows(
             g, sq, valid_near, valid_rank, start, k_near=k_near, ranks=ranks
         )
@@ -204,10 +204,13 @@ def select(xc, sq, valid_near, valid_rank, *, k_near, ranks, block, method, rows
     same = valid_rank is None
     if same:
         valid_rank = valid_near
-    blocks = functools.partial(
-        _select_blocks, k_near=k_near, ranks=ranks, block=block, rows=rows
-    )
-    if same and rows is LOCAL and method != "xla" and symmetric_rows.usable(n, symmetric_rows.block_for(n, block), k_near, ranks):
+    blocks = functools.partial(_select_blocks, k_near=k_near, ranks=ranks, block=block, rows=rows)
+    if (
+        same
+        and rows is LOCAL
+        and method != "xla"
+        and symmetric_rows.usable(n, symmetric_rows.block_for(n, block), k_near, ranks)
+    ):
         stream = functools.partial(
             symmetric_rows.select,
             k_near=k_near,

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import jaxlib
 import numpy as np
 
 SOURCES = {"streaming_select": Path(__file__).parent / "native" / "streaming_select.cc"}
@@ -64,8 +65,6 @@ def _compiler() -> str | None:
 
 
 def library_path(name: str, compiler: str, arch: tuple) -> Path:
-    import jaxlib
-
     h = hashlib.sha256()
     for part in (SOURCES[name].read_bytes(), jaxlib.__version__, compiler, BASE_FLAGS, arch):
         h.update(repr(part).encode() if not isinstance(part, bytes) else part)
@@ -117,17 +116,9 @@ if __name__ == "__main__":
     print("native kernels:", "available" if available() else "unavailable")
 
 
-def selects_faster(n, m):
-    """Whether the compiled row selection beats NumPy's for m of n columns per row.
-
-    It streams each row against a threshold, which rejects most keys when m is a
-    small part of n (at m = 36 of 1024: 0.09 s against 0.12 s for 31 x 1024 rows;
-    at 14 + ranks to 2: 0.05 against 0.11 s). When m is a large part of n the
-    threshold rejects little and its nth_element / sort lose to NumPy's
-    vectorised partition and sort (AVX-512: 0.38 s against 0.24 s for m = 512 of
-    1024), so those rows stay with the NumPy callback.
-    """
-    return available() and 8 * max(2 * m, m + 64) < n
+def _require():
+    if not available():
+        raise RuntimeError("the native CPU kernels are not available (see the log's warning)")
 
 
 def select_rows(gram, sq, valid_near, valid_rank, row0, *, k_near, ranks):
@@ -136,6 +127,7 @@ def select_rows(gram, sq, valid_near, valid_rank, row0, *, k_near, ranks):
     gram [..., R, N] rows row0.. of centred Gram matrices, sq / valid_near /
     valid_rank [..., N] -> (near [..., R, k_near], ranked [..., R, #ranks]) int32.
     """
+    _require()
     batch, r = gram.shape[:-2], gram.shape[-2]
     out = (
         jax.ShapeDtypeStruct(batch + (r, k_near), jnp.int32),
@@ -157,6 +149,7 @@ def select_rows(gram, sq, valid_near, valid_rank, row0, *, k_near, ranks):
 def sort_rows(d2, idx, *, k):
     """The first k of each row of (d2 [..., K] float32, idx [..., K] int32) in
     (d2, idx) order: (values, order) [..., k], as refinement's NumPy host sort."""
+    _require()
     shape = d2.shape[:-1] + (k,)
     out = (jax.ShapeDtypeStruct(shape, d2.dtype), jax.ShapeDtypeStruct(shape, jnp.int32))
     call = jax.ffi.ffi_call("geom_jax_sort_rows", out, vmap_method="broadcast_all")

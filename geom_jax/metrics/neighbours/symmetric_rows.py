@@ -59,7 +59,8 @@ N = 8,192)."""
 def block_for(n, block):
     """Rows per block of the streaming path: at most `block`, and small enough for
     MIN_BLOCKS blocks (a multiple of 8, at least blocked_rows' 64)."""
-    want = max(64, -(-(-(-n // MIN_BLOCKS)) // 8) * 8)
+    per_block = -(-n // MIN_BLOCKS)
+    want = max(64, -(-per_block // 8) * 8)
     return int(min(block, want))
 
 
@@ -104,8 +105,7 @@ def select(xc, sq, valid, *, k_near, ranks, block):
     m = max((k_near,) + ranks)
     if m > n:
         raise ValueError(f"cannot select {m} neighbours among N = {n} points")
-    if not native_kernels.available():
-        raise RuntimeError("the streaming selection needs the native CPU kernels (native_kernels)")
+    native_kernels._require()
     cap = capacity(m)
     nb, n_pad, width = tiling(n, block)
     rows, cols = tile_operands(xc, block)
@@ -116,7 +116,10 @@ def select(xc, sq, valid, *, k_near, ranks, block):
     thr = jnp.full((n_pad,), jnp.inf, jnp.float32)
     update = jax.ffi.ffi_call(
         "geom_jax_stream_update",
-        (jax.ShapeDtypeStruct(state.shape, jnp.int32), jax.ShapeDtypeStruct(thr.shape, jnp.float32)),
+        (
+            jax.ShapeDtypeStruct(state.shape, jnp.int32),
+            jax.ShapeDtypeStruct(thr.shape, jnp.float32),
+        ),
         input_output_aliases={4: 0, 5: 1},
         vmap_method="sequential",
     )

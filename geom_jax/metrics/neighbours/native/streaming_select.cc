@@ -262,57 +262,119 @@ ffi::Error Finish(ffi::AnyBuffer state, ffi::AnyBuffer valid, ffi::Result<ffi::B
 }
 
 
+// Per-thread scratch of SelectRow.
+struct Scratch {
+  std::vector<uint64_t> buf;
+  std::vector<float> keys;
+  std::vector<int32_t> at, bucket, start, cursor;
+  std::vector<char> sorted;
+};
+
+// The m smallest of keys[0, e) (columns at[0, e)) by one bucket pass: the keys are
+// spread over e buckets linearly between their min and max (a monotone map, so equal
+// keys share a bucket), the buckets counted, and the entries of the buckets up to the
+// one holding the m-th smallest placed, packed, in bucket order; then only the buckets
+// holding a wanted position (0..k-1 and `positions`) are sorted. Linear in e and
+// branch-light: where m is a large part of e, thresholds reject little and
+// nth_element mispredicts. Afterwards s.buf[p] is the p-th smallest for the wanted p.
+void BucketSelect(int64_t e, int64_t m, int64_t k, const std::vector<int64_t>& positions,
+                  Scratch& s) {
+  float lo = s.keys[0], hi = s.keys[0];
+  for (int64_t i = 1; i < e; ++i) {
+    lo = std::min(lo, s.keys[i]);
+    hi = std::max(hi, s.keys[i]);
+  }
+  const int64_t nb = e;
+  const float scale = hi > lo ? static_cast<float>(nb) / (hi - lo) : 0.0f;
+  s.bucket.resize(e);
+  s.start.assign(nb + 1, 0);
+  for (int64_t i = 0; i < e; ++i) {
+    int64_t b = static_cast<int64_t>((s.keys[i] - lo) * scale);
+    b = std::min(std::max<int64_t>(b, 0), nb - 1);
+    s.bucket[i] = static_cast<int32_t>(b);
+    ++s.start[b + 1];
+  }
+  int64_t last = 0;  // the bucket holding position m - 1
+  for (int64_t b = 0; b < nb; ++b) {
+    s.start[b + 1] += s.start[b];
+    if (s.start[b] < m) last = b;
+  }
+  s.buf.resize(s.start[last + 1]);
+  s.cursor.assign(s.start.begin(), s.start.begin() + last + 1);
+  for (int64_t i = 0; i < e; ++i) {
+    const int32_t b = s.bucket[i];
+    if (b <= last) s.buf[s.cursor[b]++] = Pack(s.keys[i], static_cast<uint32_t>(s.at[i]));
+  }
+  s.sorted.assign(last + 1, 0);
+  auto ensure = [&](int64_t p) {
+    const int64_t b =
+        std::upper_bound(s.start.begin(), s.start.begin() + last + 2, p) - s.start.begin() - 1;
+    for (int64_t c = (p < k ? 0 : b); c <= b; ++c) {
+      if (s.sorted[c]) continue;
+      std::sort(s.buf.begin() + s.start[c], s.buf.begin() + s.start[c + 1]);
+      s.sorted[c] = 1;
+    }
+  };
+  if (k > 0) ensure(k - 1);
+  for (int64_t p : positions)
+    if (p < m) ensure(p);
+}
+
 // The m smallest valid columns of one row (keys half[j] - g[j], the row's own column
-// `self` excluded) in (key, column) order, continued by the excluded columns in
-// column order when the row has fewer than m valid ones.
-// Where m is a large part of n, thresholds reject little: the m-th smallest key is
-// found by one nth_element over the float keys instead, and the keys at or below it
-// are packed and sorted.
+// `self` excluded) in (key, column) order at positions 0..k-1 and `positions`,
+// continued by the excluded columns in column order when the row has fewer than m
+// valid ones. Where m is a small part of n, each key is tested against a threshold
+// (the m-th smallest of the last compaction of a buffer of cap candidates) and most
+// are rejected at once; otherwise BucketSelect.
 void SelectRow(const float* g, const float* half, int64_t n, int64_t self, int64_t m, int64_t k,
-               const std::vector<int64_t>& positions, std::vector<uint64_t>& buf,
-               std::vector<float>& keys, int32_t* cols) {
+               const std::vector<int64_t>& positions, Scratch& s, int32_t* cols) {
   const float inf = std::numeric_limits<float>::infinity();
   const int64_t cap = std::max<int64_t>(2 * m, m + 64);
-  int64_t fill = 0;
-  if (4 * cap >= n) {
-    keys.resize(n);
+  int64_t count = 0;
+  if (8 * cap >= n) {
+    s.keys.resize(n);
+    s.at.resize(n);
     int64_t e = 0;
     for (int64_t j = 0; j < n; ++j) {
       const float key = half[j] - g[j];
-      if (key < inf && j != self) keys[e++] = key;
+      s.keys[e] = key;
+      s.at[e] = static_cast<int32_t>(j);
+      e += (key < inf) & (j != self);
     }
-    float t = inf;
-    if (e > m) {
-      std::nth_element(keys.begin(), keys.begin() + m - 1, keys.begin() + e);
-      t = keys[m - 1];
-    }
-    buf.resize(n);
-    for (int64_t j = 0; j < n; ++j) {
-      const float key = half[j] - g[j];
-      if (key <= t && key < inf && j != self) buf[fill++] = Pack(key, static_cast<uint32_t>(j));
+    if (e <= m) {
+      s.buf.resize(e);
+      for (int64_t i = 0; i < e; ++i) s.buf[i] = Pack(s.keys[i], static_cast<uint32_t>(s.at[i]));
+      std::sort(s.buf.begin(), s.buf.end());
+      count = e;
+    } else {
+      BucketSelect(e, m, k, positions, s);
+      count = m;
     }
   } else {
-    buf.resize(cap);
+    s.buf.resize(cap);
     uint64_t thr = ~uint64_t{0};
     float thr_key = inf;
+    int64_t fill = 0;
     for (int64_t j = 0; j < n; ++j) {
-    const float key = half[j] - g[j];
-    if (!(key <= thr_key) || !(key < inf) || j == self) continue;
-    const uint64_t p = Pack(key, static_cast<uint32_t>(j));
-    if (p >= thr) continue;
-    buf[fill++] = p;
-    if (fill == cap) {
-      std::nth_element(buf.begin(), buf.begin() + m - 1, buf.begin() + cap);
-      thr = buf[m - 1];
-      thr_key = Unordered(static_cast<uint32_t>(thr >> 32));
-      fill = m;
+      const float key = half[j] - g[j];
+      if (!(key <= thr_key) || !(key < inf) || j == self) continue;
+      const uint64_t p = Pack(key, static_cast<uint32_t>(j));
+      if (p >= thr) continue;
+      s.buf[fill++] = p;
+      if (fill == cap) {
+        std::nth_element(s.buf.begin(), s.buf.begin() + m - 1, s.buf.begin() + cap);
+        thr = s.buf[m - 1];
+        thr_key = Unordered(static_cast<uint32_t>(thr >> 32));
+        fill = m;
+      }
     }
-    }
+    count = std::min(fill, m);
+    if (fill > m) std::nth_element(s.buf.begin(), s.buf.begin() + m, s.buf.begin() + fill);
+    Arrange(s.buf.data(), count, k, positions);
   }
-  const int64_t count = std::min(fill, m);
-  if (fill > m) std::nth_element(buf.begin(), buf.begin() + m, buf.begin() + fill);
-  Arrange(buf.data(), count, k, positions);
-  for (int64_t t = 0; t < count; ++t) cols[t] = static_cast<int32_t>(buf[t] & 0xffffffffu);
+  for (int64_t t = 0; t < k && t < count; ++t) cols[t] = static_cast<int32_t>(s.buf[t] & 0xffffffffu);
+  for (int64_t p : positions)
+    if (p < count) cols[p] = static_cast<int32_t>(s.buf[p] & 0xffffffffu);
   int64_t t = count;
   for (int64_t j = 0; t < m && j < n; ++j) {
     if (j == self || !(half[j] < inf)) cols[t++] = static_cast<int32_t>(j);
@@ -354,8 +416,7 @@ ffi::Error SelectRows(ffi::Buffer<ffi::F32> gram, ffi::Buffer<ffi::F32> sq, ffi:
   Parallel(slabs * per_slab, [&](int64_t item) {
     const int64_t s = item / per_slab;
     const int64_t a_end = std::min(r, (item % per_slab + 1) * chunk);
-    std::vector<uint64_t> buf;
-    std::vector<float> keys;
+    Scratch scratch;
     std::vector<int32_t> cols(std::max(k_near, need));
     for (int64_t a = (item % per_slab) * chunk; a < a_end; ++a) {
       const float* row = g + (s * r + a) * n;
@@ -363,18 +424,18 @@ ffi::Error SelectRows(ffi::Buffer<ffi::F32> gram, ffi::Buffer<ffi::F32> sq, ffi:
       int32_t* rk = out_rank + (s * r + a) * rank_count;
       if (same[s] && k_near && need) {
         SelectRow(row, &half_near[s * n], n, first + a, std::max(k_near, need), k_near, positions,
-                  buf, keys, cols.data());
+                  scratch, cols.data());
         std::copy(cols.begin(), cols.begin() + k_near, nr);
         for (int64_t q = 0; q < rank_count; ++q) rk[q] = cols[ranks[q] - 1];
         continue;
       }
       if (k_near) {
-        SelectRow(row, &half_near[s * n], n, first + a, k_near, k_near, none, buf, keys,
+        SelectRow(row, &half_near[s * n], n, first + a, k_near, k_near, none, scratch,
                   cols.data());
         std::copy(cols.begin(), cols.begin() + k_near, nr);
       }
       if (need) {
-        SelectRow(row, &half_rank[s * n], n, first + a, need, 0, positions, buf, keys, cols.data());
+        SelectRow(row, &half_rank[s * n], n, first + a, need, 0, positions, scratch, cols.data());
         for (int64_t q = 0; q < rank_count; ++q) rk[q] = cols[ranks[q] - 1];
       }
     }
