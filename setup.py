@@ -40,6 +40,8 @@ setup(
     ),
     python_requires=">=3.11",
     packages=find_packages(include=["geom_jax", "geom_jax.*"]),
+    # The C++ sources of the CPU kernels, compiled on first use (native_kernels.py).
+    package_data={"geom_jax.metrics.neighbours": ["native/*.cc"]},
     install_requires=INSTALL_REQUIRES,
     # Observables outside geom_jax.metrics register through this group, as another
     # package's would (geom_jax.metrics.declare.registry.discover).
