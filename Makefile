@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 TEST_WORKERS ?= 2
 RESULTS ?= results
 
-.PHONY: run test install install-test bytecode bench-env clean
+.PHONY: run test install install-test bytecode native bench-env clean
 
 $(VENV)/.stamp-base: setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,7 +36,14 @@ install-test: $(VENV)/.stamp-test
 bytecode: $(VENV)/.stamp-base
 	$(PY) -m compileall -q geom_jax experiments benchmarks tests
 
-test: $(VENV)/.stamp-test bytecode
+# The CPU kernels of the neighbour selection (geom_jax/metrics/neighbours/native), compiled
+# once into the user's cache (~4 s; native_kernels.py): else the suite's first processes
+# would each compile them.
+native: $(VENV)/.stamp-base
+	$(PY) -c "from geom_jax.metrics.neighbours import native_kernels as k; \
+		print('native CPU kernels:', 'built' if k.available() else 'unavailable (NumPy fallback)')"
+
+test: $(VENV)/.stamp-test bytecode native
 	$(PY) -m pytest tests -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # The benchmarks' `peer` column (benchmarks/peer.py): DADApy 0.3.x and
@@ -72,7 +79,7 @@ POOLED_FLAGS = --model=$(MODEL) --dataset=$(DATASET) --pool=last --windows --max
 	--num_prompts=$(POOLED_WINDOWS) --method=permuted --partitions=5 --batch_size=64 --resume
 RUN_DIR = $(RESULTS)/$(MODEL)_$(DATASET)
 
-run: $(VENV)/.stamp-base bytecode
+run: $(VENV)/.stamp-base bytecode native
 	$(PY) experiments/token_geometry.py $(RUN_FLAGS) --method=structured \
 		--num_prompts=$(STRUCTURED_PROMPTS) --output_dir=$(RUN_DIR)/structured
 	$(PY) experiments/token_geometry.py $(RUN_FLAGS) --method=shuffled --max_shuffle=5 \

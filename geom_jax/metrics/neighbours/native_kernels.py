@@ -112,9 +112,6 @@ def available() -> bool:
     return True
 
 
-if __name__ == "__main__":
-    print("native kernels:", "available" if available() else "unavailable")
-
 
 def _require():
     if not available():
