@@ -277,6 +277,7 @@ def _compile_line(stderr):
     lines = [line for line in stderr.splitlines() if "compilation: XLA" in line]
     assert len(lines) == 1, stderr[-3000:]
     m = re.search(r"XLA ([0-9.]+) s for (\d+) programs \((\d+) loaded", lines[0])
+    assert m, lines[0]
     return float(m.group(1)), int(m.group(2)), int(m.group(3))
 
 

@@ -112,7 +112,6 @@ def available() -> bool:
     return True
 
 
-
 def _require():
     if not available():
         raise RuntimeError("the native CPU kernels are not available (see the log's warning)")

@@ -264,60 +264,96 @@ ffi::Error Finish(ffi::AnyBuffer state, ffi::AnyBuffer valid, ffi::Result<ffi::B
 
 // Per-thread scratch of SelectRow.
 struct Scratch {
-  std::vector<uint64_t> buf;
-  std::vector<float> keys;
-  std::vector<int32_t> at, bucket, start, cursor;
-  std::vector<char> sorted;
+  std::vector<uint64_t> buf, tmp;
+  std::vector<int32_t> bucket, cursor;
+  std::vector<int64_t> wanted;
+  std::vector<std::vector<int32_t>> start;
 };
 
-// The m smallest of keys[0, e) (columns at[0, e)) by one bucket pass: the keys are
-// spread over e buckets linearly between their min and max (a monotone map, so equal
-// keys share a bucket), the buckets counted, and the entries of the buckets up to the
-// one holding the m-th smallest placed, packed, in bucket order; then only the buckets
-// holding a wanted position (0..k-1 and `positions`) are sorted. Linear in e and
-// branch-light: where m is a large part of e, thresholds reject little and
-// nth_element mispredicts. Afterwards s.buf[p] is the p-th smallest for the wanted p.
-void BucketSelect(int64_t e, int64_t m, int64_t k, const std::vector<int64_t>& positions,
-                  Scratch& s) {
-  float lo = s.keys[0], hi = s.keys[0];
-  for (int64_t i = 1; i < e; ++i) {
-    lo = std::min(lo, s.keys[i]);
-    hi = std::max(hi, s.keys[i]);
+constexpr int64_t kSmallBucket = 64;
+constexpr int kMaxDepth = 4;
+
+// Orders buf[0, size) (packed keys) so that buf[p] is the p-th smallest for each p of
+// `wanted` (ascending, distinct, < size): the keys are spread over `size` buckets
+// linearly between their min and max (a monotone map: equal keys share a bucket), the
+// buckets up to the one holding the last wanted position placed in bucket order, and
+// each bucket holding a wanted position sorted when small, else bucketed again between
+// its own min and max (so that a few far keys, which stretch the first range, cost one
+// more pass). Linear in size and branch-light, where nth_element mispredicts.
+void SelectPositions(uint64_t* buf, int64_t size, const int64_t* wanted, int64_t nwanted,
+                     int64_t base, int depth, Scratch& s) {
+  // positions are wanted[q] - base
+  if (nwanted == 0) return;
+  if (size <= kSmallBucket) {
+    std::sort(buf, buf + size);
+    return;
   }
-  const int64_t nb = e;
-  const float scale = hi > lo ? static_cast<float>(nb) / (hi - lo) : 0.0f;
-  s.bucket.resize(e);
-  s.start.assign(nb + 1, 0);
-  for (int64_t i = 0; i < e; ++i) {
-    int64_t b = static_cast<int64_t>((s.keys[i] - lo) * scale);
+  float lo = Unordered(static_cast<uint32_t>(buf[0] >> 32)), hi = lo;
+  for (int64_t i = 1; i < size; ++i) {
+    const float key = Unordered(static_cast<uint32_t>(buf[i] >> 32));
+    lo = std::min(lo, key);
+    hi = std::max(hi, key);
+  }
+  const int64_t target = wanted[nwanted - 1] - base;
+  if (hi > lo && 4 * (target + 1) < size) {
+    // The range's top from a strided sample: about the key at twice the last wanted
+    // position, so that one far key does not squeeze the rest into a few buckets (keys
+    // above it share the last bucket; a low estimate costs one more level).
+    constexpr int64_t kSample = 64;
+    float sample[kSample];
+    for (int64_t q = 0; q < kSample; ++q)
+      sample[q] = Unordered(static_cast<uint32_t>(buf[q * size / kSample] >> 32));
+    const int64_t at = std::min<int64_t>(kSample - 1, (2 * (target + 1) * kSample) / size + 1);
+    std::nth_element(sample, sample + at, sample + kSample);
+    if (sample[at] > lo) hi = std::min(hi, sample[at]);
+  }
+  if (!(hi > lo) || depth >= kMaxDepth) {
+    // one key value (order by column), or the depth bound: the prefix of consecutive
+    // wanted positions sorted, the others placed by nth_element
+    int64_t prefix = 0;
+    while (prefix < nwanted && wanted[prefix] - base == prefix) ++prefix;
+    std::vector<int64_t> rest(nwanted - prefix);
+    for (int64_t q = prefix; q < nwanted; ++q) rest[q - prefix] = wanted[q] - base;
+    Arrange(buf, size, prefix, rest);
+    return;
+  }
+  const int64_t nb = size;
+  const float scale = static_cast<float>(nb) / (hi - lo);
+  if (static_cast<int>(s.start.size()) <= depth) s.start.resize(depth + 1);
+  std::vector<int32_t>& start = s.start[depth];
+  start.assign(nb + 1, 0);
+  s.bucket.resize(size);
+  for (int64_t i = 0; i < size; ++i) {
+    const float key = Unordered(static_cast<uint32_t>(buf[i] >> 32));
+    int64_t b = static_cast<int64_t>((key - lo) * scale);
     b = std::min(std::max<int64_t>(b, 0), nb - 1);
     s.bucket[i] = static_cast<int32_t>(b);
-    ++s.start[b + 1];
+    ++start[b + 1];
   }
-  int64_t last = 0;  // the bucket holding position m - 1
+  int64_t last = 0;
   for (int64_t b = 0; b < nb; ++b) {
-    s.start[b + 1] += s.start[b];
-    if (s.start[b] < m) last = b;
+    start[b + 1] += start[b];
+    if (start[b] <= target) last = b;
   }
-  s.buf.resize(s.start[last + 1]);
-  s.cursor.assign(s.start.begin(), s.start.begin() + last + 1);
-  for (int64_t i = 0; i < e; ++i) {
+  const int64_t placed = start[last + 1];
+  s.tmp.resize(placed);
+  s.cursor.assign(start.begin(), start.begin() + last + 1);
+  for (int64_t i = 0; i < size; ++i) {
     const int32_t b = s.bucket[i];
-    if (b <= last) s.buf[s.cursor[b]++] = Pack(s.keys[i], static_cast<uint32_t>(s.at[i]));
+    if (b <= last) s.tmp[s.cursor[b]++] = buf[i];
   }
-  s.sorted.assign(last + 1, 0);
-  auto ensure = [&](int64_t p) {
+  std::copy(s.tmp.begin(), s.tmp.begin() + placed, buf);
+  int64_t w = 0;
+  while (w < nwanted) {
+    const int64_t p = wanted[w] - base;
     const int64_t b =
-        std::upper_bound(s.start.begin(), s.start.begin() + last + 2, p) - s.start.begin() - 1;
-    for (int64_t c = (p < k ? 0 : b); c <= b; ++c) {
-      if (s.sorted[c]) continue;
-      std::sort(s.buf.begin() + s.start[c], s.buf.begin() + s.start[c + 1]);
-      s.sorted[c] = 1;
-    }
-  };
-  if (k > 0) ensure(k - 1);
-  for (int64_t p : positions)
-    if (p < m) ensure(p);
+        std::upper_bound(start.begin(), start.begin() + last + 2, p) - start.begin() - 1;
+    const int64_t b0 = start[b], b1 = start[b + 1];
+    int64_t w_end = w;
+    while (w_end < nwanted && wanted[w_end] - base < b1) ++w_end;
+    SelectPositions(buf + b0, b1 - b0, wanted + w, w_end - w, base + b0, depth + 1, s);
+    w = w_end;
+  }
 }
 
 // The m smallest valid columns of one row (keys half[j] - g[j], the row's own column
@@ -332,24 +368,20 @@ void SelectRow(const float* g, const float* half, int64_t n, int64_t self, int64
   const int64_t cap = std::max<int64_t>(2 * m, m + 64);
   int64_t count = 0;
   if (8 * cap >= n) {
-    s.keys.resize(n);
-    s.at.resize(n);
+    s.buf.resize(n);
     int64_t e = 0;
     for (int64_t j = 0; j < n; ++j) {
       const float key = half[j] - g[j];
-      s.keys[e] = key;
-      s.at[e] = static_cast<int32_t>(j);
+      s.buf[e] = Pack(key, static_cast<uint32_t>(j));
       e += (key < inf) & (j != self);
     }
-    if (e <= m) {
-      s.buf.resize(e);
-      for (int64_t i = 0; i < e; ++i) s.buf[i] = Pack(s.keys[i], static_cast<uint32_t>(s.at[i]));
-      std::sort(s.buf.begin(), s.buf.end());
-      count = e;
-    } else {
-      BucketSelect(e, m, k, positions, s);
-      count = m;
-    }
+    count = std::min(e, m);
+    s.wanted.clear();
+    for (int64_t p = 0; p < std::min(k, count); ++p) s.wanted.push_back(p);
+    for (int64_t p : positions)
+      if (p >= k && p < count) s.wanted.push_back(p);
+    SelectPositions(s.buf.data(), e, s.wanted.data(), static_cast<int64_t>(s.wanted.size()), 0, 0,
+                    s);
   } else {
     s.buf.resize(cap);
     uint64_t thr = ~uint64_t{0};
