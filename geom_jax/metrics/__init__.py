@@ -11,6 +11,17 @@ import sys
 from geom_jax.metrics.compute import LayerGeometry, layer_geometry, stack_geometry
 from geom_jax.metrics.declare import observable, options, registry
 from geom_jax.metrics.measures.cosine import cosine_similarity_stats
+from geom_jax.metrics.measures.id_battery import (
+    binomial_id,
+    corrint_id,
+    ess_id,
+    fishers_id,
+    lpca_id,
+    mada_id,
+    mom_id,
+    pca_id,
+    pca_spectrum_exponent,
+)
 from geom_jax.metrics.measures.imbalance import imbalance_matrix, information_imbalance
 from geom_jax.metrics.measures.intrinsic_dimension import gride, twonn
 from geom_jax.metrics.measures.knn_graph import nn_similarity, reciprocity
@@ -57,14 +68,18 @@ del _old, _module
 
 __all__ = [
     # the measures, each f(x, mask=None, *, options) or f(x, y, mask=None, *, options)
+    "binomial_id",
     "cka",
     "cknna",
     "clamp_outliers",
+    "corrint_id",
     "cosine_similarity_stats",
     "curvature",
     "cycle_knn",
     "data_overlap",
     "edit_distance_knn",
+    "ess_id",
+    "fishers_id",
     "gride",
     "imbalance_matrix",
     "information_imbalance",
@@ -72,13 +87,18 @@ __all__ = [
     "label_overlap",
     "lcs_knn",
     "linear_predictivity",
+    "lpca_id",
+    "mada_id",
     "matrix_entropy",
     "mle_id",
+    "mom_id",
     "mutual_knn",
     "neighbourhood_overlap",
     "nn_similarity",
     "pairwise_distances",
     "participation_ratio",
+    "pca_id",
+    "pca_spectrum_exponent",
     "procrustes",
     "pwcca",
     "reciprocity",
