@@ -125,7 +125,12 @@ def main(argv):
                 flush=True,
             )
     for knn, peer in peers.items():
-        _agreement(geo, peer, PEERS[knn])
+        if not _agreement(geo, peer, PEERS[knn]) and knn == "faiss":
+            print(
+                "  (FAISS orders by float32 |x|^2 + |y|^2 - 2 x.y with no exact refinement, so "
+                "its lists swap neighbours whose distances float32 cannot order; DADApy's own "
+                "lists are exact, and geom-jax's equal them)"
+            )
     ids = np.asarray(geo["gride_ids"], np.float64)
     print(f"  GRIDE ids, layer 0: {np.array2string(ids[0], precision=3)}")
     chi = np.array2string(geo["overlap"], precision=4)
@@ -144,13 +149,12 @@ def main(argv):
 
 def _agreement(geo, peer, name):
     ids, ref = np.asarray(geo["gride_ids"], np.float64), np.asarray(peer["gride_ids"], np.float64)
-    dev = {
-        "gride_ids (rel)": float(np.max(np.abs(ids - ref) / np.abs(ref))),
-        "overlap (max abs)": float(np.max(np.abs(geo["overlap"] - peer["overlap"]))),
-    }
+    dev = {"gride_ids (rel)": float(np.max(np.abs(ids - ref) / np.abs(ref)))}
+    if np.size(peer["overlap"]):  # one layer: no pair to overlap
+        dev["overlap (max abs)"] = float(np.max(np.abs(geo["overlap"] - peer["overlap"])))
     errs = np.abs(geo["gride_errs"] - peer["gride_errs"]) / np.abs(peer["gride_errs"])
     scales = np.abs(geo["gride_scales"] - peer["gride_scales"]) / np.abs(peer["gride_scales"])
-    ok = all(dev[k] <= LIMITS[k] for k in LIMITS)
+    ok = all(dev[k] <= LIMITS[k] for k in dev)
     print(
         f"agreement with {name}: "
         + ("OK" if ok else "FAILED")
@@ -159,6 +163,7 @@ def _agreement(geo, peer, name):
         + f"; gride_errs {float(np.max(errs)):.1e} rel, "
         + f"gride_scales {float(np.max(scales)):.1e} rel)"
     )
+    return ok
 
 
 if __name__ == "__main__":

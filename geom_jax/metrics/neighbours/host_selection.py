@@ -1,9 +1,11 @@
 """Host callbacks: run NumPy on the XLA buffers, and pick a host or an XLA backend.
 
-On CPU the data already live in host memory, and NumPy's introselect and
-sorts are 10-20x faster than XLA:CPU's top_k / sort on rows of 1024, so the
-selection and re-ranking kernels have a host backend; "auto" picks it on CPU
-and the XLA one elsewhere via lax.platform_dependent.
+On CPU the data already live in host memory, and a host selection is 10-20x faster
+than XLA:CPU's top_k / sort on rows of 1024, so the selection and re-ranking kernels
+have a host backend; "auto" picks it on CPU and the XLA one elsewhere via
+lax.platform_dependent. The host backend is the compiled kernels of native_kernels.py
+where they build (custom calls: the program stays cacheable) and these NumPy
+callbacks otherwise.
 """
 
 import os
