@@ -44,6 +44,36 @@ inline uint64_t Pack(float key, uint32_t col) {
   return (static_cast<uint64_t>(OrderedBits(key)) << 32) | col;
 }
 
+// Compacts a full buffer of cap packed candidates, keeping at least m: the entries at
+// or below a pivot t read off a sorted sample of 32 (a little above the m-th's expected
+// place), then t is the row's threshold (no key above t can be among the m smallest,
+// as m entries are at or below it). Two branch-free passes instead of nth_element's
+// mispredicted ones; where the sample misleads (fewer than m, or almost all, at or
+// below t), nth_element.
+inline int64_t Compact(uint64_t* buf, int64_t cap, int64_t m, uint64_t* thr) {
+  constexpr int64_t kSample = 32;
+  uint64_t sample[kSample];
+  for (int64_t i = 0; i < kSample; ++i) sample[i] = buf[(2 * i + 1) * cap / (2 * kSample)];
+  std::sort(sample, sample + kSample);
+  const int64_t q = std::min<int64_t>(kSample - 1, (m * kSample + cap - 1) / cap + 4);
+  const uint64_t t = sample[q];
+  int64_t count = 0;
+  for (int64_t i = 0; i < cap; ++i) count += buf[i] <= t;
+  if (count >= m && count <= cap - cap / 8) {
+    int64_t j = 0;
+    for (int64_t i = 0; i < cap; ++i) {
+      const uint64_t v = buf[i];
+      buf[j] = v;
+      j += v <= t;
+    }
+    *thr = t;
+    return j;
+  }
+  std::nth_element(buf, buf + m - 1, buf + cap);
+  *thr = buf[m - 1];
+  return m;
+}
+
 struct Rows {
   uint64_t* state;
   float* thr_key;
@@ -60,10 +90,8 @@ struct Rows {
     uint64_t fill = row[1];
     buf[fill++] = p;
     if (static_cast<int64_t>(fill) == cap) {
-      std::nth_element(buf, buf + m - 1, buf + cap);
-      row[0] = buf[m - 1];
+      fill = Compact(buf, cap, m, &row[0]);
       thr_key[r] = Unordered(static_cast<uint32_t>(row[0] >> 32));
-      fill = m;
     }
     row[1] = fill;
   }
