@@ -112,6 +112,14 @@ def available() -> bool:
     return True
 
 
+def for_cpu() -> bool:
+    """Whether computations here run on the CPU (jax's default backend) and the kernels
+    are available: where a "host" selection means these kernels rather than NumPy's
+    callbacks (on a GPU or TPU backend "host" keeps the callbacks, and the kernels are
+    never built)."""
+    return jax.default_backend() == "cpu" and available()
+
+
 def _require():
     if not available():
         raise RuntimeError("the native CPU kernels are not available (see the log's warning)")

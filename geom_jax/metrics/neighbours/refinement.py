@@ -114,7 +114,7 @@ def _xla_sort(d2, idx, *, k):
 def _host_callback_sort(d2, idx, *, k):
     shape = d2.shape[:-1] + (k,)
     out = (jax.ShapeDtypeStruct(shape, d2.dtype), jax.ShapeDtypeStruct(shape, jnp.int32))
-    if native_kernels.available():
+    if native_kernels.for_cpu():
         vals, order = native_kernels.sort_rows(d2, idx, k=k)
     else:
         vals, order = host_selection.host_call(functools.partial(_host_sort, k=k), out, d2, idx)

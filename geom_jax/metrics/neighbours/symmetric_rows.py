@@ -47,7 +47,7 @@ def state_bytes(n, block, m):
 
 def usable(n, block, k_near, ranks):
     m = max((k_near,) + tuple(ranks))
-    return state_bytes(n, block, m) <= STATE_BYTES and native_kernels.available()
+    return state_bytes(n, block, m) <= STATE_BYTES and native_kernels.for_cpu()
 
 
 MIN_BLOCKS = 16
