@@ -11,6 +11,7 @@ import sys
 from geom_jax.metrics.compute import LayerGeometry, layer_geometry, stack_geometry
 from geom_jax.metrics.declare import observable, options, registry
 from geom_jax.metrics.measures.cosine import cosine_similarity_stats
+from geom_jax.metrics.measures.density import knn_density, pak_density, pak_kstar
 from geom_jax.metrics.measures.id_battery import (
     binomial_id,
     corrint_id,
@@ -84,6 +85,7 @@ __all__ = [
     "imbalance_matrix",
     "information_imbalance",
     "knn",
+    "knn_density",
     "label_overlap",
     "lcs_knn",
     "linear_predictivity",
@@ -96,6 +98,8 @@ __all__ = [
     "neighbourhood_overlap",
     "nn_similarity",
     "pairwise_distances",
+    "pak_density",
+    "pak_kstar",
     "participation_ratio",
     "pca_id",
     "pca_spectrum_exponent",
