@@ -65,6 +65,7 @@ import argparse
 import warnings
 from importlib.metadata import version
 
+import cloud_kinds  # a sibling module: the generators run as scripts
 import dadapy
 import numpy as np
 import scipy
@@ -79,24 +80,6 @@ ALPHA = 1e-6
 KS = (16, 40)
 
 
-def mixture(rng):
-    xs, labels = [], []
-    for c in range(4):
-        basis, _ = np.linalg.qr(rng.standard_normal((D, 3)))
-        z = rng.standard_normal((N // 4, 3))
-        centre = 4.0 * rng.standard_normal(D)
-        xs.append(centre + z @ basis.T + 0.05 * rng.standard_normal((N // 4, D)))
-        labels.append(np.full(N // 4, c))
-    return np.concatenate(xs), np.concatenate(labels).astype(np.int32)
-
-
-def curved(rng):
-    z = rng.standard_normal((N, 5))
-    a = rng.standard_normal((5, D)) / np.sqrt(5)
-    b = rng.standard_normal((5, D)) / np.sqrt(5)
-    return np.tanh(z @ a) + 0.5 * np.sin(z @ b) + 3.0
-
-
 def ties(rng):
     grid = np.stack(np.meshgrid(*[np.arange(5)] * 4, indexing="ij"), -1).reshape(-1, 4)
     pts = grid[rng.choice(len(grid), N - 50, replace=False)]
@@ -109,8 +92,8 @@ def ties(rng):
 
 
 def cases():
-    x_mix, labels = mixture(np.random.default_rng(5))
-    out = {"mixture": x_mix, "curved": curved(np.random.default_rng(5))}
+    x_mix, labels = cloud_kinds.mixture(np.random.default_rng(5), N, D)
+    out = {"mixture": x_mix, "curved": cloud_kinds.curved(np.random.default_rng(5), N, D)}
     out["ties"] = ties(np.random.default_rng(5))
     return {k: v.astype(np.float32) for k, v in out.items()}, labels, np.random.default_rng(6)
 
