@@ -24,3 +24,15 @@ def curved(rng, n, d):
     a = rng.standard_normal((5, d)) / np.sqrt(5)
     b = rng.standard_normal((5, d)) / np.sqrt(5)
     return np.tanh(z @ a) + 0.5 * np.sin(z @ b) + 3.0
+
+
+def padded(rng, points, extra=40):
+    """points [n, d] spread over n + extra rows, the extra rows (seeded positions) zero:
+    (padded [n + extra, d] float32, mask [n + extra] bool, False at the extra rows)."""
+    n, d = points.shape
+    rows = np.sort(rng.choice(n + extra, extra, replace=False))
+    mask = np.ones(n + extra, bool)
+    mask[rows] = False
+    out = np.zeros((n + extra, d), np.float32)
+    out[mask] = points
+    return out, mask

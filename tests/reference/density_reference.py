@@ -232,12 +232,7 @@ def main():
             f"{values['pak_kstar'].max()}, PAk NaN at {twins.sum()} points, smallest test "
             f"margin {values['pak_margin'].min():.2e}, |PAk - optimum| <= {deviation:.2e}"
         )
-    extra = np.sort(rng.choice(N + 40, 40, replace=False))
-    mask = np.ones(N + 40, bool)
-    mask[extra] = False
-    masked = np.zeros((N + 40, D), np.float32)
-    masked[mask] = clouds["curved"]
-    out["masked_x"], out["masked_mask"] = masked, mask
+    out["masked_x"], out["masked_mask"] = cloud_kinds.padded(rng, clouds["curved"])
     out["versions"] = np.array(
         [
             f"dadapy {version('dadapy')}",

@@ -234,12 +234,7 @@ def main():
         if name != "ties":
             out[f"{name}/ess_default"] = default
         out[f"{name}/ess_b"], _ = ess(x, name, "b")
-    extra = np.sort(rng.choice(N + 40, 40, replace=False))
-    mask = np.ones(N + 40, bool)
-    mask[extra] = False
-    masked = np.zeros((N + 40, D), np.float32)
-    masked[mask] = clouds["curved"]
-    out["masked_x"], out["masked_mask"] = masked, mask
+    out["masked_x"], out["masked_mask"] = cloud_kinds.padded(rng, clouds["curved"])
     out["versions"] = np.array(
         [
             f"skdim {skdim.__version__}",
