@@ -12,6 +12,13 @@ from geom_jax.metrics.compute import LayerGeometry, layer_geometry, stack_geomet
 from geom_jax.metrics.declare import observable, options, registry
 from geom_jax.metrics.measures.cosine import cosine_similarity_stats
 from geom_jax.metrics.measures.density import knn_density, pak_density, pak_kstar
+from geom_jax.metrics.measures.density_peaks import (
+    adjusted_mutual_information,
+    adjusted_rand_index,
+    adp_clusters,
+    adp_clusters_from_density,
+    adp_from_density,
+)
 from geom_jax.metrics.measures.id_battery import (
     binomial_id,
     corrint_id,
@@ -113,6 +120,13 @@ __all__ = [
     "tle_id",
     "twonn",
     "unique_mask",
+    # clustering, per cloud on the host: ADP from densities (neighbour lists given or found
+    # in JAX) and scores of labels against known classes
+    "adjusted_mutual_information",
+    "adjusted_rand_index",
+    "adp_clusters",
+    "adp_clusters_from_density",
+    "adp_from_density",
     # the entry points: every observable of a stack, every pair of layers, the registry
     "LayerGeometry",
     "layer_geometry",
