@@ -156,6 +156,15 @@ def check_max_k(n, max_k, name="max_k"):
     check_neighbours_fit(n, max_k, name)
 
 
+def check_int(value, name, lo):
+    """value as an int, refused (naming ``name``) unless an integer (not a bool) >= lo."""
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < lo:
+        raise ArgumentError(
+            "{" + name + "} must be an integer >= {lo}, got {value!r}", name, lo=lo, value=value
+        )
+    return int(value)
+
+
 def check_neighbours_fit(n, k, name):
     """k neighbours of each point need clouds of at least k + 1 points (ArgumentError
     naming ``name``)."""

@@ -76,13 +76,6 @@ FLOAT32_EPS = float(np.finfo(np.float32).eps)
 # -- option checks ------------------------------------------------------------------
 
 
-def _check_int(value, name, lo):
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < lo:
-        raise ArgumentError(
-            "{" + name + "} must be an integer >= {lo}, got {value!r}", name, lo=lo, value=value
-        )
-
-
 def _check_alpha(value):
     ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
     if not (ok and 0.0 < value < 1.0):
@@ -204,7 +197,7 @@ def knn_density(x, mask=None, *, k=16, intrinsic_dim=None):
     arXiv 2205.03373); the estimator as reviewed in d'Errico, Facco, Laio & Rodriguez
     2021 (Information Sciences 560, 476; arXiv 1802.10549).
     """
-    _check_int(k, "k", 1)
+    validation.check_int(k, "k", 1)
     x, mask, valid = _points(x, mask, k, "k")
     dim = _dims(x, mask, intrinsic_dim)
     return _run(_knn_density, x, valid, dim, k=int(k))
@@ -371,7 +364,7 @@ def _pak_density(x, valid, dim, max_k, dthr, max_iter):
 
 def _pak_options(x, mask, intrinsic_dim, alpha, max_k):
     _check_alpha(alpha)
-    _check_int(max_k, "max_k", PAK_FIRST_K + 1)
+    validation.check_int(max_k, "max_k", PAK_FIRST_K + 1)
     x, mask, valid = _points(x, mask, PAK_FIRST_K)
     dim = _dims(x, mask, intrinsic_dim)
     return x, valid, dim, {"max_k": int(max_k), "dthr": pak_threshold(float(alpha))}
@@ -454,6 +447,6 @@ def pak_density(
     ``Data(x).compute_density_PAk()`` (``optimized=True``: cython
     ``_nrmaxl`` of ``cython_maximum_likelihood_opt_full``).
     """
-    _check_int(max_iter, "max_iter", 1)
+    validation.check_int(max_iter, "max_iter", 1)
     x, valid, dim, options = _pak_options(x, mask, intrinsic_dim, alpha, max_k)
     return _run(_pak_density, x, valid, dim, max_iter=int(max_iter), **options)

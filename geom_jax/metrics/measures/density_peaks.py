@@ -128,14 +128,6 @@ def _check_flag(value, name):
     return bool(value)
 
 
-def _check_int(value, name, lo):
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < lo:
-        raise ArgumentError(
-            "{" + name + "} must be an integer >= {lo}, got {value!r}", name, lo=lo, value=value
-        )
-    return int(value)
-
-
 def _host_array(value, name, shape, kind):
     """value as a NumPy array of the given shape; kind "float" (read as float64) or
     "int" (an integer dtype, read as int64)."""
@@ -455,7 +447,7 @@ def adp_clusters_from_density(
     """
     z = _check_z(Z)
     halo = _check_flag(halo, "halo")
-    maxk = _check_int(maxk, "maxk", 1)
+    maxk = validation.check_int(maxk, "maxk", 1)
     x = validation.as_points(x, "x")
     batch, n = tuple(x.shape[:-2]), x.shape[-2]
     mask = validation.as_mask(mask, batch, n)
@@ -665,7 +657,7 @@ def adp_clusters(x, mask=None, *, Z=1.65, halo=False, intrinsic_dim=None, maxk=D
     """
     _check_z(Z)
     _check_flag(halo, "halo")
-    _check_int(maxk, "maxk", 1)
+    validation.check_int(maxk, "maxk", 1)
     log_den, err = density.pak_density(x, mask, intrinsic_dim=intrinsic_dim, max_k=maxk)
     kstar = density.pak_kstar(x, mask, intrinsic_dim=intrinsic_dim, max_k=maxk)
     return adp_clusters_from_density(x, log_den, err, kstar, mask, Z=Z, halo=halo, maxk=maxk)

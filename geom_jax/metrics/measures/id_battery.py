@@ -58,13 +58,6 @@ def _is_number(value):
     return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
 
 
-def _check_int(value, name, lo):
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < lo:
-        raise ArgumentError(
-            "{" + name + "} must be an integer >= {lo}, got {value!r}", name, lo=lo, value=value
-        )
-
-
 def _check_open_unit(value, name, closed_top=False):
     ok = _is_number(value) and 0.0 < value and (value <= 1.0 if closed_top else value < 1.0)
     if not ok:
@@ -367,7 +360,7 @@ def mada_id(x, mask=None, *, k=20):
     dimension estimation"); scikit-dimension 0.5.0 ``skdim.id.MADA().fit(x).dimension_``
     (after the R package ider).
     """
-    _check_int(k, "k", 2)
+    validation.check_int(k, "k", 2)
     x, valid = _points(x, mask, k + 1, k)
     return _run(_mada, x, valid, k=int(k))
 
@@ -397,7 +390,7 @@ def mom_id(x, mask=None, *, k=100):
     Min. Knowl. Disc. 32, 1768, "Extreme-value-theoretic estimation of local intrinsic
     dimensionality"); scikit-dimension 0.5.0 ``skdim.id.MOM().fit(x).dimension_``.
     """
-    _check_int(k, "k", 2)
+    validation.check_int(k, "k", 2)
     x, valid = _points(x, mask, k + 1, k)
     return _run(_mom, x, valid, k=int(k))
 
@@ -440,8 +433,8 @@ def corrint_id(x, mask=None, *, k1=10, k2=20):
     Reference: Grassberger & Procaccia 1983 (Physica D 9, 189); scikit-dimension
     0.5.0 ``skdim.id.CorrInt().fit(x).dimension_`` (after the R package ider).
     """
-    _check_int(k1, "k1", 1)
-    _check_int(k2, "k2", 2)
+    validation.check_int(k1, "k1", 1)
+    validation.check_int(k2, "k2", 2)
     if k2 <= k1:
         raise ArgumentError(
             "{k2} must be larger than {k1}, got k2={v2!r}, k1={v1!r}", ("k1", "k2"), v1=k1, v2=k2
@@ -570,7 +563,7 @@ def ess_id(x, mask=None, *, k=100, ver="a", d=1):
     0.5.0 ``skdim.id.ESS(ver, d).fit(x).dimension_`` (after the R package
     intrinsicDimension).
     """
-    _check_int(k, "k", 2)
+    validation.check_int(k, "k", 2)
     _check_choice(ver, "ver", ESS_VERSIONS)
     if d != 1 or isinstance(d, bool):
         raise ArgumentError(
@@ -733,7 +726,7 @@ def binomial_id(x, mask=None, *, k=20, r=0.5):
     arXiv:2207.09688) and Acevedo, Rodriguez & Laio (arXiv:2411.02126); DADApy 0.3.4
     ``Data(x).compute_id_binomial_k(k, r, bayes=True)[0]``.
     """
-    _check_int(k, "k", 1)
+    validation.check_int(k, "k", 1)
     _check_open_unit(r, "r")
     x, valid = _points(x, mask, k + 1, k)
     return _run(_binomial, x, valid, k=int(k), r=float(r))
