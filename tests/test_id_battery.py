@@ -25,6 +25,7 @@ import os
 import numpy as np
 import pytest
 
+from geom_jax import metrics
 from geom_jax.errors import ArgumentError
 from geom_jax.metrics.measures import id_battery as idb
 
@@ -155,3 +156,25 @@ def test_non_finite_valid_point_names_x():
     x[3, 1] = np.nan
     with pytest.raises(ValueError, match="x has non-finite"):
         idb.mom_id(x, k=5)
+
+
+@pytest.mark.parametrize("path", ["dense", "blocked"])
+def test_the_pca_observable_equals_the_functions(path):
+    """`pca_id` as a registered observable (layer_geometry(observables="pca_id"), both
+    neighbour paths, padded rows masked): the same numbers as pca_id and
+    pca_spectrum_exponent, which the fixture checks against scikit-dimension."""
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((2, 3, 200, 12)) * np.linspace(0.2, 3.0, 12) + 10.0).astype(np.float32)
+    mask = np.ones((2, 200), bool)
+    mask[1, 150:] = False
+    x[1, :, 150:] = 1e3  # garbage at the padding
+    geo = metrics.layer_geometry(
+        x, mask, observables="pca_id", pca_variance=0.9, neighbour_path=path
+    )
+    want_id = metrics.pca_id(x, mask[:, None, :].repeat(3, 1), variance=0.9)
+    want_exp = metrics.pca_spectrum_exponent(x, mask[:, None, :].repeat(3, 1))
+    np.testing.assert_array_equal(np.asarray(geo["pca_id"]), np.asarray(want_id))
+    np.testing.assert_allclose(np.asarray(geo["pca_exponent"]), np.asarray(want_exp), rtol=1e-5)
+    # padded rows counted (garbage, or zeros 10 sigma from the cloud), one component
+    # would hold 90% of the variance
+    assert np.asarray(geo["pca_id"])[1].min() > 1

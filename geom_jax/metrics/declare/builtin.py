@@ -7,6 +7,7 @@ lens observables of :mod:`geom_jax.lens` are declared that way in setup.py.
 
 from geom_jax.metrics.measures import (
     cosine,
+    id_battery,
     imbalance,
     intrinsic_dimension,
     knn_graph,
@@ -28,6 +29,7 @@ BUILTIN = (
     local_id.TLE,
     spectrum.PARTICIPATION_RATIO,
     spectrum.MATRIX_ENTROPY,
+    id_battery.PCA,
     trajectory.OBSERVABLE,
     label_overlap.OBSERVABLE,
 )

@@ -35,6 +35,7 @@ from jax.scipy.special import digamma
 
 from geom_jax.errors import ArgumentError
 from geom_jax.metrics import validation
+from geom_jax.metrics.declare.observable import Field, Observable, Option
 
 HIGHEST = lax.Precision.HIGHEST
 
@@ -730,3 +731,45 @@ def binomial_id(x, mask=None, *, k=20, r=0.5):
     _check_open_unit(r, "r")
     x, valid = _points(x, mask, k + 1, k)
     return _run(_binomial, x, valid, k=int(k), r=float(r))
+
+
+# -- the registered observable: the PCA estimators, per layer in the run's step --------
+
+PCA_VARIANCE = Option(
+    "pca_variance",
+    float,
+    0.99,
+    "Variance fraction whose leading principal components pca_id counts, in (0, 1].",
+    check=lambda v: _check_open_unit(v, "pca_variance", closed_top=True),
+)
+
+
+def _pca_fields(ctx):
+    """pca_id and pca_exponent [C] of the chunk's clouds ctx.x [C, N, D] (all valid points,
+    duplicates included, as scikit-learn's PCA sees them)."""
+    variance = float(ctx.options["pca_variance"])
+    valid = ctx.valid
+    x = jnp.where(valid[..., None], ctx.x, 0.0)
+    ids = jax.vmap(lambda a, v: _pca_id(a, v, variance))(x, valid)
+    exps = jax.vmap(lambda a, v: _pca_exponent(a, v, 1e-4))(x, valid)
+    return {"pca_id": ids, "pca_exponent": exps}
+
+
+PCA = Observable(
+    name="pca_id",
+    compute=_pca_fields,
+    fields=(
+        Field("pca_id", (), "principal components holding pca_variance of the variance."),
+        Field(
+            "pca_exponent",
+            (),
+            "power-law exponent of the covariance eigenspectrum (ranks above 1e-4 of the top).",
+        ),
+    ),
+    consumes=("points",),
+    doc=__doc__,
+    reference="scikit-dimension 0.5 lPCA(ver='ratio'); Lee et al. ACL 2025 (PCA at 99%)",
+    reduce="covariance spectrum over valid tokens",
+    options=(PCA_VARIANCE,),
+    pooled=True,
+)
