@@ -284,10 +284,10 @@ def _compile_line(stderr):
 def test_a_second_process_loads_the_compiled_steps(tiny, tmp_path):
     """The same pooled command twice with --compilation_cache: the second process loads
     every program (the forward and the metrics, which hold no Python callback) from
-    the persistent cache, as its log and metadata.json say. Loading costs ~0.1 s per
-    program, which at this tiny model's 1.6 s of compiling is 13%: the bound here is
-    25% (the embedded default's pooled command: 0.38 s against 12.9 s, docs/history.md
-    section 22)."""
+    the persistent cache, as its log and metadata.json say. Times are not asserted (a
+    timed unit test would measure the machine's load: loading took 0.22 s against 1.64 s
+    of compiling idle, 1.07 s against 3.23 s beside other jobs); the embedded default's
+    pooled command, measured: 0.38 s against 12.9 s (docs/history.md section 22)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_COMPILATION_CACHE")}
     env["JAX_PLATFORMS"] = "cpu"
     cache = tmp_path / "xla"
@@ -303,9 +303,8 @@ def test_a_second_process_loads_the_compiled_steps(tiny, tmp_path):
         )
         assert proc.returncode == 0, proc.stderr[-3000:]
         logs.append(_compile_line(proc.stderr))
-    (first_s, programs, first_hits), (second_s, programs_again, hits) = logs
+    (_, programs, first_hits), (_, programs_again, hits) = logs
     assert first_hits == 0 and programs >= 2
     assert hits == programs_again == programs
-    assert second_s < 0.25 * first_s, logs
     with open(tmp_path / "second" / results.METADATA_FILE) as f:
         assert json.load(f)["compilation"]["hits"] == programs

@@ -36,6 +36,7 @@ from jax.scipy.special import digamma
 from geom_jax.errors import ArgumentError
 from geom_jax.metrics import validation
 from geom_jax.metrics.declare.observable import Field, Observable, Option
+from geom_jax.metrics.measures import local_id
 
 HIGHEST = lax.Precision.HIGHEST
 
@@ -772,4 +773,5 @@ PCA = Observable(
     reduce="covariance spectrum over valid tokens",
     options=(PCA_VARIANCE,),
     pooled=True,
+    report=(local_id.ESTIMATORS,),
 )

@@ -10,6 +10,7 @@ ID_ESTIMATORS = (
     ("twonn", "TwoNN"),
     ("mle_id", "MLE (Levina-Bickel)"),
     ("tle_id", "TLE"),
+    ("pca_id", "PCA (components for pca_variance)"),
 )
 
 
