@@ -36,6 +36,7 @@ from geom_jax.metrics.measures.knn_graph import nn_similarity, reciprocity
 from geom_jax.metrics.measures.label_overlap import label_overlap
 from geom_jax.metrics.measures.local_id import mle_id, tle_id
 from geom_jax.metrics.measures.overlap import neighbourhood_overlap
+from geom_jax.metrics.measures.probes import linear_probe
 from geom_jax.metrics.measures.spectrum import matrix_entropy, participation_ratio
 from geom_jax.metrics.measures.trajectory import curvature
 from geom_jax.metrics.neighbours.distances import pairwise_distances
@@ -96,6 +97,7 @@ __all__ = [
     "label_overlap",
     "lcs_knn",
     "linear_predictivity",
+    "linear_probe",
     "lpca_id",
     "mada_id",
     "matrix_entropy",
