@@ -218,7 +218,9 @@ def test_eight_devices_equal_one(pooled, tiny, tmp_path):
     # Blocks of 8 rows (the default block, at least 64 rows, would hold each 30-point
     # cloud whole, so every device would compute every row): the devices split each
     # cloud's rows, and a split that lost a row would show here.
-    args = _flags(tiny, out, "--mesh_shape=8,1", "--block_rows=8")
+    # pca_id: a batched SVD on XLA:CPU's thread pool deadlocked against the devices'
+    # all-gathers (history 23); the observable maps over clouds instead
+    args = _flags(tiny, out, "--mesh_shape=8,1", "--block_rows=8", "--observables=pooled,pca_id")
     env = subprocess_env.cpu_env(
         "--xla_force_host_platform_device_count=8",
         "--xla_cpu_collective_call_terminate_timeout_seconds=900",
@@ -235,6 +237,7 @@ def test_eight_devices_equal_one(pooled, tiny, tmp_path):
         np.testing.assert_allclose(z["gride_ids"], got["gride_ids"], rtol=1e-5)
         np.testing.assert_allclose(z["twonn"], got["twonn"], rtol=1e-5)
         np.testing.assert_array_equal(z["overlap"], got["overlap"])
+        assert np.isfinite(z["pca_id"]).all() and (z["pca_id"] >= 1).all()
         tolerances.assert_rank_field(
             z["label_overlap"], got["label_overlap"], "label_overlap_curve", _label_atol(spec)
         )

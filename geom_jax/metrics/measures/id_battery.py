@@ -751,9 +751,12 @@ def _pca_fields(ctx):
     variance = float(ctx.options["pca_variance"])
     valid = ctx.valid
     x = jnp.where(valid[..., None], ctx.x, 0.0)
-    ids = jax.vmap(lambda a, v: _pca_id(a, v, variance))(x, valid)
-    exps = jax.vmap(lambda a, v: _pca_exponent(a, v, 1e-4))(x, valid)
-    return {"pca_id": ids, "pca_exponent": exps}
+    # one cloud at a time: a batched SVD runs on XLA:CPU's shared thread pool, which
+    # several simulated devices' collectives can hold (a deadlock seen with 8 devices)
+    out = lax.map(
+        lambda a: (_pca_id(a[0], a[1], variance), _pca_exponent(a[0], a[1], 1e-4)), (x, valid)
+    )
+    return {"pca_id": out[0], "pca_exponent": out[1]}
 
 
 PCA = Observable(
@@ -772,6 +775,5 @@ PCA = Observable(
     reference="scikit-dimension 0.5 lPCA(ver='ratio'); Lee et al. ACL 2025 (PCA at 99%)",
     reduce="covariance spectrum over valid tokens",
     options=(PCA_VARIANCE,),
-    pooled=True,
     report=(local_id.ESTIMATORS,),
 )
