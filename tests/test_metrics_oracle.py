@@ -386,8 +386,9 @@ def test_auto_selection_is_xla_below_the_host_threshold():
 
     assert "callback" not in program(small)
     assert "geom_jax_select_rows" not in program(small)
-    if native_kernels.available():
-        # the compiled selection: a custom call, still no host callback
+    if native_kernels.row_selection_preferred(small + 1, 16):
+        # the compiled selection (the suite runs with a persistent compilation cache):
+        # a custom call, still no host callback
         assert "callback" not in program(small + 1)
         assert "geom_jax_select_rows" in program(small + 1)
     else:

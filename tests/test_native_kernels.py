@@ -108,3 +108,18 @@ def test_without_the_kernels_the_numpy_path_gives_the_same_numbers(env, tmp_path
         assert "native CPU kernels unavailable" in out["numpy"].stderr
         assert "compiling" in out["numpy"].stderr
     assert out["native"].stdout.split()[-1] == out["numpy"].stdout.split()[-1]
+
+
+def test_numpy_keeps_large_m_rows_unless_programs_are_cached():
+    """The compiled row selection where it is faster (m a small part of N) and, where
+    NumPy's partition is faster (m a large part of N), only with a persistent
+    compilation cache on, whose programs a Python callback would keep out of it."""
+    before = jax.config.jax_compilation_cache_dir
+    try:
+        jax.config.update("jax_compilation_cache_dir", None)
+        assert native_kernels.row_selection_preferred(4096, 36)
+        assert not native_kernels.row_selection_preferred(1024, 256)
+        jax.config.update("jax_compilation_cache_dir", "/tmp/geom-jax-unused-cache")
+        assert native_kernels.row_selection_preferred(1024, 256)
+    finally:
+        jax.config.update("jax_compilation_cache_dir", before)

@@ -161,7 +161,7 @@ def _host_select_rows(g, sq, valid_near, valid_rank, start, *, k_near, ranks):
         jax.ShapeDtypeStruct((b, k_near), jnp.int32),
         jax.ShapeDtypeStruct((b, len(ranks)), jnp.int32),
     )
-    if native_kernels.for_cpu():
+    if native_kernels.row_selection_preferred(g.shape[-1], max((k_near,) + ranks)):
         near, rank = native_kernels.select_rows(
             g, sq, valid_near, valid_rank, start, k_near=k_near, ranks=ranks
         )

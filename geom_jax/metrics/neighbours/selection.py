@@ -175,7 +175,7 @@ def _host_callback_select(gram, sq, valid_near, valid_rank, *, k_near, ranks):
         jax.ShapeDtypeStruct(batch + (n, k_near), jnp.int32),
         jax.ShapeDtypeStruct(batch + (n, len(ranks)), jnp.int32),
     )
-    if native_kernels.for_cpu():
+    if native_kernels.row_selection_preferred(gram.shape[-1], max((k_near,) + ranks)):
         near, rank = native_kernels.select_rows(
             gram, sq, valid_near, valid_rank, 0, k_near=k_near, ranks=ranks
         )
