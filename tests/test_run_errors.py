@@ -344,3 +344,22 @@ def test_ctrl_c_ends_with_one_line_and_resume_continues(tiny, tmp_path):
     got = geom_run.run(run_flags.spec_from_flags(fv))
     assert got["gride_ids"].shape[0] == 40
     assert np.load(out / results.RESULTS_FILE)["gride_ids"].shape[0] == 40
+
+
+def test_an_unusable_compilation_cache_folder_only_turns_the_cache_off(tmp_path):
+    """--compilation_cache under a file (or anywhere it cannot be created): a warning and
+    no cache, not a failed run."""
+    import jax
+
+    from geom_jax.run import compilation
+
+    before = jax.config.jax_compilation_cache_dir
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    try:
+        jax.config.update("jax_compilation_cache_dir", None)
+        assert compilation.enable(str(blocker / "xla")) is None
+        assert jax.config.jax_compilation_cache_dir is None
+        assert compilation.enable(str(tmp_path / "xla")) == str(tmp_path / "xla")
+    finally:
+        jax.config.update("jax_compilation_cache_dir", before)

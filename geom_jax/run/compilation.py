@@ -18,6 +18,7 @@ import os
 import threading
 
 import jax
+from absl import logging
 from jax import monitoring
 
 DEFAULT_DIR = os.path.join(os.path.expanduser("~"), ".cache", "geom_jax", "xla")
@@ -43,7 +44,11 @@ def enable(path: str | None) -> str | None:
     current = jax.config.jax_compilation_cache_dir
     if current is None and path:
         path = os.path.expanduser(path)
-        os.makedirs(path, exist_ok=True)
+        try:
+            os.makedirs(path, exist_ok=True)
+        except OSError as e:
+            logging.warning("compilation cache off: cannot create %s (%s)", path, e)
+            return None
         jax.config.update("jax_compilation_cache_dir", path)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_COMPILE_SECS)
         jax.config.update("jax_compilation_cache_max_size", MAX_BYTES)
