@@ -156,6 +156,44 @@ def check_max_k(n, max_k, name="max_k"):
     check_neighbours_fit(n, max_k, name)
 
 
+def is_number(value):
+    """Whether value is a real Python or NumPy number (a bool is not)."""
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
+def check_open_unit(value, name, closed_top=False):
+    """Refuses (naming ``name``) a value outside (0, 1), or (0, 1] with closed_top."""
+    ok = is_number(value) and 0.0 < value and (value <= 1.0 if closed_top else value < 1.0)
+    if not ok:
+        interval = "(0, 1]" if closed_top else "(0, 1)"
+        raise ArgumentError(
+            "{" + name + "} must be a number in {interval}, got {value!r}",
+            name,
+            interval=interval,
+            value=value,
+        )
+
+
+def check_choice(value, name, choices):
+    """Refuses (naming ``name``) a value not among ``choices``."""
+    if value not in choices:
+        raise ArgumentError(
+            "{" + name + "} must be one of {choices}, got {value!r}",
+            name,
+            choices=choices,
+            value=value,
+        )
+
+
+def check_flag(value, name):
+    """value as a bool, refused (naming ``name``) unless a Python or NumPy bool."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ArgumentError(
+            "{" + name + "} must be True or False, got {value!r}", name, value=value
+        )
+    return bool(value)
+
+
 def check_int(value, name, lo):
     """value as an int, refused (naming ``name``) unless an integer (not a bool) >= lo."""
     if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < lo:

@@ -76,14 +76,6 @@ FLOAT32_EPS = float(np.finfo(np.float32).eps)
 # -- option checks ------------------------------------------------------------------
 
 
-def _check_alpha(value):
-    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-    if not (ok and 0.0 < value < 1.0):
-        raise ArgumentError(
-            "{alpha} must be a number in (0, 1), got {value!r}", "alpha", value=value
-        )
-
-
 def _points(x, mask, k, k_name=None):
     """x as float32 [..., N, D] and the valid mask [..., N], after the static check that
     k neighbours fit in N points (naming ``k_name``, or x) and the value checks (k + 1
@@ -363,7 +355,7 @@ def _pak_density(x, valid, dim, max_k, dthr, max_iter):
 
 
 def _pak_options(x, mask, intrinsic_dim, alpha, max_k):
-    _check_alpha(alpha)
+    validation.check_open_unit(alpha, "alpha")
     validation.check_int(max_k, "max_k", PAK_FIRST_K + 1)
     x, mask, valid = _points(x, mask, PAK_FIRST_K)
     dim = _dims(x, mask, intrinsic_dim)

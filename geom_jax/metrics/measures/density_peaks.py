@@ -114,18 +114,9 @@ class Clusters(NamedTuple):
 
 
 def _check_z(z):
-    ok = isinstance(z, (int, float, np.integer, np.floating)) and not isinstance(z, bool)
-    if not ok or not math.isfinite(float(z)) or float(z) <= 0.0:
+    if not validation.is_number(z) or not math.isfinite(float(z)) or float(z) <= 0.0:
         raise ArgumentError("{Z} must be a finite number > 0, got {value!r}", "Z", value=z)
     return float(z)
-
-
-def _check_flag(value, name):
-    if not isinstance(value, (bool, np.bool_)):
-        raise ArgumentError(
-            "{" + name + "} must be True or False, got {value!r}", name, value=value
-        )
-    return bool(value)
 
 
 def _host_array(value, name, shape, kind):
@@ -381,7 +372,7 @@ def adp_from_density(log_density, log_density_err, kstar, neighbours, *, Z=1.65,
     arXiv 1802.10549); DADApy 0.3.4 ``Data.compute_clustering_ADP``.
     """
     z = _check_z(Z)
-    halo = _check_flag(halo, "halo")
+    halo = validation.check_flag(halo, "halo")
     nb = np.asarray(validation.as_array(neighbours, "neighbours"))
     if nb.ndim != 2 or nb.shape[1] < 1 or not np.issubdtype(nb.dtype, np.integer):
         raise ArgumentError(
@@ -446,7 +437,7 @@ def adp_clusters_from_density(
       are those of the cloud, invalid rows included.
     """
     z = _check_z(Z)
-    halo = _check_flag(halo, "halo")
+    halo = validation.check_flag(halo, "halo")
     maxk = validation.check_int(maxk, "maxk", 1)
     x = validation.as_points(x, "x")
     batch, n = tuple(x.shape[:-2]), x.shape[-2]
@@ -656,7 +647,7 @@ def adp_clusters(x, mask=None, *, Z=1.65, halo=False, intrinsic_dim=None, maxk=D
       exact duplicates has no PAk density at the twins (NaN) and is refused.
     """
     _check_z(Z)
-    _check_flag(halo, "halo")
+    validation.check_flag(halo, "halo")
     validation.check_int(maxk, "maxk", 1)
     log_den, err = density.pak_density(x, mask, intrinsic_dim=intrinsic_dim, max_k=maxk)
     kstar = density.pak_kstar(x, mask, intrinsic_dim=intrinsic_dim, max_k=maxk)

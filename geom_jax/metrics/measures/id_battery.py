@@ -56,32 +56,6 @@ POINT_BLOCK = 64
 # -- option checks ------------------------------------------------------------------
 
 
-def _is_number(value):
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-
-
-def _check_open_unit(value, name, closed_top=False):
-    ok = _is_number(value) and 0.0 < value and (value <= 1.0 if closed_top else value < 1.0)
-    if not ok:
-        interval = "(0, 1]" if closed_top else "(0, 1)"
-        raise ArgumentError(
-            "{" + name + "} must be a number in {interval}, got {value!r}",
-            name,
-            interval=interval,
-            value=value,
-        )
-
-
-def _check_choice(value, name, choices):
-    if value not in choices:
-        raise ArgumentError(
-            "{" + name + "} must be one of {choices}, got {value!r}",
-            name,
-            choices=choices,
-            value=value,
-        )
-
-
 def _points(x, mask, min_valid, k=None, k_name="k"):
     """x as float32 [..., N, D] and the valid mask [..., N], after the static check that
     k neighbours fit in N points and the value checks (valid counts, finite values)."""
@@ -213,7 +187,7 @@ def pca_id(x, mask=None, *, variance=0.99):
     (Fukunaga 2010, "Introduction to statistical pattern recognition"; Cangelosi &
     Goriely 2007, Biology Direct 2:2).
     """
-    _check_open_unit(variance, "variance", closed_top=True)
+    validation.check_open_unit(variance, "variance", closed_top=True)
     x, valid = _points(x, mask, 2)
     return _run(_pca_id, x, valid, variance=float(variance))
 
@@ -256,7 +230,7 @@ def pca_spectrum_exponent(x, mask=None, *, rtol=1e-4):
     bioRxiv 374090); the fit is ``np.polyfit(log i, log lambda_i, 1)`` on the ranks
     above.
     """
-    _check_open_unit(rtol, "rtol")
+    validation.check_open_unit(rtol, "rtol")
     x, valid = _points(x, mask, 3)
     return _run(_pca_exponent, x, valid, rtol=float(rtol))
 
@@ -318,9 +292,9 @@ def lpca_id(x, mask=None, *, ver="FO", alpha_fo=0.05, alpha_ratio=0.05):
     ``.fit(x).dimension_``; Fukunaga & Olsen 1971 (IEEE Trans. Comput. C-20, 176);
     Cangelosi & Goriely 2007 (Biology Direct 2:2).
     """
-    _check_choice(ver, "ver", LPCA_VERSIONS)
-    _check_open_unit(alpha_fo, "alpha_fo")
-    _check_open_unit(alpha_ratio, "alpha_ratio", closed_top=True)
+    validation.check_choice(ver, "ver", LPCA_VERSIONS)
+    validation.check_open_unit(alpha_fo, "alpha_fo")
+    validation.check_open_unit(alpha_ratio, "alpha_ratio", closed_top=True)
     x, valid = _points(x, mask, 2)
     return _run(_lpca, x, valid, ver=ver, alpha_fo=float(alpha_fo), alpha_ratio=float(alpha_ratio))
 
@@ -566,7 +540,7 @@ def ess_id(x, mask=None, *, k=100, ver="a", d=1):
     intrinsicDimension).
     """
     validation.check_int(k, "k", 2)
-    _check_choice(ver, "ver", ESS_VERSIONS)
+    validation.check_choice(ver, "ver", ESS_VERSIONS)
     if d != 1 or isinstance(d, bool):
         raise ArgumentError(
             "{d} must be 1 (only d = 1 is implemented), got {value!r}", "d", value=d
@@ -662,7 +636,7 @@ def fishers_id(x, mask=None, *, conditional_number=10.0, alphas=None):
     dimension of large biological datasets using Fisher separability analysis",
     arXiv:1901.06328); scikit-dimension 0.5.0 ``skdim.id.FisherS().fit(x).dimension_``.
     """
-    if not _is_number(conditional_number) or not conditional_number > 0:
+    if not validation.is_number(conditional_number) or not conditional_number > 0:
         raise ArgumentError(
             "{conditional_number} must be a number > 0, got {value!r}",
             "conditional_number",
@@ -729,7 +703,7 @@ def binomial_id(x, mask=None, *, k=20, r=0.5):
     ``Data(x).compute_id_binomial_k(k, r, bayes=True)[0]``.
     """
     validation.check_int(k, "k", 1)
-    _check_open_unit(r, "r")
+    validation.check_open_unit(r, "r")
     x, valid = _points(x, mask, k + 1, k)
     return _run(_binomial, x, valid, k=int(k), r=float(r))
 
@@ -741,7 +715,7 @@ PCA_VARIANCE = Option(
     float,
     0.99,
     "Variance fraction whose leading principal components pca_id counts, in (0, 1].",
-    check=lambda v: _check_open_unit(v, "pca_variance", closed_top=True),
+    check=lambda v: validation.check_open_unit(v, "pca_variance", closed_top=True),
 )
 
 

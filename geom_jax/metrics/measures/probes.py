@@ -137,26 +137,18 @@ def fold_ids_host(labels, valid, folds, seed, stratify=True):
 # -- checks ---------------------------------------------------------------------------
 
 
-def _is_number(value):
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-
-
 def _check_options(kind, folds, seed, stratify, alpha, C, max_iter, tol):
-    if kind not in KINDS:
-        raise ArgumentError(
-            "{kind} must be one of {choices}, got {value!r}", "kind", choices=KINDS, value=kind
-        )
+    validation.check_choice(kind, "kind", KINDS)
     validation.check_int(folds, "folds", 2)
     if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or not 0 <= seed < 2**32:
         raise ArgumentError("{seed} must be an integer in [0, 2^32), got {v!r}", "seed", v=seed)
-    if not isinstance(stratify, (bool, np.bool_)):
-        raise ArgumentError("{stratify} must be True or False, got {v!r}", "stratify", v=stratify)
-    if not _is_number(alpha) or not (math.isfinite(alpha) and alpha >= 0):
+    validation.check_flag(stratify, "stratify")
+    if not validation.is_number(alpha) or not (math.isfinite(alpha) and alpha >= 0):
         raise ArgumentError("{alpha} must be a finite number >= 0, got {v!r}", "alpha", v=alpha)
-    if not _is_number(C) or not (math.isfinite(C) and C > 0):
+    if not validation.is_number(C) or not (math.isfinite(C) and C > 0):
         raise ArgumentError("{C} must be a finite number > 0, got {v!r}", "C", v=C)
     validation.check_int(max_iter, "max_iter", 1)
-    if not _is_number(tol) or not (math.isfinite(tol) and tol > 0):
+    if not validation.is_number(tol) or not (math.isfinite(tol) and tol > 0):
         raise ArgumentError("{tol} must be a finite number > 0, got {v!r}", "tol", v=tol)
 
 

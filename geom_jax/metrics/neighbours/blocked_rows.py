@@ -205,17 +205,15 @@ def select(xc, sq, valid_near, valid_rank, *, k_near, ranks, block, method, rows
     if same:
         valid_rank = valid_near
     blocks = functools.partial(_select_blocks, k_near=k_near, ranks=ranks, block=block, rows=rows)
+    tile_rows = symmetric_rows.block_for(n, block)
     if (
         same
         and rows is LOCAL
         and method != "xla"
-        and symmetric_rows.usable(n, symmetric_rows.block_for(n, block), k_near, ranks)
+        and symmetric_rows.usable(n, tile_rows, k_near, ranks)
     ):
         stream = functools.partial(
-            symmetric_rows.select,
-            k_near=k_near,
-            ranks=ranks,
-            block=symmetric_rows.block_for(n, block),
+            symmetric_rows.select, k_near=k_near, ranks=ranks, block=tile_rows
         )
         xla = lambda xc, sq, valid: blocks(xc, sq, valid, valid, method="xla")
         near, ranked, near_keys = host_selection.dispatch(method, stream, xla, xc, sq, valid_near)

@@ -120,10 +120,16 @@ def for_cpu() -> bool:
     return jax.default_backend() == "cpu" and available()
 
 
+def capacity(m):
+    """Candidates a row's buffer holds before a compaction when the kernels keep the m
+    smallest: 2 m, at least m + 64 (the kernels' rule, streaming_select.cc's SelectRow)."""
+    return max(2 * m, m + 64)
+
+
 def row_selection_preferred(n, m) -> bool:
     """Whether the compiled row selection replaces NumPy's for m of n columns per row.
 
-    Where m is a small part of n (8 max(2m, m + 64) < n, the kernel's threshold
+    Where m is a small part of n (8 capacity(m) < n, the kernel's threshold
     streaming) it is the faster one (31 x 1,024 rows, m = 36: 0.084 s against 0.116 s;
     4,096 points: 0.128 against 0.440 s). Where m is a large part of n (GRIDE ranks to
     256 of 1,024 points) NumPy's SIMD partition is faster (0.14 s against 0.20 s for 31
@@ -134,7 +140,7 @@ def row_selection_preferred(n, m) -> bool:
     """
     if not for_cpu():
         return False
-    if 8 * max(2 * m, m + 64) < n:
+    if 8 * capacity(m) < n:
         return True
     return jax.config.jax_compilation_cache_dir is not None
 

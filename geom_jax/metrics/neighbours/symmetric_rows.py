@@ -35,14 +35,9 @@ takes: 539 MB at N = 131,072 with m = 256 (GRIDE range 256); beyond it (range 8,
 that N would need 17 GB) callers keep the row-blocked path."""
 
 
-def capacity(m):
-    """Candidates a row's buffer holds before a compaction: 2 m, at least m + 64."""
-    return max(2 * m, m + 64)
-
-
 def state_bytes(n, block, m):
     nb = -(-n // block)
-    return nb * block * (capacity(m) + 2) * 8
+    return nb * block * (native_kernels.capacity(m) + 2) * 8
 
 
 def usable(n, block, k_near, ranks):
@@ -106,7 +101,7 @@ def select(xc, sq, valid, *, k_near, ranks, block):
     if m > n:
         raise ValueError(f"cannot select {m} neighbours among N = {n} points")
     native_kernels._require()
-    cap = capacity(m)
+    cap = native_kernels.capacity(m)
     nb, n_pad, width = tiling(n, block)
     rows, cols = tile_operands(xc, block)
     sq_p = jnp.pad(sq, (0, n_pad - n))
