@@ -21,7 +21,8 @@ import jax
 from absl import logging
 from jax import monitoring
 
-DEFAULT_DIR = os.path.join(os.path.expanduser("~"), ".cache", "geom_jax", "xla")
+DEFAULT_DIR = "~/.cache/geom_jax/xla"
+"""The runs' default ``compilation_cache`` (`enable` expands the ~)."""
 MIN_COMPILE_SECS = 0.1
 """Programs compiling faster than this are not written to the cache (jax's default is 1 s:
 most of a run's dozens of small programs would then compile again in every process)."""

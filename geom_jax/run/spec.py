@@ -21,7 +21,7 @@ from geom_jax import data
 from geom_jax.errors import ArgumentError
 from geom_jax.metrics.declare import registry
 from geom_jax.metrics.declare.observable import Option
-from geom_jax.run import run_kind
+from geom_jax.run import compilation, run_kind
 
 METHODS = ("structured", "shuffled", "permuted")
 DTYPES = ("float32", "bfloat16")
@@ -179,7 +179,7 @@ FIELDS: tuple[RunField, ...] = (
     RunField(
         "compilation_cache",
         str,
-        "~/.cache/geom_jax/xla",
+        compilation.DEFAULT_DIR,
         "Folder of JAX's persistent compilation cache ('' = off; JAX_COMPILATION_CACHE_DIR "
         "wins): a later run of the same shapes loads its compiled steps from it.",
         defining=False,
