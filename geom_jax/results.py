@@ -59,10 +59,10 @@ def field_docs(observables="paper", kind: run_kind.RunKind | None = None) -> dic
     fields = kind.fields(observables)
     docs = {}
     for f in fields:
-        where = f" ({TOKENS_FILE}, float16)" if f.tokens else ""
+        where = f" ({TOKENS_FILE}, {f.stored_dtype})" if f.tokens else ""
         docs[f.name] = f"{f.shape(kind.row_symbol)} {f.doc}{where}"
     docs.update(coordinate_fields(fields))
-    for f in kind.point_fields:
+    for f in list(kind.point_fields) + kind.measured_point_fields(observables):
         docs[f.name] = f"{f.shape('R')} {f.doc} ({TOKENS_FILE})"
     return docs
 
@@ -106,14 +106,20 @@ def as_saved(arrays: Mapping[str, np.ndarray], observables="paper", kind=None):
     """``arrays`` as the files hold them: each field in its declared dtype (per-token
     fields float32 here, float16 in tokens.npz), plus the coordinates its dims store."""
     kind = _kind(kind)
-    fields = {f.name: f for f in kind.fields(observables) + list(kind.point_fields)}
+    fields = {
+        f.name: f
+        for f in kind.fields(observables)
+        + list(kind.point_fields)
+        + kind.measured_point_fields(observables)
+    }
     out = {}
     for name, value in arrays.items():
         f = fields.get(name)
         if f is None or f.dtype == "str":
             out[name] = np.asarray(value)
         else:
-            out[name] = np.asarray(value, np.float32 if f.tokens else f.stored_dtype)
+            half = f.stored_dtype == np.float16
+            out[name] = np.asarray(value, np.float32 if half else f.stored_dtype)
     out.update(coordinates(out, list(fields.values())))
     return out
 
@@ -133,7 +139,7 @@ def save_results(
     if unknown:
         raise ValueError(f"save_results: undocumented fields {sorted(unknown)}")
     to_tokens = kind.tokens_fields(observables)
-    per_token = {f.name for f in kind.fields(observables) if f.tokens}
+    per_token = {f.name for f in kind.fields(observables) if f.stored_dtype == np.float16}
     main = {k: v for k, v in arrays.items() if k not in to_tokens}
     tokens = {
         k: np.asarray(v, np.float16) if k in per_token else v
@@ -209,6 +215,16 @@ def declared_fields() -> dict[str, Field]:
     return out
 
 
+def _observables_of(meta: Mapping) -> str:
+    """The observables a finished run measured (its flags), those of "paper" when the
+    metadata predate them or name one no longer registered."""
+    names = meta.get("flags", {}).get("observables") or "paper"
+    try:
+        return registry.resolve(names)
+    except ValueError:
+        return registry.resolve("paper")
+
+
 def _attr(value):
     return value if isinstance(value, (str, int, float, bool)) else json.dumps(value)
 
@@ -239,7 +255,9 @@ def load(output_dir: str) -> xr.Dataset:
     meta = arrays.pop("metadata")
     kind = run_kind.of_metadata(meta)
     declared = declared_fields()
-    points = {f.name for f in kind.point_fields}
+    per_row = {f.name: f for f in kind.measured_point_fields(_observables_of(meta))}
+    declared.update(per_row)
+    points = {f.name for f in kind.point_fields} | set(per_row)
     row_coords = {f.name for f in kind.row_fields} | set(kind.point_coordinates)
     coord_names = {d.coord_name: name for name, d in DIMS.items() if d.coord_name}
     data_vars, coords = {}, {}

@@ -63,7 +63,7 @@ def test_pooled_files_and_points(pooled, tiny):
     assert got["gride_ids"].shape[:2] == (4, layers) and got["overlap"].shape[:2] == (4, 2)
     assert got["cos_mean"].shape == (4, layers + 1)
     assert got["info_imbalance_next"].shape == (4, layers - 1, 2)
-    assert "local_id" not in got and "loss" not in got
+    assert got["local_id"].shape == (120, layers) and "loss" not in got
     with np.load(os.path.join(out, results.TOKENS_FILE)) as z:
         rows = {k: z[k] for k in z.files}
     assert rows["input_ids"].shape == (120, 12)
@@ -84,6 +84,12 @@ def test_pooled_files_and_points(pooled, tiny):
         geo = metrics.layer_geometry(np.moveaxis(reps[cloud.rows], 0, 1)[1:], range_max=29, max_k=8)
         np.testing.assert_allclose(got["gride_ids"][c], geo.gride_ids, rtol=1e-5)
         np.testing.assert_array_equal(got["overlap"][c], geo.overlap)
+        # a per-point field is stored per row: each row's value in its cloud
+        local = metrics.layer_geometry(
+            np.moveaxis(reps[cloud.rows], 0, 1)[1:], observables="mle_id"
+        ).local_id
+        np.testing.assert_allclose(got["local_id"][cloud.rows], local.T, rtol=1e-5)
+    assert results.load(out).local_id.dims == ("row", "layer")
 
 
 def _stored_clouds(spec):

@@ -92,10 +92,15 @@ def test_each_kind_declares_its_files():
     pooled = [f.name for f in POOLED_RUN.fields(obs)]
     assert pooled[:4] == ["cloud_shuffle", "cloud_repeat", "cloud_partition", "n_points"]
     assert not any(f.tokens for f in POOLED_RUN.fields(obs))
-    assert POOLED_RUN.tokens_fields(obs) == {f.name for f in POOLED_RUN.point_fields}
+    # a per-point field of a pooled run (mle_id's local_id) is stored per row
+    assert POOLED_RUN.tokens_fields(obs) == {f.name for f in POOLED_RUN.point_fields} | {
+        "local_id"
+    }
     assert set(POOLED_RUN.point_coordinates) <= POOLED_RUN.tokens_fields(obs)
     docs = results.field_docs(obs, POOLED_RUN)
     assert docs["gride_ids"].startswith("[C, L, S]") and docs["row_loss"].startswith("[R]")
+    assert results.field_docs(obs, POOLED_RUN)["local_id"].startswith("[R, L]")
+    assert "local_id" not in {f.name for f in POOLED_RUN.fields(obs)}
     assert results.field_docs("paper")["gride_ids"].startswith("[P, L, S]")
 
 

@@ -95,12 +95,19 @@ class RunKind(abc.ABC):
         """Every field of a run of ``observables`` but the point fields, in file order."""
         return list(self.row_fields) + self.measured_fields(registry.resolve(observables))
 
+    def measured_point_fields(self, observables="paper") -> list[Field]:
+        """The observables' per-point fields that this kind stores along ``row`` in
+        ``tokens.npz`` (a pooled run's: one point per row); none by default."""
+        return []
+
     def tokens_fields(self, observables="paper") -> set[str]:
-        """The fields written to ``tokens.npz``: the point fields, and the per-token ones
-        (float16 there)."""
-        return {f.name for f in self.point_fields} | {
-            f.name for f in self.fields(observables) if f.tokens
-        }
+        """The fields written to ``tokens.npz``: the point fields, the per-token ones
+        (float16 there) and the measured point fields."""
+        return (
+            {f.name for f in self.point_fields}
+            | {f.name for f in self.fields(observables) if f.tokens}
+            | {f.name for f in self.measured_point_fields(observables)}
+        )
 
     def report_arrays(self, arrays: Mapping[str, Any]) -> dict[str, Any]:
         """A finished run's arrays with the report's row fields added (``report_rows``)."""

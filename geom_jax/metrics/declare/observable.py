@@ -211,8 +211,9 @@ class Field:
       dims: trailing dim names (:data:`DIMS`), after the row and layer axes.
       doc: one line (RESULTS.md, the README's tables).
       layers: the layer axis, a key of :data:`LAYER_AXES` or "" (per row).
-      dtype: stored dtype ("float32", "int32", "bool"; per-token fields float16).
-      tokens: per token: stored as float16 in ``tokens.npz``.
+      dtype: stored dtype ("float32", "int32", "bool"; per-token float32 fields float16).
+      tokens: per point (its dims end with "token"): in ``tokens.npz``, float fields as
+        float16 in per-prompt runs; a pooled run stores it per row, [R, L', ...].
       saved: False for ``layer_geometry``-only extras.
       length: in the input's units of length (the engine measures on clouds
         rescaled by a power of two and multiplies these back).
@@ -238,7 +239,14 @@ class Field:
 
     @property
     def stored_dtype(self) -> np.dtype:
-        return np.dtype(np.float16 if self.tokens else self.dtype)
+        return np.dtype(np.float16 if self.tokens and self.dtype == "float32" else self.dtype)
+
+    def per_row(self) -> Field:
+        """The field of a pooled run's rows: one point per row, so the "token" dim is the
+        row itself ([R, L', ...] in ``tokens.npz``, in the declared dtype)."""
+        return dataclasses.replace(
+            self, dims=tuple(d for d in self.dims if d != "token"), tokens=False
+        )
 
     def dim_names(self, row_dim: str = "row") -> tuple[str, ...]:
         """Named dims of the stored array: row, the layer axis, then ``dims``."""

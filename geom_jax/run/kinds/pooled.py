@@ -17,6 +17,7 @@ import time
 import jax
 
 from geom_jax import models, pipeline
+from geom_jax.metrics.declare import registry
 from geom_jax.metrics.declare.observable import POOLED, Field
 from geom_jax.pipeline import schema
 from geom_jax.run import checks, model, output_dir
@@ -109,6 +110,10 @@ class Pooled(RunKind):
         fields = [f for f in observables.fields(saved_only=True) if not f.tokens]
         return fields + list(schema.health_fields(observables))
 
+    def measured_point_fields(self, observables="paper") -> list[Field]:
+        observables = registry.resolve(observables)
+        return [f.per_row() for f in observables.fields(saved_only=True) if f.tokens]
+
     def report_label(self, metadata, folder: str) -> str:
         pool = metadata.get("flags", {}).get("pool", "")
         return f"{super().report_label(metadata, folder)} (one point per window, {pool} token)"
@@ -180,10 +185,14 @@ class Pooled(RunKind):
             pipe, rows, reps, losses, batch_size=spec.batch_size, progress=spec.progress
         )
         written = {f.name for f in self.fields(spec.observable_set)}
-        geo = pooled_sweep.measure(spec, reps, rows, clouds, written, spec.progress, mesh)
+        per_row = [f for f in spec.observable_set.fields(saved_only=True) if f.tokens]
+        geo, geo_rows = pooled_sweep.measure(
+            spec, reps, rows, clouds, written, spec.progress, mesh, per_row
+        )
         arrays = {
             **pooled_rows.cloud_arrays(clouds),
             **geo,
+            **geo_rows,
             **pooled_sweep.row_arrays(rows, losses),
         }
         return Computed(

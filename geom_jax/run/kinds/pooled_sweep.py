@@ -80,16 +80,22 @@ def measure(
     written: set[str],
     progress: bool,
     mesh=None,
+    per_row=None,
 ):
     """Each cloud's observables per layer, on its points read from the store: the fields
-    ``written`` [C, L', ...] (finite and status [C, L] among them). On a mesh of several
-    devices, each cloud's rows are split over its data axis (the row-blocked path)."""
+    ``written`` [C, L', ...] (finite and status [C, L] among them), and the per-point
+    fields ``per_row`` (their declarations, dims with "token") as [R, L', ...], each
+    row's value from its cloud (every
+    row is in one cloud; NaN, or -2 for integers, at a row no cloud holds). On a mesh of
+    several devices, each cloud's rows are split over its data axis (the row-blocked
+    path)."""
+    per_row = list(per_row or ())
     mesh = mesh if mesh is not None and mesh.size > 1 else None
     observables = spec.observable_set
     options = observables.options(spec.option_values())
     n_max = max(len(c.rows) for c in clouds)
     wants_labels = LABELS_INPUT in {c for o in observables.observables for c in o.consumes}
-    per_cloud = []
+    per_cloud, row_values = [], {}
     geometry = jax.jit(
         lambda h, m, i: pipeline.cloud_geometry(
             h,
@@ -115,7 +121,20 @@ def measure(
             inputs[LABELS_INPUT] = labels
         geo = geometry(hidden, mask, inputs)
         per_cloud.append({k: np.asarray(v)[0] for k, v in geo.items() if k in written})
-    return {k: np.stack([g[k] for g in per_cloud]) for k in per_cloud[0]}
+        for field in per_row:
+            axis = bool(field.layers) + field.dims.index("token")
+            point_major = np.moveaxis(np.asarray(geo[field.name])[0], axis, 0)[:n]
+            if field.name not in row_values:
+                row_values[field.name] = np.full(
+                    (len(rows),) + point_major.shape[1:], _missing(field), field.dtype
+                )
+            row_values[field.name][cloud.rows] = point_major
+    cloud_values = {k: np.stack([g[k] for g in per_cloud]) for k in per_cloud[0]}
+    return cloud_values, row_values
+
+
+def _missing(field):
+    return np.nan if np.dtype(field.dtype).kind == "f" else -2
 
 
 def row_arrays(rows: Rows, losses) -> dict[str, np.ndarray]:
