@@ -93,9 +93,7 @@ def test_each_kind_declares_its_files():
     assert pooled[:4] == ["cloud_shuffle", "cloud_repeat", "cloud_partition", "n_points"]
     assert not any(f.tokens for f in POOLED_RUN.fields(obs))
     # a per-point field of a pooled run (mle_id's local_id) is stored per row
-    assert POOLED_RUN.tokens_fields(obs) == {f.name for f in POOLED_RUN.point_fields} | {
-        "local_id"
-    }
+    assert POOLED_RUN.tokens_fields(obs) == {f.name for f in POOLED_RUN.point_fields} | {"local_id"}
     assert set(POOLED_RUN.point_coordinates) <= POOLED_RUN.tokens_fields(obs)
     docs = results.field_docs(obs, POOLED_RUN)
     assert docs["gride_ids"].startswith("[C, L, S]") and docs["row_loss"].startswith("[R]")
