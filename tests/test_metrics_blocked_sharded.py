@@ -37,7 +37,9 @@ from geom_jax.metrics.neighbours import blocked_rows
 from test_metrics_blocked_sharded import data
 assert jax.device_count() == 8 and blocked_rows.DATA_AXIS == sharding.DATA
 h, mask = data()
-kw = dict(range_max=128, max_k=10, block_rows=32, observables="paper")
+# probes: its host inputs (folds from the labels) made before the sharded call
+kw = dict(range_max=128, max_k=10, block_rows=32, observables="paper,probes",
+          inputs={"labels": np.arange(603) % 3}, probe_folds=3)
 one = metrics.layer_geometry(h, mask, neighbour_path="blocked", **kw)
 report = {}
 for shape in [(8, 1), (4, 2)]:
@@ -73,9 +75,10 @@ def test_eight_devices_equal_one_device():
             else:
                 # n_unique, overlap, finite: counts over the same float32 distances,
                 # each row block selected by the same code on any device: bit for
-                # bit, whatever the near-ties
+                # bit, whatever the near-ties; probe_accuracy(_std): the same fits
                 np.testing.assert_array_equal(many, one, err_msg=f"{shape} {field}")
     assert set(report) == {"(8, 1)", "(4, 2)"}
+    assert {"probe_accuracy", "probe_accuracy_std"} <= set(report["(8, 1)"])
     assert report["(8, 1)"]["n_unique"][0] == [590, 589, 590]
     h, mask = data()  # ... and float32 cannot decide the near-duplicate threshold there
     assert [tolerances.n_unique_atol(layer, mask) for layer in h] == [0, 0, 0]

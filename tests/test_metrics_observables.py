@@ -304,9 +304,10 @@ def test_observable_sets_resolve():
     in_all = {n for n, o in registry.REGISTRY.items() if o.in_all}
     assert set(registry.resolve("all")) == in_all
     declared = {o.name for o in builtin.BUILTIN}
-    # every built-in is in "all" but label_overlap, which needs the rows' labels (pooled runs)
-    assert declared - in_all == {"label_overlap"}
-    assert "label_overlap" in registry.resolve("pooled")
+    # every built-in is in "all" but those needing the rows' labels (pooled runs)
+    assert declared - in_all == {"label_overlap", "probes"}
+    assert "label_overlap" in set(registry.resolve("pooled"))
+    assert "probes" not in set(registry.resolve("pooled"))  # opt-in: needs large classes
     with pytest.warns(DeprecationWarning, match="'dataset' is deprecated; use 'pooled'"):
         assert registry.resolve("dataset,mle_id") == registry.resolve("pooled")
     # lens comes from the geom_jax.observables entry point (setup.py), not the catalog,

@@ -180,6 +180,12 @@ def test_sigkill_then_resume_equals_uninterrupted(pooled, tiny, tmp_path):
         ),
         (dict(label_field="topic", windows=False), r"--label_field labels windows: add --windows"),
         (dict(num_prompts=100000), r"--num_prompts \(windows\)"),
+        (
+            dict(observables="gride,label_overlap,probes"),
+            r"--observables: probes cannot measure these clouds .*: --labels must have at "
+            r"least 2 classes of >= --probe_folds=5 valid rows in each cloud \(smaller classes "
+            r"are left out\), cloud \(0,\) has [01]$",
+        ),
     ],
 )
 def test_bad_pooled_input_refused_before_compute(tiny, tmp_path, kw, message):

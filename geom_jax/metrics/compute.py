@@ -116,7 +116,14 @@ def _stack_geometry(hidden, mask, inputs, *, observables, static_options, layer_
         chunk_inputs.update({k: per_cloud(v) for k, v in per_prompt.items()})
         layer = jnp.repeat(start + jnp.arange(c, dtype=jnp.int32), b)
         ctx = context(
-            clouds, vb, options, knn_k=knn_k, ranks=ranks, inputs=chunk_inputs, layer=layer
+            clouds,
+            vb,
+            options,
+            knn_k=knn_k,
+            ranks=ranks,
+            inputs=chunk_inputs,
+            layer=layer,
+            exponent=e,
         )
         outs, carry_out = {}, {}
         for o in layered:
@@ -239,6 +246,36 @@ def _required_inputs(observables, inputs):
                 )
 
 
+def host_inputs(observables, inputs, mask, options, n):
+    """inputs plus those the observables derive on the host (``Observable.host_inputs``)
+    from the concrete inputs they consume, per-prompt [B, ...], and mask [B, N] (None:
+    all valid). An observable whose host inputs are all given already is left alone
+    (a caller that jits its own call derives them first, with this function).
+
+    Raises:
+      ValueError: naming the observable, when what it derives from is traced; the
+        observable's own refusal of data it cannot measure (naming the input or option).
+    """
+    out = dict(inputs)
+    for obs in registry.resolve(observables).observables:
+        derived = registry.host_input_names(obs)
+        if not derived or all(name in out for name in derived):
+            continue
+        read = {c: out[c] for c in obs.consumes if c in registry.INPUTS and c in out}
+        if not validation.is_concrete(mask, *read.values()):
+            raise ValueError(
+                f"observable {obs.name!r} derives its inputs {sorted(derived)} on the host from "
+                f"concrete {sorted(read) + ['mask']}, which are traced here: call "
+                "layer_geometry outside jit, or derive them first with "
+                "metrics.compute.host_inputs and pass them in inputs="
+            )
+        read = {k: np.asarray(v) for k, v in read.items()}
+        b = next(iter(read.values())).shape[0] if read else 1
+        valid = np.ones((b, n), bool) if mask is None else np.asarray(mask, bool)
+        out.update(obs.host_inputs.fn(read, valid, dict(options)))
+    return out
+
+
 def row_layout(mesh, neighbour_path):
     """How the blocked path lays out its row blocks: one device, or split over the
     mesh's data axis (which forces the blocked path)."""
@@ -340,6 +377,7 @@ def stack_geometry(
         option_values,
         layer_axis=0,
     )
+    inputs = host_inputs(observables, inputs, mask, opts, hidden.shape[-2])
     hidden = validation.as_points(hidden, "hidden", min_rank=4)
     if mask is not None:
         mask = jnp.asarray(mask, bool)
@@ -437,6 +475,7 @@ def layer_geometry(
         for k, v in inputs.items()
         if registry.INPUTS.get(k, (False,))[0]
     }
+    per_prompt = host_inputs(observables, per_prompt, mask, opts, n)
     shared = {
         k: jnp.asarray(v) for k, v in inputs.items() if not registry.INPUTS.get(k, (False,))[0]
     }

@@ -75,10 +75,20 @@ class BlockedContext(ContextBase):
         ranks,
         inputs,
         layer,
+        exponent=None,
         block_rows=None,
         rows=blocked_rows.LOCAL,
     ):
-        super().__init__(x, valid, options, knn_k=knn_k, ranks=ranks, inputs=inputs, layer=layer)
+        super().__init__(
+            x,
+            valid,
+            options,
+            knn_k=knn_k,
+            ranks=ranks,
+            inputs=inputs,
+            layer=layer,
+            exponent=exponent,
+        )
         self.block = blocked_rows.block_rows_for(x.shape[-2], block_rows)
         self._rows = rows
 

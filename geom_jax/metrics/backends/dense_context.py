@@ -35,9 +35,10 @@ class LayerContext(ContextBase):
     coordinate, metrics/backends/conditioning.py: a field measured in units of length
     declares ``Field(length=True)`` and is multiplied back), valid [C, N],
     options (dict), layer [C] int32 (index of each cloud's layer in the
-    stack), input(name). Properties: unique, gram, centre, knn_sq / knn_idx
-    [C, N, knn_k] (exact, all valid points, ties to the lower index, +inf / -1
-    beyond the valid ones and in rows of invalid points;
+    stack), exponent [C] int32 (x is the input times 2**-exponent), input(name).
+    Properties: unique, gram, centre, knn_sq / knn_idx [C, N, knn_k] (exact, all
+    valid points, ties to the lower index, +inf / -1 beyond the valid ones and in
+    rows of invalid points;
     refinement.certified_knn), knn_sq_at(positions) (those ranks only),
     knn_unique(k) (among distinct points), ranked [C, N, len(ranks)]
     (Gram-selected indices at ranks), cached(key, fn) (a value several

@@ -14,18 +14,21 @@ from geom_jax.metrics.declare.options import DUPLICATE_TOLERANCE
 
 class ContextBase:
     """Base of the layer contexts: clouds x [C, N, D], valid [C, N], the option values,
-    the shared list length knn_k, the ranks to select, the caller's inputs and each
-    cloud's layer. Subclasses provide ``_knn`` and ``unique``, and define
-    ``_knn_among_distinct(k)`` (reads what it needs, returns the function that
-    computes the lists among distinct points) and ``_cosine_stats(include_diagonal)``."""
+    the shared list length knn_k, the ranks to select, the caller's inputs, each
+    cloud's layer and its exponent [C] int32 (x is the input cloud times
+    2**-exponent, conditioning.apply_scale; zeros when not given). Subclasses provide
+    ``_knn`` and ``unique``, and define ``_knn_among_distinct(k)`` (reads what it
+    needs, returns the function that computes the lists among distinct points) and
+    ``_cosine_stats(include_diagonal)``."""
 
-    def __init__(self, x, valid, options, *, knn_k, ranks, inputs, layer):
+    def __init__(self, x, valid, options, *, knn_k, ranks, inputs, layer, exponent=None):
         self.x = x
         self.valid = valid
         self.options = options
         self.knn_k = int(knn_k)
         self.ranks = tuple(ranks)
         self.layer = layer
+        self.exponent = jnp.zeros(x.shape[:1], jnp.int32) if exponent is None else exponent
         self._inputs = inputs
 
     @property

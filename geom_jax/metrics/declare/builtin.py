@@ -14,6 +14,7 @@ from geom_jax.metrics.measures import (
     label_overlap,
     local_id,
     overlap,
+    probes,
     spectrum,
     trajectory,
 )
@@ -32,4 +33,5 @@ BUILTIN = (
     id_battery.PCA,
     trajectory.OBSERVABLE,
     label_overlap.OBSERVABLE,
+    probes.OBSERVABLE,
 )

@@ -15,6 +15,9 @@ observable:
 * :class:`ModelInput`: an array the fused step derives from the model (e.g.
   lens statistics of every hidden state), computed only when a requested
   observable consumes it.
+* :class:`HostInputs`: arrays derived on the host from the caller's concrete
+  inputs before the jitted call (e.g. the probes' folds and class one-hots from
+  the row labels), because they set static shapes or need NumPy.
 * :class:`ReportSection`: a figure and the numbers the report states.
 
 Declaring one (a new module and one registration line, or an entry point
@@ -278,6 +281,31 @@ class ModelInput:
 
 
 @dataclasses.dataclass(frozen=True)
+class HostInputs:
+    """Inputs an observable derives on the host, before the jitted call, from the
+    caller's concrete inputs.
+
+    ``fn(inputs, valid, options) -> {name: array}``: inputs holds the per-prompt
+    inputs the observable consumes (registry.INPUTS) as NumPy arrays [B, ...],
+    valid the NumPy bool mask [B, N], options the checked option values; it returns
+    NumPy arrays [B, ...] under ``names`` (which register as per-prompt inputs, so
+    that ``ctx.input(name)`` reads them per cloud; their shapes may carry static
+    sizes). It raises ValueError naming the input or option for data the observable
+    cannot measure: that is the refusal before compute.
+
+    The engine (``metrics.compute.host_inputs``) calls it in ``layer_geometry`` /
+    ``stack_geometry`` when the arrays are concrete, and refuses traced ones naming
+    the observable; a caller that jits its own call (a pooled run's cloud loop)
+    calls ``compute.host_inputs`` first and passes the results in ``inputs``, which
+    the engine then uses as given.
+    """
+
+    fn: Callable
+    names: Mapping[str, str]
+    """name -> doc of each array fn returns."""
+
+
+@dataclasses.dataclass(frozen=True)
 class ReportSection:
     """A section of the report: a figure and the numbers it states.
 
@@ -321,7 +349,10 @@ class Observable:
       (layered ones [L', B, ...]).
 
     ``consumes`` names the intermediates (:data:`INTERMEDIATES`) and inputs
-    (registry.INPUTS; ``model_inputs`` declares those derived from the model).
+    (registry.INPUTS; ``model_inputs`` declares those derived from the model,
+    ``host_inputs`` (:class:`HostInputs`) those derived on the host from the
+    concrete inputs it consumes before the jitted call, read with ``ctx.input``
+    without being listed in ``consumes``).
     ``knn_k(options)`` / ``knn_unique_k(options)`` / ``ranks(options, n)`` say
     how many exact neighbours among all valid / distinct points and which
     neighbour ranks among distinct points the unit needs; ``check(options,
@@ -364,6 +395,7 @@ class Observable:
     token_cloud: bool = False
     in_all: bool = True
     model_inputs: tuple[ModelInput, ...] = ()
+    host_inputs: HostInputs | None = None
     report: tuple[ReportSection, ...] = ()
     status: Callable | None = None
     status_flags: Mapping[int, str] = dataclasses.field(default_factory=dict)

@@ -39,7 +39,7 @@ INPUTS: dict[str, tuple[bool, str]] = {
     "labels": (True, "[B, N] class id of each point of a dataset-scale cloud (-1: none)"),
 }
 """Inputs a caller may pass to layer_geometry: name -> (per_prompt, doc); the observables'
-model inputs are added when they register."""
+model inputs and host inputs (per prompt) are added when they register."""
 
 SETS = ("paper", "pooled", "all")
 """Named sets: the paper's observables, the default of pooled runs, and all."""
@@ -65,6 +65,13 @@ def register(obs: Observable, *, replace: bool = False) -> Observable:
             )
     merge_options([shared_options.ENGINE] + [o.options for o in others] + [obs.options])
     model_inputs = {m.name for m in obs.model_inputs}
+    derived = {h for o in REGISTRY.values() for h in host_input_names(o)}
+    for h in host_input_names(obs):
+        if (h in INPUTS and h not in derived) or h in obs.consumes:
+            raise ValueError(
+                f"observable {obs.name!r} derives the host input {h!r}, which is already an "
+                "input (or listed in its consumes)"
+            )
     for c in obs.consumes:
         if c not in INTERMEDIATES and c not in INPUTS and c not in model_inputs:
             raise ValueError(
@@ -74,8 +81,15 @@ def register(obs: Observable, *, replace: bool = False) -> Observable:
             )
     for m in obs.model_inputs:
         INPUTS[m.name] = (m.per_prompt, m.doc)
+    for name, doc in host_input_names(obs).items():
+        INPUTS[name] = (True, doc)
     REGISTRY[obs.name] = obs
     return obs
+
+
+def host_input_names(obs: Observable) -> dict[str, str]:
+    """name -> doc of the inputs ``obs`` derives on the host (Observable.host_inputs)."""
+    return dict(obs.host_inputs.names) if obs.host_inputs is not None else {}
 
 
 def unregister(name: str) -> None:
@@ -84,6 +98,9 @@ def unregister(name: str) -> None:
         for m in obs.model_inputs:
             if not any(m.name in {i.name for i in o.model_inputs} for o in REGISTRY.values()):
                 INPUTS.pop(m.name, None)
+        for h in host_input_names(obs):
+            if not any(h in host_input_names(o) for o in REGISTRY.values()):
+                INPUTS.pop(h, None)
 
 
 @contextlib.contextmanager

@@ -50,6 +50,16 @@ FLOPs per objective evaluation (K classes), a few per L-BFGS step, all folds of 
 cloud optimised together (vmap). Clouds run one after another (``lax.map``) in one
 jitted call.
 
+The observable ``probes`` (a pooled run's row labels, ``layer_geometry(...,
+observables="probes", inputs={"labels": ...})``) gives ``probe_accuracy`` and
+``probe_accuracy_std`` per layer with the same kernel (`clouds_fold_counts`),
+options ``probe_kind``, ``probe_folds``, ``probe_seed``, ``probe_alpha``,
+``probe_C``, ``probe_max_iter``, ``probe_tol`` (always stratified; negative labels
+are unlabelled rows). Its folds and one-hot classes are derived on the host from
+the concrete labels before the jitted call (``Observable.host_inputs``); its fit is
+the one on the input's points, whatever the power-of-two scale the engine measures
+the cloud at.
+
 References: Alain & Bengio 2016, Understanding intermediate layers using linear
 classifier probes (arXiv 1610.01644); probes per layer against intrinsic dimension:
 Cheng et al. 2025, Emergence of a high-dimensional abstraction phase in language
@@ -69,6 +79,15 @@ from jax.scipy.linalg import cho_factor, cho_solve
 
 from geom_jax.errors import ArgumentError
 from geom_jax.metrics import validation
+from geom_jax.metrics.declare.observable import (
+    POOLED,
+    Field,
+    HostInputs,
+    Observable,
+    Option,
+    ReportSection,
+)
+from geom_jax.metrics.measures.sections import probes as sections
 from geom_jax.metrics.similarity.linear_predictivity import fold_groups_host
 
 HIGHEST = lax.Precision.HIGHEST
@@ -137,19 +156,39 @@ def fold_ids_host(labels, valid, folds, seed, stratify=True):
 # -- checks ---------------------------------------------------------------------------
 
 
-def _check_options(kind, folds, seed, stratify, alpha, C, max_iter, tol):
-    validation.check_choice(kind, "kind", KINDS)
-    validation.check_int(folds, "folds", 2)
-    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or not 0 <= seed < 2**32:
-        raise ArgumentError("{seed} must be an integer in [0, 2^32), got {v!r}", "seed", v=seed)
-    validation.check_flag(stratify, "stratify")
-    if not validation.is_number(alpha) or not (math.isfinite(alpha) and alpha >= 0):
-        raise ArgumentError("{alpha} must be a finite number >= 0, got {v!r}", "alpha", v=alpha)
-    if not validation.is_number(C) or not (math.isfinite(C) and C > 0):
-        raise ArgumentError("{C} must be a finite number > 0, got {v!r}", "C", v=C)
-    validation.check_int(max_iter, "max_iter", 1)
-    if not validation.is_number(tol) or not (math.isfinite(tol) and tol > 0):
-        raise ArgumentError("{tol} must be a finite number > 0, got {v!r}", "tol", v=tol)
+def _check_seed(v, name):
+    if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or not 0 <= v < 2**32:
+        raise ArgumentError("{" + name + "} must be an integer in [0, 2^32), got {v!r}", name, v=v)
+
+
+def _check_finite(v, name, positive):
+    ok = validation.is_number(v) and math.isfinite(v) and (v > 0 if positive else v >= 0)
+    if not ok:
+        raise ArgumentError(
+            "{" + name + "} must be a finite number {bound}, got {v!r}",
+            name,
+            bound="> 0" if positive else ">= 0",
+            v=v,
+        )
+
+
+CHECKS = {
+    "kind": lambda v, name: validation.check_choice(v, name, KINDS),
+    "folds": lambda v, name: validation.check_int(v, name, 2),
+    "seed": _check_seed,
+    "stratify": validation.check_flag,
+    "alpha": lambda v, name: _check_finite(v, name, positive=False),
+    "C": lambda v, name: _check_finite(v, name, positive=True),
+    "max_iter": lambda v, name: validation.check_int(v, name, 1),
+    "tol": lambda v, name: _check_finite(v, name, positive=True),
+}
+"""argument -> check(value, name): raises ArgumentError naming ``name`` (the keyword of
+linear_probe, or the observable's option)."""
+
+
+def _check_options(**values):
+    for name, v in values.items():
+        CHECKS[name](v, name)
 
 
 def _as_labels(labels, shape):
@@ -190,10 +229,18 @@ def _where(index, batch):
     return f"cloud {tuple(int(i) for i in np.unravel_index(index, batch)) if batch else ()}"
 
 
-def _plan(labels, valid, batch, folds, seed, stratify):
+def class_width(n_classes):
+    """The one-hot width of n_classes classes: the power of two >= max(n_classes, 2),
+    so that batches with different class counts share few compiled shapes (a column
+    of a class absent from every training set takes no part)."""
+    return 1 << (max(int(n_classes), 2) - 1).bit_length()
+
+
+def _plan(labels, valid, batch, folds, seed, stratify, folds_name="folds"):
     """Per cloud (flattened batch): the class index of each row among the cloud's
     distinct valid labels (ascending; -1 invalid) [B, N], its test fold [B, N], and the
-    largest number of classes K. Checks every cloud before anything is computed."""
+    one-hot width (`class_width` of the largest number of classes). Checks every cloud
+    before anything is computed; errors name the folds as ``folds_name``."""
     n = labels.shape[-1]
     lab = labels.reshape(-1, n)
     val = valid.reshape(-1, n)
@@ -220,9 +267,9 @@ def _plan(labels, valid, batch, folds, seed, stratify):
             )
         if stratify and counts.min() < folds:
             raise ArgumentError(
-                "{folds}={value} is more than the {count} valid rows of class {label} at "
-                "{where} (stratified folds need every class in every fold)",
-                "folds",
+                "{" + folds_name + "}={value} is more than the {count} valid rows of class "
+                "{label} at {where} (stratified folds need every class in every fold)",
+                folds_name,
                 value=folds,
                 count=int(counts.min()),
                 label=classes[np.argmin(counts)].item(),
@@ -230,8 +277,8 @@ def _plan(labels, valid, batch, folds, seed, stratify):
             )
         if int(val[b].sum()) < folds:
             raise ArgumentError(
-                "{folds}={value} is more than the {count} valid rows at {where}",
-                "folds",
+                "{" + folds_name + "}={value} is more than the {count} valid rows at {where}",
+                folds_name,
                 value=folds,
                 count=int(val[b].sum()),
                 where=_where(b, batch),
@@ -239,7 +286,7 @@ def _plan(labels, valid, batch, folds, seed, stratify):
         enc[b, val[b]] = inverse.reshape(-1)
         fold[b] = fold_ids_host(lab[b], val[b], folds, seed, stratify)
         n_classes = max(n_classes, len(classes))
-    return enc, fold, n_classes
+    return enc, fold, class_width(n_classes)
 
 
 # -- classifiers (one cloud, one fold) ------------------------------------------------
@@ -329,37 +376,67 @@ def _logistic_scores(x, targets, train, seen, C, max_iter, tol):
     return logits_of(params, xs)
 
 
-@functools.partial(jax.jit, static_argnames=("kind", "folds", "n_classes", "options"))
-def _fold_counts(x, enc, fold, *, kind, folds, n_classes, options):
-    """(correct float32, tested int32) [B, F]: held-out rows classified correctly (NaN
-    where a held-out decision is not finite: a singular or overflowing fit) and
-    held-out rows, per cloud of x [B, N, D] and fold."""
-    opts = dict(options)
+def cloud_fold_counts(x, targets, fold, alpha, C, *, kind, folds, max_iter, tol):
+    """(correct float32, tested int32) [F] of one cloud: held-out rows classified
+    correctly (NaN where a held-out decision is not finite: a singular or overflowing
+    fit) and held-out rows per fold.
+
+    Args:
+      x: [N, D] points (any values at invalid rows).
+      targets: [N, K] one-hot class of each row (any numeric or bool dtype; zeros at
+        unlabelled rows; a column no training row has takes no part).
+      fold: int [N] test fold of each row, -1 at rows taking no part.
+      alpha, C: scalars (ridge penalty, inverse logistic penalty), in x's units.
+      kind, folds, max_iter, tol: as :func:`linear_probe` (static).
+    """
+    valid = fold >= 0
+    x = jnp.where(valid[:, None], x, 0.0)
+    targets = jnp.where(valid[:, None], targets.astype(x.dtype), 0.0)
+    label = jnp.argmax(targets, axis=-1)
+
+    def one_fold(f):
+        train = valid & (fold != f)
+        test = fold == f
+        seen = jnp.sum(jnp.where(train[:, None], targets, 0.0), axis=0) > 0
+        if kind == "ridge":
+            scores = _ridge_scores(x, targets, train, alpha)
+        else:
+            scores = _logistic_scores(x, targets, train, seen, C, max_iter, tol)
+        pred = jnp.argmax(jnp.where(seen, scores, -jnp.inf), axis=-1)
+        correct = jnp.sum(test & (pred == label), dtype=jnp.int32).astype(jnp.float32)
+        finite = jnp.all(jnp.where(test[:, None] & seen, jnp.isfinite(scores), True))
+        return jnp.where(finite, correct, jnp.nan), jnp.sum(test, dtype=jnp.int32)
+
+    return jax.vmap(one_fold)(jnp.arange(folds))
+
+
+def clouds_fold_counts(x, targets, fold, alpha, C, *, kind, folds, max_iter=None, tol=None):
+    """`cloud_fold_counts` of clouds x [B, N, D], targets [B, N, K], fold [B, N],
+    alpha and C [B], one after another (lax.map): (correct, tested) [B, F]. What
+    :func:`fold_counts` and the ``probes`` observable both run."""
 
     def cloud(args):
-        xb, eb, fb = args
-        valid = fb >= 0
-        xb = jnp.where(valid[:, None], xb, 0.0)
-        targets = jax.nn.one_hot(eb, n_classes, dtype=xb.dtype)
+        return cloud_fold_counts(*args, kind=kind, folds=folds, max_iter=max_iter, tol=tol)
 
-        def one_fold(f):
-            train = valid & (fb != f)
-            test = fb == f
-            seen = jnp.sum(jnp.where(train[:, None], targets, 0.0), axis=0) > 0
-            if kind == "ridge":
-                scores = _ridge_scores(xb, targets, train, opts["alpha"])
-            else:
-                scores = _logistic_scores(
-                    xb, targets, train, seen, opts["C"], opts["max_iter"], opts["tol"]
-                )
-            pred = jnp.argmax(jnp.where(seen, scores, -jnp.inf), axis=-1)
-            correct = jnp.sum(test & (pred == eb), dtype=jnp.int32).astype(jnp.float32)
-            finite = jnp.all(jnp.where(test[:, None] & seen, jnp.isfinite(scores), True))
-            return jnp.where(finite, correct, jnp.nan), jnp.sum(test, dtype=jnp.int32)
+    return lax.map(cloud, (x, targets, fold, alpha, C))
 
-        return jax.vmap(one_fold)(jnp.arange(folds))
 
-    return lax.map(cloud, (x, enc, fold))
+@functools.partial(jax.jit, static_argnames=("kind", "folds", "n_classes", "max_iter", "tol"))
+def _fold_counts(x, enc, fold, alpha, C, *, kind, folds, n_classes, max_iter, tol):
+    targets = jax.nn.one_hot(enc, n_classes, dtype=jnp.bool_)
+    return clouds_fold_counts(
+        x, targets, fold, alpha, C, kind=kind, folds=folds, max_iter=max_iter, tol=tol
+    )
+
+
+@jax.jit
+def summarise(correct, tested):
+    """(mean, std) [...] over the last axis of the per-fold held-out accuracy
+    correct / tested [..., F] (std with ddof = 0, as ``np.std``). Jitted, so that the
+    public functions round as the engine does (XLA multiplies by 1 / F where an
+    op-by-op division would divide)."""
+    accuracy = correct.astype(jnp.float32) / tested.astype(jnp.float32)
+    return jnp.mean(accuracy, axis=-1), jnp.std(accuracy, axis=-1)
 
 
 # -- public ---------------------------------------------------------------------------
@@ -382,7 +459,16 @@ def fold_counts(
     """Per fold: (correct, tested) [..., F]: held-out rows classified correctly
     (float32, a whole number, NaN where a held-out decision is not finite) and held-out
     rows (int32). The arguments are those of :func:`linear_probe`."""
-    _check_options(kind, folds, seed, stratify, alpha, C, max_iter, tol)
+    _check_options(
+        kind=kind,
+        folds=folds,
+        seed=seed,
+        stratify=stratify,
+        alpha=alpha,
+        C=C,
+        max_iter=max_iter,
+        tol=tol,
+    )
     x = validation.as_points(x, "x")
     batch, n = tuple(x.shape[:-2]), x.shape[-2]
     labels = _as_labels(labels, batch + (n,))
@@ -397,18 +483,19 @@ def fold_counts(
     enc, fold, n_classes = _plan(labels, valid, batch, int(folds), int(seed), bool(stratify))
     if validation.is_concrete(x):
         validation.check_finite(x, valid, "x")
-    if kind == "ridge":
-        options = {"alpha": float(alpha)}
-    else:
-        options = {"C": float(C), "max_iter": int(max_iter), "tol": float(tol)}
+    flat = x.reshape((-1,) + x.shape[-2:])
+    logistic = kind == "logistic"
     correct, tested = _fold_counts(
-        x.reshape((-1,) + x.shape[-2:]),
+        flat,
         jnp.asarray(enc),
         jnp.asarray(fold),
+        jnp.full(flat.shape[:1], alpha, flat.dtype),
+        jnp.full(flat.shape[:1], C, flat.dtype),
         kind=kind,
         folds=int(folds),
         n_classes=n_classes,
-        options=tuple(sorted(options.items())),
+        max_iter=int(max_iter) if logistic else None,
+        tol=float(tol) if logistic else None,
     )
     return correct.reshape(batch + (folds,)), tested.reshape(batch + (folds,))
 
@@ -479,5 +566,147 @@ def linear_probe(
         max_iter=max_iter,
         tol=tol,
     )
-    accuracy = correct.astype(jnp.float32) / tested.astype(jnp.float32)
-    return jnp.mean(accuracy, axis=-1), jnp.std(accuracy, axis=-1)
+    return summarise(correct, tested)
+
+
+# -- the observable ---------------------------------------------------------------------
+
+CLASSES_INPUT, FOLD_INPUT = "probe_classes", "probe_fold"
+
+
+def _option(name, kind, default, doc, check_as, **kw):
+    return Option(name, kind, default, doc, check=lambda v: CHECKS[check_as](v, name), **kw)
+
+
+PROBE_OPTIONS = (
+    _option(
+        "probe_kind",
+        str,
+        "ridge",
+        "Linear probe: ridge (RidgeClassifier) or logistic (LogisticRegression, L2).",
+        "kind",
+        choices=KINDS,
+    ),
+    _option("probe_folds", int, 5, "Stratified folds of the probes' cross-validation.", "folds"),
+    _option("probe_seed", int, 0, "random_state of the probes' shuffled folds.", "seed"),
+    _option("probe_alpha", float, 1.0, "Ridge probe penalty (RidgeClassifier's alpha).", "alpha"),
+    _option("probe_C", float, 1.0, "Logistic probe inverse penalty (LogisticRegression's C).", "C"),
+    _option("probe_max_iter", int, 1000, "Logistic probe: L-BFGS steps at most.", "max_iter"),
+    _option("probe_tol", float, 1e-6, "Logistic probe: stop below this gradient norm.", "tol"),
+)
+
+
+def _host_inputs(inputs, valid, options):
+    """The probes' host inputs from labels [B, N] and valid [B, N]: the one-hot class
+    of each labelled valid row [B, N, K] (bool, K = `class_width` of the batch's
+    largest class count, zeros elsewhere) and its stratified test fold [B, N] (-1
+    elsewhere). Negative labels are unlabelled rows, and so are the rows of a class with
+    fewer valid rows than probe_folds in their cloud (stratified folds need every
+    class in every fold; ``probe_classes`` counts the classes kept); the checks of
+    `_plan` refuse a cloud left with fewer than two classes."""
+    labels = np.asarray(inputs["labels"])
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise ArgumentError(
+            "{labels} must be an integer array [B, N], got dtype {dtype}",
+            "labels",
+            dtype=labels.dtype,
+        )
+    valid = valid & (labels >= 0)
+    folds = options["probe_folds"]
+    for b in range(labels.shape[0]):
+        classes, counts = np.unique(labels[b][valid[b]], return_counts=True)
+        if np.sum(counts >= folds) < 2:
+            raise ArgumentError(
+                "{labels} must have at least 2 classes of >= {probe_folds}={folds} valid rows "
+                "in each cloud (smaller classes are left out), {where} has {count}",
+                ("labels", "probe_folds"),
+                folds=folds,
+                where=_where(b, (labels.shape[0],)),
+                count=int(np.sum(counts >= folds)),
+            )
+        valid[b] &= ~np.isin(labels[b], classes[counts < folds])
+    enc, fold, width = _plan(
+        labels,
+        valid,
+        (labels.shape[0],),
+        options["probe_folds"],
+        options["probe_seed"],
+        True,
+        folds_name="probe_folds",
+    )
+    return {CLASSES_INPUT: enc[..., None] == np.arange(width), FOLD_INPUT: fold}
+
+
+def _compute(ctx):
+    """probe_accuracy and probe_accuracy_std [C] of the chunk's clouds: the penalties
+    carried into the units of ctx.x (the input times 2**-exponent) so that the fit is
+    the one on the input's points (alpha * 4**-e, C * 4**e: exact in binary floats)."""
+    o = ctx.options
+    two_e = 2 * ctx.exponent
+    ones = jnp.ones(two_e.shape, ctx.x.dtype)
+    logistic = o["probe_kind"] == "logistic"
+    correct, tested = clouds_fold_counts(
+        ctx.x,
+        ctx.input(CLASSES_INPUT),
+        jnp.where(ctx.valid, ctx.input(FOLD_INPUT), -1),
+        jnp.ldexp(o["probe_alpha"] * ones, -two_e),
+        jnp.ldexp(o["probe_C"] * ones, two_e),
+        kind=o["probe_kind"],
+        folds=o["probe_folds"],
+        max_iter=o["probe_max_iter"] if logistic else None,
+        tol=o["probe_tol"] if logistic else None,
+    )
+    mean, std = summarise(correct, tested)
+    kept = jnp.any(ctx.input(CLASSES_INPUT), axis=-2)
+    return {
+        "probe_accuracy": mean,
+        "probe_accuracy_std": std,
+        "probe_classes": jnp.sum(kept, axis=-1, dtype=jnp.int32),
+    }
+
+
+OBSERVABLE = Observable(
+    name="probes",
+    compute=_compute,
+    fields=(
+        Field(
+            "probe_accuracy",
+            (),
+            "stratified k-fold cross-validated accuracy of a linear probe of the row "
+            "labels (mean over the folds).",
+        ),
+        Field(
+            "probe_accuracy_std",
+            (),
+            "spread (std, ddof = 0) over the folds of the probe's held-out accuracy.",
+        ),
+        Field(
+            "probe_classes",
+            (),
+            "classes probed: those with at least probe_folds valid rows in the cloud.",
+            dtype="int32",
+        ),
+    ),
+    consumes=("points", "labels"),
+    host_inputs=HostInputs(
+        _host_inputs,
+        {
+            CLASSES_INPUT: "[B, N, K] bool one-hot class of each labelled row (probes)",
+            FOLD_INPUT: "[B, N] int32 stratified test fold of each labelled row, -1: none",
+        },
+    ),
+    doc=__doc__,
+    reference="Alain & Bengio 2016, arXiv 1610.01644; Cheng et al. 2025, arXiv 2405.15471",
+    reduce="accuracy over held-out rows, mean over folds",
+    options=PROBE_OPTIONS,
+    in_all=False,
+    report=(
+        ReportSection(
+            "Linear probes across layers",
+            figure=sections.plot,
+            text=sections.text,
+            file="probes.png",
+            kinds=(POOLED,),
+        ),
+    ),
+)

@@ -162,6 +162,7 @@ class Pooled(RunKind):
         checks.check_token_ids(rows.input_ids, config.vocab_size, spec.model)
         spec = pooled_rows.for_labels(spec, rows)
         clouds = pooled_rows.clouds_of(spec, rows)
+        spec = pooled_rows.for_host_inputs(spec, rows, clouds)
         n = pooled_rows.check_cloud_sizes(spec, clouds)
         pooled_rows.log_selection(summary, rows, clouds)
         return Prepared(checks.resolved(spec, n), source, rows, clouds, summary)

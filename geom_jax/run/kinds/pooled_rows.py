@@ -10,6 +10,7 @@ import numpy as np
 from absl import logging
 
 from geom_jax import data, metrics, models
+from geom_jax.metrics.declare import registry
 from geom_jax.metrics.declare.observable import POOLED
 from geom_jax.run import checks, plan
 from geom_jax.run import spec as run_spec
@@ -123,6 +124,16 @@ def _window_error(e: BaseException) -> UserError:
     return checks.wrap(e)
 
 
+def named(spec: run_spec.RunSpec) -> set[str]:
+    """The observables of spec asked for by name: all of them, but those of the "pooled"
+    set when the spec holds that whole set (its default; ``spec.observables`` holds the
+    set's names, not its name, so an observable of the set cannot be told apart from
+    the set there)."""
+    names = set(spec.observable_set.names)
+    default = set(registry.resolve("pooled").names)
+    return names - default if default <= names else names
+
+
 def for_labels(spec: run_spec.RunSpec, rows: Rows) -> run_spec.RunSpec:
     """spec without the observables that read labels when the rows carry none (they came
     with a set such as "pooled"); one named on its own is refused instead."""
@@ -130,8 +141,7 @@ def for_labels(spec: run_spec.RunSpec, rows: Rows) -> run_spec.RunSpec:
         return spec
     observables = spec.observable_set
     readers = [o.name for o in observables.observables if LABELS_INPUT in o.consumes]
-    named = [n.strip() for n in spec.observables.split(",")]
-    asked = [n for n in readers if n in named]
+    asked = [n for n in readers if n in named(spec)]
     if asked:
         raise UserError(
             "{observables}: {listed} need(s) labelled rows: {windows} of a labelled dataset "
@@ -143,6 +153,53 @@ def for_labels(spec: run_spec.RunSpec, rows: Rows) -> run_spec.RunSpec:
         return spec
     logging.info("rows carry no labels: %s left out", ", ".join(readers))
     kept = [n for n in observables.names if n not in readers]
+    return spec.replace(observables=",".join(kept))
+
+
+def cloud_inputs(spec: run_spec.RunSpec, rows: Rows, clouds: list[Cloud], observables=None):
+    """The per-point inputs of every cloud, [clouds, n_max] padded to the largest: the
+    row labels (-1 at padding) when an observable reads them, and what the observables
+    derive from them on the host (``metrics.compute.host_inputs``, in one batch so that
+    their static sizes are the run's). observables: the spec's set by default."""
+    observables = spec.observable_set if observables is None else observables
+    if not any(LABELS_INPUT in o.consumes for o in observables.observables):
+        return {}
+    n_max = max(len(c.rows) for c in clouds)
+    labels = np.full((len(clouds), n_max), -1, np.int32)
+    mask = np.zeros((len(clouds), n_max), bool)
+    for i, cloud in enumerate(clouds):
+        labels[i, : len(cloud.rows)] = rows.label[cloud.rows]
+        mask[i, : len(cloud.rows)] = True
+    options = observables.options(spec.option_values())
+    return metrics.compute.host_inputs(observables, {LABELS_INPUT: labels}, mask, options, n_max)
+
+
+def for_host_inputs(spec: run_spec.RunSpec, rows: Rows, clouds: list[Cloud]) -> run_spec.RunSpec:
+    """spec without the observables, come with the "pooled" set, whose host inputs
+    refuse the clouds' rows (e.g. probes with a class of fewer rows than probe_folds in
+    a cloud: with the labels of short runs, often), logged; one named on its own (see
+    :func:`named`) is refused instead, before any compute."""
+    observables = spec.observable_set
+    asked = named(spec)
+    kept = list(observables.names)
+    for obs in observables.observables:
+        if obs.host_inputs is None or (LABELS_INPUT in obs.consumes and rows.label is None):
+            continue
+        try:
+            cloud_inputs(spec, rows, clouds, registry.resolve(obs.name))
+        except ValueError as e:
+            if obs.name in asked:
+                raise UserError(
+                    "{observables}: {name} cannot measure these clouds (cloud c: the c-th "
+                    "of results.npz's cloud axis): {problem}",
+                    "observables",
+                    name=obs.name,
+                    problem=e,
+                ) from None
+            logging.warning("%s left out: %s", obs.name, e)
+            kept.remove(obs.name)
+    if len(kept) == len(observables.names):
+        return spec
     return spec.replace(observables=",".join(kept))
 
 

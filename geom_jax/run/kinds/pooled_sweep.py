@@ -15,7 +15,7 @@ from geom_jax import pipeline
 from geom_jax.io.representation_store import RepresentationStore
 from geom_jax.run import spec as run_spec
 from geom_jax.run.checks import UserError
-from geom_jax.run.kinds.pooled_rows import LABELS_INPUT, Cloud, Rows
+from geom_jax.run.kinds.pooled_rows import Cloud, Rows, cloud_inputs
 
 STORE = "representations.zarr"
 LOSS_STORE = "row_loss.zarr"
@@ -85,16 +85,17 @@ def measure(
     """Each cloud's observables per layer, on its points read from the store: the fields
     ``written`` [C, L', ...] (finite and status [C, L] among them), and the per-point
     fields ``per_row`` (their declarations, dims with "token") as [R, L', ...], each
-    row's value from its cloud (every
-    row is in one cloud; NaN, or -2 for integers, at a row no cloud holds). On a mesh of
-    several devices, each cloud's rows are split over its data axis (the row-blocked
-    path)."""
+    row's value from its cloud (every row is in one cloud; NaN, or -2 for integers, at a
+    row no cloud holds). The per-point inputs (labels, and what observables derive from
+    them on the host) are made for every cloud before the jitted geometry
+    (``pooled_rows.cloud_inputs``). On a mesh of several devices, each cloud's rows are
+    split over its data axis (the row-blocked path)."""
     per_row = list(per_row or ())
     mesh = mesh if mesh is not None and mesh.size > 1 else None
     observables = spec.observable_set
     options = observables.options(spec.option_values())
     n_max = max(len(c.rows) for c in clouds)
-    wants_labels = LABELS_INPUT in {c for o in observables.observables for c in o.consumes}
+    point_inputs = cloud_inputs(spec, rows, clouds)
     per_cloud, row_values = [], {}
     geometry = jax.jit(
         lambda h, m, i: pipeline.cloud_geometry(
@@ -107,19 +108,16 @@ def measure(
             mesh=mesh,
         )
     )
-    for cloud in tqdm(clouds, unit="cloud", disable=not progress, desc="cloud geometry"):
+    for i, cloud in enumerate(
+        tqdm(clouds, unit="cloud", disable=not progress, desc="cloud geometry")
+    ):
         points = reps.read(cloud.rows)  # [n, L+1, D]
         n = len(cloud.rows)
         hidden = np.zeros((points.shape[1], 1, n_max, points.shape[2]), np.float32)
         hidden[:, 0, :n] = np.moveaxis(points, 0, 1)
         mask = np.zeros((1, n_max), bool)
         mask[0, :n] = True
-        inputs = {}
-        if wants_labels:
-            labels = np.full((1, n_max), -1, np.int32)
-            labels[0, :n] = rows.label[cloud.rows]
-            inputs[LABELS_INPUT] = labels
-        geo = geometry(hidden, mask, inputs)
+        geo = geometry(hidden, mask, {k: v[i : i + 1] for k, v in point_inputs.items()})
         per_cloud.append({k: np.asarray(v)[0] for k, v in geo.items() if k in written})
         for field in per_row:
             axis = bool(field.layers) + field.dims.index("token")
