@@ -304,8 +304,10 @@ def test_observable_sets_resolve():
     in_all = {n for n, o in registry.REGISTRY.items() if o.in_all}
     assert set(registry.resolve("all")) == in_all
     declared = {o.name for o in builtin.BUILTIN}
-    # every built-in is in "all" but those needing the rows' labels (pooled runs)
-    assert declared - in_all == {"label_overlap", "probes"}
+    # every built-in is in "all" but those needing the rows' labels (pooled runs: label
+    # overlap, probes) and id_battery (asked for by name: its neighbourhoods of 100 and
+    # PHD's subsets)
+    assert declared - in_all == {"label_overlap", "probes", "id_battery"}
     assert "label_overlap" in set(registry.resolve("pooled"))
     assert "probes" not in set(registry.resolve("pooled"))  # opt-in: needs large classes
     with pytest.warns(DeprecationWarning, match="'dataset' is deprecated; use 'pooled'"):

@@ -36,6 +36,7 @@ from geom_jax.metrics.measures.knn_graph import nn_similarity, reciprocity
 from geom_jax.metrics.measures.label_overlap import label_overlap
 from geom_jax.metrics.measures.local_id import mle_id, tle_id
 from geom_jax.metrics.measures.overlap import neighbourhood_overlap
+from geom_jax.metrics.measures.phd import phd_id
 from geom_jax.metrics.measures.probes import linear_probe
 from geom_jax.metrics.measures.spectrum import matrix_entropy, participation_ratio
 from geom_jax.metrics.measures.trajectory import curvature
@@ -112,6 +113,7 @@ __all__ = [
     "participation_ratio",
     "pca_id",
     "pca_spectrum_exponent",
+    "phd_id",
     "procrustes",
     "pwcca",
     "reciprocity",

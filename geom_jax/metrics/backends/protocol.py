@@ -2,14 +2,16 @@
 blocked_context.BlockedContext) answer the same way: the caller's inputs, the duplicate
 tolerance, per-context caching, the exact squared distances along the shared
 neighbour lists (``self._knn``: a refinement.CertifiedKnn), the lists among distinct
-points and the cosine statistics. A context supplies its kernels for the last two
-(``_knn_among_distinct``, ``_cosine_stats``)."""
+points, the cosine statistics and passes over blocks of rows (``map_rows``). A context
+supplies its kernels for the lists among distinct points and the cosine statistics
+(``_knn_among_distinct``, ``_cosine_stats``) and its row map (``_rows``)."""
 
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from geom_jax.metrics.declare.options import DUPLICATE_TOLERANCE
+from geom_jax.metrics.declare.options import BLOCK_ROWS, DUPLICATE_TOLERANCE
+from geom_jax.metrics.neighbours import blocked_rows
 
 
 class ContextBase:
@@ -20,6 +22,10 @@ class ContextBase:
     ``_knn`` and ``unique``, and define ``_knn_among_distinct(k)`` (reads what it
     needs, returns the function that computes the lists among distinct points) and
     ``_cosine_stats(include_diagonal)``."""
+
+    _rows = blocked_rows.LOCAL
+    """How row blocks are mapped: on this device (the dense path, and the blocked path
+    without a mesh), or split over a mesh's axis (blocked_rows.ShardedRows)."""
 
     def __init__(self, x, valid, options, *, knn_k, ranks, inputs, layer, exponent=None):
         self.x = x
@@ -65,6 +71,23 @@ class ContextBase:
                 return sq[..., np.array([done.index(p) for p in positions])]
         cache[positions] = self._knn.sq_at(positions)
         return cache[positions]
+
+    def map_rows(self, fn, *operands):
+        """fn(start, block, *cloud_operands) -> a pytree of [block, ...] for the rows
+        start..start + block of one cloud, over the row blocks of every cloud: operands
+        [C, ...] (one slice per cloud, each whole) -> [C, N, ...]. Blocks of
+        ``block_rows`` rows (blocked_rows.block_rows_for) on both paths, split over the
+        mesh's devices on a sharded blocked path: a pass of its own for an observable
+        that needs every pair (e.g. counts of pairs closer than a radius) in
+        O(block x N) memory."""
+        n = self.x.shape[-2]
+        block = blocked_rows.block_rows_for(n, self.options.get(BLOCK_ROWS.name))
+        rows = self._rows
+
+        def per_cloud(ops):
+            return rows(lambda start, *o: fn(start, block, *o), n, block, *ops)
+
+        return lax.map(per_cloud, operands)
 
     @property
     def knn_sq(self):

@@ -31,6 +31,7 @@ BUILTIN = (
     spectrum.PARTICIPATION_RATIO,
     spectrum.MATRIX_ENTROPY,
     id_battery.PCA,
+    id_battery.ID_BATTERY,
     trajectory.OBSERVABLE,
     label_overlap.OBSERVABLE,
     probes.OBSERVABLE,

@@ -1,5 +1,6 @@
 """The intrinsic-dimension battery (issue 29): global estimators of scikit-dimension
-0.5.0 and DADApy 0.3.4, transcribed as plain JAX functions.
+0.5.0 and DADApy 0.3.4, as plain JAX functions and as the registered observable
+``id_battery``.
 
 Every function is ``f(x, mask=None, *, options)`` on clouds x [..., N, D] (float,
 batched over the leading axes) with an optional bool mask [..., N] of valid points,
@@ -8,20 +9,38 @@ zeroed, never neighbours, never averaged); shapes stay static under ``jax.jit``.
 Options are checked, with a ValueError naming the option, before anything is
 computed.
 
-Conventions shared by the estimators (those of the libraries transcribed):
+One copy of each estimator's mathematics serves both the function and the observable:
 
-* Duplicates are kept. Exact duplicate points are neighbours at distance 0 (MOM,
-  CorrInt, ESS, the binomial estimator); MADA alone skips zero distances.
-* Neighbours are exact: the squared distances of a cloud are computed by direct
-  differences, one coordinate at a time (:func:`sq_distance_matrix`, no Gram-matrix
-  cancellation: identical points are exactly 0 apart, integer points exactly integer),
-  and the k nearest are taken by ``lax.top_k``, ties to the lower index
-  (:func:`nearest`). That dense [N, N] path is the one place to swap for a
-  row-blocked one; MADA and CorrInt read the whole matrix (CorrInt counts every pair).
-* Spectra are those of the covariance of the valid points, from the singular values
-  of the centred points (``min(N_valid, D)`` of them, as scikit-learn's ``PCA``).
+* The neighbour-based estimators (binomial, MADA, MOM, ESS) are functions of a layer
+  context ``ctx`` reading its sorted neighbour lists [C, N, K] among all valid points
+  (duplicates included, at distance 0; exact squared distances by direct differences;
+  ``ctx.knn_idx``, ``ctx.knn_sq_at``). The observable's are the engine's certified
+  lists, the same on the dense and the row-blocked path; the functions' come from
+  :class:`DenseLists`, all pairs by direct differences, whose ties go to the lower
+  index however large a group of equal distances (the certified lists re-rank k + 4
+  Gram candidates, so among more points at exactly the k-th distance the ones kept
+  follow the Gram rounding: ESS, which reads indices, can then differ at ~1e-5).
+  MADA alone skips zero distances, so it reads the K = ``knn_k`` list positions past a
+  point's copies (see :func:`mada_from_distances`).
+* The all-pairs estimators count pairs in a pass over blocks of rows
+  (``ctx.map_rows``: O(block x N) memory, blocks split over a mesh on the sharded
+  path): CorrInt the pairs closer than its two radii, exactly
+  (:mod:`geom_jax.metrics.neighbours.pair_counts`); FisherS the inseparable pairs of its
+  whitened points on the unit sphere, per margin.
+* Spectra (PCA, lPCA, FisherS's whitening) are those of the covariance of the valid
+  points, from the singular values of the centred points (``min(N_valid, D)`` of them,
+  as scikit-learn's ``PCA``), one cloud at a time.
 * Global estimates of scikit-dimension's local estimators (MADA, MOM, ESS) are the
   mean of the pointwise estimates over the valid points (its ``comb="mean"``).
+
+The observable ``id_battery`` (fields binomial_id, mada_id, mom_id, corrint_id, ess_id,
+fishers_id, lpca_id, phd_id [L]; asked for by name, not in "all") takes the functions'
+defaults, scikit-dimension's, as options named ``battery_<estimator>_<option>``; the
+lists hold the largest neighbourhood (``knn_k``), and MOM's and ESS's k = 100 become N -
+1 on clouds of fewer points (the value used is recorded). Its MADA is NaN on a cloud
+where a point has more than knn_k - battery_mada_k exact copies (its nonzero distances
+then lie past the lists). The persistent-homology dimension is computed by
+:mod:`geom_jax.metrics.measures.phd`, whose options it also declares (battery_phd_*).
 """
 
 import functools
@@ -35,8 +54,18 @@ from jax.scipy.special import digamma
 
 from geom_jax.errors import ArgumentError
 from geom_jax.metrics import validation
-from geom_jax.metrics.declare.observable import Field, Observable, Option
-from geom_jax.metrics.measures import local_id
+from geom_jax.metrics.backends.protocol import ContextBase
+from geom_jax.metrics.declare.observable import (
+    PER_PROMPT,
+    POOLED,
+    Field,
+    Observable,
+    Option,
+    ReportSection,
+)
+from geom_jax.metrics.measures import local_id, phd
+from geom_jax.metrics.measures.sections import id_battery as sections
+from geom_jax.metrics.neighbours import blocked_rows, pair_counts
 
 HIGHEST = lax.Precision.HIGHEST
 
@@ -51,6 +80,8 @@ FISHERS_ALPHAS = tuple(float(a) for a in np.arange(0.6, 1, 0.02))
 LAMBERT_STEPS = 24
 POINT_BLOCK = 64
 """Points per step of ESS's loop over neighbourhoods (bounds its [block, k, k] memory)."""
+BATTERY_SQ = "id_battery_sq"
+"""Key of the exact squared distances along the lists in a context's cache."""
 
 
 # -- option checks ------------------------------------------------------------------
@@ -84,7 +115,7 @@ def _run(fn, x, valid, **options):
     return _per_cloud(fn, x, valid, tuple(sorted(options.items())))
 
 
-# -- neighbours and spectra (one cloud) ---------------------------------------------
+# -- dense neighbours and spectra (one cloud) ---------------------------------------
 
 
 def sq_distance_matrix(x):
@@ -104,9 +135,13 @@ def sq_distance_matrix(x):
 def pair_distances(x, valid):
     """Distances [N, N] between valid points, +inf on the diagonal and where either
     point is invalid."""
-    n = x.shape[-2]
+    return _masked_distances(sq_distance_matrix(x), valid)
+
+
+def _masked_distances(sq, valid):
+    n = sq.shape[-1]
     allowed = valid[:, None] & valid[None, :] & ~jnp.eye(n, dtype=bool)
-    return jnp.where(allowed, jnp.sqrt(sq_distance_matrix(x)), jnp.inf)
+    return jnp.where(allowed, jnp.sqrt(sq), jnp.inf)
 
 
 def nearest(dist, k):
@@ -122,9 +157,57 @@ def knn(x, valid, k):
     return nearest(pair_distances(x, valid), k)
 
 
+class _Lists:
+    """Sorted neighbour lists idx [C, N, K] and their squared distances sq [C, N, K],
+    read as a layer context's certified lists are (``idx``, ``sq_at``)."""
+
+    def __init__(self, idx, sq):
+        self.idx, self._sq = idx, sq
+
+    def sq_at(self, positions):
+        return self._sq[..., np.asarray(positions, np.int64)]
+
+
+class DenseLists(ContextBase):
+    """The layer-context questions the battery's estimators ask, answered for the public
+    functions from each cloud's dense distances: :func:`knn`'s lists (every pair by
+    direct differences, ties to the lower index even in large groups of equal
+    distances), their squared distances exact as :func:`sq_distance_matrix` gives them,
+    and ``map_rows`` on this device."""
+
+    @functools.cached_property
+    def _knn(self):
+        def lists(x, valid):
+            sq = sq_distance_matrix(x)
+            dist, idx = nearest(_masked_distances(sq, valid), self.knn_k)  # = knn's
+            found = jnp.isfinite(dist)
+            sq = jnp.take_along_axis(sq, idx, axis=-1)
+            return jnp.where(found, idx, -1), jnp.where(found, sq, jnp.inf)
+
+        return _Lists(*jax.vmap(lists)(self.x, self.valid))
+
+
+@functools.partial(jax.jit, static_argnames=("fn", "options", "knn_k"))
+def _dense_lists(fn, x, valid, options, knn_k):
+    batch, (n, d) = x.shape[:-2], x.shape[-2:]
+    vf = valid.reshape((-1, n))
+    xf = jnp.where(vf[..., None], x.reshape((-1, n, d)), 0.0)
+    layer = jnp.zeros(xf.shape[:1], jnp.int32)
+    ctx = DenseLists(xf, vf, dict(options), knn_k=knn_k, ranks=(), inputs={}, layer=layer)
+    return fn(ctx).reshape(batch).astype(jnp.float32)
+
+
+def _on_lists(fn, x, valid, options, knn_k=0):
+    """fn(ctx) -> [C] on a :class:`DenseLists` of clouds x [..., N, D] with lists of
+    length knn_k: float32 [...] (what the public functions run, so that they and the
+    observable share every line of each estimator)."""
+    return _dense_lists(fn, x, valid, tuple(sorted(options.items())), int(knn_k))
+
+
 def _mean_over(values, valid):
-    count = jnp.sum(valid)
-    return jnp.sum(jnp.where(valid, values, 0.0)) / jnp.maximum(count, 1)
+    """Mean of values [..., N] over the valid points [..., N] -> [...]."""
+    count = jnp.sum(valid, axis=-1)
+    return jnp.sum(jnp.where(valid, values, 0.0), axis=-1) / jnp.maximum(count, 1)
 
 
 def _centred(x, valid):
@@ -133,14 +216,34 @@ def _centred(x, valid):
     return jnp.where(valid[:, None], x - centre, 0.0), count
 
 
+def _eigenvalues(s, count):
+    """Covariance eigenvalues [r] from the singular values s [r] of the centred points
+    (r = min(N, D)), and the number q = min(N_valid, D) of them scikit-learn's PCA
+    returns."""
+    ev = s * s / jnp.maximum(count - 1, 1).astype(jnp.float32)
+    return ev, jnp.minimum(count, s.shape[-1])
+
+
 def _spectrum(x, valid):
     """Covariance eigenvalues [r] (descending, r = min(N, D)), the number q = min(N_valid,
     D) of them that scikit-learn's PCA returns, and the valid count."""
     xc, count = _centred(x, valid)
-    s = jnp.linalg.svd(xc, compute_uv=False)
-    ev = s * s / jnp.maximum(count - 1, 1).astype(jnp.float32)
-    q = jnp.minimum(count, x.shape[-1])
+    ev, q = _eigenvalues(jnp.linalg.svd(xc, compute_uv=False), count)
     return ev, q, count
+
+
+def _svd(x, valid):
+    """(U [N, r], singular values [r], valid count) of the centred valid points."""
+    xc, count = _centred(x, valid)
+    u, s, _ = jnp.linalg.svd(xc, full_matrices=False)
+    return u, s, count
+
+
+def _svd_of(ctx):
+    """_svd of every cloud of a context [C, ...], one cloud at a time (a batched SVD runs
+    on XLA:CPU's shared thread pool, which several simulated devices' collectives can
+    hold: a deadlock seen with 8 devices), computed once per context."""
+    return ctx.cached("id_battery_svd", lambda c: lax.map(lambda a: _svd(*a), (c.x, c.valid)))
 
 
 def _components_for(ev, q, variance):
@@ -235,8 +338,8 @@ def pca_spectrum_exponent(x, mask=None, *, rtol=1e-4):
     return _run(_pca_exponent, x, valid, rtol=float(rtol))
 
 
-def _lpca(x, valid, ver, alpha_fo, alpha_ratio):
-    ev, q, _ = _spectrum(x, valid)
+def _lpca_of_spectrum(ev, q, ver, alpha_fo, alpha_ratio):
+    """lPCA's rule ``ver`` on the covariance eigenvalues ev [r] (q of them kept)."""
     r = ev.shape[-1]
     inside = jnp.arange(r) < q
     ev = jnp.where(inside, ev, 0.0)
@@ -259,6 +362,25 @@ def _lpca(x, valid, ver, alpha_fo, alpha_ratio):
         below = inside & (bs > ev / jnp.sum(ev))
         out = jnp.where(jnp.any(below), jnp.argmax(below), 0)
     return out.astype(jnp.float32)
+
+
+def _lpca(x, valid, ver, alpha_fo, alpha_ratio):
+    ev, q, _ = _spectrum(x, valid)
+    return _lpca_of_spectrum(ev, q, ver, alpha_fo, alpha_ratio)
+
+
+def _lpca_of(ctx):
+    """lPCA [C] of a context's clouds, on the shared SVD."""
+    o = ctx.options
+    _, s, count = _svd_of(ctx)
+
+    def one(s, count):
+        ev, q = _eigenvalues(s, count)
+        return _lpca_of_spectrum(
+            ev, q, o["battery_lpca_ver"], o["battery_lpca_alpha_fo"], o["battery_lpca_alpha_ratio"]
+        )
+
+    return jax.vmap(one)(s, count)
 
 
 def lpca_id(x, mask=None, *, ver="FO", alpha_fo=0.05, alpha_ratio=0.05):
@@ -299,21 +421,42 @@ def lpca_id(x, mask=None, *, ver="FO", alpha_fo=0.05, alpha_ratio=0.05):
     return _run(_lpca, x, valid, ver=ver, alpha_fo=float(alpha_fo), alpha_ratio=float(alpha_ratio))
 
 
-# -- MADA, MOM, CorrInt --------------------------------------------------------------
+# -- from neighbour lists: MADA, MOM, the binomial estimator, ESS ---------------------
 
 
-def _mada(x, valid, k):
-    dist = pair_distances(x, valid)
-    pair = valid[:, None] & valid[None, :]
-    top = jnp.max(jnp.where(pair, jnp.where(jnp.isinf(dist), 0.0, dist), 0.0))
-    # scikit-dimension replaces every zero distance (the point itself, its duplicates)
-    # by the largest distance of the cloud.
-    zero = pair & ((dist == 0) | jnp.eye(dist.shape[-1], dtype=bool))
-    dist = jnp.where(zero, top, dist)
-    near, _ = nearest(dist, k)
-    rk = near[:, k - 1]
-    rk2 = near[:, k // 2 - 1]
-    return _mean_over(math.log(2.0) / jnp.log(rk / rk2), valid)
+def list_distances(ctx):
+    """Exact distances [C, N, knn_k] along a context's sorted neighbour lists (+inf beyond
+    the valid neighbours), computed once per context."""
+    return ctx.cached(BATTERY_SQ, lambda c: jnp.sqrt(c.knn_sq_at(range(c.knn_k))))
+
+
+def mada_from_distances(dist, valid, k):
+    """MADA [...] from sorted neighbour distances dist [..., N, K] (duplicates included,
+    +inf beyond the valid neighbours) and valid [..., N].
+
+    scikit-dimension replaces every zero distance (the point itself, its copies) by the
+    largest distance of the cloud before taking the k nearest, so r_j is a point's j-th
+    nonzero list distance, or that largest distance once its nonzero distances run out.
+    The largest distance is known only when the lists hold every valid neighbour (K >=
+    N_valid - 1); a point whose j-th nonzero distance lies past a shorter list (more
+    than K - k copies of it) makes its cloud NaN."""
+    size = dist.shape[-1]
+    count = jnp.sum(valid, axis=-1)
+    top = jnp.max(jnp.where(valid[..., None] & jnp.isfinite(dist), dist, 0.0), axis=(-2, -1))
+    fill = jnp.where(size >= count - 1, top, jnp.nan)[..., None]
+    zeros = jnp.sum(dist == 0, axis=-1)
+
+    def nonzero(j):
+        pos = zeros + (j - 1)
+        d = jnp.take_along_axis(dist, jnp.minimum(pos, size - 1)[..., None], axis=-1)[..., 0]
+        d = jnp.where(pos < size, d, jnp.inf)
+        return jnp.where(jnp.isfinite(d), d, fill)
+
+    return _mean_over(math.log(2.0) / jnp.log(nonzero(k) / nonzero(k // 2)), valid)
+
+
+def _mada(ctx):
+    return mada_from_distances(list_distances(ctx), ctx.valid, ctx.options["battery_mada_k"])
 
 
 def mada_id(x, mask=None, *, k=20):
@@ -338,13 +481,19 @@ def mada_id(x, mask=None, *, k=20):
     """
     validation.check_int(k, "k", 2)
     x, valid = _points(x, mask, k + 1, k)
-    return _run(_mada, x, valid, k=int(k))
+    # every neighbour: the lists are complete, so MADA's fill is the cloud's largest distance
+    return _on_lists(_mada, x, valid, {"battery_mada_k": int(k)}, knn_k=x.shape[-2] - 1)
 
 
-def _mom(x, valid, k):
-    dist, _ = knn(x, valid, k)
+def mom_from_distances(dist, valid):
+    """MOM [...] from the k nearest distances dist [..., N, k] and valid [..., N]."""
     m1 = jnp.mean(dist, axis=-1)
-    return _mean_over(-m1 / (m1 - dist[:, -1]), valid)
+    return _mean_over(-m1 / (m1 - dist[..., -1]), valid)
+
+
+def _mom(ctx):
+    k = ctx.options["battery_mom_k"]
+    return mom_from_distances(list_distances(ctx)[..., :k], ctx.valid)
 
 
 def mom_id(x, mask=None, *, k=100):
@@ -368,7 +517,7 @@ def mom_id(x, mask=None, *, k=100):
     """
     validation.check_int(k, "k", 2)
     x, valid = _points(x, mask, k + 1, k)
-    return _run(_mom, x, valid, k=int(k))
+    return _on_lists(_mom, x, valid, {"battery_mom_k": int(k)}, knn_k=int(k))
 
 
 def masked_median(values, valid):
@@ -380,14 +529,15 @@ def masked_median(values, valid):
     return 0.5 * (lo + hi)
 
 
-def _corrint(x, valid, k1, k2):
-    dist = pair_distances(x, valid)
-    near, _ = nearest(dist, k2)
-    r1 = masked_median(near[:, k1 - 1], valid)
-    r2 = masked_median(near[:, k2 - 1], valid)
-    s1 = jnp.sum(dist < r1).astype(jnp.float32)
-    s2 = jnp.sum(dist < r2).astype(jnp.float32)
-    return jnp.log(s2 / s1) / jnp.log(r2 / r1)
+def _corrint(ctx):
+    """CorrInt [C]: the radii from the lists, the pair counts from a pass over row blocks."""
+    k1, k2 = ctx.options["battery_corrint_k1"], ctx.options["battery_corrint_k2"]
+    near = list_distances(ctx)[..., np.array([k1 - 1, k2 - 1])]
+    radii = jax.vmap(jax.vmap(masked_median, in_axes=(-1, None)))(near, ctx.valid)  # [C, 2]
+    xc, _, sq = jax.vmap(blocked_rows.centred_points)(ctx.x, ctx.valid)
+    counts = ctx.map_rows(pair_counts.count_closer, ctx.x, xc, sq, ctx.valid, radii)
+    s = jnp.sum(jnp.where(ctx.valid[..., None], counts, 0), axis=-2).astype(jnp.float32)
+    return jnp.log(s[:, 1] / s[:, 0]) / jnp.log(radii[:, 1] / radii[:, 0])
 
 
 def corrint_id(x, mask=None, *, k1=10, k2=20):
@@ -416,10 +566,11 @@ def corrint_id(x, mask=None, *, k1=10, k2=20):
             "{k2} must be larger than {k1}, got k2={v2!r}, k1={v1!r}", ("k1", "k2"), v1=k1, v2=k2
         )
     x, valid = _points(x, mask, k2 + 1, k2, "k2")
-    return _run(_corrint, x, valid, k1=int(k1), k2=int(k2))
+    options = {"battery_corrint_k1": int(k1), "battery_corrint_k2": int(k2)}
+    return _on_lists(_corrint, x, valid, options, knn_k=int(k2))
 
 
-# -- ESS -----------------------------------------------------------------------------
+# -- ESS (from neighbour lists) -----------------------------------------------------
 
 
 @functools.cache
@@ -451,31 +602,32 @@ def ess_reference(ver, maxdim=ESS_MAX_DIM):
 def _ess_values(nb, ver):
     """ESS value [B] of neighbourhoods nb [B, k, D]: over all pairs of the centred
     vectors, sum |a||b| sin(a, b) (ver "a", the area of the parallelogram) or
-    |a||b| |cos(a, b)| (ver "b") over sum |a||b|. sin and cos come from the unit vectors
-    u, v as |u - v| |u + v| / 2 and (|u + v|^2 - |u - v|^2) / 4, both by direct
-    differences (no cancellation in |a|^2 |b|^2 - (a.b)^2; 0 for duplicates)."""
+    |a||b| |cos(a, b)| (ver "b") over sum |a||b|. With u, v the unit vectors and s the
+    sign of u.v, the smaller of |u - v|^2, |u + v|^2 is |u - s v|^2, by direct
+    differences (no cancellation for (anti)parallel pairs; 0 for duplicates), the larger
+    2 (|u|^2 + |v|^2) minus it; sin = sqrt(smaller larger) / 2, |cos| = (larger -
+    smaller) / 4."""
+    k = nb.shape[-2]
+    i, j = np.triu_indices(k, 1)
     v = nb - jnp.mean(nb, axis=-2, keepdims=True)
     norm = jnp.sqrt(jnp.sum(v * v, axis=-1))
     u = v / jnp.where(norm > 0, norm, 1.0)[..., None]
+    cos = jnp.einsum("...id,...jd->...ij", u, u, precision=HIGHEST)[..., i, j]
+    sign = jnp.where(cos >= 0, 1.0, -1.0)
 
     def step(acc, col):  # col [B, k]
-        minus, plus = acc
-        dm = col[..., :, None] - col[..., None, :]
-        dp = col[..., :, None] + col[..., None, :]
-        return (minus + dm * dm, plus + dp * dp), None
+        d = col[..., i] - sign * col[..., j]
+        return acc + d * d, None
 
-    k = nb.shape[-2]
-    zero = jnp.zeros(nb.shape[:-2] + (k, k), nb.dtype)
-    (minus, plus), _ = lax.scan(step, (zero, zero), jnp.moveaxis(u, -1, 0))
-    weight = norm[..., :, None] * norm[..., None, :]
+    smaller, _ = lax.scan(step, jnp.zeros(cos.shape, nb.dtype), jnp.moveaxis(u, -1, 0))
+    sq = jnp.sum(u * u, axis=-1)
+    larger = 2.0 * (sq[..., i] + sq[..., j]) - smaller
+    weight = norm[..., i] * norm[..., j]
     if ver == "a":
-        value = weight * 0.5 * jnp.sqrt(minus * plus)
+        value = weight * 0.5 * jnp.sqrt(smaller * larger)
     else:
-        value = weight * 0.25 * jnp.abs(plus - minus)
-    upper = jnp.triu(jnp.ones((k, k), bool), 1)
-    return jnp.sum(jnp.where(upper, value, 0.0), axis=(-2, -1)) / jnp.sum(
-        jnp.where(upper, weight, 0.0), axis=(-2, -1)
-    )
+        value = weight * 0.25 * (larger - smaller)
+    return jnp.sum(value, axis=-1) / jnp.sum(weight, axis=-1)
 
 
 def _ess_dimension(ess, ver):
@@ -494,18 +646,24 @@ def _ess_dimension(ess, ver):
     return jnp.where((n >= 1) & (n < ESS_MAX_DIM) & ~jnp.isnan(ess), de, jnp.nan)
 
 
-def _ess(x, valid, k, ver):
-    _, idx = knn(x, valid, k)
-    n = x.shape[-2]
+def ess_pointwise(x, idx, ver):
+    """Pointwise ESS dimension [N] of one cloud x [N, D] from its neighbour lists idx
+    [N, k] (-1 rows allowed: their values are garbage), POINT_BLOCK points at a time."""
+    n, k = idx.shape
     pad = -n % POINT_BLOCK
-    idx = jnp.concatenate([idx, jnp.zeros((pad, k), idx.dtype)])
+    idx = jnp.concatenate([jnp.maximum(idx, 0), jnp.zeros((pad, k), idx.dtype)])
 
     def block(ids):  # [B, k]
         return _ess_dimension(_ess_values(x[ids], ver), ver)
 
-    blocks = idx.reshape(-1, POINT_BLOCK, k)
-    pw = lax.map(block, blocks).reshape(-1)[:n]
-    return _mean_over(pw, valid)
+    return lax.map(block, idx.reshape(-1, POINT_BLOCK, k)).reshape(-1)[:n]
+
+
+def _ess(ctx):
+    k, ver = ctx.options["battery_ess_k"], ctx.options["battery_ess_ver"]
+    idx = ctx.knn_idx[..., :k]
+    pw = lax.map(lambda a: ess_pointwise(a[0], a[1], ver), (ctx.x, idx))
+    return _mean_over(pw, ctx.valid)
 
 
 def ess_id(x, mask=None, *, k=100, ver="a", d=1):
@@ -546,7 +704,9 @@ def ess_id(x, mask=None, *, k=100, ver="a", d=1):
             "{d} must be 1 (only d = 1 is implemented), got {value!r}", "d", value=d
         )
     x, valid = _points(x, mask, k + 1, k)
-    return _run(_ess, x, valid, k=int(k), ver=ver)
+    return _on_lists(
+        _ess, x, valid, {"battery_ess_k": int(k), "battery_ess_ver": ver}, knn_k=int(k)
+    )
 
 
 # -- FisherS -------------------------------------------------------------------------
@@ -581,24 +741,37 @@ def fishers_tables(alphas):
     return log_c, 1.0 / -w, select
 
 
-def _fishers(x, valid, conditional_number, alphas):
-    log_c, inv_w, select = fishers_tables(alphas)
-    xc, count = _centred(x, valid)
-    u, s, _ = jnp.linalg.svd(xc, full_matrices=False)
+def fishers_points(u, s, count, conditional_number):
+    """FisherS's points of one cloud [N, r] from the SVD of its centred valid points
+    (u [N, r], s [r], count): the PCA scores of the components whose variance exceeds
+    1 / conditional_number of the largest, whitened (U sqrt(N - 1)), projected on the
+    unit sphere (zero rows at invalid points)."""
     r = s.shape[-1]
     ev = s * s
-    keep = (jnp.arange(r) < jnp.minimum(count, x.shape[-1])) & (
-        ev / ev[0] > 1.0 / conditional_number
-    )
-    # PCA scores whitened (U sqrt(N - 1)), then projected on the unit sphere
+    keep = (jnp.arange(r) < jnp.minimum(count, r)) & (ev / ev[0] > 1.0 / conditional_number)
     xp = jnp.where(keep, u, 0.0)
-    xp = xp / jnp.sqrt(jnp.sum(xp * xp, axis=-1, keepdims=True))
-    xy = jnp.matmul(xp, xp.T, precision=HIGHEST)
-    xy = xy / jnp.diagonal(xy)[:, None]
-    n = x.shape[-2]
-    pair = valid[:, None] & valid[None, :] & ~jnp.eye(n, dtype=bool)
-    a32 = jnp.asarray(alphas, jnp.float32)
-    counts = jnp.sum(pair[None] & (xy[None] >= a32[:, None, None]), axis=(-2, -1))
+    norm = jnp.sqrt(jnp.sum(xp * xp, axis=-1, keepdims=True))
+    return xp / jnp.where(norm > 0, norm, 1.0)
+
+
+def inseparable_rows(start, block, xp, valid, alphas):
+    """int32 [block, A]: for the rows i = start..start + block of one cloud's FisherS
+    points xp [N, r], #{j valid, j != i : <x_i, x_j> / <x_i, x_i> >= alpha} per margin."""
+    n = xp.shape[0]
+    own = start + jnp.arange(block, dtype=jnp.int32)
+    rows = lax.dynamic_slice_in_dim(xp, start, block)
+    xy = jnp.einsum("bd,nd->bn", rows, xp, precision=HIGHEST)
+    xy = xy / jnp.take_along_axis(xy, own[:, None], axis=-1)
+    valid_rows = lax.dynamic_slice_in_dim(valid, start, block)
+    pair = valid_rows[:, None] & valid[None, :] & (own[:, None] != jnp.arange(n)[None, :])
+    a32 = np.asarray(alphas, np.float32)
+    return jnp.stack([jnp.sum(pair & (xy >= a), axis=-1, dtype=jnp.int32) for a in a32], -1)
+
+
+def fishers_from_counts(counts, count, alphas):
+    """FisherS of one cloud from its inseparable ordered pairs per margin counts [A] and
+    its valid count."""
+    log_c, inv_w, select = fishers_tables(alphas)
     m = count.astype(jnp.float32)
     p = counts.astype(jnp.float32) / ((m - 1.0) * m)  # mean over points of counts / (N - 1)
     log_z = jnp.asarray(log_c, jnp.float32) - 2.0 * jnp.log(jnp.where(p > 0, p, 1.0))
@@ -608,6 +781,18 @@ def _fishers(x, valid, conditional_number, alphas):
     chosen = jnp.asarray(select)[jnp.maximum(top, 0)] & separable
     best = jnp.max(jnp.where(chosen, dims, -jnp.inf))
     return jnp.where((top >= 0) & jnp.any(chosen), best, jnp.nan)
+
+
+def _fishers(ctx):
+    """FisherS [C]: the points from the shared SVD, the counts from a pass over row blocks."""
+    cn = ctx.options["battery_fishers_conditional_number"]
+    alphas = ctx.options.get("battery_fishers_alphas", FISHERS_ALPHAS)
+    u, s, count = _svd_of(ctx)
+    xp = jax.vmap(fishers_points, in_axes=(0, 0, 0, None))(u, s, count, cn)
+    rows = functools.partial(inseparable_rows, alphas=alphas)
+    counts = ctx.map_rows(rows, xp, ctx.valid)
+    total = jnp.sum(jnp.where(ctx.valid[..., None], counts, 0), axis=-2)
+    return jax.vmap(fishers_from_counts, in_axes=(0, 0, None))(total, count, alphas)
 
 
 def fishers_id(x, mask=None, *, conditional_number=10.0, alphas=None):
@@ -656,23 +841,32 @@ def fishers_id(x, mask=None, *, conditional_number=10.0, alphas=None):
             )
         alphas = tuple(float(a) for a in values)
     x, valid = _points(x, mask, 3)
-    return _run(_fishers, x, valid, conditional_number=float(conditional_number), alphas=alphas)
+    options = {
+        "battery_fishers_conditional_number": float(conditional_number),
+        "battery_fishers_alphas": alphas,
+    }
+    return _on_lists(_fishers, x, valid, options)
 
 
 # -- the binomial estimator ----------------------------------------------------------
 
 
-def _binomial(x, valid, k, r):
-    dist, _ = knn(x, valid, k)
-    rn = r * dist[:, k - 1 :]
-    inner = jnp.sum(dist <= rn, axis=-1)  # n - 1: the point itself is not counted here
-    total = jnp.sum(jnp.where(valid, inner, 0))
-    m = jnp.sum(valid)
+def binomial_from_distances(dist, valid, r):
+    """The binomial ID [...] from the k nearest distances dist [..., N, k], valid [..., N]."""
+    k = dist.shape[-1]
+    inner = jnp.sum(dist <= r * dist[..., k - 1 :], axis=-1)  # n - 1: the point is not counted
+    total = jnp.sum(jnp.where(valid, inner, 0), axis=-1)
+    m = jnp.sum(valid, axis=-1)
     a = 1.0 + total.astype(jnp.float32)
     b = 1.0 + ((k - 1) * m - total).astype(jnp.float32)
     value = (digamma(a) - digamma(a + b)) / math.log(r)
     # DADApy returns 0 when no point has a neighbour in the inner shell
     return jnp.where(total > 0, value, 0.0)
+
+
+def _binomial(ctx):
+    k, r = ctx.options["battery_binomial_k"], ctx.options["battery_binomial_r"]
+    return binomial_from_distances(list_distances(ctx)[..., :k], ctx.valid, r)
 
 
 def binomial_id(x, mask=None, *, k=20, r=0.5):
@@ -705,7 +899,8 @@ def binomial_id(x, mask=None, *, k=20, r=0.5):
     validation.check_int(k, "k", 1)
     validation.check_open_unit(r, "r")
     x, valid = _points(x, mask, k + 1, k)
-    return _run(_binomial, x, valid, k=int(k), r=float(r))
+    options = {"battery_binomial_k": int(k), "battery_binomial_r": float(r)}
+    return _on_lists(_binomial, x, valid, options, knn_k=int(k))
 
 
 # -- the registered observable: the PCA estimators, per layer in the run's step --------
@@ -750,4 +945,221 @@ PCA = Observable(
     reduce="covariance spectrum over valid tokens",
     options=(PCA_VARIANCE,),
     report=(local_id.ESTIMATORS,),
+)
+
+
+# -- the registered observable id_battery: every estimator per layer, in the run's step --
+
+
+def _cap_at_neighbours(v, n, kind):
+    """scikit-dimension's k = 100 on clouds of fewer points: every other point (N - 1)."""
+    return min(v, n - 1)
+
+
+def _cap_at_points(v, n, kind):
+    """The largest subsample size (max_points excluded) is at most the cloud's N."""
+    return min(v, n)
+
+
+def _int(name, default, lo, doc, resolve=None):
+    return Option(
+        name, int, default, doc, check=lambda v: validation.check_int(v, name, lo), resolve=resolve
+    )
+
+
+def _unit(name, default, doc, closed_top=False):
+    return Option(
+        name,
+        float,
+        default,
+        doc,
+        check=lambda v: validation.check_open_unit(v, name, closed_top=closed_top),
+    )
+
+
+def _positive(name, default, doc):
+    def check(v):
+        if not v > 0:
+            raise ArgumentError("{" + name + "} must be a number > 0, got {v!r}", name, v=v)
+
+    return Option(name, float, default, doc, check=check)
+
+
+def _choice(name, default, choices, doc):
+    return Option(
+        name, str, default, doc, check=lambda v: validation.check_choice(v, name, choices)
+    )
+
+
+K_OPTIONS = (
+    _int("battery_binomial_k", 20, 1, "Neighbours k of the binomial ID (binomial_id)."),
+    _int("battery_mada_k", 20, 2, "Neighbourhood size k of MADA (scikit-dimension's default)."),
+    _int(
+        "battery_mom_k",
+        100,
+        2,
+        "Neighbours k of MOM (scikit-dimension's default 100; capped at N - 1 for clouds of "
+        "fewer points, the value used is recorded).",
+        _cap_at_neighbours,
+    ),
+    _int("battery_corrint_k1", 10, 1, "CorrInt's first neighbourhood size k1 (its radius r1)."),
+    _int("battery_corrint_k2", 20, 2, "CorrInt's second neighbourhood size k2 > k1 (radius r2)."),
+    _int(
+        "battery_ess_k",
+        100,
+        2,
+        "Neighbours k of ESS (scikit-dimension's default 100; capped at N - 1 for clouds of "
+        "fewer points, the value used is recorded).",
+        _cap_at_neighbours,
+    ),
+)
+"""The neighbourhood sizes: the shared lists hold the largest (knn_k)."""
+
+PHD_OPTIONS = (
+    _int("battery_phd_min_points", phd.MIN_POINTS, 2, "Smallest PHD subsample size."),
+    _int(
+        "battery_phd_max_points",
+        phd.MAX_POINTS,
+        1,
+        "PHD subsample sizes are range(min_points, max_points, step), max_points excluded "
+        "(the authors' 512; capped at the cloud's N, the value used is recorded).",
+        _cap_at_points,
+    ),
+    _int("battery_phd_step", phd.STEP, 1, "Step between PHD subsample sizes (the authors' 40)."),
+    _positive("battery_phd_alpha", phd.ALPHA, "Edge-length power alpha of PHD's spanning trees."),
+    _int("battery_phd_restarts", phd.RESTARTS, 1, "PHD subsets per size (median taken)."),
+    _int("battery_phd_reruns", phd.RERUNS, 1, "PHD repetitions whose slopes are averaged."),
+    _int("battery_phd_seed", 0, 0, "Seed of PHD's subsets (the same subsets for every layer)."),
+)
+
+OPTIONS = (
+    K_OPTIONS
+    + (
+        _unit("battery_binomial_r", 0.5, "Inner-to-outer radius ratio r of the binomial ID."),
+        _choice("battery_ess_ver", "a", ESS_VERSIONS, "ESS statistic (scikit-dimension's ver)."),
+        _positive(
+            "battery_fishers_conditional_number",
+            10.0,
+            "FisherS keeps the components above 1 / conditional_number of the largest variance.",
+        ),
+        _choice("battery_lpca_ver", "FO", LPCA_VERSIONS, "lPCA's rule (scikit-dimension's ver)."),
+        _unit(
+            "battery_lpca_alpha_fo", 0.05, "lPCA 'FO': eigenvalues above this times the largest."
+        ),
+        _unit(
+            "battery_lpca_alpha_ratio", 0.05, "lPCA 'ratio': variance fraction.", closed_top=True
+        ),
+    )
+    + PHD_OPTIONS
+)
+
+
+def _phd_sizes(o, n=None):
+    """PHD's subsample sizes from the options (checked; with n, the largest fits n)."""
+    names = ("min_points", "max_points", "step", "alpha", "restarts", "reruns", "seed")
+    sizes = phd.check_options(*(o["battery_phd_" + k] for k in names), prefix="battery_phd_")
+    if n is not None and sizes[-1] > n:
+        raise ArgumentError(
+            "{battery_phd_max_points} gives PHD subsets of up to {size} points, but clouds "
+            "have N = {n}",
+            "battery_phd_max_points",
+            size=sizes[-1],
+            n=n,
+        )
+    return sizes
+
+
+def _check(options, n):
+    for opt in K_OPTIONS:
+        opt.check(options[opt.name])  # again: a cap at N - 1 may leave too few
+        validation.check_neighbours_fit(n, options[opt.name], opt.name)
+    k1, k2 = options["battery_corrint_k1"], options["battery_corrint_k2"]
+    if k2 <= k1:
+        raise ArgumentError(
+            "{battery_corrint_k2} must be larger than {battery_corrint_k1}, got {v2!r} and {v1!r}",
+            ("battery_corrint_k1", "battery_corrint_k2"),
+            v1=k1,
+            v2=k2,
+        )
+    _phd_sizes(options, n)
+
+
+def _knn_k(options):
+    return max(options[opt.name] for opt in K_OPTIONS)
+
+
+def _min_points(options):
+    """Valid points each prompt needs: the largest k + 1, and the largest PHD subset."""
+    name = max(K_OPTIONS, key=lambda opt: options[opt.name]).name
+    need, arg = options[name] + 1, f"{name}={options[name]}"
+    largest = _phd_sizes(options)[-1]
+    if largest > need:
+        need, arg = largest, f"battery_phd_max_points={options['battery_phd_max_points']}"
+    return (need, 0, arg)
+
+
+def _battery(ctx):
+    """Every field [C] of the battery on the chunk's clouds."""
+    o = ctx.options
+    return {
+        "binomial_id": _binomial(ctx),
+        "mada_id": _mada(ctx),
+        "mom_id": _mom(ctx),
+        "corrint_id": _corrint(ctx),
+        "ess_id": _ess(ctx),
+        "fishers_id": _fishers(ctx),
+        "lpca_id": _lpca_of(ctx),
+        "phd_id": phd.phd_of_clouds(
+            ctx.x,
+            ctx.valid,
+            n_sizes=_phd_sizes(o),
+            alpha=float(o["battery_phd_alpha"]),
+            restarts=int(o["battery_phd_restarts"]),
+            reruns=int(o["battery_phd_reruns"]),
+            seed=int(o["battery_phd_seed"]),
+        ),
+    }
+
+
+ID_BATTERY = Observable(
+    name="id_battery",
+    compute=_battery,
+    fields=(
+        Field(
+            "binomial_id",
+            (),
+            "binomial ID, Bayesian posterior mean (DADApy compute_id_binomial_k).",
+        ),
+        Field("mada_id", (), "MADA, mean of the pointwise estimates (scikit-dimension MADA)."),
+        Field("mom_id", (), "MOM, mean of the pointwise estimates (scikit-dimension MOM)."),
+        Field("corrint_id", (), "correlation dimension between the k1 and k2 radii (CorrInt)."),
+        Field("ess_id", (), "expected simplex skewness ID, mean of the pointwise estimates (ESS)."),
+        Field("fishers_id", (), "Fisher separability dimension (scikit-dimension FisherS)."),
+        Field("lpca_id", (), "global PCA estimate by battery_lpca_ver (scikit-dimension lPCA)."),
+        Field(
+            "phd_id", (), "persistent-homology dimension from subsample MSTs (Tulchinskii 2023)."
+        ),
+    ),
+    consumes=("points", "knn"),
+    doc=__doc__,
+    reference=(
+        "scikit-dimension 0.5 (MADA, MOM, CorrInt, ESS, FisherS, lPCA); DADApy 0.3.4 "
+        "compute_id_binomial_k; Tulchinskii et al. 2023, arXiv 2306.04723 (PHD)"
+    ),
+    reduce="mean of pointwise estimates (MADA, MOM, ESS) or a whole-cloud fit, all valid tokens",
+    options=OPTIONS,
+    knn_k=_knn_k,
+    check=_check,
+    min_points=_min_points,
+    in_all=False,
+    report=(
+        ReportSection(
+            "Intrinsic dimension battery",
+            figure=sections.plot,
+            text=sections.text,
+            needs=("binomial_id",),
+            file="id_battery.png",
+            kinds=(PER_PROMPT, POOLED),
+        ),
+    ),
 )

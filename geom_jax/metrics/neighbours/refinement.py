@@ -41,11 +41,11 @@ def refine_sq_distances(x, idx):
     if k == 0 or n == 0:
         return jnp.zeros(idx.shape, x.dtype)
     xf, idf = _flatten(x, 2), _flatten(idx, 2)
-    out = lax.map(lambda args: _slot_distances(args[0], args[0], args[1]), (xf, idf))
+    out = lax.map(lambda args: slot_sq_distances(args[0], args[0], args[1]), (xf, idf))
     return out.reshape(batch + idx.shape[-2:])
 
 
-def _slot_distances(table, own, cols):
+def slot_sq_distances(table, own, cols):
     """|own_r - table[cols[r, j]]|^2 [R, M]: a loop over the M slots gathers one
     [R, D] block of table and reduces it with a matrix-vector product."""
     m, d = cols.shape[-1], table.shape[-1]
@@ -214,7 +214,7 @@ def _refine_rows(xf, n, rows, ids):
     """Exact |x_r - x_j|^2 [R, M] for flat rows r of xf [C*N, D] and candidates ids
     [R, M] in the same cloud."""
     own = jnp.take(xf, rows, axis=0, mode="clip")
-    return _slot_distances(xf, own, (rows // n * n)[:, None] + ids)
+    return slot_sq_distances(xf, own, (rows // n * n)[:, None] + ids)
 
 
 def certified_knn(x, gram, near, valid, k, method="auto"):
@@ -244,6 +244,8 @@ def certify(x, near, keys, sq, sq_j, valid, k, method="auto"):
     the Gram matrix (metrics/neighbours/blocked_rows.py) gathers block by block."""
     c, n, d = x.shape
     tau = CERTIFY_FACTOR * np.sqrt(d) * 2.0**-24 * 2.0 * (sq + jnp.max(sq_j, axis=-1))
+    if keys.shape[-1] == k:  # k = N - 1: no candidate beyond the k-th can swap with it
+        keys = jnp.concatenate([keys, jnp.full(keys.shape[:-1] + (1,), jnp.inf, keys.dtype)], -1)
     gaps = keys[..., 1 : k + 1] - keys[..., :k]
     flagged = valid & ~jnp.all(gaps > tau[..., None], axis=-1)
     idx = jnp.where(jnp.isfinite(keys[..., :k]) & valid[..., None], near[..., :k], -1)
