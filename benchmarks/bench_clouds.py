@@ -18,7 +18,6 @@ and counting compilation) and to the floor, with every peak RSS.
 """
 
 import os
-import subprocess
 import sys
 import tempfile
 
@@ -26,6 +25,7 @@ import numpy as np
 from absl import app, flags
 
 from benchmarks import benchmarking, clouds
+from benchmarks.benchmarking import child, gib, load_avg
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("points", 8192, "Points N per cloud (one per prompt).")
@@ -56,24 +56,6 @@ LIMITS = {"gride_ids (rel)": 1e-4, "overlap (max abs)": 1e-6}
 """The issue's agreement: float32 exact k-NN against DADApy's float64-accumulated one."""
 
 
-def _child(python, script, src, out, args, env=None):
-    proc = subprocess.run(
-        [python, script, src, out, *args], capture_output=True, text=True, env=env
-    )
-    if proc.returncode:
-        raise RuntimeError(f"{os.path.basename(script)} failed:\n{proc.stderr[-4000:]}")
-    with np.load(out) as f:
-        return {k: f[k] for k in f.files}
-
-
-def _gib(n_bytes):
-    return float(n_bytes) / 2**30
-
-
-def load_avg():
-    return "load average {:.2f}, {:.2f}, {:.2f}".format(*os.getloadavg())
-
-
 def main(argv):
     del argv
     hidden = clouds.make(
@@ -94,12 +76,12 @@ def main(argv):
         if FLAGS.block_rows:
             args.append(f"--block_rows={FLAGS.block_rows}")
         env = dict(os.environ, PYTHONPATH=ROOT)
-        geo = _child(sys.executable, GEOM_SCRIPT, src, os.path.join(tmp, "geo.npz"), args, env)
+        geo = child(sys.executable, GEOM_SCRIPT, src, os.path.join(tmp, "geo.npz"), args, env)
         print(
             f"geom-jax ({str(geo['path'])} path): first call (compilation + run) "
             f"{float(geo['first_s']):.2f} s; min of {FLAGS.repeats} run(s) "
             f"{float(geo['seconds']):.2f} s (process CPU {float(geo['cpu_s']):.2f} s over them); "
-            f"peak RSS {_gib(geo['peak_rss']):.2f} GiB; {load_avg()}",
+            f"peak RSS {gib(geo['peak_rss']):.2f} GiB; {load_avg()}",
             flush=True,
         )
         print(
@@ -114,13 +96,13 @@ def main(argv):
         peers = {}
         for knn in ("faiss", "dadapy"):
             out = os.path.join(tmp, f"peer_{knn}.npz")
-            peers[knn] = _child(
+            peers[knn] = child(
                 benchmarking.PEER_PYTHON, PEER_SCRIPT, src, out, common + [f"--knn={knn}"], peer_env
             )
             p = peers[knn]
             print(
                 f"{PEERS[knn]}: {float(p['seconds']):.2f} s (k-NN {float(p['knn_s']):.2f} s; "
-                f"process CPU {float(p['cpu_s']):.2f} s); peak RSS {_gib(p['peak_rss']):.2f} GiB; "
+                f"process CPU {float(p['cpu_s']):.2f} s); peak RSS {gib(p['peak_rss']):.2f} GiB; "
                 f"{load_avg()}",
                 flush=True,
             )
@@ -142,8 +124,8 @@ def main(argv):
         f"vs DADApy alone {float(peers['dadapy']['seconds']) / steady:.2f}x; vs the faster peer "
         f"({PEERS[fastest]}) {best / steady:.2f}x steady, {best / first:.2f}x with compilation; "
         f"geom-jax / symmetric floor {steady / float(geo['floor_s']):.2f}; peak RSS geom-jax "
-        f"{_gib(geo['peak_rss']):.2f} GiB, FAISS + DADApy {_gib(peers['faiss']['peak_rss']):.2f} "
-        f"GiB, DADApy {_gib(peers['dadapy']['peak_rss']):.2f} GiB"
+        f"{gib(geo['peak_rss']):.2f} GiB, FAISS + DADApy {gib(peers['faiss']['peak_rss']):.2f} "
+        f"GiB, DADApy {gib(peers['dadapy']['peak_rss']):.2f} GiB"
     )
 
 

@@ -22,7 +22,6 @@ line the speed-ups of both parts at every N with every peak RSS.
 """
 
 import os
-import subprocess
 import sys
 import tempfile
 
@@ -30,6 +29,7 @@ import numpy as np
 from absl import app, flags
 
 from benchmarks import benchmarking, clouds
+from benchmarks.benchmarking import child, gib, load_avg
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("points", ["8192", "32768"], "Points N per cloud (one run per value).")
@@ -58,24 +58,6 @@ BATTERY = {
     "lpca": "lpca_id",
     "binomial": "binomial_id",
 }
-
-
-def _child(python, script, src, out, args, env=None):
-    proc = subprocess.run(
-        [python, script, src, out, *args], capture_output=True, text=True, env=env
-    )
-    if proc.returncode:
-        raise RuntimeError(f"{os.path.basename(script)} failed:\n{proc.stderr[-4000:]}")
-    with np.load(out) as f:
-        return {k: f[k] for k in f.files}
-
-
-def _gib(n_bytes):
-    return float(n_bytes) / 2**30
-
-
-def load_avg():
-    return "load average {:.2f}, {:.2f}, {:.2f}".format(*os.getloadavg())
 
 
 def adjusted_rand(a, b):
@@ -129,17 +111,17 @@ def _one(n, part, tmp):
     del hidden
     env = dict(os.environ, PYTHONPATH=ROOT)
     args = [f"--part={part}", f"--repeats={FLAGS.repeats}"]
-    geo = _child(sys.executable, GEOM_SCRIPT, src, os.path.join(tmp, "geo.npz"), args, env)
+    geo = child(sys.executable, GEOM_SCRIPT, src, os.path.join(tmp, "geo.npz"), args, env)
     print(
         f"N={n} {part}: geom-jax first call (compilation + run) {float(geo['first_s']):.2f} s; "
         f"min of {FLAGS.repeats} run(s) {float(geo['seconds']):.2f} s; peak RSS "
-        f"{_gib(geo['peak_rss']):.2f} GiB; {load_avg()}",
+        f"{gib(geo['peak_rss']):.2f} GiB; {load_avg()}",
         flush=True,
     )
     if not FLAGS.peer:
         return None
     peer_env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "JAX_"))}
-    peer = _child(
+    peer = child(
         benchmarking.PEER_PYTHON,
         PEER_SCRIPT,
         src,
@@ -153,7 +135,7 @@ def _one(n, part, tmp):
     print(
         f"N={n} {part}: {PEERS[part]} {float(peer['seconds']):.2f} s"
         + (f" ({each})" if each else "")
-        + f"; peak RSS {_gib(peer['peak_rss']):.2f} GiB; {load_avg()}",
+        + f"; peak RSS {gib(peer['peak_rss']):.2f} GiB; {load_avg()}",
         flush=True,
     )
     agree = _density_agreement if part == "density" else _battery_agreement
@@ -161,7 +143,7 @@ def _one(n, part, tmp):
     return (
         f"{part} at N={n}: {float(peer['seconds']) / float(geo['seconds']):.2f}x steady, "
         f"{float(peer['seconds']) / float(geo['first_s']):.2f}x with compilation, peak RSS "
-        f"geom-jax {_gib(geo['peak_rss']):.2f} GiB, peer {_gib(peer['peak_rss']):.2f} GiB"
+        f"geom-jax {gib(geo['peak_rss']):.2f} GiB, peer {gib(peer['peak_rss']):.2f} GiB"
     )
 
 

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import tempfile
+import time
 
 import numpy as np
 
@@ -119,3 +120,37 @@ LIMITS = {
 
 def within_limits(dev: dict) -> bool:
     return all(dev[k] <= LIMITS[k] for k in dev)
+
+
+def child(python, script, src, out, args, env=None) -> dict:
+    """Runs ``python script src out *args`` (a side of a benchmark, in its own process so
+    that its peak RSS is its own) and returns the arrays it saved to ``out``."""
+    proc = subprocess.run(
+        [python, script, src, out, *args], capture_output=True, text=True, env=env
+    )
+    if proc.returncode:
+        raise RuntimeError(f"{os.path.basename(script)} failed:\n{proc.stderr[-4000:]}")
+    with np.load(out) as f:
+        return {k: f[k] for k in f.files}
+
+
+def gib(n_bytes) -> float:
+    return float(n_bytes) / 2**30
+
+
+def load_avg() -> str:
+    return "load average {:.2f}, {:.2f}, {:.2f}".format(*os.getloadavg())
+
+
+def timed_runs(run, repeats: int):
+    """(result, first_s, runs [s], cpu_s): ``run()`` once to compile (first_s: compilation
+    and the first run), then ``repeats`` timed runs and their process CPU seconds."""
+    t = time.perf_counter()
+    result = run()
+    first = time.perf_counter() - t
+    runs, cpu = [], time.process_time()
+    for _ in range(repeats):
+        t = time.perf_counter()
+        result = run()
+        runs.append(time.perf_counter() - t)
+    return result, first, runs, time.process_time() - cpu

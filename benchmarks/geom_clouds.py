@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from benchmarks import benchmarking
 from geom_jax import metrics
 from geom_jax.metrics import compute
 from geom_jax.metrics.backends import blocked_context
@@ -74,15 +75,7 @@ def main():
         )
         return jax.block_until_ready(geo)
 
-    t = time.perf_counter()
-    geo = run()
-    first = time.perf_counter() - t
-    runs, cpu = [], time.process_time()
-    for _ in range(args.repeats):
-        t = time.perf_counter()
-        geo = run()
-        runs.append(time.perf_counter() - t)
-    cpu = time.process_time() - cpu
+    geo, first, runs, cpu = benchmarking.timed_runs(run, args.repeats)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     n_layers, n = hidden.shape[0], hidden.shape[1]
     chunk = compute.auto_layer_chunk(n_layers, 1, n)

@@ -11,11 +11,11 @@ timed runs and ``peak_rss`` (bytes, this process's maximum resident set).
 
 import argparse
 import resource
-import time
 
 import jax
 import numpy as np
 
+from benchmarks import benchmarking
 from geom_jax import metrics
 
 PARTS = {"density": "density,adp", "battery": "id_battery"}
@@ -53,15 +53,7 @@ def main():
         )
         return jax.block_until_ready(geo)
 
-    t = time.perf_counter()
-    geo = run()
-    first = time.perf_counter() - t
-    runs, cpu = [], time.process_time()
-    for _ in range(args.repeats):
-        t = time.perf_counter()
-        geo = run()
-        runs.append(time.perf_counter() - t)
-    cpu = time.process_time() - cpu
+    geo, first, runs, cpu = benchmarking.timed_runs(run, args.repeats)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     fields = {k: np.asarray(geo[k]) for k in FIELDS[args.part] if k in geo}
     np.savez(
