@@ -305,9 +305,16 @@ def test_observable_sets_resolve():
     assert set(registry.resolve("all")) == in_all
     declared = {o.name for o in builtin.BUILTIN}
     # every built-in is in "all" but those needing the rows' labels (pooled runs: label
-    # overlap, probes) and id_battery (asked for by name: its neighbourhoods of 100 and
-    # PHD's subsets)
-    assert declared - in_all == {"label_overlap", "probes", "id_battery"}
+    # overlap, probes, adp_agreement), id_battery (asked for by name: its neighbourhoods of
+    # 100 and PHD's subsets), density and adp (PAk's Newton steps, a host clustering)
+    assert declared - in_all == {
+        "label_overlap",
+        "probes",
+        "id_battery",
+        "density",
+        "adp",
+        "adp_agreement",
+    }
     assert "label_overlap" in set(registry.resolve("pooled"))
     assert "probes" not in set(registry.resolve("pooled"))  # opt-in: needs large classes
     with pytest.warns(DeprecationWarning, match="'dataset' is deprecated; use 'pooled'"):

@@ -17,10 +17,12 @@ from geom_jax.metrics.neighbours import blocked_rows
 class ContextBase:
     """Base of the layer contexts: clouds x [C, N, D], valid [C, N], the option values,
     the shared list length knn_k, the ranks to select, the caller's inputs, each
-    cloud's layer and its exponent [C] int32 (x is the input cloud times
-    2**-exponent, conditioning.apply_scale; zeros when not given). Subclasses provide
-    ``_knn`` and ``unique``, and define ``_knn_among_distinct(k)`` (reads what it
-    needs, returns the function that computes the lists among distinct points) and
+    cloud's layer and its exponent (int32 [C]: the engine divided each cloud by
+    2**exponent, metrics/backends/conditioning.py; 0 where it was not rescaled), which an
+    observable whose values depend on the scale other than as a length (a log density,
+    a ridge penalty) reads to restore the input's units. Subclasses provide ``_knn`` and
+    ``unique``, and define ``_knn_among_distinct(k)`` (reads what it needs, returns the
+    function that computes the lists among distinct points) and
     ``_cosine_stats(include_diagonal)``."""
 
     _rows = blocked_rows.LOCAL

@@ -6,7 +6,9 @@ lens observables of :mod:`geom_jax.lens` are declared that way in setup.py.
 """
 
 from geom_jax.metrics.measures import (
+    adp,
     cosine,
+    density,
     id_battery,
     imbalance,
     intrinsic_dimension,
@@ -35,4 +37,7 @@ BUILTIN = (
     trajectory.OBSERVABLE,
     label_overlap.OBSERVABLE,
     probes.OBSERVABLE,
+    density.OBSERVABLE,
+    adp.OBSERVABLE,
+    adp.AGREEMENT,
 )

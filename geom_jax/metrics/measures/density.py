@@ -28,10 +28,13 @@ Conventions (DADApy's):
   arithmetic leaves ~1e-8 between twins instead of 0). A point with k or more twins has
   r_k = 0 and log density +inf; PAk gives NaN at every point with a twin, as DADApy
   does (its first shell is 0 / 0).
-* Neighbours are exact: :func:`geom_jax.metrics.measures.id_battery.knn`, squared
-  distances by direct differences (0 between identical points) and ``lax.top_k`` (ties
-  to the lower index), a dense [N, N] path: the one place to swap for a row-blocked
-  one.
+* Neighbours are exact. The public functions find them with
+  :func:`geom_jax.metrics.measures.id_battery.knn` (squared distances by direct
+  differences, 0 between identical points, and ``lax.top_k``, ties to the lower index:
+  a dense [N, N] path), then call the list kernels (:func:`knn_density_from_lists`,
+  :func:`pak_kstar_from_lists`, :func:`pak_from_lists`); the observable ``density``
+  calls the same kernels on the engine's exact neighbour lists (either neighbour path:
+  no N x N array on the blocked one), with the dimension of the run's own TwoNN.
 """
 
 import functools
@@ -46,8 +49,21 @@ from jax.scipy.special import gammaln
 
 from geom_jax.errors import ArgumentError
 from geom_jax.metrics import validation
+from geom_jax.metrics.declare.observable import (
+    PER_PROMPT,
+    POOLED,
+    Field,
+    Observable,
+    Option,
+    ReportSection,
+)
 from geom_jax.metrics.measures.id_battery import knn
-from geom_jax.metrics.measures.intrinsic_dimension import twonn
+from geom_jax.metrics.measures.intrinsic_dimension import (
+    TWONN_DISCARD_FRACTION,
+    twonn,
+    twonn_from_neighbours,
+)
+from geom_jax.metrics.measures.sections import density as sections
 
 PAK_ALPHA = 1e-6
 """DADApy's default significance of the likelihood-ratio test that picks k*:
@@ -134,18 +150,24 @@ def _dims(x, mask, intrinsic_dim):
 
 @functools.partial(jax.jit, static_argnames=("fn", "options"))
 def _per_cloud(fn, x, valid, dim, options):
-    """fn(x [N, D], valid [N], dim [], **options) -> arrays [N], over the leading axes."""
+    """fn(x [C, N, D], valid [C, N], dim [C], **options) -> arrays [C, N], on the clouds
+    of the leading axes flattened to C."""
     kwargs = dict(options)
     batch, (n, d) = x.shape[:-2], x.shape[-2:]
     xf = x.reshape((-1, n, d))
     vf = valid.reshape((-1, n))
     xf = jnp.where(vf[..., None], xf, 0.0)
-    out = jax.vmap(lambda a, m, e: fn(a, m, e, **kwargs))(xf, vf, dim.reshape(-1))
+    out = fn(xf, vf, dim.reshape(-1), **kwargs)
     return jax.tree_util.tree_map(lambda o: o.reshape(batch + (n,)), out)
 
 
 def _run(fn, x, valid, dim, **options):
     return _per_cloud(fn, x, valid, dim, tuple(sorted(options.items())))
+
+
+def _lists(x, valid, k):
+    """(dist, idx) [C, N, k] of clouds x [C, N, D] (id_battery.knn, one cloud at a time)."""
+    return jax.vmap(lambda a, m: knn(a, m, k))(x, valid)
 
 
 def log_unit_ball(d):
@@ -157,12 +179,32 @@ def log_unit_ball(d):
 # -- k-NN ---------------------------------------------------------------------------
 
 
-def _knn_density(x, valid, dim, k):
-    dist, _ = knn(x, valid, k)
-    count = jnp.sum(valid).astype(jnp.float32)
-    log_den = math.log(k) - log_unit_ball(dim) - dim * jnp.log(dist[:, k - 1]) - jnp.log(count)
+def knn_density_from_lists(dist, valid, dim, k):
+    """k-NN log density and its error of clouds from their neighbour lists.
+
+    Args:
+      dist: float32 [C, N, K], K >= k: each point's distances to its nearest valid
+        points in increasing order, the point itself excluded, duplicates included (at
+        0), in the input's units.
+      valid: bool [C, N].
+      dim: float32 [C], each cloud's intrinsic dimension d.
+      k: the neighbour whose distance r_k sets the volume (static).
+
+    Returns:
+      (log_density, log_density_err) float32 [C, N]: log k - log N_valid - log V_d -
+      d log r_k and 1 / sqrt(k), NaN at invalid points (see :func:`knn_density`).
+    """
+    count = jnp.sum(valid, axis=-1).astype(jnp.float32)
+    d = dim[:, None]
+    log_den = math.log(k) - log_unit_ball(d) - d * jnp.log(dist[..., k - 1])
+    log_den = log_den - jnp.log(count)[:, None]
     err = jnp.full(valid.shape, 1.0 / math.sqrt(k), jnp.float32)
     return jnp.where(valid, log_den, jnp.nan), jnp.where(valid, err, jnp.nan)
+
+
+def _knn_density(x, valid, dim, k):
+    dist, _ = _lists(x, valid, k)
+    return knn_density_from_lists(dist, valid, dim, k)
 
 
 def knn_density(x, mask=None, *, k=16, intrinsic_dim=None):
@@ -214,8 +256,12 @@ def log_cosh(t):
     )
 
 
-def _kstar(dist, idx, valid, dim, max_k, dthr):
-    """DADApy's k* [N] (``cython_density._compute_kstar``): for j = 4, 5, ... while
+def pak_kstar_from_lists(dist, idx, valid, dim, max_k, dthr):
+    """DADApy's k* [C, N] (``cython_density._compute_kstar``) of clouds from their
+    neighbour lists dist, idx [C, N, K] (K = min(max_k, N - 1): distances in increasing
+    order and the neighbours' indices, the point itself excluded, duplicates included;
+    entries beyond the valid neighbours are never read, whatever they hold), valid
+    [C, N], dim [C] and the threshold dthr: for j = 4, 5, ... while
     j < min(max_k, N_valid - 1), the likelihood-ratio statistic that x_i and its j-th
     neighbour share one density over their (j - 1)-neighbourhoods, with V_i, V_j the
     volumes of the balls to their (j - 1)-th neighbours,
@@ -223,39 +269,44 @@ def _kstar(dist, idx, valid, dim, max_k, dthr):
        = 4 (j - 1) log cosh(d/2 log(r_i / r_j));
     k* = j - 1 at the first j with dL > Dthr, else min(max_k, N_valid - 1) - 1. A NaN
     statistic (both radii 0) passes the test, an infinite one (one radius 0) fails it,
-    as in DADApy's float64 loop."""
+    as in DADApy's float64 loop. Returns int32 [C, N], -1 at invalid points."""
+    return jax.vmap(functools.partial(_kstar, max_k=max_k, dthr=dthr))(dist, idx, valid, dim)
+
+
+def _kstar(dist, idx, valid, dim, max_k, dthr):
+    """:func:`pak_kstar_from_lists` of one cloud: dist, idx [N, K], valid [N], dim []."""
     n_keep = dist.shape[-1]
     maxk = jnp.minimum(max_k, jnp.sum(valid) - 1)
     js = np.arange(4, n_keep)
     if js.size == 0:
-        return jnp.full(valid.shape, PAK_FIRST_K, jnp.int32)
+        return jnp.where(valid, PAK_FIRST_K, -1).astype(jnp.int32)
     ri = dist[:, js - 2]
-    rj = dist[idx[:, js - 1], js - 2]
+    rj = dist[jnp.maximum(idx[:, js - 1], 0), js - 2]
     t = 0.5 * dim * (jnp.log(ri) - jnp.log(rj))
     dl = 4.0 * (js - 1).astype(np.float32) * log_cosh(t)
     stop = (dl > dthr) | (js >= maxk)
     first = jnp.asarray(js)[jnp.argmax(stop, axis=-1)] - 1
-    return jnp.where(jnp.any(stop, axis=-1), first, max(n_keep - 1, PAK_FIRST_K)).astype(jnp.int32)
+    kstar = jnp.where(jnp.any(stop, axis=-1), first, max(n_keep - 1, PAK_FIRST_K))
+    return jnp.where(valid, kstar, -1).astype(jnp.int32)
 
 
 def _pak_neighbours(x, valid, max_k):
-    n_keep = min(max_k, x.shape[-2] - 1)
-    return knn(x, valid, n_keep)
+    return _lists(x, valid, min(max_k, x.shape[-2] - 1))
 
 
 def _pak_kstar(x, valid, dim, max_k, dthr):
     dist, idx = _pak_neighbours(x, valid, max_k)
-    kstar = _kstar(dist, idx, valid, dim, max_k, dthr)
-    return jnp.where(valid, kstar, -1)
+    return pak_kstar_from_lists(dist, idx, valid, dim, max_k, dthr)
 
 
 def _shell_log_volumes(dist, dim, log_ball):
-    """log of DADApy's shell volumes [N, K]: shell j between the j-th and (j + 1)-th
-    neighbour (the 0-th the point itself, at 0), V_d r_{j+1}^d (1 - (r_j / r_{j+1})^d),
-    its exponent capped at 300; a shell between neighbours at identical distances gets
-    the ratio 1 - 1e-14; NaN where both radii are 0 (DADApy's 0 / 0)."""
+    """log of DADApy's shell volumes [..., N, K] (dim and log_ball broadcasting against
+    it): shell j between the j-th and (j + 1)-th neighbour (the 0-th the point itself,
+    at 0), V_d r_{j+1}^d (1 - (r_j / r_{j+1})^d), its exponent capped at 300; a shell
+    between neighbours at identical distances gets the ratio 1 - 1e-14; NaN where both
+    radii are 0 (DADApy's 0 / 0)."""
     r_next = dist
-    r_prev = jnp.concatenate([jnp.zeros_like(dist[:, :1]), dist[:, :-1]], axis=-1)
+    r_prev = jnp.concatenate([jnp.zeros_like(dist[..., :1]), dist[..., :-1]], axis=-1)
     twin = (r_prev == 0) & (r_next == 0)
     tie = (r_prev == r_next) & ~twin
     log_ratio = jnp.where(tie, -TIE_WIDTH, jnp.log(r_prev) - jnp.log(jnp.where(twin, 1.0, r_next)))
@@ -265,20 +316,20 @@ def _shell_log_volumes(dist, dim, log_ball):
     return log_ball + exponent
 
 
-def _pak_density(x, valid, dim, max_k, dthr, max_iter):
-    dist, idx = _pak_neighbours(x, valid, max_k)
-    n_keep = dist.shape[-1]
-    kstar = _kstar(dist, idx, valid, dim, max_k, dthr)
-    kf = kstar.astype(jnp.float32)
-    log_ball = log_unit_ball(dim)
-    rk = jnp.take_along_axis(dist, (kstar - 1)[:, None], axis=-1)[:, 0]
-    f0 = jnp.log(kf) - log_ball - dim * jnp.log(rk)  # the k*-NN estimate, DADApy's start
-    log_vol = _shell_log_volumes(dist, dim, log_ball)
-    shell = jnp.arange(n_keep) < kstar[:, None]
-    tiny = jnp.any(shell & (log_vol < LOG_TINY_VOLUME), axis=-1)
-    # g_j = V_j exp(F + a l) = exp(lw_j + G + a l), G = F - f0: moderate exponents
-    lw = jnp.where(shell, log_vol + f0[:, None], -jnp.inf)
-    ell = jnp.arange(1, n_keep + 1, dtype=jnp.float32)
+PAK_FIRST_STEPS = 128
+"""Newton steps every point takes together; the points still going after them go on in
+batches of max(PAK_STRAGGLERS, N / 64) (N the points of all clouds together), so that
+the slowest cost their own steps, not everyone's: on the density fixture's mixture the
+median point stops after 118 steps, the slowest after 2,641."""
+PAK_STRAGGLERS = 64
+
+
+def _stepper(lw, shell, kf, f0, run, max_iter):
+    """DADApy's damped Newton steps for points [P]: lw [P, K] the log shell volumes plus
+    f0 (-inf beyond k*), shell [P, K] the shells l < k*, kf [P] k*, f0 [P] the start, run
+    [P] the points to maximise. Returns (start state, active(state) -> bool [P],
+    step(state) -> state); G = F - f0 is the state's first entry (0 where not run)."""
+    ell = jnp.arange(1, lw.shape[-1] + 1, dtype=jnp.float32)
     half = kf * (kf + 1.0) / 2.0
 
     def evaluate(g_off, a):
@@ -302,7 +353,6 @@ def _pak_density(x, valid, dim, max_k, dthr, max_iter):
 
     zeros = jnp.zeros_like(f0)
     stepmax = 0.1 * jnp.abs(f0)
-    run = valid & ~tiny
 
     def active(state):
         _, _, _, func, niter, steps, settled = state
@@ -346,12 +396,85 @@ def _pak_density(x, valid, dim, max_k, dthr, max_iter):
             settled | (active(state) & floor),
         )
 
-    count = jnp.zeros_like(kstar)
+    count = jnp.zeros(f0.shape, jnp.int32)
     state = (zeros, zeros, evaluate(zeros, zeros), jnp.full_like(f0, 100.0), count, count, ~run)
-    g_off, *_ = lax.while_loop(lambda s: jnp.any(active(s)), body, state)
-    log_den = jnp.where(run, f0 + g_off, f0) - jnp.log(jnp.sum(valid).astype(jnp.float32))
+    return state, active, body
+
+
+def _maximise(lw, shell, kf, f0, run, max_iter):
+    """G = F - f0 [N] after DADApy's steps (:func:`_stepper`'s arguments, for N points):
+    PAK_FIRST_STEPS steps of every point at once, then the stragglers' steps, a batch of
+    them at a time (each point's steps are the same either way)."""
+    inputs = (lw, shell, kf, f0, run)
+    state, active, step = _stepper(*inputs, max_iter)
+    state = lax.while_loop(
+        lambda s: (s[0] < PAK_FIRST_STEPS) & jnp.any(active(s[1])),
+        lambda s: (s[0] + 1, step(s[1])),
+        (0, state),
+    )[1]
+    n = f0.shape[0]
+    size = min(max(PAK_STRAGGLERS, n // 64), n)
+
+    def stragglers(state):
+        at = jnp.nonzero(active(state), size=size, fill_value=n)[0]
+        take = lambda a: jnp.take(a, at, axis=0, mode="clip")  # noqa: E731
+        mine = jax.tree.map(take, inputs[:4]) + (take(run) & (at < n),)
+        _, active_mine, step_mine = _stepper(*mine, max_iter)
+        part = lax.while_loop(
+            lambda s: jnp.any(active_mine(s)), step_mine, jax.tree.map(take, state)
+        )
+        return jax.tree.map(lambda a, p: a.at[at].set(p, mode="drop"), state, part)
+
+    return lax.while_loop(lambda s: jnp.any(active(s)), stragglers, state)[0]
+
+
+def pak_from_lists(dist, idx, valid, dim, max_k, dthr, max_iter):
+    """PAk log density, its error and k* of clouds from their neighbour lists.
+
+    Args:
+      dist, idx: float32 / int32 [C, N, K], K = min(max_k, N - 1): each point's
+        distances to its nearest valid points in increasing order (in the input's units)
+        and their indices, the point itself excluded, duplicates included (entries
+        beyond the valid neighbours are never read).
+      valid: bool [C, N].
+      dim: float32 [C], each cloud's intrinsic dimension d.
+      max_k, dthr, max_iter: DADApy's maxk, the threshold of k*'s test and the cap on
+        Newton steps (static).
+
+    Returns:
+      (log_density, log_density_err, kstar), float32, float32, int32 [C, N]; NaN (k*
+      -1) at invalid points (see :func:`pak_density` and :func:`pak_kstar`). The
+      Newton steps run on the points of all C clouds together (:func:`_maximise`).
+    """
+    (c, n), n_keep = valid.shape, dist.shape[-1]
+    kstar = pak_kstar_from_lists(dist, idx, valid, dim, max_k, dthr)
+    kstar = jnp.where(valid, kstar, PAK_FIRST_K)
+    kf = kstar.astype(jnp.float32)
+    d = dim[:, None]
+    log_ball = log_unit_ball(d)
+    rk = jnp.take_along_axis(dist, (kstar - 1)[..., None], axis=-1)[..., 0]
+    f0 = jnp.log(kf) - log_ball - d * jnp.log(rk)  # the k*-NN estimate, DADApy's start
+    log_vol = _shell_log_volumes(dist, d[..., None], log_ball[..., None])
+    shell = jnp.arange(n_keep) < kstar[..., None]
+    tiny = jnp.any(shell & (log_vol < LOG_TINY_VOLUME), axis=-1)
+    # g_j = V_j exp(F + a l) = exp(lw_j + G + a l), G = F - f0: moderate exponents
+    lw = jnp.where(shell, log_vol + f0[..., None], -jnp.inf)
+    run = valid & ~tiny
+    points = lambda a: a.reshape((c * n,) + a.shape[2:])  # noqa: E731
+    g_off = _maximise(*map(points, (lw, shell, kf, f0, run)), max_iter).reshape(c, n)
+    count = jnp.sum(valid, axis=-1).astype(jnp.float32)
+    log_den = jnp.where(run, f0 + g_off, f0) - jnp.log(count)[:, None]
     err = jnp.sqrt((4.0 * kf + 2.0) / (kf * (kf - 1.0)))
-    return jnp.where(valid, log_den, jnp.nan), jnp.where(valid, err, jnp.nan)
+    return (
+        jnp.where(valid, log_den, jnp.nan),
+        jnp.where(valid, err, jnp.nan),
+        jnp.where(valid, kstar, -1),
+    )
+
+
+def _pak_density(x, valid, dim, max_k, dthr, max_iter):
+    dist, idx = _pak_neighbours(x, valid, max_k)
+    return pak_from_lists(dist, idx, valid, dim, max_k, dthr, max_iter)[:2]
 
 
 def _pak_options(x, mask, intrinsic_dim, alpha, max_k):
@@ -442,3 +565,200 @@ def pak_density(
     validation.check_int(max_iter, "max_iter", 1)
     x, valid, dim, options = _pak_options(x, mask, intrinsic_dim, alpha, max_k)
     return _run(_pak_density, x, valid, dim, max_iter=int(max_iter), **options)
+
+
+# -- the observable ---------------------------------------------------------------------
+
+DENSITY_K = Option(
+    "density_k",
+    int,
+    16,
+    "Neighbours of the k-NN log density (DADApy's compute_density_kNN k; Doimo et al. 2024 "
+    "use 16).",
+    check=lambda v: validation.check_int(v, "density_k", 1),
+)
+
+PAK_ALPHA_OPTION = Option(
+    "pak_alpha",
+    float,
+    PAK_ALPHA,
+    "Significance of the likelihood-ratio test choosing PAk's k* (DADApy's 1e-6: Dthr = 23.93).",
+    check=lambda v: validation.check_open_unit(v, "pak_alpha"),
+)
+
+PAK_MAX_K_OPTION = Option(
+    "pak_max_k",
+    int,
+    PAK_MAX_K,
+    "DADApy's maxk: neighbours per point of PAk (k* <= pak_max_k - 1) and of the ADP "
+    "clustering, capped at N - 1 (the value used is recorded).",
+    check=lambda v: validation.check_int(v, "pak_max_k", PAK_FIRST_K + 1),
+    resolve=lambda v, n, kind: min(v, n - 1),
+)
+
+OPTIONS = (DENSITY_K, PAK_ALPHA_OPTION, PAK_MAX_K_OPTION, TWONN_DISCARD_FRACTION)
+"""The options of ``density``, which the ADP observables read too."""
+
+
+def list_width(options):
+    """Neighbours per point the density observables read: max(density_k, pak_max_k)
+    (pak_max_k resolved to at most N - 1, density_k checked to be <= N - 1)."""
+    return max(options["density_k"], options["pak_max_k"])
+
+
+def check_options(options, n):
+    """The static checks of the density observables for clouds of n points."""
+    validation.check_neighbours_fit(n, options["density_k"], "density_k")
+    if n < PAK_FIRST_K + 1:
+        raise ValueError(f"density: PAk needs N >= {PAK_FIRST_K + 1} points per cloud, got N = {n}")
+
+
+def min_points(options):
+    """(valid points, distinct points, what needs them) per cloud of the density
+    observables."""
+    k = options["density_k"]
+    need = max(k + 1, PAK_FIRST_K + 1)
+    return (need, validation.MIN_VALID_POINTS, f"density_k={k} (PAk: at least {PAK_FIRST_K + 1})")
+
+
+def run_twonn(ctx):
+    """TwoNN [C] of the chunk's clouds as the engine computes it (``twonn``: distinct
+    points, linear fit without the largest twonn_discard_fraction of the ratios)."""
+    sq, _ = ctx.knn_unique(2)
+    keep = ctx.unique
+    r = jnp.sqrt(jnp.where(keep[..., None], sq, 1.0))
+    discard = ctx.options[TWONN_DISCARD_FRACTION.name]
+    return twonn_from_neighbours(r[..., 0], r[..., 1], keep, discard)
+
+
+def _densities(ctx):
+    o = ctx.options
+    n = ctx.x.shape[-2]
+    width = list_width(o)
+    n_keep = min(o["pak_max_k"], n - 1)
+    sq = ctx.knn_sq_at(range(width))
+    # the clouds were divided by 2**exponent: log densities need the input's units
+    dist = jnp.ldexp(jnp.sqrt(sq), ctx.exponent[:, None, None])
+    idx = ctx.knn_idx[..., :width]
+    dim = run_twonn(ctx)
+    knn_den, knn_err = knn_density_from_lists(dist, ctx.valid, dim, o["density_k"])
+    dthr = pak_threshold(o["pak_alpha"])
+    lists = (dist[..., :n_keep], idx[..., :n_keep], ctx.valid, dim)
+    pak_den, pak_err, kstar = pak_from_lists(*lists, o["pak_max_k"], dthr, PAK_MAX_ITER)
+    return {
+        "dim": dim,
+        "knn": (knn_den, knn_err),
+        "pak": (pak_den, pak_err, kstar),
+        "idx": idx,
+    }
+
+
+def densities(ctx):
+    """The chunk's k-NN and PAk densities, computed once per layer chunk for every
+    observable that reads them (``ctx.cached``): a dict with ``dim`` [C] (TwoNN),
+    ``knn`` (log density, error) [C, N], ``pak`` (log density, error, k*) [C, N] and
+    ``idx`` [C, N, list_width] (the neighbour lists they used)."""
+    return ctx.cached("density.densities", _densities)
+
+
+def _mean_and_spread(values, valid):
+    """Mean and standard deviation (ddof 0) [C] over the valid points with finite values."""
+    ok = valid & jnp.isfinite(values)
+    count = jnp.sum(ok, axis=-1)
+    mean = jnp.sum(jnp.where(ok, values, 0.0), axis=-1) / jnp.maximum(count, 1)
+    dev = jnp.where(ok, values - mean[..., None], 0.0)
+    std = jnp.sqrt(jnp.sum(dev * dev, axis=-1) / jnp.maximum(count, 1))
+    return jnp.where(count > 0, mean, jnp.nan), jnp.where(count > 0, std, jnp.nan)
+
+
+def _density_fields(ctx):
+    d = densities(ctx)
+    knn_den, _ = d["knn"]
+    pak_den, pak_err, kstar = d["pak"]
+    pak_mean, pak_std = _mean_and_spread(pak_den, ctx.valid)
+    kstar_median = jnp.nanmedian(jnp.where(ctx.valid, kstar.astype(jnp.float32), jnp.nan), -1)
+    return {
+        "density_id": d["dim"],
+        "knn_log_density": knn_den,
+        "pak_log_density": pak_den,
+        "pak_log_density_err": pak_err,
+        "pak_kstar": kstar,
+        "knn_log_density_mean": _mean_and_spread(knn_den, ctx.valid)[0],
+        "pak_log_density_mean": pak_mean,
+        "pak_log_density_std": pak_std,
+        "pak_kstar_median": kstar_median,
+    }
+
+
+OBSERVABLE = Observable(
+    name="density",
+    compute=_density_fields,
+    fields=(
+        Field("density_id", (), "intrinsic dimension of the densities: the layer's TwoNN."),
+        Field(
+            "knn_log_density",
+            ("token",),
+            "k-NN log density of each point (k = density_k; error 1 / sqrt(k)), NaN at "
+            "padding, +inf with k or more duplicates.",
+            tokens=True,
+        ),
+        Field(
+            "pak_log_density",
+            ("token",),
+            "PAk log density of each point, NaN at padding and at points with a twin.",
+            tokens=True,
+        ),
+        Field(
+            "pak_log_density_err",
+            ("token",),
+            "its error sqrt((4 k* + 2) / (k* (k* - 1))), NaN at padding.",
+            tokens=True,
+        ),
+        Field(
+            "pak_kstar",
+            ("token",),
+            "PAk's neighbourhood size k* of each point, -1 at padding.",
+            dtype="int32",
+            tokens=True,
+        ),
+        Field(
+            "knn_log_density_mean",
+            (),
+            "mean k-NN log density over the valid points with a finite one.",
+        ),
+        Field(
+            "pak_log_density_mean",
+            (),
+            "mean PAk log density over the valid points with a finite one (twins left out).",
+        ),
+        Field(
+            "pak_log_density_std",
+            (),
+            "standard deviation (ddof 0) of the PAk log density over the same points.",
+        ),
+        Field("pak_kstar_median", (), "median k* over the valid points."),
+    ),
+    consumes=("points", "unique", "knn", "knn_unique"),
+    doc=__doc__,
+    reference=(
+        "DADApy 0.3.4 compute_density_kNN / compute_density_PAk; Rodriguez et al. 2018 "
+        "(JCTC 14, 1206); d'Errico et al. 2021, arXiv 1802.10549"
+    ),
+    reduce="per point; summaries over the valid points",
+    options=OPTIONS,
+    knn_k=list_width,
+    knn_unique_k=lambda o: 2,
+    check=check_options,
+    min_points=min_points,
+    in_all=False,
+    report=(
+        ReportSection(
+            "Point density across layers",
+            figure=sections.plot_density,
+            text=sections.density_text,
+            needs=("pak_log_density_mean",),
+            file="density.png",
+            kinds=(PER_PROMPT, POOLED),
+        ),
+    ),
+)

@@ -54,7 +54,9 @@ relabelling):
 The clustering itself is sequential and runs on the host (NumPy, float64):
 :func:`adp_from_density` takes densities and neighbour lists;
 :func:`adp_clusters_from_density` finds the neighbour lists of clouds with geom_jax's
-exact k-NN (:func:`geom_jax.metrics.knn`) and clusters each cloud.
+exact k-NN (:func:`geom_jax.metrics.knn`) and clusters each cloud;
+:func:`cluster_clouds` clusters a layer chunk's clouds from the engine's lists (the
+``adp`` observable, :mod:`geom_jax.metrics.measures.adp`).
 
 :func:`adjusted_rand_index` and :func:`adjusted_mutual_information` score labels against
 known classes with scikit-learn's definitions, leaving out halo / invalid points.
@@ -113,9 +115,12 @@ class Clusters(NamedTuple):
 # -- checks -----------------------------------------------------------------------------
 
 
-def _check_z(z):
+def check_z(z, name="Z"):
+    """z as a float, refused (naming ``name``) unless a finite number > 0."""
     if not validation.is_number(z) or not math.isfinite(float(z)) or float(z) <= 0.0:
-        raise ArgumentError("{Z} must be a finite number > 0, got {value!r}", "Z", value=z)
+        raise ArgumentError(
+            "{" + name + "} must be a finite number > 0, got {value!r}", name, value=z
+        )
     return float(z)
 
 
@@ -305,7 +310,9 @@ def _merge(z, log_den_c, log_den_err, centres, rho, err, point):
 
 
 def _adp(log_den, log_den_err, kstar, nb, z, halo):
-    """The clustering of one cloud from validated arrays: (Clusters, diagnostics)."""
+    """The clustering of one cloud from validated arrays: (Clusters, diagnostics; its
+    ``halo`` is the bool [N] of the points below their cluster's highest saddle, the
+    halo points whether or not ``halo`` labels them)."""
     log_den_min = np.min(log_den - z * log_den_err)
     log_den_c = log_den - log_den_min + 1
     g = log_den_c - log_den_err
@@ -326,8 +333,9 @@ def _adp(log_den, log_den_err, kstar, nb, z, halo):
     pick = np.ix_(surv, surv)
     rho_m, err_m, point_m = rho[pick], err[pick], point[pick]
     populations = np.bincount(labels, minlength=len(surv))
+    below = log_den_c < rho_m.max(axis=1)[labels]
     if halo:
-        labels = np.where(log_den_c < rho_m.max(axis=1)[labels], HALO, labels)
+        labels = np.where(below, HALO, labels)
     out = Clusters(
         labels=labels.astype(np.int32),
         centres=centres[surv].astype(np.int32),
@@ -341,6 +349,7 @@ def _adp(log_den, log_den_err, kstar, nb, z, halo):
         "dropped": len(dropped),
         "looked_up": looked_up,
         "undefined": undefined,
+        "halo": below,
     }
     return out, info
 
@@ -371,7 +380,7 @@ def adp_from_density(log_density, log_density_err, kstar, neighbours, *, Z=1.65,
     Reference: d'Errico, Facco, Laio & Rodriguez 2021 (Information Sciences 560, 476,
     arXiv 1802.10549); DADApy 0.3.4 ``Data.compute_clustering_ADP``.
     """
-    z = _check_z(Z)
+    z = check_z(Z)
     halo = validation.check_flag(halo, "halo")
     nb = np.asarray(validation.as_array(neighbours, "neighbours"))
     if nb.ndim != 2 or nb.shape[1] < 1 or not np.issubdtype(nb.dtype, np.integer):
@@ -409,6 +418,67 @@ def _in_cloud(result, valid, n):
     )
 
 
+def _clusters_of_valid(log_den, log_den_err, kstar, idx, rows, z, halo):
+    """One cloud's clustering from its arrays [N] (float64, float64, int64) and neighbour
+    lists idx [N, k] (cloud indices, valid points only), rows the indices of its valid
+    points: (Clusters in the cloud's indices, _adp's diagnostics over the valid points)."""
+    n = len(log_den)
+    position = -np.ones(n, np.int64)
+    position[rows] = np.arange(len(rows))
+    nb = position[idx[rows]]
+    result, info = _adp(log_den[rows], log_den_err[rows], kstar[rows], nb, z, halo)
+    return _in_cloud(result, rows, n), info
+
+
+MAX_POPULATIONS = 16
+"""Populations :func:`cluster_clouds` keeps per cloud: the largest, in decreasing order."""
+
+
+def cluster_clouds(log_den, log_den_err, kstar, idx, valid, *, z, halo):
+    """ADP of each cloud of a layer chunk from the engine's arrays (host, NumPy; what the
+    ``adp`` observable calls from inside the jitted engine: adp.on_host).
+
+    Args:
+      log_den, log_den_err: float [C, N], each point's log density and its error.
+      kstar: int [C, N], each point's neighbourhood size.
+      idx: int [C, N, K], each point's nearest valid points (cloud indices, increasing
+        distance, -1 beyond the valid ones): cloud c uses its first min(K, N_valid - 1).
+      valid: bool [C, N].
+      z, halo: :func:`adp_from_density`'s Z and halo.
+
+    Returns:
+      (labels int32 [C, N] as :attr:`Clusters.labels`, core bool [C, N]: valid points
+      at or above their cluster's highest saddle (the points ``halo=True`` keeps),
+      populations int32 [C, MAX_POPULATIONS]: the largest populations in decreasing
+      order, 0 beyond the clusters, clusters int32 [C]). A cloud with fewer than 2
+      valid points or a non-finite density or error at one of them (PAk at a point with
+      a twin, a non-finite layer) is not clustered: labels ``INVALID``, no core point,
+      no cluster.
+    """
+    log_den = np.asarray(log_den, np.float64)
+    log_den_err = np.asarray(log_den_err, np.float64)
+    kstar, idx, valid = np.asarray(kstar, np.int64), np.asarray(idx, np.int64), np.asarray(valid)
+    c_count, n = log_den.shape
+    labels = np.full((c_count, n), INVALID, np.int32)
+    core = np.zeros((c_count, n), bool)
+    populations = np.zeros((c_count, MAX_POPULATIONS), np.int32)
+    clusters = np.zeros(c_count, np.int32)
+    for c in range(c_count):
+        rows = np.flatnonzero(valid[c])
+        k = min(idx.shape[-1], len(rows) - 1)
+        finite = np.all(np.isfinite(log_den[c, rows])) and np.all(np.isfinite(log_den_err[c, rows]))
+        if k < 1 or not finite:
+            continue
+        args = (log_den[c], log_den_err[c], kstar[c], idx[c, :, :k], rows)
+        result, info = _clusters_of_valid(*args, z, halo)
+        labels[c] = result.labels
+        core[c, rows] = ~info["halo"]
+        top = np.sort(result.populations)[::-1][:MAX_POPULATIONS]
+        populations[c, : len(top)] = top
+        clusters[c] = result.n_clusters
+    return labels, core, populations, clusters
+
+
 def adp_clusters_from_density(
     x, log_density, log_density_err, kstar, mask=None, *, Z=1.65, halo=False, maxk=DEFAULT_MAXK
 ):
@@ -436,7 +506,7 @@ def adp_clusters_from_density(
       nested lists of them in the leading axes' shape. Indices (centres, border points)
       are those of the cloud, invalid rows included.
     """
-    z = _check_z(Z)
+    z = check_z(Z)
     halo = validation.check_flag(halo, "halo")
     maxk = validation.check_int(maxk, "maxk", 1)
     x = validation.as_points(x, "x")
@@ -454,13 +524,9 @@ def adp_clusters_from_density(
     flat = valid.reshape(-1, n)
     results = []
     for c in range(flat.shape[0]):
-        rows = np.flatnonzero(flat[c])
-        position = -np.ones(n, np.int64)
-        position[rows] = np.arange(len(rows))
-        nb = position[idx[c, rows]]
-        args = (a.reshape(-1, n)[c, rows] for a in (log_den, log_den_err, ks))
-        result, _ = _adp(*args, nb, z, halo)
-        results.append(_in_cloud(result, rows, n))
+        args = (a.reshape(-1, n)[c] for a in (log_den, log_den_err, ks))
+        result, _ = _clusters_of_valid(*args, idx[c], np.flatnonzero(flat[c]), z, halo)
+        results.append(result)
     if not batch:
         return results[0]
     out = np.empty(len(results), object)
@@ -646,7 +712,7 @@ def adp_clusters(x, mask=None, *, Z=1.65, halo=False, intrinsic_dim=None, maxk=D
       :class:`Clusters` per cloud, as :func:`adp_clusters_from_density`. A cloud with
       exact duplicates has no PAk density at the twins (NaN) and is refused.
     """
-    _check_z(Z)
+    check_z(Z)
     validation.check_flag(halo, "halo")
     validation.check_int(maxk, "maxk", 1)
     log_den, err = density.pak_density(x, mask, intrinsic_dim=intrinsic_dim, max_k=maxk)
