@@ -284,6 +284,17 @@ def test_too_few_valid_points():
         metrics.layer_geometry(small(), mask, observables="density", density_k=5)
 
 
+def test_agreement_refuses_labels_of_one_class():
+    """adp_agreement against labels with one class among the labelled valid points (the
+    others unlabelled, -1) is refused before compute, naming the labels and the cloud."""
+    labels = np.full((1, 12), -1)
+    labels[0, :6] = 3
+    with pytest.raises(ValueError, match=r"^labels must have at least 2 classes .*\(0,\) has 1$"):
+        metrics.layer_geometry(
+            small(), observables="adp_agreement", density_k=5, inputs={"labels": labels}
+        )
+
+
 def test_small_cloud_in_input_units():
     """A cloud of 12 points (pak_max_k resolves to N - 1 = 11: the lists hold every other
     point) far from unit scale (the engine divides it by 2**20 and the observable puts

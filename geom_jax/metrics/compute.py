@@ -259,7 +259,7 @@ def host_inputs(observables, inputs, mask, options, n):
     out = dict(inputs)
     for obs in registry.resolve(observables).observables:
         derived = registry.host_input_names(obs)
-        if not derived or all(name in out for name in derived):
+        if obs.host_inputs is None or (derived and all(name in out for name in derived)):
             continue
         read = {c: out[c] for c in obs.consumes if c in registry.INPUTS and c in out}
         if not validation.is_concrete(mask, *read.values()):

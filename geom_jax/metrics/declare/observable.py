@@ -302,7 +302,8 @@ class HostInputs:
 
     fn: Callable
     names: Mapping[str, str]
-    """name -> doc of each array fn returns."""
+    """name -> doc of each array fn returns (none: fn only checks the inputs, e.g. that the
+    labels an agreement score reads have two classes, and returns {})."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -38,11 +38,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from geom_jax.errors import ArgumentError
 from geom_jax.metrics.declare.observable import (
     PER_PROMPT,
     POOLED,
     Dim,
     Field,
+    HostInputs,
     Observable,
     Option,
     ReportSection,
@@ -176,6 +178,24 @@ CLUSTERS_SECTION = ReportSection(
     kinds=(PER_PROMPT, POOLED),
 )
 
+
+def _check_labels(inputs, valid, options):
+    """Refuses, before compute, a cloud whose labelled valid points hold fewer than two
+    classes (an agreement score against one class is undefined); derives nothing."""
+    labels = np.asarray(inputs["labels"])
+    for b in range(labels.shape[0]):
+        classes = np.unique(labels[b][valid[b] & (labels[b] >= 0)])
+        if len(classes) < 2:
+            raise ArgumentError(
+                "{labels} must have at least 2 classes among the labelled valid points of "
+                "each cloud for adp_agreement, cloud ({b},) has {count}",
+                "labels",
+                b=b,
+                count=len(classes),
+            )
+    return {}
+
+
 _COMMON = dict(
     doc=__doc__,
     reference=(
@@ -244,6 +264,7 @@ AGREEMENT = Observable(
         ),
     ),
     consumes=("points", "unique", "knn", "knn_unique", "labels"),
+    host_inputs=HostInputs(_check_labels, {}),
     reduce="over the valid points labelled in both (halo points left out with adp_halo)",
     **_COMMON,
 )
