@@ -54,6 +54,39 @@ def test_select_rows_equals_numpy(n, k_near, ranks, integer):
         np.testing.assert_array_equal(np.asarray(h), w)
 
 
+SKEWED = r"""
+import numpy as np, jax
+from geom_jax.metrics.neighbours import native_kernels, selection
+rng = np.random.default_rng(0)
+n = 1000
+x = rng.standard_normal((2, n, 8)) * np.exp(2.0 * rng.standard_normal((2, n, 1)))
+x[:, :5] *= 300.0
+x = x.astype(np.float32)
+xc = x - x.mean(axis=1, keepdims=True)
+g = np.einsum("snd,smd->snm", xc, xc).astype(np.float32)
+sq = np.einsum("snn->sn", g).copy()
+valid = np.ones((2, n), bool)
+ranks = tuple(2**i for i in range(10))
+want = selection._host_select(g, sq, valid, valid, k_near=10, ranks=ranks)
+got = jax.jit(lambda *a: native_kernels.select_rows(*a, 0, k_near=10, ranks=ranks))(
+    g, sq, valid, valid)
+for w, h in zip(want, got):
+    np.testing.assert_array_equal(np.asarray(h), w)
+print("EQUAL")
+"""
+
+
+def test_select_rows_of_heavy_tailed_clouds_in_a_fresh_process():
+    """Heavy-tailed clouds (log-normal radii, a few massive activations, as some LLM layers
+    have) make the bucket pass of a large m recurse below its first level on the first
+    rows: the kernel must keep its bucket bounds valid across that recursion (a dangling
+    reference crashed a pooled run of SmolLM2 with a persistent compilation cache). In a
+    fresh process, freed memory scribbled (MALLOC_PERTURB_), the indices equal NumPy's."""
+    env = dict(os.environ, MALLOC_PERTURB_="165")
+    proc = subprocess.run([sys.executable, "-c", SKEWED], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0 and "EQUAL" in proc.stdout, proc.stderr[-2000:]
+
+
 def test_select_rows_of_a_block_excludes_its_own_rows():
     g, sq = _gram(500, 5, 1)
     valid = np.ones(500, bool)

@@ -347,7 +347,9 @@ void SelectPositions(uint64_t* buf, int64_t size, const int64_t* wanted, int64_t
   }
   const int64_t nb = size;
   const float scale = static_cast<float>(nb) / (hi - lo);
-  if (static_cast<int>(s.start.size()) <= depth) s.start.resize(depth + 1);
+  // Every level's bucket bounds exist before the first recursion: growing s.start inside
+  // a deeper call would move the vector whose element `start` refers to here.
+  if (s.start.size() < kMaxDepth + 1) s.start.resize(kMaxDepth + 1);
   std::vector<int32_t>& start = s.start[depth];
   start.assign(nb + 1, 0);
   s.bucket.resize(size);
