@@ -5,8 +5,9 @@ layer) and Cheng et al. 2023/2025 (an intrinsic-dimension battery per layer) run
 layer at a time, with each library's defaults:
 
 * ``--part=density``: ``Data(X, maxk=100)``, ``compute_distances(maxk=100)``
-  (scikit-learn's exact k-NN), ``compute_id_2NN()``, ``compute_density_kNN(16)``,
-  ``compute_density_PAk()``, ``compute_clustering_ADP(Z, halo=False)``;
+  (scikit-learn's exact k-NN), ``compute_id_2NN()``, ``compute_density_PAk()``,
+  ``compute_clustering_ADP(Z, halo=False)``, then ``compute_density_kNN(16)`` (last: it
+  sets every k* to 16 and replaces the log densities ADP reads);
 * ``--part=battery``: scikit-dimension's ``MADA``, ``MOM``, ``CorrInt``, ``ESS``,
   ``FisherS`` and ``lPCA`` (``.fit(X).dimension_``, defaults; ESS with
   ``random_state=0``) and DADApy's ``compute_id_binomial_k(k=20, r=0.5)``.
@@ -42,9 +43,11 @@ def density(hidden, z):
         d = Data(np.asarray(x, np.float64), maxk=100, verbose=False)
         d.compute_distances(maxk=100)
         out["twonn"].append(d.compute_id_2NN()[0])
-        out["knn_log_density"].append(d.compute_density_kNN(16)[0])
+        # PAk and ADP first: compute_density_kNN sets every k* to its k and the log
+        # densities ADP reads
         out["pak_log_density"].append(d.compute_density_PAk()[0])
         out["adp_labels"].append(d.compute_clustering_ADP(Z=z, halo=False))
+        out["knn_log_density"].append(d.compute_density_kNN(16)[0])
     arrays = {k: np.stack(v) for k, v in out.items()}
     arrays["adp_clusters"] = np.asarray([len(np.unique(a[a >= 0])) for a in arrays["adp_labels"]])
     return arrays, {}
