@@ -306,7 +306,9 @@ def test_help_lists_the_tools_own_flags():
     assert proc.returncode in (0, 1)  # absl's --help exits with 1
     for flag in ("--max_tokens", "--num_prompts", "--resume", "--output_dir", "--layer_chunk"):
         assert flag in out, flag
-    assert "--jax_" not in out and "--logtostderr" not in out and len(out.splitlines()) < 200
+    # the tool's own flags (about 270 lines with every observable's options); JAX's and
+    # absl's would add several hundred more
+    assert "--jax_" not in out and "--logtostderr" not in out and len(out.splitlines()) < 400
 
 
 @pytest.mark.slow

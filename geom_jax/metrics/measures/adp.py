@@ -180,12 +180,13 @@ CLUSTERS_SECTION = ReportSection(
 
 
 def _check_labels(inputs, valid, options):
-    """Refuses, before compute, a cloud whose labelled valid points hold fewer than two
-    classes (an agreement score against one class is undefined); derives nothing."""
+    """Refuses, before compute, a cloud whose labelled valid points hold one class (an
+    agreement score against one class is undefined; a cloud with no labelled point gets
+    NaN); derives nothing."""
     labels = np.asarray(inputs["labels"])
     for b in range(labels.shape[0]):
         classes = np.unique(labels[b][valid[b] & (labels[b] >= 0)])
-        if len(classes) < 2:
+        if len(classes) == 1:
             raise ArgumentError(
                 "{labels} must have at least 2 classes among the labelled valid points of "
                 "each cloud for adp_agreement, cloud ({b},) has {count}",
