@@ -132,6 +132,19 @@ def test_phd_function_against_the_transcription():
     assert abs(got / want - 1) <= PHD_REL, (got, want)
 
 
+def test_phd_is_nan_where_no_dimension_fits():
+    """A tight 5-d Gaussian with one point 10^6 of its scale away: the subsets holding the
+    far point have trees 10^6 longer, more of them as n grows, so log E rises faster than
+    log n (slope >= 1, where the authors' formula gives a negative d: -0.21 here). NaN;
+    without the far point, about 5."""
+    rng = np.random.default_rng(0)
+    x = (0.01 * rng.standard_normal((200, 5))).astype(np.float32)
+    x[0] = 1e4
+    kw = dict(min_points=50, max_points=200, step=40)
+    assert np.isnan(float(metrics.phd_id(x, **kw)))
+    assert 4.0 < float(metrics.phd_id(x[1:], **kw)) < 6.0
+
+
 def test_large_neighbourhoods_are_capped_for_small_clouds():
     """scikit-dimension's k = 100 (MOM, ESS) becomes N - 1 on clouds of fewer points, and
     PHD's largest size is capped at N; the other options keep their values."""

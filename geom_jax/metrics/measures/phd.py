@@ -17,7 +17,11 @@ differences: the subsets come from seeded JAX keys (one per rerun, size and subs
 the same for every cloud and layer, so that layers of a prompt are measured on the
 same subsets) instead of NumPy's global generator; and d = alpha / (1 - m) as the
 paper defines it, where the code returns 1 / (1 - m) whatever alpha (the same at the
-default alpha = 1).
+default alpha = 1). A third: NaN where m >= 1, where the code returns a negative or
+infinite d. The total length of a minimum spanning tree of n points of a set of
+dimension d grows as n^((d - alpha) / d), slower than n; a slope of 1 or more means the
+subsets differ by more than their size, e.g. one far point (a massive activation in a
+prompt's token cloud) in some subsets and not others, and no dimension fits it.
 
 Trees are exact: Prim's algorithm on the subset's centred-Gram squared distances
 (float32, HIGHEST precision) chooses the edges, whose lengths are then taken by direct
@@ -176,7 +180,7 @@ def phd_of_cloud(x, valid, *, n_sizes, alpha, restarts, reruns, seed):
     ns = jnp.asarray(n_sizes, jnp.int32)
     logs = lax.map(log_weight, (jnp.arange(len(n_sizes), dtype=jnp.int32), ns))
     m = jnp.mean(slope(jnp.log(ns.astype(jnp.float32)), logs.T))
-    return alpha / (1.0 - m)
+    return jnp.where(m < 1.0, alpha / (1.0 - m), jnp.nan)
 
 
 def phd_of_clouds(x, valid, **options):
