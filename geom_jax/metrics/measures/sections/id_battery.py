@@ -67,7 +67,7 @@ def plot(runs, path, **_):
         for color, (field, label) in zip(plotting.colours(len(present(run))), present(run)):
             values = curves(run, field)
             plotting.band(ax, np.arange(1, values.shape[1] + 1), values, label, color=color)
-        ax.set(xlabel="layer", ylabel="intrinsic dimension", title=f"{run.label}: ID battery")
+        ax.set(xlabel="layer", ylabel="intrinsic dimension", title=run.label)
         ax.legend(fontsize=6, ncol=2)
     return plotting.save(fig, path)
 
