@@ -149,10 +149,16 @@ def for_labels(spec: run_spec.RunSpec, rows: Rows) -> run_spec.RunSpec:
             ("observables", "windows", "label_field"),
             listed=", ".join(asked),
         )
-    if not readers:
+    if readers:
+        logging.info("rows carry no labels: %s left out", ", ".join(readers))
+    return _without(spec, readers)
+
+
+def _without(spec: run_spec.RunSpec, dropped) -> run_spec.RunSpec:
+    """spec measuring its observables but ``dropped`` (spec itself when none is)."""
+    if not dropped:
         return spec
-    logging.info("rows carry no labels: %s left out", ", ".join(readers))
-    kept = [n for n in observables.names if n not in readers]
+    kept = [n for n in spec.observable_set.names if n not in dropped]
     return spec.replace(observables=",".join(kept))
 
 
@@ -179,10 +185,9 @@ def for_host_inputs(spec: run_spec.RunSpec, rows: Rows, clouds: list[Cloud]) -> 
     refuse the clouds' rows (e.g. probes with a class of fewer rows than probe_folds in
     a cloud: with the labels of short runs, often), logged; one named on its own (see
     :func:`named`) is refused instead, before any compute."""
-    observables = spec.observable_set
     asked = named(spec)
-    kept = list(observables.names)
-    for obs in observables.observables:
+    dropped = []
+    for obs in spec.observable_set.observables:
         if obs.host_inputs is None or (LABELS_INPUT in obs.consumes and rows.label is None):
             continue
         try:
@@ -197,10 +202,8 @@ def for_host_inputs(spec: run_spec.RunSpec, rows: Rows, clouds: list[Cloud]) -> 
                     problem=e,
                 ) from None
             logging.warning("%s left out: %s", obs.name, e)
-            kept.remove(obs.name)
-    if len(kept) == len(observables.names):
-        return spec
-    return spec.replace(observables=",".join(kept))
+            dropped.append(obs.name)
+    return _without(spec, dropped)
 
 
 def clouds_of(spec: run_spec.RunSpec, rows: Rows) -> list[Cloud]:
