@@ -77,6 +77,14 @@ def as_points(x, name, min_rank=2):
     return jnp.asarray(check_points(x, name, min_rank), jnp.float32)
 
 
+def flat_clouds(x, valid):
+    """x [..., N, D] and valid [..., N] with the leading axes flattened: (x [B, N, D]
+    zero at invalid points, valid [B, N], the leading shape)."""
+    batch, (n, d) = x.shape[:-2], x.shape[-2:]
+    vf = valid.reshape((-1, n))
+    return jnp.where(vf[..., None], x.reshape((-1, n, d)), 0.0), vf, batch
+
+
 def as_mask(mask, batch_shape, n, name="mask"):
     """Bool mask broadcast to batch_shape + (N,), or None."""
     if mask is None:

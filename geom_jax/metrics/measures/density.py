@@ -153,12 +153,9 @@ def _per_cloud(fn, x, valid, dim, options):
     """fn(x [C, N, D], valid [C, N], dim [C], **options) -> arrays [C, N], on the clouds
     of the leading axes flattened to C."""
     kwargs = dict(options)
-    batch, (n, d) = x.shape[:-2], x.shape[-2:]
-    xf = x.reshape((-1, n, d))
-    vf = valid.reshape((-1, n))
-    xf = jnp.where(vf[..., None], xf, 0.0)
+    xf, vf, batch = validation.flat_clouds(x, valid)
     out = fn(xf, vf, dim.reshape(-1), **kwargs)
-    return jax.tree_util.tree_map(lambda o: o.reshape(batch + (n,)), out)
+    return jax.tree_util.tree_map(lambda o: o.reshape(batch + x.shape[-2:-1]), out)
 
 
 def _run(fn, x, valid, dim, **options):

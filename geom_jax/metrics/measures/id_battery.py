@@ -103,10 +103,7 @@ def _points(x, mask, min_valid, k=None, k_name="k"):
 def _per_cloud(fn, x, valid, options):
     """fn(x [N, D], valid [N], **options) -> scalar, over the leading axes of x."""
     kwargs = dict(options)
-    batch, (n, d) = x.shape[:-2], x.shape[-2:]
-    xf = x.reshape((-1, n, d))
-    vf = valid.reshape((-1, n))
-    xf = jnp.where(vf[..., None], xf, 0.0)
+    xf, vf, batch = validation.flat_clouds(x, valid)
     out = jax.vmap(lambda a, m: fn(a, m, **kwargs))(xf, vf)
     return out.reshape(batch).astype(jnp.float32)
 
@@ -189,9 +186,7 @@ class DenseLists(ContextBase):
 
 @functools.partial(jax.jit, static_argnames=("fn", "options", "knn_k"))
 def _dense_lists(fn, x, valid, options, knn_k):
-    batch, (n, d) = x.shape[:-2], x.shape[-2:]
-    vf = valid.reshape((-1, n))
-    xf = jnp.where(vf[..., None], x.reshape((-1, n, d)), 0.0)
+    xf, vf, batch = validation.flat_clouds(x, valid)
     layer = jnp.zeros(xf.shape[:1], jnp.int32)
     ctx = DenseLists(xf, vf, dict(options), knn_k=knn_k, ranks=(), inputs={}, layer=layer)
     return fn(ctx).reshape(batch).astype(jnp.float32)

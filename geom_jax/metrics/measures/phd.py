@@ -191,11 +191,10 @@ def phd_of_clouds(x, valid, **options):
 
 @functools.partial(jax.jit, static_argnames=("n_sizes", "alpha", "restarts", "reruns", "seed"))
 def _phd(x, valid, *, n_sizes, alpha, restarts, reruns, seed):
-    batch, (n, d) = x.shape[:-2], x.shape[-2:]
-    xf = jnp.where(valid[..., None], x, 0.0).reshape((-1, n, d))
+    xf, vf, batch = validation.flat_clouds(x, valid)
     out = phd_of_clouds(
         xf,
-        valid.reshape((-1, n)),
+        vf,
         n_sizes=n_sizes,
         alpha=alpha,
         restarts=restarts,
