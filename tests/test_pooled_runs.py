@@ -222,30 +222,41 @@ def test_a_store_of_another_shape_is_refused(pooled, tiny, tmp_path):
         geom_run.run(_spec(tiny, out, resume=True))
 
 
-def test_eight_devices_equal_one(pooled, tiny, tmp_path):
-    """A pooled run on 8 simulated CPU devices (--mesh_shape=8,1: the forward's batch and
-    each cloud's row blocks split over them) equals the one-device run (default blocks)."""
-    spec, got = pooled
-    out = tmp_path / "mesh"
-    # Blocks of 8 rows (the default block, at least 64 rows, would hold each 30-point
-    # cloud whole, so every device would compute every row): the devices split each
-    # cloud's rows, and a split that lost a row would show here.
-    # pca_id: a batched SVD on XLA:CPU's thread pool deadlocked against the devices'
-    # all-gathers (history 23); the observable maps over clouds instead
-    args = _flags(tiny, out, "--mesh_shape=8,1", "--block_rows=8", "--observables=pooled,pca_id")
-    env = subprocess_env.cpu_env(
-        "--xla_force_host_platform_device_count=8",
+EIGHT = ("--mesh_shape=8,1", "--block_rows=8", "--observables=pooled,pca_id")
+"""The runs on 8 devices. Blocks of 8 rows (the default block, at least 64 rows, would
+hold each 30-point cloud whole, so every device would compute every row): the devices split
+each cloud's rows, and a split that lost a row would show. pca_id: a batched SVD on
+XLA:CPU's thread pool deadlocked against the devices' all-gathers (history 23); the
+observable maps over clouds instead."""
+
+
+def _eight_device_env(per_process=8):
+    return subprocess_env.cpu_env(
+        f"--xla_force_host_platform_device_count={per_process}",
         "--xla_cpu_collective_call_terminate_timeout_seconds=900",
     )
+
+
+@pytest.fixture(scope="module")
+def eight(tiny, tmp_path_factory):
+    """The command line on 8 simulated CPU devices in one process (--mesh_shape=8,1: the
+    forward's batch and each cloud's row blocks split over them): its folder."""
+    out = tmp_path_factory.mktemp("eight") / "run"
     proc = subprocess.run(
-        [sys.executable, run_helpers.SCRIPT, *args],
-        env=env,
+        [sys.executable, run_helpers.SCRIPT, *_flags(tiny, out, *EIGHT)],
+        env=_eight_device_env(),
         capture_output=True,
         text=True,
         timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    with np.load(out / results.RESULTS_FILE) as z:
+    return out
+
+
+def test_eight_devices_equal_one(pooled, eight):
+    """The run on 8 devices equals the one-device run (default blocks)."""
+    spec, got = pooled
+    with np.load(eight / results.RESULTS_FILE) as z:
         np.testing.assert_allclose(z["gride_ids"], got["gride_ids"], rtol=1e-5)
         np.testing.assert_allclose(z["twonn"], got["twonn"], rtol=1e-5)
         np.testing.assert_array_equal(z["overlap"], got["overlap"])
@@ -253,6 +264,83 @@ def test_eight_devices_equal_one(pooled, tiny, tmp_path):
         tolerances.assert_rank_field(
             z["label_overlap"], got["label_overlap"], "label_overlap_curve", _label_atol(spec)
         )
+
+
+def _launch_two(tiny, out, port, *extra):
+    """The 8-device command line as two processes of 4 devices each (gloo)."""
+    logs = [open(f"{out}.{p}.log", "w") for p in range(2)]
+    return [
+        subprocess.Popen(
+            [
+                sys.executable,
+                run_helpers.SCRIPT,
+                *_flags(tiny, out, *EIGHT, *extra),
+                f"--coordinator_address=127.0.0.1:{port}",
+                "--num_processes=2",
+                f"--process_id={p}",
+            ],
+            env=_eight_device_env(4),
+            stdout=logs[p],
+            stderr=subprocess.STDOUT,
+        )
+        for p in range(2)
+    ]
+
+
+def _store_files(out):
+    """{path in the run folder: bytes} of both stores."""
+    found = {}
+    for store in (pooled_sweep.STORE, pooled_sweep.LOSS_STORE):
+        for root, _, names in os.walk(out / store):
+            for name in names:
+                path = os.path.join(root, name)
+                found[os.path.relpath(path, out)] = open(path, "rb").read()
+    return found
+
+
+def test_two_processes_kill_one_then_resume_equal_one_process(eight, tiny, tmp_path):
+    """Issue 31: the 8-device run as two processes of 4 devices, process 1 killed with
+    SIGKILL once it has written 2 chunks of its own (the forward in progress), then both
+    resumed: results.npz and tokens.npz equal the one-process run's array for array and
+    the stores are byte-identical (chunk files and the merged manifests; no writer's
+    part left). The resumed launch is itself a whole two-process run: the chunks the
+    killed launch left are verified and kept, the others written by their owners."""
+    from test_sharding import _free_port
+
+    out = tmp_path / "two"
+    procs = _launch_two(tiny, out, _free_port())
+    part = out / pooled_sweep.STORE / "geom_jax_chunks.writer-1.json"
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        try:
+            if len(json.loads(part.read_text())["chunks"]) >= 2:
+                break
+        except (OSError, ValueError, KeyError):
+            pass
+        assert all(p.poll() is None for p in procs), "a process ended before the kill"
+        time.sleep(0.02)
+    procs[1].send_signal(signal.SIGKILL)
+    procs[1].wait()
+    try:
+        procs[0].wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        procs[0].send_signal(signal.SIGKILL)
+        procs[0].wait()
+    assert not (out / results.RESULTS_FILE).exists()
+    resumed = _launch_two(tiny, out, _free_port(), "--resume")
+    for p in resumed:
+        p.wait(timeout=600)
+    for p, proc in enumerate(resumed):
+        assert proc.returncode == 0, open(f"{out}.{p}.log").read()[-4000:]
+    for name in (results.RESULTS_FILE, results.TOKENS_FILE):
+        with np.load(out / name) as got, np.load(eight / name) as want:
+            assert sorted(got.files) == sorted(want.files)
+            for k in want.files:
+                np.testing.assert_array_equal(got[k], want[k], err_msg=f"{name} {k}")
+    got, want = _store_files(out), _store_files(eight)
+    assert sorted(got) == sorted(want)
+    assert [k for k in want if got[k] != want[k]] == []
+    assert json.load(open(out / "metadata.json"))["num_processes"] == 2
 
 
 def test_report_of_a_pooled_run_states_its_numbers(pooled, tmp_path):

@@ -211,3 +211,47 @@ def test_kill_9_at_random_moments_then_resume_is_byte_identical(tmp_path):
     # The kills fell mid-run (the writer had chunks left), yet the result is the same.
     assert done_before[-1] < store.num_chunks, done_before
     assert _tree(path) == _tree(reference)
+
+
+def test_several_writers_then_one_reader_and_the_merge(tmp_path):
+    """Issue 31: two writers, each writing its own chunks into its own part of the
+    manifest. A reader opened without a writer index (another process count) reads every
+    row and counts every chunk done; a chunk whose file changed after its writer recorded
+    it is not done, whichever part holds the record; the merge leaves exactly the files
+    one writer would have left, byte for byte, keeping per chunk the record its file
+    matches (a stale record in another part is dropped)."""
+    values = _values()
+    single = tmp_path / "single.zarr"
+    _fill(_open(single), values)
+
+    path = tmp_path / "two.zarr"
+    writers = [_open(path, writer=0), _open(path, writer=1)]
+    for c in range(writers[0].num_chunks):
+        a, b = writers[0].chunk_bounds(c)
+        writers[c % 2].write_rows(a, values[a:b])
+    assert not os.path.exists(path / rs.MANIFEST)
+    assert sorted(n for n in os.listdir(path) if n.startswith(rs.PART_PREFIX)) == [
+        f"{rs.PART_PREFIX}0.json",
+        f"{rs.PART_PREFIX}1.json",
+    ]
+    reader = rs.RepresentationStore.open_existing(str(path))
+    assert reader.writer is None and reader.done_chunks() == [0, 1, 2]
+    np.testing.assert_array_equal(reader.read(), values)
+
+    # chunk 1 rewritten by writer 0 with other values: writer 1's record of it is stale
+    writers[0].write_rows(4, values[4:8] + 1)
+    assert reader.done_chunks() == [0, 1, 2]
+    writers[0].write_rows(4, values[4:8])
+    with open(path / "c/2/0/0", "r+b") as fh:  # damage chunk 2 after writer 0 recorded it
+        fh.write(b"\0\0\0\0")
+    assert reader.done_chunks() == [0, 1]
+    writers[0].write_rows(8, values[8:])
+    reader.merge_records()
+    assert _tree(path) == _tree(single)
+    reader.merge_records()  # no parts: nothing to do
+    assert _tree(path) == _tree(single)
+
+
+def test_writer_must_be_a_process_index(tmp_path):
+    with pytest.raises(ValueError, match=r"writer must be None or a process index >= 0, got -1"):
+        _open(tmp_path / "s.zarr", writer=-1)

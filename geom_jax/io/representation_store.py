@@ -14,6 +14,14 @@ chunks (tensorstore's file driver writes each chunk to ``<file>.__lock`` and
 renames it into place; a lock file a kill leaves is reused by the chunk's rewrite),
 the size and SHA-256 of each chunk file are recorded in ``geom_jax_chunks.json``
 inside the store, written atomically (:func:`geom_jax.files.write_json`).
+
+Several processes write one store by chunks: each opens it with its ``writer`` index,
+writes only its own chunks and records them in its own part of the manifest
+(``geom_jax_chunks.writer-<i>.json``), so no two processes ever write one file; one
+process then folds the parts into ``geom_jax_chunks.json``
+(:meth:`RepresentationStore.merge_records`), after which the store is byte-identical to
+one written by a single process. Readers take the records of the manifest and of every
+part, so a store left by any number of writers reads correctly.
 A chunk counts as done only when its file matches its record, so after a
 kill -9 at any moment each chunk is either verified or recomputed by the
 caller, and the finished store is byte-identical to an uninterrupted one.
@@ -35,6 +43,7 @@ import tensorstore as ts
 from geom_jax.io import files
 
 MANIFEST = "geom_jax_chunks.json"
+PART_PREFIX = "geom_jax_chunks.writer-"
 METADATA = "zarr.json"
 DTYPE = np.dtype("float32")
 
@@ -60,15 +69,16 @@ class RepresentationStore:
     :meth:`read_layer` for the values.
     """
 
-    def __init__(self, path: str, array: ts.TensorStore, chunk_rows: int):
+    def __init__(self, path: str, array: ts.TensorStore, chunk_rows: int, writer=None):
         self.path = path
         self._array = array
         self.rows, self.layers, self.dim = (int(n) for n in array.domain.shape)
         self.chunk_rows = chunk_rows
+        self.writer = writer
 
     @classmethod
     def open_or_create(
-        cls, path: str, *, rows: int, layers: int, dim: int, chunk_rows: int
+        cls, path: str, *, rows: int, layers: int, dim: int, chunk_rows: int, writer=None
     ) -> RepresentationStore:
         """Opens the store at ``path``, or creates it when it holds no array yet.
 
@@ -78,6 +88,9 @@ class RepresentationStore:
           layers: hidden states per row (L+1: embedding output first).
           dim: features per hidden state.
           chunk_rows: rows per chunk (the last chunk may hold fewer rows).
+          writer: None (the only writer: records go to the manifest) or this process's
+            index among several writers (records go to its part of the manifest). A
+            store is created by one process before the others open it.
 
         Returns:
           The store.
@@ -91,6 +104,8 @@ class RepresentationStore:
                 raise ValueError(f"{name} must be positive, got {value}")
         if chunk_rows < 1:
             raise ValueError(f"chunk_rows must be positive, got {chunk_rows}")
+        if writer is not None and (not isinstance(writer, int) or writer < 0):
+            raise ValueError(f"writer must be None or a process index >= 0, got {writer!r}")
         want = _describe((rows, layers, dim), DTYPE, (chunk_rows, layers, dim))
         _remove_stale_manifest_copies(path)
         if os.path.isfile(os.path.join(path, METADATA)):
@@ -103,7 +118,7 @@ class RepresentationStore:
                     f"representation store {path} holds {found}, this run needs {want}; "
                     "remove it or choose another output folder"
                 )
-            return cls(path, array, chunk_rows)
+            return cls(path, array, chunk_rows, writer)
         os.makedirs(path, exist_ok=True)
         metadata = {
             "shape": [rows, layers, dim],
@@ -117,7 +132,7 @@ class RepresentationStore:
             "fill_value": "NaN",
         }
         array = ts.open({**_spec(path), "metadata": metadata}, create=True, open=True).result()
-        return cls(path, array, chunk_rows)
+        return cls(path, array, chunk_rows, writer)
 
     @classmethod
     def open_existing(cls, path: str) -> RepresentationStore:
@@ -180,16 +195,23 @@ class RepresentationStore:
             )
         self._array[start:stop].write(values).result()
         chunks = range(start // self.chunk_rows, math.ceil(stop / self.chunk_rows))
-        records = self._records()
+        name = MANIFEST if self.writer is None else f"{PART_PREFIX}{self.writer}.json"
+        records = self._manifest_records(name)
         for c in chunks:
-            path = os.path.join(self.path, self.chunk_file(c))
-            records[str(c)] = {
-                "file": self.chunk_file(c),
-                "size": os.path.getsize(path),
-                "sha256": files.file_sha256(path),
-            }
+            records[str(c)] = self._record(c)
+        self._write_manifest(name, records)
+
+    def _record(self, chunk: int) -> dict:
+        path = os.path.join(self.path, self.chunk_file(chunk))
+        return {
+            "file": self.chunk_file(chunk),
+            "size": os.path.getsize(path),
+            "sha256": files.file_sha256(path),
+        }
+
+    def _write_manifest(self, name: str, records: dict) -> None:
         files.write_json(
-            os.path.join(self.path, MANIFEST),
+            os.path.join(self.path, name),
             {
                 "shape": [self.rows, self.layers, self.dim],
                 "chunk_rows": self.chunk_rows,
@@ -197,10 +219,10 @@ class RepresentationStore:
             },
         )
 
-    def _records(self) -> dict:
-        """The chunk records of the manifest ({} when it is missing or unreadable)."""
+    def _manifest_records(self, name: str) -> dict:
+        """The chunk records of one manifest file ({} when it is missing or unreadable)."""
         try:
-            manifest = files.read_json(os.path.join(self.path, MANIFEST))
+            manifest = files.read_json(os.path.join(self.path, name))
             records = manifest["chunks"]
             if manifest["shape"] != [self.rows, self.layers, self.dim] or not isinstance(
                 records, dict
@@ -209,6 +231,66 @@ class RepresentationStore:
             return dict(records)
         except (OSError, ValueError, KeyError, TypeError):
             return {}
+
+    def _parts(self) -> list[str]:
+        """The writers' parts of the manifest present in the store, by name."""
+        names = os.listdir(self.path) if os.path.isdir(self.path) else []
+        return sorted(n for n in names if n.startswith(PART_PREFIX) and n.endswith(".json"))
+
+    def _records(self) -> dict[str, list[dict]]:
+        """Every record of each chunk: the manifest's, then each part's."""
+        out: dict[str, list[dict]] = {}
+        for name in [MANIFEST, *self._parts()]:
+            for c, record in self._manifest_records(name).items():
+                out.setdefault(c, []).append(record)
+        return out
+
+    def _matching(self, chunk: int, records: list[dict]):
+        """(the record the chunk's file matches or None, a problem line or None)."""
+        path = os.path.join(self.path, self.chunk_file(chunk))
+        start, stop = self.chunk_bounds(chunk)
+        what = f"chunk {chunk} (rows {start}..{stop - 1}, {path})"
+        exists = os.path.isfile(path)
+        if not records:
+            if exists:
+                return None, (
+                    f"{what} was written but its hash was never recorded (the run stopped "
+                    "in between); it is recomputed"
+                )
+            return None, None
+        if not exists:
+            return None, f"{what} is missing; it is recomputed"
+        size = os.path.getsize(path)
+        sized = [r for r in records if r.get("size") == size]
+        if not sized:
+            return None, (
+                f"{what} has {size} bytes, {records[-1].get('size')} were written; it is recomputed"
+            )
+        digest = files.file_sha256(path)
+        for record in sized:
+            if record.get("sha256") == digest:
+                return record, None
+        return None, (
+            f"{what} does not match its SHA-256 (its bytes changed since it was written); "
+            "it is recomputed"
+        )
+
+    def merge_records(self) -> None:
+        """Folds the writers' parts into the manifest, keeping per chunk the record its
+        file matches, then removes the parts. Call from one process while no other
+        writes (the manifest is then what one writer would have written)."""
+        parts = self._parts()
+        if not parts:
+            return
+        merged = {}
+        for c, records in self._records().items():
+            if c.isdigit() and int(c) < self.num_chunks:
+                record, _ = self._matching(int(c), records)
+                if record is not None:
+                    merged[c] = record
+        self._write_manifest(MANIFEST, merged)
+        for name in parts:
+            os.unlink(os.path.join(self.path, name))
 
     def check(self) -> ChunkCheck:
         """Which chunks are written and verified, and what is wrong with the others.
@@ -221,33 +303,11 @@ class RepresentationStore:
         records = self._records()
         done, problems = [], []
         for c in range(self.num_chunks):
-            path = os.path.join(self.path, self.chunk_file(c))
-            start, stop = self.chunk_bounds(c)
-            what = f"chunk {c} (rows {start}..{stop - 1}, {path})"
-            record = records.get(str(c))
-            exists = os.path.isfile(path)
-            if record is None:
-                if exists:
-                    problems.append(
-                        f"{what} was written but its hash was never recorded (the run stopped "
-                        "in between); it is recomputed"
-                    )
-                continue
-            if not exists:
-                problems.append(f"{what} is missing; it is recomputed")
-                continue
-            size = os.path.getsize(path)
-            if size != record.get("size"):
-                problems.append(
-                    f"{what} has {size} bytes, {record.get('size')} were written; it is recomputed"
-                )
-            elif files.file_sha256(path) != record.get("sha256"):
-                problems.append(
-                    f"{what} does not match its SHA-256 (its bytes changed since it was "
-                    "written); it is recomputed"
-                )
-            else:
+            record, problem = self._matching(c, records.get(str(c), []))
+            if record is not None:
                 done.append(c)
+            elif problem is not None:
+                problems.append(problem)
         return ChunkCheck(tuple(done), tuple(problems))
 
     def done_chunks(self) -> list[int]:
@@ -309,11 +369,11 @@ def _spec(path: str) -> dict:
 
 def _remove_stale_manifest_copies(path: str) -> None:
     """Deletes the temporary manifest copies a killed write left (their final
-    rename never happened; the run lock keeps writers to one)."""
+    rename never happened; writers open the store before any of them writes)."""
     if not os.path.isdir(path):
         return
     for name in os.listdir(path):
-        if name.startswith(".tmp-") and name.endswith(MANIFEST):
+        if name.startswith(".tmp-") and "geom_jax_chunks" in name:
             os.unlink(os.path.join(path, name))
 
 

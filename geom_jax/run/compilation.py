@@ -41,10 +41,27 @@ _COUNTS = {
 
 def enable(path: str | None) -> str | None:
     """Turns the persistent cache on at ``path`` ('' or None: leave jax's setting);
-    returns the folder in use (None when off). Call before the first compilation."""
+    returns the folder in use (None when off). Call before the first compilation (and,
+    in a multi-process run, after ``jax.distributed`` is up).
+
+    Each process of a multi-process run keeps its own subfolder
+    (``process-<i>-of-<n>``): jax keys a program by its computation and devices, not by
+    the process, so processes sharing one folder load each other's executables, and on
+    CPU a process running another's executable sends collectives of the wrong sizes
+    (gloo aborts: "Received data size doesn't match expected size"). On CPU a
+    multi-process run leaves the cache off: even with a folder per process, a pooled run
+    of two gloo processes that loaded their own executables aborted the same way in its
+    cloud geometry (history 25)."""
     current = jax.config.jax_compilation_cache_dir
+    if current is None and path and jax.process_count() > 1 and jax.default_backend() == "cpu":
+        logging.info(
+            "compilation cache off: %d CPU processes (see compilation.enable)", jax.process_count()
+        )
+        return None
     if current is None and path:
         path = os.path.expanduser(path)
+        if jax.process_count() > 1:
+            path = os.path.join(path, f"process-{jax.process_index()}-of-{jax.process_count()}")
         try:
             os.makedirs(path, exist_ok=True)
         except OSError as e:

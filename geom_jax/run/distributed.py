@@ -100,6 +100,22 @@ def agree_on_min(value: int) -> int:
     return int(np.min(multihost_utils.process_allgather(np.asarray([value], np.int64))))
 
 
+def agree_on_all(flags: np.ndarray) -> np.ndarray:
+    """Bool flags true on every process (elementwise)."""
+    flags = np.asarray(flags, bool)
+    if jax.process_count() == 1:
+        return flags
+    every = multihost_utils.process_allgather(flags.astype(np.int8)[None], tiled=True)
+    return np.all(np.asarray(every, bool), axis=0)
+
+
+def fetch(tree) -> dict:
+    """The whole value of global arrays (every process's rows) on every process, as NumPy."""
+    if jax.process_count() == 1:
+        return jax.tree.map(np.asarray, jax.device_get(tree))
+    return jax.tree.map(np.asarray, multihost_utils.process_allgather(tree, tiled=True))
+
+
 def gather_rows(num_rows: int, rows: np.ndarray, arrays: dict[str, np.ndarray]) -> dict:
     """Merges every process's ``arrays`` (indexed by its global ``rows``)."""
     if jax.process_count() > 1:

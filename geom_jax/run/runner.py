@@ -53,6 +53,7 @@ def run(spec: run_spec.RunSpec) -> dict:
     prepared = kind.prepare(spec, config)
     spec = prepared.spec
     output_dir.check_output_dir(spec)
+    distributed.barrier("geom_jax:output_dir")  # every process checks the folder before any writes
     held = lock.RunLock(spec.output_dir) if jax.process_index() == 0 else None
     try:
         if held is not None:

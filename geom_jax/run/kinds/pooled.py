@@ -148,13 +148,6 @@ class Pooled(RunKind):
                 "{filter_models} applies to prompts kept whole, not to pooled runs",
                 "filter_models",
             )
-        if jax.process_count() > 1:
-            raise UserError(
-                "pooled runs run in one process (with any number of its devices: "
-                "{mesh_shape}); got {n} processes",
-                "mesh_shape",
-                n=jax.process_count(),
-            )
         return spec
 
     def prepare(self, spec, config) -> Prepared:
@@ -177,7 +170,8 @@ class Pooled(RunKind):
         )
         space.bytes = int(1.2 * len(rows) * pipe.layers * pipe.dim * 4) + (1 << 24)
         output_dir.check_free_space(out, space.bytes, os.path.join(out, pooled_sweep.STORE))
-        output_dir.record_run_config(spec)
+        if jax.process_index() == 0:
+            output_dir.record_run_config(spec)
         t_compute = time.time()
         reps, losses = pooled_sweep.open_stores(
             out, len(rows), pipe.layers, pipe.dim, spec.batch_size * spec.checkpoint_every

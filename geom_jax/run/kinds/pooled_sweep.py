@@ -1,7 +1,13 @@
 """The compute of a pooled run: the rows stream through the pooling forward
 (:class:`geom_jax.pipeline.PooledPipeline`) into ``representations.zarr`` [rows, L+1, D]
 (the row losses beside it) chunk by verified chunk, so a kill at any moment resumes exactly;
-once every row is in, each cloud's geometry is measured per layer on its points."""
+once every row is in, each cloud's geometry is measured per layer on its points.
+
+On several processes the forward runs in lockstep on the global mesh, each process
+supplying its slice of every batch (:mod:`geom_jax.run.distributed`); chunk c is written
+and recorded by process c mod P, and process 0 folds the records into the store's
+manifest (:meth:`RepresentationStore.merge_records`) when every chunk is in. The geometry
+then runs on the global mesh, every process reading the clouds from the store."""
 
 from __future__ import annotations
 
@@ -13,6 +19,7 @@ from tqdm.auto import tqdm
 
 from geom_jax import pipeline
 from geom_jax.io.representation_store import RepresentationStore
+from geom_jax.run import distributed
 from geom_jax.run import spec as run_spec
 from geom_jax.run.checks import UserError
 from geom_jax.run.kinds.pooled_rows import Cloud, Rows, cloud_inputs
@@ -22,14 +29,34 @@ LOSS_STORE = "row_loss.zarr"
 
 
 def open_stores(out: str, num_rows: int, layers: int, dim: int, chunk_rows: int):
-    """The run's two stores: the pooled hidden states and the row losses."""
+    """The run's two stores: the pooled hidden states and the row losses.
+
+    On several processes, process 0 creates (or opens) them and folds the records a
+    killed earlier launch left in writers' parts into their manifests, then the others
+    open them; each process writes as writer jax.process_index()."""
+    writer = jax.process_index() if jax.process_count() > 1 else None
+
+    def both():
+        return tuple(
+            RepresentationStore.open_or_create(
+                os.path.join(out, name),
+                rows=num_rows,
+                layers=n,
+                dim=d,
+                chunk_rows=chunk_rows,
+                writer=writer,
+            )
+            for name, n, d in ((STORE, layers, dim), (LOSS_STORE, 1, 1))
+        )
+
     try:
-        reps = RepresentationStore.open_or_create(
-            os.path.join(out, STORE), rows=num_rows, layers=layers, dim=dim, chunk_rows=chunk_rows
-        )
-        losses = RepresentationStore.open_or_create(
-            os.path.join(out, LOSS_STORE), rows=num_rows, layers=1, dim=1, chunk_rows=chunk_rows
-        )
+        stores = None
+        if jax.process_index() == 0:
+            stores = both()
+            for store in stores:
+                store.merge_records()
+        distributed.barrier("geom_jax:stores")
+        reps, losses = stores if stores is not None else both()
     except ValueError as e:
         raise UserError(
             "{problem} ({output_dir} holds a run with other rows: pass another "
@@ -44,16 +71,23 @@ def pooled_sweep(pipe, rows: Rows, reps, losses, *, batch_size: int, progress: b
     """Every chunk of rows not already verified in both stores: forward, pool, write.
 
     A chunk is written (representations, then losses) and its hashes recorded as soon
-    as its batches are done, so a kill loses at most the chunk in progress."""
-    done = set(reps.done_chunks()) & set(losses.done_chunks())
+    as its batches are done, so a kill loses at most the chunk in progress. On several
+    processes every process runs every batch (its slice of the rows), chunk c is written
+    by process c mod P, and the chunks to compute are those no process has verified."""
+    process, processes = jax.process_index(), jax.process_count()
+    verified = np.zeros(reps.num_chunks, bool)
+    verified[sorted(set(reps.done_chunks()) & set(losses.done_chunks()))] = True
+    verified = distributed.agree_on_all(verified)
+    done = set(np.flatnonzero(verified).tolist())
     todo = [c for c in range(reps.num_chunks) if c not in done]
+    share = batch_size // processes
     bar = tqdm(
         total=len(rows),
         initial=sum(len(range(*reps.chunk_bounds(c))) for c in done),
         unit="row",
         smoothing=0.1,
         mininterval=1.0,
-        disable=not progress,
+        disable=not progress or process != 0,
     )
     try:
         for c in todo:
@@ -62,14 +96,21 @@ def pooled_sweep(pipe, rows: Rows, reps, losses, *, batch_size: int, progress: b
             for b in range(start, stop, batch_size):
                 idx = np.arange(b, min(b + batch_size, stop))
                 padded = np.concatenate([idx, np.full(batch_size - len(idx), idx[-1])])
-                host = pipe.to_host(pipe(rows.input_ids[padded], rows.attention_mask[padded]))
+                mine = padded[process * share : (process + 1) * share]
+                host = distributed.fetch(pipe(rows.input_ids[mine], rows.attention_mask[mine]))
                 out_rep.append(np.asarray(host["representation"], np.float32)[: len(idx)])
                 out_loss.append(np.asarray(host["loss"], np.float32)[: len(idx)])
                 bar.update(len(idx))
-            reps.write_rows(start, np.concatenate(out_rep))
-            losses.write_rows(start, np.concatenate(out_loss)[:, None, None])
+            if c % processes == process:
+                reps.write_rows(start, np.concatenate(out_rep))
+                losses.write_rows(start, np.concatenate(out_loss)[:, None, None])
     finally:
         bar.close()
+    distributed.barrier("geom_jax:forward")
+    if process == 0:
+        reps.merge_records()
+        losses.merge_records()
+    distributed.barrier("geom_jax:merged")
 
 
 def measure(
