@@ -301,10 +301,11 @@ def _store_files(out):
 def test_two_processes_kill_one_then_resume_equal_one_process(eight, tiny, tmp_path):
     """Issue 31: the 8-device run as two processes of 4 devices, process 1 killed with
     SIGKILL once it has written 2 chunks of its own (the forward in progress), then both
-    resumed: results.npz and tokens.npz equal the one-process run's array for array and
-    the stores are byte-identical (chunk files and the merged manifests; no writer's
-    part left). The resumed launch is itself a whole two-process run: the chunks the
-    killed launch left are verified and kept, the others written by their owners."""
+    resumed: tokens.npz equals the one-process run's, results.npz too (neighbour-derived
+    and integer fields exactly, IDs within 1e-5 relative), and the stores are
+    byte-identical (chunk files and the merged manifests; no writer's part left). The
+    resumed launch is itself a whole two-process run: the chunks the killed launch left
+    are verified and kept, the others written by their owners."""
     from test_sharding import _free_port
 
     out = tmp_path / "two"
@@ -332,11 +333,20 @@ def test_two_processes_kill_one_then_resume_equal_one_process(eight, tiny, tmp_p
         p.wait(timeout=600)
     for p, proc in enumerate(resumed):
         assert proc.returncode == 0, open(f"{out}.{p}.log").read()[-4000:]
-    for name in (results.RESULTS_FILE, results.TOKENS_FILE):
-        with np.load(out / name) as got, np.load(eight / name) as want:
-            assert sorted(got.files) == sorted(want.files)
-            for k in want.files:
-                np.testing.assert_array_equal(got[k], want[k], err_msg=f"{name} {k}")
+    with np.load(out / results.TOKENS_FILE) as got, np.load(eight / results.TOKENS_FILE) as want:
+        assert sorted(got.files) == sorted(want.files)
+        for k in want.files:
+            np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+    with np.load(out / results.RESULTS_FILE) as got, np.load(eight / results.RESULTS_FILE) as want:
+        assert sorted(got.files) == sorted(want.files)
+        for k in want.files:
+            if want[k].dtype.kind == "f" and k not in ("overlap", "label_overlap"):
+                # sums over a cloud's points that GSPMD splits over the devices end in an
+                # all-reduce, whose order differs between one process and gloo across two
+                # (cos_mean, participation_ratio, tle_id moved by up to 6e-7 at 600 rows)
+                np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-7, err_msg=k)
+            else:
+                np.testing.assert_array_equal(got[k], want[k], err_msg=k)
     got, want = _store_files(out), _store_files(eight)
     assert sorted(got) == sorted(want)
     assert [k for k in want if got[k] != want[k]] == []

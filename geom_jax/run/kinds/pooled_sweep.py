@@ -158,7 +158,8 @@ def measure(
         hidden[:, 0, :n] = np.moveaxis(points, 0, 1)
         mask = np.zeros((1, n_max), bool)
         mask[0, :n] = True
-        geo = geometry(hidden, mask, {k: v[i : i + 1] for k, v in point_inputs.items()})
+        args = (hidden, mask, {k: v[i : i + 1] for k, v in point_inputs.items()})
+        geo = geometry(*(args if mesh is None else _replicated(mesh, args)))
         per_cloud.append({k: np.asarray(v)[0] for k, v in geo.items() if k in written})
         for field in per_row:
             axis = bool(field.layers) + field.dims.index("token")
@@ -170,6 +171,16 @@ def measure(
             row_values[field.name][cloud.rows] = point_major
     cloud_values = {k: np.stack([g[k] for g in per_cloud]) for k in per_cloud[0]}
     return cloud_values, row_values
+
+
+def _replicated(mesh, tree):
+    """Host arrays as global arrays replicated on every device of ``mesh``: one program
+    whether the mesh's devices are in one process or several (each process fills its own
+    devices from its copy)."""
+    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    return jax.tree.map(
+        lambda a: jax.make_array_from_callback(a.shape, sharding, lambda index: a[index]), tree
+    )
 
 
 def _missing(field):
