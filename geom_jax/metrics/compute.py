@@ -9,10 +9,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from geom_jax.metrics import chunking, validation
-from geom_jax.metrics.backends import blocked_context, conditioning, dense_context
+from geom_jax.metrics.backends import blocked_context, conditioning, dense_context, ring_context
 from geom_jax.metrics.declare import registry
 from geom_jax.metrics.declare.options import SELECTION
-from geom_jax.metrics.neighbours import blocked_rows, duplicates, host_selection
+from geom_jax.metrics.neighbours import blocked_rows, duplicates, host_selection, ring_rows
 
 
 @jax.tree_util.register_pytree_node_class
@@ -67,10 +67,14 @@ power-of-two scale and finiteness are measured where the chunk is read anyway.""
 )
 def _stack_geometry(hidden, mask, inputs, *, observables, static_options, layer_chunk, rows):
     """The observables of a layer-major stack hidden [L, B, N, D] -> fields [B, L', ...];
-    rows: how the blocked path's row blocks are laid out (one device, or a mesh)."""
+    rows: how the blocked path's row blocks are laid out (one device, a mesh, or each
+    cloud's points split over a mesh: ring_rows.RingRows)."""
     options = dict(static_options)
     n_layers, b, n, d = hidden.shape
     valid = jnp.ones((b, n), bool) if mask is None else mask
+    ring = isinstance(rows, ring_rows.RingRows)
+    if ring:
+        hidden, valid = rows.constrain(hidden, 2), rows.constrain(valid, 1)
     per_prompt = {k: v for k, v in inputs.items() if registry.INPUTS.get(k, (False,))[0]}
     shared = {k: v for k, v in inputs.items() if not registry.INPUTS.get(k, (False,))[0]}
     observables = observables.observables
@@ -80,7 +84,11 @@ def _stack_geometry(hidden, mask, inputs, *, observables, static_options, layer_
     chunk = auto_layer_chunk(n_layers, b, n) if layer_chunk is None else min(layer_chunk, n_layers)
     path = "blocked" if rows != blocked_rows.LOCAL else options["neighbour_path"]
     context, kernels = dense_context.LayerContext, dense_context.DENSE
-    if blocked_context.use_blocked(path, chunk * b, n):
+    if ring:
+        block_rows = options["block_rows"]
+        context = functools.partial(ring_context.RingContext, block_rows=block_rows, rows=rows)
+        kernels = ring_context.RingKernels(rows, block_rows)
+    elif blocked_context.use_blocked(path, chunk * b, n):
         block_rows = options["block_rows"]
         context = functools.partial(
             blocked_context.BlockedContext, block_rows=block_rows, rows=rows
@@ -128,7 +136,7 @@ def _stack_geometry(hidden, mask, inputs, *, observables, static_options, layer_
         outs, carry_out = {}, {}
         for o in layered:
             if o.paper:
-                outs[o.name] = o.compute(ctx)
+                outs[o.name] = _compute(o, ctx)
                 continue
             own = {}
             if o.name in prepared:
@@ -147,7 +155,7 @@ def _stack_geometry(hidden, mask, inputs, *, observables, static_options, layer_
                     mine,
                 )
                 carry_out[o.name] = jax.tree.map(lambda a: a[-1], mine)
-            outs[o.name] = o.compute(dense_context.Isolated(ctx, **own))
+            outs[o.name] = _compute(o, dense_context.Isolated(ctx, **own))
         outs[SCALE] = (e, ok)
         outs = jax.tree.map(lambda a: a.reshape((c, b) + a.shape[1:]), outs)
         return (outs, carry_out) if carried else outs
@@ -178,6 +186,14 @@ def _stack_geometry(hidden, mask, inputs, *, observables, static_options, layer_
             result[f.name] = jnp.swapaxes(a, 0, 1) if f.layers else a
     result["finite"] = jnp.swapaxes(finite, 0, 1)
     return LayerGeometry(result)
+
+
+def _compute(obs, ctx):
+    """obs.compute(ctx), a question the context refuses naming the observable."""
+    try:
+        return obs.compute(ctx)
+    except ring_context.Refused as err:
+        raise ValueError(f"observable {obs.name!r}: {err}") from None
 
 
 def _clouds_finite(scope, layers, finite):
@@ -280,14 +296,22 @@ def host_inputs(observables, inputs, mask, options, n):
 
 
 def row_layout(mesh, neighbour_path):
-    """How the blocked path lays out its row blocks: one device, or split over the
-    mesh's data axis (which forces the blocked path)."""
+    """How the blocked path lays out its row blocks: one device, split over the mesh's
+    data axis with the points replicated (which forces the blocked path), or, for
+    neighbour_path "ring", each cloud's points split over that axis."""
     if mesh is None:
+        if neighbour_path == "ring":
+            raise ValueError(
+                "neighbour_path='ring' splits each cloud's points over the 'data' axis of a "
+                "mesh: pass mesh= (or neighbour_path='blocked' on one device)"
+            )
         return blocked_rows.LOCAL
     if neighbour_path == "dense":
         raise ValueError("neighbour_path='dense' cannot split rows over a mesh; use 'blocked'")
     if blocked_rows.DATA_AXIS not in mesh.shape:
         raise ValueError(f"mesh must have a {blocked_rows.DATA_AXIS!r} axis, got {mesh.shape}")
+    if neighbour_path == "ring":
+        return ring_rows.RingRows(mesh, blocked_rows.DATA_AXIS)
     return blocked_rows.ShardedRows(mesh, blocked_rows.DATA_AXIS)
 
 
@@ -432,7 +456,13 @@ def layer_geometry(
         inside shard_map (each device holds the points and its own blocks; the per-row
         results are all-gathered), whatever N; the results equal one device's. For a
         dataset-scale cloud on several devices (or hosts started with
-        jax.distributed, the points replicated).
+        jax.distributed, the points replicated). With neighbour_path="ring" each
+        device holds N / devices points of each cloud instead (a stack passed already
+        split on N over "data" is not copied) and the other devices' blocks pass
+        around a ring (metrics/neighbours/ring_rows.py): O((N / devices)(D + k +
+        #ranks)) memory per device, the same neighbours and counts as one device, IDs
+        within 1e-6; observables that read every pair of a cloud or the Gram entries
+        between neighbours (tle_id, id_battery) are refused there.
       **option_values: the observables' options by name (``registry.resolve(
         observables).declared_options``): range_max (GRIDE; None is min(256, N -
         1)), max_k, twonn_discard_fraction, include_diagonal, id_k,
@@ -442,8 +472,8 @@ def layer_geometry(
         metrics/backends/blocked_context.py, computes the same exact neighbour lists,
         distances and IDs from blocks of block_rows Gram rows, O(N (block + k +
         #ranks)) memory per cloud; "auto" picks "blocked" above 4,096 points per
-        cloud or 1 GiB of Gram matrices per layer chunk), block_rows, and those of
-        observables registered by other packages.
+        cloud or 1 GiB of Gram matrices per layer chunk; "ring": see mesh),
+        block_rows, and those of observables registered by other packages.
 
     Returns:
       A LayerGeometry (dict pytree with attribute access) of float32 arrays

@@ -48,7 +48,7 @@ def use_blocked(path, n_clouds, n):
     """Whether a chunk of n_clouds clouds of n points runs row-blocked."""
     check_neighbour_path(path)
     if path != "auto":
-        return path == "blocked"
+        return path in ("blocked", "ring")
     return n * n * 4 > CLOUD_GRAM_BUDGET or n_clouds * n * n * 4 > DENSE_GRAM_BUDGET
 
 

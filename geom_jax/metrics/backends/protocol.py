@@ -11,7 +11,7 @@ import numpy as np
 from jax import lax
 
 from geom_jax.metrics.declare.options import BLOCK_ROWS, DUPLICATE_TOLERANCE
-from geom_jax.metrics.neighbours import blocked_rows
+from geom_jax.metrics.neighbours import blocked_rows, refinement
 
 
 class ContextBase:
@@ -73,6 +73,12 @@ class ContextBase:
                 return sq[..., np.array([done.index(p) for p in positions])]
         cache[positions] = self._knn.sq_at(positions)
         return cache[positions]
+
+    def candidate_sq_distances(self, idx, valid):
+        """Exact squared distances [C, N, J] from each point to its candidates idx
+        [C, N, J] (>= 0) by direct differences; +inf where a candidate is not valid
+        (valid [C, N]) or is the point itself."""
+        return refinement.refine_candidates(self.x, idx, valid)
 
     def map_rows(self, fn, *operands):
         """fn(start, block, *cloud_operands) -> a pytree of [block, ...] for the rows

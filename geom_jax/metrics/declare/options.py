@@ -85,7 +85,7 @@ DUPLICATE_TOLERANCE = Option(
     check=_tolerance,
 )
 
-NEIGHBOUR_PATHS = ("auto", "dense", "blocked")
+NEIGHBOUR_PATHS = ("auto", "dense", "blocked", "ring")
 
 NEIGHBOUR_PATH = Option(
     "neighbour_path",
@@ -93,7 +93,9 @@ NEIGHBOUR_PATH = Option(
     "auto",
     "dense: each cloud's N x N Gram matrix; blocked: the same exact neighbours from blocks of "
     "Gram rows, O(N (block + k)) memory; auto: blocked above 4,096 points per cloud or 1 GiB "
-    "of Gram matrices per layer chunk (identical neighbours, IDs within 1e-6).",
+    "of Gram matrices per layer chunk; ring (needs a mesh): each cloud's points split over "
+    "the mesh's data axis, blocks passed around a ring, O(N / devices (D + k)) memory per "
+    "device (identical neighbours, IDs within 1e-6).",
     choices=NEIGHBOUR_PATHS,
     defining=False,
 )

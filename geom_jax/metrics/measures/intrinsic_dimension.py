@@ -286,7 +286,7 @@ def _gride_observable(ctx):
     exact_low = lax.cond(
         jnp.all(keep == valid),
         lambda: from_lists,
-        lambda: refinement.refine_candidates(x, ranked[..., low], keep),
+        lambda: ctx.candidate_sq_distances(ranked[..., low], keep),
     )
     exact_ranked = jnp.concatenate([exact_low, exact_high], axis=-1) if high else exact_low
     exact_ranked, _ = refinement.sort_candidates(exact_ranked, ranked, len(ranks), "xla")

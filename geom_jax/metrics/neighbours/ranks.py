@@ -23,18 +23,31 @@ def is_zero(d):
     return 1.0 - jnp.minimum(jnp.abs(d) * STEP, 1.0)
 
 
+def count_before(keys, kq, queries, cols):
+    """#{columns c of keys [..., R, M]: key < kq, or equal and c < q} [..., R, Q] float32
+    (exact integers) for the queries q = queries[..., R, Q] with keys kq [..., R, Q];
+    cols [M] float32 the columns' indices. A sum over blocks of columns counts the same."""
+    d = kq[..., None] - keys[..., :, None, :]
+    qf = queries.astype(jnp.float32)
+    return jnp.sum(step(d) + is_zero(d) * step(qf[..., None] - cols), axis=-1)
+
+
+def ranks_from_counts(counted, kq, own_key, queries, own):
+    """rank(i, queries[i, q]) [..., R, Q] int32 from count_before over every column
+    (the row's own among them), the queries' keys kq, each row's own key own_key [..., R]
+    (its diagonal entry, subtracted) and the rows' indices own [R]."""
+    d_self = kq - own_key[..., None]
+    qf = queries.astype(jnp.float32)
+    self_counted = step(d_self) + is_zero(d_self) * step(qf - own.astype(jnp.float32)[:, None])
+    return 1 + (counted - self_counted).astype(jnp.int32)
+
+
 def count_ranks(keys, kq, own_key, queries, own):
     """rank(i, queries[i, q]) [..., R, Q] int32 from rows of keys [..., R, N] (+inf at
     invalid columns), the queries' keys kq [..., R, Q], each row's own key
     own_key [..., R] (its diagonal entry, subtracted) and the rows' indices own [R]."""
-    n = keys.shape[-1]
-    d = kq[..., None] - keys[..., :, None, :]
-    qf = queries.astype(jnp.float32)
-    cols = jnp.arange(n, dtype=jnp.float32)
-    counted = jnp.sum(step(d) + is_zero(d) * step(qf[..., None] - cols), axis=-1)
-    d_self = kq - own_key[..., None]
-    self_counted = step(d_self) + is_zero(d_self) * step(qf - own.astype(jnp.float32)[:, None])
-    return 1 + (counted - self_counted).astype(jnp.int32)
+    cols = jnp.arange(keys.shape[-1], dtype=jnp.float32)
+    return ranks_from_counts(count_before(keys, kq, queries, cols), kq, own_key, queries, own)
 
 
 def ranks_from_gram(gram, valid, queries):
