@@ -181,6 +181,11 @@ def test_sigkill_then_resume_equals_uninterrupted(pooled, tiny, tmp_path):
         (dict(label_field="topic", windows=False), r"--label_field labels windows: add --windows"),
         (dict(num_prompts=100000), r"--num_prompts \(windows\)"),
         (
+            dict(neighbour_path="ring"),
+            r"--neighbour_path='ring': neighbour_path='ring' splits each cloud's points over "
+            r"the 'data' axis of a mesh",
+        ),
+        (
             dict(observables="gride,label_overlap,probes"),
             r"--observables: probes cannot measure these clouds .*: --labels must have at "
             r"least 2 classes of >= --probe_folds=5 valid rows in each cloud \(smaller classes "

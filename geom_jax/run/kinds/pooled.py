@@ -168,6 +168,7 @@ class Pooled(RunKind):
         pipe = pipeline.PooledPipeline(
             decoder, pool=spec.pool, skip_first=spec.add_bos, mesh=mesh, rules=rules
         )
+        pooled_sweep.check_geometry(spec, rows, clouds, mesh, pipe.layers, pipe.dim)
         space.bytes = int(1.2 * len(rows) * pipe.layers * pipe.dim * 4) + (1 << 24)
         output_dir.check_free_space(out, space.bytes, os.path.join(out, pooled_sweep.STORE))
         if jax.process_index() == 0:

@@ -162,15 +162,18 @@ def _without(spec: run_spec.RunSpec, dropped) -> run_spec.RunSpec:
     return spec.replace(observables=",".join(kept))
 
 
-def cloud_inputs(spec: run_spec.RunSpec, rows: Rows, clouds: list[Cloud], observables=None):
-    """The per-point inputs of every cloud, [clouds, n_max] padded to the largest: the
-    row labels (-1 at padding) when an observable reads them, and what the observables
-    derive from them on the host (``metrics.compute.host_inputs``, in one batch so that
-    their static sizes are the run's). observables: the spec's set by default."""
+def cloud_inputs(
+    spec: run_spec.RunSpec, rows: Rows, clouds: list[Cloud], observables=None, width=None
+):
+    """The per-point inputs of every cloud, [clouds, n_max] padded to the largest (or to
+    ``width``): the row labels (-1 at padding) when an observable reads them, and what
+    the observables derive from them on the host (``metrics.compute.host_inputs``, in one
+    batch so that their static sizes are the run's). observables: the spec's set by
+    default."""
     observables = spec.observable_set if observables is None else observables
     if not any(LABELS_INPUT in o.consumes for o in observables.observables):
         return {}
-    n_max = max(len(c.rows) for c in clouds)
+    n_max = max([len(c.rows) for c in clouds] + [width or 0])
     labels = np.full((len(clouds), n_max), -1, np.int32)
     mask = np.zeros((len(clouds), n_max), bool)
     for i, cloud in enumerate(clouds):

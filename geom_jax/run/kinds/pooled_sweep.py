@@ -17,7 +17,7 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from geom_jax import pipeline
+from geom_jax import pipeline, sharding
 from geom_jax.io.representation_store import RepresentationStore
 from geom_jax.run import distributed
 from geom_jax.run import spec as run_spec
@@ -113,6 +113,66 @@ def pooled_sweep(pipe, rows: Rows, reps, losses, *, batch_size: int, progress: b
     distributed.barrier("geom_jax:merged")
 
 
+def cloud_width(clouds: list[Cloud], mesh, options) -> int:
+    """Points per measured cloud: the largest cloud's, rounded up to a multiple of the
+    mesh's data axis on the ring path (each device then holds an equal share)."""
+    n_max = max(len(c.rows) for c in clouds)
+    if mesh is None or options.get("neighbour_path") != "ring":
+        return n_max
+    data = mesh.shape[sharding.DATA]
+    return -(-n_max // data) * data
+
+
+def _geometry(spec, observables, options, mesh):
+    return jax.jit(
+        lambda h, m, i: pipeline.cloud_geometry(
+            h,
+            m,
+            i,
+            observables=observables,
+            layer_chunk=spec.layer_chunk,
+            options=options,
+            mesh=mesh,
+        )
+    )
+
+
+def _mesh(mesh):
+    return mesh if mesh is not None and mesh.size > 1 else None
+
+
+def check_geometry(spec, rows: Rows, clouds: list[Cloud], mesh, layers: int, dim: int):
+    """Traces the clouds' geometry (no compute) before the forward, so that an
+    observable the neighbour path cannot measure (e.g. tle_id on the ring) is refused
+    before any row is run."""
+    mesh = _mesh(mesh)
+    observables = spec.observable_set
+    options = observables.options(spec.option_values())
+    width = cloud_width(clouds, mesh, options)
+    inputs = cloud_inputs(spec, rows, clouds, width=width)
+    try:
+        jax.eval_shape(
+            _geometry(spec, observables, options, mesh),
+            jax.ShapeDtypeStruct((layers, 1, width, dim), np.float32),
+            jax.ShapeDtypeStruct((1, width), np.bool_),
+            {k: jax.ShapeDtypeStruct((1,) + v.shape[1:], v.dtype) for k, v in inputs.items()},
+        )
+    except ValueError as e:
+        if str(e).startswith("observable "):
+            raise UserError(
+                "{observables} with {neighbour_path}={path!r}: {problem}",
+                ("observables", "neighbour_path"),
+                path=options.get("neighbour_path"),
+                problem=str(e),
+            ) from None
+        raise UserError(
+            "{neighbour_path}={path!r}: {problem}",
+            "neighbour_path",
+            path=options.get("neighbour_path"),
+            problem=str(e),
+        ) from None
+
+
 def measure(
     spec: run_spec.RunSpec,
     reps,
@@ -129,37 +189,40 @@ def measure(
     row's value from its cloud (every row is in one cloud; NaN, or -2 for integers, at a
     row no cloud holds). The per-point inputs (labels, and what observables derive from
     them on the host) are made for every cloud before the jitted geometry
-    (``pooled_rows.cloud_inputs``). On a mesh of several devices, each cloud's rows are
-    split over its data axis (the row-blocked path)."""
+    (``pooled_rows.cloud_inputs``). On a mesh of several devices (of one process or
+    several), each cloud is a global array that every process fills for its own devices
+    from the store: replicated, each cloud's rows split over the data axis (the
+    row-blocked path), or, on the ring path, its points split over that axis, so that a
+    process reads only its devices' rows."""
     per_row = list(per_row or ())
-    mesh = mesh if mesh is not None and mesh.size > 1 else None
+    mesh = _mesh(mesh)
     observables = spec.observable_set
     options = observables.options(spec.option_values())
-    n_max = max(len(c.rows) for c in clouds)
-    point_inputs = cloud_inputs(spec, rows, clouds)
+    width = cloud_width(clouds, mesh, options)
+    point_inputs = cloud_inputs(spec, rows, clouds, width=width)
     per_cloud, row_values = [], {}
-    geometry = jax.jit(
-        lambda h, m, i: pipeline.cloud_geometry(
-            h,
-            m,
-            i,
-            observables=observables,
-            layer_chunk=spec.layer_chunk,
-            options=options,
-            mesh=mesh,
-        )
-    )
+    geometry = _geometry(spec, observables, options, mesh)
     for i, cloud in enumerate(
         tqdm(clouds, unit="cloud", disable=not progress, desc="cloud geometry")
     ):
-        points = reps.read(cloud.rows)  # [n, L+1, D]
         n = len(cloud.rows)
-        hidden = np.zeros((points.shape[1], 1, n_max, points.shape[2]), np.float32)
-        hidden[:, 0, :n] = np.moveaxis(points, 0, 1)
-        mask = np.zeros((1, n_max), bool)
+        mask = np.zeros((1, width), bool)
         mask[0, :n] = True
-        args = (hidden, mask, {k: v[i : i + 1] for k, v in point_inputs.items()})
-        geo = geometry(*(args if mesh is None else _replicated(mesh, args)))
+        inputs = {k: v[i : i + 1] for k, v in point_inputs.items()}
+        shape = (reps.layers, 1, width, reps.dim)
+        if mesh is None:
+            hidden, args = _points(reps, cloud, shape), (mask, inputs)
+        elif options.get("neighbour_path") == "ring":
+            split = jax.sharding.PartitionSpec(None, None, sharding.DATA, None)
+            hidden = jax.make_array_from_callback(
+                shape,
+                jax.sharding.NamedSharding(mesh, split),
+                lambda index, cloud=cloud, shape=shape: _points(reps, cloud, shape, index[2]),
+            )
+            args = _replicated(mesh, (mask, inputs))
+        else:
+            hidden, args = _replicated(mesh, (_points(reps, cloud, shape), (mask, inputs)))
+        geo = distributed.fetch(dict(geometry(hidden, *args)))
         per_cloud.append({k: np.asarray(v)[0] for k, v in geo.items() if k in written})
         for field in per_row:
             axis = bool(field.layers) + field.dims.index("token")
@@ -173,13 +236,24 @@ def measure(
     return cloud_values, row_values
 
 
+def _points(reps, cloud: Cloud, shape, points=slice(None)) -> np.ndarray:
+    """The cloud's points [L+1, 1, points, D] read from the store (zero rows past its
+    last point): ``points`` a slice of the padded cloud."""
+    start, stop, _ = points.indices(shape[2])
+    out = np.zeros((shape[0], 1, stop - start, shape[3]), np.float32)
+    mine = cloud.rows[start:stop]
+    if len(mine):
+        out[:, 0, : len(mine)] = np.moveaxis(reps.read(mine), 0, 1)
+    return out
+
+
 def _replicated(mesh, tree):
     """Host arrays as global arrays replicated on every device of ``mesh``: one program
     whether the mesh's devices are in one process or several (each process fills its own
     devices from its copy)."""
-    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    sharding_ = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     return jax.tree.map(
-        lambda a: jax.make_array_from_callback(a.shape, sharding, lambda index: a[index]), tree
+        lambda a: jax.make_array_from_callback(a.shape, sharding_, lambda index: a[index]), tree
     )
 
 
