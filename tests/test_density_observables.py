@@ -27,8 +27,6 @@ at a few points per cloud, 1.6e-5 relative at most here (measured).
 """
 
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -207,15 +205,7 @@ def blocked(tmp_path_factory):
     """The blocked path (block_rows=64: 10 row blocks, no halo labels) on one device and
     on 8 simulated devices, for the clouds BLOCKED (one subprocess)."""
     out = str(tmp_path_factory.mktemp("blocked") / "geo.npz")
-    env = subprocess_env.cpu_env(
-        "--xla_force_host_platform_device_count=8",
-        "--xla_cpu_collective_call_terminate_timeout_seconds=900",
-        PYTHONPATH=os.pathsep.join([ROOT, HERE]),
-    )
-    proc = subprocess.run(
-        [sys.executable, "-c", SCRIPT, out], env=env, capture_output=True, text=True, timeout=600
-    )
-    assert proc.returncode == 0, proc.stderr[-5000:]
+    subprocess_env.run_on_simulated_devices(SCRIPT, out, pythonpath=os.pathsep.join([ROOT, HERE]))
     with np.load(out) as f:
         return {
             w: {k.split("/", 1)[1]: f[k] for k in f.files if k.startswith(w + "/")}

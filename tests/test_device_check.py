@@ -97,6 +97,8 @@ def test_quick_run_end_to_end(tmp_path):
     assert report["metrics"]["seconds_per_prompt"] > 0
     clouds = report["clouds"]
     assert clouds["points"] == 5000 and clouds["path"] == "blocked" and clouds["step_s"] > 0
+    ring = clouds["ring"]  # the ring path on the machine's devices (one CPU device here)
+    assert ring["devices"] == 1 and ring["overlap_equal"] and ring["gride_ids_rel"] <= 1e-6
     cheng = report["projection"]["cheng_protocol"]
     want = clouds["step_s"] * (10_000 / 5000) ** 2 * (4096 / 64) * 33 * 5 * 2 / 60
     assert cheng["geometry_minutes"] == pytest.approx(want)

@@ -26,10 +26,7 @@ Dense and blocked paths give equal fields (the same exact lists, the same row-bl
 passes), ESS on ``ties`` aside (above).
 """
 
-import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -246,16 +243,9 @@ def test_eight_devices_equal_one_device():
     device's fields: lPCA's count exactly, the others to 1e-6 (the estimators' float
     arithmetic after the counts is partitioned differently on a mesh, and reductions may
     round differently; a count one off would move CorrInt or FisherS by ~1e-3)."""
-    env = subprocess_env.cpu_env(
-        "--xla_force_host_platform_device_count=8",
-        "--xla_cpu_collective_call_terminate_timeout_seconds=900",
-        PYTHONPATH=os.pathsep.join([ROOT, HERE]),
+    report = subprocess_env.report_on_simulated_devices(
+        SCRIPT, pythonpath=os.pathsep.join([ROOT, HERE])
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=600
-    )
-    assert proc.returncode == 0, proc.stderr[-5000:]
-    report = json.loads(proc.stdout.split("REPORT ", 1)[1])
     assert set(FIELDS) | {"phd_id", "finite"} == set(report)
     for field, (one, many) in report.items():
         one, many = np.asarray(one, float), np.asarray(many, float)

@@ -1,9 +1,6 @@
 """Row blocks split over 8 simulated CPU devices give what one device gives."""
 
-import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 from helpers import subprocess_env, tolerances
@@ -52,19 +49,9 @@ print("REPORT " + json.dumps(report))
 
 
 def test_eight_devices_equal_one_device():
-    # 8 simulated devices share this machine's cores, each running its host
-    # selection between two all-gathers: a device can lag the others by more than
-    # XLA's default 40 s rendezvous timeout on a loaded machine
-    env = subprocess_env.cpu_env(
-        "--xla_force_host_platform_device_count=8",
-        "--xla_cpu_collective_call_terminate_timeout_seconds=900",
-        PYTHONPATH=os.pathsep.join([ROOT, HERE]),
+    report = subprocess_env.report_on_simulated_devices(
+        SCRIPT, pythonpath=os.pathsep.join([ROOT, HERE])
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=600
-    )
-    assert proc.returncode == 0, proc.stderr[-5000:]
-    report = json.loads(proc.stdout.split("REPORT ", 1)[1])
     for shape, fields in report.items():
         for field, (one, many) in fields.items():
             one, many = np.asarray(one, float), np.asarray(many, float)

@@ -1,10 +1,7 @@
 """Points split over 8 simulated CPU devices, blocks passed around a ring
 (neighbour_path="ring"), give what one device's blocked path gives, in less memory."""
 
-import json
 import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -102,18 +99,9 @@ def per_device_bytes(mesh, path, n, d, layers=2):
 
 @pytest.fixture(scope="module")
 def report():
-    # 8 simulated devices share this machine's cores and wait for each other at
-    # every ring step: XLA's default 40 s rendezvous timeout is too short when loaded
-    env = subprocess_env.cpu_env(
-        "--xla_force_host_platform_device_count=8",
-        "--xla_cpu_collective_call_terminate_timeout_seconds=900",
-        PYTHONPATH=os.pathsep.join([ROOT, HERE]),
+    return subprocess_env.report_on_simulated_devices(
+        SCRIPT, pythonpath=os.pathsep.join([ROOT, HERE])
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=600
-    )
-    assert proc.returncode == 0, proc.stderr[-5000:]
-    return json.loads(proc.stdout.split("REPORT ", 1)[1])
 
 
 ID_RTOL = 1e-6

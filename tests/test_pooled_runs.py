@@ -235,13 +235,6 @@ XLA:CPU's thread pool deadlocked against the devices' all-gathers (history 23); 
 observable maps over clouds instead."""
 
 
-def _eight_device_env(per_process=8):
-    return subprocess_env.cpu_env(
-        f"--xla_force_host_platform_device_count={per_process}",
-        "--xla_cpu_collective_call_terminate_timeout_seconds=900",
-    )
-
-
 @pytest.fixture(scope="module")
 def eight(tiny, tmp_path_factory):
     """The command line on 8 simulated CPU devices in one process (--mesh_shape=8,1: the
@@ -249,7 +242,7 @@ def eight(tiny, tmp_path_factory):
     out = tmp_path_factory.mktemp("eight") / "run"
     proc = subprocess.run(
         [sys.executable, run_helpers.SCRIPT, *_flags(tiny, out, *EIGHT)],
-        env=_eight_device_env(),
+        env=subprocess_env.simulated_devices_env(),
         capture_output=True,
         text=True,
         timeout=900,
@@ -284,7 +277,7 @@ def _launch_two(tiny, out, port, *extra):
                 "--num_processes=2",
                 f"--process_id={p}",
             ],
-            env=_eight_device_env(4),
+            env=subprocess_env.simulated_devices_env(4),
             stdout=logs[p],
             stderr=subprocess.STDOUT,
         )
@@ -316,22 +309,15 @@ def test_two_processes_kill_one_then_resume_equal_one_process(eight, tiny, tmp_p
     out = tmp_path / "two"
     procs = _launch_two(tiny, out, _free_port())
     part = out / pooled_sweep.STORE / "geom_jax_chunks.writer-1.json"
-    deadline = time.time() + 300
-    while time.time() < deadline:
+
+    def two_chunks_recorded():
         try:
-            if len(json.loads(part.read_text())["chunks"]) >= 2:
-                break
+            return len(json.loads(part.read_text())["chunks"]) >= 2
         except (OSError, ValueError, KeyError):
-            pass
-        assert all(p.poll() is None for p in procs), "a process ended before the kill"
-        time.sleep(0.02)
-    procs[1].send_signal(signal.SIGKILL)
-    procs[1].wait()
-    try:
-        procs[0].wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        procs[0].send_signal(signal.SIGKILL)
-        procs[0].wait()
+            return False
+
+    run_helpers.wait_while_running(two_chunks_recorded, procs)
+    run_helpers.kill_second_then_first(procs)
     assert not (out / results.RESULTS_FILE).exists()
     resumed = _launch_two(tiny, out, _free_port(), "--resume")
     for p in resumed:

@@ -188,6 +188,7 @@ class Store:
 
     def __init__(self, points):
         self.points = points
+        self.layers, self.dim = points.shape[1:]
 
     def read(self, rows):
         return self.points[rows]

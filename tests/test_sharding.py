@@ -2,16 +2,14 @@
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
-import time
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import subprocess_env, tolerances
+from helpers import run_helpers, subprocess_env, tolerances
 
 from geom_jax import models, sharding
 from geom_jax import run as geom_run
@@ -198,20 +196,13 @@ def test_two_processes_kill_one_then_resume_both(tiny, reference, tmp_path):
     extra = ["--checkpoint_every=1"]  # 8 batches of 2 rows, one per process
     procs = _launch(tiny, out, _free_port(), extra)
     ckpt = out / "checkpoints"
-    deadline = time.time() + 300
-    while time.time() < deadline:
+
+    def second_checkpoint():
         steps = [int(d) for d in os.listdir(ckpt) if d.isdigit()] if ckpt.is_dir() else []
-        if steps and max(steps) >= 2:
-            break
-        assert all(p.poll() is None for p in procs), "a process ended before the kill"
-        time.sleep(0.02)
-    procs[1].send_signal(signal.SIGKILL)
-    procs[1].wait()
-    try:
-        procs[0].wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        procs[0].send_signal(signal.SIGKILL)
-        procs[0].wait()
+        return bool(steps) and max(steps) >= 2
+
+    run_helpers.wait_while_running(second_checkpoint, procs)
+    run_helpers.kill_second_then_first(procs)
     assert not (out / "results.npz").exists()
     logs = _finish(_launch(tiny, out, _free_port(), extra + ["--resume"]))
     assert any("Resumed from checkpoint" in log for log in logs)

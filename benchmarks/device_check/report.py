@@ -134,6 +134,17 @@ def markdown(report: dict) -> str:
                 "",
             ]
         )
+        ring = r.get("ring")
+        if ring:
+            lines.extend(
+                [
+                    f"The same cloud on the ring path (points split over {ring['devices']} "
+                    f"device(s)): {_fmt(ring['step_s'])} s (compile {ring['compile_s']} s); "
+                    f"GRIDE within {_fmt(ring['gride_ids_rel'])} of the blocked path, "
+                    f"overlaps {'equal' if ring['overlap_equal'] else 'NOT equal'}.",
+                    "",
+                ]
+            )
     r = head("fused")
     if r:
         lines.extend(["| model | batch | step s | prompts/s |", "|---|---|---|---|"])

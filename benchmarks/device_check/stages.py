@@ -17,6 +17,7 @@ from benchmarks.device_check.budget import Budget, log
 from benchmarks.device_check.measure import (
     as_dict,
     compare,
+    deviation,
     find_batch,
     predict_batch,
     synthetic_stack,
@@ -298,8 +299,10 @@ class DeviceCheck:
         stats = self.accel.memory_stats() if hasattr(self.accel, "memory_stats") else None
         peak = (stats or {}).get("peak_bytes_in_use")
         self.log(f"clouds: {n} x {d}, one layer: {step:.3f} s")
+        ring = self.ring(x, compiled(x))
         del x
         return {
+            "ring": ring,
             "points": n,
             "dim": d,
             "range_max": s.cloud_range_max,
@@ -310,6 +313,38 @@ class DeviceCheck:
             "gram_tflops_per_s": 2.0 * n * n * d / step / 1e12,
             "peak_bytes": peak,
             "note": "" if peak else "the device reports no memory statistics",
+        }
+
+    def ring(self, x, blocked) -> dict:
+        """The same cloud with its points split over every device of the accelerator's
+        kind (neighbour_path="ring": blocks passed around a ring of lax.ppermute steps;
+        one device is a ring of one): time, and its agreement with the blocked path
+        (GRIDE's largest relative deviation, the overlaps equal)."""
+        s = self.s
+        devices = [dev for dev in jax.devices() if dev.platform == self.accel.platform]
+        mesh = sharding.make_mesh((len(devices), 1), devices)
+        fn = jax.jit(
+            functools.partial(
+                metrics.layer_geometry,
+                range_max=s.cloud_range_max,
+                max_k=s.max_k,
+                neighbour_path="ring",
+                mesh=mesh,
+            )
+        )
+        t = time.perf_counter()
+        compiled = fn.lower(x).compile()
+        compile_s = time.perf_counter() - t
+        step, _ = time_runs(functools.partial(compiled, x), s.repeats)
+        got = jax.device_get(compiled(x))
+        want = jax.device_get(blocked)
+        self.log(f"clouds: ring of {len(devices)} device(s): {step:.3f} s")
+        return {
+            "devices": len(devices),
+            "compile_s": round(compile_s, 2),
+            "step_s": step,
+            "gride_ids_rel": deviation(got["gride_ids"], want["gride_ids"], "max_rel"),
+            "overlap_equal": bool(np.array_equal(got["overlap"], want["overlap"])),
         }
 
     # ------------------------------------------------------------------ fused

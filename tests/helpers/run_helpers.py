@@ -3,6 +3,9 @@
 import contextlib
 import os
 import re
+import signal
+import subprocess
+import time
 
 import pytest
 
@@ -42,3 +45,24 @@ def raises_user_error(pattern):
         yield info
     text = run_flags.message(info.value)
     assert re.search(pattern, text), text
+
+
+def wait_while_running(done, procs, timeout=300):
+    """Polls ``done()`` until it is true, asserting every process of ``procs`` still runs
+    (a run that ended before the moment it was to be killed at fails the test)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and not done():
+        assert all(p.poll() is None for p in procs), "a process ended before the kill"
+        time.sleep(0.02)
+
+
+def kill_second_then_first(procs, grace=5):
+    """SIGKILL of process 1 of a two-process run; process 0, whose collectives now fail,
+    gets ``grace`` seconds to exit on its own before it is killed too."""
+    procs[1].send_signal(signal.SIGKILL)
+    procs[1].wait()
+    try:
+        procs[0].wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        procs[0].send_signal(signal.SIGKILL)
+        procs[0].wait()

@@ -2,8 +2,11 @@
 process's code generation (SUITE_CODEGEN and whatever the user set, such as
 --xla_cpu_max_isa) with a test's own flags added, never replaced."""
 
+import json
 import os
 import re
+import subprocess
+import sys
 
 OPT = "--xla_backend_optimization_level"
 FUSION_EMITTERS = "--xla_cpu_use_fusion_emitters"
@@ -43,3 +46,34 @@ def cpu_env(*flags: str, **extra: str) -> dict:
 
 def _flags(flags):
     return os.environ.get("XLA_FLAGS", "") if flags is None else flags
+
+
+def simulated_devices_env(count: int = 8, **extra: str) -> dict:
+    """cpu_env with ``count`` simulated CPU devices and a 900 s collective timeout: the
+    devices share the machine's cores and wait for each other at every collective, so one
+    can lag the others by more than XLA's default 40 s rendezvous timeout when loaded."""
+    return cpu_env(
+        f"--xla_force_host_platform_device_count={count}",
+        "--xla_cpu_collective_call_terminate_timeout_seconds=900",
+        **extra,
+    )
+
+
+def run_on_simulated_devices(script: str, *args: str, pythonpath: str, count: int = 8) -> str:
+    """Runs ``python -c script args`` on ``count`` simulated CPU devices (PYTHONPATH
+    ``pythonpath``); returns its stdout, asserting it succeeded (stderr's tail shown)."""
+    proc = subprocess.run(
+        [sys.executable, "-c", script, *args],
+        env=simulated_devices_env(count, PYTHONPATH=pythonpath),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    return proc.stdout
+
+
+def report_on_simulated_devices(script: str, *, pythonpath: str, count: int = 8):
+    """The JSON a script prints after "REPORT " (run_on_simulated_devices)."""
+    out = run_on_simulated_devices(script, pythonpath=pythonpath, count=count)
+    return json.loads(out.split("REPORT ", 1)[1])
