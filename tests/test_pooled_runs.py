@@ -412,3 +412,19 @@ def test_a_second_process_loads_the_compiled_steps(tiny, tmp_path):
     assert hits == programs_again == programs
     with open(tmp_path / "second" / results.METADATA_FILE) as f:
         assert json.load(f)["compilation"]["hits"] == programs
+
+
+def test_a_pooled_run_resumes_under_another_process_count(pooled, tmp_path):
+    """Issue 31: a pooled run's store does not depend on the process count, so its run
+    config leaves the count out and --resume under another count is not refused (a
+    per-prompt run's is: tests/test_experiment.py)."""
+    import shutil
+
+    spec, got = pooled
+    assert "num_processes" not in spec.defining()
+    out = tmp_path / "copy"
+    shutil.copytree(spec.output_dir, out)
+    config = out / results.RUN_CONFIG_FILE
+    json.dump(dict(json.loads(config.read_text()), num_processes=2), open(config, "w"))
+    again = geom_run.run(spec.replace(output_dir=str(out), resume=True))
+    np.testing.assert_array_equal(again["gride_ids"], got["gride_ids"])

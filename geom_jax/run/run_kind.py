@@ -67,6 +67,9 @@ class RunKind(abc.ABC):
         ``shuffle_repeat``) -> the field of this kind's files that the report reads as it.
       rows_doc: what the rows of ``results.npz`` are, for ``RESULTS.md``.
       files_doc: where the rest of the run is, for ``RESULTS.md``.
+      per_process_state: whether what a killed run leaves depends on its process count
+        (per-prompt checkpoints hold each process's rows), so that ``--resume`` under
+        another count is refused; a pooled run's store does not.
     """
 
     name: str
@@ -80,6 +83,7 @@ class RunKind(abc.ABC):
     report_rows: Mapping[str, str] = {}
     rows_doc: str
     files_doc: str
+    per_process_state: bool = True
 
     def __repr__(self):
         return f"<run kind {self.name}>"

@@ -296,7 +296,8 @@ class RunSpec:
     def defining(self) -> dict:
         """The fields that define the results (the run's own defining fields and the
         options of its observables), plus the runtime's process count (from jax, so
-        also right when SLURM or a TPU pod started jax.distributed): ``--resume``
+        also right when SLURM or a TPU pod started jax.distributed) where the run's
+        kind leaves per-process state (``RunKind.per_process_state``): ``--resume``
         refuses a change of any."""
         fields = table()
         out = {f.name: self._values[f.name] for f in FIELDS if f.defining}
@@ -304,7 +305,8 @@ class RunSpec:
             if fields[name].defining:
                 out[name] = self._values[name]
         out["filter_models"] = list(out["filter_models"])
-        out["num_processes"] = jax.process_count()
+        if self.kind.per_process_state:
+            out["num_processes"] = jax.process_count()
         return out
 
 

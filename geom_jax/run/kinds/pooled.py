@@ -98,6 +98,9 @@ class Pooled(RunKind):
     """The report reads a cloud as a row: its level, and its partition as the prompt (so
     that a band over rows is the spread over partitions)."""
     rows_doc = "C clouds (shuffle level x repeat x partition), R rows (one point each; tokens.npz)"
+    per_process_state = False
+    """Its store reads the same whoever wrote it: a killed run resumes under any
+    process count."""
     keys_only = False
     """Whether comparisons match this kind's rows by key alone (rows from outside geom-jax,
     with no text or flags to check; :func:`geom_jax.run.compare.match_rows`)."""
