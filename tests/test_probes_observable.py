@@ -216,7 +216,7 @@ def pooled(x, labels, sizes):
 
 
 def test_pooled_clouds_get_their_probes(tmp_path):
-    """A pooled run's measure (pooled_sweep.measure, a stand-in store): clouds of 70 and
+    """A pooled run's measure (pooled_sweep.CloudGeometry, a stand-in store): clouds of 70 and
     50 rows (padded to 70), their host inputs made once for all clouds before the jitted
     geometry; each cloud's fields equal linear_probe of its own points."""
     x, y = stack()
@@ -231,7 +231,7 @@ def test_pooled_clouds_get_their_probes(tmp_path):
     )
     assert pooled_rows.for_host_inputs(spec, rows, clouds) is spec
     written = {"probe_accuracy", "probe_accuracy_std"}
-    got, _ = pooled_sweep.measure(spec, store, rows, clouds, written, False)
+    got, _ = pooled_sweep.CloudGeometry.plan(spec, rows, clouds).measure(store, written, False)
     assert got["probe_accuracy"].shape == (2, 2)
     for c, cloud in enumerate(clouds):
         mean, std = metrics.linear_probe(x[:, cloud.rows], y[cloud.rows], folds=3, alpha=ALPHA)

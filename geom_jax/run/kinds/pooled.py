@@ -171,7 +171,8 @@ class Pooled(RunKind):
         pipe = pipeline.PooledPipeline(
             decoder, pool=spec.pool, skip_first=spec.add_bos, mesh=mesh, rules=rules
         )
-        pooled_sweep.check_geometry(spec, rows, clouds, mesh, pipe.layers, pipe.dim)
+        geometry = pooled_sweep.CloudGeometry.plan(spec, rows, clouds, mesh)
+        geometry.check(pipe.layers, pipe.dim)
         space.bytes = int(1.2 * len(rows) * pipe.layers * pipe.dim * 4) + (1 << 24)
         output_dir.check_free_space(out, space.bytes, os.path.join(out, pooled_sweep.STORE))
         if jax.process_index() == 0:
@@ -185,9 +186,7 @@ class Pooled(RunKind):
         )
         written = {f.name for f in self.fields(spec.observable_set)}
         per_row = [f for f in spec.observable_set.fields(saved_only=True) if f.tokens]
-        geo, geo_rows = pooled_sweep.measure(
-            spec, reps, rows, clouds, written, spec.progress, mesh, per_row
-        )
+        geo, geo_rows = geometry.measure(reps, written, spec.progress, per_row)
         arrays = {
             **pooled_rows.cloud_arrays(clouds),
             **geo,

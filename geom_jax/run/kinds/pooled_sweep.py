@@ -11,6 +11,8 @@ then runs on the global mesh, every process reading the clouds from the store.""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import os
 
 import jax
@@ -123,117 +125,128 @@ def cloud_width(clouds: list[Cloud], mesh, options) -> int:
     return -(-n_max // data) * data
 
 
-def _geometry(spec, observables, options, mesh):
-    return jax.jit(
-        lambda h, m, i: pipeline.cloud_geometry(
-            h,
-            m,
-            i,
-            observables=observables,
-            layer_chunk=spec.layer_chunk,
-            options=options,
-            mesh=mesh,
-        )
-    )
-
-
 def _mesh(mesh):
     return mesh if mesh is not None and mesh.size > 1 else None
 
 
-def check_geometry(spec, rows: Rows, clouds: list[Cloud], mesh, layers: int, dim: int):
-    """Traces the clouds' geometry (no compute) before the forward, so that an
-    observable the neighbour path cannot measure (e.g. tle_id on the ring) is refused
-    before any row is run."""
-    mesh = _mesh(mesh)
-    observables = spec.observable_set
-    options = observables.options(spec.option_values())
-    width = cloud_width(clouds, mesh, options)
-    inputs = cloud_inputs(spec, rows, clouds, width=width)
-    try:
-        jax.eval_shape(
-            _geometry(spec, observables, options, mesh),
-            jax.ShapeDtypeStruct((layers, 1, width, dim), np.float32),
-            jax.ShapeDtypeStruct((1, width), np.bool_),
-            {k: jax.ShapeDtypeStruct((1,) + v.shape[1:], v.dtype) for k, v in inputs.items()},
+@dataclasses.dataclass(frozen=True)
+class CloudGeometry:
+    """How a pooled run measures its clouds, made once (:meth:`plan`) for the check
+    before the forward and the measurement after it.
+
+    Attributes:
+      spec, rows, clouds: the run's spec, rows and clouds.
+      mesh: the devices the clouds are measured on (None: one device).
+      options: the observables' option values.
+      width: points per measured cloud (:func:`cloud_width`).
+      inputs: every cloud's per-point inputs [C, width, ...] (the row labels and what the
+        observables derive from them on the host: ``pooled_rows.cloud_inputs``).
+    """
+
+    spec: run_spec.RunSpec
+    rows: Rows
+    clouds: list[Cloud]
+    mesh: object
+    options: dict
+    width: int
+    inputs: dict
+
+    @classmethod
+    def plan(cls, spec, rows: Rows, clouds: list[Cloud], mesh=None) -> CloudGeometry:
+        mesh = _mesh(mesh)
+        options = spec.observable_set.options(spec.option_values())
+        width = cloud_width(clouds, mesh, options)
+        inputs = cloud_inputs(spec, rows, clouds, width=width)
+        return cls(spec, rows, clouds, mesh, options, width, inputs)
+
+    @property
+    def ring(self) -> bool:
+        return self.mesh is not None and self.options.get("neighbour_path") == "ring"
+
+    @functools.cached_property
+    def _fn(self):
+        return jax.jit(
+            lambda h, m, i: pipeline.cloud_geometry(
+                h,
+                m,
+                i,
+                observables=self.spec.observable_set,
+                layer_chunk=self.spec.layer_chunk,
+                options=self.options,
+                mesh=self.mesh,
+            )
         )
-    except ValueError as e:
-        if str(e).startswith("observable "):
+
+    def check(self, layers: int, dim: int) -> None:
+        """Traces the geometry (no compute) before the forward, so that an observable the
+        neighbour path cannot measure (e.g. tle_id on the ring) is refused before any row
+        is run."""
+        try:
+            jax.eval_shape(
+                self._fn,
+                jax.ShapeDtypeStruct((layers, 1, self.width, dim), np.float32),
+                jax.ShapeDtypeStruct((1, self.width), np.bool_),
+                {
+                    k: jax.ShapeDtypeStruct((1,) + v.shape[1:], v.dtype)
+                    for k, v in self.inputs.items()
+                },
+            )
+        except ValueError as e:
+            names = ("observables", "neighbour_path")
+            about = "{observables} with {neighbour_path}={path!r}"
+            if not str(e).startswith("observable "):
+                names, about = "neighbour_path", "{neighbour_path}={path!r}"
             raise UserError(
-                "{observables} with {neighbour_path}={path!r}: {problem}",
-                ("observables", "neighbour_path"),
-                path=options.get("neighbour_path"),
+                about + ": {problem}",
+                names,
+                path=self.options.get("neighbour_path"),
                 problem=str(e),
             ) from None
-        raise UserError(
-            "{neighbour_path}={path!r}: {problem}",
-            "neighbour_path",
-            path=options.get("neighbour_path"),
-            problem=str(e),
-        ) from None
 
-
-def measure(
-    spec: run_spec.RunSpec,
-    reps,
-    rows: Rows,
-    clouds: list[Cloud],
-    written: set[str],
-    progress: bool,
-    mesh=None,
-    per_row=None,
-):
-    """Each cloud's observables per layer, on its points read from the store: the fields
-    ``written`` [C, L', ...] (finite and status [C, L] among them), and the per-point
-    fields ``per_row`` (their declarations, dims with "token") as [R, L', ...], each
-    row's value from its cloud (every row is in one cloud; NaN, or -2 for integers, at a
-    row no cloud holds). The per-point inputs (labels, and what observables derive from
-    them on the host) are made for every cloud before the jitted geometry
-    (``pooled_rows.cloud_inputs``). On a mesh of several devices (of one process or
-    several), each cloud is a global array that every process fills for its own devices
-    from the store: replicated, each cloud's rows split over the data axis (the
-    row-blocked path), or, on the ring path, its points split over that axis, so that a
-    process reads only its devices' rows."""
-    per_row = list(per_row or ())
-    mesh = _mesh(mesh)
-    observables = spec.observable_set
-    options = observables.options(spec.option_values())
-    width = cloud_width(clouds, mesh, options)
-    point_inputs = cloud_inputs(spec, rows, clouds, width=width)
-    per_cloud, row_values = [], {}
-    geometry = _geometry(spec, observables, options, mesh)
-    for i, cloud in enumerate(
-        tqdm(clouds, unit="cloud", disable=not progress, desc="cloud geometry")
-    ):
-        n = len(cloud.rows)
-        mask = np.zeros((1, width), bool)
-        mask[0, :n] = True
-        inputs = {k: v[i : i + 1] for k, v in point_inputs.items()}
-        shape = (reps.layers, 1, width, reps.dim)
-        if mesh is None:
-            hidden, args = _points(reps, cloud, shape), (mask, inputs)
-        elif options.get("neighbour_path") == "ring":
-            split = jax.sharding.PartitionSpec(None, None, sharding.DATA, None)
-            hidden = jax.make_array_from_callback(
-                shape,
-                jax.sharding.NamedSharding(mesh, split),
-                lambda index, cloud=cloud, shape=shape: _points(reps, cloud, shape, index[2]),
-            )
-            args = _replicated(mesh, (mask, inputs))
-        else:
-            hidden, args = _replicated(mesh, (_points(reps, cloud, shape), (mask, inputs)))
-        geo = distributed.fetch(dict(geometry(hidden, *args)))
-        per_cloud.append({k: np.asarray(v)[0] for k, v in geo.items() if k in written})
-        for field in per_row:
-            axis = bool(field.layers) + field.dims.index("token")
-            point_major = np.moveaxis(np.asarray(geo[field.name])[0], axis, 0)[:n]
-            if field.name not in row_values:
-                row_values[field.name] = np.full(
-                    (len(rows),) + point_major.shape[1:], _missing(field), field.dtype
+    def measure(self, reps, written: set[str], progress: bool, per_row=None):
+        """Each cloud's observables per layer, on its points read from the store: the
+        fields ``written`` [C, L', ...] (finite and status [C, L] among them), and the
+        per-point fields ``per_row`` (their declarations, dims with "token") as
+        [R, L', ...], each row's value from its cloud (every row is in one cloud; NaN, or
+        -2 for integers, at a row no cloud holds). On a mesh of several devices (of one
+        process or several), each cloud is a global array that every process fills for
+        its own devices from the store: replicated, each cloud's rows split over the data
+        axis (the row-blocked path), or, on the ring path, its points split over that
+        axis, so that a process reads only its devices' rows."""
+        per_row = list(per_row or ())
+        per_cloud, row_values = [], {}
+        for i, cloud in enumerate(
+            tqdm(self.clouds, unit="cloud", disable=not progress, desc="cloud geometry")
+        ):
+            n = len(cloud.rows)
+            mask = np.zeros((1, self.width), bool)
+            mask[0, :n] = True
+            inputs = {k: v[i : i + 1] for k, v in self.inputs.items()}
+            shape = (reps.layers, 1, self.width, reps.dim)
+            if self.mesh is None:
+                hidden, args = _points(reps, cloud, shape), (mask, inputs)
+            elif self.ring:
+                split = jax.sharding.PartitionSpec(None, None, sharding.DATA, None)
+                hidden = jax.make_array_from_callback(
+                    shape,
+                    jax.sharding.NamedSharding(self.mesh, split),
+                    lambda index, cloud=cloud, shape=shape: _points(reps, cloud, shape, index[2]),
                 )
-            row_values[field.name][cloud.rows] = point_major
-    cloud_values = {k: np.stack([g[k] for g in per_cloud]) for k in per_cloud[0]}
-    return cloud_values, row_values
+                args = _replicated(self.mesh, (mask, inputs))
+            else:
+                hidden, args = _replicated(self.mesh, (_points(reps, cloud, shape), (mask, inputs)))
+            geo = distributed.fetch(dict(self._fn(hidden, *args)))
+            per_cloud.append({k: np.asarray(v)[0] for k, v in geo.items() if k in written})
+            for field in per_row:
+                axis = bool(field.layers) + field.dims.index("token")
+                point_major = np.moveaxis(np.asarray(geo[field.name])[0], axis, 0)[:n]
+                if field.name not in row_values:
+                    row_values[field.name] = np.full(
+                        (len(self.rows),) + point_major.shape[1:], _missing(field), field.dtype
+                    )
+                row_values[field.name][cloud.rows] = point_major
+        cloud_values = {k: np.stack([g[k] for g in per_cloud]) for k in per_cloud[0]}
+        return cloud_values, row_values
 
 
 def _points(reps, cloud: Cloud, shape, points=slice(None)) -> np.ndarray:
