@@ -14,6 +14,7 @@ products.
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from helpers import tolerances
@@ -303,3 +304,33 @@ def test_both_cka_estimators_share_one_kernel_pass(monkeypatch):
     out = metrics.layer_similarity(x, measures=("cka", "cka_debiased"))
     assert len(calls) == 1
     np.testing.assert_allclose(out["cka"], metrics.layer_similarity(x, measures=("cka",))["cka"])
+
+
+def test_lists_above_the_dense_bound_come_from_row_blocks(monkeypatch):
+    """Above neighbour_lists.BLOCKED_ABOVE points the similarity and label-overlap
+    measures' lists come from blocks of Gram rows (no N x N matrix: the dense kernel is
+    made to fail) and equal the dense kernel's: the same indices on a continuous cloud
+    with duplicate rows and invalid points; on an integer lattice, where more points tie
+    at the k-th distance than either path refines, the same exact distances."""
+    from geom_jax.metrics.neighbours import neighbour_lists
+
+    rng = np.random.default_rng(3)
+    n = neighbour_lists.BLOCKED_ABOVE + 104
+    smooth = rng.standard_normal((n, 6)).astype(np.float32)
+    lattice = rng.integers(-3, 4, size=(n, 6)).astype(np.float32)
+    x = np.stack([smooth, lattice])
+    x[:, 50:60] = x[:, 10:20]
+    valid = np.ones((2, n), bool)
+    valid[:, rng.choice(n, 200, replace=False)] = False
+    lists = lambda: np.asarray(neighbour_lists.neighbour_lists(jnp.asarray(x), valid, 10))
+    dense = np.asarray(neighbour_lists._lists(jnp.asarray(x), jnp.asarray(valid), 10, "auto"))
+
+    def no_gram(*a, **kw):
+        raise AssertionError("the dense kernel ran")
+
+    monkeypatch.setattr(neighbour_lists.distances, "centred_gram", no_gram)
+    got = lists()
+    np.testing.assert_array_equal(got[0], dense[0])
+    assert (got[valid] >= 0).all() and (got[~valid] == -1).all()
+    sq = lambda idx: np.sum((x[1][:, None] - x[1][np.maximum(idx, 0)]) ** 2, axis=-1)
+    np.testing.assert_array_equal(sq(got[1])[valid[1]], sq(dense[1])[valid[1]])

@@ -1,10 +1,11 @@
 """Exact k-nearest-neighbour index lists of many clouds, and values at the listed pairs.
 
 `neighbour_lists` is the one place where the representational-similarity and
-label-overlap measures find neighbours; today it runs the exact dense kernels
-(centred Gram matrix, selection, refinement by direct differences:
-`refinement.exact_knn`) one chunk of clouds at a time, so that a row-blocked
-path that never holds an N x N matrix can replace its body alone.
+label-overlap measures find neighbours: the exact dense kernels (centred Gram
+matrix, selection, refinement by direct differences: `refinement.exact_knn`) one
+chunk of clouds at a time up to BLOCKED_ABOVE points per cloud, the row-blocked
+kernels (`blocked_rows.select`, then the same refinement; never an N x N matrix)
+above it. Both give the same lists.
 """
 
 import functools
@@ -13,7 +14,12 @@ import jax.numpy as jnp
 from jax import lax
 
 from geom_jax.metrics import chunking
-from geom_jax.metrics.neighbours import distances, manual_axes, refinement
+from geom_jax.metrics.neighbours import blocked_rows, distances, manual_axes, refinement
+
+BLOCKED_ABOVE = 4096
+"""Points per cloud above which the lists come from blocks of Gram rows, as the geometry
+engine's "auto" path (metrics/backends/blocked_context.py: a 4,096-point cloud's Gram
+matrix is 64 MiB; 65,536 points would need 16 GiB)."""
 
 
 def clouds_per_chunk(n_clouds, n):
@@ -44,15 +50,33 @@ def _lists(x, valid, k, selection):
     return jnp.where(valid[..., None], idx, -1)
 
 
+def _blocked_lists(x, valid, k, selection):
+    n = x.shape[-2]
+    xc, _, sq = blocked_rows.centred_points(x, valid)
+    select = functools.partial(
+        blocked_rows.select,
+        k_near=refinement.num_candidates(k, n),
+        ranks=(),
+        block=blocked_rows.block_rows_for(n),
+        method=selection,
+    )
+    near = lax.map(lambda a: select(*a, None)[0], (xc, sq, valid))
+    _, idx = refinement.rerank_candidates(x, near, valid, k, selection)
+    return jnp.where(valid[..., None], idx, -1)
+
+
 def neighbour_lists(x, valid, k, selection="auto"):
     """Exact k nearest neighbours (Euclidean) of every point of clouds x [C, N, D].
 
-    Internal, no checks. Returns int32 [C, N, k]: the point itself excluded,
-    only valid columns, ordered by (exact squared distance, index) so that
-    ties (exact duplicates) go to the lower index; -1 beyond the valid
+    Internal, no checks. Above BLOCKED_ABOVE points per cloud, from blocks of Gram
+    rows (O(N (block + k)) memory per cloud). Returns int32 [C, N, k]: the point
+    itself excluded, only valid columns, ordered by (exact squared distance, index)
+    so that ties (exact duplicates) go to the lower index; -1 beyond the valid
     neighbours and in the rows of invalid points.
     """
     n = x.shape[-2]
+    if n > BLOCKED_ABOVE:
+        return _blocked_lists(x, valid, k, selection)
     fn = functools.partial(_lists, k=k, selection=selection)
     return map_clouds(fn, clouds_per_chunk(x.shape[0], n), x, valid)
 
