@@ -218,18 +218,9 @@ class BlockedKernels:
 
     def exact_knn(self, x, valid, k, method):
         """(squared distances, indices) [C, N, k] of the k nearest valid neighbours."""
-        n = x.shape[-2]
-        xc, _, sq = blocked_rows.centred_points(x, valid)
-        fn = functools.partial(
-            blocked_rows.select,
-            k_near=refinement.num_candidates(k, n),
-            ranks=(),
-            block=self._block(x),
-            method=method,
-            rows=self.rows,
+        return blocked_rows.exact_knn(
+            x, valid, k, block=self._block(x), method=method, rows=self.rows
         )
-        near = _per_cloud(lambda *a: fn(*a, None), xc, sq, valid)[0]
-        return refinement.rerank_candidates(x, near, valid, k, method)
 
     def query_ranks(self, x, valid, queries):
         """rank(i, queries[i, q]) [C, N, Q] in clouds x [C, N, D]."""

@@ -30,6 +30,7 @@ from geom_jax.metrics.neighbours import (
     host_selection,
     manual_axes,
     native_kernels,
+    refinement,
     selection,
     symmetric_rows,
 )
@@ -222,6 +223,24 @@ def select(xc, sq, valid_near, valid_rank, *, k_near, ranks, block, method, rows
     own = jnp.arange(n, dtype=jnp.int32)[:, None]
     ok = valid_near[near] & (near != own)
     return near, ranked, near_keys, jnp.where(ok, sq[near], 0.0)
+
+
+def exact_knn(x, valid, k, *, block, method, rows=LOCAL):
+    """(squared distances, indices) [C, N, k] of the k nearest valid neighbours of each
+    cloud of x [C, N, D]: `select`'s candidates per cloud, then
+    `refinement.rerank_candidates` (as refinement.exact_knn, without the Gram matrix)."""
+    n = x.shape[-2]
+    xc, _, sq = centred_points(x, valid)
+    fn = functools.partial(
+        select,
+        k_near=refinement.num_candidates(k, n),
+        ranks=(),
+        block=block,
+        method=method,
+        rows=rows,
+    )
+    near = lax.map(lambda a: fn(*a, None)[0], (xc, sq, valid))
+    return refinement.rerank_candidates(x, near, valid, k, method)
 
 
 def _select_blocks(xc, sq, valid_near, valid_rank, *, k_near, ranks, block, method, rows):

@@ -51,17 +51,8 @@ def _lists(x, valid, k, selection):
 
 
 def _blocked_lists(x, valid, k, selection):
-    n = x.shape[-2]
-    xc, _, sq = blocked_rows.centred_points(x, valid)
-    select = functools.partial(
-        blocked_rows.select,
-        k_near=refinement.num_candidates(k, n),
-        ranks=(),
-        block=blocked_rows.block_rows_for(n),
-        method=selection,
-    )
-    near = lax.map(lambda a: select(*a, None)[0], (xc, sq, valid))
-    _, idx = refinement.rerank_candidates(x, near, valid, k, selection)
+    block = blocked_rows.block_rows_for(x.shape[-2])
+    _, idx = blocked_rows.exact_knn(x, valid, k, block=block, method=selection)
     return jnp.where(valid[..., None], idx, -1)
 
 
