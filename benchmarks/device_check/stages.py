@@ -284,22 +284,11 @@ class DeviceCheck:
         n, d = s.cloud_points, s.cloud_dim
         with jax.default_device(self.accel):
             x = jax.block_until_ready(synthetic_stack(jax.random.key(self.seed + 5), (1, 1, n, d)))
-        fn = jax.jit(
-            functools.partial(
-                metrics.layer_geometry,
-                range_max=s.cloud_range_max,
-                max_k=s.max_k,
-                neighbour_path="blocked",
-            )
-        )
-        t = time.perf_counter()
-        compiled = fn.lower(x).compile()
-        compile_s = time.perf_counter() - t
-        step, _ = time_runs(functools.partial(compiled, x), s.repeats)
+        compile_s, step, blocked = self._cloud_geometry(x, neighbour_path="blocked")
         stats = self.accel.memory_stats() if hasattr(self.accel, "memory_stats") else None
         peak = (stats or {}).get("peak_bytes_in_use")
         self.log(f"clouds: {n} x {d}, one layer: {step:.3f} s")
-        ring = self.ring(x, compiled(x))
+        ring = self.ring(x, blocked)
         del x
         return {
             "ring": ring,
@@ -315,29 +304,37 @@ class DeviceCheck:
             "note": "" if peak else "the device reports no memory statistics",
         }
 
-    def ring(self, x, blocked) -> dict:
-        """The same cloud with its points split over every device of the accelerator's
-        kind (neighbour_path="ring": blocks passed around a ring of lax.ppermute steps;
-        one device is a ring of one): time, and its agreement with the blocked path
-        (GRIDE's largest relative deviation, the overlaps equal)."""
+    def _cloud_geometry(self, x, **path) -> tuple[float, float, dict]:
+        """layer_geometry of the clouds stage's cloud x (range_max cloud_range_max, max_k)
+        on one neighbour path, compiled ahead: (compile seconds, median step seconds,
+        the last timed run's result)."""
         s = self.s
-        devices = [dev for dev in jax.devices() if dev.platform == self.accel.platform]
-        mesh = sharding.make_mesh((len(devices), 1), devices)
         fn = jax.jit(
             functools.partial(
-                metrics.layer_geometry,
-                range_max=s.cloud_range_max,
-                max_k=s.max_k,
-                neighbour_path="ring",
-                mesh=mesh,
+                metrics.layer_geometry, range_max=s.cloud_range_max, max_k=s.max_k, **path
             )
         )
         t = time.perf_counter()
         compiled = fn.lower(x).compile()
         compile_s = time.perf_counter() - t
-        step, _ = time_runs(functools.partial(compiled, x), s.repeats)
-        got = jax.device_get(compiled(x))
-        want = jax.device_get(blocked)
+        last = {}
+
+        def run():
+            last["out"] = compiled(x)
+            return last["out"]
+
+        step, _ = time_runs(run, s.repeats)
+        return compile_s, step, last["out"]
+
+    def ring(self, x, blocked) -> dict:
+        """The same cloud with its points split over every device of the accelerator's
+        kind (neighbour_path="ring": blocks passed around a ring of lax.ppermute steps;
+        one device is a ring of one): time, and its agreement with the blocked path
+        (GRIDE's largest relative deviation, the overlaps equal)."""
+        devices = [dev for dev in jax.devices() if dev.platform == self.accel.platform]
+        mesh = sharding.make_mesh((len(devices), 1), devices)
+        compile_s, step, got = self._cloud_geometry(x, neighbour_path="ring", mesh=mesh)
+        got, want = jax.device_get(got), jax.device_get(blocked)
         self.log(f"clouds: ring of {len(devices)} device(s): {step:.3f} s")
         return {
             "devices": len(devices),

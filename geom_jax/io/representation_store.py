@@ -292,8 +292,11 @@ class RepresentationStore:
         for name in parts:
             os.unlink(os.path.join(self.path, name))
 
-    def check(self) -> ChunkCheck:
+    def check(self, chunks=None) -> ChunkCheck:
         """Which chunks are written and verified, and what is wrong with the others.
+
+        Args:
+          chunks: the chunk indices to look at (None: all).
 
         Returns:
           :class:`ChunkCheck`: a chunk is done when its file has the size and
@@ -302,7 +305,7 @@ class RepresentationStore:
         """
         records = self._records()
         done, problems = [], []
-        for c in range(self.num_chunks):
+        for c in range(self.num_chunks) if chunks is None else sorted(chunks):
             record, problem = self._matching(c, records.get(str(c), []))
             if record is not None:
                 done.append(c)
@@ -310,9 +313,10 @@ class RepresentationStore:
                 problems.append(problem)
         return ChunkCheck(tuple(done), tuple(problems))
 
-    def done_chunks(self) -> list[int]:
-        """The verified chunks (:meth:`check`), logging one warning per problem."""
-        result = self.check()
+    def done_chunks(self, chunks=None) -> list[int]:
+        """The verified chunks among ``chunks`` (None: all; :meth:`check`), logging one
+        warning per problem."""
+        result = self.check(chunks)
         for line in result.problems:
             logging.warning("representations: %s", line)
         return list(result.done)

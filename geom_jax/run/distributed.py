@@ -100,13 +100,13 @@ def agree_on_min(value: int) -> int:
     return int(np.min(multihost_utils.process_allgather(np.asarray([value], np.int64))))
 
 
-def agree_on_all(flags: np.ndarray) -> np.ndarray:
-    """Bool flags true on every process (elementwise)."""
+def agree_on_any(flags: np.ndarray) -> np.ndarray:
+    """Bool flags true on some process (elementwise)."""
     flags = np.asarray(flags, bool)
     if jax.process_count() == 1:
         return flags
     every = multihost_utils.process_allgather(flags.astype(np.int8)[None], tiled=True)
-    return np.all(np.asarray(every, bool), axis=0)
+    return np.any(np.asarray(every, bool), axis=0)
 
 
 def fetch(tree) -> dict:

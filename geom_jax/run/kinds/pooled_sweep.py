@@ -33,9 +33,10 @@ LOSS_STORE = "row_loss.zarr"
 def open_stores(out: str, num_rows: int, layers: int, dim: int, chunk_rows: int):
     """The run's two stores: the pooled hidden states and the row losses.
 
-    On several processes, process 0 creates (or opens) them and folds the records a
-    killed earlier launch left in writers' parts into their manifests, then the others
-    open them; each process writes as writer jax.process_index()."""
+    On several processes, process 0 creates (or opens) them before the others open
+    them; each process writes as writer jax.process_index() (the records a killed
+    launch left in writers' parts are read as they are, and folded into the manifest
+    when the forward ends)."""
     writer = jax.process_index() if jax.process_count() > 1 else None
 
     def both():
@@ -55,8 +56,6 @@ def open_stores(out: str, num_rows: int, layers: int, dim: int, chunk_rows: int)
         stores = None
         if jax.process_index() == 0:
             stores = both()
-            for store in stores:
-                store.merge_records()
         distributed.barrier("geom_jax:stores")
         reps, losses = stores if stores is not None else both()
     except ValueError as e:
@@ -75,11 +74,13 @@ def pooled_sweep(pipe, rows: Rows, reps, losses, *, batch_size: int, progress: b
     A chunk is written (representations, then losses) and its hashes recorded as soon
     as its batches are done, so a kill loses at most the chunk in progress. On several
     processes every process runs every batch (its slice of the rows), chunk c is written
-    by process c mod P, and the chunks to compute are those no process has verified."""
+    by process c mod P, which also verifies it on resume (each chunk hashed once, not
+    by every process)."""
     process, processes = jax.process_index(), jax.process_count()
+    mine = range(process, reps.num_chunks, processes)
     verified = np.zeros(reps.num_chunks, bool)
-    verified[sorted(set(reps.done_chunks()) & set(losses.done_chunks()))] = True
-    verified = distributed.agree_on_all(verified)
+    verified[sorted(set(reps.done_chunks(mine)) & set(losses.done_chunks(mine)))] = True
+    verified = distributed.agree_on_any(verified)
     done = set(np.flatnonzero(verified).tolist())
     todo = [c for c in range(reps.num_chunks) if c not in done]
     share = batch_size // processes
