@@ -99,8 +99,8 @@ def pooled_sweep(pipe, rows: Rows, reps, losses, *, batch_size: int, progress: b
             for b in range(start, stop, batch_size):
                 idx = np.arange(b, min(b + batch_size, stop))
                 padded = np.concatenate([idx, np.full(batch_size - len(idx), idx[-1])])
-                mine = padded[process * share : (process + 1) * share]
-                host = distributed.fetch(pipe(rows.input_ids[mine], rows.attention_mask[mine]))
+                slice_ = padded[process * share : (process + 1) * share]
+                host = distributed.fetch(pipe(rows.input_ids[slice_], rows.attention_mask[slice_]))
                 out_rep.append(np.asarray(host["representation"], np.float32)[: len(idx)])
                 out_loss.append(np.asarray(host["loss"], np.float32)[: len(idx)])
                 bar.update(len(idx))
